@@ -1,0 +1,7 @@
+"""`python -m graphrun` is the `graphrun` command."""
+
+import sys
+
+from graphrun.cli import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""The one command-line front: `graphrun demo | doctor | bench zoo`. Thin: parse flags, configure logging, call.
+
+Logging handlers are configured here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands and their flags."""
+    parser = argparse.ArgumentParser(prog="graphrun", description="CUDA-graph capture and replay for PyTorch.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="eager vs graph on a small built-in model (the embedded default)")
+    demo.add_argument("--backend", default="auto", choices=["auto", "cuda", "sim"])
+    demo.add_argument("--calls", type=int, default=200, help="timed calls per mode")
+
+    doctor = sub.add_parser("doctor", help="versions, a probe capture, launch cost eager vs in a graph")
+    doctor.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    zoo = bench_sub.add_parser("zoo", help="MLP, BERT-large-shaped encoder, ResNet-50-shaped net: eager vs graphs")
+    zoo.add_argument("--models", default="mlp,encoder,convnet", help="comma-separated subset")
+    zoo.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
+    zoo.add_argument("--iters", type=int, default=200, help="timed calls per measurement")
+    zoo.add_argument("--warmup", type=int, default=20, help="untimed calls before each measurement")
+    zoo.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    zoo.add_argument("--ladder-max", type=int, default=64, help="top of the encoder ladder capture test")
+    zoo.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
+    zoo.add_argument("--small", action="store_true", help="shrunken models (CPU smoke runs)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `graphrun` console script and `python -m graphrun`."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "demo":
+        from graphrun.demo import run_demo
+
+        return run_demo(backend=args.backend, calls=args.calls)
+    if args.command == "doctor":
+        from graphrun.doctor import run_doctor
+
+        return run_doctor(as_json=args.json)
+    if args.command == "bench" and args.bench_command == "zoo":
+        from graphrun.bench.zoo import run_zoo
+
+        return run_zoo(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""CUDA-graph backend: the only module that touches torch.cuda.CUDAGraph.
+
+All graphs of one backend share one memory pool and one side stream. Rungs are captured largest first,
+so each smaller graph reuses the blocks the larger one freed: pool memory stays near the top rung's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+
+
+class CudaGraph:
+    """A captured torch.cuda.CUDAGraph and the pool memory its capture added."""
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, nbytes: int, label: str) -> None:
+        self._graph: torch.cuda.CUDAGraph | None = graph
+        self.nbytes = nbytes
+        self.replay = _nvtx_wrapped(graph.replay, label) if label else graph.replay
+
+    def release(self) -> None:
+        """Drop the graph; its pool blocks return to the shared pool."""
+        if self._graph is not None:
+            self._graph.reset()
+            self._graph = None
+
+
+class CudaBackend:
+    """Capture with torch.cuda.graph into one shared pool, warm up on a side stream."""
+
+    name = "cuda"
+
+    def __init__(self, device: torch.device | str | int | None = None) -> None:
+        self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else _cuda(device)
+        with torch.cuda.device(self.device):
+            self._pool = torch.cuda.graph_pool_handle()
+            self._stream = torch.cuda.Stream(self.device)
+        self._pool_bytes = 0
+
+    def warmup(self, body: Callable[[], object], iters: int) -> None:
+        """Run `body` on the capture stream, so lazy init (cuBLAS handles, workspaces) happens there."""
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)
+        with torch.cuda.stream(self._stream):
+            for _ in range(iters):
+                body()
+        current.wait_stream(self._stream)
+        torch.cuda.synchronize(self.device)
+
+    def estimate_bytes(self, body: Callable[[], object]) -> int:
+        """Peak extra allocation of one eager run: what a capture of it will ask the pool for."""
+        torch.cuda.synchronize(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        body()
+        torch.cuda.synchronize(self.device)
+        return max(0, torch.cuda.max_memory_allocated(self.device) - base)
+
+    def projected_pool_bytes(self, estimate: int) -> int:
+        """The pool is shared and reused, so it grows to the largest single need, not the sum."""
+        return max(self._pool_bytes, estimate)
+
+    def capture(self, body: Callable[[], object], label: str = "") -> CudaGraph:
+        """Record `body` into the shared pool; CUDA raises on host syncs and uncapturable ops."""
+        torch.cuda.synchronize(self.device)
+        before = torch.cuda.memory_reserved(self.device)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
+                body()
+        except BaseException:
+            _recover_after_failed_capture(self.device)
+            raise
+        torch.cuda.synchronize(self.device)
+        added = max(0, torch.cuda.memory_reserved(self.device) - before)
+        self._pool_bytes += added
+        return CudaGraph(graph, added, label)
+
+    def pool_bytes(self) -> int:
+        """Bytes the shared pool grew by over all captures of this backend."""
+        return self._pool_bytes
+
+    def synchronize(self) -> None:
+        """Wait for this device's queued work."""
+        torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def range(self, label: str) -> Iterator[None]:
+        """An NVTX range, visible in Nsight Systems."""
+        torch.cuda.nvtx.range_push(label)
+        try:
+            yield
+        finally:
+            torch.cuda.nvtx.range_pop()
+
+
+def _nvtx_wrapped(replay: Callable[[], None], label: str) -> Callable[[], None]:
+    """replay() inside an NVTX range: ~0.3 us of host time, and replays show up named in Nsight."""
+    push, pop = torch.cuda.nvtx.range_push, torch.cuda.nvtx.range_pop
+
+    def replay_in_range() -> None:
+        push(label)
+        try:
+            replay()
+        finally:
+            pop()
+
+    return replay_in_range
+
+
+def _cuda(device: torch.device | str | int) -> torch.device:
+    dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if dev.type != "cuda":
+        raise ValueError(f"CudaBackend needs a cuda device, got {dev}")
+    return torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
+
+
+def _recover_after_failed_capture(device: torch.device) -> None:
+    """Leave the device usable after an invalidated capture: drain errors the driver queued."""
+    with contextlib.suppress(Exception):
+        torch.cuda.synchronize(device)
+
+
+class RawGraph:
+    """A hand-made CUDA graph, no runner around it: the baseline benchmarks and doctor compare against.
+
+    Warms `body` up on a side stream, captures it once into its own pool; `replay` is the bare
+    torch.cuda.CUDAGraph.replay, so timing it measures raw replay with nothing added.
+    """
+
+    def __init__(self, body: Callable[[], object], warmup_iters: int = 3) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup_iters):
+                body()
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_reserved()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = body()
+        torch.cuda.synchronize()
+        self.nbytes = max(0, torch.cuda.memory_reserved() - before)
+        self.replay = self.graph.replay
+
+    def release(self) -> None:
+        """Free the graph and its pool."""
+        self.graph.reset()

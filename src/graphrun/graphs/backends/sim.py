@@ -1,0 +1,247 @@
+"""CPU simulator of CUDA-graph semantics, so every runner behaviour is tested without a GPU.
+
+Capture runs the body once under a dispatch mode that records each aten op with the very tensors it
+read and wrote. Replay re-runs the recorded ops against those tensors and copies each fresh result into
+the tensor recorded at capture, so, as on CUDA:
+- control flow is frozen: Python is not re-run, only the recorded ops;
+- addresses are frozen: the ops read the static buffers they read at capture; a caller who writes
+  somewhere else (skips the copy-in) reads stale data;
+- host syncs during capture raise: .item(), .tolist(), .cpu(), .numpy(), bool(), nonzero, masked
+  indexing and friends, on a "device" tensor (a static buffer or anything computed during capture),
+  raise HostSyncError worded like CUDA's "operation not permitted when stream is capturing".
+It does not model the shared memory pool: each recording keeps its own intermediates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from graphrun.errors import HostSyncError, UncapturableOpError
+
+aten = torch.ops.aten
+
+# Ops whose output size or value needs the host to read device memory: CUDA cannot capture them.
+_SYNCING_OPS = frozenset(
+    {
+        aten._local_scalar_dense.default,
+        aten.nonzero.default,
+        aten.masked_select.default,
+        aten.equal.default,
+        aten.is_nonzero.default,
+        aten.unique_dim.default,
+        aten._unique2.default,
+        aten.unique_consecutive.default,
+        aten.repeat_interleave.Tensor,
+    }
+)
+# Tensor methods that copy device data to the host (no aten op runs for a CPU tensor, so catch them here).
+_SYNCING_METHODS = frozenset(
+    {
+        torch.Tensor.item,
+        torch.Tensor.tolist,
+        torch.Tensor.cpu,
+        torch.Tensor.numpy,
+        torch.Tensor.__bool__,
+        torch.Tensor.__int__,
+        torch.Tensor.__float__,
+        torch.Tensor.__index__,
+    }
+)
+_SYNC_MESSAGE = "operation not permitted when stream is capturing (graphrun sim: {what} reads device data on the host)"
+
+
+@dataclass(frozen=True, slots=True)
+class FaultPlan:
+    """Failures to inject, by rung size, for testing fallback paths without a broken model."""
+
+    capture: dict[int, BaseException] = field(default_factory=dict)
+    replay: dict[int, BaseException] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Op:
+    func: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    targets: list[tuple[int, torch.Tensor]]  # (flat output index, tensor recorded at capture) to copy into
+
+
+class SimGraph:
+    """A recorded op list; replay re-runs it against the recorded tensors."""
+
+    def __init__(self, ops: list[_Op], nbytes: int, replay_error: BaseException | None) -> None:
+        self._ops = ops
+        self.nbytes = nbytes
+        self._replay_error = replay_error
+
+    def replay(self) -> None:
+        """Re-run every recorded op and write its results where capture's results live."""
+        if self._replay_error is not None:
+            raise self._replay_error
+        for op in self._ops:
+            out = op.func(*op.args, **op.kwargs)
+            if op.targets:
+                flat = _flat_outputs(op.func, out)
+                for index, target in op.targets:
+                    target.copy_(flat[index][1])
+
+    def release(self) -> None:
+        """Drop the recording (and the intermediates it keeps alive)."""
+        self._ops = []
+
+
+class SimBackend:
+    """Records aten ops on the CPU and replays them with CUDA-graph constraints."""
+
+    name = "sim"
+
+    def __init__(
+        self,
+        faults: FaultPlan | None = None,
+        uncapturable: frozenset[Any] = frozenset(),
+    ) -> None:
+        self.device = torch.device("cpu")
+        self._faults = faults or FaultPlan()
+        self._uncapturable = uncapturable
+        self._pool_bytes = 0
+        self._static: set[int] = set()
+        self.current_rung: int | None = None  # set by the runner so faults can target a rung
+
+    def register_static(self, tensors: list[torch.Tensor]) -> None:
+        """Mark the runner's static buffers as device memory (reading them on the host is a sync)."""
+        self._static.update(_storage_key(t) for t in tensors)
+
+    def warmup(self, body: Callable[[], object], iters: int) -> None:
+        """Run eagerly; there is no stream to warm, but lazy module state is initialised the same way."""
+        for _ in range(iters):
+            body()
+
+    def estimate_bytes(self, body: Callable[[], object]) -> int:
+        """Bytes of every fresh tensor one run creates: exactly what a recording of it keeps alive."""
+        counter = _Recorder(self._static, self._uncapturable, record=False)
+        with counter:
+            body()
+        return counter.nbytes
+
+    def projected_pool_bytes(self, estimate: int) -> int:
+        """Recordings keep their own intermediates, so the pool is the sum of all of them."""
+        return self._pool_bytes + estimate
+
+    def capture(self, body: Callable[[], object], label: str = "") -> SimGraph:
+        """Record one run of `body`; host syncs and uncapturable ops raise like CUDA's capture."""
+        rung = self.current_rung
+        if rung is not None and rung in self._faults.capture:
+            raise self._faults.capture[rung]
+        recorder = _Recorder(self._static, self._uncapturable, record=True)
+        with _HostSyncGuard(recorder.device_keys), recorder:
+            body()
+        self._pool_bytes += recorder.nbytes
+        replay_error = self._faults.replay.get(rung) if rung is not None else None
+        return SimGraph(recorder.ops, recorder.nbytes, replay_error)
+
+    def pool_bytes(self) -> int:
+        """Bytes kept alive by all recordings."""
+        return self._pool_bytes
+
+    def synchronize(self) -> None:
+        """Nothing is asynchronous on the CPU."""
+
+    @contextlib.contextmanager
+    def range(self, label: str) -> Iterator[None]:
+        """No profiler ranges in the simulator."""
+        yield
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    return int(t.untyped_storage().data_ptr())
+
+
+class _Recorder(TorchDispatchMode):
+    """Runs each aten op, remembers it and the tensors it produced."""
+
+    def __init__(self, static: set[int], uncapturable: frozenset[Any], record: bool) -> None:
+        super().__init__()
+        self.ops: list[_Op] = []
+        self.nbytes = 0
+        self.device_keys: set[int] = set(static)
+        self._uncapturable = uncapturable
+        self._record = record
+        self._seen: set[int] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if self._record:
+            self._check(func, args)
+        out = func(*args, **kwargs)
+        targets = self._fresh_outputs(func, out)
+        if self._record and (targets or func._schema.is_mutable):
+            self.ops.append(_Op(func, tuple(args), dict(kwargs), targets))
+        return out
+
+    def _check(self, func: Any, args: Any) -> None:
+        if func in self._uncapturable:
+            raise UncapturableOpError(f"operator {func} cannot be captured into a graph (graphrun sim)")
+        if func in _SYNCING_OPS or _is_masked_index(func, args):
+            raise HostSyncError(_SYNC_MESSAGE.format(what=str(func)))
+
+    def _fresh_outputs(self, func: Any, out: Any) -> list[tuple[int, torch.Tensor]]:
+        """Outputs that are new storage (not views or in-place results): replay must copy into them."""
+        targets: list[tuple[int, torch.Tensor]] = []
+        for i, (aliased, value) in enumerate(_flat_outputs(func, out)):
+            if aliased:
+                continue
+            targets.append((i, value))
+            key = _storage_key(value)
+            self.device_keys.add(key)
+            if key not in self._seen:
+                self._seen.add(key)
+                self.nbytes += value.untyped_storage().nbytes()
+        return targets
+
+
+def _flat_outputs(func: Any, out: Any) -> list[tuple[bool, torch.Tensor]]:
+    """(aliases an input?, tensor) for every tensor an op returned, lists flattened, in schema order."""
+    returns = func._schema.returns
+    values = [out] if len(returns) == 1 else list(out)
+    flat: list[tuple[bool, torch.Tensor]] = []
+    for ret, value in zip(returns, values, strict=False):
+        aliased = ret.alias_info is not None
+        items = value if isinstance(value, list | tuple) else [value]
+        flat.extend((aliased, v) for v in items if isinstance(v, torch.Tensor))
+    return flat
+
+
+def _is_masked_index(func: Any, args: Any) -> bool:
+    if func is not aten.index.Tensor:
+        return False
+    indices = args[1] if len(args) > 1 else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+
+
+class _HostSyncGuard(TorchFunctionMode):
+    """Raises on Tensor methods that would copy a device tensor to the host."""
+
+    def __init__(self, device_keys: set[int]) -> None:
+        super().__init__()
+        self._device_keys = device_keys  # shared with the recorder, grows during capture
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if args and isinstance(args[0], torch.Tensor) and _storage_key(args[0]) in self._device_keys:
+            if func in _SYNCING_METHODS or _is_host_transfer(func, args, kwargs):
+                raise HostSyncError(_SYNC_MESSAGE.format(what=getattr(func, "__name__", str(func))))
+        return func(*args, **kwargs)
+
+
+def _is_host_transfer(func: Any, args: Any, kwargs: Any) -> bool:
+    if func is not torch.Tensor.to:
+        return False
+    target = kwargs.get("device", args[1] if len(args) > 1 else None)
+    return isinstance(target, str | torch.device) and torch.device(target).type == "cpu"

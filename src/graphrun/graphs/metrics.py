@@ -1,0 +1,88 @@
+"""Prometheus series for graph runners, prefix `graphrun_`, read from plain counters at scrape time.
+
+Labels are bounded: `runner` comes from names registered with a collector (at most MAX_RUNNERS), `reason`
+from the enums in status.py. One collector per registry; every runner sharing a registry shares it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from graphrun.errors import ConfigError
+from graphrun.graphs.status import REPLAY_BUCKETS, CallFallback, CaptureFailure, RunnerStats
+
+MAX_RUNNERS = 64
+
+
+class GraphMetricsCollector(Collector):
+    """Exposes the stats of every runner registered with it."""
+
+    def __init__(self) -> None:
+        self._runners: dict[str, RunnerStats] = {}
+
+    def add(self, name: str, stats: RunnerStats) -> None:
+        """Register a runner's stats under `name` (unique per registry, bounded in number)."""
+        if name in self._runners:
+            raise ConfigError(f"a runner named {name!r} is already registered with this metrics registry; "
+                              "give each GraphRunner a distinct name=")
+        if len(self._runners) >= MAX_RUNNERS:
+            raise ConfigError(f"at most {MAX_RUNNERS} runner names per registry (labels must stay bounded)")
+        self._runners[name] = stats
+
+    def names(self) -> set[str]:
+        """Runner names registered so far."""
+        return set(self._runners)
+
+    def remove(self, name: str) -> None:
+        """Forget a runner (its series disappear from the next scrape)."""
+        self._runners.pop(name, None)
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        """Build every series from the current counters."""
+        p = "graphrun_cuda_graph_"
+        captured = CounterMetricFamily(p + "captured", "Rungs captured", labels=["runner"])
+        replayed = CounterMetricFamily(p + "replayed", "Graph replays", labels=["runner"])
+        fallback = CounterMetricFamily(p + "eager_fallback", "Calls run eager", labels=["runner", "reason"])
+        failed = CounterMetricFamily(
+            p + "capture_failed_at_init", "Rungs not captured at start-up", labels=["runner", "reason"]
+        )
+        capture_s = GaugeMetricFamily(p + "capture_seconds", "Seconds spent capturing", labels=["runner"])
+        padding = GaugeMetricFamily(p + "padding_ratio", "Padded rows over graph rows", labels=["runner"])
+        replay_s = HistogramMetricFamily(p + "replay_seconds", "Host time per replayed call", labels=["runner"])
+        for name, s in self._runners.items():
+            captured.add_metric([name], s.num_captured)
+            replayed.add_metric([name], s.num_replayed)
+            for call_reason in CallFallback:
+                fallback.add_metric([name, call_reason.value], s.eager_fallback.get(call_reason, 0))
+            for cap_reason in CaptureFailure:
+                failed.add_metric([name, cap_reason.value], s.capture_failed.get(cap_reason, 0))
+            capture_s.add_metric([name], s.capture_seconds)
+            padding.add_metric([name], s.padding_ratio)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*REPLAY_BUCKETS, float("inf")), s.replay_bucket_counts, strict=True):
+                cumulative += count
+                buckets.append((_bound(bound), cumulative))
+            replay_s.add_metric([name], buckets, s.replay_seconds_sum)
+        yield from (captured, replayed, fallback, failed, capture_s, padding, replay_s)
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
+
+
+_COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, GraphMetricsCollector] = weakref.WeakKeyDictionary()
+
+
+def collector_for(registry: CollectorRegistry) -> GraphMetricsCollector:
+    """The one graphrun collector of `registry`, registered on first use."""
+    collector = _COLLECTORS.get(registry)
+    if collector is None:
+        collector = GraphMetricsCollector()
+        registry.register(collector)
+        _COLLECTORS[registry] = collector
+    return collector
