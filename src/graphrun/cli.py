@@ -1,4 +1,4 @@
-"""The one command-line front: `graphrun demo | doctor | bench zoo`. Thin: parse flags, configure logging, call.
+"""The one command-line front: `graphrun demo | doctor | bench zoo`. Thin: parse flags, set up logging, call.
 
 Logging handlers are configured here and nowhere else.
 """
@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags."""
-    parser = argparse.ArgumentParser(prog="graphrun", description="CUDA-graph capture and replay for PyTorch.")
+    parser = argparse.ArgumentParser(
+        prog="graphrun", description="CUDA-graph capture and replay for PyTorch."
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -26,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    zoo = bench_sub.add_parser("zoo", help="MLP, BERT-large-shaped encoder, ResNet-50-shaped net: eager vs graphs")
+    zoo = bench_sub.add_parser(
+        "zoo", help="MLP, BERT-large-shaped encoder, ResNet-50-shaped net: eager vs graphs"
+    )
     zoo.add_argument("--models", default="mlp,encoder,convnet", help="comma-separated subset")
     zoo.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
     zoo.add_argument("--iters", type=int, default=200, help="timed calls per measurement")

@@ -37,7 +37,7 @@ class Slot:
     buffer: torch.Tensor | None = None
     value: Any = None
     dtype: torch.dtype | None = None
-    device_index: int = -1
+    device: torch.device | None = None
     ndim: int = 0
     tail: tuple[int, ...] = ()  # shape without the batch dimension
     views: dict[int, torch.Tensor] = field(default_factory=dict)  # rung -> rows [0, rung)
@@ -52,7 +52,7 @@ def make_input_slot(index: int, path: str, example: Any, dim: int | None, top: i
     """Allocate the static buffer for one input leaf (batched leaves sized at the top rung)."""
     if isinstance(example, torch.Tensor):
         slot = Slot(index, Kind.BATCHED if dim is not None else Kind.SHARED, path, dim=dim)
-        slot.dtype, slot.device_index, slot.ndim = example.dtype, example.get_device(), example.dim()
+        slot.dtype, slot.device, slot.ndim = example.dtype, example.device, example.dim()
         slot.tail = batch_dim_tail(example.shape, dim)
         slot.buffer = _top_rung_buffer(example, dim, top) if dim is not None else example.detach().clone()
         return slot
@@ -74,9 +74,8 @@ def check_tensor(slot: Slot, leaf: Any, n: int) -> None:
         raise GraphInputError(f"{slot.path}: expected a Tensor, got {type(leaf).__name__}")
     if leaf.dtype != slot.dtype:
         raise GraphInputError(f"{slot.path}: expected dtype {slot.dtype}, got {leaf.dtype}")
-    if leaf.get_device() != slot.device_index:
-        want = "cpu" if slot.device_index < 0 else f"cuda:{slot.device_index}"
-        raise GraphInputError(f"{slot.path}: expected a tensor on {want}, got one on {leaf.device}")
+    if leaf.device != slot.device:
+        raise GraphInputError(f"{slot.path}: expected a tensor on {slot.device}, got one on {leaf.device}")
     if leaf.dim() != slot.ndim:
         raise GraphInputError(f"{slot.path}: expected {slot.ndim} dimensions, got shape {tuple(leaf.shape)}")
     if batch_dim_tail(leaf.shape, slot.dim) != slot.tail:
@@ -99,7 +98,8 @@ def check_static(slot: Slot, leaf: Any) -> None:
     if not same:
         raise StaticValueError(
             f"{slot.path}: the graph was captured with {slot.value!r}; got {leaf!r}. Non-tensor inputs are "
-            "frozen at capture: pass a tensor, or build the runner with scalars='tensor' to make numbers dynamic"
+            "frozen at capture: pass a tensor, or build the runner with scalars='tensor' to make numbers "
+            "dynamic"
         )
 
 
@@ -114,7 +114,7 @@ def pad_rows(view: torch.Tensor, dim: int, n: int, pad: str | float | int | None
     if pad is None:
         return
     rest = view.narrow(dim, n, view.shape[dim] - n)
-    if pad == "repeat":
+    if isinstance(pad, str):  # "repeat", the only string mode (validated at construction)
         rest.copy_(view.narrow(dim, n - 1, 1).expand_as(rest))
     else:
         rest.fill_(pad)

@@ -78,7 +78,7 @@ class RungCapturer:
         self._tolerance = tolerance
         self._budget = memory_budget_bytes
         self._warmup_iters = warmup_iters
-        self.out_spec: TreeSpec | None = None  # type: ignore[assignment]
+        self.out_spec: TreeSpec | None = None
         self.out_slots: list[tuple[int, Kind, int | None, Any]] = []  # (leaf index, kind, dim, buffer/value)
         self.out_leaves: dict[int, list[Any]] = {}  # rung -> output leaves replay returns at full rung
         self.out_batched: list[tuple[int, int]] = []  # (leaf index, batch dim) to narrow for n < rung
@@ -119,7 +119,9 @@ class RungCapturer:
                 batched = leaf.dim() > 0 and leaf.shape[0] == rung
                 shape = (top, *leaf.shape[1:]) if batched else tuple(leaf.shape)
                 buf = torch.empty(shape, dtype=leaf.dtype, device=leaf.device)
-                self.out_slots.append((i, Kind.BATCHED if batched else Kind.SHARED, 0 if batched else None, buf))
+                self.out_slots.append(
+                    (i, Kind.BATCHED if batched else Kind.SHARED, 0 if batched else None, buf)
+                )
                 if batched:
                     self.out_batched.append((i, 0))
             else:
@@ -141,12 +143,16 @@ class RungCapturer:
         try:
             leaves = self.out_spec.flatten(out)
         except (StructureMismatch, KeyError, IndexError, TypeError):
-            raise OutputShapeError(f"outputs at batch {rung} have another structure than at the top rung") from None
+            raise OutputShapeError(
+                f"outputs at batch {rung} have another structure than at the top rung"
+            ) from None
         for i, kind, dim, buf in self.out_slots:
             leaf = leaves[i]
             if kind is Kind.STATIC:
                 if isinstance(leaf, torch.Tensor) or leaf != buf:
-                    raise OutputShapeError(f"non-tensor output {i} changed between rungs: {buf!r} vs {leaf!r}")
+                    raise OutputShapeError(
+                        f"non-tensor output {i} changed between rungs: {buf!r} vs {leaf!r}"
+                    )
                 continue
             want = buf.narrow(dim, 0, rung).shape if kind is Kind.BATCHED else buf.shape
             if not isinstance(leaf, torch.Tensor) or leaf.shape != want or leaf.dtype != buf.dtype:
@@ -199,8 +205,13 @@ class RungCapturer:
         runner.install(rung, graph, RungStatus(rung, True, graph.nbytes, seconds))
         runner.stats.num_captured += 1
         runner.stats.capture_seconds += seconds
-        log.info("runner %s: captured batch size %d in %.3f s (%.1f MiB)", runner.name, rung, seconds,
-                 graph.nbytes / 2**20)
+        log.info(
+            "runner %s: captured batch size %d in %.3f s (%.1f MiB)",
+            runner.name,
+            rung,
+            seconds,
+            graph.nbytes / 2**20,
+        )
 
     def _over_budget(self, body: Callable[[], None], rung: int, start: float) -> bool:
         backend = self._runner.backend
@@ -252,8 +263,13 @@ class RungCapturer:
         detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         runner.mark(RungStatus(rung, False, 0, seconds, reason, detail))
         runner.stats.capture_failed[reason] = runner.stats.capture_failed.get(reason, 0) + 1
-        log.warning("runner %s: batch size %d runs eager for the life of the process: %s (%s)",
-                    runner.name, rung, reason.value, detail)
+        log.warning(
+            "runner %s: batch size %d runs eager for the life of the process: %s (%s)",
+            runner.name,
+            rung,
+            reason.value,
+            detail,
+        )
 
     def _log_summary(self, seconds: float, pool_bytes: int) -> None:
         runner = self._runner
@@ -262,6 +278,11 @@ class RungCapturer:
         eager = [f"{s.size} ({s.reason})" for s in statuses if not s.captured]
         log.info(
             "runner %s: captured %d/%d graphs %s in %.2f s, pool %.1f MiB%s",
-            runner.name, len(captured), len(runner.sizes), captured, seconds, pool_bytes / 2**20,
+            runner.name,
+            len(captured),
+            len(runner.sizes),
+            captured,
+            seconds,
+            pool_bytes / 2**20,
             f"; eager: {', '.join(eager)}" if eager else "",
         )

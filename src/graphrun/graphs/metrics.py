@@ -28,8 +28,10 @@ class GraphMetricsCollector(Collector):
     def add(self, name: str, stats: RunnerStats) -> None:
         """Register a runner's stats under `name` (unique per registry, bounded in number)."""
         if name in self._runners:
-            raise ConfigError(f"a runner named {name!r} is already registered with this metrics registry; "
-                              "give each GraphRunner a distinct name=")
+            raise ConfigError(
+                f"a runner named {name!r} is already registered with this metrics registry; "
+                "give each GraphRunner a distinct name="
+            )
         if len(self._runners) >= MAX_RUNNERS:
             raise ConfigError(f"at most {MAX_RUNNERS} runner names per registry (labels must stay bounded)")
         self._runners[name] = stats
@@ -53,7 +55,9 @@ class GraphMetricsCollector(Collector):
         )
         capture_s = GaugeMetricFamily(p + "capture_seconds", "Seconds spent capturing", labels=["runner"])
         padding = GaugeMetricFamily(p + "padding_ratio", "Padded rows over graph rows", labels=["runner"])
-        replay_s = HistogramMetricFamily(p + "replay_seconds", "Host time per replayed call", labels=["runner"])
+        replay_s = HistogramMetricFamily(
+            p + "replay_seconds", "Host time per replayed call", labels=["runner"]
+        )
         for name, s in self._runners.items():
             captured.add_metric([name], s.num_captured)
             replayed.add_metric([name], s.num_replayed)

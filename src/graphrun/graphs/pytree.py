@@ -107,7 +107,9 @@ def _compile_flatten(root: Node) -> Callable[[Any], tuple[Any, ...]]:
         name = f"v{counter[0]}"
         counter[0] += 1
         lines.append(f"    {name} = {expr}")
-        lines.append(f"    if type({name}) is not {node.kind} or len({name}) != {len(node.children)}: raise M")
+        lines.append(
+            f"    if type({name}) is not {node.kind} or len({name}) != {len(node.children)}: raise M"
+        )
         if node.kind == "dict":
             for key, child in zip(node.keys, node.children, strict=True):
                 visit(child, f"{name}[{key!r}]")

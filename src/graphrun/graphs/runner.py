@@ -19,9 +19,17 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from graphrun.errors import ConfigError, GraphInputError
 from graphrun.graphs.backends import Backend, CapturedGraph, make_backend
-from graphrun.graphs.buffers import Kind, Slot, check_scalar, check_static, check_tensor, make_input_slot, pad_rows
+from graphrun.graphs.buffers import (
+    Kind,
+    Slot,
+    check_scalar,
+    check_static,
+    check_tensor,
+    make_input_slot,
+    pad_rows,
+)
 from graphrun.graphs.capture import RungCapturer
-from graphrun.graphs.layout import BatchDims, leaf_batch_dims, leaf_paths
+from graphrun.graphs.layout import BatchDims, KwargBatchDims, leaf_batch_dims, leaf_paths
 from graphrun.graphs.metrics import collector_for
 from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe, spec_of
 from graphrun.graphs.sizes import default_ladder, normalize_ladder, rung_for
@@ -48,6 +56,7 @@ class GraphRunner:
         example_kwargs: dict[str, Any] | None = None,
         *,
         batch_dims: BatchDims = 0,
+        kwarg_batch_dims: KwargBatchDims | str = "same",
         sizes: Sequence[int] | None = None,
         max_batch_size: int | None = None,
         backend: str | Backend = "auto",
@@ -69,7 +78,9 @@ class GraphRunner:
         self._clone_outputs = clone_outputs
         self._pad = pad
         self._lock = threading.Lock()
-        self._build_input_slots(args, kwargs, batch_dims, scalars)
+        self._build_input_slots(
+            args, kwargs, leaf_batch_dims(batch_dims, kwarg_batch_dims, args, kwargs), scalars
+        )
         self.sizes = self._build_ladder(sizes, max_batch_size)
         self.backend = make_backend(backend, self._device(args, kwargs))
         self._register_static_buffers()
@@ -87,19 +98,26 @@ class GraphRunner:
     # ----- construction steps -------------------------------------------------------------------------
 
     def _build_input_slots(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], batch_dims: BatchDims, scalars: str
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], dims: list[int | None], scalars: str
     ) -> None:
         root = (args, kwargs)
         self._in_spec: TreeSpec = spec_of(root)
         leaves = self._in_spec.flatten(root)
-        dims = leaf_batch_dims(batch_dims, args, kwargs)
         paths = leaf_paths(args, kwargs)
-        batched = [(leaf, d) for leaf, d in zip(leaves, dims, strict=True) if isinstance(leaf, torch.Tensor) and d is not None]
+        batched = [
+            (path, leaf.shape[d])
+            for leaf, d, path in zip(leaves, dims, paths, strict=True)
+            if isinstance(leaf, torch.Tensor) and d is not None
+        ]
         if not batched:
             raise ConfigError("no tensor input has a batch dimension: pass batch_dims (e.g. batch_dims=0)")
-        batch_sizes = {leaf.shape[d] for leaf, d in batched}
+        batch_sizes = {size for _, size in batched}
         if len(batch_sizes) != 1:
-            raise ConfigError(f"example inputs disagree on the batch size: {sorted(batch_sizes)}")
+            listing = ", ".join(f"{path}: {size}" for path, size in batched)
+            raise ConfigError(
+                f"example inputs disagree on the batch size ({listing}); mark inputs without a batch "
+                "dimension with batch_dims=(0, None, ...) or kwarg_batch_dims={'name': None}"
+            )
         self._example_batch = batch_sizes.pop()
         if self._example_batch < 1:
             raise ConfigError("example inputs must have a batch size of at least 1")
@@ -113,13 +131,19 @@ class GraphRunner:
         if sizes is not None:
             ladder = normalize_ladder(sizes)
             if max_batch_size is not None and ladder[-1] != max_batch_size:
-                raise ConfigError(f"max_batch_size={max_batch_size} disagrees with the top capture size {ladder[-1]}")
+                raise ConfigError(
+                    f"max_batch_size={max_batch_size} disagrees with the top capture size {ladder[-1]}"
+                )
         else:
             ladder = default_ladder(max_batch_size if max_batch_size is not None else self._example_batch)
         top = ladder[-1]
         self._slots = [
-            make_input_slot(i, path, leaf, dim if isinstance(leaf, torch.Tensor) else None, top, self._scalars)
-            for i, (leaf, dim, path) in enumerate(zip(self._example_leaves, self._leaf_dims, self._paths, strict=True))
+            make_input_slot(
+                i, path, leaf, dim if isinstance(leaf, torch.Tensor) else None, top, self._scalars
+            )
+            for i, (leaf, dim, path) in enumerate(
+                zip(self._example_leaves, self._leaf_dims, self._paths, strict=True)
+            )
         ]
         for slot in self._slots:
             if slot.kind is Kind.BATCHED:
@@ -208,7 +232,9 @@ class GraphRunner:
             try:
                 self._replays[rung]()
             except Exception as exc:  # a broken replay must not fail the call: run eager, count, say so
-                log.warning("runner %s: replay of rung %d failed (%s); running this call eager", self.name, rung, exc)
+                log.warning(
+                    "runner %s: replay of rung %d failed (%s); running this call eager", self.name, rung, exc
+                )
                 return self._eager(CallFallback.REPLAY_ERROR, args, kwargs)
             out = self._outputs(n, rung)
             stats = self.stats
@@ -225,7 +251,9 @@ class GraphRunner:
         """
         rung = self._dispatch[batch_size] if 0 < batch_size < len(self._dispatch) else None
         if rung is None:
-            raise GraphInputError(f"batch_size={batch_size} has no captured rung (captured: {sorted(self._graphs)})")
+            raise GraphInputError(
+                f"batch_size={batch_size} has no captured rung (captured: {sorted(self._graphs)})"
+            )
         leaves: list[Any] = []
         for slot in self._slots:
             if slot.kind is Kind.BATCHED:
@@ -251,7 +279,7 @@ class GraphRunner:
             try:
                 ok = (
                     t.dtype is slot.dtype
-                    and t.get_device() == slot.device_index
+                    and t.device == slot.device
                     and t.dim() == slot.ndim
                     and (t.shape[1:] == slot.tail and t.shape[0] == n if slot.dim == 0 else False)
                 )
@@ -293,7 +321,7 @@ class GraphRunner:
                 leaves[i] = leaves[i].narrow(dim, 0, n)
         if self._clone_outputs:
             leaves = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
-        return capturer.out_spec.unflatten(leaves)
+        return capturer.out_spec.unflatten(leaves)  # type: ignore[union-attr]  # set before any rung installs
 
     def _why_eager(self, n: int) -> CallFallback:
         if n > self.sizes[-1]:
@@ -353,4 +381,6 @@ def _check_options(scalars: str, pad: Any, budget: int | None, warmup_iters: int
     if budget is not None and budget <= 0:
         raise ConfigError(f"memory_budget_bytes must be positive, got {budget}")
     if warmup_iters < 1:
-        raise ConfigError(f"warmup_iters must be >= 1 (cuBLAS and friends initialise lazily), got {warmup_iters}")
+        raise ConfigError(
+            f"warmup_iters must be >= 1 (cuBLAS and friends initialise lazily), got {warmup_iters}"
+        )

@@ -1,4 +1,4 @@
-"""Capture backends: `cuda` (real CUDA graphs) and `sim` (the CPU simulator). `auto` picks cuda when present."""
+"""Capture backends: `cuda` (real CUDA graphs) and `sim` (the CPU simulator); `auto` picks cuda if present."""
 
 from __future__ import annotations
 

@@ -54,7 +54,9 @@ _SYNCING_METHODS = frozenset(
         torch.Tensor.__index__,
     }
 )
-_SYNC_MESSAGE = "operation not permitted when stream is capturing (graphrun sim: {what} reads device data on the host)"
+_SYNC_MESSAGE = (
+    "operation not permitted when stream is capturing (graphrun sim: {what} reads device data on the host)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,9 +236,9 @@ class _HostSyncGuard(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if args and isinstance(args[0], torch.Tensor) and _storage_key(args[0]) in self._device_keys:
-            if func in _SYNCING_METHODS or _is_host_transfer(func, args, kwargs):
-                raise HostSyncError(_SYNC_MESSAGE.format(what=getattr(func, "__name__", str(func))))
+        on_device = args and isinstance(args[0], torch.Tensor) and _storage_key(args[0]) in self._device_keys
+        if on_device and (func in _SYNCING_METHODS or _is_host_transfer(func, args, kwargs)):
+            raise HostSyncError(_SYNC_MESSAGE.format(what=getattr(func, "__name__", str(func))))
         return func(*args, **kwargs)
 
 

@@ -1,0 +1,139 @@
+"""Real CUDA graphs: replay == eager for every rung and padded size, and the fallback paths on the device."""
+
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+
+from graphrun import CallFallback, CaptureFailure, GraphRunner
+
+pytestmark = pytest.mark.gpu
+
+
+def mlp(dtype):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(64, 256),
+        torch.nn.GELU(),
+        torch.nn.Linear(256, 256),
+        torch.nn.LayerNorm(256),
+        torch.nn.Linear(256, 32),
+    )
+    return net.to("cuda", dtype).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_replay_equals_eager_for_every_rung_and_padded_size(dtype):
+    net = mlp(dtype)
+    r = GraphRunner(
+        net,
+        (torch.randn(4, 64, device="cuda", dtype=dtype),),
+        max_batch_size=32,
+        registry=CollectorRegistry(),
+        name="gpu-mlp",
+    )
+    assert r.backend.name == "cuda"
+    assert all(s.captured for s in r.status()), r.status()
+    tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}[dtype]
+    for n in range(1, 33):
+        x = torch.randn(n, 64, device="cuda", dtype=dtype)
+        got = r(x).clone()
+        want = net(x)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    assert r.stats.num_replayed == 32
+    assert r.stats.eager_fallback == {}
+
+
+def test_attention_model_pytree_outputs():
+    torch.manual_seed(0)
+    layer = (
+        torch.nn.TransformerEncoderLayer(128, 4, 256, batch_first=True).cuda().eval().requires_grad_(False)
+    )
+
+    def fn(x, mask_bias):
+        h = layer(x)
+        return {"h": h, "pooled": (h + mask_bias).mean(1)}
+
+    x = torch.randn(8, 16, 128, device="cuda")
+    bias = torch.randn(128, device="cuda")
+    r = GraphRunner(fn, (x, bias), batch_dims=(0, None), sizes=[1, 2, 4, 8], registry=CollectorRegistry())
+    assert all(s.captured for s in r.status())
+    for n in (1, 3, 5, 8):
+        x = torch.randn(n, 16, 128, device="cuda")
+        got = r(x, bias)
+        want = fn(x, bias)
+        torch.testing.assert_close(got["h"], want["h"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got["pooled"], want["pooled"], rtol=1e-4, atol=1e-4)
+
+
+def test_host_sync_fails_capture_and_leaves_the_device_usable():
+    def bad(x):
+        return x / x.abs().max().item()
+
+    r = GraphRunner(bad, (torch.randn(4, 8, device="cuda"),), sizes=[2, 4], registry=CollectorRegistry())
+    assert {s.reason for s in r.status()} == {CaptureFailure.HOST_SYNC}, r.status()
+    x = torch.randn(3, 8, device="cuda")
+    torch.testing.assert_close(r(x), bad(x))
+    assert r.stats.eager_fallback == {CallFallback.RUNG_NOT_CAPTURED: 1}
+    good = GraphRunner(
+        lambda t: t * 2, (torch.randn(2, 8, device="cuda"),), sizes=[2], registry=CollectorRegistry()
+    )
+    assert good.status()[0].captured
+    torch.testing.assert_close(good(x[:2]), x[:2] * 2)
+
+
+def test_verification_catches_control_flow_frozen_on_host_data():
+    """A loop over a CPU tensor's values is legal during capture, and frozen: verification must catch it."""
+
+    def fn(x, lengths):  # lengths lives on the CPU, like per-step attention metadata
+        mask = torch.ones_like(x)
+        for i, length in enumerate(lengths.tolist()):
+            mask[i, length:] = 0
+        return x * mask
+
+    lengths = torch.tensor([1, 7, 3, 5])  # verification draws new lengths from 1..7 (1 in 2401 to repeat)
+    r = GraphRunner(
+        fn,
+        (torch.randn(4, 8, device="cuda"), lengths),
+        batch_dims=(0, None),
+        sizes=[4],
+        registry=CollectorRegistry(),
+    )
+    (status,) = r.status()
+    assert not status.captured and status.reason is CaptureFailure.VERIFICATION, status
+
+
+def test_replay_error_falls_back_for_that_call(monkeypatch):
+    r = GraphRunner(
+        lambda t: t + 1, (torch.randn(2, 8, device="cuda"),), sizes=[2], registry=CollectorRegistry()
+    )
+
+    def broken() -> None:
+        raise RuntimeError("injected replay failure")
+
+    monkeypatch.setitem(r._replays, 2, broken)
+    x = torch.randn(2, 8, device="cuda")
+    torch.testing.assert_close(r(x), x + 1)
+    assert r.stats.eager_fallback == {CallFallback.REPLAY_ERROR: 1}
+
+
+def test_memory_budget_on_the_device():
+    net = mlp(torch.float32)
+    x = torch.randn(512, 64, device="cuda")
+    r = GraphRunner(net, (x,), sizes=[8, 512], memory_budget_bytes=64 * 1024, registry=CollectorRegistry())
+    status = {s.size: s for s in r.status()}
+    assert status[512].reason is CaptureFailure.MEMORY_BUDGET
+    assert status[8].captured
+
+
+def test_ladder_pool_is_close_to_the_top_rung_alone():
+    net = mlp(torch.float16)
+    x = torch.randn(256, 64, device="cuda", dtype=torch.float16)
+    top = GraphRunner(net, (x,), sizes=[256], registry=CollectorRegistry())
+    top_bytes = top.backend.pool_bytes()
+    top.close()
+    ladder = GraphRunner(net, (x,), sizes=[1, 2, 4, 8, 16, 32, 64, 128, 256], registry=CollectorRegistry())
+    assert all(s.captured for s in ladder.status())
+    assert ladder.backend.pool_bytes() <= 2 * max(top_bytes, 2 * 2**20), (
+        ladder.backend.pool_bytes(),
+        top_bytes,
+    )

@@ -1,0 +1,73 @@
+"""Prometheus series: names from DESIGN.md, bounded labels, values that follow the runner."""
+
+import pytest
+import torch
+from prometheus_client import generate_latest
+
+from graphrun import FaultPlan, GraphRunner, SimBackend
+from graphrun.errors import ConfigError
+from graphrun.graphs.metrics import MAX_RUNNERS
+
+
+def value(registry, name, **labels):
+    v = registry.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+def test_metric_values_follow_calls(registry):
+    backend = SimBackend(FaultPlan(capture={2: torch.OutOfMemoryError("oom")}))
+    r = GraphRunner(
+        lambda x: x + 1, (torch.randn(4, 2),), sizes=[1, 2, 4], backend=backend, registry=registry, name="m"
+    )
+    r(torch.randn(1, 2))
+    r(torch.randn(3, 2))  # padded 3 -> 4
+    r(torch.randn(9, 2))  # above the top rung
+    assert value(registry, "graphrun_cuda_graph_captured_total", runner="m") == 2
+    assert value(registry, "graphrun_cuda_graph_replayed_total", runner="m") == 2
+    assert value(registry, "graphrun_cuda_graph_capture_failed_at_init_total", runner="m", reason="oom") == 1
+    assert (
+        value(registry, "graphrun_cuda_graph_eager_fallback_total", runner="m", reason="above_top_rung") == 1
+    )
+    assert value(registry, "graphrun_cuda_graph_padding_ratio", runner="m") == pytest.approx(1 / 5)
+    assert value(registry, "graphrun_cuda_graph_replay_seconds_count", runner="m") == 2
+    assert value(registry, "graphrun_cuda_graph_capture_seconds", runner="m") > 0
+
+
+def test_every_reason_is_exported_even_at_zero(registry):
+    GraphRunner(lambda x: x + 1, (torch.randn(2, 2),), sizes=[2], backend="sim", registry=registry, name="z")
+    text = generate_latest(registry).decode()
+    for reason in ("oom", "host_sync", "uncapturable_op", "verification_mismatch", "memory_budget"):
+        assert f'graphrun_cuda_graph_capture_failed_at_init_total{{reason="{reason}",runner="z"}} 0.0' in text
+    assert 'graphrun_cuda_graph_eager_fallback_total{reason="replay_error",runner="z"} 0.0' in text
+
+
+def test_runner_names_are_unique_and_bounded(registry):
+    def f(x):
+        return x * 3
+
+    a = GraphRunner(f, (torch.randn(1, 2),), sizes=[1], backend="sim", registry=registry)
+    b = GraphRunner(f, (torch.randn(1, 2),), sizes=[1], backend="sim", registry=registry)
+    assert (a.name, b.name) == ("f", "f-2")
+    with pytest.raises(ConfigError, match="already registered"):
+        GraphRunner(f, (torch.randn(1, 2),), sizes=[1], backend="sim", registry=registry, name="f")
+    keep = [
+        GraphRunner(
+            f, (torch.randn(1, 2),), sizes=[1], backend="sim", registry=registry, verify=False, capture=False
+        )
+        for _ in range(MAX_RUNNERS - 2)
+    ]
+    with pytest.raises(ConfigError, match="bounded"):
+        GraphRunner(f, (torch.randn(1, 2),), sizes=[1], backend="sim", registry=registry, capture=False)
+    assert len(keep) == MAX_RUNNERS - 2
+
+
+def test_a_collected_runner_leaves_the_registry(registry):
+    import gc
+
+    r = GraphRunner(
+        lambda x: x, (torch.randn(1, 2),), sizes=[1], backend="sim", registry=registry, name="gone"
+    )
+    assert value(registry, "graphrun_cuda_graph_captured_total", runner="gone") == 1
+    del r
+    gc.collect()
+    assert registry.get_sample_value("graphrun_cuda_graph_captured_total", {"runner": "gone"}) is None
