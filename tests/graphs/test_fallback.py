@@ -159,3 +159,20 @@ def test_output_shape_that_does_not_follow_the_batch_is_caught(registry):
     status = {s.size: s for s in r.status()}
     assert status[4].captured
     assert status[2].reason is CaptureFailure.OUTPUT_SHAPE
+
+
+def test_wrapped_errors_are_classified_by_their_root_cause(registry):
+    from graphrun.graphs.capture import classify, root_cause
+
+    assert classify(RuntimeError("operation failed due to a previous error during capture")) is (
+        CaptureFailure.UNCAPTURABLE_OP
+    )
+    try:
+        try:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        except RuntimeError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")  # noqa: B904
+    except RuntimeError as outer:
+        chained = outer
+    assert classify(chained) is CaptureFailure.HOST_SYNC
+    assert "not permitted" in str(root_cause(chained))

@@ -40,6 +40,8 @@ class Slot:
     device: torch.device | None = None
     ndim: int = 0
     tail: tuple[int, ...] = ()  # shape without the batch dimension
+    shape: tuple[int, ...] = ()  # full shape (shared slots); a torch.Size once allocated
+    shape_for: list[torch.Size] = field(default_factory=list)  # batch size n -> full shape (batched slots)
     views: dict[int, torch.Tensor] = field(default_factory=dict)  # rung -> rows [0, rung)
 
 
@@ -55,6 +57,11 @@ def make_input_slot(index: int, path: str, example: Any, dim: int | None, top: i
         slot.dtype, slot.device, slot.ndim = example.dtype, example.device, example.dim()
         slot.tail = batch_dim_tail(example.shape, dim)
         slot.buffer = _top_rung_buffer(example, dim, top) if dim is not None else example.detach().clone()
+        slot.shape = example.shape
+        if dim is not None:  # precomputed so the hot path compares one torch.Size per leaf
+            slot.shape_for = [
+                torch.Size((*example.shape[:dim], n, *example.shape[dim + 1 :])) for n in range(top + 1)
+            ]
         return slot
     if scalars == "tensor" and isinstance(example, bool | int | float):
         return Slot(index, Kind.SCALAR, path, buffer=torch.tensor(example), value=type(example))

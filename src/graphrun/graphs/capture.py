@@ -38,17 +38,40 @@ class OutputShapeError(RuntimeError):
 
 
 def classify(exc: BaseException) -> CaptureFailure:
-    """Map a capture-time exception onto the fixed set of reasons."""
-    if isinstance(exc, torch.OutOfMemoryError):
+    """Map a capture-time exception onto the fixed set of reasons.
+
+    On CUDA the first error (say, from .item()) is often wrapped: capture_end then fails with "operation
+    failed due to a previous error during capture", so the whole exception chain is read.
+    """
+    chain = _exception_chain(exc)
+    if any(isinstance(e, torch.OutOfMemoryError) for e in chain):
         return CaptureFailure.OOM
-    if isinstance(exc, OutputShapeError):
+    if any(isinstance(e, OutputShapeError) for e in chain):
         return CaptureFailure.OUTPUT_SHAPE
-    text = str(exc)
-    if isinstance(exc, HostSyncError) or any(m in text for m in _HOST_SYNC_MARKERS):
+    texts = [str(e) for e in chain]
+    if any(isinstance(e, HostSyncError) for e in chain) or any(
+        m in t for t in texts for m in _HOST_SYNC_MARKERS
+    ):
         return CaptureFailure.HOST_SYNC
-    if isinstance(exc, UncapturableOpError) or any(m in text for m in _CAPTURE_MARKERS):
+    if any(isinstance(e, UncapturableOpError) for e in chain) or any(
+        m in t for t in texts for m in _CAPTURE_MARKERS
+    ):
         return CaptureFailure.UNCAPTURABLE_OP
     return CaptureFailure.ERROR
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The first error of a chain: the one that says what the model did wrong."""
+    return _exception_chain(exc)[-1]
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 @contextlib.contextmanager
@@ -260,7 +283,10 @@ class RungCapturer:
 
     def _fail(self, rung: int, reason: CaptureFailure, exc: BaseException | str, seconds: float) -> None:
         runner = self._runner
-        detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        if isinstance(exc, BaseException):
+            exc = root_cause(exc)
+        text = str(exc).strip()
+        detail = text.splitlines()[0][:300] if text else type(exc).__name__
         runner.mark(RungStatus(rung, False, 0, seconds, reason, detail))
         runner.stats.capture_failed[reason] = runner.stats.capture_failed.get(reason, 0) + 1
         log.warning(

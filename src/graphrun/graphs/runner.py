@@ -150,7 +150,6 @@ class GraphRunner:
                 assert slot.buffer is not None and slot.dim is not None
                 slot.views = {r: slot.buffer.narrow(slot.dim, 0, r) for r in ladder}
         self._batched = [s for s in self._slots if s.kind is Kind.BATCHED]
-        self._tensors = [s for s in self._slots if s.kind in (Kind.BATCHED, Kind.SHARED)]
         self._shared = [s for s in self._slots if s.kind is Kind.SHARED]
         self._scalar_slots = [s for s in self._slots if s.kind is Kind.SCALAR]
         self._static_slots = [s for s in self._slots if s.kind is Kind.STATIC]
@@ -197,6 +196,10 @@ class GraphRunner:
         captured = sorted(self._graphs)
         for n in range(1, self.sizes[-1] + 1):
             self._dispatch[n] = rung_for(captured, n)
+
+    def rung_for(self, batch_size: int) -> int | None:
+        """The captured rung a call of `batch_size` replays, or None when it would run eager."""
+        return self._dispatch[batch_size] if 0 < batch_size < len(self._dispatch) else None
 
     def status(self) -> tuple[RungStatus, ...]:
         """Per rung, smallest first: captured (bytes, seconds) or eager (reason)."""
@@ -249,7 +252,7 @@ class GraphRunner:
 
         Write into them in place and call the runner with them: the copy-in is skipped (zero-copy path).
         """
-        rung = self._dispatch[batch_size] if 0 < batch_size < len(self._dispatch) else None
+        rung = self.rung_for(batch_size)
         if rung is None:
             raise GraphInputError(
                 f"batch_size={batch_size} has no captured rung (captured: {sorted(self._graphs)})"
@@ -274,19 +277,28 @@ class GraphRunner:
         n = leaf.shape[first.dim]
         if n == 0:
             raise GraphInputError(f"{first.path}: batch size is 0; call with at least one row")
-        for slot in self._tensors:
+        in_ladder = n < len(first.shape_for)
+        for slot in self._batched:
             t = leaves[slot.index]
             try:
                 ok = (
-                    t.dtype is slot.dtype
+                    in_ladder
+                    and t.dtype is slot.dtype
                     and t.device == slot.device
-                    and t.dim() == slot.ndim
-                    and (t.shape[1:] == slot.tail and t.shape[0] == n if slot.dim == 0 else False)
+                    and t.shape == slot.shape_for[n]
                 )
             except AttributeError:
                 ok = False
             if not ok:
-                check_tensor(slot, t, n)  # slow path: raises with a precise message, or passes (dim != 0)
+                check_tensor(slot, t, n)  # raises with a precise message (or passes: n above the ladder)
+        for slot in self._shared:
+            t = leaves[slot.index]
+            try:
+                ok = t.dtype is slot.dtype and t.device == slot.device and t.shape == slot.shape
+            except AttributeError:
+                ok = False
+            if not ok:
+                check_tensor(slot, t, n)
         for slot in self._static_slots:
             check_static(slot, leaves[slot.index])
         for slot in self._scalar_slots:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -67,11 +68,12 @@ class CudaBackend:
         torch.cuda.synchronize(self.device)
         before = torch.cuda.memory_reserved(self.device)
         graph = torch.cuda.CUDAGraph()
+        previous_stream = torch.cuda.current_stream(self.device)
         try:
             with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
                 body()
         except BaseException:
-            _recover_after_failed_capture(self.device)
+            _recover_after_failed_capture(self.device, previous_stream)
             raise
         torch.cuda.synchronize(self.device)
         added = max(0, torch.cuda.memory_reserved(self.device) - before)
@@ -117,10 +119,32 @@ def _cuda(device: torch.device | str | int) -> torch.device:
     return torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
 
 
-def _recover_after_failed_capture(device: torch.device) -> None:
-    """Leave the device usable after an invalidated capture: drain errors the driver queued."""
+def _recover_after_failed_capture(device: torch.device, previous_stream: torch.cuda.Stream) -> None:
+    """Leave the process usable after a capture that raised.
+
+    Two hazards: torch.cuda.graph's __exit__ ends the capture before it restores the stream, so a failure
+    leaves this thread on the capture stream; and CUDAGraph.capture_end raises before the RNG epilogue, so
+    the default CUDA generator stays in capture mode and every later random op fails with "Offset
+    increment outside graph capture". The stream is put back; the generator is repaired by running one
+    trivial capture to completion (its epilogue clears the flag). If that does not hold, raise.
+    """
+    torch.cuda.set_stream(previous_stream)
     with contextlib.suppress(Exception):
         torch.cuda.synchronize(device)
+    try:
+        torch.rand(1, device=device)
+        torch.cuda.synchronize(device)
+        return
+    except RuntimeError:
+        pass
+    repair = torch.cuda.CUDAGraph()
+    scratch = torch.zeros(1, device=device)
+    with torch.cuda.graph(repair):
+        scratch.add_(1)
+    repair.reset()
+    torch.cuda.set_stream(previous_stream)
+    torch.rand(1, device=device)  # raises if the generator is still poisoned: do not limp on
+    torch.cuda.synchronize(device)
 
 
 class RawGraph:
@@ -140,8 +164,13 @@ class RawGraph:
         torch.cuda.synchronize()
         before = torch.cuda.memory_reserved()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = body()
+        previous_stream = torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(self.graph):
+                self.output: Any = body()
+        except BaseException:
+            _recover_after_failed_capture(previous_stream.device, previous_stream)
+            raise
         torch.cuda.synchronize()
         self.nbytes = max(0, torch.cuda.memory_reserved() - before)
         self.replay = self.graph.replay
