@@ -66,7 +66,7 @@ class CudaBackend:
     def capture(self, body: Callable[[], object], label: str = "") -> CudaGraph:
         """Record `body` into the shared pool; CUDA raises on host syncs and uncapturable ops."""
         torch.cuda.synchronize(self.device)
-        before = torch.cuda.memory_reserved(self.device)
+        before = pool_segment_bytes(self._pool, self.device)
         graph = torch.cuda.CUDAGraph()
         previous_stream = torch.cuda.current_stream(self.device)
         try:
@@ -76,7 +76,7 @@ class CudaBackend:
             _recover_after_failed_capture(self.device, previous_stream)
             raise
         torch.cuda.synchronize(self.device)
-        added = max(0, torch.cuda.memory_reserved(self.device) - before)
+        added = max(0, pool_segment_bytes(self._pool, self.device) - before)
         self._pool_bytes += added
         return CudaGraph(graph, added, label)
 
@@ -98,9 +98,23 @@ class CudaBackend:
             torch.cuda.nvtx.range_pop()
 
 
+def pool_segment_bytes(pool: tuple[int, int], device: torch.device) -> int:
+    """Bytes the caching allocator holds in segments of one graph pool.
+
+    Reading memory_reserved() around a capture does not work: torch.cuda.graph empties the cache on
+    entry, which cancels the pool's growth. The allocator snapshot names each segment's pool.
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return sum(
+        int(seg["total_size"])
+        for seg in torch.cuda.memory_snapshot()
+        if tuple(seg.get("segment_pool_id", (0, 0))) == tuple(pool) and seg.get("device") == index
+    )
+
+
 def _nvtx_wrapped(replay: Callable[[], None], label: str) -> Callable[[], None]:
     """replay() inside an NVTX range: ~0.3 us of host time, and replays show up named in Nsight."""
-    push, pop = torch.cuda.nvtx.range_push, torch.cuda.nvtx.range_pop
+    push, pop = torch._C._nvtx.rangePushA, torch._C._nvtx.rangePop  # the C entry points: no Python frame
 
     def replay_in_range() -> None:
         push(label)
@@ -162,7 +176,6 @@ class RawGraph:
                 body()
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
-        before = torch.cuda.memory_reserved()
         self.graph = torch.cuda.CUDAGraph()
         previous_stream = torch.cuda.current_stream()
         try:
@@ -172,7 +185,7 @@ class RawGraph:
             _recover_after_failed_capture(previous_stream.device, previous_stream)
             raise
         torch.cuda.synchronize()
-        self.nbytes = max(0, torch.cuda.memory_reserved() - before)
+        self.nbytes = pool_segment_bytes(self.graph.pool(), previous_stream.device)
         self.replay = self.graph.replay
 
     def release(self) -> None:
