@@ -1,0 +1,1 @@
+"""Layers shared by the decoder families: norms, rotary embedding, paged attention, MLP."""

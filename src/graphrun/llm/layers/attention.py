@@ -1,0 +1,115 @@
+"""Paged attention: the KV-cache layout and per-step metadata every model layer and kernel agrees on.
+
+Cache layout, per layer: k_cache and v_cache of shape (num_blocks, block_size, num_kv_heads, head_dim).
+A token's K/V lives at flat slot `block * block_size + offset`. A sequence's blocks are listed in its row
+of `block_tables`. Decode is designed for capture: all metadata are static tensors of fixed shape
+(num_seqs rows, max_blocks_per_seq columns); writes go by index; nothing reads metadata on the host.
+
+This module holds the torch reference ops (CPU and GPU); the Triton decode kernel is checked against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Where this step's tokens write their K/V and what each sequence attends to.
+
+    Decode (one new token per sequence) has query_start None; prefill/mixed steps list, per sequence, its
+    slice of the flat token batch in query_start and run eager.
+    """
+
+    slot_mapping: torch.Tensor  # (num_tokens,) int64: cache slot each new token's K/V is written to
+    block_tables: torch.Tensor  # (num_seqs, max_blocks_per_seq) int32: cache blocks per sequence, 0-padded
+    context_lens: torch.Tensor  # (num_seqs,) int32: tokens in the cache per sequence, this step's included
+    query_start: torch.Tensor | None = (
+        None  # (num_seqs + 1,) int32 prefix sums of query lengths; None: decode
+    )
+    query_start_host: list[int] | None = None  # the same on the host (prefill runs eager and loops on it)
+    context_lens_host: list[int] | None = None  # the same on the host (prefill only)
+
+
+def write_kv(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Store new keys/values (num_tokens, num_kv_heads, head_dim) at their slots, in place."""
+    num_blocks, block_size, kv_heads, head_dim = k_cache.shape
+    k_cache.view(num_blocks * block_size, kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+    v_cache.view(num_blocks * block_size, kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+
+
+def decode_attention_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """One query token per sequence over its cached tokens; static shapes, no host reads (capturable).
+
+    q: (num_seqs, num_heads, head_dim) -> (num_seqs, num_heads, head_dim). Reads all max_blocks_per_seq
+    blocks and masks past context_lens: simple and capturable, but not bandwidth-optimal (the Triton
+    kernel reads only filled blocks).
+    """
+    num_seqs, num_heads, head_dim = q.shape
+    _, block_size, kv_heads, _ = k_cache.shape
+    max_blocks = block_tables.shape[1]
+    blocks = block_tables.long()
+    k = k_cache[blocks].reshape(num_seqs, max_blocks * block_size, kv_heads, head_dim)
+    v = v_cache[blocks].reshape(num_seqs, max_blocks * block_size, kv_heads, head_dim)
+    positions = torch.arange(max_blocks * block_size, device=q.device)
+    valid = positions[None, :] < context_lens[:, None].long()  # (num_seqs, max_ctx)
+    group = num_heads // kv_heads
+    qg = q.view(num_seqs, kv_heads, group, head_dim).float()
+    scores = torch.einsum("skgd,stkd->skgt", qg, k.float()) * scale  # (seqs, kv_heads, group, ctx)
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.einsum("skgt,stkd->skgd", probs, v.float())
+    return out.reshape(num_seqs, num_heads, head_dim).to(q.dtype)
+
+
+def prefill_attention_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention for each sequence's new tokens over its whole cached context (chunked prefill).
+
+    q: (num_tokens, num_heads, head_dim), the sequences' new tokens back to back. Runs eager: it loops over
+    sequences on the host using query_start_host / context_lens_host.
+    """
+    assert meta.query_start_host is not None and meta.context_lens_host is not None
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
+    out = torch.empty_like(q)
+    for i, ctx in enumerate(meta.context_lens_host):
+        start, end = meta.query_start_host[i], meta.query_start_host[i + 1]
+        num_blocks = (ctx + block_size - 1) // block_size
+        blocks = meta.block_tables[i, :num_blocks].long()
+        k = k_cache[blocks].reshape(-1, kv_heads, head_dim)[:ctx]
+        v = v_cache[blocks].reshape(-1, kv_heads, head_dim)[:ctx]
+        q_len = end - start
+        # query j sits at position ctx - q_len + j and sees keys 0..that position
+        mask = torch.ones(q_len, ctx, dtype=torch.bool, device=q.device).tril(diagonal=ctx - q_len)
+        out[start:end] = _sdpa(q[start:end], k, v, mask, scale, num_heads // kv_heads)
+    return out
+
+
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, group: int
+) -> torch.Tensor:
+    """(q_len, heads, d) over (ctx, kv_heads, d) with grouped-query heads, via SDPA."""
+    k = k.repeat_interleave(group, dim=1) if group > 1 else k
+    v = v.repeat_interleave(group, dim=1) if group > 1 else v
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, scale=scale
+    )
+    return out.transpose(0, 1)

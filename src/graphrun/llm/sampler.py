@@ -1,0 +1,69 @@
+"""Token sampling inside the captured decode graph: no host sync, no global RNG, per-request seeds.
+
+Greedy, temperature, top-k and top-p are computed for every row with tensor ops only, so one graph
+serves any mix of requests. Randomness comes from a counter-based hash of (seed, position, token id),
+turned into Gumbel noise: the same seed and prompt give the same tokens whatever else is in the batch,
+and replaying a graph needs no RNG state. Greedy-only batches use `greedy_sample`, a cheaper graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+# odd multipliers below 2**31, so a 32-bit value times one stays below 2**63 in int64 arithmetic
+_MIX = (0x7FEB352D, 0x2C1B3C6D, 0x297A2D39, 0x5851F42D)
+
+
+@dataclass(slots=True)
+class SamplingTensors:
+    """Per-row sampling parameters as static tensors (each (num_seqs,))."""
+
+    temperature: torch.Tensor  # float32, 0 = greedy
+    top_k: torch.Tensor  # int32, 0 = off
+    top_p: torch.Tensor  # float32, 1 = off
+    seeds: torch.Tensor  # int64
+
+
+def greedy_sample(logits: torch.Tensor) -> torch.Tensor:
+    """(num_seqs, vocab) -> (num_seqs,) int64: the most likely token."""
+    return logits.argmax(dim=-1)
+
+
+def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Uniform (0, 1) numbers keyed by (seed, position, token id): deterministic, graph-safe.
+
+    seeds, positions: (num_seqs,); token_ids: (num_seqs, k) -> (num_seqs, k) float32.
+    """
+    x = (seeds[:, None] & 0x7FFFFFFF) * _MIX[0] + (positions[:, None].long() & 0x7FFFFFFF) * _MIX[1]
+    x = (x + token_ids.long() * _MIX[2]) & _MASK32
+    for mult in (_MIX[3], _MIX[0]):  # xorshift-multiply rounds (a 32-bit finaliser)
+        x = x ^ (x >> 16)
+        x = (x * mult) & _MASK32
+    x = x ^ (x >> 15)
+    return ((x >> 8).float() + 0.5) * (1.0 / (1 << 24))  # 24 bits: strictly inside (0, 1) in float32
+
+
+def sample(logits: torch.Tensor, params: SamplingTensors, positions: torch.Tensor) -> torch.Tensor:
+    """(num_seqs, vocab) float logits -> (num_seqs,) int64 tokens; rows with temperature 0 are greedy.
+
+    Exact over the whole vocabulary: sort once, mask past top-k and outside the top-p nucleus (the most
+    likely token always stays), then Gumbel-max with the hashed noise.
+    """
+    logits = logits.float()
+    vocab = logits.shape[-1]
+    greedy = logits.argmax(dim=-1)
+    temperature = params.temperature.clamp(min=1e-5)[:, None]
+    sorted_logits, sorted_ids = (logits / temperature).sort(dim=-1, descending=True)  # (num_seqs, vocab)
+    ranks = torch.arange(vocab, device=logits.device)[None, :]
+    k = torch.where(params.top_k > 0, params.top_k, vocab).clamp(max=vocab)[:, None]
+    sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
+    probs = sorted_logits.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # probability mass strictly above each token
+    sorted_logits = sorted_logits.masked_fill((before > params.top_p[:, None]) & (ranks > 0), float("-inf"))
+    gumbel = -torch.log(-torch.log(uniform_noise(params.seeds, positions, sorted_ids)))
+    choice = (sorted_logits + gumbel).argmax(dim=-1, keepdim=True)
+    sampled = sorted_ids.gather(1, choice).squeeze(1)
+    return torch.where(params.temperature > 0, sampled, greedy)
