@@ -18,6 +18,8 @@ from typing import Any, TextIO
 
 import torch
 
+from graphrun.envvars import git_commit_override
+
 
 def _cell(value: Any) -> str:
     if value is None:
@@ -75,6 +77,8 @@ def environment() -> dict[str, Any]:
     """Device name, torch/CUDA/Python versions, UTC date, git commit and dirty flag (None when unknown)."""
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if commit is None:  # a copied tree without .git (the GPU machine): trust the caller's word
+        commit = git_commit_override()
     return {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,

@@ -43,6 +43,9 @@ class Slot:
     shape: tuple[int, ...] = ()  # full shape (shared slots); a torch.Size once allocated
     shape_for: list[torch.Size] = field(default_factory=list)  # batch size n -> full shape (batched slots)
     views: dict[int, torch.Tensor] = field(default_factory=dict)  # rung -> rows [0, rung)
+    view_ptrs: dict[int, int] = field(
+        default_factory=dict
+    )  # rung -> views[rung].data_ptr() (zero-copy check)
 
 
 def batch_dim_tail(shape: Sequence[int], dim: int | None) -> tuple[int, ...]:

@@ -134,6 +134,14 @@ class RungCapturer:
             self._allocate_outputs(out, rung, runner.sizes[-1])
             return
 
+    @property
+    def immutable_outputs(self) -> bool:
+        """True when the output is one leaf or a tuple of leaves: safe to hand out the same object twice."""
+        root = self.out_spec.root if self.out_spec is not None else None
+        return root is not None and (
+            root.kind == "leaf" or (root.kind == "tuple" and all(c.kind == "leaf" for c in root.children))
+        )
+
     def _allocate_outputs(self, out: Any, rung: int, top: int) -> None:
         self.out_spec = spec_of(out)
         leaves = self.out_spec.flatten(out)

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ from graphrun.graphs.layout import BatchDims, KwargBatchDims, leaf_batch_dims, l
 from graphrun.graphs.metrics import collector_for
 from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe, spec_of
 from graphrun.graphs.sizes import default_ladder, normalize_ladder, rung_for
-from graphrun.graphs.status import CallFallback, RungStatus, RunnerStats
+from graphrun.graphs.status import REPLAY_BUCKETS, CallFallback, RungStatus, RunnerStats
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,11 @@ class GraphRunner:
         self._graphs: dict[int, CapturedGraph] = {}
         self._replays: dict[int, Callable[[], None]] = {}
         self._dispatch: list[int | None] = [None] * (self.sizes[-1] + 1)
+        self._dispatch_len = len(self._dispatch)
+        self._flatten = self._in_spec.flatten
+        # rung -> the finished output object when a call fills the whole rung (tuple or single tensor
+        # outputs only: a dict or list could be mutated by the caller, so those are rebuilt per call)
+        self._out_whole: dict[int, Any] = {}
         self._status: dict[int, RungStatus] = {}
         self._captured_once = False
         if capture:
@@ -154,6 +160,9 @@ class GraphRunner:
         self._scalar_slots = [s for s in self._slots if s.kind is Kind.SCALAR]
         self._static_slots = [s for s in self._slots if s.kind is Kind.STATIC]
         self._first = self._batched[0]
+        self._only_batched = len(self._slots) == 1  # one batched tensor, nothing else: the inlined path
+        for slot in self._batched:
+            slot.view_ptrs = {r: view.data_ptr() for r, view in slot.views.items()}
         del self._example_leaves
         return ladder
 
@@ -186,6 +195,7 @@ class GraphRunner:
             graph.release()
         self._graphs.clear()
         self._replays.clear()
+        self._out_whole.clear()
         self._status.clear()
         self._capturer.capture_all()
         self._captured_once = True
@@ -211,27 +221,40 @@ class GraphRunner:
             graph.release()
         self._graphs.clear()
         self._replays.clear()
+        self._out_whole.clear()
         self._captured_once = False
         self._rebuild_dispatch()
 
     # ----- calls --------------------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run one batch: replay the smallest captured rung that fits, else eager (counted)."""
+        """Run one batch: replay the smallest captured rung that fits, else eager (counted).
+
+        Hot path: every step below was measured; it is kept to one method with locals on purpose.
+        """
         try:
-            leaves = self._in_spec.flatten((args, kwargs))
+            leaves = self._flatten((args, kwargs))
         except _FLATTEN_ERRORS:
             raise GraphInputError(
                 f"inputs have structure {describe((args, kwargs))}; the runner was built for "
                 f"{self._in_spec.describe()}"
             ) from None
         n = self._validate(leaves)
-        rung = self._dispatch[n] if n < len(self._dispatch) else None
+        rung = self._dispatch[n] if n < self._dispatch_len else None
         if rung is None:
             return self._eager(self._why_eager(n), args, kwargs)
         with self._lock:
             start = time.perf_counter()
-            self._copy_in(leaves, n, rung)
+            if self._only_batched:
+                slot = self._first
+                view = slot.views[rung]
+                leaf = leaves[slot.index]
+                if leaf is not view and leaf.data_ptr() != slot.view_ptrs[rung]:
+                    (view if n == rung else view.narrow(slot.dim, 0, n)).copy_(leaf)  # type: ignore[arg-type]
+                if n != rung:
+                    pad_rows(view, slot.dim, n, self._pad)  # type: ignore[arg-type]
+            else:
+                self._copy_in(leaves, n, rung)
             try:
                 self._replays[rung]()
             except Exception as exc:  # a broken replay must not fail the call: run eager, count, say so
@@ -239,12 +262,14 @@ class GraphRunner:
                     "runner %s: replay of rung %d failed (%s); running this call eager", self.name, rung, exc
                 )
                 return self._eager(CallFallback.REPLAY_ERROR, args, kwargs)
-            out = self._outputs(n, rung)
+            out = self._out_whole[rung] if n == rung and self._out_whole else self._outputs(n, rung)
             stats = self.stats
             stats.num_replayed += 1
             stats.num_graph_rows += n
             stats.num_padded_rows += rung - n
-            stats.observe_replay(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            stats.replay_bucket_counts[bisect_left(REPLAY_BUCKETS, seconds)] += 1
+            stats.replay_seconds_sum += seconds
         return out
 
     def static_inputs(self, batch_size: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -309,7 +334,7 @@ class GraphRunner:
         for slot in self._batched:
             view = slot.views[rung]
             leaf = leaves[slot.index]
-            if leaf is not view and leaf.data_ptr() != view.data_ptr():
+            if leaf is not view and leaf.data_ptr() != slot.view_ptrs[rung]:
                 if n == rung:
                     view.copy_(leaf)
                 else:
@@ -325,10 +350,8 @@ class GraphRunner:
 
     def _outputs(self, n: int, rung: int) -> Any:
         capturer = self._capturer
-        if n == rung:
-            leaves = list(capturer.out_leaves[rung])
-        else:
-            leaves = list(capturer.out_leaves[rung])
+        leaves = list(capturer.out_leaves[rung])
+        if n != rung:
             for i, dim in capturer.out_batched:
                 leaves[i] = leaves[i].narrow(dim, 0, n)
         if self._clone_outputs:
@@ -364,6 +387,8 @@ class GraphRunner:
         if status.captured:
             self._graphs[rung] = graph
             self._replays[rung] = graph.replay
+            if self._clone_outputs is False and self._capturer.immutable_outputs:
+                self._out_whole[rung] = self._outputs(rung, rung)
 
     def mark(self, status: RungStatus) -> None:
         """Record a rung that runs eager."""

@@ -5,7 +5,6 @@ Reasons are a closed enum so metric labels stay bounded.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -68,11 +67,6 @@ class RunnerStats:
     eager_fallback: dict[CallFallback, int] = field(default_factory=dict)
     replay_bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(REPLAY_BUCKETS) + 1))
     replay_seconds_sum: float = 0.0
-
-    def observe_replay(self, seconds: float) -> None:
-        """Count one replay's host time into its histogram bucket."""
-        self.replay_bucket_counts[bisect.bisect_left(REPLAY_BUCKETS, seconds)] += 1
-        self.replay_seconds_sum += seconds
 
     def count_fallback(self, reason: CallFallback) -> None:
         """Count one call that ran eager."""

@@ -73,7 +73,7 @@ class CudaBackend:
             with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
                 body()
         except BaseException:
-            _recover_after_failed_capture(self.device, previous_stream)
+            _recover_after_failed_capture(self.device, previous_stream, self._pool)
             raise
         torch.cuda.synchronize(self.device)
         added = max(0, pool_segment_bytes(self._pool, self.device) - before)
@@ -133,16 +133,22 @@ def _cuda(device: torch.device | str | int) -> torch.device:
     return torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
 
 
-def _recover_after_failed_capture(device: torch.device, previous_stream: torch.cuda.Stream) -> None:
+def _recover_after_failed_capture(
+    device: torch.device, previous_stream: torch.cuda.Stream, pool: tuple[int, int]
+) -> None:
     """Leave the process usable after a capture that raised.
 
-    Two hazards: torch.cuda.graph's __exit__ ends the capture before it restores the stream, so a failure
-    leaves this thread on the capture stream; and CUDAGraph.capture_end raises before the RNG epilogue, so
-    the default CUDA generator stays in capture mode and every later random op fails with "Offset
-    increment outside graph capture". The stream is put back; the generator is repaired by running one
-    trivial capture to completion (its epilogue clears the flag). If that does not hold, raise.
+    Three hazards, all because CUDAGraph.capture_end raises part-way: torch.cuda.graph's __exit__ ends the
+    capture before it restores the stream, so this thread is left on the capture stream; the allocator
+    keeps routing this thread's allocations to the graph pool, so the next capture into it fails with
+    "already recording to mempool"; and the RNG epilogue never runs, so the default CUDA generator stays
+    in capture mode and every later random op fails with "Offset increment outside graph capture". The
+    stream is put back, the pool routing ended, and the generator repaired by one trivial capture run to
+    completion (its epilogue clears the flag). If that does not hold, raise.
     """
     torch.cuda.set_stream(previous_stream)
+    with contextlib.suppress(Exception):
+        torch._C._cuda_endAllocateToPool(device.index, pool)
     with contextlib.suppress(Exception):
         torch.cuda.synchronize(device)
     try:
@@ -182,7 +188,7 @@ class RawGraph:
             with torch.cuda.graph(self.graph):
                 self.output: Any = body()
         except BaseException:
-            _recover_after_failed_capture(previous_stream.device, previous_stream)
+            _recover_after_failed_capture(previous_stream.device, previous_stream, self.graph.pool())
             raise
         torch.cuda.synchronize()
         self.nbytes = pool_segment_bytes(self.graph.pool(), previous_stream.device)
