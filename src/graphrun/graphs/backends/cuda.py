@@ -74,6 +74,10 @@ class CudaBackend:
                 body()
         except BaseException:
             _recover_after_failed_capture(self.device, previous_stream, self._pool)
+            # torch 2.11 keeps the pool marked "recording" after a failed capture (ending the routing does
+            # not clear it), so later captures go to a fresh pool: correct, only less memory sharing.
+            with torch.cuda.device(self.device):
+                self._pool = torch.cuda.graph_pool_handle()
             raise
         torch.cuda.synchronize(self.device)
         added = max(0, pool_segment_bytes(self._pool, self.device) - before)
