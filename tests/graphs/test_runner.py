@@ -175,3 +175,28 @@ def test_capture_false_runs_eager_until_capture(registry):
     r.capture()
     r(x)
     assert r.stats.num_replayed == 1
+
+
+def test_custom_verification_inputs_are_used(registry):
+    table = torch.randn(10, 3)
+
+    def lookup(ids):  # ids must be valid rows: the default random draw over [min, max] would be too
+        return table[ids]
+
+    seen = []
+
+    def draw(n, gen):
+        ids = torch.randint(0, 10, (n,), generator=gen)
+        seen.append(n)
+        return (ids,)
+
+    r = runner_for(lookup, (torch.tensor([0, 9]),), registry, sizes=[1, 2], verify_inputs=draw)
+    assert all(s.captured for s in r.status()) and sorted(seen) == [1, 2]
+    ids = torch.tensor([4, 7])
+    torch.testing.assert_close(r(ids), table[ids])
+
+    def wrong(n, gen):
+        return (torch.zeros(n, dtype=torch.long), torch.zeros(1))
+
+    bad = runner_for(lookup, (torch.tensor([0, 9]),), registry, sizes=[2], verify_inputs=wrong, name="bad")
+    assert "another structure" in bad.status()[0].detail

@@ -119,3 +119,13 @@ def test_memory_accounting_counts_intermediates():
     assert graph.nbytes >= 2 * 256 * 256 * 4
     assert backend.pool_bytes() == graph.nbytes
     assert backend.estimate_bytes(lambda: (x @ x).relu()) == graph.nbytes
+
+
+def test_may_alias_ops_that_return_fresh_tensors_replay_under_inference_mode():
+    """`.float()` is aten.to.dtype under inference_mode: schema says may-alias, result is a new tensor."""
+    with torch.inference_mode():
+        x = torch.randint(0, 100, (4,))
+        graph, out = _record(SimBackend(), lambda t: (t >> 1).float() * 0.5, x)
+        x.copy_(torch.randint(0, 100, (4,)))
+        graph.replay()
+        torch.testing.assert_close(out["y"], (x >> 1).float() * 0.5)

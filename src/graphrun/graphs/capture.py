@@ -11,7 +11,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -95,8 +95,10 @@ class RungCapturer:
         tolerance: tuple[float, float] | None,
         memory_budget_bytes: int | None,
         warmup_iters: int,
+        verify_inputs: Callable[[int, torch.Generator], Sequence[Any]] | None = None,
     ) -> None:
         self._runner = runner
+        self._verify_inputs = verify_inputs
         self._verify = verify
         self._tolerance = tolerance
         self._budget = memory_budget_bytes
@@ -259,8 +261,15 @@ class RungCapturer:
         """Replay on fresh random inputs and compare with eager; a description of the first mismatch."""
         runner = self._runner
         gen = torch.Generator().manual_seed(VERIFY_SEED + rung)
-        leaves = [self._random_leaf(slot, rung, gen) for slot in runner.slots]
-        args, kwargs = runner.in_spec.unflatten(leaves)
+        if self._verify_inputs is not None:
+            args, kwargs = tuple(self._verify_inputs(rung, gen)), {}
+            try:
+                leaves = list(runner.in_spec.flatten((args, kwargs)))
+            except (StructureMismatch, KeyError, IndexError, TypeError):
+                return "verify_inputs returned another structure than the example inputs"
+        else:
+            leaves = [self._random_leaf(slot, rung, gen) for slot in runner.slots]
+            args, kwargs = runner.in_spec.unflatten(leaves)
         try:
             want = self._check_outputs(runner.fn(*args, **kwargs), rung)
             runner.copy_in(leaves, rung)

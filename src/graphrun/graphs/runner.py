@@ -46,6 +46,9 @@ SCALAR_MODES = ("static", "tensor")
 class GraphRunner:
     """Run `fn` through captured graphs, one per capture size, with eager fallback that is counted.
 
+    verify_inputs(batch_size, generator) -> positional args replaces the default random inputs of
+    verification, for inputs whose valid values a range cannot describe (packed metadata, indices).
+
     Outputs alias static buffers until the next call unless clone_outputs=True. One call at a time:
     calls are serialised by a lock, since they share the static buffers.
     """
@@ -62,6 +65,7 @@ class GraphRunner:
         max_batch_size: int | None = None,
         backend: str | Backend = "auto",
         verify: bool = True,
+        verify_inputs: Callable[[int, torch.Generator], Sequence[Any]] | None = None,
         tolerance: tuple[float, float] | None = None,
         clone_outputs: bool = False,
         scalars: str = "static",
@@ -87,7 +91,9 @@ class GraphRunner:
         self._register_static_buffers()
         self.stats = RunnerStats()
         self.name = self._register_metrics(name, registry)
-        self._capturer = RungCapturer(self, verify, tolerance, memory_budget_bytes, warmup_iters)
+        self._capturer = RungCapturer(
+            self, verify, tolerance, memory_budget_bytes, warmup_iters, verify_inputs
+        )
         self._graphs: dict[int, CapturedGraph] = {}
         self._replays: dict[int, Callable[[], None]] = {}
         self._dispatch: list[int | None] = [None] * (self.sizes[-1] + 1)

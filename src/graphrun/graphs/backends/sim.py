@@ -182,7 +182,7 @@ class _Recorder(TorchDispatchMode):
         if self._record:
             self._check(func, args)
         out = func(*args, **kwargs)
-        targets = self._fresh_outputs(func, out)
+        targets = self._fresh_outputs(func, out, _input_storages(args, kwargs))
         if self._record and (targets or func._schema.is_mutable):
             self.ops.append(_Op(func, tuple(args), dict(kwargs), targets))
         return out
@@ -193,11 +193,15 @@ class _Recorder(TorchDispatchMode):
         if func in _SYNCING_OPS or _is_masked_index(func, args):
             raise HostSyncError(_SYNC_MESSAGE.format(what=str(func)))
 
-    def _fresh_outputs(self, func: Any, out: Any) -> list[tuple[int, torch.Tensor]]:
-        """Outputs that are new storage (not views or in-place results): replay must copy into them."""
+    def _fresh_outputs(self, func: Any, out: Any, inputs: set[int]) -> list[tuple[int, torch.Tensor]]:
+        """Outputs that are new storage (not views or in-place results): replay must copy into them.
+
+        Judged by storage, not by the schema: `aten.to` and friends are annotated "may alias" but return a
+        fresh tensor when they convert (seen under inference_mode, where `.float()` is `aten.to.dtype`).
+        """
         targets: list[tuple[int, torch.Tensor]] = []
-        for i, (aliased, value) in enumerate(_flat_outputs(func, out)):
-            if aliased:
+        for i, (_, value) in enumerate(_flat_outputs(func, out)):
+            if _storage_key(value) in inputs:
                 continue
             targets.append((i, value))
             key = _storage_key(value)
@@ -206,6 +210,15 @@ class _Recorder(TorchDispatchMode):
                 self._seen.add(key)
                 self.nbytes += value.untyped_storage().nbytes()
         return targets
+
+
+def _input_storages(args: Any, kwargs: Any) -> set[int]:
+    """Storage addresses of every tensor an op received (lists of tensors included)."""
+    keys: set[int] = set()
+    for value in (*args, *kwargs.values()):
+        items = value if isinstance(value, list | tuple) else (value,)
+        keys.update(_storage_key(t) for t in items if isinstance(t, torch.Tensor))
+    return keys
 
 
 def _flat_outputs(func: Any, out: Any) -> list[tuple[bool, torch.Tensor]]:
