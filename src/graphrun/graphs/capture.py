@@ -262,7 +262,7 @@ class RungCapturer:
         runner = self._runner
         gen = torch.Generator().manual_seed(VERIFY_SEED + rung)
         if self._verify_inputs is not None:
-            args, kwargs = tuple(self._verify_inputs(rung, gen)), {}
+            args, kwargs = tuple(self._verify_inputs(rung, gen)), dict[str, Any]()
             try:
                 leaves = list(runner.in_spec.flatten((args, kwargs)))
             except (StructureMismatch, KeyError, IndexError, TypeError):

@@ -58,7 +58,8 @@ class ModelConfig:
 
     @classmethod
     def from_hf_dict(cls, raw: dict[str, Any]) -> ModelConfig:
-        """Build from the contents of a Hugging Face config.json."""
+        """Build from the contents of a Hugging Face config.json (transformers 4 or 5 layout)."""
+        raw = _with_top_level_rope_keys(raw)
         archs = raw.get("architectures") or []
         arch = archs[0] if archs else raw.get("model_type", "?")
         if arch not in ARCHITECTURES:
@@ -97,3 +98,17 @@ class ModelConfig:
         if not path.is_file():
             raise ConfigError(f"no config.json in {folder}: expected a Hugging Face checkpoint folder")
         return cls.from_hf_dict(json.loads(path.read_text()))
+
+
+def _with_top_level_rope_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """transformers >= 5 writes rope_theta and the scaling inside `rope_parameters`; lift them out."""
+    params = raw.get("rope_parameters")
+    if not isinstance(params, dict) or "rope_theta" in raw:
+        return raw
+    scaling = {key: value for key, value in params.items() if key != "rope_theta"}
+    is_default = scaling.get("rope_type", scaling.get("type", "default")) == "default"
+    return {
+        **raw,
+        "rope_theta": params.get("rope_theta", 10000.0),
+        "rope_scaling": raw.get("rope_scaling") or (None if is_default else scaling),
+    }

@@ -1,0 +1,144 @@
+"""Decode through captured graphs: one GraphRunner per sampling kind, one shared memory pool.
+
+All per-step state of a decode batch travels in two static tensors, so a step costs two host-to-device
+copies whatever the number of layers:
+  ints   (num_seqs, 5 + max_blocks_per_seq) int64: token id, position, cache slot, context length,
+         sampling seed, then the block table;
+  floats (num_seqs, 3) float32: temperature, top-p, top-k (exact in float32 below 2**24).
+The graph unpacks them with views and casts, runs the model, samples in-graph and returns the next token
+ids. Greedy-only batches replay a cheaper graph (argmax only); any other batch replays the sampling one.
+The ladder comes from max_num_seqs, so every decode batch has a rung.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from prometheus_client import CollectorRegistry
+
+from graphrun.graphs import GraphRunner, make_backend
+from graphrun.graphs.backends import Backend
+from graphrun.llm.layers.attention import AttentionMetadata
+from graphrun.llm.models import DecoderLM
+from graphrun.llm.sampler import SamplingTensors, greedy_sample, sample
+
+log = logging.getLogger(__name__)
+
+NUM_FIXED_INT_COLUMNS = 5  # token id, position, slot, context length, seed
+NUM_FLOAT_COLUMNS = 3  # temperature, top-p, top-k
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeShape:
+    """What fixes the decode graphs' input shapes and value ranges."""
+
+    max_num_seqs: int
+    max_blocks_per_seq: int
+    max_model_len: int
+    num_blocks: int
+    block_size: int
+    vocab_size: int
+
+
+class DecodeStep:
+    """The callable the graphs capture: packed inputs -> next token ids (num_seqs,) int64."""
+
+    def __init__(
+        self, model: DecoderLM, kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]], greedy: bool
+    ) -> None:
+        self._model = model
+        self._kv_caches = kv_caches
+        self._greedy = greedy
+
+    def __call__(self, ints: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
+        """(num_seqs, 5 + max_blocks) int64, (num_seqs, 3) float32 -> (num_seqs,) int64."""
+        input_ids, positions, slots = ints[:, 0], ints[:, 1], ints[:, 2]
+        meta = AttentionMetadata(
+            slot_mapping=slots,
+            block_tables=ints[:, NUM_FIXED_INT_COLUMNS:].to(torch.int32),
+            context_lens=ints[:, 3].to(torch.int32),
+        )
+        hidden = self._model(input_ids, positions, meta, self._kv_caches)
+        logits = self._model.compute_logits(hidden)  # (num_seqs, vocab) float32
+        if self._greedy:
+            return greedy_sample(logits)
+        params = SamplingTensors(
+            temperature=floats[:, 0],
+            top_p=floats[:, 1],
+            top_k=floats[:, 2].to(torch.int32),
+            seeds=ints[:, 4],
+        )
+        return sample(logits, params, positions)
+
+
+def random_inputs(
+    shape: DecodeShape, n: int, gen: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed inputs for n sequences with every column inside its own valid range (capture, verification).
+
+    Slots stay in block 0, the scratch block, so verification never writes into a live sequence's cache.
+    """
+    ints = torch.empty(n, NUM_FIXED_INT_COLUMNS + shape.max_blocks_per_seq, dtype=torch.int64)
+    ints[:, 0] = torch.randint(0, shape.vocab_size, (n,), generator=gen)
+    ints[:, 1] = torch.randint(0, shape.max_model_len, (n,), generator=gen)
+    ints[:, 2] = torch.randint(0, shape.block_size, (n,), generator=gen)
+    ints[:, 3] = ints[:, 1] + 1
+    ints[:, 4] = torch.randint(0, 2**31, (n,), generator=gen)
+    ints[:, NUM_FIXED_INT_COLUMNS:] = torch.randint(
+        0, shape.num_blocks, (n, shape.max_blocks_per_seq), generator=gen
+    )
+    floats = torch.stack(
+        [
+            torch.rand(n, generator=gen) + 0.1,  # temperature
+            torch.rand(n, generator=gen) * 0.9 + 0.1,  # top-p
+            torch.randint(0, 50, (n,), generator=gen).float(),  # top-k
+        ],
+        dim=1,
+    )
+    return ints.to(device), floats.to(device)
+
+
+class DecodeGraphs:
+    """The greedy and sampling decode runners, captured at start-up over one ladder and one pool."""
+
+    def __init__(
+        self,
+        model: DecoderLM,
+        kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        shape: DecodeShape,
+        sizes: Sequence[int],
+        backend: str | Backend = "auto",
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        device = kv_caches[0][0].device
+        shared = make_backend(backend, device)  # one backend instance: one pool for both runners
+        ints, floats = random_inputs(shape, shape.max_num_seqs, torch.Generator().manual_seed(0), device)
+        start = time.perf_counter()
+        self.runners: dict[str, GraphRunner] = {}
+        for kind in ("sampling", "greedy"):  # the larger graph first, so the greedy one reuses its pool
+            self.runners[kind] = GraphRunner(
+                DecodeStep(model, kv_caches, greedy=kind == "greedy"),
+                (ints, floats),
+                sizes=list(sizes),
+                backend=shared,
+                name=f"decode-{kind}",
+                registry=registry,
+                pad="repeat",  # padded rows repeat the last sequence: same token, same slot, same values
+                verify_inputs=lambda n, gen: random_inputs(shape, n, gen, device),
+            )
+        self.capture_seconds = time.perf_counter() - start
+        self.pool_bytes = shared.pool_bytes()
+        log.info(
+            "decode graphs: %d sizes x 2 kinds captured in %.2f s, pool %.1f MiB",
+            len(sizes),
+            self.capture_seconds,
+            self.pool_bytes / 2**20,
+        )
+
+    def run(self, ints: torch.Tensor, floats: torch.Tensor, greedy: bool) -> torch.Tensor:
+        """One decode step: (n, columns) packed inputs on the device -> (n,) next token ids (a view)."""
+        return self.runners["greedy" if greedy else "sampling"](ints, floats)

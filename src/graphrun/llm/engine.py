@@ -1,0 +1,225 @@
+"""The LLM engine: model + paged KV cache + scheduler + graph-captured decode, one step at a time.
+
+Start-up is named steps: load the model, size and allocate the KV cache, capture the decode graphs.
+A step asks the scheduler for a batch; prefill batches run eager, decode batches replay a graph (or run
+eager with enforce_eager, or when the batch has no captured rung). The host reads the sampled tokens back
+once per step to apply stop conditions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from prometheus_client import CollectorRegistry
+
+from graphrun.errors import ConfigError
+from graphrun.graphs.sizes import default_ladder, normalize_ladder
+from graphrun.llm.block_manager import BlockManager
+from graphrun.llm.decode_graph import NUM_FIXED_INT_COLUMNS, DecodeGraphs, DecodeShape, DecodeStep
+from graphrun.llm.engine_config import EngineConfig
+from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache, gpu_kv_budget, num_blocks_for_budget
+from graphrun.llm.presets import load_model
+from graphrun.llm.sampler import SamplingTensors, sample
+from graphrun.llm.sampling_params import SamplingParams
+from graphrun.llm.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from graphrun.llm.sequence import Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutput:
+    """What one step produced for one request: its new token and, when it finished, why."""
+
+    seq_id: int
+    new_token_id: int
+    finished: bool
+    finish_reason: str | None
+
+
+class LLMEngine:
+    """Owns the model, the cache and the scheduler; `step()` advances every running request by one step."""
+
+    def __init__(self, config: EngineConfig, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        # a private registry unless the caller (the server) passes the one it exposes: two engines in one
+        # process (tests, benchmarks) must not collide on runner names
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.device = config.resolved_device()
+        self.dtype = config.resolved_dtype(self.device)
+        self._load_model()
+        self._allocate_kv_cache()
+        self._build_scheduler()
+        self.decode_graphs: DecodeGraphs | None = None
+        self._eager_decode = {g: DecodeStep(self.model, self.kv_caches, greedy=g) for g in (True, False)}
+        self._capture_graphs(self.registry)
+        self._next_seq_id = 0
+
+    # ----- start-up ---------------------------------------------------------------------------------
+
+    def _load_model(self) -> None:
+        start = time.perf_counter()
+        self.model, self.tokenizer, self.model_config = load_model(
+            self.config.model, self.dtype, self.device, seed=self.config.seed
+        )
+        self.model.eval().requires_grad_(False)
+        limit = self.model_config.max_position_embeddings
+        self.max_model_len = self.config.max_model_len or min(4096, limit)
+        if self.max_model_len > limit:
+            raise ConfigError(
+                f"max_model_len={self.max_model_len} exceeds the model's max_position_embeddings={limit}"
+            )
+        log.info("weights: %s loaded in %.2f s", self.config.model, time.perf_counter() - start)
+
+    def _allocate_kv_cache(self) -> None:
+        spec = KVCacheSpec.from_model(self.model_config, self.config.block_size, self.dtype)
+        if self.device.type == "cuda":
+            budget = gpu_kv_budget(self.config.gpu_memory_utilization, self.device)
+        else:
+            budget = self.config.cpu_kv_cache_bytes
+        self.num_blocks = num_blocks_for_budget(spec, budget)
+        self.kv_caches = allocate_kv_cache(spec, self.num_blocks, self.device)
+        self.kv_spec = spec
+
+    def _build_scheduler(self) -> None:
+        cfg = self.config
+        sched = SchedulerConfig(
+            self.max_model_len, cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.block_size
+        )
+        eos = self.model_config.eos_token_ids or self.tokenizer.eos_token_ids
+        self.scheduler = Scheduler(sched, BlockManager(self.num_blocks, cfg.block_size), eos)
+        self.max_blocks_per_seq = sched.max_blocks_per_seq
+
+    def capture_sizes(self) -> tuple[int, ...]:
+        """The decode ladder: explicit sizes, or the default ladder up to the graph max batch size."""
+        cfg = self.config
+        if cfg.cuda_graph_sizes:
+            return normalize_ladder(s for s in cfg.cuda_graph_sizes if s <= cfg.max_num_seqs)
+        top = cfg.cuda_graph_max_bs if cfg.cuda_graph_max_bs is not None else cfg.max_num_seqs
+        return default_ladder(min(top, cfg.max_num_seqs))
+
+    def _capture_graphs(self, registry: CollectorRegistry | None) -> None:
+        backend = self.config.graph_backend_for(self.device)
+        if backend is None:
+            log.info("decode graphs: off (%s); decode runs eager", self.config.why_eager(self.device))
+            return
+        shape = DecodeShape(
+            self.config.max_num_seqs,
+            self.max_blocks_per_seq,
+            self.max_model_len,
+            self.num_blocks,
+            self.config.block_size,
+            self.model_config.vocab_size,
+        )
+        with torch.inference_mode():
+            self.decode_graphs = DecodeGraphs(
+                self.model, self.kv_caches, shape, self.capture_sizes(), backend, registry
+            )
+
+    # ----- requests ---------------------------------------------------------------------------------
+
+    def add_request(self, prompt: str | list[int], params: SamplingParams) -> int:
+        """Queue a request; raises RequestRejected when it can never run (too long, empty...)."""
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        seq = Sequence(self._next_seq_id, ids, params, base_seed=self.config.seed)
+        self.scheduler.add(seq)
+        self._next_seq_id += 1
+        return seq.seq_id
+
+    def abort(self, seq_id: int) -> None:
+        """Stop a request now and free its KV blocks (a client that went away)."""
+        self.scheduler.abort(seq_id)
+
+    def has_unfinished(self) -> bool:
+        """True while any request is queued or running."""
+        return self.scheduler.has_unfinished()
+
+    # ----- one step ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> list[StepOutput]:
+        """Run one scheduled batch; returns one entry per sequence that got a token this step."""
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        try:
+            tokens = self._run_decode(batch) if batch.kind == "decode" else self._run_prefill(batch)
+        except Exception:
+            self.scheduler.discard(batch)
+            raise
+        finished = {s.seq_id for s in self.scheduler.update(batch, tokens)}
+        outputs = []
+        for row, token in zip(batch.sample_rows, tokens, strict=True):
+            seq = batch.seqs[row]
+            done = seq.seq_id in finished
+            outputs.append(StepOutput(seq.seq_id, token, done, seq.finish_reason if done else None))
+        return outputs
+
+    def _run_prefill(self, batch: ScheduledBatch) -> list[int]:
+        tensors = batch.to_metadata(self.device, self.max_blocks_per_seq)
+        hidden = self.model(tensors.input_ids, tensors.positions, tensors.attn, self.kv_caches)
+        if not batch.sample_rows:
+            return []
+        logits = self.model.compute_logits(hidden[tensors.sample_indices])
+        seqs = [batch.seqs[row] for row in batch.sample_rows]
+        params = self._sampling_tensors(seqs)
+        positions = tensors.positions[tensors.sample_indices]
+        return sample(logits, params, positions).tolist()
+
+    def _run_decode(self, batch: ScheduledBatch) -> list[int]:
+        ints, floats = self._pack_decode(batch)
+        greedy = all(seq.params.temperature == 0 for seq in batch.seqs)
+        graphs = self.decode_graphs
+        if graphs is not None:
+            return graphs.run(ints, floats, greedy).tolist()  # eager inside the runner above the ladder
+        return self._eager_decode[greedy](ints, floats).tolist()
+
+    def _pack_decode(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two packed per-step tensors of decode_graph.py, built on the host, copied once each."""
+        n, width = len(batch.seqs), NUM_FIXED_INT_COLUMNS + self.max_blocks_per_seq
+        ints = torch.zeros(n, width, dtype=torch.int64)
+        ints[:, 0] = torch.tensor(batch.input_ids)
+        ints[:, 1] = torch.tensor(batch.positions)
+        ints[:, 2] = torch.tensor(batch.slot_mapping)
+        ints[:, 3] = torch.tensor(batch.context_lens)
+        ints[:, 4] = torch.tensor([seq.rng_seed for seq in batch.seqs])  # seeds are < 2**63: fit int64
+        for row, table in enumerate(batch.block_tables):
+            ints[row, NUM_FIXED_INT_COLUMNS : NUM_FIXED_INT_COLUMNS + len(table)] = torch.tensor(table)
+        floats = torch.tensor(
+            [[s.params.temperature, s.params.top_p, float(s.params.top_k)] for s in batch.seqs],
+            dtype=torch.float32,
+        )
+        if self.device.type == "cuda":
+            return ints.pin_memory().to(self.device, non_blocking=True), floats.pin_memory().to(
+                self.device, non_blocking=True
+            )
+        return ints, floats
+
+    def _sampling_tensors(self, seqs: list[Sequence]) -> SamplingTensors:
+        p = [s.params for s in seqs]
+        dev = self.device
+        return SamplingTensors(
+            temperature=torch.tensor([x.temperature for x in p], dtype=torch.float32, device=dev),
+            top_k=torch.tensor([x.top_k for x in p], dtype=torch.int32, device=dev),
+            top_p=torch.tensor([x.top_p for x in p], dtype=torch.float32, device=dev),
+            seeds=torch.tensor([s.rng_seed for s in seqs], dtype=torch.int64, device=dev),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Start-up facts for logs, /health and benchmarks."""
+        graphs = self.decode_graphs
+        return {
+            "model": self.config.model,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "num_kv_blocks": self.num_blocks,
+            "block_size": self.config.block_size,
+            "decode_graphs": graphs is not None,
+            "capture_sizes": list(self.capture_sizes()) if graphs is not None else [],
+            "capture_seconds": graphs.capture_seconds if graphs is not None else 0.0,
+            "graph_pool_mib": graphs.pool_bytes / 2**20 if graphs is not None else 0.0,
+        }

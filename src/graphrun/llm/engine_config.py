@@ -1,0 +1,92 @@
+"""Engine settings: one frozen dataclass, validated on construction; CLI flags default from it.
+
+Flag names follow vLLM where they overlap (max_num_seqs, max_model_len, gpu_memory_utilization,
+enforce_eager, cuda_graph_max_bs, cuda_graph_sizes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from graphrun.errors import ConfigError
+
+GRAPH_BACKENDS = ("auto", "cuda", "sim")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+MIB = 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """What to load and how to run it. `max_model_len=None` takes min(4096, the model's own limit)."""
+
+    model: str = "tiny"
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    dtype: str = "auto"  # "auto": bfloat16 on cuda, float32 on cpu
+    max_num_seqs: int = 64  # also the top of the decode capture ladder
+    max_model_len: int | None = None
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_bytes: int = 64 * MIB
+    enforce_eager: bool = False
+    cuda_graph_max_bs: int | None = None  # None: max_num_seqs; 0: no graphs
+    cuda_graph_sizes: tuple[int, ...] = ()
+    graph_backend: str = "auto"  # "auto": cuda graphs on a GPU, eager on a CPU; "sim": the CPU simulator
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.graph_backend not in GRAPH_BACKENDS:
+            raise ConfigError(f"graph_backend must be one of {GRAPH_BACKENDS}, got {self.graph_backend!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cpu_kv_cache_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.cuda_graph_max_bs is not None and self.cuda_graph_max_bs < 0:
+            raise ConfigError(
+                f"cuda_graph_max_bs must be >= 0 (0 turns graphs off), got {self.cuda_graph_max_bs}"
+            )
+        if any(s < 1 for s in self.cuda_graph_sizes):
+            raise ConfigError(f"cuda_graph_sizes must be positive, got {list(self.cuda_graph_sizes)}")
+
+    def resolved_device(self) -> torch.device:
+        """The device to run on."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device={self.device!r} but no CUDA device is visible; use device='cpu'")
+        return device
+
+    def resolved_dtype(self, device: torch.device) -> torch.dtype:
+        """The weights' and cache's dtype."""
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype: torch.dtype = getattr(torch, self.dtype)
+        return dtype
+
+    def graph_backend_for(self, device: torch.device) -> str | None:
+        """The capture backend for decode, or None when decode runs eager."""
+        if self.enforce_eager or self.cuda_graph_max_bs == 0:
+            return None
+        if self.graph_backend == "auto":
+            return "cuda" if device.type == "cuda" else None
+        if self.graph_backend == "cuda" and device.type != "cuda":
+            raise ConfigError("graph_backend='cuda' needs device='cuda'")
+        if self.graph_backend == "sim" and device.type != "cpu":
+            raise ConfigError("graph_backend='sim' simulates graphs on the CPU; it needs device='cpu'")
+        return self.graph_backend
+
+    def why_eager(self, device: torch.device) -> str:
+        """One line saying why decode is not graph-captured."""
+        if self.enforce_eager:
+            return "--enforce-eager"
+        if self.cuda_graph_max_bs == 0:
+            return "--cuda-graph-max-bs 0"
+        return "no CUDA device" if device.type != "cuda" else "graphs disabled"

@@ -1,0 +1,142 @@
+"""The decoder-only transformer of the Llama and Qwen3 families, over a paged KV cache.
+
+Both families are one module: Qwen3 adds an RMSNorm per head on q and k (`qk_norm`), Llama 3.x adds
+rope scaling, and either may carry attention biases. Tokens of all sequences in a step are one flat
+batch of shape (num_tokens, ...); `AttentionMetadata` says where each writes its K/V and what it reads.
+The decode path (meta.query_start is None) is written for CUDA-graph capture: no host reads, no
+data-dependent shapes, the cache written in place by index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from graphrun.llm.config import ModelConfig
+from graphrun.llm.layers.attention import (
+    AttentionMetadata,
+    decode_attention_reference,
+    prefill_attention_reference,
+    write_kv,
+)
+from graphrun.llm.layers.mlp import GatedMLP
+from graphrun.llm.layers.norm import RMSNorm
+from graphrun.llm.layers.rotary import RotaryEmbedding, apply_rotary
+
+KVCache = tuple[torch.Tensor, torch.Tensor]  # k, v: each (num_blocks, block_size, num_kv_heads, head_dim)
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: each (num_tokens, 1, head_dim // 2)
+
+
+class SelfAttention(nn.Module):
+    """Fused QKV projection, optional per-head q/k norm, rotary, paged attention, output projection."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.q_size = config.num_heads * config.head_dim
+        self.kv_size = config.num_kv_heads * config.head_dim
+        self.scale = config.head_dim**-0.5
+        # output rows: [q (num_heads * head_dim) | k (num_kv_heads * head_dim) | v (same)]
+        self.qkv_proj = nn.Linear(
+            config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias
+        )
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.attention_bias)
+        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+
+    def forward(
+        self, hidden: torch.Tensor, rope: Rope, meta: AttentionMetadata, kv_cache: KVCache
+    ) -> torch.Tensor:
+        """(num_tokens, hidden) -> (num_tokens, hidden); writes this step's K/V into kv_cache."""
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)  # (num_tokens, num_heads, head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)  # (num_tokens, num_kv_heads, head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm.normalize(q), self.k_norm.normalize(k)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        k_cache, v_cache = kv_cache
+        write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+        if meta.query_start is None:
+            out = decode_attention_reference(
+                q, k_cache, v_cache, meta.block_tables, meta.context_lens, self.scale
+            )
+        else:
+            out = prefill_attention_reference(q, k_cache, v_cache, meta, self.scale)
+        return self.o_proj(out.reshape(-1, self.q_size))  # out: (num_tokens, num_heads, head_dim)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: norm -> attention -> add -> norm -> MLP, with each add fused into the next norm."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = SelfAttention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        rope: Rope,
+        meta: AttentionMetadata,
+        kv_cache: KVCache,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (this block's MLP output, residual stream before it); the caller adds the two."""
+        hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(hidden, rope, meta, kv_cache)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class DecoderLM(nn.Module):
+    """A Llama- or Qwen3-family causal LM: token ids and positions in, final hidden states out."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.rotary = RotaryEmbedding(config)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the LM head when the config says so (again after moving the model)."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: Sequence[KVCache],
+    ) -> torch.Tensor:
+        """input_ids, positions: (num_tokens,) -> hidden states (num_tokens, hidden_size).
+
+        kv_caches holds one (k_cache, v_cache) pair per layer; this step's K/V are written into them.
+        """
+        if len(kv_caches) != len(self.layers):
+            raise ValueError(
+                f"got {len(kv_caches)} KV cache pairs for a model of {len(self.layers)} layers; "
+                "pass one (k_cache, v_cache) pair per layer"
+            )
+        hidden = self.embed_tokens(input_ids)  # (num_tokens, hidden_size)
+        rope = self.rotary(positions, hidden.dtype)
+        residual: torch.Tensor | None = None
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            hidden, residual = layer(hidden, residual, rope, meta, kv_cache)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(num_rows, hidden_size) -> (num_rows, vocab_size) float32 logits."""
+        return self.lm_head(hidden).float()

@@ -1,0 +1,69 @@
+"""What a request asks of the sampler and when it stops: one frozen, validated value per request.
+
+Validated here, once, so the scheduler and the in-graph sampler never see a bad value; the HTTP layer
+maps `SamplingParamsError` to a 400.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphrun.errors import ConfigError
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds travel to the sampler in an int64 tensor
+
+
+class SamplingParamsError(ConfigError):
+    """A sampling parameter is out of range (temperature < 0, top_p outside (0, 1], ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Sampling and stopping settings of one request.
+
+    temperature 0 means greedy; top_k 0 and top_p 1.0 mean off. seed None means the sequence gets a seed
+    derived from its id (see `Sequence.rng_seed`), so sampling is reproducible per request either way.
+    ignore_eos keeps generating past the model's end-of-sequence tokens (benchmarks); stop_token_ids stop
+    the request even then.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    max_tokens: int = 16
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:  # also rejects NaN
+            raise SamplingParamsError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise SamplingParamsError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        _check_int("top_k", self.top_k, 0, "0 = off")
+        _check_int("max_tokens", self.max_tokens, 1, "the number of tokens to generate")
+        if self.seed is not None:
+            _check_int("seed", self.seed, INT64_MIN, "a 64-bit integer")
+            if self.seed > INT64_MAX:
+                raise SamplingParamsError(f"seed must fit in 64 bits (<= {INT64_MAX}), got {self.seed}")
+        if not isinstance(self.stop_token_ids, tuple):
+            raise SamplingParamsError(
+                f"stop_token_ids must be a tuple of ints, got {type(self.stop_token_ids).__name__}; "
+                "pass tuple(ids)"
+            )
+        bad = [t for t in self.stop_token_ids if isinstance(t, bool) or not isinstance(t, int) or t < 0]
+        if bad:
+            raise SamplingParamsError(f"stop_token_ids must be non-negative token ids, got {bad}")
+
+    @property
+    def is_greedy(self) -> bool:
+        """True when sampling reduces to argmax (temperature 0 or top_k 1)."""
+        return self.temperature == 0 or self.top_k == 1
+
+
+def _check_int(name: str, value: object, minimum: int, meaning: str) -> None:
+    """Raise SamplingParamsError unless value is an int (not a bool) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SamplingParamsError(f"{name} must be an int ({meaning}), got {value!r}")
+    if value < minimum:
+        raise SamplingParamsError(f"{name} must be >= {minimum} ({meaning}), got {value}")

@@ -1,0 +1,397 @@
+"""Continuous batching: which sequences run next step, with how many tokens, in which cache slots.
+
+Pure Python over `Sequence` and `BlockManager` (no model, no GPU), so every policy is tested on CPU.
+Each step is either a *prefill* batch (chunks of prompts, at most max_num_batched_tokens tokens; a long
+prompt is spread over several steps) or a *decode* batch (one token for every running sequence that has
+finished prefill: the uniform shape the captured decode graph wants). When both kinds of work exist they
+alternate, so running streams keep flowing during a flood of new prompts.
+
+Policies, in order of priority:
+- FCFS: admission (WAITING -> RUNNING) takes the head of the queue only, bounded by max_num_seqs and by
+  free blocks for the chunk it will prefill; nothing is admitted in a step that had to preempt.
+- Preemption by recompute: when an admitted sequence needs a block and none is free, the most recently
+  admitted running sequence loses its blocks and goes back to the FRONT of the queue with its generated
+  tokens kept; it re-prefills prompt + output later. `add()` rejects requests that could never fit the
+  whole cache, so the oldest running sequence can always progress: no deadlock, no lost request.
+- Protocol: schedule() -> run the model -> update(batch, sampled) -> schedule() ... Progress
+  (num_computed_tokens) advances in update(), so a step that never completes changes nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from graphrun.errors import ConfigError, GraphrunError
+from graphrun.llm.block_manager import SCRATCH_BLOCK, BlockManager
+from graphrun.llm.layers.attention import AttentionMetadata
+from graphrun.llm.sequence import FinishReason, Sequence, SequenceStatus
+
+logger = logging.getLogger(__name__)
+
+BatchKind = Literal["prefill", "decode"]
+RejectCode = Literal["empty_prompt", "too_long", "exceeds_cache"]
+
+
+class RequestRejected(GraphrunError, ValueError):
+    """A request that can never run (empty, longer than max_model_len, or bigger than the whole cache).
+
+    `code` says which, for the HTTP layer (400) and metrics.
+    """
+
+    def __init__(self, message: str, code: RejectCode) -> None:
+        super().__init__(message)
+        self.code: RejectCode = code
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Batch limits. max_num_batched_tokens bounds a prefill step's tokens (the chunk budget)."""
+
+    max_model_len: int
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"SchedulerConfig.{name} must be a positive int, got {value!r}")
+
+    @property
+    def max_blocks_per_seq(self) -> int:
+        """Block-table width that covers any sequence up to max_model_len."""
+        return -(-self.max_model_len // self.block_size)
+
+
+@dataclass(slots=True)
+class BatchTensors:
+    """A batch as model inputs on a device."""
+
+    input_ids: torch.Tensor  # (num_tokens,) int64
+    positions: torch.Tensor  # (num_tokens,) int64
+    attn: AttentionMetadata
+    sample_indices: torch.Tensor  # (num_sample_rows,) int64: flat token index whose logits are sampled
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledBatch:
+    """One step's work as host lists; row i is seqs[i] with num_new_tokens[i] tokens back to back."""
+
+    kind: BatchKind
+    seqs: list[Sequence]
+    num_new_tokens: list[int]  # query length per row (1 for decode)
+    input_ids: list[int]  # (num_tokens,)
+    positions: list[int]  # (num_tokens,)
+    slot_mapping: list[int]  # (num_tokens,) cache slot of each new token's K/V
+    block_tables: list[list[int]]  # per row, the sequence's blocks (unpadded)
+    context_lens: list[int]  # per row, tokens in the cache after this step
+    sample_rows: list[int]  # rows whose last token's logits are sampled (prefill completed / decode)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the batch."""
+        return len(self.input_ids)
+
+    @property
+    def query_start(self) -> list[int]:
+        """(num_seqs + 1,) prefix sums of num_new_tokens."""
+        return [0, *itertools.accumulate(self.num_new_tokens)]
+
+    @property
+    def sample_token_indices(self) -> list[int]:
+        """Flat index of the last token of each sample row (where its logits come from)."""
+        starts = self.query_start
+        return [starts[row + 1] - 1 for row in self.sample_rows]
+
+    def to_metadata(self, device: torch.device | str, max_blocks_per_seq: int) -> BatchTensors:
+        """Tensors for the model; block tables padded with the scratch block to max_blocks_per_seq columns.
+
+        The fixed width is what a captured decode graph needs; prefill gets it too (harmless, one shape).
+        """
+        widest = max(len(table) for table in self.block_tables)
+        if widest > max_blocks_per_seq:
+            raise ValueError(
+                f"a sequence holds {widest} blocks, more than max_blocks_per_seq={max_blocks_per_seq}"
+            )
+        device = torch.device(device)
+        pin = device.type == "cuda"  # pinned host memory makes the copy asynchronous
+
+        def put(data: list[int] | list[list[int]], dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(data, dtype=dtype, pin_memory=pin).to(device, non_blocking=pin)
+
+        tables = [table + [SCRATCH_BLOCK] * (max_blocks_per_seq - len(table)) for table in self.block_tables]
+        prefill = self.kind == "prefill"
+        query_start = self.query_start if prefill else None
+        attn = AttentionMetadata(
+            slot_mapping=put(self.slot_mapping, torch.int64),
+            block_tables=put(tables, torch.int32),
+            context_lens=put(self.context_lens, torch.int32),
+            query_start=put(query_start, torch.int32) if query_start is not None else None,
+            query_start_host=query_start,
+            context_lens_host=list(self.context_lens) if prefill else None,
+        )
+        return BatchTensors(
+            input_ids=put(self.input_ids, torch.int64),
+            positions=put(self.positions, torch.int64),
+            attn=attn,
+            sample_indices=put(self.sample_token_indices, torch.int64),
+        )
+
+
+class Scheduler:
+    """Continuous batching over a BlockManager (see the module docstring for the policies)."""
+
+    def __init__(
+        self, config: SchedulerConfig, block_manager: BlockManager, eos_token_ids: Iterable[int] = ()
+    ) -> None:
+        if config.block_size != block_manager.block_size:
+            raise ConfigError(
+                f"SchedulerConfig.block_size={config.block_size} differs from the block manager's "
+                f"{block_manager.block_size}; build both from the same KVCacheSpec"
+            )
+        self.config = config
+        self.block_manager = block_manager
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.num_preemptions = 0
+        self._waiting: deque[Sequence] = deque()  # FCFS; preempted sequences re-enter at the front
+        self._running: list[Sequence] = []  # admission order: the last is the first to be preempted
+        self._unfinished: dict[int, Sequence] = {}
+        self._last_kind: BatchKind | None = None
+        self._in_flight: ScheduledBatch | None = None
+        self._num_added = 0
+
+    @property
+    def num_waiting(self) -> int:
+        """Sequences queued (new or preempted)."""
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        """Sequences admitted (holding KV blocks)."""
+        return len(self._running)
+
+    def has_unfinished(self) -> bool:
+        """Whether any request is waiting or running."""
+        return bool(self._unfinished)
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a new request; raises RequestRejected if it could never run."""
+        if seq.seq_id in self._unfinished:
+            raise ValueError(f"seq_id {seq.seq_id} is already scheduled; sequence ids must be unique")
+        if seq.status is not SequenceStatus.WAITING or seq.output_token_ids or seq.block_ids:
+            raise ValueError(
+                f"sequence {seq.seq_id} is not fresh (status {seq.status.name}); add new sequences"
+            )
+        self._check_fits(seq)
+        seq.arrival = self._num_added
+        self._num_added += 1
+        self._waiting.append(seq)
+        self._unfinished[seq.seq_id] = seq
+
+    def _check_fits(self, seq: Sequence) -> None:
+        """Reject what no amount of waiting would let run."""
+        num_prompt, max_tokens = seq.num_prompt_tokens, seq.params.max_tokens
+        if num_prompt == 0:
+            raise RequestRejected("the prompt is empty; send at least one token", "empty_prompt")
+        total = num_prompt + max_tokens
+        if total > self.config.max_model_len:
+            raise RequestRejected(
+                f"prompt ({num_prompt} tokens) + max_tokens ({max_tokens}) = {total} exceeds max_model_len "
+                f"{self.config.max_model_len}; shorten the prompt or lower max_tokens",
+                "too_long",
+            )
+        # the last sampled token is never fed back, so at most total - 1 tokens ever sit in the cache
+        needed = self.block_manager.blocks_for_tokens(total - 1)
+        if needed > self.block_manager.num_usable_blocks:
+            raise RequestRejected(
+                f"prompt + max_tokens = {total} tokens needs {needed} KV blocks but the cache holds only "
+                f"{self.block_manager.num_usable_blocks}; lower max_tokens or give the KV cache more memory",
+                "exceeds_cache",
+            )
+
+    def abort(self, seq_id: int) -> Sequence | None:
+        """Finish a request now with reason "abort" and free its blocks; None if unknown or finished.
+
+        Safe between schedule() and update(): update() skips the aborted row, and its blocks are only
+        reused by a later schedule().
+        """
+        seq = self._unfinished.get(seq_id)
+        if seq is not None:
+            self._finish(seq, "abort")
+        return seq
+
+    def schedule(self) -> ScheduledBatch | None:
+        """The next step's batch, or None when there is nothing to run."""
+        assert self._in_flight is None, "update() the previous batch before scheduling the next"
+        decode_first = self._last_kind == "prefill" and any(
+            s.num_uncomputed_tokens == 1 for s in self._running
+        )
+        order = (self._schedule_decode, self._schedule_prefill)
+        for build in order if decode_first else reversed(order):
+            batch = build()
+            if batch is not None:
+                self._last_kind, self._in_flight = batch.kind, batch
+                return batch
+        return None
+
+    def _schedule_decode(self) -> ScheduledBatch | None:
+        """One token for every running sequence with exactly one uncomputed token."""
+        rows: list[tuple[Sequence, int]] = []
+        for seq in list(self._running):
+            if seq.status is SequenceStatus.RUNNING and seq.num_uncomputed_tokens == 1 and self._grow(seq, 1):
+                rows.append((seq, 1))
+        return self._build("decode", rows)
+
+    def _schedule_prefill(self) -> ScheduledBatch | None:
+        """Continue partial prefills (admission order), then admit from the queue, within the token budget."""
+        budget = self.config.max_num_batched_tokens
+        rows: list[tuple[Sequence, int]] = []
+        num_preemptions = self.num_preemptions
+        for seq in list(self._running):
+            if budget == 0:
+                break
+            if seq.status is SequenceStatus.RUNNING and seq.is_prefilling:
+                num_new = self._grow(seq, min(seq.num_uncomputed_tokens, budget))
+                if num_new:
+                    rows.append((seq, num_new))
+                    budget -= num_new
+        if self.num_preemptions == num_preemptions:  # admitting now would only be preempted back
+            self._admit(rows, budget)
+        return self._build("prefill", rows)
+
+    def _admit(self, rows: list[tuple[Sequence, int]], budget: int) -> None:
+        """Move queue heads to running while seats, budget and free blocks for their first chunk last."""
+        manager = self.block_manager
+        while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
+            seq = self._waiting[0]
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            if not manager.can_allocate(num_new, seq):
+                break  # FCFS: nobody overtakes the head
+            self._waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self._running.append(seq)
+            manager.allocate(seq, num_new)
+            rows.append((seq, num_new))
+            budget -= num_new
+
+    def _grow(self, seq: Sequence, want: int) -> int:
+        """Give running seq blocks for up to `want` more tokens, preempting the newest if none are free.
+
+        Returns how many tokens it got (>= 1), or 0 when seq itself was the newest and got preempted.
+        Victims come from the end of the running list, which is never a row already in this batch.
+        """
+        while True:
+            num_new = min(want, self.block_manager.max_tokens_for(seq) - seq.num_computed_tokens)
+            if num_new >= 1:
+                self.block_manager.allocate(seq, seq.num_computed_tokens + num_new)
+                return num_new
+            victim = self._running[-1]
+            self._preempt(victim)
+            if victim is seq:
+                return 0
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Free seq's blocks and queue it at the front to recompute prompt + output later."""
+        self._running.remove(seq)
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self._waiting.appendleft(seq)
+        self.num_preemptions += 1
+        logger.info(
+            "preempted sequence %d (%d tokens to recompute, %d free blocks); %d preemptions so far",
+            seq.seq_id,
+            seq.num_tokens,
+            self.block_manager.num_free_blocks,
+            self.num_preemptions,
+        )
+
+    def _build(self, kind: BatchKind, rows: list[tuple[Sequence, int]]) -> ScheduledBatch | None:
+        """Turn (sequence, num_new_tokens) rows into the batch's host lists (None when empty)."""
+        if not rows:
+            return None
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        sample_rows: list[int] = []
+        for row, (seq, num_new) in enumerate(rows):
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_new
+            input_ids += seq.token_ids(start, end)
+            positions += range(start, end)
+            slots += self.block_manager.slots(seq, start, end)
+            if end == seq.num_tokens:
+                sample_rows.append(row)
+        return ScheduledBatch(
+            kind=kind,
+            seqs=[seq for seq, _ in rows],
+            num_new_tokens=[num_new for _, num_new in rows],
+            input_ids=input_ids,
+            positions=positions,
+            slot_mapping=slots,
+            block_tables=[list(seq.block_ids) for seq, _ in rows],
+            context_lens=[seq.num_computed_tokens + num_new for seq, num_new in rows],
+            sample_rows=sample_rows,
+        )
+
+    def discard(self, batch: ScheduledBatch) -> None:
+        """Forget a batch whose model step failed: nothing advanced, so its work is scheduled again.
+
+        Blocks it allocated stay with their sequences and are reused when the chunk is retried.
+        """
+        assert batch is self._in_flight, "discard() takes the batch the last schedule() returned"
+        self._in_flight = None
+
+    def update(self, batch: ScheduledBatch, sampled_token_ids: list[int]) -> list[Sequence]:
+        """Record a finished step: advance progress, append sampled tokens, stop; returns finished ones.
+
+        sampled_token_ids has one token per batch.sample_rows entry, in that order.
+        """
+        assert batch is self._in_flight, "update() takes the batch the last schedule() returned"
+        self._in_flight = None
+        if len(sampled_token_ids) != len(batch.sample_rows):
+            raise ValueError(
+                f"got {len(sampled_token_ids)} sampled tokens for {len(batch.sample_rows)} sample rows"
+            )
+        sampled = dict(zip(batch.sample_rows, sampled_token_ids, strict=True))
+        finished: list[Sequence] = []
+        for row, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # aborted while the step ran
+            assert seq.num_computed_tokens + num_new == batch.context_lens[row]
+            seq.num_computed_tokens += num_new
+            if row in sampled:
+                seq.output_token_ids.append(int(sampled[row]))
+                reason = self._stop_reason(seq)
+                if reason is not None:
+                    self._finish(seq, reason)
+                    finished.append(seq)
+        return finished
+
+    def _stop_reason(self, seq: Sequence) -> FinishReason | None:
+        """Why seq stops after its newest token, if it does. The stopping token stays in the output."""
+        token, params = seq.output_token_ids[-1], seq.params
+        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
+            return "stop"
+        if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.config.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        """Mark seq finished, take it off its queue and free its blocks at once."""
+        if seq.status is SequenceStatus.WAITING:
+            self._waiting.remove(seq)
+        else:
+            self._running.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        del self._unfinished[seq.seq_id]

@@ -1,0 +1,92 @@
+"""BlockManager: scratch block 0, allocation covering tokens, slots, free list accounting."""
+
+import pytest
+
+from graphrun.errors import ConfigError
+from graphrun.llm.block_manager import PAD_SLOT, SCRATCH_BLOCK, BlockManager, OutOfBlocksError
+from graphrun.llm.sampling_params import SamplingParams
+from graphrun.llm.sequence import Sequence
+
+
+def seq(seq_id=0, n=1):
+    return Sequence(seq_id, list(range(n)), SamplingParams())
+
+
+def test_block_zero_is_reserved_scratch():
+    bm = BlockManager(num_blocks=5, block_size=4)
+    assert SCRATCH_BLOCK == 0 and PAD_SLOT == 0
+    assert bm.num_usable_blocks == 4 and bm.num_free_blocks == 4 and bm.num_used_blocks == 0
+    s = seq()
+    bm.allocate(s, 16)
+    assert sorted(s.block_ids) == [1, 2, 3, 4]
+    assert SCRATCH_BLOCK not in s.block_ids
+    assert not bm.can_allocate(1)
+
+
+def test_allocate_extends_to_cover_tokens():
+    bm = BlockManager(num_blocks=10, block_size=4)
+    s = seq()
+    bm.allocate(s, 1)
+    assert len(s.block_ids) == 1
+    bm.allocate(s, 4)  # still one block
+    assert len(s.block_ids) == 1
+    bm.allocate(s, 5)
+    assert len(s.block_ids) == 2
+    bm.allocate(s, 3)  # never shrinks
+    assert len(s.block_ids) == 2
+    assert bm.num_used_blocks + bm.num_free_blocks == bm.num_usable_blocks
+    assert bm.num_new_blocks(s, 13) == 2 and bm.num_new_blocks(None, 13) == 4
+    assert bm.max_tokens_for(s) == (2 + 7) * 4
+
+
+def test_slot_formula():
+    bm = BlockManager(num_blocks=10, block_size=4)
+    a, b = seq(0), seq(1)
+    bm.allocate(a, 4)
+    bm.allocate(b, 4)
+    bm.allocate(a, 8)  # a's blocks are not contiguous
+    for pos in range(8):
+        expected = a.block_ids[pos // 4] * 4 + pos % 4
+        assert bm.slot(a, pos) == expected
+    assert bm.slots(a, 2, 7) == [bm.slot(a, p) for p in range(2, 7)]
+    assert set(bm.slots(a, 0, 8)).isdisjoint(bm.slots(b, 0, 4))
+
+
+def test_free_returns_blocks_and_they_are_reused():
+    bm = BlockManager(num_blocks=4, block_size=2)
+    a, b = seq(0), seq(1)
+    bm.allocate(a, 6)
+    assert bm.num_free_blocks == 0
+    held = list(a.block_ids)
+    bm.free(a)
+    assert a.block_ids == [] and bm.num_free_blocks == 3 and bm.num_used_blocks == 0
+    bm.allocate(b, 6)
+    assert b.block_ids == held  # handed out again in the same order
+    bm.free(a)  # freeing an empty sequence is a no-op
+    assert bm.num_used_blocks == 3
+
+
+def test_over_allocation_raises_and_changes_nothing():
+    bm = BlockManager(num_blocks=3, block_size=2)
+    s = seq()
+    with pytest.raises(OutOfBlocksError, match="needs 3 more blocks for 5 tokens, 2 free"):
+        bm.allocate(s, 5)
+    assert s.block_ids == [] and bm.num_free_blocks == 2
+
+
+def test_double_allocation_is_impossible_across_sequences():
+    bm = BlockManager(num_blocks=9, block_size=1)
+    seqs = [seq(i) for i in range(4)]
+    for round_ in range(1, 3):
+        for s in seqs:
+            bm.allocate(s, round_)
+    blocks = [b for s in seqs for b in s.block_ids]
+    assert len(blocks) == len(set(blocks)) == bm.num_used_blocks == 8
+
+
+@pytest.mark.parametrize(
+    ("num_blocks", "block_size", "needle"), [(1, 16, "num_blocks must be >= 2"), (4, 0, "block_size")]
+)
+def test_bad_construction(num_blocks, block_size, needle):
+    with pytest.raises(ConfigError, match=needle):
+        BlockManager(num_blocks, block_size)
