@@ -82,3 +82,36 @@ def test_python_dash_m_graphrun_help():
     assert done.returncode == 0, done.stderr
     for command in ("demo", "doctor", "bench"):
         assert command in done.stdout
+
+
+def test_generate_prints_each_completion(capsys):
+    from graphrun.cli import main
+
+    rc = main(
+        [
+            "--log-level",
+            "WARNING",
+            "generate",
+            "--prompt",
+            "Hi",
+            "--prompt",
+            "there",
+            "--max-tokens",
+            "4",
+            "--ignore-eos",
+            "--json",
+            "--max-model-len",
+            "64",
+        ]
+    )
+    assert rc == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["prompt"] for r in rows] == ["Hi", "there"]
+    assert all(len(r["token_ids"]) == 4 and r["finish_reason"] == "length" for r in rows)
+
+
+def test_generate_without_prompts_is_a_usage_error(capsys):
+    from graphrun.cli import main
+
+    assert main(["generate"]) == 2
+    assert "at least one --prompt" in capsys.readouterr().err

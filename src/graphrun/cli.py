@@ -1,4 +1,4 @@
-"""The one command-line front: `graphrun demo | doctor | bench zoo`. Thin: parse flags, set up logging, call.
+"""The one command-line front: `graphrun demo | generate | doctor | bench`. Thin: flags, logging, call.
 
 Logging handlers are configured here and nowhere else.
 """
@@ -9,6 +9,8 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+
+from graphrun.generate_cli import add_generate_parser, run_generate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="versions, a probe capture, launch cost eager vs in a graph")
     doctor.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    add_generate_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -50,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from graphrun.demo import run_demo
 
         return run_demo(backend=args.backend, calls=args.calls)
+    if args.command == "generate":
+        return run_generate(args)
     if args.command == "doctor":
         from graphrun.doctor import run_doctor
 
