@@ -2,6 +2,8 @@
 
 - GRAPHRUN_GIT_COMMIT: the commit to record in benchmark results when the tree has no .git (a copy of
   the working tree on a GPU machine); scripts/gpu-check's caller sets it.
+- GRAPHRUN_DISABLE_TRITON: any non-empty value other than "0" makes the LLM layers use their torch
+  reference ops on CUDA too (to compare, or to work around a kernel problem).
 """
 
 from __future__ import annotations
@@ -13,3 +15,8 @@ def git_commit_override() -> str | None:
     """GRAPHRUN_GIT_COMMIT, or None when unset or empty."""
     value = os.environ.get("GRAPHRUN_GIT_COMMIT", "").strip()
     return value or None
+
+
+def triton_disabled() -> bool:
+    """True when GRAPHRUN_DISABLE_TRITON asks for the torch reference ops."""
+    return os.environ.get("GRAPHRUN_DISABLE_TRITON", "").strip() not in ("", "0")

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from graphrun.llm.kernels import kernel_ops, triton_enabled
+
 
 class GatedMLP(nn.Module):
     """down(silu(gate(x)) * up(x)), with gate and up computed by one Linear."""
@@ -23,5 +25,8 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(num_tokens, hidden) -> (num_tokens, hidden)."""
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # each (num_tokens, intermediate)
+        gate_up = self.gate_up_proj(x)  # (num_tokens, 2 * intermediate)
+        if gate_up.dim() == 2 and triton_enabled(gate_up):
+            return self.down_proj(kernel_ops().silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)  # each (num_tokens, intermediate)
         return self.down_proj(F.silu(gate) * up)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from graphrun.llm.kernels import kernel_ops, triton_enabled
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm over the last dimension, optionally adding a residual first."""
@@ -33,6 +35,11 @@ class RMSNorm(nn.Module):
 
         The second value is the running residual stream the next block adds its output to.
         """
+        if x.dim() == 2 and triton_enabled(x):  # one fused kernel instead of six
+            out: tuple[torch.Tensor, torch.Tensor] = kernel_ops().add_rmsnorm(
+                x, residual, self.weight, self.eps
+            )
+            return out
         summed = x if residual is None else x + residual  # (num_tokens, dim)
         return self.normalize(summed), summed
 

@@ -10,11 +10,13 @@ data-dependent shapes, the cache written in place by index.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from graphrun.llm.config import ModelConfig
+from graphrun.llm.kernels import kernel_ops, triton_enabled
 from graphrun.llm.layers.attention import (
     AttentionMetadata,
     decode_attention_reference,
@@ -26,7 +28,17 @@ from graphrun.llm.layers.norm import RMSNorm
 from graphrun.llm.layers.rotary import RotaryEmbedding, apply_rotary
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # k, v: each (num_blocks, block_size, num_kv_heads, head_dim)
-Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: each (num_tokens, 1, head_dim // 2)
+
+
+@dataclass(slots=True)
+class Rope:
+    """A step's rotary inputs: positions and the float32 tables (fused kernel), or per-token cos/sin."""
+
+    positions: torch.Tensor  # (num_tokens,)
+    cos_cache: torch.Tensor  # (max_positions, head_dim // 2) float32
+    sin_cache: torch.Tensor
+    cos: torch.Tensor | None = None  # (num_tokens, 1, head_dim // 2) in the model dtype; torch path only
+    sin: torch.Tensor | None = None
 
 
 class SelfAttention(nn.Module):
@@ -52,13 +64,17 @@ class SelfAttention(nn.Module):
         self, hidden: torch.Tensor, rope: Rope, meta: AttentionMetadata, kv_cache: KVCache
     ) -> torch.Tensor:
         """(num_tokens, hidden) -> (num_tokens, hidden); writes this step's K/V into kv_cache."""
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = self.qkv_proj(hidden)  # (num_tokens, q_size + 2 * kv_size)
+        if triton_enabled(qkv):
+            return self.o_proj(self._fused(qkv, rope, meta, kv_cache).reshape(-1, self.q_size))
+        assert rope.cos is not None and rope.sin is not None
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)  # (num_tokens, num_heads, head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # (num_tokens, num_kv_heads, head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm.normalize(q), self.k_norm.normalize(k)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k = apply_rotary(q, rope.cos, rope.sin), apply_rotary(k, rope.cos, rope.sin)
         k_cache, v_cache = kv_cache
         write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
         if meta.query_start is None:
@@ -68,6 +84,26 @@ class SelfAttention(nn.Module):
         else:
             out = prefill_attention_reference(q, k_cache, v_cache, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))  # out: (num_tokens, num_heads, head_dim)
+
+    def _fused(
+        self, qkv: torch.Tensor, rope: Rope, meta: AttentionMetadata, kv_cache: KVCache
+    ) -> torch.Tensor:
+        """The Triton path: one kernel for norm + rotary + cache write, one for decode attention."""
+        ops = kernel_ops()
+        k_cache, v_cache = kv_cache
+        q_w = self.q_norm.weight if self.q_norm is not None else None
+        k_w = self.k_norm.weight if self.k_norm is not None else None
+        eps = self.q_norm.eps if self.q_norm is not None else 0.0
+        q = ops.qk_norm_rope_write(
+            qkv, rope.positions, rope.cos_cache, rope.sin_cache, q_w, k_w, eps,
+            meta.slot_mapping, k_cache, v_cache, self.num_heads,
+        )  # fmt: skip
+        if meta.query_start is None:
+            out: torch.Tensor = ops.paged_decode_attention(
+                q, k_cache, v_cache, meta.block_tables, meta.context_lens, self.scale
+            )
+            return out
+        return prefill_attention_reference(q, k_cache, v_cache, meta, self.scale)
 
 
 class DecoderLayer(nn.Module):
@@ -130,7 +166,9 @@ class DecoderLM(nn.Module):
                 "pass one (k_cache, v_cache) pair per layer"
             )
         hidden = self.embed_tokens(input_ids)  # (num_tokens, hidden_size)
-        rope = self.rotary(positions, hidden.dtype)
+        rope = Rope(positions, self.rotary.cos_cache, self.rotary.sin_cache)
+        if not triton_enabled(hidden):  # the torch path gathers and casts cos/sin once per step
+            rope.cos, rope.sin = self.rotary(positions, hidden.dtype)
         residual: torch.Tensor | None = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden, residual = layer(hidden, residual, rope, meta, kv_cache)

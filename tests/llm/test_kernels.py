@@ -1,0 +1,137 @@
+"""Each Triton kernel against its torch reference: on the GPU when present, else through Triton's CPU
+interpreter (TRITON_INTERPRET=1, set before Triton is imported), in float32."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+triton = pytest.importorskip("triton")
+
+from graphrun.llm.kernels import triton_ops as ops  # noqa: E402
+from graphrun.llm.layers.attention import decode_attention_reference, write_kv  # noqa: E402
+from graphrun.llm.layers.rotary import apply_rotary  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+TOL = 1e-4 if DTYPE is torch.float32 else 2e-2
+
+
+def rand(*shape, dtype=DTYPE):
+    return torch.randn(*shape, device=DEVICE, dtype=torch.float32).to(dtype)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 16), (8, 8, 32), (16, 8, 64)])
+def test_paged_decode_attention_matches_reference(heads, kv_heads, head_dim):
+    torch.manual_seed(0)
+    num_blocks, block_size, max_blocks = 40, 16, 6
+    k_cache, v_cache = (
+        rand(num_blocks, block_size, kv_heads, head_dim),
+        rand(num_blocks, block_size, kv_heads, head_dim),
+    )
+    lens = torch.tensor([1, 17, 96, 50], device=DEVICE, dtype=torch.int32)  # one block, partial, full, mid
+    tables = torch.stack([torch.randperm(num_blocks)[:max_blocks] for _ in lens]).to(DEVICE, torch.int32)
+    q = rand(len(lens), heads, head_dim)
+    got = ops.paged_decode_attention(q, k_cache, v_cache, tables, lens, head_dim**-0.5)
+    want = decode_attention_reference(q, k_cache, v_cache, tables, lens, head_dim**-0.5)
+    torch.testing.assert_close(got.float(), want.float(), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_add_rmsnorm_matches_reference(with_residual):
+    from graphrun.llm.layers.norm import RMSNorm
+
+    norm = RMSNorm(96, 1e-6).to(DEVICE)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(96) + 0.5)
+    x, res = rand(5, 96), rand(5, 96) if with_residual else None
+    got, got_sum = ops.add_rmsnorm(x, res, norm.weight.to(DTYPE), 1e-6)
+    summed = x if res is None else x + res
+    torch.testing.assert_close(got_sum, summed)
+    torch.testing.assert_close(got.float(), (norm.to(DTYPE).normalize(summed)).float(), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("with_norm", [False, True])
+def test_qk_norm_rope_write_matches_reference(with_norm):
+    heads, kv_heads, head_dim, tokens, max_pos = 4, 2, 16, 3, 64
+    qkv = rand(tokens, (heads + 2 * kv_heads) * head_dim)
+    positions = torch.tensor([0, 5, 63], device=DEVICE)
+    inv = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=DEVICE).float() / head_dim))
+    freqs = torch.arange(max_pos, device=DEVICE).float()[:, None] * inv[None]
+    cos_cache, sin_cache = freqs.cos(), freqs.sin()
+    qw = (torch.rand(head_dim, device=DEVICE) + 0.5).to(DTYPE) if with_norm else None
+    kw = (torch.rand(head_dim, device=DEVICE) + 0.5).to(DTYPE) if with_norm else None
+    k_cache = torch.zeros(4, 8, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.tensor([3, 9, 30], device=DEVICE)
+    q = ops.qk_norm_rope_write(
+        qkv, positions, cos_cache, sin_cache, qw, kw, 1e-6, slots, k_cache, v_cache, heads
+    )
+
+    q_ref, k_ref, v_ref = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q_ref, k_ref = q_ref.view(tokens, heads, head_dim), k_ref.view(tokens, kv_heads, head_dim)
+    if with_norm:
+
+        def norm(x, w):
+            xf = x.float()
+            return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
+
+        q_ref, k_ref = norm(q_ref, qw), norm(k_ref, kw)
+    cos, sin = cos_cache[positions][:, None].to(DTYPE), sin_cache[positions][:, None].to(DTYPE)
+    q_ref, k_ref = apply_rotary(q_ref, cos, sin), apply_rotary(k_ref, cos, sin)
+    k_want, v_want = torch.zeros_like(k_cache), torch.zeros_like(v_cache)
+    write_kv(k_want, v_want, k_ref, v_ref.reshape(tokens, kv_heads, head_dim), slots)
+    torch.testing.assert_close(q.float(), q_ref.float(), rtol=TOL, atol=TOL)
+    torch.testing.assert_close(k_cache.float(), k_want.float(), rtol=TOL, atol=TOL)
+    torch.testing.assert_close(v_cache, v_want)
+
+
+def test_silu_mul_matches_reference():
+    x = rand(3, 2 * 200)
+    gate, up = x.chunk(2, dim=-1)
+    torch.testing.assert_close(
+        ops.silu_mul(x).float(), (torch.nn.functional.silu(gate) * up).float(), rtol=TOL, atol=TOL
+    )
+
+
+def test_tiny_model_fused_path_equals_torch_path(monkeypatch):
+    """The model wired to the Triton kernels gives the torch path's logits, prefill and decode."""
+    from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache
+    from graphrun.llm.layers import mlp, norm
+    from graphrun.llm.layers.attention import AttentionMetadata
+    from graphrun.llm.models import decoder
+    from graphrun.llm.presets import load_model
+
+    model, _, cfg = load_model("tiny", DTYPE, DEVICE)
+
+    def run(fused: bool) -> torch.Tensor:
+        for module in (norm, mlp, decoder):
+            monkeypatch.setattr(module, "triton_enabled", lambda t, fused=fused: fused)
+        kv = allocate_kv_cache(KVCacheSpec.from_model(cfg, 16, DTYPE), 8, DEVICE)
+        tables = torch.tensor([[1, 2]], device=DEVICE, dtype=torch.int32)
+        prompt = torch.tensor(
+            [5, 77, 300, 2, 9, 41, 8, 100, 255, 3, 17, 60, 61, 62, 63, 64, 65, 1], device=DEVICE
+        )
+        n = len(prompt)
+        meta = AttentionMetadata(
+            slot_mapping=torch.arange(16, 16 + n, device=DEVICE),
+            block_tables=tables,
+            context_lens=torch.tensor([n], device=DEVICE, dtype=torch.int32),
+            query_start=torch.tensor([0, n], device=DEVICE, dtype=torch.int32),
+            query_start_host=[0, n],
+            context_lens_host=[n],
+        )
+        with torch.inference_mode():
+            prefill = model.compute_logits(model(prompt, torch.arange(n, device=DEVICE), meta, kv)[-1:])
+            step = AttentionMetadata(
+                slot_mapping=torch.tensor([16 + n], device=DEVICE),
+                block_tables=tables,
+                context_lens=torch.tensor([n + 1], device=DEVICE, dtype=torch.int32),
+            )
+            token = prefill.argmax(-1)
+            decode = model.compute_logits(model(token, torch.tensor([n], device=DEVICE), step, kv))
+        return torch.cat([prefill, decode])
+
+    torch.testing.assert_close(run(True), run(False), rtol=TOL, atol=TOL)
