@@ -1,9 +1,19 @@
-"""Shared fixtures: a fresh metrics registry per test, and skipping GPU tests where CUDA is absent."""
+"""Shared fixtures: a fresh metrics registry per test, and skipping GPU tests where CUDA is absent.
+
+Without CUDA, Triton kernels are tested through Triton's CPU interpreter. TRITON_INTERPRET must be set
+before anything imports Triton (torch's compiler stack may, through the simulator), so it is set here.
+"""
 
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
 from prometheus_client import CollectorRegistry
 
 

@@ -1,13 +1,9 @@
 """Each Triton kernel against its torch reference: on the GPU when present, else through Triton's CPU
-interpreter (TRITON_INTERPRET=1, set before Triton is imported), in float32."""
-
-import os
+interpreter in float32 (tests/conftest.py sets TRITON_INTERPRET=1 before Triton is imported)."""
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 
 from graphrun.llm.kernels import triton_ops as ops  # noqa: E402
