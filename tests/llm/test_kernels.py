@@ -53,7 +53,8 @@ def test_add_rmsnorm_matches_reference(with_residual):
 def test_qk_norm_rope_write_matches_reference(with_norm):
     heads, kv_heads, head_dim, tokens, max_pos = 4, 2, 16, 3, 64
     qkv = rand(tokens, (heads + 2 * kv_heads) * head_dim)
-    positions = torch.tensor([0, 5, 63], device=DEVICE)
+    packed = torch.tensor([[0, 3, 7], [5, 9, 7], [63, 30, 7]], device=DEVICE)  # strided columns, as in decode
+    positions = packed[:, 0]
     inv = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=DEVICE).float() / head_dim))
     freqs = torch.arange(max_pos, device=DEVICE).float()[:, None] * inv[None]
     cos_cache, sin_cache = freqs.cos(), freqs.sin()
@@ -61,7 +62,7 @@ def test_qk_norm_rope_write_matches_reference(with_norm):
     kw = (torch.rand(head_dim, device=DEVICE) + 0.5).to(DTYPE) if with_norm else None
     k_cache = torch.zeros(4, 8, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
     v_cache = torch.zeros_like(k_cache)
-    slots = torch.tensor([3, 9, 30], device=DEVICE)
+    slots = packed[:, 1]
     q = ops.qk_norm_rope_write(
         qkv, positions, cos_cache, sin_cache, qw, kw, 1e-6, slots, k_cache, v_cache, heads
     )

@@ -132,12 +132,11 @@ class DecodeGraphs:
             )
         self.capture_seconds = time.perf_counter() - start
         self.pool_bytes = shared.pool_bytes()
+        captured = sum(st.captured for r in self.runners.values() for st in r.status())
         log.info(
-            "decode graphs: %d sizes x 2 kinds captured in %.2f s, pool %.1f MiB",
-            len(sizes),
-            self.capture_seconds,
-            self.pool_bytes / 2**20,
-        )
+            "decode graphs: %d of %d captured (%d sizes x 2 kinds) in %.2f s, pool %.1f MiB",
+            captured, 2 * len(sizes), len(sizes), self.capture_seconds, self.pool_bytes / 2**20,
+        )  # fmt: skip
 
     def run(self, ints: torch.Tensor, floats: torch.Tensor, greedy: bool) -> torch.Tensor:
         """One decode step: (n, columns) packed inputs on the device -> (n,) next token ids (a view)."""

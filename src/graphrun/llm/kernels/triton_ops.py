@@ -170,14 +170,14 @@ def add_rmsnorm(
 @triton.jit
 def _qk_norm_rope_write_kernel(
     qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, slot_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr,
-    eps, stride_t, stride_qo_t, stride_qo_h, stride_slot,
+    eps, stride_t, stride_qo_t, stride_qo_h, stride_slot, stride_pos,
     NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr,
 ):  # fmt: skip
     token = tl.program_id(0)
     head = tl.program_id(1)
     half = HEAD_DIM // 2
     d = tl.arange(0, HEAD_DIM // 2)
-    pos = tl.load(pos_ptr + token)
+    pos = tl.load(pos_ptr + token * stride_pos)
     cos = tl.load(cos_ptr + pos * half + d)
     sin = tl.load(sin_ptr + pos * half + d)
     is_q = head < NUM_HEADS
@@ -190,24 +190,30 @@ def _qk_norm_rope_write_kernel(
     x2 = x2.to(tl.float32)
     if HAS_NORM:
         rstd = tl.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / HEAD_DIM + eps)
-        w_ptr = tl.where(is_q, qw_ptr, kw_ptr)
-        x1 = (x1 * rstd).to(dtype).to(tl.float32) * tl.load(w_ptr + d).to(tl.float32)
-        x2 = (x2 * rstd).to(dtype).to(tl.float32) * tl.load(w_ptr + half + d).to(tl.float32)
+        if is_q:
+            w1 = tl.load(qw_ptr + d).to(tl.float32)
+            w2 = tl.load(qw_ptr + half + d).to(tl.float32)
+        else:
+            w1 = tl.load(kw_ptr + d).to(tl.float32)
+            w2 = tl.load(kw_ptr + half + d).to(tl.float32)
+        x1 = (x1 * rstd).to(dtype).to(tl.float32) * w1
+        x2 = (x2 * rstd).to(dtype).to(tl.float32) * w2
     o1 = (x1 * cos - x2 * sin).to(dtype)
     o2 = (x2 * cos + x1 * sin).to(dtype)
+    # (each branch names its own variables: compiled Triton wants one type per name across branches)
     if is_q:
-        dst = q_out_ptr + token * stride_qo_t + head * stride_qo_h
-        tl.store(dst + d, o1)
-        tl.store(dst + half + d, o2)
+        q_dst = q_out_ptr + token * stride_qo_t + head * stride_qo_h
+        tl.store(q_dst + d, o1)
+        tl.store(q_dst + half + d, o2)
     else:
         kv_head = head - NUM_HEADS
         slot = tl.load(slot_ptr + token * stride_slot).to(tl.int64)
-        dst = slot * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM
-        tl.store(k_cache_ptr + dst + d, o1)
-        tl.store(k_cache_ptr + dst + half + d, o2)
-        v_base = qkv_ptr + token * stride_t + (NUM_HEADS + NUM_KV_HEADS) * HEAD_DIM + kv_head * HEAD_DIM
-        tl.store(v_cache_ptr + dst + d, tl.load(v_base + d))
-        tl.store(v_cache_ptr + dst + half + d, tl.load(v_base + half + d))
+        cache_offset = slot * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM
+        tl.store(k_cache_ptr + cache_offset + d, o1)
+        tl.store(k_cache_ptr + cache_offset + half + d, o2)
+        v_src = qkv_ptr + token * stride_t + (NUM_HEADS + NUM_KV_HEADS) * HEAD_DIM + kv_head * HEAD_DIM
+        tl.store(v_cache_ptr + cache_offset + d, tl.load(v_src + d))
+        tl.store(v_cache_ptr + cache_offset + half + d, tl.load(v_src + half + d))
 
 
 def qk_norm_rope_write(
@@ -227,6 +233,7 @@ def qk_norm_rope_write(
 
     Rotated, normed k and v go straight into the caches (contiguous, (blocks, block_size, kv_heads,
     head_dim)) at slot_mapping; cos/sin come from float32 tables (max_positions, head_dim // 2).
+    positions and slot_mapping may be strided views (the decode step slices them out of one packed tensor).
     """
     num_tokens = qkv.shape[0]
     _, _, kv_heads, head_dim = k_cache.shape
@@ -236,7 +243,7 @@ def qk_norm_rope_write(
     kw = k_norm_weight if k_norm_weight is not None else cos_cache
     _qk_norm_rope_write_kernel[(num_tokens, num_heads + kv_heads)](
         qkv, positions, cos_cache, sin_cache, qw, kw, slot_mapping, q, k_cache, v_cache,
-        eps, qkv.stride(0), q.stride(0), q.stride(1), slot_mapping.stride(0),
+        eps, qkv.stride(0), q.stride(0), q.stride(1), slot_mapping.stride(0), positions.stride(0),
         NUM_HEADS=num_heads, NUM_KV_HEADS=kv_heads, HEAD_DIM=head_dim, HAS_NORM=has_norm,
     )  # fmt: skip
     return q
