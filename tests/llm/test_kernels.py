@@ -20,9 +20,10 @@ def rand(*shape, dtype=DTYPE):
 
 
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 16), (8, 8, 32), (16, 8, 64)])
-def test_paged_decode_attention_matches_reference(heads, kv_heads, head_dim):
+@pytest.mark.parametrize("max_blocks", [6, 30])  # a few splits per sequence, and one long split
+def test_paged_decode_attention_matches_reference(heads, kv_heads, head_dim, max_blocks):
     torch.manual_seed(0)
-    num_blocks, block_size, max_blocks = 40, 16, 6
+    num_blocks, block_size = 40, 16
     k_cache, v_cache = (
         rand(num_blocks, block_size, kv_heads, head_dim),
         rand(num_blocks, block_size, kv_heads, head_dim),

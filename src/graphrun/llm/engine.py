@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from graphrun.errors import ConfigError
 from graphrun.graphs.sizes import default_ladder, normalize_ladder
 from graphrun.llm.block_manager import BlockManager
-from graphrun.llm.decode_graph import NUM_FIXED_INT_COLUMNS, DecodeGraphs, DecodeShape, DecodeStep
+from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape, DecodeStep
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache, gpu_kv_budget, num_blocks_for_budget
 from graphrun.llm.presets import load_model
@@ -179,25 +179,23 @@ class LLMEngine:
         return self._eager_decode[greedy](ints, floats).tolist()
 
     def _pack_decode(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two packed per-step tensors of decode_graph.py, built on the host, copied once each."""
-        n, width = len(batch.seqs), NUM_FIXED_INT_COLUMNS + self.max_blocks_per_seq
-        ints = torch.zeros(n, width, dtype=torch.int64)
-        ints[:, 0] = torch.tensor(batch.input_ids)
-        ints[:, 1] = torch.tensor(batch.positions)
-        ints[:, 2] = torch.tensor(batch.slot_mapping)
-        ints[:, 3] = torch.tensor(batch.context_lens)
-        ints[:, 4] = torch.tensor([seq.rng_seed for seq in batch.seqs])  # seeds are < 2**63: fit int64
-        for row, table in enumerate(batch.block_tables):
-            ints[row, NUM_FIXED_INT_COLUMNS : NUM_FIXED_INT_COLUMNS + len(table)] = torch.tensor(table)
+        """decode_graph.py's two packed per-step tensors: built on the host in one go, copied once each."""
+        width = self.max_blocks_per_seq
+        rows = [
+            [token, pos, slot, ctx, seq.rng_seed, *table, *([0] * (width - len(table)))]
+            for token, pos, slot, ctx, seq, table in zip(
+                batch.input_ids, batch.positions, batch.slot_mapping, batch.context_lens, batch.seqs,
+                batch.block_tables, strict=True,
+            )
+        ]  # fmt: skip
+        pin = self.device.type == "cuda"  # pinned host memory: the copies below do not block
+        ints = torch.tensor(rows, dtype=torch.int64, pin_memory=pin)
         floats = torch.tensor(
             [[s.params.temperature, s.params.top_p, float(s.params.top_k)] for s in batch.seqs],
             dtype=torch.float32,
+            pin_memory=pin,
         )
-        if self.device.type == "cuda":
-            return ints.pin_memory().to(self.device, non_blocking=True), floats.pin_memory().to(
-                self.device, non_blocking=True
-            )
-        return ints, floats
+        return ints.to(self.device, non_blocking=pin), floats.to(self.device, non_blocking=pin)
 
     def _sampling_tensors(self, seqs: list[Sequence]) -> SamplingTensors:
         p = [s.params for s in seqs]

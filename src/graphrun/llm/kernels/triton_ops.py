@@ -85,13 +85,20 @@ def _paged_decode_merge_kernel(
 
 
 DECODE_TOKENS = 64  # cache tokens per inner iteration
-DECODE_MAX_SPLITS = 32  # splits per sequence: enough programs to fill the GPU at batch 1
+DECODE_MAX_SPLITS = 32  # splits per sequence at most
+DECODE_TARGET_PROGRAMS = 512  # enough (sequence, kv head, split) programs to fill an H100's 132 SMs
 
 
-def decode_splits(max_context: int) -> tuple[int, int]:
-    """(splits, iterations per split) covering max_context tokens, at most DECODE_MAX_SPLITS splits."""
+def decode_splits(max_context: int, num_seqs: int, kv_heads: int) -> tuple[int, int]:
+    """(splits, iterations per split) covering max_context tokens.
+
+    Splits exist to give small batches enough parallel programs; a batch that fills the GPU on its own
+    gets fewer, since each split costs a partial result written and merged.
+    """
     chunks = triton.cdiv(max_context, DECODE_TOKENS)
-    iters = triton.cdiv(chunks, DECODE_MAX_SPLITS)
+    wanted = triton.cdiv(DECODE_TARGET_PROGRAMS, num_seqs * kv_heads)
+    splits = max(1, min(DECODE_MAX_SPLITS, wanted, chunks))
+    iters = triton.cdiv(chunks, splits)
     return triton.cdiv(chunks, iters), iters
 
 
@@ -112,7 +119,7 @@ def paged_decode_attention(
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     group = num_heads // kv_heads
-    splits, iters = decode_splits(block_tables.shape[1] * block_size)
+    splits, iters = decode_splits(block_tables.shape[1] * block_size, num_seqs, kv_heads)
     partial_m = torch.empty(num_seqs, num_heads, splits, dtype=torch.float32, device=q.device)
     partial_l = torch.empty_like(partial_m)
     partial_acc = torch.empty(num_seqs, num_heads, splits, head_dim, dtype=torch.float32, device=q.device)
