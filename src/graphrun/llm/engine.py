@@ -175,11 +175,11 @@ class LLMEngine:
         greedy = all(seq.params.temperature == 0 for seq in batch.seqs)
         graphs = self.decode_graphs
         if graphs is not None:
-            return graphs.run(ints, floats, greedy).tolist()  # eager inside the runner above the ladder
-        return self._eager_decode[greedy](ints, floats).tolist()
+            return graphs.run(ints, floats, greedy).tolist()
+        return self._eager_decode[greedy](ints.to(self.device), floats.to(self.device)).tolist()
 
     def _pack_decode(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """decode_graph.py's two packed per-step tensors: built on the host in one go, copied once each."""
+        """decode_graph.py's two packed per-step tensors, built on the host in one go."""
         width = self.max_blocks_per_seq
         rows = [
             [token, pos, slot, ctx, seq.rng_seed, *table, *([0] * (width - len(table)))]
@@ -188,14 +188,12 @@ class LLMEngine:
                 batch.block_tables, strict=True,
             )
         ]  # fmt: skip
-        pin = self.device.type == "cuda"  # pinned host memory: the copies below do not block
-        ints = torch.tensor(rows, dtype=torch.int64, pin_memory=pin)
+        ints = torch.tensor(rows, dtype=torch.int64)
         floats = torch.tensor(
             [[s.params.temperature, s.params.top_p, float(s.params.top_k)] for s in batch.seqs],
             dtype=torch.float32,
-            pin_memory=pin,
         )
-        return ints.to(self.device, non_blocking=pin), floats.to(self.device, non_blocking=pin)
+        return ints, floats
 
     def _sampling_tensors(self, seqs: list[Sequence]) -> SamplingTensors:
         p = [s.params for s in seqs]
