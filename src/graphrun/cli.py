@@ -43,7 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--ladder-max", type=int, default=64, help="top of the encoder ladder capture test")
     zoo.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
     zoo.add_argument("--small", action="store_true", help="shrunken models (CPU smoke runs)")
+    _add_decode_bench_parser(bench_sub)
     return parser
+
+
+def _add_decode_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
+    """`graphrun bench decode`: LLM decode steps, graph vs eager vs bandwidth floor (and HF peers)."""
+    decode = bench_sub.add_parser(
+        "decode", help="LLM decode step: graphs vs eager vs the bandwidth floor, optional HF peers"
+    )
+    decode.add_argument("--model", default="qwen3-0.6b-shape", help="preset name or HF checkpoint folder")
+    decode.add_argument("--batch-sizes", default="1,4,16,64", help="comma-separated batch sizes")
+    decode.add_argument("--context", type=int, default=512, help="prompt tokens per request")
+    decode.add_argument("--new-tokens", type=int, default=128, help="tokens generated per request")
+    decode.add_argument("--steps", type=int, default=50, help="timed decode steps per mode and batch size")
+    decode.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    decode.add_argument("--peers", action="store_true", help="also time Hugging Face transformers")
+    decode.add_argument(
+        "--peer-batch-sizes", default=None, help="batch sizes for the peers (default: --batch-sizes)"
+    )
+    decode.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from graphrun.bench.zoo import run_zoo
 
         return run_zoo(args)
+    if args.command == "bench" and args.bench_command == "decode":
+        from graphrun.bench.decode import run_decode
+
+        return run_decode(args)
     return 2
 
 

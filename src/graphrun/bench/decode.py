@@ -1,0 +1,314 @@
+"""`graphrun bench decode`: LLM decode steps through captured graphs vs eager, against a bandwidth floor.
+
+Decode is bandwidth-bound (each step reads every weight once, plus each sequence's KV cache), so every
+batch size is judged against that floor (decode_report.py), not only against eager. One engine serves every
+point: per batch size B it prefills B random prompts in one step, then times `engine.step()` on pure decode
+batches with graphs on and off in alternating blocks, so both paths see the same contexts. The context
+grows one token per step (512 -> ~617 with the defaults); the floor uses the window's mean context. A probe
+step first runs the same packed inputs through both paths (greedy tokens must agree) and times the graph
+replay alone with CUDA events. Peers live in peers.py. Without CUDA the tiny preset runs on the sim
+backend: a smoke test of the code path whose timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graphrun.bench.decode_report import copy_bandwidth, decode_payload, print_decode, save_decode, step_floor
+from graphrun.bench.timing import release_memory, summarize, time_calls, time_interleaved
+from graphrun.errors import ConfigError
+from graphrun.llm.engine import LLMEngine
+from graphrun.llm.engine_config import EngineConfig
+from graphrun.llm.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+BLOCK_STEPS = 5  # graph and eager alternate in blocks of this many steps
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeSetup:
+    """What the decode benchmark runs and where, fixed once from the flags and validated here."""
+
+    model: str
+    batch_sizes: tuple[int, ...]
+    context: int
+    new_tokens: int
+    steps: int
+    warmup: int
+    dtype: str
+    device: str  # "cuda" or "cpu"
+    peers: bool
+    peer_batch_sizes: tuple[int, ...]
+    out: Path
+    copy_bytes: int = 2**30  # device copy size for the bandwidth measurement
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ConfigError(f"--batch-sizes must be positive integers, got {list(self.batch_sizes)}")
+        if min(self.context, self.steps) < 1 or self.warmup < 0:
+            raise ConfigError(f"--context and --steps must be >= 1, got {self.context} and {self.steps}")
+        if self.new_tokens - 1 < self.decode_steps_needed:
+            raise ConfigError(
+                f"--new-tokens {self.new_tokens} leaves {self.new_tokens - 1} decode steps per request, but "
+                f"the timing needs {self.decode_steps_needed} (1 probe + 2 x ({self.warmup} warm-up + "
+                f"{self.steps} --steps)); raise --new-tokens or lower --steps"
+            )
+        extra = sorted(set(self.peer_batch_sizes) - set(self.batch_sizes))
+        if extra:
+            raise ConfigError(f"--peer-batch-sizes {extra} are not in --batch-sizes {list(self.batch_sizes)}")
+
+    @property
+    def decode_steps_needed(self) -> int:
+        """Decode steps one batch point uses: the probe, then warm-up and timed steps of both paths."""
+        return 1 + 2 * (self.warmup + self.steps)
+
+    @property
+    def params(self) -> SamplingParams:
+        """Greedy, exactly new_tokens tokens per request."""
+        return SamplingParams(temperature=0.0, max_tokens=self.new_tokens, ignore_eos=True)
+
+    @property
+    def cuda(self) -> bool:
+        """Whether this is a real measurement (CUDA graphs on a GPU)."""
+        return self.device == "cuda"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DecodeSetup:
+        """The flags on a GPU; without CUDA the tiny preset at tiny sizes (only --peers and --out count)."""
+        out = Path(args.out)
+        if not torch.cuda.is_available():
+            # model, batch sizes, context, new tokens, steps, warm-up, dtype, device, peers, peer sizes, out
+            return cls("tiny", (1, 2), 16, 8, 3, 0, "float32", "cpu", args.peers, (1, 2), out)
+        batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
+        peer_sizes = args.peer_batch_sizes
+        return cls(
+            model=args.model,
+            batch_sizes=batch_sizes,
+            context=args.context,
+            new_tokens=args.new_tokens,
+            steps=args.steps,
+            warmup=2,
+            dtype=args.dtype,
+            device="cuda",
+            peers=args.peers,
+            peer_batch_sizes=_int_list(peer_sizes, "--peer-batch-sizes") if peer_sizes else batch_sizes,
+            out=out,
+        )
+
+    def sync(self) -> None:
+        """Wait for queued device work (nothing to wait for on the CPU)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def build_engine(setup: DecodeSetup) -> LLMEngine:
+    """One engine for every point: a seat and a graph rung per batch size, room for the whole window."""
+    top = max(setup.batch_sizes)
+    return LLMEngine(
+        EngineConfig(
+            model=setup.model,
+            device=setup.device,
+            dtype=setup.dtype,
+            max_num_seqs=top,
+            max_model_len=setup.context + setup.new_tokens + 16,
+            max_num_batched_tokens=max(2048, top * setup.context),  # every prompt in one prefill step
+            gpu_memory_utilization=0.5,  # leaves room for the peers
+            graph_backend="cuda" if setup.cuda else "sim",
+            seed=setup.seed,
+        )
+    )
+
+
+def random_prompts(num: int, length: int, vocab_size: int, seed: int) -> list[list[int]]:
+    """`num` seeded prompts of `length` ids in [1, vocab): never all zeros, the same for every peer."""
+    gen = torch.Generator().manual_seed(seed + num)
+    return torch.randint(1, vocab_size, (num, length), generator=gen).tolist()
+
+
+def _fill(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> list[int]:
+    """Add the requests and step until each has its first token: from here on every step is decode."""
+    ids = [engine.add_request(p, params) for p in prompts]
+    got = dict.fromkeys(ids, 0)
+    while not all(got.values()):
+        for out in engine.step():
+            got[out.seq_id] += 1
+    if set(got.values()) != {1}:
+        raise RuntimeError(f"prefill was spread over several steps ({got}); raise max_num_batched_tokens")
+    return ids
+
+
+def _checked_step(engine: LLMEngine, num_seqs: int) -> None:
+    if len(engine.step()) != num_seqs:
+        raise RuntimeError(f"a decode step of {num_seqs} sequences returned fewer tokens (preempted?)")
+
+
+@contextmanager
+def _graphs_off(engine: LLMEngine) -> Iterator[None]:
+    """Decode eager for the duration (the engine's own fallback when it has no graphs)."""
+    graphs, engine.decode_graphs = engine.decode_graphs, None
+    try:
+        yield
+    finally:
+        engine.decode_graphs = graphs
+
+
+def _probe(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, Any]:
+    """One decode step run both ways on the same packed inputs, then the greedy graph replayed alone."""
+    graphs, scheduler = engine.decode_graphs, engine.scheduler
+    assert graphs is not None, "the benchmark engine always captures decode graphs"
+    batch = scheduler.schedule()
+    if batch is None or batch.kind != "decode" or len(batch.seqs) != num_seqs:
+        raise RuntimeError(f"expected a decode batch of {num_seqs}, got {batch and batch.kind}")
+    try:
+        ints, floats = engine._pack_decode(batch)
+        eager = engine._eager_decode[True](ints.to(engine.device), floats.to(engine.device)).tolist()
+        graph = graphs.run(ints, floats, True).tolist()  # leaves the inputs in the rung's static buffers
+        runner = graphs.runners["greedy"]
+        args, kwargs = runner.static_inputs(num_seqs)
+        mode = "events" if setup.cuda else "host"
+        replay = time_calls(lambda: runner(*args, **kwargs), setup.steps, 2, setup.sync, mode=mode)
+    except Exception:
+        scheduler.discard(batch)
+        raise
+    scheduler.update(batch, graph)  # replays rewrote the same cache slots with the same values
+    return {"tokens_match": graph == eager, "replay": summarize(replay)}
+
+
+def bench_batch(engine: LLMEngine, num_seqs: int, setup: DecodeSetup, bandwidth: float) -> dict[str, Any]:
+    """One batch size: fill, probe, time graph and eager steps side by side, compare with the floor."""
+    vocab = engine.model_config.vocab_size
+    ids = _fill(engine, random_prompts(num_seqs, setup.context, vocab, setup.seed), setup.params)
+    probe = _probe(engine, num_seqs, setup)
+
+    def eager_step() -> None:
+        with _graphs_off(engine):
+            _checked_step(engine, num_seqs)
+
+    fns: dict[str, Callable[[], object]] = {
+        "graph": lambda: _checked_step(engine, num_seqs),
+        "eager": eager_step,
+    }
+    rounds = max(1, setup.steps // BLOCK_STEPS)
+    times = time_interleaved(fns, setup.steps, setup.warmup, setup.sync, rounds=rounds)
+    for seq_id in ids:
+        engine.abort(seq_id)
+    # decode step j after the fill sees context + 1 + j cached tokens; the probe was step 0
+    first = setup.context + 2 + 2 * setup.warmup
+    context_mean = first + (2 * setup.steps - 1) / 2
+    graph, eager = summarize(times["graph"]), summarize(times["eager"])
+    floor = step_floor(engine.model_config, num_seqs, context_mean, engine.dtype.itemsize, bandwidth)
+    return {
+        "batch": num_seqs,
+        "context_first": first,
+        "context_last": first + 2 * setup.steps - 1,
+        "context_mean": context_mean,
+        "graph": graph,
+        "eager": eager,
+        "replay": probe["replay"],
+        "speedup": eager["median_ms"] / graph["median_ms"],
+        **floor.against(graph["median_ms"]),
+        "tokens_per_s": num_seqs / graph["median_ms"] * 1e3,
+        "tokens_match": probe["tokens_match"],
+    }
+
+
+def _generate_once(engine: LLMEngine, prompt: list[int], params: SamplingParams) -> tuple[float, list[int]]:
+    """Wall seconds from add_request to the request's finish, and its tokens."""
+    start = time.perf_counter()
+    engine.add_request(prompt, params)
+    tokens: list[int] = []
+    while engine.has_unfinished():
+        tokens += [out.new_token_id for out in engine.step()]
+    return time.perf_counter() - start, tokens
+
+
+def bench_generate(engine: LLMEngine, setup: DecodeSetup, reps: int = 3) -> dict[str, Any]:
+    """End to end at batch 1 (prefill included): median of `reps` after one warm-up; then once eager."""
+    prompt = random_prompts(1, setup.context, engine.model_config.vocab_size, setup.seed)[0]
+    runs = [_generate_once(engine, prompt, setup.params) for _ in range(1 + reps)][1:]  # one warm-up
+    seconds, tokens = statistics.median(s for s, _ in runs), runs[0][1]
+    with _graphs_off(engine):
+        _, eager_tokens = _generate_once(engine, prompt, setup.params)
+    return {
+        "prompt_tokens": setup.context,
+        "new_tokens": len(tokens),
+        "seconds": seconds,
+        "tokens_per_s": len(tokens) / seconds,
+        "token_ids": tokens,
+        "tokens_match_eager": tokens == eager_tokens,
+    }
+
+
+def _measure_graphrun(setup: DecodeSetup) -> tuple[dict[str, Any], Any]:
+    """Every graphrun measurement; returns them with the HF peer model built from the same weights."""
+    bandwidth = copy_bandwidth(setup.device, setup.copy_bytes if setup.cuda else 64 * 2**20, setup.sync)
+    log.info("decode bench: device copy bandwidth %.1f GB/s", bandwidth / 1e9)
+    engine = build_engine(setup)
+    with torch.inference_mode():
+        rows = []
+        for num_seqs in setup.batch_sizes:
+            log.info("decode bench: batch %d", num_seqs)
+            rows.append(bench_batch(engine, num_seqs, setup, bandwidth))
+        generate = bench_generate(engine, setup)
+    hf_model: Any = None
+    if setup.peers:
+        from graphrun.bench.peers import try_build_hf_model
+
+        hf_model = try_build_hf_model(engine.model, engine.dtype, engine.device)
+    measured = {
+        "copy_bandwidth_gbs": bandwidth / 1e9,
+        "engine": engine.describe(),
+        "model_config": dataclasses.asdict(engine.model_config),
+        "results": rows,
+        "generate": generate,
+    }
+    return measured, hf_model
+
+
+def run_decode_bench(setup: DecodeSetup) -> dict[str, Any]:
+    """Measure, run the peers if asked, print the table and JSON line, write JSON and PNG; the payload."""
+    measured, hf_model = _measure_graphrun(setup)
+    release_memory()  # the engine is gone: its cache and graph pool go back before the peers run
+    peers = None
+    if setup.peers:
+        from graphrun.bench.peers import run_peers
+
+        vocab = measured["model_config"]["vocab_size"]
+        peers = run_peers(
+            hf_model,
+            lambda n: random_prompts(n, setup.context, vocab, setup.seed),
+            setup.peer_batch_sizes,
+            setup.new_tokens,
+            measured["generate"]["token_ids"],
+        )
+    payload = decode_payload(setup, measured, peers)
+    print_decode(payload)
+    json_path, png_path = save_decode(payload, setup.out)
+    log.info("decode bench: wrote %s and %s", json_path, png_path)
+    return payload
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    """Run `graphrun bench decode`; exit status 1 when graph and eager greedy tokens disagreed."""
+    payload = run_decode_bench(DecodeSetup.from_args(args))
+    return 0 if payload["ok"] else 1
