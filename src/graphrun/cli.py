@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from graphrun.generate_cli import add_generate_parser, run_generate
+from graphrun.serve.cli import add_serve_parser, run_serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     add_generate_parser(sub)
+    add_serve_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -75,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(backend=args.backend, calls=args.calls)
     if args.command == "generate":
         return run_generate(args)
+    if args.command == "serve":
+        return run_serve(args)
     if args.command == "doctor":
         from graphrun.doctor import run_doctor
 

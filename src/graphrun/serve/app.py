@@ -1,0 +1,304 @@
+"""The HTTP front: OpenAI-compatible completions and chat (SSE streaming), models, health, metrics.
+
+`build_app(worker, config)` wires routes to an `EngineWorker`; the app's lifespan starts and stops it.
+Every error answer has the OpenAI body {"error": {"message", "type", "param", "code"}}: validation
+errors are 400 (not FastAPI's 422), a full queue is 429 and starting or draining is 503 (both with
+Retry-After), and an unexpected exception is a 500 for that request only (logged). Once a stream has
+sent its headers, a failure becomes a last `data: {"error": ...}` event.
+
+A client that goes away is noticed by a task per request that watches the ASGI receive channel for
+`http.disconnect` (and by the stream generator being closed): its request is aborted at once, which
+frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from graphrun import __version__
+from graphrun.errors import GraphrunError
+from graphrun.llm.engine import LLMEngine
+from graphrun.llm.sampling_params import SamplingParams
+from graphrun.llm.scheduler import RequestRejected
+from graphrun.serve.chat_template import ChatTemplate
+from graphrun.serve.config import ServeConfig
+from graphrun.serve.protocol import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    resolve_max_tokens,
+)
+from graphrun.serve.request import EngineFailure, QueueFull, RequestHandle, Unavailable
+from graphrun.serve.responses import ChatFormat, CompletionFormat, ResponseFormat, Usage
+from graphrun.serve.worker import EngineWorker
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat: the rest of the context
+_GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+
+
+def build_app(worker: EngineWorker, config: ServeConfig) -> FastAPI:
+    """The FastAPI app serving `worker`'s engine under `config.served_model_name`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(worker.stop)
+
+    app = FastAPI(title="graphrun", version=__version__, lifespan=lifespan)
+    _add_error_handlers(app, worker, config)
+    routes = _Routes(worker, config, ChatTemplate.for_model(worker.engine_config.model))
+    app.add_api_route("/v1/completions", routes.completions, methods=["POST"], response_model=None)
+    app.add_api_route("/v1/chat/completions", routes.chat, methods=["POST"], response_model=None)
+    app.add_api_route("/v1/models", routes.models, methods=["GET"])
+    app.add_api_route("/health", routes.health, methods=["GET"])
+    app.add_api_route("/metrics", routes.metrics, methods=["GET"])
+    return app
+
+
+class _Routes:
+    """The endpoints, bound to one worker."""
+
+    def __init__(self, worker: EngineWorker, config: ServeConfig, template: ChatTemplate) -> None:
+        self._worker, self._config, self._template = worker, config, template
+        self._created = int(time.time())
+
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        """POST /v1/completions."""
+        return await self._guarded(self._complete, body, request)
+
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        """POST /v1/chat/completions."""
+        return await self._guarded(self._chat, body, request)
+
+    async def _guarded(
+        self, handler: Callable[[Any, Request], Awaitable[Response]], body: Any, request: Request
+    ) -> Response:
+        """Run handler; an unexpected exception becomes a logged 500 for this request alone."""
+        try:
+            return await handler(body, request)
+        except (APIError, GraphrunError):
+            raise  # answered by the error handlers
+        except Exception as exc:
+            log.exception("request to %s failed", request.url.path)
+            raise APIError(500, f"internal error: {type(exc).__name__}", type="server_error") from exc
+
+    async def _complete(self, body: CompletionRequest, request: Request) -> Response:
+        engine = self._engine_for(body.model)
+        body.check_supported()
+        vocab = engine.model_config.vocab_size
+        ids = body.prompt_ids(engine.tokenizer, vocab)
+        max_tokens = resolve_max_tokens(
+            body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, len(ids), engine.max_model_len
+        )
+        params = body.sampling_params(max_tokens, vocab)
+        fmt = CompletionFormat(self._config.served_model_name)
+        return await self._generate(request, fmt, ids, params, body.stop_strings(), body)
+
+    async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        engine = self._engine_for(body.model)
+        body.check_supported()
+        ids = self._template.prompt_ids(body.messages, engine.tokenizer)
+        max_tokens = resolve_max_tokens(body.requested_max_tokens, None, len(ids), engine.max_model_len)
+        params = body.sampling_params(max_tokens, engine.model_config.vocab_size)
+        fmt = ChatFormat(self._config.served_model_name)
+        return await self._generate(request, fmt, ids, params, body.stop_strings(), body)
+
+    def _engine_for(self, model: str | None) -> LLMEngine:
+        """The engine, when `model` names it (None: the served model) and it is ready."""
+        name = self._config.served_model_name
+        if model is not None and model != name:
+            message = f"model {model!r} does not exist; this server serves {name!r}"
+            raise APIError(404, message, param="model", code="model_not_found")
+        return self._worker.engine
+
+    async def _generate(
+        self,
+        request: Request,
+        fmt: ResponseFormat,
+        ids: list[int],
+        params: SamplingParams,
+        stop: tuple[str, ...],
+        body: CompletionRequest | ChatCompletionRequest,
+    ) -> Response:
+        """Submit, wait for admission, then stream (SSE) or collect the answer."""
+        if not ids:
+            raise APIError(400, "the prompt is empty; send at least one token", param="prompt")
+        handle = self._worker.submit(ids, params, stop)
+        watcher = asyncio.create_task(_abort_on_disconnect(request, self._worker, handle))
+        try:
+            await handle.admitted
+        except BaseException:  # rejected, or this handler was cancelled: nothing will read the request
+            watcher.cancel()
+            self._worker.abort(handle)
+            raise
+        if body.stream:
+            return StreamingResponse(
+                self._sse(handle, fmt, watcher, body.include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            return await self._collect(handle, fmt)
+        finally:
+            watcher.cancel()
+
+    async def _collect(self, handle: RequestHandle, fmt: ResponseFormat) -> Response:
+        texts: list[str] = []
+        reason = None
+        async for delta in self._worker.stream(handle):
+            texts.append(delta.text)
+            reason = delta.finish_reason
+        self._worker.metrics.count("aborted" if reason == "abort" else "ok")
+        usage = Usage.of(len(handle.prompt_ids), handle.num_output_tokens)
+        return Response(
+            fmt.response("".join(texts), reason, usage).model_dump_json(), media_type="application/json"
+        )
+
+    async def _sse(
+        self, handle: RequestHandle, fmt: ResponseFormat, watcher: asyncio.Task[None], include_usage: bool
+    ) -> AsyncIterator[str]:
+        """`data: {chunk}` events, then `data: [DONE]`; a failure after the headers is an error event."""
+        status = "aborted"  # unless the stream reaches its end
+        try:
+            for chunk in fmt.opening():
+                yield _event(chunk)
+            async for delta in self._worker.stream(handle):
+                yield _event(fmt.chunk(delta.text, delta.finish_reason))
+            if include_usage:
+                yield _event(fmt.usage_chunk(Usage.of(len(handle.prompt_ids), handle.num_output_tokens)))
+            yield "data: [DONE]\n\n"
+            status = "aborted" if handle.finish_reason == "abort" else "ok"
+        except Exception as exc:
+            status = "error"
+            if not isinstance(exc, GraphrunError):
+                log.exception("stream %s failed", fmt.id)
+            yield f"data: {_json_error(_as_api_error(exc))}\n\n"
+        finally:
+            watcher.cancel()
+            if handle.finish_reason is None:
+                self._worker.abort(handle)  # the client went away mid-stream
+            self._worker.metrics.count(status)
+
+    async def models(self) -> dict[str, Any]:
+        """GET /v1/models: the one served model."""
+        info = self._worker.info
+        card = {
+            "id": self._config.served_model_name,
+            "object": "model",
+            "created": self._created,
+            "owned_by": "graphrun",
+            "root": self._worker.engine_config.model,
+            "max_model_len": info.get("max_model_len"),
+        }
+        return {"object": "list", "data": [card]}
+
+    async def health(self) -> JSONResponse:
+        """GET /health: 200 once the engine is built and its graphs captured; 503 before, and draining."""
+        state = self._worker.state
+        status = "ok" if state == "ready" else state
+        body = {"status": status, "model": self._config.served_model_name, **self._worker.info}
+        if state == "ready":
+            return JSONResponse(body)
+        return JSONResponse(
+            body, status_code=503, headers={"Retry-After": str(self._config.retry_after_seconds)}
+        )
+
+    async def metrics(self) -> Response:
+        """GET /metrics: Prometheus text of the engine's graph series and the server's own."""
+        return Response(generate_latest(self._worker.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _abort_on_disconnect(request: Request, worker: EngineWorker, handle: RequestHandle) -> None:
+    """Abort the request when the client disconnects (the body was read already, so this only waits)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    worker.abort(handle)
+
+
+def _event(chunk: BaseModel) -> str:
+    return f"data: {chunk.model_dump_json()}\n\n"
+
+
+def _json_error(error: APIError) -> str:
+    return json.dumps(error.body())
+
+
+def _as_api_error(exc: Exception, retry_after: int = 1) -> APIError:
+    """The HTTP answer for an exception raised while serving a request."""
+    retry = {"Retry-After": str(retry_after)}
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, QueueFull):
+        return APIError(429, str(exc), type="rate_limit_error", code="queue_full", headers=retry)
+    if isinstance(exc, Unavailable):
+        return APIError(503, str(exc), type="service_unavailable", code=exc.reason, headers=retry)
+    if isinstance(exc, RequestRejected):
+        code = "context_length_exceeded" if exc.code == "too_long" else exc.code
+        return APIError(400, str(exc), code=code)
+    if isinstance(exc, EngineFailure) or not isinstance(exc, ValueError):
+        return APIError(500, str(exc), type="server_error")
+    return APIError(400, str(exc))  # ConfigError, SamplingParamsError: the request's values
+
+
+def _status_label(status: int) -> str:
+    """The graphrun_requests_total status of an error answer."""
+    return {429: "overloaded", 503: "unavailable"}.get(status, "error" if status >= 500 else "invalid")
+
+
+def _add_error_handlers(app: FastAPI, worker: EngineWorker, config: ServeConfig) -> None:
+    """OpenAI-shaped bodies for every error; generation requests are counted by outcome."""
+
+    def answer(request: Request, error: APIError) -> Response:
+        if request.url.path in _GENERATION_PATHS:
+            worker.metrics.count(_status_label(error.status))
+        # json.dumps escapes non-ASCII: a message quoting a lone surrogate from the request still encodes
+        return Response(_json_error(error), error.status, error.headers or None, "application/json")
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return answer(request, _as_api_error(exc, config.retry_after_seconds))
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return answer(request, _validation_error(exc))
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return answer(request, APIError(exc.status_code, str(exc.detail), type=kind))
+
+    app.add_exception_handler(APIError, on_error)
+    app.add_exception_handler(GraphrunError, on_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    """A 400 naming the first bad field (the rest are counted), as OpenAI answers."""
+    errors = list(exc.errors())
+    if not errors:
+        return APIError(400, "invalid request body")
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return APIError(400, f"the body is not valid JSON: {first.get('msg')}", code="invalid_json")
+    where = ".".join(loc) or "body"
+    more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+    return APIError(400, f"{where}: {first.get('msg')}{more}", param=loc[0] if loc else None)

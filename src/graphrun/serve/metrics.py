@@ -1,0 +1,62 @@
+"""The server's Prometheus series, registered in the registry the engine's graph series use.
+
+One registry for everything, so /metrics is one scrape: the engine's `graphrun_cuda_graph_*` series and
+these. Labels are bounded: `status` takes the values of REQUEST_STATUSES only.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from graphrun.llm.scheduler import Scheduler
+
+# ok: finished; aborted: the client went away; invalid: 4xx other than 429; overloaded: 429;
+# unavailable: 503 (starting, draining); error: 500
+REQUEST_STATUSES = ("ok", "aborted", "invalid", "overloaded", "unavailable", "error")
+TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
+
+
+class ServeMetrics:
+    """Request outcomes, token counts, latencies and engine occupancy."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "graphrun_requests", "Completion requests by outcome", ["status"], registry=registry
+        )
+        for status in REQUEST_STATUSES:
+            self.requests.labels(status)  # every series exists from the start, at 0
+        self.prompt_tokens = Counter("graphrun_prompt_tokens", "Prompt tokens admitted", registry=registry)
+        self.generation_tokens = Counter("graphrun_generation_tokens", "Tokens generated", registry=registry)
+        self.ttft = Histogram(
+            "graphrun_time_to_first_token_seconds",
+            "From submission to the first generated token",
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.itl = Histogram(
+            "graphrun_inter_token_latency_seconds",
+            "Between consecutive tokens of one request",
+            buckets=ITL_BUCKETS,
+            registry=registry,
+        )
+        self.queue_depth = Gauge("graphrun_queue_depth", "Requests waiting for admission", registry=registry)
+        self.kv_blocks_in_use = Gauge("graphrun_kv_blocks_in_use", "KV-cache blocks held", registry=registry)
+        self.requests_running = Gauge(
+            "graphrun_requests_running", "Requests admitted to the engine", registry=registry
+        )
+
+    def count(self, status: str) -> None:
+        """One request ended with `status` (one of REQUEST_STATUSES)."""
+        assert status in REQUEST_STATUSES, status
+        self.requests.labels(status).inc()
+
+    def observe_token(self, first: bool, seconds: float) -> None:
+        """A token arrived `seconds` after submission (first) or after the request's previous token."""
+        (self.ttft if first else self.itl).observe(seconds)
+
+    def publish(self, scheduler: Scheduler, num_unsubmitted: int) -> None:
+        """(engine thread) Occupancy gauges after a step; num_unsubmitted: commands not yet applied."""
+        self.queue_depth.set(scheduler.num_waiting + num_unsubmitted)
+        self.kv_blocks_in_use.set(scheduler.block_manager.num_used_blocks)
+        self.requests_running.set(scheduler.num_running)

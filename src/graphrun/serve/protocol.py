@@ -1,0 +1,239 @@
+"""OpenAI requests: the bodies of /v1/completions and /v1/chat/completions, and the error answer.
+
+Pydantic lives at the HTTP boundary only. Requests validate strictly (a string is not a number, NaN is
+not a temperature) and become token ids plus a `SamplingParams`. What graphrun does not implement is a
+400 that says so, never silently ignored: n != 1, logprobs, echo, best_of, suffix, penalties,
+logit_bias, tools, non-text response formats, several prompts in one request. Unknown fields are
+ignored, as OpenAI-compatible servers do, so newer clients keep working.
+
+Extensions, named as in vLLM: top_k (0 or -1: off), ignore_eos, stop_token_ids. Stop strings are
+matched on the decoded text (the engine stops on token ids only): the text is cut before the stop
+string and finish_reason is "stop". Chat messages become prompt text in chat_template.py; response
+bodies are in responses.py.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
+from graphrun.llm.tokenizer import Tokenizer
+
+MAX_STOP_STRINGS = 16
+_REQUEST = ConfigDict(strict=True, extra="ignore")
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class APIError(Exception):
+    """An error answer: HTTP status, OpenAI error body fields, extra headers (Retry-After)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error body: {"error": {"message", "type", "param", "code"}}."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def unsupported(param: str, what: str) -> APIError:
+    """A 400 for a parameter graphrun does not implement."""
+    return APIError(400, f"{param}: {what} is not supported by graphrun", param=param, code="unsupported")
+
+
+# ----- requests ---------------------------------------------------------------------------------------
+
+
+class StreamOptions(BaseModel):
+    """stream_options: include_usage adds a last chunk with the token counts."""
+
+    model_config = _REQUEST
+    include_usage: bool | None = None
+
+
+class _GenerationRequest(BaseModel):
+    """Fields completions and chat share: model, sampling, stopping, streaming."""
+
+    model_config = _REQUEST
+    model: str | None = None
+    max_tokens: PositiveInt | None = None
+    temperature: NonNegFloat | None = None
+    top_p: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    ignore_eos: bool | None = None
+    user: str | None = None
+    presence_penalty: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    frequency_penalty: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    logit_bias: dict[str, float] | None = None
+
+    def check_supported(self) -> None:
+        """Raise a 400 for parameters with no neutral value."""
+        if self.n not in (None, 1):
+            raise unsupported("n", f"n={self.n} (only one choice per request)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) not in (None, 0):
+                raise unsupported(name, "a non-zero penalty")
+        if self.logit_bias:
+            raise unsupported("logit_bias", "logit bias")
+
+    def stop_strings(self) -> tuple[str, ...]:
+        """The stop strings, validated (non-empty, at most MAX_STOP_STRINGS)."""
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > MAX_STOP_STRINGS or any(not s for s in stops):
+            raise APIError(400, f"stop takes up to {MAX_STOP_STRINGS} non-empty strings", param="stop")
+        return tuple(stops)
+
+    def sampling_params(self, max_tokens: int, vocab_size: int) -> SamplingParams:
+        """The engine's SamplingParams; top_k is capped at the vocabulary (the same distribution)."""
+        top_k = 0 if self.top_k in (None, -1) else min(int(self.top_k), vocab_size)
+        try:
+            return SamplingParams(
+                temperature=1.0 if self.temperature is None else self.temperature,
+                top_k=top_k,
+                top_p=1.0 if self.top_p is None else self.top_p,
+                seed=self.seed,
+                max_tokens=max_tokens,
+                stop_token_ids=tuple(self.stop_token_ids or ()),
+                ignore_eos=bool(self.ignore_eos),
+            )
+        except SamplingParamsError as exc:
+            raise APIError(400, str(exc)) from exc
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a stream ends with a usage chunk."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_GenerationRequest):
+    """POST /v1/completions: one prompt (text or token ids)."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = None
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def check_supported(self) -> None:
+        """Also reject logprobs, echo, best_of and suffix."""
+        super().check_supported()
+        if self.logprobs is not None:
+            raise unsupported("logprobs", "logprobs")
+        if self.echo:
+            raise unsupported("echo", "echo")
+        if self.best_of not in (None, 1):
+            raise unsupported("best_of", f"best_of={self.best_of}")
+        if self.suffix:
+            raise unsupported("suffix", "suffix")
+
+    def prompt_ids(self, tokenizer: Tokenizer, vocab_size: int) -> list[int]:
+        """Token ids of the single prompt; ids must lie inside the model's vocabulary."""
+        prompt = self.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+            if len(prompt) != 1:
+                raise unsupported("prompt", f"a batch of {len(prompt)} prompts (send one per request)")
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            return encode_text(tokenizer, prompt, "prompt")
+        ids = list(cast(list[int], prompt))  # the union and the branch above leave only list[int]
+        bad = [i for i in ids if not 0 <= i < vocab_size]
+        if bad:
+            raise APIError(
+                400, f"prompt token ids must be in [0, {vocab_size}), got {bad[:5]}", param="prompt"
+            )
+        return ids
+
+
+class ContentPart(BaseModel):
+    """A text part of a message's content (other part types are not supported)."""
+
+    model_config = _REQUEST
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One chat message."""
+
+    model_config = _REQUEST
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The content as one string (text parts joined by newlines)."""
+        if isinstance(self.content, list):
+            return "\n".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    """POST /v1/chat/completions."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: PositiveInt | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    def check_supported(self) -> None:
+        """Also reject logprobs, tools and structured output."""
+        super().check_supported()
+        if self.logprobs or self.top_logprobs is not None:
+            raise unsupported("logprobs", "logprobs")
+        if self.tools:
+            raise unsupported("tools", "tool calling")
+        if self.response_format is not None and self.response_format.get("type", "text") != "text":
+            raise unsupported("response_format", "structured output")
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        """max_completion_tokens (the newer name) or max_tokens."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+def encode_text(tokenizer: Tokenizer, text: str, param: str) -> list[int]:
+    """Token ids of text; 400 for text that is not valid Unicode (a lone surrogate sent as \\ud800)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(
+            400, f"{param} is not valid Unicode: {exc.reason} at index {exc.start}", param=param
+        ) from exc
+    return tokenizer.encode(text)
+
+
+def resolve_max_tokens(
+    requested: int | None, default: int | None, num_prompt: int, max_model_len: int
+) -> int:
+    """The request's max_tokens (default: `default`, or the rest of the context); 400 past the context."""
+    max_tokens = requested or default or max(1, max_model_len - num_prompt)
+    if num_prompt + max_tokens > max_model_len:
+        raise APIError(
+            400,
+            f"this model's maximum context length is {max_model_len} tokens; the prompt has {num_prompt} "
+            f"and max_tokens is {max_tokens}; shorten the prompt or lower max_tokens",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return max_tokens

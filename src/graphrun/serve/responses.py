@@ -1,0 +1,178 @@
+"""OpenAI response bodies: completions and chat, whole or as streamed chunks, and who builds which.
+
+`CompletionFormat` and `ChatFormat` shape one request's answers (the same id on every chunk), so the
+serving code streams or collects without knowing which endpoint it serves.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field, field_serializer
+
+
+class Usage(BaseModel):
+    """Token counts of one request."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, num_prompt: int, num_completion: int) -> Usage:
+        """Usage from the two counts."""
+        return cls(
+            prompt_tokens=num_prompt,
+            completion_tokens=num_completion,
+            total_tokens=num_prompt + num_completion,
+        )
+
+
+class CompletionChoice(BaseModel):
+    """A completions choice (also one streamed chunk's choice)."""
+
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class CompletionResponse(BaseModel):
+    """A completions answer, or one chunk of a streamed one (usage None)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ChatDelta(BaseModel):
+    """What a chat chunk adds: the role once, then content."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class AssistantMessage(BaseModel):
+    """The reply of a non-streamed chat completion."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    """A non-streamed chat choice."""
+
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class ChatChunkChoice(BaseModel):
+    """A streamed chat choice."""
+
+    index: int = 0
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+    @field_serializer("delta")
+    def _delta(self, delta: ChatDelta) -> dict[str, Any]:
+        return delta.model_dump(exclude_none=True)  # as OpenAI: {"content": "..."}, no nulls
+
+
+class ChatCompletionResponse(BaseModel):
+    """A non-streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatCompletionChunk(BaseModel):
+    """One streamed chat chunk."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+def new_id(prefix: str) -> str:
+    """A response id such as cmpl-3f2a...; unique per request."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class ResponseFormat(Protocol):
+    """How one endpoint shapes its answers (completions or chat)."""
+
+    id: str  # the response id, the same on every chunk
+
+    def opening(self) -> list[BaseModel]:
+        """Chunks a stream starts with (chat: the assistant role)."""
+        ...
+
+    def chunk(self, text: str, finish_reason: str | None) -> BaseModel:
+        """One streamed piece of text; the last one carries the finish reason."""
+        ...
+
+    def usage_chunk(self, usage: Usage) -> BaseModel:
+        """The chunk with token counts that stream_options.include_usage asks for."""
+        ...
+
+    def response(self, text: str, finish_reason: str | None, usage: Usage) -> BaseModel:
+        """The whole answer of a non-streamed request."""
+        ...
+
+
+class CompletionFormat:
+    """/v1/completions answers: text_completion objects."""
+
+    def __init__(self, model: str) -> None:
+        self.id, self.model = new_id("cmpl"), model
+
+    def opening(self) -> list[BaseModel]:
+        return []
+
+    def chunk(self, text: str, finish_reason: str | None) -> BaseModel:
+        choice = CompletionChoice(text=text, finish_reason=finish_reason)
+        return CompletionResponse(id=self.id, model=self.model, choices=[choice])
+
+    def usage_chunk(self, usage: Usage) -> BaseModel:
+        return CompletionResponse(id=self.id, model=self.model, choices=[], usage=usage)
+
+    def response(self, text: str, finish_reason: str | None, usage: Usage) -> BaseModel:
+        choice = CompletionChoice(text=text, finish_reason=finish_reason)
+        return CompletionResponse(id=self.id, model=self.model, choices=[choice], usage=usage)
+
+
+class ChatFormat:
+    """/v1/chat/completions answers: chat.completion and chat.completion.chunk objects."""
+
+    def __init__(self, model: str) -> None:
+        self.id, self.model = new_id("chatcmpl"), model
+
+    def opening(self) -> list[BaseModel]:
+        choice = ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))
+        return [ChatCompletionChunk(id=self.id, model=self.model, choices=[choice])]
+
+    def chunk(self, text: str, finish_reason: str | None) -> BaseModel:
+        choice = ChatChunkChoice(delta=ChatDelta(content=text), finish_reason=finish_reason)
+        return ChatCompletionChunk(id=self.id, model=self.model, choices=[choice])
+
+    def usage_chunk(self, usage: Usage) -> BaseModel:
+        return ChatCompletionChunk(id=self.id, model=self.model, choices=[], usage=usage)
+
+    def response(self, text: str, finish_reason: str | None, usage: Usage) -> BaseModel:
+        choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=finish_reason)
+        return ChatCompletionResponse(id=self.id, model=self.model, choices=[choice], usage=usage)

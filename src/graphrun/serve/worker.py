@@ -1,0 +1,288 @@
+"""The engine thread: the one thread that owns the LLMEngine, and the paths between it and asyncio.
+
+LLMEngine is not thread-safe and its step() blocks for a whole forward pass, so it cannot run on the
+event loop. One thread owns it: it builds it (weights, KV cache, graph capture; /health says 503 until
+then), then loops: apply the submissions and aborts the HTTP side queued (a thread-safe queue), run one
+step, hand each new token to its request's asyncio.Queue through loop.call_soon_threadsafe (one call
+per step). Detokenizing and stop strings run on the event loop (`TextStream`), so the engine thread
+does engine work only.
+
+Admission control counts requests in flight (submitted, not yet finished): beyond max_num_seqs +
+max_queue a submission raises `QueueFull` (429). Draining refuses new work and waits for the rest.
+The request side (handles, errors) is in request.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from graphrun.llm.engine import LLMEngine
+from graphrun.llm.engine_config import EngineConfig
+from graphrun.llm.sampling_params import SamplingParams
+from graphrun.serve.config import ServeConfig
+from graphrun.serve.metrics import ServeMetrics
+from graphrun.serve.request import (
+    Delta,
+    EngineFailure,
+    Event,
+    QueueFull,
+    RequestHandle,
+    Unavailable,
+    post_step,
+)
+from graphrun.serve.text import TextStream
+
+log = logging.getLogger(__name__)
+
+
+class EngineWorker:
+    """Owns the engine thread; the HTTP side calls submit / abort / stream / drain."""
+
+    def __init__(
+        self,
+        engine_config: EngineConfig,
+        serve_config: ServeConfig,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.engine_config = engine_config
+        self.serve_config = serve_config
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = ServeMetrics(self.registry)
+        self._inbox: queue.SimpleQueue[tuple[str, RequestHandle | None]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="graphrun-engine", daemon=True)
+        self._ready = threading.Event()
+        self._engine: LLMEngine | None = None
+        self._state = "starting"
+        self._cond = threading.Condition()
+        self._num_in_flight = 0
+        self._handles: dict[int, RequestHandle] = {}  # engine thread only: seq id -> request
+        self.info: dict[str, Any] = {}  # engine.describe() once started (for /health)
+
+    # ----- lifecycle (any thread) -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the engine thread (builds the engine there); idempotent."""
+        if not self._thread.is_alive() and self._state == "starting":
+            self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until start-up finished (or failed); True when ready."""
+        self._ready.wait(timeout)
+        return self._state in ("ready", "draining")
+
+    @property
+    def state(self) -> str:
+        """The worker's phase: starting, ready, draining, stopping, stopped or failed."""
+        return self._state
+
+    @property
+    def engine(self) -> LLMEngine:
+        """The engine, once started (its read-only parts: tokenizer, max_model_len, describe())."""
+        if self._engine is None or self._state not in ("ready", "draining"):
+            raise Unavailable(self._state, f"the engine is {self._state}; retry shortly")
+        return self._engine
+
+    @property
+    def num_in_flight(self) -> int:
+        """Requests submitted and not yet finished."""
+        return self._num_in_flight
+
+    def drain(self, timeout: float) -> int:
+        """Stop admitting; wait up to `timeout` s for requests in flight; abort the rest (returned: count)."""
+        if self._state == "ready":
+            self._state = "draining"
+        log.info("draining: %d requests in flight, waiting up to %.0f s", self._num_in_flight, timeout)
+        with self._cond:
+            self._cond.wait_for(lambda: self._num_in_flight == 0, timeout)
+            left = self._num_in_flight
+        if left:
+            log.warning("drain timeout: aborting %d requests", left)
+            self._inbox.put(("abort_all", None))
+            with self._cond:
+                self._cond.wait_for(lambda: self._num_in_flight == 0, 5.0)
+        return left
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the engine thread (requests still in flight fail with 503)."""
+        if self._state in ("ready", "draining"):
+            self._state = "stopping"
+        if self._thread.is_alive():
+            self._inbox.put(("stop", None))
+            self._thread.join(timeout)
+        if self._state != "failed":
+            self._state = "stopped"
+
+    # ----- requests (event loop) --------------------------------------------------------------------
+
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()
+    ) -> RequestHandle:
+        """Queue a request for the engine; raises Unavailable (503) or QueueFull (429)."""
+        if self._state != "ready":
+            raise Unavailable(self._state, f"the server is {self._state}; retry shortly")
+        limit = self.engine_config.max_num_seqs + self.serve_config.max_queue
+        with self._cond:
+            if self._num_in_flight >= limit:
+                raise QueueFull(f"{self._num_in_flight} requests in flight (limit {limit}); retry shortly")
+            self._num_in_flight += 1
+        handle = RequestHandle(prompt_ids, params, stop, asyncio.get_running_loop())
+        self._inbox.put(("submit", handle))
+        return handle
+
+    def abort(self, handle: RequestHandle) -> None:
+        """Stop a request and free its KV blocks (any thread; a finished request is left alone)."""
+        self._inbox.put(("abort", handle))
+
+    async def stream(self, handle: RequestHandle) -> AsyncIterator[Delta]:
+        """Text deltas of an admitted request until it ends; aborts it if the reader stops early."""
+        text = TextStream(self.engine.tokenizer, handle.stop)
+        try:
+            while handle.finish_reason is None:
+                token_ids, reason = await handle.next_tokens()
+                delta, hit_stop = text.push(token_ids, final=reason is not None)
+                if hit_stop:
+                    if reason is None:
+                        self.abort(handle)  # frees its blocks now; tokens after the stop are dropped
+                    reason = "stop"
+                handle.finish_reason = reason
+                if delta or reason is not None:
+                    yield Delta(delta, reason)
+        finally:
+            if handle.finish_reason is None:
+                self.abort(handle)
+
+    # ----- the engine thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._engine = LLMEngine(self.engine_config, registry=self.registry)
+        except Exception:
+            log.exception("engine start-up failed")
+            self._state = "failed"
+            self._ready.set()
+            return
+        self.info = {**self._engine.describe(), "max_model_len": self._engine.max_model_len}
+        self._state = "ready"
+        self._ready.set()
+        self._log_serving(self._engine)
+        try:
+            self._loop(self._engine)
+        except Exception:
+            log.exception("the engine thread crashed; failing every request in flight")
+            self._state = "failed"
+
+        def gone() -> Exception:
+            return Unavailable("stopped", "the server is shutting down")
+
+        self._fail_all(gone)
+        for command, handle in self._commands(block=False):  # submitted after the last loop: refuse
+            if command == "submit" and handle is not None:
+                self._release()
+                handle.post_admission(gone())
+
+    def _loop(self, engine: LLMEngine) -> None:
+        while True:
+            for command, handle in self._commands(block=not engine.has_unfinished()):
+                if command == "stop":
+                    return
+                if command == "submit" and handle is not None:
+                    self._add(engine, handle)
+                elif command == "abort" and handle is not None:
+                    self._abort(engine, handle)
+                elif command == "abort_all":
+                    for seq_handle in list(self._handles.values()):
+                        self._abort(engine, seq_handle)
+            if engine.has_unfinished():
+                self._step(engine)
+            self.metrics.publish(engine.scheduler, self._inbox.qsize())
+
+    def _commands(self, block: bool) -> list[tuple[str, RequestHandle | None]]:
+        """Everything queued now; with block, wait for at least one command first."""
+        commands = [self._inbox.get()] if block else []
+        while True:
+            try:
+                commands.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return commands
+
+    def _add(self, engine: LLMEngine, handle: RequestHandle) -> None:
+        try:
+            seq_id = engine.add_request(handle.prompt_ids, handle.params)
+        except Exception as exc:  # RequestRejected / SamplingParamsError: 400; anything else: 500 for it only
+            self._release()
+            handle.post_admission(exc)
+            return
+        handle.seq_id = seq_id
+        self._handles[seq_id] = handle
+        self.metrics.prompt_tokens.inc(len(handle.prompt_ids))
+        handle.post_admission(seq_id)
+
+    def _abort(self, engine: LLMEngine, handle: RequestHandle) -> None:
+        if handle.seq_id is None or self._handles.pop(handle.seq_id, None) is None:
+            return  # rejected, finished or aborted already
+        engine.abort(handle.seq_id)
+        self._release()
+        post_step([(handle, (None, "abort"))])
+
+    def _step(self, engine: LLMEngine) -> None:
+        try:
+            outputs = engine.step()
+        except Exception:
+            log.exception("engine step failed; failing the %d requests in flight", len(self._handles))
+            for seq_id in list(self._handles):
+                engine.abort(seq_id)
+            self._fail_all(lambda: EngineFailure("the engine step running this request failed (see the log)"))
+            return
+        now = time.monotonic()
+        batch: list[tuple[RequestHandle, Event]] = []
+        for out in outputs:
+            handle = self._handles.get(out.seq_id)
+            if handle is None:
+                continue  # aborted while the step ran
+            last = handle.last_token_time
+            self.metrics.observe_token(last is None, now - (handle.arrival if last is None else last))
+            handle.last_token_time = now
+            batch.append(
+                (handle, (out.new_token_id, (out.finish_reason or "stop") if out.finished else None))
+            )
+            if out.finished:
+                del self._handles[out.seq_id]
+                self._release()
+        self.metrics.generation_tokens.inc(len(batch))
+        post_step(batch)
+
+    def _fail_all(self, make_error: Callable[[], Exception]) -> None:
+        """End every tracked request with an error of its own (blocks are freed by the caller or the exit)."""
+        handles = list(self._handles.values())
+        self._handles.clear()
+        for _ in handles:
+            self._release()
+        post_step([(handle, make_error()) for handle in handles])
+
+    def _release(self) -> None:
+        with self._cond:
+            self._num_in_flight -= 1
+            self._cond.notify_all()
+
+    def _log_serving(self, engine: LLMEngine) -> None:
+        info = engine.describe()
+        graphs = f"on, sizes {info['capture_sizes']}" if info["decode_graphs"] else "off"
+        log.info(
+            "serving %s on %s (graphs: %s; max_num_seqs %d, max_model_len %d, %d KV blocks, %s %s)",
+            self.serve_config.served_model_name,
+            self.serve_config.url,
+            graphs,
+            self.engine_config.max_num_seqs,
+            engine.max_model_len,
+            info["num_kv_blocks"],
+            info["device"],
+            info["dtype"],
+        )

@@ -1,0 +1,89 @@
+"""Live servers for the serve tests: uvicorn in a background thread on a free 127.0.0.1 port.
+
+The socket is bound before uvicorn starts (port 0, handed over with `sockets=`), so there is no race for
+the port. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+
+from graphrun.llm.engine_config import EngineConfig
+from graphrun.serve.app import build_app
+from graphrun.serve.config import ServeConfig
+from graphrun.serve.worker import EngineWorker
+
+MIB = 2**20
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "model": "tiny",
+    "max_num_seqs": 8,
+    "max_model_len": 256,
+    "device": "cpu",
+    "graph_backend": "sim",  # decode through the graph simulator: /health waits for a real capture
+    "cpu_kv_cache_bytes": 16 * MIB,
+}
+
+
+@dataclass
+class LiveServer:
+    """A running server and the objects behind it."""
+
+    url: str
+    worker: EngineWorker
+    server: uvicorn.Server
+
+    def metrics(self) -> str:
+        """The /metrics text."""
+        return httpx.get(self.url + "/metrics", timeout=10).text
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample of /metrics, e.g. metric("graphrun_requests_total", 'status="ok"')."""
+        selector = re.escape(name + (f"{{{labels}}}" if labels else ""))
+        match = re.search(rf"^{selector} (\S+)$", self.metrics(), re.MULTILINE)
+        assert match is not None, f"no sample {name}{{{labels}}} in /metrics"
+        return float(match.group(1))
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
+    """Poll predicate until it is true or timeout seconds pass; True when it became true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if predicate():
+                return True
+        time.sleep(interval)
+    return False
+
+
+@contextlib.contextmanager
+def live_server(engine: dict[str, Any] | None = None, **serve: Any) -> Iterator[LiveServer]:
+    """Start a server for a tiny engine (ENGINE_DEFAULTS updated by `engine`); stop it afterwards."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = ServeConfig(port=port, served_model_name="tiny", **serve)
+    worker = EngineWorker(EngineConfig(**{**ENGINE_DEFAULTS, **(engine or {})}), config)
+    server = uvicorn.Server(
+        uvicorn.Config(build_app(worker, config), log_config=None, timeout_graceful_shutdown=2)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ready = wait_until(lambda: httpx.get(url + "/health", timeout=5).status_code == 200, timeout=60)
+        assert ready, "the server did not become healthy within 60 s"
+        yield LiveServer(url, worker, server)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
