@@ -135,6 +135,7 @@ def build_engine(setup: DecodeSetup) -> LLMEngine:
             gpu_memory_utilization=0.5,  # leaves room for the peers
             graph_backend="cuda" if setup.cuda else "sim",
             seed=setup.seed,
+            async_scheduling=False,  # per-step timing: each step() runs and returns its own batch
         )
     )
 
@@ -243,19 +244,32 @@ def _generate_once(engine: LLMEngine, prompt: list[int], params: SamplingParams)
 
 
 def bench_generate(engine: LLMEngine, setup: DecodeSetup, reps: int = 3) -> dict[str, Any]:
-    """End to end at batch 1 (prefill included): median of `reps` after one warm-up; then once eager."""
+    """End to end at batch 1 (prefill included) with the engine's default asynchronous scheduling: median
+    of `reps` after one warm-up; the same with synchronous scheduling (the overlap's gain); once eager.
+    """
     prompt = random_prompts(1, setup.context, engine.model_config.vocab_size, setup.seed)[0]
-    runs = [_generate_once(engine, prompt, setup.params) for _ in range(1 + reps)][1:]  # one warm-up
-    seconds, tokens = statistics.median(s for s, _ in runs), runs[0][1]
+
+    def median_run(async_scheduling: bool, n: int) -> tuple[float, list[int]]:
+        engine.async_scheduling = async_scheduling
+        runs = [_generate_once(engine, prompt, setup.params) for _ in range(n)]
+        return statistics.median(s for s, _ in runs), runs[-1][1]
+
+    median_run(True, 1)  # warm-up
+    seconds, tokens = median_run(True, reps)
+    sync_seconds, sync_tokens = median_run(False, reps)
     with _graphs_off(engine):
-        _, eager_tokens = _generate_once(engine, prompt, setup.params)
+        _, eager_tokens = median_run(True, 1)
+    engine.async_scheduling = False
     return {
         "prompt_tokens": setup.context,
         "new_tokens": len(tokens),
         "seconds": seconds,
         "tokens_per_s": len(tokens) / seconds,
+        "sync_seconds": sync_seconds,
+        "sync_tokens_per_s": len(sync_tokens) / sync_seconds,
+        "scheduling": "asynchronous (sync_*: synchronous, for comparison)",
         "token_ids": tokens,
-        "tokens_match_eager": tokens == eager_tokens,
+        "tokens_match_eager": tokens == eager_tokens == sync_tokens,
     }
 
 

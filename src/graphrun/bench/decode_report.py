@@ -229,6 +229,11 @@ def print_decode(payload: Mapping[str, Any]) -> None:
         f"copy bandwidth {payload['copy_bandwidth_gbs']:.1f} GB/s; ladder {engine['capture_sizes']} "
         f"captured in {engine['capture_seconds']:.2f} s, pool {engine['graph_pool_mib']:.1f} MiB; "
         f"generate b1: {gen['new_tokens']} tokens in {gen['seconds']:.3f} s = {gen['tokens_per_s']:.0f} tok/s"
+        + (
+            f" (synchronous scheduling: {gen['sync_tokens_per_s']:.0f} tok/s)"
+            if "sync_tokens_per_s" in gen
+            else ""
+        )
     )
     for line in _problems(payload):
         print(line)
@@ -243,7 +248,7 @@ def _problems(payload: Mapping[str, Any]) -> list[str]:
         f"PROBLEM b{r['batch']}: graph and eager greedy tokens differ" for r in rows if not r["tokens_match"]
     ]
     if not payload["generate"]["tokens_match_eager"]:
-        out.append("PROBLEM generate b1: graph and eager greedy tokens differ")
+        out.append("PROBLEM generate b1: graph (async or sync) and eager greedy tokens differ")
     peers = payload["peers"] or {}
     if peers.get("error"):
         out.append(f"peers failed: {peers['error']}")

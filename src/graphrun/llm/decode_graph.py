@@ -2,11 +2,15 @@
 
 All per-step state of a decode batch travels in two static tensors, so a step costs two host-to-device
 copies whatever the number of layers:
-  ints   (num_seqs, 5 + max_blocks_per_seq) int64: token id, position, cache slot, context length,
-         sampling seed, then the block table;
+  ints   (num_seqs, 6 + max_blocks_per_seq) int64: token id, position, cache slot, context length,
+         sampling seed, feed row, then the block table;
   floats (num_seqs, 3) float32: temperature, top-p, top-k (exact in float32 below 2**24).
 The graph unpacks them with views and casts, runs the model, samples in-graph and returns the next token
-ids. Greedy-only batches replay a cheaper graph (argmax only); any other batch replays the sampling one.
+ids. Every step (graph or eager, decode or prefill) also leaves its sampled tokens in one persistent
+device tensor, `last_tokens`; a row whose feed row is >= 0 takes its input token from there instead of
+the token id column. That is how asynchronous scheduling feeds step n's tokens to step n+1 before the
+host has seen them. Greedy-only batches replay a cheaper graph (argmax only); any other batch replays
+the sampling one.
 The ladder comes from max_num_seqs, so every decode batch has a rung.
 """
 
@@ -28,7 +32,8 @@ from graphrun.llm.sampler import SamplingTensors, greedy_sample, sample
 
 log = logging.getLogger(__name__)
 
-NUM_FIXED_INT_COLUMNS = 5  # token id, position, slot, context length, seed
+NUM_FIXED_INT_COLUMNS = 6  # token id, position, slot, context length, seed, feed row (-1: none)
+FEED_COLUMN = 5
 NUM_FLOAT_COLUMNS = 3  # temperature, top-p, top-k
 
 
@@ -48,15 +53,24 @@ class DecodeStep:
     """The callable the graphs capture: packed inputs -> next token ids (num_seqs,) int64."""
 
     def __init__(
-        self, model: DecoderLM, kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]], greedy: bool
+        self,
+        model: DecoderLM,
+        kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        greedy: bool,
+        last_tokens: torch.Tensor,
     ) -> None:
         self._model = model
         self._kv_caches = kv_caches
         self._greedy = greedy
+        self._last_tokens = last_tokens
 
     def __call__(self, ints: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
-        """(num_seqs, 5 + max_blocks) int64, (num_seqs, 3) float32 -> (num_seqs,) int64."""
-        input_ids, positions, slots = ints[:, 0], ints[:, 1], ints[:, 2]
+        """(num_seqs, 6 + max_blocks) int64, (num_seqs, 3) float32 -> (num_seqs,) int64.
+
+        Side effect: the sampled tokens land in last_tokens[:num_seqs] (read by the next step's feed).
+        """
+        feed, positions, slots = ints[:, FEED_COLUMN], ints[:, 1], ints[:, 2]
+        input_ids = torch.where(feed >= 0, self._last_tokens[feed.clamp(min=0)], ints[:, 0])
         meta = AttentionMetadata(
             slot_mapping=slots,
             block_tables=ints[:, NUM_FIXED_INT_COLUMNS:].to(torch.int32),
@@ -65,14 +79,17 @@ class DecodeStep:
         hidden = self._model(input_ids, positions, meta, self._kv_caches)
         logits = self._model.compute_logits(hidden)  # (num_seqs, vocab) float32
         if self._greedy:
-            return greedy_sample(logits)
-        params = SamplingTensors(
-            temperature=floats[:, 0],
-            top_p=floats[:, 1],
-            top_k=floats[:, 2].to(torch.int32),
-            seeds=ints[:, 4],
-        )
-        return sample(logits, params, positions)
+            tokens = greedy_sample(logits)
+        else:
+            params = SamplingTensors(
+                temperature=floats[:, 0],
+                top_p=floats[:, 1],
+                top_k=floats[:, 2].to(torch.int32),
+                seeds=ints[:, 4],
+            )
+            tokens = sample(logits, params, positions)
+        self._last_tokens[: tokens.shape[0]].copy_(tokens)
+        return tokens
 
 
 def random_inputs(
@@ -88,6 +105,7 @@ def random_inputs(
     ints[:, 2] = torch.randint(0, shape.block_size, (n,), generator=gen)
     ints[:, 3] = ints[:, 1] + 1
     ints[:, 4] = torch.randint(0, 2**31, (n,), generator=gen)
+    ints[:, FEED_COLUMN] = -1  # no feed: replay and eager must read the same input, not last_tokens
     ints[:, NUM_FIXED_INT_COLUMNS:] = torch.randint(
         0, shape.num_blocks, (n, shape.max_blocks_per_seq), generator=gen
     )
@@ -109,6 +127,7 @@ class DecodeGraphs:
         self,
         model: DecoderLM,
         kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        last_tokens: torch.Tensor,
         shape: DecodeShape,
         sizes: Sequence[int],
         backend: str | Backend = "auto",
@@ -122,7 +141,7 @@ class DecodeGraphs:
         self.runners: dict[str, GraphRunner] = {}
         for kind in ("sampling", "greedy"):  # the larger graph first, so the greedy one reuses its pool
             self.runners[kind] = GraphRunner(
-                DecodeStep(model, kv_caches, greedy=kind == "greedy"),
+                DecodeStep(model, kv_caches, greedy=kind == "greedy", last_tokens=last_tokens),
                 (ints, floats),
                 sizes=list(sizes),
                 backend=shared,
@@ -132,11 +151,18 @@ class DecodeGraphs:
                 verify_inputs=lambda n, gen: random_inputs(shape, n, gen, device),
             )
         self.capture_seconds = time.perf_counter() - start
-        # host staging for run(): pinned on CUDA so the copies are asynchronous; reused every step (the
-        # caller reads each step's tokens back before the next step, so a copy never overlaps a refill)
+        # host staging for run(): pinned on CUDA so the copies are asynchronous. Two sets, used in turn:
+        # with asynchronous scheduling step n+1 is staged while step n's copy may still be queued; the
+        # caller waits for step n's tokens (after its copy) before staging step n+2 in the same set.
         self._pinned = device.type == "cuda"
-        self._staged_ints = torch.empty(ints.shape, dtype=ints.dtype, pin_memory=self._pinned)
-        self._staged_floats = torch.empty(floats.shape, dtype=floats.dtype, pin_memory=self._pinned)
+        self._staging = [
+            (
+                torch.empty(ints.shape, dtype=ints.dtype, pin_memory=self._pinned),
+                torch.empty(floats.shape, dtype=floats.dtype, pin_memory=self._pinned),
+            )
+            for _ in range(2)
+        ]
+        self._turn = 0
         self.pool_bytes = shared.pool_bytes()
         captured = sum(st.captured for r in self.runners.values() for st in r.status())
         log.info(
@@ -156,9 +182,11 @@ class DecodeGraphs:
         if runner.rung_for(n) is None:
             return runner(ints.to(self._device), floats.to(self._device))
         (static_ints, static_floats), _ = runner.static_inputs(n)
+        staged_ints, staged_floats = self._staging[self._turn]
+        self._turn ^= 1
         for staging, host, static in (
-            (self._staged_ints, ints, static_ints),
-            (self._staged_floats, floats, static_floats),
+            (staged_ints, ints, static_ints),
+            (staged_floats, floats, static_floats),
         ):
             rows = staging[:n]
             rows.copy_(host)

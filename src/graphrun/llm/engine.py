@@ -4,6 +4,12 @@ Start-up is named steps: load the model, size and allocate the KV cache, capture
 A step asks the scheduler for a batch; prefill batches run eager, decode batches replay a graph (or run
 eager with enforce_eager, or when the batch has no captured rung). The host reads the sampled tokens back
 once per step to apply stop conditions.
+
+Asynchronous scheduling (the default): step() launches batch n+1 before it waits for batch n's tokens,
+so the host's scheduling, packing and output handling overlap the device's work instead of leaving it
+idle between steps. Step n's tokens reach step n+1 on the device (`last_tokens`, decode_graph.py), and
+the host learns them one step later: step() returns the outputs of the step before the one it launched.
+A request that stops on a token costs one extra (discarded) step; length limits stop it on time.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache, gpu_kv_budget,
 from graphrun.llm.presets import load_model
 from graphrun.llm.sampler import SamplingTensors, sample
 from graphrun.llm.sampling_params import SamplingParams
-from graphrun.llm.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from graphrun.llm.scheduler import PLACEHOLDER, AdvancedBatch, ScheduledBatch, Scheduler, SchedulerConfig
 from graphrun.llm.sequence import Sequence
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,15 @@ class StepOutput:
     finish_reason: str | None
 
 
+@dataclass(slots=True)
+class _Launched:
+    """A step queued on the device: its advanced batch and its tokens on their way to the host."""
+
+    advanced: AdvancedBatch
+    tokens: torch.Tensor  # (num_sample_rows,) int64 on the host, valid once `ready` has completed
+    ready: torch.cuda.Event | None  # None: the copy was synchronous (CPU)
+
+
 class LLMEngine:
     """Owns the model, the cache and the scheduler; `step()` advances every running request by one step."""
 
@@ -54,10 +69,17 @@ class LLMEngine:
         self._load_model()
         self._allocate_kv_cache()
         self._build_scheduler()
+        # the newest step's sampled tokens, on the device: the next step's feed (decode_graph.py)
+        self.last_tokens = torch.zeros(config.max_num_seqs, dtype=torch.int64, device=self.device)
         self.decode_graphs: DecodeGraphs | None = None
-        self._eager_decode = {g: DecodeStep(self.model, self.kv_caches, greedy=g) for g in (True, False)}
+        self._eager_decode = {
+            g: DecodeStep(self.model, self.kv_caches, greedy=g, last_tokens=self.last_tokens)
+            for g in (True, False)
+        }
         self._capture_graphs(self.registry)
         self._next_seq_id = 0
+        self._launched: _Launched | None = None  # at most one step whose tokens the host has not seen
+        self._async = config.async_scheduling
 
     # ----- start-up ---------------------------------------------------------------------------------
 
@@ -117,7 +139,7 @@ class LLMEngine:
         )
         with torch.inference_mode():
             self.decode_graphs = DecodeGraphs(
-                self.model, self.kv_caches, shape, self.capture_sizes(), backend, registry
+                self.model, self.kv_caches, self.last_tokens, shape, self.capture_sizes(), backend, registry
             )
 
     # ----- requests ---------------------------------------------------------------------------------
@@ -135,57 +157,132 @@ class LLMEngine:
         self.scheduler.abort(seq_id)
 
     def has_unfinished(self) -> bool:
-        """True while any request is queued or running."""
-        return self.scheduler.has_unfinished()
+        """True while any request is queued or running, or a launched step still owes it a token."""
+        launched = self._launched
+        return self.scheduler.has_unfinished() or (
+            launched is not None
+            and any(slot is not None and slot[0].finish_reason != "abort" for slot in launched.advanced.slots)
+        )
+
+    @property
+    def async_scheduling(self) -> bool:
+        """Whether step() launches the next batch before reading the previous one's tokens."""
+        return self._async
+
+    @async_scheduling.setter
+    def async_scheduling(self, value: bool) -> None:
+        if value != self._async and self._launched is not None:
+            raise RuntimeError("switch async_scheduling only between requests (a step is in flight)")
+        self._async = value
 
     # ----- one step ---------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def step(self) -> list[StepOutput]:
-        """Run one scheduled batch; returns one entry per sequence that got a token this step."""
+        """Launch the next batch, then return the outputs of the step whose tokens are ready.
+
+        Synchronous scheduling returns this step's own outputs; asynchronous scheduling returns the
+        previous step's (launched one call earlier), so the device always has the next step queued.
+        """
+        previous = self._launched  # the batch's feed rows point into its tokens
         batch = self.scheduler.schedule()
-        if batch is None:
-            return []
-        try:
-            tokens = self._run_decode(batch) if batch.kind == "decode" else self._run_prefill(batch)
-        except Exception:
-            self.scheduler.discard(batch)
-            raise
-        finished = {s.seq_id for s in self.scheduler.update(batch, tokens)}
+        if batch is not None:
+            try:
+                tokens = self._run_decode(batch) if batch.kind == "decode" else self._run_prefill(batch)
+            except Exception:
+                self.scheduler.discard(batch)  # `previous` stays launched: the next step() returns it
+                raise
+            self._launched = self._to_host(self.scheduler.advance(batch), tokens)
+        else:
+            self._launched = None
+        outputs = self._resolve(previous) if previous is not None else []
+        if not self._async and self._launched is not None:
+            launched, self._launched = self._launched, None
+            outputs += self._resolve(launched)
+        return outputs
+
+    def _to_host(self, advanced: AdvancedBatch, tokens: torch.Tensor) -> _Launched:
+        """Queue the copy of a step's sampled tokens (device) into host memory; no wait."""
+        if tokens.device.type != "cuda":
+            return _Launched(advanced, tokens.clone(), None)
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return _Launched(advanced, host, ready)
+
+    def _resolve(self, launched: _Launched) -> list[StepOutput]:
+        """Wait for a launched step's tokens, hand them to the scheduler, build the step's outputs."""
+        if launched.ready is not None:
+            launched.ready.synchronize()
+        tokens = launched.tokens.tolist()
+        finished = {s.seq_id for s in self.scheduler.resolve(launched.advanced, tokens)}
         outputs = []
-        for row, token in zip(batch.sample_rows, tokens, strict=True):
-            seq = batch.seqs[row]
+        for slot, token in zip(launched.advanced.slots, tokens, strict=True):
+            if slot is None:
+                continue
+            seq, index = slot
+            if seq.finish_reason == "abort" or index >= seq.num_output_tokens:
+                continue  # aborted, or stopped on an earlier token
             done = seq.seq_id in finished
             outputs.append(StepOutput(seq.seq_id, token, done, seq.finish_reason if done else None))
         return outputs
 
-    def _run_prefill(self, batch: ScheduledBatch) -> list[int]:
+    def _feed_rows(self, batch: ScheduledBatch) -> list[int]:
+        """Per token: the row of last_tokens holding its value (a PLACEHOLDER), or -1 (known on the host)."""
+        launched = self._launched
+        if PLACEHOLDER not in batch.input_ids:
+            return [-1] * len(batch.input_ids)
+        if launched is None:
+            raise RuntimeError("a batch feeds a placeholder token but no step is in flight")
+        rows = {slot[0].seq_id: i for i, slot in enumerate(launched.advanced.slots) if slot is not None}
+        feed = []
+        starts = batch.query_start
+        for row, seq in enumerate(batch.seqs):
+            for i in range(starts[row], starts[row + 1]):
+                feed.append(rows[seq.seq_id] if batch.input_ids[i] == PLACEHOLDER else -1)
+        return feed
+
+    def _run_prefill(self, batch: ScheduledBatch) -> torch.Tensor:
         tensors = batch.to_metadata(self.device, self.max_blocks_per_seq)
-        hidden = self.model(tensors.input_ids, tensors.positions, tensors.attn, self.kv_caches)
+        input_ids = tensors.input_ids
+        feed = self._feed_rows(batch)
+        if any(f >= 0 for f in feed):  # a recomputed sequence whose newest token is still on the device
+            rows = torch.tensor(feed, dtype=torch.int64).to(self.device)
+            input_ids = torch.where(rows >= 0, self.last_tokens[rows.clamp(min=0)], input_ids)
+        hidden = self.model(input_ids, tensors.positions, tensors.attn, self.kv_caches)
         if not batch.sample_rows:
-            return []
+            return torch.empty(0, dtype=torch.int64, device=self.device)
         logits = self.model.compute_logits(hidden[tensors.sample_indices])
         seqs = [batch.seqs[row] for row in batch.sample_rows]
         params = self._sampling_tensors(seqs)
         positions = tensors.positions[tensors.sample_indices]
-        return sample(logits, params, positions).tolist()
+        tokens = sample(logits, params, positions)
+        self.last_tokens[: tokens.shape[0]].copy_(tokens)
+        return tokens
 
-    def _run_decode(self, batch: ScheduledBatch) -> list[int]:
+    def _run_decode(self, batch: ScheduledBatch) -> torch.Tensor:
         ints, floats = self._pack_decode(batch)
         greedy = all(seq.params.temperature == 0 for seq in batch.seqs)
         graphs = self.decode_graphs
         if graphs is not None:
-            return graphs.run(ints, floats, greedy).tolist()
-        return self._eager_decode[greedy](ints.to(self.device), floats.to(self.device)).tolist()
+            return graphs.run(ints, floats, greedy)
+        pin = self.device.type == "cuda"
+        if pin:
+            ints, floats = ints.pin_memory(), floats.pin_memory()
+        return self._eager_decode[greedy](
+            ints.to(self.device, non_blocking=pin), floats.to(self.device, non_blocking=pin)
+        )
 
     def _pack_decode(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """decode_graph.py's two packed per-step tensors, built on the host in one go."""
         width = self.max_blocks_per_seq
+        feed = self._feed_rows(batch)
         rows = [
-            [token, pos, slot, ctx, seq.rng_seed, *table, *([0] * (width - len(table)))]
-            for token, pos, slot, ctx, seq, table in zip(
+            [max(token, 0), pos, slot, ctx, seq.rng_seed, src, *table, *([0] * (width - len(table)))]
+            for token, pos, slot, ctx, seq, src, table in zip(
                 batch.input_ids, batch.positions, batch.slot_mapping, batch.context_lens, batch.seqs,
-                batch.block_tables, strict=True,
+                feed, batch.block_tables, strict=True,
             )
         ]  # fmt: skip
         ints = torch.tensor(rows, dtype=torch.int64)

@@ -35,6 +35,9 @@ class EngineConfig:
     cuda_graph_sizes: tuple[int, ...] = ()
     graph_backend: str = "auto"  # "auto": cuda graphs on a GPU, eager on a CPU; "sim": the CPU simulator
     seed: int = 0
+    # schedule step n+1 on the host while the device runs step n (tokens feed forward on the device);
+    # False: every step ends with its tokens on the host (simpler to reason about, slower)
+    async_scheduling: bool = True
 
     def __post_init__(self) -> None:
         if self.graph_backend not in GRAPH_BACKENDS:

@@ -15,6 +15,12 @@ Policies, in order of priority:
   whole cache, so the oldest running sequence can always progress: no deadlock, no lost request.
 - Protocol: schedule() -> run the model -> update(batch, sampled) -> schedule() ... Progress
   (num_computed_tokens) advances in update(), so a step that never completes changes nothing.
+- Asynchronous scheduling splits update() in two, so the host schedules step n+1 while the device still
+  runs step n: advance(batch) right after the step is launched (progress moves on, each sampled token is
+  a PLACEHOLDER, length limits stop sequences at once), then resolve(advanced, sampled) once the tokens
+  reach the host (placeholders get their values, stop tokens end sequences). Between the two, at most one
+  more batch is scheduled; its rows that feed a PLACEHOLDER take the token from the device (engine.py).
+  A sequence that stops on a token is thus computed one step too many; that token is dropped.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 BatchKind = Literal["prefill", "decode"]
 RejectCode = Literal["empty_prompt", "too_long", "exceeds_cache"]
+
+PLACEHOLDER = -1  # a sampled token whose value is still on the device (asynchronous scheduling)
 
 
 class RequestRejected(GraphrunError, ValueError):
@@ -146,6 +154,18 @@ class ScheduledBatch:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class AdvancedBatch:
+    """A batch advanced past its step whose sampled tokens are not known yet (see Scheduler.advance).
+
+    slots[i] is sample row i's (sequence, index of its PLACEHOLDER in output_token_ids), or None when
+    the sequence was aborted before the step completed.
+    """
+
+    batch: ScheduledBatch
+    slots: list[tuple[Sequence, int] | None]
+
+
 class Scheduler:
     """Continuous batching over a BlockManager (see the module docstring for the policies)."""
 
@@ -230,7 +250,7 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch | None:
         """The next step's batch, or None when there is nothing to run."""
-        assert self._in_flight is None, "update() the previous batch before scheduling the next"
+        assert self._in_flight is None, "advance() or update() the previous batch before scheduling the next"
         decode_first = self._last_kind == "prefill" and any(
             s.num_uncomputed_tokens == 1 for s in self._running
         )
@@ -355,35 +375,69 @@ class Scheduler:
 
         sampled_token_ids has one token per batch.sample_rows entry, in that order.
         """
-        assert batch is self._in_flight, "update() takes the batch the last schedule() returned"
+        return self.resolve(self.advance(batch), sampled_token_ids)
+
+    def advance(self, batch: ScheduledBatch) -> AdvancedBatch:
+        """A launched step: progress moves on, sampled tokens are PLACEHOLDERs, length limits stop at once.
+
+        The next schedule() may run before resolve(); blocks of sequences stopped here are freed now
+        (work already queued on the device still writes them before any later step reuses them).
+        """
+        assert batch is self._in_flight, "advance() takes the batch the last schedule() returned"
         self._in_flight = None
-        if len(sampled_token_ids) != len(batch.sample_rows):
-            raise ValueError(
-                f"got {len(sampled_token_ids)} sampled tokens for {len(batch.sample_rows)} sample rows"
-            )
-        sampled = dict(zip(batch.sample_rows, sampled_token_ids, strict=True))
-        finished: list[Sequence] = []
+        sample_rows = set(batch.sample_rows)
+        slots: list[tuple[Sequence, int] | None] = []
         for row, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
             if seq.status is not SequenceStatus.RUNNING:
-                continue  # aborted while the step ran
+                if row in sample_rows:
+                    slots.append(None)  # aborted while the step ran
+                continue
             assert seq.num_computed_tokens + num_new == batch.context_lens[row]
             seq.num_computed_tokens += num_new
-            if row in sampled:
-                seq.output_token_ids.append(int(sampled[row]))
-                reason = self._stop_reason(seq)
-                if reason is not None:
-                    self._finish(seq, reason)
-                    finished.append(seq)
+            if row in sample_rows:
+                seq.output_token_ids.append(PLACEHOLDER)
+                slots.append((seq, seq.num_output_tokens - 1))
+                if self._length_stop(seq):
+                    self._finish(seq, "length")
+        return AdvancedBatch(batch, slots)
+
+    def resolve(self, advanced: AdvancedBatch, sampled_token_ids: list[int]) -> list[Sequence]:
+        """Fill an advanced batch's placeholders with the sampled tokens; returns the sequences it ended.
+
+        A sequence ended by a stop token loses the placeholders of later steps; an aborted one is skipped.
+        """
+        if len(sampled_token_ids) != len(advanced.slots):
+            raise ValueError(
+                f"got {len(sampled_token_ids)} sampled tokens for {len(advanced.slots)} sample rows"
+            )
+        finished: list[Sequence] = []
+        for slot, token in zip(advanced.slots, sampled_token_ids, strict=True):
+            if slot is None:
+                continue
+            seq, index = slot
+            if seq.finish_reason == "abort" or index >= seq.num_output_tokens:
+                continue  # aborted, or stopped on an earlier token: this one was never part of the output
+            token = int(token)
+            seq.output_token_ids[index] = token
+            if self._token_stop(seq, token):
+                del seq.output_token_ids[index + 1 :]  # later steps' placeholders: never part of the output
+                if seq.status is SequenceStatus.FINISHED:  # a later token hit a length limit in advance()
+                    seq.finish_reason = "stop"
+                else:
+                    self._finish(seq, "stop")
+                finished.append(seq)
+            elif seq.status is SequenceStatus.FINISHED and index == seq.num_output_tokens - 1:
+                finished.append(seq)  # stopped by a length limit in advance(): reported with its token
         return finished
 
-    def _stop_reason(self, seq: Sequence) -> FinishReason | None:
-        """Why seq stops after its newest token, if it does. The stopping token stays in the output."""
-        token, params = seq.output_token_ids[-1], seq.params
-        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
-            return "stop"
-        if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.config.max_model_len:
-            return "length"
-        return None
+    def _token_stop(self, seq: Sequence, token: int) -> bool:
+        """Whether `token` is one that ends seq (a stop token id, or EOS unless ignored)."""
+        params = seq.params
+        return token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids)
+
+    def _length_stop(self, seq: Sequence) -> bool:
+        """Whether seq reached max_tokens or max_model_len (known on the host before the token is)."""
+        return seq.num_output_tokens >= seq.params.max_tokens or seq.num_tokens >= self.config.max_model_len
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         """Mark seq finished, take it off its queue and free its blocks at once."""
