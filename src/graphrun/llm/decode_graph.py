@@ -136,6 +136,7 @@ class DecodeGraphs:
         device = kv_caches[0][0].device
         self._device = device
         shared = make_backend(backend, device)  # one backend instance: one pool for both runners
+        self.backend = shared  # the prefill graphs share it too
         ints, floats = random_inputs(shape, shape.max_num_seqs, torch.Generator().manual_seed(0), device)
         start = time.perf_counter()
         self.runners: dict[str, GraphRunner] = {}

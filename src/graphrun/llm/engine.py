@@ -28,6 +28,7 @@ from graphrun.llm.block_manager import BlockManager
 from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape, DecodeStep
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache, gpu_kv_budget, num_blocks_for_budget
+from graphrun.llm.prefill_graph import PrefillGraphs, prefill_ladder
 from graphrun.llm.presets import load_model
 from graphrun.llm.sampler import SamplingTensors, sample
 from graphrun.llm.sampling_params import SamplingParams
@@ -69,9 +70,11 @@ class LLMEngine:
         self._load_model()
         self._allocate_kv_cache()
         self._build_scheduler()
-        # the newest step's sampled tokens, on the device: the next step's feed (decode_graph.py)
-        self.last_tokens = torch.zeros(config.max_num_seqs, dtype=torch.int64, device=self.device)
+        # the newest step's sampled tokens, on the device: the next step's feed (decode_graph.py); the
+        # extra last row takes the tokens of prefill chunks that sample nothing
+        self.last_tokens = torch.zeros(config.max_num_seqs + 1, dtype=torch.int64, device=self.device)
         self.decode_graphs: DecodeGraphs | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
         self._eager_decode = {
             g: DecodeStep(self.model, self.kv_caches, greedy=g, last_tokens=self.last_tokens)
             for g in (True, False)
@@ -141,6 +144,25 @@ class LLMEngine:
             self.decode_graphs = DecodeGraphs(
                 self.model, self.kv_caches, self.last_tokens, shape, self.capture_sizes(), backend, registry
             )
+            sizes = self.prefill_capture_sizes()
+            if sizes:
+                self.prefill_graphs = PrefillGraphs(
+                    self.model,
+                    self.kv_caches,
+                    self.last_tokens,
+                    sizes,
+                    self.config.block_size,
+                    self.decode_graphs.backend,  # one memory pool for every graph
+                    registry,
+                )
+
+    def prefill_capture_sizes(self) -> tuple[int, ...]:
+        """The token ladder of the fresh-prefill graphs (empty: prefill runs eager)."""
+        cfg = self.config
+        top = cfg.cuda_graph_max_prefill_tokens
+        if top is None:
+            top = min(cfg.max_num_batched_tokens, self.max_model_len, 2048)
+        return prefill_ladder(min(top, cfg.max_num_batched_tokens, self.max_model_len))
 
     # ----- requests ---------------------------------------------------------------------------------
 
@@ -244,6 +266,42 @@ class LLMEngine:
         return feed
 
     def _run_prefill(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Fresh prompts replay a prefill graph each; the other rows run eager together.
+
+        Every sample row's token lands in last_tokens[its index among the sample rows]; the step's
+        tokens are that prefix.
+        """
+        graphs = self.prefill_graphs
+        sample_index = {row: i for i, row in enumerate(batch.sample_rows)}
+        starts = batch.query_start
+        graph_rows = []
+        if graphs is not None:
+            for row in range(len(batch.seqs)):
+                a, b = starts[row], starts[row + 1]
+                fresh = batch.positions[a] == 0 and b - a <= graphs.top
+                if fresh and PLACEHOLDER not in batch.input_ids[a:b]:
+                    graph_rows.append(row)
+        if len(graph_rows) < len(batch.seqs):
+            eager_rows = [r for r in range(len(batch.seqs)) if r not in set(graph_rows)]
+            sub = batch.subset(eager_rows) if graph_rows else batch
+            self._prefill_eager(sub, [sample_index[r] for r in eager_rows if r in sample_index])
+        dummy = self.last_tokens.shape[0] - 1
+        for row in graph_rows:
+            assert graphs is not None
+            a, b = starts[row], starts[row + 1]
+            seq, params = batch.seqs[row], batch.seqs[row].params
+            tokens = torch.tensor(
+                [batch.input_ids[a:b], batch.positions[a:b], batch.slot_mapping[a:b]], dtype=torch.int64
+            ).T
+            info = torch.tensor([b - a - 1, seq.rng_seed, sample_index.get(row, dummy)], dtype=torch.int64)
+            floats = torch.tensor(
+                [params.temperature, params.top_p, float(params.top_k)], dtype=torch.float32
+            )
+            graphs.run(tokens, info, floats)
+        return self.last_tokens[: len(batch.sample_rows)]
+
+    def _prefill_eager(self, batch: ScheduledBatch, out_rows: list[int]) -> None:
+        """One eager forward over the batch; its sampled tokens go to last_tokens[out_rows]."""
         tensors = batch.to_metadata(self.device, self.max_blocks_per_seq)
         input_ids = tensors.input_ids
         feed = self._feed_rows(batch)
@@ -252,14 +310,14 @@ class LLMEngine:
             input_ids = torch.where(rows >= 0, self.last_tokens[rows.clamp(min=0)], input_ids)
         hidden = self.model(input_ids, tensors.positions, tensors.attn, self.kv_caches)
         if not batch.sample_rows:
-            return torch.empty(0, dtype=torch.int64, device=self.device)
+            return
         logits = self.model.compute_logits(hidden[tensors.sample_indices])
         seqs = [batch.seqs[row] for row in batch.sample_rows]
         params = self._sampling_tensors(seqs)
         positions = tensors.positions[tensors.sample_indices]
         tokens = sample(logits, params, positions)
-        self.last_tokens[: tokens.shape[0]].copy_(tokens)
-        return tokens
+        index = torch.tensor(out_rows, dtype=torch.int64).to(self.device)
+        self.last_tokens.index_copy_(0, index, tokens)
 
     def _run_decode(self, batch: ScheduledBatch) -> torch.Tensor:
         ints, floats = self._pack_decode(batch)
@@ -314,5 +372,7 @@ class LLMEngine:
             "decode_graphs": graphs is not None,
             "capture_sizes": list(self.capture_sizes()) if graphs is not None else [],
             "capture_seconds": graphs.capture_seconds if graphs is not None else 0.0,
-            "graph_pool_mib": graphs.pool_bytes / 2**20 if graphs is not None else 0.0,
+            "prefill_capture_sizes": list(self.prefill_graphs.sizes) if self.prefill_graphs else [],
+            "prefill_capture_seconds": self.prefill_graphs.capture_seconds if self.prefill_graphs else 0.0,
+            "graph_pool_mib": graphs.backend.pool_bytes() / 2**20 if graphs is not None else 0.0,
         }

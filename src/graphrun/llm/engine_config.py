@@ -38,6 +38,9 @@ class EngineConfig:
     # schedule step n+1 on the host while the device runs step n (tokens feed forward on the device);
     # False: every step ends with its tokens on the host (simpler to reason about, slower)
     async_scheduling: bool = True
+    # fresh prefills (prompts from position 0) up to this many tokens replay a graph per prompt;
+    # None: min(max_num_batched_tokens, max_model_len, 2048); 0: prefill always runs eager
+    cuda_graph_max_prefill_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.graph_backend not in GRAPH_BACKENDS:
@@ -54,6 +57,11 @@ class EngineConfig:
         if self.cuda_graph_max_bs is not None and self.cuda_graph_max_bs < 0:
             raise ConfigError(
                 f"cuda_graph_max_bs must be >= 0 (0 turns graphs off), got {self.cuda_graph_max_bs}"
+            )
+        if self.cuda_graph_max_prefill_tokens is not None and self.cuda_graph_max_prefill_tokens < 0:
+            raise ConfigError(
+                "cuda_graph_max_prefill_tokens must be >= 0 (0: eager prefill), "
+                f"got {self.cuda_graph_max_prefill_tokens}"
             )
         if any(s < 1 for s in self.cuda_graph_sizes):
             raise ConfigError(f"cuda_graph_sizes must be positive, got {list(self.cuda_graph_sizes)}")

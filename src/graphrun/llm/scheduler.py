@@ -119,6 +119,23 @@ class ScheduledBatch:
         starts = self.query_start
         return [starts[row + 1] - 1 for row in self.sample_rows]
 
+    def subset(self, rows: list[int]) -> ScheduledBatch:
+        """The same step restricted to `rows` (in that order), e.g. the rows that run eager."""
+        starts = self.query_start
+        tokens = [i for row in rows for i in range(starts[row], starts[row + 1])]
+        sample = set(self.sample_rows)
+        return ScheduledBatch(
+            kind=self.kind,
+            seqs=[self.seqs[r] for r in rows],
+            num_new_tokens=[self.num_new_tokens[r] for r in rows],
+            input_ids=[self.input_ids[i] for i in tokens],
+            positions=[self.positions[i] for i in tokens],
+            slot_mapping=[self.slot_mapping[i] for i in tokens],
+            block_tables=[self.block_tables[r] for r in rows],
+            context_lens=[self.context_lens[r] for r in rows],
+            sample_rows=[new for new, r in enumerate(rows) if r in sample],
+        )
+
     def to_metadata(self, device: torch.device | str, max_blocks_per_seq: int) -> BatchTensors:
         """Tensors for the model; block tables padded with the scratch block to max_blocks_per_seq columns.
 

@@ -32,6 +32,9 @@ class AttentionMetadata:
     )
     query_start_host: list[int] | None = None  # the same on the host (prefill runs eager and loops on it)
     context_lens_host: list[int] | None = None  # the same on the host (prefill only)
+    # one sequence whose tokens all start at position 0 this step (a fresh prefill, padded at the end):
+    # attention is causal over this step's own K/V, no cache read, no host metadata (capturable)
+    causal_fresh: bool = False
 
 
 def write_kv(
@@ -97,19 +100,36 @@ def prefill_attention_reference(
         k = k_cache[blocks].reshape(-1, kv_heads, head_dim)[:ctx]
         v = v_cache[blocks].reshape(-1, kv_heads, head_dim)[:ctx]
         q_len = end - start
+        if q_len == ctx:  # a fresh prompt: the same computation as the captured prefill graph
+            out[start:end] = causal_self_attention(q[start:end], k, v, scale)
+            continue
         # query j sits at position ctx - q_len + j and sees keys 0..that position
         mask = torch.ones(q_len, ctx, dtype=torch.bool, device=q.device).tril(diagonal=ctx - q_len)
         out[start:end] = _sdpa(q[start:end], k, v, mask, scale, num_heads // kv_heads)
     return out
 
 
+def causal_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of one sequence's tokens (positions 0..n-1) over themselves; capturable.
+
+    q: (n, heads, d), k and v: (n, kv_heads, d). Rows past the real tokens (padding) only ever see
+    earlier rows' keys after every real row, so they never change a real row's output.
+    """
+    return _sdpa(q, k, v, None, scale, q.shape[1] // k.shape[1])
+
+
 def _sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, group: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float, group: int
 ) -> torch.Tensor:
-    """(q_len, heads, d) over (ctx, kv_heads, d) with grouped-query heads, via SDPA."""
+    """(q_len, heads, d) over (ctx, kv_heads, d) with grouped-query heads, via SDPA; no mask: causal."""
     k = k.repeat_interleave(group, dim=1) if group > 1 else k
     v = v.repeat_interleave(group, dim=1) if group > 1 else v
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, scale=scale
+        q.transpose(0, 1),
+        k.transpose(0, 1),
+        v.transpose(0, 1),
+        attn_mask=mask,
+        is_causal=mask is None,
+        scale=scale,
     )
     return out.transpose(0, 1)

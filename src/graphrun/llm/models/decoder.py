@@ -19,6 +19,7 @@ from graphrun.llm.config import ModelConfig
 from graphrun.llm.kernels import kernel_ops, triton_enabled
 from graphrun.llm.layers.attention import (
     AttentionMetadata,
+    causal_self_attention,
     decode_attention_reference,
     prefill_attention_reference,
     write_kv,
@@ -77,7 +78,9 @@ class SelfAttention(nn.Module):
         q, k = apply_rotary(q, rope.cos, rope.sin), apply_rotary(k, rope.cos, rope.sin)
         k_cache, v_cache = kv_cache
         write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
-        if meta.query_start is None:
+        if meta.causal_fresh:
+            out = causal_self_attention(q, k, v, self.scale)
+        elif meta.query_start is None:
             out = decode_attention_reference(
                 q, k_cache, v_cache, meta.block_tables, meta.context_lens, self.scale
             )
@@ -98,6 +101,10 @@ class SelfAttention(nn.Module):
             qkv, rope.positions, rope.cos_cache, rope.sin_cache, q_w, k_w, eps,
             meta.slot_mapping, k_cache, v_cache, self.num_heads,
         )  # fmt: skip
+        if meta.causal_fresh:  # this step's K/V, as the kernel wrote them (normed, rotated) to the cache
+            k = k_cache.flatten(0, 1).index_select(0, meta.slot_mapping)
+            v = v_cache.flatten(0, 1).index_select(0, meta.slot_mapping)
+            return causal_self_attention(q, k, v, self.scale)
         if meta.query_start is None:
             out: torch.Tensor = ops.paged_decode_attention(
                 q, k_cache, v_cache, meta.block_tables, meta.context_lens, self.scale

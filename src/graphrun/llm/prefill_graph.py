@@ -1,0 +1,148 @@
+"""Fresh prefill through captured graphs: one sequence's prompt (or first chunk), padded to a token rung.
+
+A prompt that starts at position 0 needs no cache read: attention is causal over its own tokens
+(`AttentionMetadata.causal_fresh`), so a whole prefill is a fixed-shape computation once its token count
+is padded to a rung of a token ladder (16, 32, 48, 64, 96, ... up to max_num_batched_tokens). Padded rows
+are zeros: token 0 at position 0 writing its K/V to slot 0, inside the scratch block, and causality keeps
+them from touching a real row. Eager prefill of a launch-bound model costs milliseconds of host work per
+prompt; a replay costs microseconds, and a serving engine's running streams stop waiting on it.
+
+Inputs, all static tensors:
+  tokens (num_tokens, 3) int64: token id, position, cache slot (the batched input; padded with zeros);
+  seq    (3,) int64: index of the row to sample (the last real token), sampling seed, last_tokens row;
+  floats (3,) float32: temperature, top-p, top-k.
+The graph samples in-graph and writes the token into last_tokens[seq[2]] (the next step's feed).
+Continuation chunks of a long prompt (they read earlier chunks from the cache) run eager.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import torch
+from prometheus_client import CollectorRegistry
+
+from graphrun.graphs import GraphRunner
+from graphrun.graphs.backends import Backend
+from graphrun.llm.layers.attention import AttentionMetadata
+from graphrun.llm.models import DecoderLM
+from graphrun.llm.sampler import SamplingTensors, sample
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFILL_RUNGS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+
+
+def prefill_ladder(max_tokens: int) -> tuple[int, ...]:
+    """The default token ladder up to max_tokens (which becomes the top rung when it falls between)."""
+    rungs = [r for r in DEFAULT_PREFILL_RUNGS if r < max_tokens]
+    return (*rungs, max_tokens) if max_tokens >= 1 else ()
+
+
+class PrefillStep:
+    """The callable the prefill graphs capture: one fresh sequence's tokens -> its sampled token (1,)."""
+
+    def __init__(
+        self,
+        model: DecoderLM,
+        kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        last_tokens: torch.Tensor,
+    ) -> None:
+        self._model = model
+        self._kv_caches = kv_caches
+        self._last_tokens = last_tokens
+        device = last_tokens.device
+        self._no_table = torch.zeros(1, 1, dtype=torch.int32, device=device)  # unused by causal_fresh
+        self._no_lens = torch.zeros(1, dtype=torch.int32, device=device)
+
+    def __call__(self, tokens: torch.Tensor, seq: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
+        """(n, 3) int64, (3,) int64, (3,) float32 -> (1,) int64; also writes last_tokens[seq[2]]."""
+        positions = tokens[:, 1]
+        meta = AttentionMetadata(
+            slot_mapping=tokens[:, 2],
+            block_tables=self._no_table,
+            context_lens=self._no_lens,
+            causal_fresh=True,
+        )
+        hidden = self._model(tokens[:, 0], positions, meta, self._kv_caches)
+        row = seq[0:1]
+        logits = self._model.compute_logits(hidden.index_select(0, row))
+        params = SamplingTensors(
+            temperature=floats[0:1], top_p=floats[1:2], top_k=floats[2:3].to(torch.int32), seeds=seq[1:2]
+        )
+        token = sample(logits, params, positions.index_select(0, row))
+        self._last_tokens.index_copy_(0, seq[2:3], token)
+        return token
+
+
+def random_prefill_inputs(
+    n: int, gen: torch.Generator, vocab_size: int, block_size: int, feed_row: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Valid inputs for n tokens (capture, verification); slots stay in the scratch block."""
+    tokens = torch.stack(
+        [
+            torch.randint(0, vocab_size, (n,), generator=gen),
+            torch.arange(n),
+            torch.randint(0, block_size, (n,), generator=gen),
+        ],
+        dim=1,
+    )
+    seq = torch.tensor([int(torch.randint(0, n, (1,), generator=gen)), 12345, feed_row])
+    floats = torch.tensor([float(torch.rand(1, generator=gen)) + 0.1, 0.9, 20.0])
+    return tokens.to(device), seq.to(device), floats.to(device)
+
+
+class PrefillGraphs:
+    """One GraphRunner over a token ladder, sharing the decode graphs' backend (one memory pool)."""
+
+    def __init__(
+        self,
+        model: DecoderLM,
+        kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        last_tokens: torch.Tensor,
+        sizes: Sequence[int],
+        block_size: int,
+        backend: str | Backend,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        device = last_tokens.device
+        self._device = device
+        vocab, dummy_row = model.config.vocab_size, last_tokens.shape[0] - 1
+        example = random_prefill_inputs(
+            max(sizes), torch.Generator().manual_seed(0), vocab, block_size, dummy_row, device
+        )
+        example[1][0] = 0  # the sampled row must exist at every rung: the static inputs start from this
+        start = time.perf_counter()
+        self.runner = GraphRunner(
+            PrefillStep(model, kv_caches, last_tokens),
+            example,
+            batch_dims=(0, None, None),
+            sizes=list(sizes),
+            backend=backend,
+            name="prefill",
+            registry=registry,
+            pad=0,  # token 0 at position 0 in slot 0 (the scratch block)
+            verify_inputs=lambda n, gen: random_prefill_inputs(n, gen, vocab, block_size, dummy_row, device),
+        )
+        self.capture_seconds = time.perf_counter() - start
+        self.sizes = tuple(sizes)
+        self.top = max(sizes)
+        pinned = device.type == "cuda"
+        self._pinned = pinned
+        captured = sum(st.captured for st in self.runner.status())
+        log.info(
+            "prefill graphs: %d of %d token sizes captured (up to %d tokens) in %.2f s",
+            captured, len(sizes), self.top, self.capture_seconds,
+        )  # fmt: skip
+
+    def run(self, tokens: torch.Tensor, seq: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
+        """One fresh prefill from host tensors (n, 3), (3,), (3,) -> its token (1,) on the device."""
+        pin = self._pinned
+        if pin:
+            tokens, seq, floats = tokens.pin_memory(), seq.pin_memory(), floats.pin_memory()
+        dev = self._device
+        return self.runner(
+            tokens.to(dev, non_blocking=pin), seq.to(dev, non_blocking=pin), floats.to(dev, non_blocking=pin)
+        )
