@@ -18,7 +18,7 @@ def engine(**kw):
             dtype="float32",
             max_num_seqs=8,
             max_model_len=160,
-            gpu_memory_utilization=0.1,
+            gpu_memory_utilization=0.5,
             **kw,
         )
     )

@@ -151,7 +151,6 @@ class LLMEngine:
                     self.kv_caches,
                     self.last_tokens,
                     sizes,
-                    self.config.block_size,
                     self.decode_graphs.backend,  # one memory pool for every graph
                     registry,
                 )

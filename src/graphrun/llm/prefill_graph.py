@@ -67,7 +67,8 @@ class PrefillStep:
             causal_fresh=True,
         )
         hidden = self._model(tokens[:, 0], positions, meta, self._kv_caches)
-        row = seq[0:1]
+        # clamped: a rung's warm-up runs on whatever the shared static `seq` holds from a larger rung
+        row = seq[0:1].clamp(max=tokens.shape[0] - 1)
         logits = self._model.compute_logits(hidden.index_select(0, row))
         params = SamplingTensors(
             temperature=floats[0:1], top_p=floats[1:2], top_k=floats[2:3].to(torch.int32), seeds=seq[1:2]
@@ -78,15 +79,18 @@ class PrefillStep:
 
 
 def random_prefill_inputs(
-    n: int, gen: torch.Generator, vocab_size: int, block_size: int, feed_row: int, device: torch.device
+    n: int, gen: torch.Generator, vocab_size: int, num_slots: int, feed_row: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Valid inputs for n tokens (capture, verification); slots stay in the scratch block."""
+    """Valid inputs for n tokens (capture, verification), each token in its own cache slot.
+
+    Distinct slots matter: the fused path reads this step's K/V back from the cache, so two tokens
+    sharing a slot would make eager and replay disagree. Any slot will do: prefill graphs are captured
+    at start-up, before any request holds a block. A cache smaller than n tokens reuses slots (that
+    rung may then fail verification and run eager, logged).
+    """
+    slots = torch.randperm(num_slots, generator=gen)[:n] if num_slots >= n else torch.arange(n) % num_slots
     tokens = torch.stack(
-        [
-            torch.randint(0, vocab_size, (n,), generator=gen),
-            torch.arange(n),
-            torch.randint(0, block_size, (n,), generator=gen),
-        ],
+        [torch.randint(0, vocab_size, (n,), generator=gen), torch.arange(n), slots],
         dim=1,
     )
     seq = torch.tensor([int(torch.randint(0, n, (1,), generator=gen)), 12345, feed_row])
@@ -103,15 +107,15 @@ class PrefillGraphs:
         kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]],
         last_tokens: torch.Tensor,
         sizes: Sequence[int],
-        block_size: int,
         backend: str | Backend,
         registry: CollectorRegistry | None = None,
     ) -> None:
         device = last_tokens.device
         self._device = device
         vocab, dummy_row = model.config.vocab_size, last_tokens.shape[0] - 1
+        num_slots = kv_caches[0][0].shape[0] * kv_caches[0][0].shape[1]
         example = random_prefill_inputs(
-            max(sizes), torch.Generator().manual_seed(0), vocab, block_size, dummy_row, device
+            max(sizes), torch.Generator().manual_seed(0), vocab, num_slots, dummy_row, device
         )
         example[1][0] = 0  # the sampled row must exist at every rung: the static inputs start from this
         start = time.perf_counter()
@@ -124,7 +128,7 @@ class PrefillGraphs:
             name="prefill",
             registry=registry,
             pad=0,  # token 0 at position 0 in slot 0 (the scratch block)
-            verify_inputs=lambda n, gen: random_prefill_inputs(n, gen, vocab, block_size, dummy_row, device),
+            verify_inputs=lambda n, gen: random_prefill_inputs(n, gen, vocab, num_slots, dummy_row, device),
         )
         self.capture_seconds = time.perf_counter() - start
         self.sizes = tuple(sizes)
