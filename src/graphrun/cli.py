@@ -1,4 +1,4 @@
-"""The one command-line front: `graphrun demo | generate | doctor | bench`. Thin: flags, logging, call.
+"""The one command line: `graphrun demo | generate | serve | doctor | bench`. Thin: flags, logging, call.
 
 Logging handlers are configured here and nowhere else.
 """
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
     zoo.add_argument("--small", action="store_true", help="shrunken models (CPU smoke runs)")
     _add_decode_bench_parser(bench_sub)
+    _add_serve_bench_parser(bench_sub)
     return parser
 
 
@@ -67,10 +68,43 @@ def _add_decode_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
     decode.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
 
 
+def _add_serve_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
+    """`graphrun bench serve`: the HTTP server under a closed-loop load, graphs vs enforce-eager."""
+    serve = bench_sub.add_parser(
+        "serve", help="the OpenAI server under load: throughput, TTFT and ITL, graphs vs eager"
+    )
+    serve.add_argument(
+        "--model", default=None, help="preset or HF folder (default: qwen3-0.6b-shape with CUDA, else tiny)"
+    )
+    serve.add_argument("--modes", default="graph,eager", help="comma-separated: graph, eager")
+    serve.add_argument("--num-requests", type=int, default=200, help="timed requests per mode")
+    serve.add_argument("--concurrency", type=int, default=16, help="requests in flight (closed loop)")
+    serve.add_argument("--prompt-len-median", type=int, default=256, help="log-normal median, tokens")
+    serve.add_argument("--prompt-len-max", type=int, default=1024)
+    serve.add_argument("--output-len-median", type=int, default=128, help="log-normal median, tokens")
+    serve.add_argument("--output-len-max", type=int, default=512)
+    serve.add_argument("--min-len", type=int, default=4, help="shortest prompt and output")
+    serve.add_argument("--seed", type=int, default=0, help="lengths and prompt ids")
+    serve.add_argument("--warmup-requests", type=int, default=8, help="untimed, not counted")
+    serve.add_argument("--max-num-seqs", type=int, default=None, help="passed to the server")
+    serve.add_argument("--port", type=int, default=0, help="0: a free port")
+    serve.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to a healthy server")
+    serve.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
+    serve.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra `graphrun serve` flags, repeatable: --server-arg=--max-model-len=2048",
+    )
+    serve.add_argument("--out", default="benchmarks/results", help="folder for the JSON, PNG and logs")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `graphrun` console script and `python -m graphrun`."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":  # httpx logs every request at INFO: thousands in `bench serve`
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "demo":
         from graphrun.demo import run_demo
 
@@ -91,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from graphrun.bench.decode import run_decode
 
         return run_decode(args)
+    if args.command == "bench" and args.bench_command == "serve":
+        from graphrun.bench.serve import run_bench_serve
+
+        return run_bench_serve(args)
     return 2
 
 

@@ -11,6 +11,7 @@ serve_config)` gives the ASGI app. Nothing is imported here, so `graphrun --help
     chat_template.py  chat messages -> prompt text (the model's jinja2 template, or a simple one)
     responses.py      OpenAI response bodies, whole and streamed
     metrics.py        the server's Prometheus series (one registry with the engine's)
+    memory.py         /health's memory figures: device allocator, free memory, peak RSS
     app.py            build_app: routes, SSE, error handlers, disconnect watching
     cli.py            `graphrun serve` flags; SIGTERM drains, then exits 0
 """

@@ -109,7 +109,7 @@ class _Routes:
             body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, len(ids), engine.max_model_len
         )
         params = body.sampling_params(max_tokens, vocab)
-        fmt = CompletionFormat(self._config.served_model_name)
+        fmt = CompletionFormat(self._config.served_model_name, bool(body.return_token_ids))
         return await self._generate(request, fmt, ids, params, body.stop_strings(), body)
 
     async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
@@ -118,7 +118,7 @@ class _Routes:
         ids = self._template.prompt_ids(body.messages, engine.tokenizer)
         max_tokens = resolve_max_tokens(body.requested_max_tokens, None, len(ids), engine.max_model_len)
         params = body.sampling_params(max_tokens, engine.model_config.vocab_size)
-        fmt = ChatFormat(self._config.served_model_name)
+        fmt = ChatFormat(self._config.served_model_name, bool(body.return_token_ids))
         return await self._generate(request, fmt, ids, params, body.stop_strings(), body)
 
     def _engine_for(self, model: str | None) -> LLMEngine:
@@ -151,7 +151,7 @@ class _Routes:
             raise
         if body.stream:
             return StreamingResponse(
-                self._sse(handle, fmt, watcher, body.include_usage),
+                self._sse(handle, fmt, watcher, body.include_usage, bool(body.return_token_ids)),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -162,26 +162,35 @@ class _Routes:
 
     async def _collect(self, handle: RequestHandle, fmt: ResponseFormat) -> Response:
         texts: list[str] = []
+        token_ids: list[int] = []
         reason = None
         async for delta in self._worker.stream(handle):
             texts.append(delta.text)
+            token_ids += delta.token_ids
             reason = delta.finish_reason
         self._worker.metrics.count("aborted" if reason == "abort" else "ok")
         usage = Usage.of(len(handle.prompt_ids), handle.num_output_tokens)
-        return Response(
-            fmt.response("".join(texts), reason, usage).model_dump_json(), media_type="application/json"
-        )
+        answer = fmt.response("".join(texts), reason, usage, token_ids)
+        return Response(answer.model_dump_json(), media_type="application/json")
 
     async def _sse(
-        self, handle: RequestHandle, fmt: ResponseFormat, watcher: asyncio.Task[None], include_usage: bool
+        self,
+        handle: RequestHandle,
+        fmt: ResponseFormat,
+        watcher: asyncio.Task[None],
+        include_usage: bool,
+        every_batch: bool,
     ) -> AsyncIterator[str]:
-        """`data: {chunk}` events, then `data: [DONE]`; a failure after the headers is an error event."""
+        """`data: {chunk}` events, then `data: [DONE]`; a failure after the headers is an error event.
+
+        every_batch (return_token_ids): a chunk per batch of tokens from the engine, even with no text.
+        """
         status = "aborted"  # unless the stream reaches its end
         try:
             for chunk in fmt.opening():
                 yield _event(chunk)
-            async for delta in self._worker.stream(handle):
-                yield _event(fmt.chunk(delta.text, delta.finish_reason))
+            async for delta in self._worker.stream(handle, every_batch):
+                yield _event(fmt.chunk(delta.text, delta.finish_reason, list(delta.token_ids)))
             if include_usage:
                 yield _event(fmt.usage_chunk(Usage.of(len(handle.prompt_ids), handle.num_output_tokens)))
             yield "data: [DONE]\n\n"
@@ -211,10 +220,15 @@ class _Routes:
         return {"object": "list", "data": [card]}
 
     async def health(self) -> JSONResponse:
-        """GET /health: 200 once the engine is built and its graphs captured; 503 before, and draining."""
+        """GET /health: 200 once the engine is built and its graphs captured; 503 before, and draining.
+
+        The body: the engine's start-up facts (describe(), max_model_len, vocab_size, KV-cache bytes) and
+        `memory`, read now (memory.py).
+        """
         state = self._worker.state
         status = "ok" if state == "ready" else state
         body = {"status": status, "model": self._config.served_model_name, **self._worker.info}
+        body["memory"] = self._worker.memory()
         if state == "ready":
             return JSONResponse(body)
         return JSONResponse(

@@ -6,7 +6,9 @@ not a temperature) and become token ids plus a `SamplingParams`. What graphrun d
 logit_bias, tools, non-text response formats, several prompts in one request. Unknown fields are
 ignored, as OpenAI-compatible servers do, so newer clients keep working.
 
-Extensions, named as in vLLM: top_k (0 or -1: off), ignore_eos, stop_token_ids. Stop strings are
+Extensions, named as in vLLM: top_k (0 or -1: off), ignore_eos, stop_token_ids, return_token_ids (each
+choice carries the output's token ids; a stream sends a chunk for every batch of tokens the engine
+delivers, even one whose text is held back, so chunks count tokens). Stop strings are
 matched on the decoded text (the engine stops on token ids only): the text is cut before the stop
 string and finish_reason is "stop". Chat messages become prompt text in chat_template.py; response
 bodies are in responses.py.
@@ -80,6 +82,7 @@ class _GenerationRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: int | None = None
     ignore_eos: bool | None = None
+    return_token_ids: bool | None = None
     user: str | None = None
     presence_penalty: Annotated[float, Field(allow_inf_nan=False)] | None = None
     frequency_penalty: Annotated[float, Field(allow_inf_nan=False)] | None = None

@@ -37,10 +37,11 @@ class EngineFailure(GraphrunError, RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """New text of a request, and its finish reason once it is over."""
+    """New text of a request, the token ids that arrived since the last delta, and its finish reason."""
 
     text: str
     finish_reason: str | None
+    token_ids: tuple[int, ...] = ()
 
 
 class RequestHandle:

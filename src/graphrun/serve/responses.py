@@ -1,7 +1,9 @@
 """OpenAI response bodies: completions and chat, whole or as streamed chunks, and who builds which.
 
 `CompletionFormat` and `ChatFormat` shape one request's answers (the same id on every chunk), so the
-serving code streams or collects without knowing which endpoint it serves.
+serving code streams or collects without knowing which endpoint it serves. With the return_token_ids
+extension (vLLM's name) each choice also carries `token_ids`: a chunk's the ids it delivers, a whole
+answer's every output id; without it the field is left out, so default answers keep OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field, field_serializer
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_serializer, model_serializer
 
 
 class Usage(BaseModel):
@@ -30,7 +32,20 @@ class Usage(BaseModel):
         )
 
 
-class CompletionChoice(BaseModel):
+class _TokenIdsChoice(BaseModel):
+    """A choice that can carry token ids (return_token_ids); the field is left out when None."""
+
+    token_ids: list[int] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_absent_token_ids(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.token_ids is None:
+            data.pop("token_ids", None)
+        return data
+
+
+class CompletionChoice(_TokenIdsChoice):
     """A completions choice (also one streamed chunk's choice)."""
 
     index: int = 0
@@ -64,7 +79,7 @@ class AssistantMessage(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
+class ChatChoice(_TokenIdsChoice):
     """A non-streamed chat choice."""
 
     index: int = 0
@@ -73,7 +88,7 @@ class ChatChoice(BaseModel):
     finish_reason: str | None
 
 
-class ChatChunkChoice(BaseModel):
+class ChatChunkChoice(_TokenIdsChoice):
     """A streamed chat choice."""
 
     index: int = 0
@@ -122,15 +137,15 @@ class ResponseFormat(Protocol):
         """Chunks a stream starts with (chat: the assistant role)."""
         ...
 
-    def chunk(self, text: str, finish_reason: str | None) -> BaseModel:
-        """One streamed piece of text; the last one carries the finish reason."""
+    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
+        """One streamed piece of text and the ids it came from; the last one carries the finish reason."""
         ...
 
     def usage_chunk(self, usage: Usage) -> BaseModel:
         """The chunk with token counts that stream_options.include_usage asks for."""
         ...
 
-    def response(self, text: str, finish_reason: str | None, usage: Usage) -> BaseModel:
+    def response(self, text: str, finish_reason: str | None, usage: Usage, token_ids: list[int]) -> BaseModel:
         """The whole answer of a non-streamed request."""
         ...
 
@@ -138,41 +153,50 @@ class ResponseFormat(Protocol):
 class CompletionFormat:
     """/v1/completions answers: text_completion objects."""
 
-    def __init__(self, model: str) -> None:
-        self.id, self.model = new_id("cmpl"), model
+    def __init__(self, model: str, return_token_ids: bool = False) -> None:
+        self.id, self.model, self.return_token_ids = new_id("cmpl"), model, return_token_ids
 
     def opening(self) -> list[BaseModel]:
         return []
 
-    def chunk(self, text: str, finish_reason: str | None) -> BaseModel:
-        choice = CompletionChoice(text=text, finish_reason=finish_reason)
+    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
+        choice = CompletionChoice(text=text, finish_reason=finish_reason, token_ids=self._ids(token_ids))
         return CompletionResponse(id=self.id, model=self.model, choices=[choice])
 
     def usage_chunk(self, usage: Usage) -> BaseModel:
         return CompletionResponse(id=self.id, model=self.model, choices=[], usage=usage)
 
-    def response(self, text: str, finish_reason: str | None, usage: Usage) -> BaseModel:
-        choice = CompletionChoice(text=text, finish_reason=finish_reason)
+    def response(self, text: str, finish_reason: str | None, usage: Usage, token_ids: list[int]) -> BaseModel:
+        choice = CompletionChoice(text=text, finish_reason=finish_reason, token_ids=self._ids(token_ids))
         return CompletionResponse(id=self.id, model=self.model, choices=[choice], usage=usage)
+
+    def _ids(self, token_ids: list[int]) -> list[int] | None:
+        return token_ids if self.return_token_ids else None
 
 
 class ChatFormat:
     """/v1/chat/completions answers: chat.completion and chat.completion.chunk objects."""
 
-    def __init__(self, model: str) -> None:
-        self.id, self.model = new_id("chatcmpl"), model
+    def __init__(self, model: str, return_token_ids: bool = False) -> None:
+        self.id, self.model, self.return_token_ids = new_id("chatcmpl"), model, return_token_ids
 
     def opening(self) -> list[BaseModel]:
-        choice = ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))
+        delta = ChatDelta(role="assistant", content="")
+        choice = ChatChunkChoice(delta=delta, token_ids=self._ids([]))
         return [ChatCompletionChunk(id=self.id, model=self.model, choices=[choice])]
 
-    def chunk(self, text: str, finish_reason: str | None) -> BaseModel:
-        choice = ChatChunkChoice(delta=ChatDelta(content=text), finish_reason=finish_reason)
+    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
+        delta = ChatDelta(content=text)
+        choice = ChatChunkChoice(delta=delta, finish_reason=finish_reason, token_ids=self._ids(token_ids))
         return ChatCompletionChunk(id=self.id, model=self.model, choices=[choice])
 
     def usage_chunk(self, usage: Usage) -> BaseModel:
         return ChatCompletionChunk(id=self.id, model=self.model, choices=[], usage=usage)
 
-    def response(self, text: str, finish_reason: str | None, usage: Usage) -> BaseModel:
-        choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=finish_reason)
+    def response(self, text: str, finish_reason: str | None, usage: Usage, token_ids: list[int]) -> BaseModel:
+        message = AssistantMessage(content=text)
+        choice = ChatChoice(message=message, finish_reason=finish_reason, token_ids=self._ids(token_ids))
         return ChatCompletionResponse(id=self.id, model=self.model, choices=[choice], usage=usage)
+
+    def _ids(self, token_ids: list[int]) -> list[int] | None:
+        return token_ids if self.return_token_ids else None

@@ -22,12 +22,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import torch
 from prometheus_client import CollectorRegistry
 
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.serve.config import ServeConfig
+from graphrun.serve.memory import memory_now
 from graphrun.serve.metrics import ServeMetrics
 from graphrun.serve.request import (
     Delta,
@@ -64,7 +66,7 @@ class EngineWorker:
         self._cond = threading.Condition()
         self._num_in_flight = 0
         self._handles: dict[int, RequestHandle] = {}  # engine thread only: seq id -> request
-        self.info: dict[str, Any] = {}  # engine.describe() once started (for /health)
+        self.info: dict[str, Any] = {}  # engine.describe() and limits once started (for /health)
 
     # ----- lifecycle (any thread) -------------------------------------------------------------------
 
@@ -89,6 +91,13 @@ class EngineWorker:
         if self._engine is None or self._state not in ("ready", "draining"):
             raise Unavailable(self._state, f"the engine is {self._state}; retry shortly")
         return self._engine
+
+    def memory(self) -> dict[str, Any]:
+        """Memory now (any thread: reads counters only), with the KV cache's and graph pool's sizes."""
+        engine = self._engine
+        device = engine.device if engine is not None else torch.device("cpu")
+        sizes = {key: self.info.get(key) for key in ("kv_cache_bytes", "graph_pool_mib")}
+        return {**memory_now(device), **sizes}
 
     @property
     def num_in_flight(self) -> int:
@@ -141,20 +150,27 @@ class EngineWorker:
         """Stop a request and free its KV blocks (any thread; a finished request is left alone)."""
         self._inbox.put(("abort", handle))
 
-    async def stream(self, handle: RequestHandle) -> AsyncIterator[Delta]:
-        """Text deltas of an admitted request until it ends; aborts it if the reader stops early."""
+    async def stream(self, handle: RequestHandle, every_batch: bool = False) -> AsyncIterator[Delta]:
+        """Deltas of an admitted request until it ends; aborts it if the reader stops early.
+
+        A delta comes when there is text to send or the request ended (its token ids: every id since
+        the last delta); with every_batch, one comes for every batch of tokens, even with no text.
+        """
         text = TextStream(self.engine.tokenizer, handle.stop)
+        pending: list[int] = []
         try:
             while handle.finish_reason is None:
                 token_ids, reason = await handle.next_tokens()
+                pending += token_ids
                 delta, hit_stop = text.push(token_ids, final=reason is not None)
                 if hit_stop:
                     if reason is None:
                         self.abort(handle)  # frees its blocks now; tokens after the stop are dropped
                     reason = "stop"
                 handle.finish_reason = reason
-                if delta or reason is not None:
-                    yield Delta(delta, reason)
+                if delta or reason is not None or (every_batch and token_ids):
+                    yield Delta(delta, reason, tuple(pending))
+                    pending = []
         finally:
             if handle.finish_reason is None:
                 self.abort(handle)
@@ -169,7 +185,13 @@ class EngineWorker:
             self._state = "failed"
             self._ready.set()
             return
-        self.info = {**self._engine.describe(), "max_model_len": self._engine.max_model_len}
+        engine = self._engine
+        self.info = {
+            **engine.describe(),
+            "max_model_len": engine.max_model_len,
+            "vocab_size": engine.model_config.vocab_size,
+            "kv_cache_bytes": engine.num_blocks * engine.kv_spec.bytes_per_block,
+        }
         self._state = "ready"
         self._ready.set()
         self._log_serving(self._engine)

@@ -1,0 +1,246 @@
+"""`graphrun bench serve`: the OpenAI server under a closed-loop load, decode graphs on vs enforce-eager.
+
+Decode graphs pay off where a server spends its time: many short decode steps, each of which eager mode
+launches kernel by kernel. So the benchmark measures the server as clients see it, over HTTP with SSE:
+for each mode it starts `graphrun serve` in a child process (serve_process.py), times start-up to the
+first healthy answer, sends untimed warm-up requests, then the timed run: N seeded requests with
+long-tailed lengths (serve_workload.py) through C concurrent streams (serve_client.py). It reports
+throughput, TTFT and inter-token latency percentiles, the graph replays and fallbacks the server counted,
+its memory, and whether it drained and exited 0 on SIGTERM (serve_report.py). Failed requests and tokens
+lost between usage and the stream are counted and listed, never dropped. Without CUDA the tiny preset
+runs, graph mode on the sim backend: a smoke test of the whole path whose timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graphrun.bench.serve_client import run_closed_loop
+from graphrun.bench.serve_process import (
+    ServerProcess,
+    ServerStartError,
+    counter_deltas,
+    free_port,
+    graph_summary,
+)
+from graphrun.bench.serve_report import (
+    MAX_ERRORS_LISTED,
+    print_serve,
+    save_serve,
+    serve_payload,
+    summarize_run,
+)
+from graphrun.bench.serve_workload import Workload, plan_requests
+from graphrun.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MODES = ("graph", "eager")
+STOP_TIMEOUT_SECONDS = 60.0  # SIGTERM -> exit; the server's own drain wait is 30 s by default
+MIB = 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class ServeBenchSetup:
+    """What the serving benchmark runs, fixed once from the flags and validated here."""
+
+    model: str
+    modes: tuple[str, ...]
+    workload: Workload
+    concurrency: int
+    warmup_requests: int
+    out: Path
+    cuda: bool
+    max_num_seqs: int | None = None  # None: the server's default
+    port: int = 0  # 0: a free port per mode
+    startup_timeout: float = 600.0
+    request_timeout: float = 600.0
+    server_args: tuple[str, ...] = ()
+    log_level: str = "INFO"  # the server's, into its log file
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in MODES]
+        if not self.modes or bad or len(set(self.modes)) != len(self.modes):
+            raise ConfigError(f"--modes takes distinct values from {list(MODES)}, got {list(self.modes)}")
+        if self.concurrency < 1:
+            raise ConfigError(f"--concurrency must be >= 1, got {self.concurrency}")
+        if self.warmup_requests < 0:
+            raise ConfigError(f"--warmup-requests must be >= 0, got {self.warmup_requests}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be in [0, 65535] (0: pick a free one), got {self.port}")
+        if not (self.startup_timeout > 0 and self.request_timeout > 0):
+            raise ConfigError("--startup-timeout and --request-timeout must be > 0 seconds")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServeBenchSetup:
+        """The flags; --model defaults to qwen3-0.6b-shape with CUDA, else tiny."""
+        cuda = torch.cuda.is_available()  # no CUDA context here: the servers own the GPU
+        workload = Workload(
+            num_requests=args.num_requests,
+            prompt_len_median=args.prompt_len_median,
+            prompt_len_max=args.prompt_len_max,
+            output_len_median=args.output_len_median,
+            output_len_max=args.output_len_max,
+            min_len=args.min_len,
+            seed=args.seed,
+        )
+        return cls(
+            model=args.model or ("qwen3-0.6b-shape" if cuda else "tiny"),
+            modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
+            workload=workload,
+            concurrency=args.concurrency,
+            warmup_requests=args.warmup_requests,
+            out=Path(args.out),
+            cuda=cuda,
+            max_num_seqs=args.max_num_seqs,
+            port=args.port,
+            startup_timeout=args.startup_timeout,
+            request_timeout=args.request_timeout,
+            server_args=tuple(part for arg in args.server_arg or () for part in shlex.split(arg)),
+            log_level=getattr(args, "log_level", "INFO"),
+        )
+
+    def server_argv(self, mode: str, port: int) -> list[str]:
+        """Arguments after the Python executable for one mode's server."""
+        argv = ["-m", "graphrun", "--log-level", self.log_level, "serve", "--model", self.model]
+        argv += ["--host", "127.0.0.1", "--port", str(port)]
+        if mode == "eager":
+            argv.append("--enforce-eager")
+        elif not self.cuda:
+            argv += ["--graph-backend", "sim"]  # the graph path, simulated on the CPU
+        if self.max_num_seqs is not None:
+            argv += ["--max-num-seqs", str(self.max_num_seqs)]
+        return argv + list(self.server_args)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as the payload records them."""
+        return {
+            "model": self.model,
+            "modes": list(self.modes),
+            **asdict(self.workload),
+            "concurrency": self.concurrency,
+            "warmup_requests": self.warmup_requests,
+            "max_num_seqs": self.max_num_seqs,
+            "server_args": list(self.server_args),
+            "request_timeout": self.request_timeout,
+            "startup_timeout": self.startup_timeout,
+        }
+
+
+def _progress(mode: str, total: int) -> Callable[[int], None]:
+    """A callback logging one INFO line per ~10% of `total` requests done."""
+    step = max(1, math.ceil(total / 10))
+
+    def report(done: int) -> None:
+        if done % step == 0 or done == total:
+            log.info("serve bench: %s: %d/%d requests done", mode, done, total)
+
+    return report
+
+
+def _warm_up(setup: ServeBenchSetup, server: ServerProcess, model: str, health: dict[str, Any]) -> list[str]:
+    """Send the untimed warm-up requests; the errors of those that failed."""
+    vocab, max_len = int(health["vocab_size"]), int(health["max_model_len"])
+    specs = plan_requests(setup.workload, setup.warmup_requests, vocab, max_len, "warmup")
+    if not specs:
+        return []
+    loop = run_closed_loop(server.url, model, specs, setup.concurrency, setup.request_timeout)
+    results, _ = asyncio.run(loop)
+    return [f"warm-up request {r.index}: {r.error}" for r in results if not r.ok]
+
+
+def _measure(
+    setup: ServeBenchSetup, server: ServerProcess, health: dict[str, Any], run: dict[str, Any]
+) -> None:
+    """Warm up, run the timed requests, scrape /metrics and /health's memory; results go into `run`."""
+    mode, model = run["mode"], str(health["model"])
+    warmup_errors = _warm_up(setup, server, model, health)
+    run["num_warmup_failed"], run["warmup_errors"] = len(warmup_errors), warmup_errors[:MAX_ERRORS_LISTED]
+    w = setup.workload
+    specs = plan_requests(w, w.num_requests, int(health["vocab_size"]), int(health["max_model_len"]), "timed")
+    run["num_prompt_tokens"] = sum(len(s.prompt_ids) for s in specs)
+    run["num_prompts_clipped"] = sum(s.clipped for s in specs)
+    before = server.counters()
+    log.info("serve bench: %s: %d timed requests, concurrency %d", mode, len(specs), setup.concurrency)
+    loop = run_closed_loop(
+        server.url, model, specs, setup.concurrency, setup.request_timeout, _progress(mode, len(specs))
+    )
+    results, wall = asyncio.run(loop)
+    run.update(summarize_run(results, wall))
+    run["metrics"] = graph_summary(counter_deltas(before, server.counters()))
+    memory = server.get("/health").json().get("memory", {})
+    run["memory"] = memory
+    reserved = memory.get("cuda_reserved_bytes")
+    run["gpu_reserved_mib"] = reserved / MIB if reserved is not None else None
+    run["max_rss_mib"] = memory["max_rss_bytes"] / MIB if "max_rss_bytes" in memory else None
+
+
+def bench_mode(setup: ServeBenchSetup, mode: str) -> dict[str, Any]:
+    """One mode end to end: start the server, measure, stop it; a start failure is recorded, not raised."""
+    port = setup.port or free_port()
+    argv = setup.server_argv(mode, port)
+    log_path = setup.out / f"serve-{mode}.log"
+    run: dict[str, Any] = {"mode": mode, "command": [sys.executable, *argv], "log": str(log_path)}
+    log.info("serve bench: %s: starting the server on port %d (log: %s)", mode, port, log_path)
+    server = ServerProcess(argv, log_path, f"http://127.0.0.1:{port}")
+    try:
+        _run_server(setup, server, run)
+    finally:
+        server.kill()  # a no-op once it exited; Ctrl-C or a bug here never leaves a server behind
+    log.info("serve bench: %s: server exited with %s", mode, run["exit_code"])
+    return run
+
+
+def _run_server(setup: ServeBenchSetup, server: ServerProcess, run: dict[str, Any]) -> None:
+    mode, run["error"] = run["mode"], None
+    try:
+        run["startup_s"], health = server.wait_healthy(setup.startup_timeout)
+    except ServerStartError as exc:
+        server.kill()
+        log.error("serve bench: %s: %s", mode, exc)
+        run.update(startup_s=None, error=str(exc), exit_code=server.returncode, log_tail=server.log_tail())
+        return
+    log.info("serve bench: %s: ready in %.1f s", mode, run["startup_s"])
+    run["engine"] = {k: v for k, v in health.items() if k not in ("status", "memory")}
+    try:
+        _measure(setup, server, health, run)
+    except Exception as exc:  # the server died or answered nonsense: record it, stop it, go on
+        log.exception("serve bench: %s: the run failed", mode)
+        run["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        run["exit_code"], stop_error = server.stop(STOP_TIMEOUT_SECONDS)
+    if stop_error or run["error"]:
+        run["error"] = run["error"] or stop_error
+        run["log_tail"] = server.log_tail()
+
+
+def run_serve_bench(setup: ServeBenchSetup) -> dict[str, Any]:
+    """Every mode, then the table and JSON line on stdout and the JSON and PNG files; the payload."""
+    runs = [bench_mode(setup, mode) for mode in setup.modes]
+    # the payload reads environment() only now: no CUDA context in this process while servers ran
+    payload = serve_payload(setup.settings(), runs, setup.cuda)
+    print_serve(payload)
+    json_path, png_path = save_serve(payload, setup.out)
+    log.info("serve bench: wrote %s and %s", json_path, png_path)
+    return payload
+
+
+def run_bench_serve(args: argparse.Namespace) -> int:
+    """Run `graphrun bench serve`; exit status 1 when a server failed or any request failed or was lost."""
+    try:
+        setup = ServeBenchSetup.from_args(args)
+    except ConfigError as exc:
+        print(f"graphrun bench serve: {exc}", file=sys.stderr)
+        return 2
+    return 0 if run_serve_bench(setup)["ok"] else 1

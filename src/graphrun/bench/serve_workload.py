@@ -1,0 +1,88 @@
+"""The serving benchmark's requests: seeded, long-tailed prompt and output lengths, random token prompts.
+
+Real traffic is long-tailed: most requests are short, a few are long, and the long ones decide how
+full the batch stays. Lengths are log-normal around a median (sigma ~0.8: p90 ~2.8x the median), clipped
+to [min_len, max]. Prompts are random token ids, so the server's tokenizer is never on the path and the
+prompt length is exact. Every draw comes from a generator named by (seed, label, what), so graph and
+eager modes get the very same requests, and warm-up requests never shift the timed ones.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from graphrun.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """How many requests, and the distribution of their prompt and output lengths."""
+
+    num_requests: int = 200
+    prompt_len_median: int = 256
+    prompt_len_max: int = 1024
+    output_len_median: int = 128
+    output_len_max: int = 512
+    min_len: int = 4
+    sigma: float = 0.8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_requests < 1:
+            raise ConfigError(f"--num-requests must be >= 1, got {self.num_requests}")
+        if self.min_len < 1:
+            raise ConfigError(f"--min-len must be >= 1, got {self.min_len}")
+        for name in ("prompt_len", "output_len"):
+            median, top = getattr(self, f"{name}_median"), getattr(self, f"{name}_max")
+            if not self.min_len <= median <= top:
+                flag = name.replace("_", "-")
+                raise ConfigError(
+                    f"--{flag}-median must lie in [--min-len, --{flag}-max] = [{self.min_len}, {top}], "
+                    f"got {median}"
+                )
+        if not self.sigma >= 0:
+            raise ConfigError(f"sigma must be >= 0, got {self.sigma}")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """One request to send: its place in the list, its prompt ids and how many tokens it must produce."""
+
+    index: int
+    prompt_ids: list[int]
+    max_tokens: int
+    clipped: bool = False  # the drawn prompt was shortened to fit the context
+
+
+def lognormal_lengths(num: int, median: int, sigma: float, low: int, high: int, seed: int | str) -> list[int]:
+    """`num` seeded lengths, log-normal with this median and sigma, rounded and clipped to [low, high]."""
+    rng = random.Random(seed)  # a str seed is hashed with SHA-512: the same draws on every platform
+    mu = math.log(median)
+    return [min(high, max(low, round(rng.lognormvariate(mu, sigma)))) for _ in range(num)]
+
+
+def plan_requests(
+    workload: Workload, num: int, vocab_size: int, max_model_len: int, label: str
+) -> list[RequestSpec]:
+    """`num` requests drawn from `workload` under `label` ("timed", "warmup"); each fits max_model_len.
+
+    A prompt that would not leave room for its output is shortened (the output length is kept, it is
+    what the throughput counts) and marked `clipped`.
+    """
+    w = workload
+    prompt_lens = lognormal_lengths(
+        num, w.prompt_len_median, w.sigma, w.min_len, w.prompt_len_max, f"{w.seed}:{label}:prompt"
+    )
+    output_lens = lognormal_lengths(
+        num, w.output_len_median, w.sigma, w.min_len, w.output_len_max, f"{w.seed}:{label}:output"
+    )
+    ids = random.Random(f"{w.seed}:{label}:ids")
+    specs = []
+    for index, (prompt_len, output_len) in enumerate(zip(prompt_lens, output_lens, strict=True)):
+        max_tokens = min(output_len, max_model_len - 1)
+        fitted = max(1, min(prompt_len, max_model_len - max_tokens))
+        prompt_ids = [ids.randrange(vocab_size) for _ in range(fitted)]
+        specs.append(RequestSpec(index, prompt_ids, max_tokens, clipped=fitted < prompt_len))
+    return specs
