@@ -26,6 +26,7 @@ from graphrun.bench.report import (
     headline,
     print_goals,
     print_table,
+    table_value,
     write_json,
 )
 from graphrun.bench.timing import release_memory, time_calls
@@ -129,11 +130,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _cell(row: Mapping[str, Any], key: str) -> Any:
-    mode, _, stat = key.partition(".")
-    return (row.get(mode) or {}).get(stat) if stat else row.get(key)
-
-
 def _merge_peers(rows: list[dict[str, Any]], peers: Mapping[str, Any] | None) -> None:
     """Copy each peer's per-step ms onto the graphrun row of the same batch, with the speedup over it."""
     modes = (peers or {}).get("modes", {})
@@ -223,7 +219,7 @@ def print_decode(payload: Mapping[str, Any]) -> None:
     if payload["note"]:
         print(payload["note"])
     rows = payload["results"]
-    print_table([{head: _cell(r, key) for head, key in TABLE.items()} for r in rows], list(TABLE))
+    print_table([{head: table_value(r, key) for head, key in TABLE.items()} for r in rows], list(TABLE))
     engine, gen = payload["engine"], payload["generate"]
     print(
         f"copy bandwidth {payload['copy_bandwidth_gbs']:.1f} GB/s; ladder {engine['capture_sizes']} "
@@ -268,7 +264,7 @@ def save_decode(payload: Mapping[str, Any], out: Path) -> tuple[Path, Path]:
     stem, rows = out / f"decode-{device_slug(payload['device'])}", payload["results"]
     series: dict[str, Sequence[float | None]] = {}
     for label, key in CHART_SERIES.items():
-        values = [_cell(r, key) for r in rows]
+        values = [table_value(r, key) for r in rows]
         if any(v is not None for v in values):
             series[label] = values
     title = f"decode {payload['model']} ({payload['dtype']}): {payload['device']}, torch {payload['torch']}"

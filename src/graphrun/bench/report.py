@@ -21,6 +21,12 @@ import torch
 from graphrun.envvars import git_commit_override
 
 
+def table_value(row: Mapping[str, Any], key: str) -> Any:
+    """A table cell's value: row[key], or row[a][b] for a dotted key "a.b" (None when missing)."""
+    name, _, stat = key.partition(".")
+    return (row.get(name) or {}).get(stat) if stat else row.get(key)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

@@ -24,6 +24,7 @@ from graphrun.bench.report import (
     headline,
     print_goals,
     print_table,
+    table_value,
     write_json,
 )
 from graphrun.bench.serve_client import RequestResult
@@ -193,18 +194,13 @@ def _status(run: Mapping[str, Any]) -> str:
     return "ok" if run.get("exit_code") == 0 else "bad exit"
 
 
-def _cell(run: Mapping[str, Any], key: str) -> Any:
-    name, _, stat = key.partition(".")
-    return (run.get(name) or {}).get(stat) if stat else run.get(key)
-
-
 def print_serve(payload: Mapping[str, Any]) -> None:
     """Headline, table, ratio, problems, targets, then one JSON line (without the per-request rows)."""
     print(f"serve ({payload['model']}, {payload['backend']}) on {headline(payload)}")
     if payload["note"]:
         print(payload["note"])
     runs = payload["runs"]
-    print_table([{head: _cell(run, key) for head, key in TABLE.items()} for run in runs], list(TABLE))
+    print_table([{head: table_value(run, key) for head, key in TABLE.items()} for run in runs], list(TABLE))
     ratio = payload["graph_over_eager_throughput"]
     print(f"graph / eager throughput: {ratio:.2f}x" if ratio else "graph / eager throughput: -")
     for line in _problems(runs):
@@ -264,7 +260,7 @@ def _figure(path: Path, payload: Mapping[str, Any]) -> Path:
     width = 0.8 / max(1, len(runs))
     for i, run in enumerate(runs):
         xs = [g + (i - (len(runs) - 1) / 2) * width for g in range(len(stats))]
-        heights = [_cell(run, f"{kind}.{stat}") or float("nan") for kind, stat in stats]
+        heights = [table_value(run, f"{kind}.{stat}") or float("nan") for kind, stat in stats]
         right.bar(xs, heights, width, label=run["mode"])
     right.set_xticks(range(len(stats)), [f"{kind[:-3].upper()} {stat}" for kind, stat in stats])
     right.set_yscale("log")

@@ -18,6 +18,7 @@ from graphrun.bench.report import (
     headline,
     print_goals,
     print_table,
+    table_value,
     write_json,
 )
 
@@ -95,18 +96,13 @@ def zoo_payload(
     }
 
 
-def _cell(row: dict[str, Any], key: str) -> Any:
-    mode, _, stat = key.partition(".")
-    return (row.get(mode) or {}).get(stat) if stat else row.get(key)
-
-
 def print_zoo(payload: dict[str, Any]) -> None:
     """Headline, table, problems, ladder line, targets, then the whole payload as one JSON line."""
     print(f"zoo ({payload['backend']}, {payload['dtype']}) on {headline(payload)}")
     if payload["note"]:
         print(payload["note"])
     print_table(
-        [{head: _cell(r, key) for head, key in TABLE.items()} for r in payload["results"]], list(TABLE)
+        [{head: table_value(r, key) for head, key in TABLE.items()} for r in payload["results"]], list(TABLE)
     )
     for r in payload["results"]:
         if not (r["outputs_match"] and r["runner_captured"]):
@@ -126,7 +122,7 @@ def print_zoo(payload: dict[str, Any]) -> None:
 def save_zoo(payload: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """`out`/zoo-<device>.json and .png (median ms of eager, raw copy+replay and runner(x) per row)."""
     stem, rows = out / f"zoo-{device_slug(payload['device'])}", payload["results"]
-    series = {label: [_cell(r, f"{mode}.median_ms") for r in rows] for label, mode in CHART_SERIES}
+    series = {label: [table_value(r, f"{mode}.median_ms") for r in rows] for label, mode in CHART_SERIES}
     title = f"zoo: {payload['device']} ({payload['backend']}, {payload['dtype']}), torch {payload['torch']}"
     title += f" - {payload['note']}" if payload["note"] else ""
     groups = [f"{r['model']} b{r['batch']}" for r in rows]

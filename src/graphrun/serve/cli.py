@@ -49,6 +49,18 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cuda-graph-sizes", type=_int_list, default=(), help="explicit ladder, e.g. 1,2,4,8")
     p.add_argument(
+        "--cuda-graph-max-prefill-tokens",
+        type=int,
+        default=None,
+        help="fresh prompts up to this many tokens prefill in a graph (default: up to 2048; 0: off)",
+    )
+    p.add_argument(
+        "--no-async-scheduling",
+        dest="async_scheduling",
+        action="store_false",
+        help="finish each step before scheduling the next (default: overlap host scheduling with the GPU)",
+    )
+    p.add_argument(
         "--graph-backend",
         default=eng.graph_backend,
         choices=GRAPH_BACKENDS,
@@ -87,6 +99,8 @@ def run_serve(args: argparse.Namespace) -> int:
             enforce_eager=args.enforce_eager,
             cuda_graph_max_bs=args.cuda_graph_max_bs,
             cuda_graph_sizes=args.cuda_graph_sizes,
+            cuda_graph_max_prefill_tokens=args.cuda_graph_max_prefill_tokens,
+            async_scheduling=args.async_scheduling,
             graph_backend=args.graph_backend,
         )
         serve_config = ServeConfig(
