@@ -1,6 +1,6 @@
 """The one place graphrun reads environment variables; every one is prefixed GRAPHRUN_ and listed here.
 
-- GRAPHRUN_GIT_COMMIT: the commit to record in benchmark results when the tree has no .git (a copy of
+- GRAPHRUN_GIT_COMMIT: the commit to record in benchmark results, over what .git says (a copy of
   the working tree on a GPU machine); scripts/gpu-check's caller sets it.
 - GRAPHRUN_DISABLE_TRITON: any non-empty value other than "0" makes the LLM layers use their torch
   reference ops on CUDA too (to compare, or to work around a kernel problem).

@@ -81,10 +81,11 @@ def _git(*argv: str) -> str | None:
 
 def environment() -> dict[str, Any]:
     """Device name, torch/CUDA/Python versions, UTC date, git commit and dirty flag (None when unknown)."""
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    if commit is None:  # a copied tree without .git (the GPU machine): trust the caller's word
-        commit = git_commit_override()
+    # a copied tree (the GPU machine) may carry no .git or a stale one: the caller's word wins when given
+    commit, status = git_commit_override(), None
+    if commit is None:
+        commit = _git("rev-parse", "HEAD")
+        status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
