@@ -327,17 +327,34 @@ def test_decode_metadata_is_padded_and_static_shaped():
 
 def test_prefill_metadata_lists_query_starts():
     sched = make(block_size=4, max_num_batched_tokens=6)
-    a, b = new_seq(0, 5), new_seq(1, 3)
+    a, b = new_seq(0, 5), new_seq(1, 1)
     sched.add(a)
     sched.add(b)
-    batch = sched.schedule()  # a whole (5), b's first token only (budget 6)
-    assert batch.num_new_tokens == [5, 1] and batch.sample_rows == [0]
+    batch = sched.schedule()  # a (5) and b (1) whole: budget 6
+    assert batch.num_new_tokens == [5, 1] and batch.sample_rows == [0, 1]
     t = batch.to_metadata("cpu", 4)
     assert t.attn.query_start.tolist() == [0, 5, 6] and t.attn.query_start.dtype == torch.int32
     assert t.attn.query_start_host == [0, 5, 6] and t.attn.context_lens_host == [5, 1]
     assert t.input_ids.tolist() == [*a.prompt_token_ids, b.prompt_token_ids[0]]
-    assert t.positions.tolist() == [0, 1, 2, 3, 4, 0] and t.sample_indices.tolist() == [4]
+    assert t.positions.tolist() == [0, 1, 2, 3, 4, 0] and t.sample_indices.tolist() == [4, 5]
     assert t.attn.block_tables.shape == (2, 4)
+
+
+def test_a_prompt_is_not_cut_only_because_earlier_rows_used_the_budget():
+    sched = make(block_size=4, max_num_batched_tokens=6)
+    a, b, c = new_seq(0, 5), new_seq(1, 3), new_seq(2, 9)
+    for s in (a, b, c):
+        sched.add(s)
+    first = sched.schedule()
+    assert first.seqs == [a] and first.num_new_tokens == [5]  # b would fit only in part: it waits
+    sched.update(first, [7])
+    sched.update(sched.schedule(), [7])  # a's decode step comes first after a prefill
+    second = sched.schedule()
+    assert second.seqs == [b] and second.num_new_tokens == [3]  # whole; c (9 > 3 left) waits
+    sched.update(second, [7])
+    sched.update(sched.schedule(), [7, 7])
+    third = sched.schedule()
+    assert third.seqs == [c] and third.num_new_tokens == [6]  # longer than any step: chunked as first row
 
 
 def _dense_attention(q, k, v, scale):

@@ -9,6 +9,9 @@ alternate, so running streams keep flowing during a flood of new prompts.
 Policies, in order of priority:
 - FCFS: admission (WAITING -> RUNNING) takes the head of the queue only, bounded by max_num_seqs and by
   free blocks for the chunk it will prefill; nothing is admitted in a step that had to preempt.
+- A prompt is split into chunks only when it is the step's first row (it may exceed the whole budget);
+  one that would be cut just because earlier rows used the budget waits for the next step and starts
+  whole, so it prefills through a graph (fresh prompts do; continuation chunks run eager).
 - Preemption by recompute: when an admitted sequence needs a block and none is free, the most recently
   admitted running sequence loses its blocks and goes back to the FRONT of the queue with its generated
   tokens kept; it re-prefills prompt + output later. `add()` rejects requests that could never fit the
@@ -310,6 +313,8 @@ class Scheduler:
         while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
             seq = self._waiting[0]
             num_new = min(seq.num_uncomputed_tokens, budget)
+            if num_new < seq.num_uncomputed_tokens and rows:
+                break  # it fits a later step whole: chunk only what no single step can hold
             if not manager.can_allocate(num_new, seq):
                 break  # FCFS: nobody overtakes the head
             self._waiting.popleft()
