@@ -10,7 +10,8 @@ from graphrun.llm.sampling_params import SamplingParams
 pytestmark = pytest.mark.gpu
 
 
-def engine(**kw):
+def engine(utilization, **kw):
+    """gpu_memory_utilization caps the whole process, so a second engine needs a higher cap than the first."""
     return LLMEngine(
         EngineConfig(
             model="tiny",
@@ -18,7 +19,7 @@ def engine(**kw):
             dtype="float32",
             max_num_seqs=8,
             max_model_len=160,
-            gpu_memory_utilization=0.5,
+            gpu_memory_utilization=utilization,
             **kw,
         )
     )
@@ -37,7 +38,8 @@ def run_all(eng, prompts, params):
 def engines():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    return engine(), engine(enforce_eager=True, async_scheduling=False)
+    eager = engine(0.3, enforce_eager=True, async_scheduling=False)
+    return engine(0.6), eager
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
