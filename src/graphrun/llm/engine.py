@@ -180,10 +180,7 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         """True while any request is queued or running, or a launched step still owes it a token."""
         launched = self._launched
-        return self.scheduler.has_unfinished() or (
-            launched is not None
-            and any(slot is not None and slot[0].finish_reason != "abort" for slot in launched.advanced.slots)
-        )
+        return self.scheduler.has_unfinished() or (launched is not None and bool(launched.advanced.owed()))
 
     @property
     def async_scheduling(self) -> bool:
@@ -239,14 +236,9 @@ class LLMEngine:
         tokens = launched.tokens.tolist()
         finished = {s.seq_id for s in self.scheduler.resolve(launched.advanced, tokens)}
         outputs = []
-        for slot, token in zip(launched.advanced.slots, tokens, strict=True):
-            if slot is None:
-                continue
-            seq, index = slot
-            if seq.finish_reason == "abort" or index >= seq.num_output_tokens:
-                continue  # aborted, or stopped on an earlier token
+        for i, seq, _ in launched.advanced.owed():  # after resolve(): tokens a stop just cut off are gone
             done = seq.seq_id in finished
-            outputs.append(StepOutput(seq.seq_id, token, done, seq.finish_reason if done else None))
+            outputs.append(StepOutput(seq.seq_id, tokens[i], done, seq.finish_reason if done else None))
         return outputs
 
     def _feed_rows(self, batch: ScheduledBatch) -> list[int]:

@@ -185,6 +185,15 @@ class AdvancedBatch:
     batch: ScheduledBatch
     slots: list[tuple[Sequence, int] | None]
 
+    def owed(self) -> list[tuple[int, Sequence, int]]:
+        """(sample row i, sequence, placeholder index) of each token still part of its sequence's output:
+        neither aborted nor cut off by a stop token that an earlier step sampled."""
+        return [
+            (i, slot[0], slot[1])
+            for i, slot in enumerate(self.slots)
+            if slot is not None and slot[0].finish_reason != "abort" and slot[1] < slot[0].num_output_tokens
+        ]
+
 
 class Scheduler:
     """Continuous batching over a BlockManager (see the module docstring for the policies)."""
@@ -433,13 +442,8 @@ class Scheduler:
                 f"got {len(sampled_token_ids)} sampled tokens for {len(advanced.slots)} sample rows"
             )
         finished: list[Sequence] = []
-        for slot, token in zip(advanced.slots, sampled_token_ids, strict=True):
-            if slot is None:
-                continue
-            seq, index = slot
-            if seq.finish_reason == "abort" or index >= seq.num_output_tokens:
-                continue  # aborted, or stopped on an earlier token: this one was never part of the output
-            token = int(token)
+        for i, seq, index in advanced.owed():  # each sequence appears once: one slot never hides another
+            token = int(sampled_token_ids[i])
             seq.output_token_ids[index] = token
             if self._token_stop(seq, token):
                 del seq.output_token_ids[index + 1 :]  # later steps' placeholders: never part of the output
