@@ -34,6 +34,7 @@ from graphrun.llm.sampler import SamplingTensors, sample
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.scheduler import PLACEHOLDER, AdvancedBatch, ScheduledBatch, Scheduler, SchedulerConfig
 from graphrun.llm.sequence import Sequence
+from graphrun.llm.transfer import to_device
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,7 @@ class LLMEngine:
         input_ids = tensors.input_ids
         feed = self._feed_rows(batch)
         if any(f >= 0 for f in feed):  # a recomputed sequence whose newest token is still on the device
-            rows = torch.tensor(feed, dtype=torch.int64).to(self.device)
+            rows = to_device(feed, self.device, torch.int64)
             input_ids = torch.where(rows >= 0, self.last_tokens[rows.clamp(min=0)], input_ids)
         hidden = self.model(input_ids, tensors.positions, tensors.attn, self.kv_caches)
         if not batch.sample_rows:
@@ -307,7 +308,7 @@ class LLMEngine:
         params = self._sampling_tensors(seqs)
         positions = tensors.positions[tensors.sample_indices]
         tokens = sample(logits, params, positions)
-        index = torch.tensor(out_rows, dtype=torch.int64).to(self.device)
+        index = to_device(out_rows, self.device, torch.int64)
         self.last_tokens.index_copy_(0, index, tokens)
 
     def _run_decode(self, batch: ScheduledBatch) -> torch.Tensor:
@@ -316,12 +317,7 @@ class LLMEngine:
         graphs = self.decode_graphs
         if graphs is not None:
             return graphs.run(ints, floats, greedy)
-        pin = self.device.type == "cuda"
-        if pin:
-            ints, floats = ints.pin_memory(), floats.pin_memory()
-        return self._eager_decode[greedy](
-            ints.to(self.device, non_blocking=pin), floats.to(self.device, non_blocking=pin)
-        )
+        return self._eager_decode[greedy](to_device(ints, self.device), to_device(floats, self.device))
 
     def _pack_decode(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """decode_graph.py's two packed per-step tensors, built on the host in one go."""

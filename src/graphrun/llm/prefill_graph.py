@@ -29,6 +29,7 @@ from graphrun.graphs.backends import Backend
 from graphrun.llm.layers.attention import AttentionMetadata
 from graphrun.llm.models import DecoderLM
 from graphrun.llm.sampler import SamplingTensors, sample
+from graphrun.llm.transfer import to_device
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,6 @@ class PrefillGraphs:
         self.capture_seconds = time.perf_counter() - start
         self.sizes = tuple(sizes)
         self.top = max(sizes)
-        pinned = device.type == "cuda"
-        self._pinned = pinned
         captured = sum(st.captured for st in self.runner.status())
         log.info(
             "prefill graphs: %d of %d token sizes captured (up to %d tokens) in %.2f s",
@@ -143,10 +142,5 @@ class PrefillGraphs:
 
     def run(self, tokens: torch.Tensor, seq: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
         """One fresh prefill from host tensors (n, 3), (3,), (3,) -> its token (1,) on the device."""
-        pin = self._pinned
-        if pin:
-            tokens, seq, floats = tokens.pin_memory(), seq.pin_memory(), floats.pin_memory()
         dev = self._device
-        return self.runner(
-            tokens.to(dev, non_blocking=pin), seq.to(dev, non_blocking=pin), floats.to(dev, non_blocking=pin)
-        )
+        return self.runner(to_device(tokens, dev), to_device(seq, dev), to_device(floats, dev))

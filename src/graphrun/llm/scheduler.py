@@ -41,6 +41,7 @@ from graphrun.errors import ConfigError, GraphrunError
 from graphrun.llm.block_manager import SCRATCH_BLOCK, BlockManager
 from graphrun.llm.layers.attention import AttentionMetadata
 from graphrun.llm.sequence import FinishReason, Sequence, SequenceStatus
+from graphrun.llm.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -149,28 +150,23 @@ class ScheduledBatch:
             raise ValueError(
                 f"a sequence holds {widest} blocks, more than max_blocks_per_seq={max_blocks_per_seq}"
             )
-        device = torch.device(device)
-        pin = device.type == "cuda"  # pinned host memory makes the copy asynchronous
-
-        def put(data: list[int] | list[list[int]], dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(data, dtype=dtype, pin_memory=pin).to(device, non_blocking=pin)
 
         tables = [table + [SCRATCH_BLOCK] * (max_blocks_per_seq - len(table)) for table in self.block_tables]
         prefill = self.kind == "prefill"
         query_start = self.query_start if prefill else None
         attn = AttentionMetadata(
-            slot_mapping=put(self.slot_mapping, torch.int64),
-            block_tables=put(tables, torch.int32),
-            context_lens=put(self.context_lens, torch.int32),
-            query_start=put(query_start, torch.int32) if query_start is not None else None,
+            slot_mapping=to_device(self.slot_mapping, device, torch.int64),
+            block_tables=to_device(tables, device, torch.int32),
+            context_lens=to_device(self.context_lens, device, torch.int32),
+            query_start=to_device(query_start, device, torch.int32) if query_start is not None else None,
             query_start_host=query_start,
             context_lens_host=list(self.context_lens) if prefill else None,
         )
         return BatchTensors(
-            input_ids=put(self.input_ids, torch.int64),
-            positions=put(self.positions, torch.int64),
+            input_ids=to_device(self.input_ids, device, torch.int64),
+            positions=to_device(self.positions, device, torch.int64),
             attn=attn,
-            sample_indices=put(self.sample_token_indices, torch.int64),
+            sample_indices=to_device(self.sample_token_indices, device, torch.int64),
         )
 
 
