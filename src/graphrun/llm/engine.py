@@ -1,9 +1,10 @@
 """The LLM engine: model + paged KV cache + scheduler + graph-captured decode, one step at a time.
 
 Start-up is named steps: load the model, size and allocate the KV cache, capture the decode graphs.
-A step asks the scheduler for a batch; prefill batches run eager, decode batches replay a graph (or run
-eager with enforce_eager, or when the batch has no captured rung). The host reads the sampled tokens back
-once per step to apply stop conditions.
+A step asks the scheduler for a batch. Decode batches replay a graph (or run eager with enforce_eager,
+or when the batch has no captured rung); in prefill batches each fresh prompt replays a prefill graph
+and the other rows (continuation chunks) run eager. The host reads the sampled tokens back once per
+step to apply stop conditions.
 
 Asynchronous scheduling (the default): step() launches batch n+1 before it waits for batch n's tokens,
 so the host's scheduling, packing and output handling overlap the device's work instead of leaving it
@@ -159,9 +160,7 @@ class LLMEngine:
     def prefill_capture_sizes(self) -> tuple[int, ...]:
         """The token ladder of the fresh-prefill graphs (empty: prefill runs eager)."""
         cfg = self.config
-        top = cfg.cuda_graph_max_prefill_tokens
-        if top is None:
-            top = min(cfg.max_num_batched_tokens, self.max_model_len, 2048)
+        top = 2048 if cfg.cuda_graph_max_prefill_tokens is None else cfg.cuda_graph_max_prefill_tokens
         return prefill_ladder(min(top, cfg.max_num_batched_tokens, self.max_model_len))
 
     # ----- requests ---------------------------------------------------------------------------------
@@ -274,7 +273,8 @@ class LLMEngine:
                 if fresh and PLACEHOLDER not in batch.input_ids[a:b]:
                     graph_rows.append(row)
         if len(graph_rows) < len(batch.seqs):
-            eager_rows = [r for r in range(len(batch.seqs)) if r not in set(graph_rows)]
+            in_graph = set(graph_rows)
+            eager_rows = [r for r in range(len(batch.seqs)) if r not in in_graph]
             sub = batch.subset(eager_rows) if graph_rows else batch
             self._prefill_eager(sub, [sample_index[r] for r in eager_rows if r in sample_index])
         dummy = self.last_tokens.shape[0] - 1
