@@ -20,6 +20,7 @@ def engine(utilization, **kw):
             max_num_seqs=8,
             max_model_len=160,
             gpu_memory_utilization=utilization,
+            mixed_prefill_tokens=4,  # with <= 4 streams, a mixed step's rows fit the top rung (8) in both
             **kw,
         )
     )
@@ -49,6 +50,42 @@ def test_cuda_graphs_with_async_scheduling_equal_eager(engines, batch):
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     prompts = ["p" * (5 + 17 * i) for i in range(batch)]  # 6 to 125 tokens: across the prefill rungs
     assert run_all(graph, prompts, params) == run_all(eager, prompts, params)
+
+
+def test_mixed_steps_through_the_decode_graph_equal_eager(engines):
+    graph, eager = engines
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    prompts = ["m" * (9 + 11 * i) for i in range(4)]
+
+    def staggered(eng):
+        out, kinds, ids = {}, [], []
+        schedule = eng.scheduler.schedule
+
+        def spy():
+            batch = schedule()
+            kinds.append(batch.kind if batch is not None else None)
+            return batch
+
+        eng.scheduler.schedule = spy
+        try:
+            for step in range(400):
+                if step % 4 == 0 and len(ids) < len(prompts):
+                    ids.append(eng.add_request(prompts[len(ids)], params))
+                    out[ids[-1]] = []
+                for o in eng.step():
+                    out[o.seq_id].append(o.new_token_id)
+                if len(ids) == len(prompts) and not eng.has_unfinished():
+                    break
+        finally:
+            del eng.scheduler.schedule
+        return [out[i] for i in ids], kinds
+
+    before = graph.decode_graphs.runners["greedy"].stats.num_replayed
+    got, kinds = staggered(graph)
+    assert "mixed" in kinds
+    assert got == staggered(eager)[0]
+    runner = graph.decode_graphs.runners["greedy"]
+    assert runner.stats.num_replayed > before and runner.stats.eager_fallback == {}
 
 
 def test_every_graph_captured_and_replayed_without_fallback(engines):

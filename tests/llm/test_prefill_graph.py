@@ -12,6 +12,7 @@ from graphrun.llm.sampling_params import SamplingParams
 def engine(**kw):
     kw.setdefault("max_num_seqs", 4)
     kw.setdefault("max_model_len", 96)
+    kw.setdefault("mixed_prefill_tokens", 0)  # every prompt prefills in a prefill step (see test_mixed.py)
     return LLMEngine(EngineConfig(model="tiny", **kw))
 
 

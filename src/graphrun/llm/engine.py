@@ -20,13 +20,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
 from graphrun.errors import ConfigError
 from graphrun.graphs.sizes import default_ladder, normalize_ladder
 from graphrun.llm.block_manager import BlockManager
-from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape, DecodeStep
+from graphrun.llm.decode_graph import (
+    FEED_COLUMN,
+    NUM_FIXED_INT_COLUMNS,
+    DecodeGraphs,
+    DecodeShape,
+    DecodeStep,
+)
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache, gpu_kv_budget, num_blocks_for_budget
 from graphrun.llm.prefill_graph import PrefillGraphs, prefill_ladder
@@ -72,9 +79,11 @@ class LLMEngine:
         self._load_model()
         self._allocate_kv_cache()
         self._build_scheduler()
-        # the newest step's sampled tokens, on the device: the next step's feed (decode_graph.py); the
-        # extra last row takes the tokens of prefill chunks that sample nothing
-        self.last_tokens = torch.zeros(config.max_num_seqs + 1, dtype=torch.int64, device=self.device)
+        # the newest step's sampled tokens, on the device: the next step's feed (decode_graph.py). One row
+        # per token of the largest decode or mixed step; the extra last row takes the tokens of prefill
+        # chunks that sample nothing
+        rows = config.max_num_seqs + config.mixed_prefill_tokens + 1
+        self.last_tokens = torch.zeros(rows, dtype=torch.int64, device=self.device)
         self.decode_graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
         self._eager_decode = {
@@ -114,8 +123,15 @@ class LLMEngine:
 
     def _build_scheduler(self) -> None:
         cfg = self.config
+        graphs = cfg.graph_backend_for(self.device) is not None
         sched = SchedulerConfig(
-            self.max_model_len, cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.block_size
+            self.max_model_len,
+            cfg.max_num_seqs,
+            cfg.max_num_batched_tokens,
+            cfg.block_size,
+            mixed_prefill_tokens=cfg.mixed_prefill_tokens,
+            # a mixed step's rows must fit the top decode rung, or it would run eager
+            max_mixed_rows=max(self.capture_sizes(), default=None) if graphs else None,
         )
         eos = self.model_config.eos_token_ids or self.tokenizer.eos_token_ids
         self.scheduler = Scheduler(sched, BlockManager(self.num_blocks, cfg.block_size), eos)
@@ -206,7 +222,7 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if batch is not None:
             try:
-                tokens = self._run_decode(batch) if batch.kind == "decode" else self._run_prefill(batch)
+                tokens = self._run_prefill(batch) if batch.kind == "prefill" else self._run_decode(batch)
             except Exception:
                 self.scheduler.discard(batch)  # `previous` stays launched: the next step() returns it
                 raise
@@ -312,30 +328,50 @@ class LLMEngine:
         self.last_tokens.index_copy_(0, index, tokens)
 
     def _run_decode(self, batch: ScheduledBatch) -> torch.Tensor:
+        """A decode or mixed batch through the decode graph (or eager): one row per token.
+
+        Returns the sample rows' tokens. In a mixed batch they are gathered from the token rows (a prompt
+        chunk samples only its last token, and only when it completes the prompt) and written to the
+        front of last_tokens, where the next step's feed rows look for them.
+        """
         ints, floats = self._pack_decode(batch)
         greedy = all(seq.params.temperature == 0 for seq in batch.seqs)
         graphs = self.decode_graphs
         if graphs is not None:
-            return graphs.run(ints, floats, greedy)
-        return self._eager_decode[greedy](to_device(ints, self.device), to_device(floats, self.device))
+            tokens = graphs.run(ints, floats, greedy)
+        else:
+            tokens = self._eager_decode[greedy](to_device(ints, self.device), to_device(floats, self.device))
+        if batch.kind == "decode":
+            return tokens
+        index = to_device(batch.sample_token_indices, self.device, torch.int64)
+        sampled = tokens.index_select(0, index)
+        self.last_tokens[: sampled.shape[0]].copy_(sampled)
+        return sampled
 
     def _pack_decode(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """decode_graph.py's two packed per-step tensors, built on the host in one go."""
-        width = self.max_blocks_per_seq
-        feed = self._feed_rows(batch)
-        rows = [
-            [max(token, 0), pos, slot, ctx, seq.rng_seed, src, *table, *([0] * (width - len(table)))]
-            for token, pos, slot, ctx, seq, src, table in zip(
-                batch.input_ids, batch.positions, batch.slot_mapping, batch.context_lens, batch.seqs,
-                feed, batch.block_tables, strict=True,
-            )
-        ]  # fmt: skip
-        ints = torch.tensor(rows, dtype=torch.int64)
-        floats = torch.tensor(
-            [[s.params.temperature, s.params.top_p, float(s.params.top_k)] for s in batch.seqs],
-            dtype=torch.float32,
-        )
-        return ints, floats
+        """decode_graph.py's two packed per-step tensors, one row per token, built with numpy.
+
+        A prompt chunk's token is a row like a decode token: its own position, slot and context length
+        (position + 1), its sequence's seed, sampling parameters and block table. Block-table columns
+        past a sequence's blocks stay 0 (attention reads only blocks below the context length).
+        """
+        num_tokens = batch.num_tokens
+        ints = np.zeros((num_tokens, NUM_FIXED_INT_COLUMNS + self.max_blocks_per_seq), dtype=np.int64)
+        ints[:, 0] = batch.input_ids
+        np.maximum(ints[:, 0], 0, out=ints[:, 0])  # PLACEHOLDER rows: the feed column says where to look
+        ints[:, 1] = batch.positions
+        ints[:, 2] = batch.slot_mapping
+        ints[:, 3] = ints[:, 1] + 1
+        ints[:, FEED_COLUMN] = self._feed_rows(batch)
+        floats = np.empty((num_tokens, 3), dtype=np.float32)
+        starts = batch.query_start
+        for row, (seq, table) in enumerate(zip(batch.seqs, batch.block_tables, strict=True)):
+            a, b = starts[row], starts[row + 1]
+            params = seq.params
+            ints[a:b, 4] = seq.rng_seed
+            ints[a:b, NUM_FIXED_INT_COLUMNS : NUM_FIXED_INT_COLUMNS + len(table)] = table
+            floats[a:b] = (params.temperature, params.top_p, params.top_k)
+        return torch.from_numpy(ints), torch.from_numpy(floats)
 
     def _sampling_tensors(self, seqs: list[Sequence]) -> SamplingTensors:
         p = [s.params for s in seqs]

@@ -41,6 +41,9 @@ class EngineConfig:
     # fresh prefills (prompts from position 0) up to this many tokens replay a graph per prompt;
     # None: min(max_num_batched_tokens, max_model_len, 2048); 0: prefill always runs eager
     cuda_graph_max_prefill_tokens: int | None = None
+    # prompt tokens a decode step may carry (scheduler.py's mixed batches): running streams keep their
+    # pace while new prompts prefill in small chunks beside them; 0: prefill and decode steps alternate
+    mixed_prefill_tokens: int = 32
 
     def __post_init__(self) -> None:
         if self.graph_backend not in GRAPH_BACKENDS:
@@ -49,6 +52,10 @@ class EngineConfig:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.mixed_prefill_tokens < 0:
+            raise ConfigError(
+                f"mixed_prefill_tokens must be >= 0 (0: no mixed steps), got {self.mixed_prefill_tokens}"
+            )
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cpu_kv_cache_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

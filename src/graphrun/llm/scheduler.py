@@ -1,17 +1,25 @@
 """Continuous batching: which sequences run next step, with how many tokens, in which cache slots.
 
 Pure Python over `Sequence` and `BlockManager` (no model, no GPU), so every policy is tested on CPU.
-Each step is either a *prefill* batch (chunks of prompts, at most max_num_batched_tokens tokens; a long
-prompt is spread over several steps) or a *decode* batch (one token for every running sequence that has
-finished prefill: the uniform shape the captured decode graph wants). When both kinds of work exist they
-alternate, so running streams keep flowing during a flood of new prompts.
+Each step is a *prefill* batch (chunks of prompts, at most max_num_batched_tokens tokens; a long
+prompt is spread over several steps), a *decode* batch (one token for every running sequence that has
+finished prefill: the uniform shape the captured decode graph wants), or a *mixed* batch: a decode batch
+that also carries up to `mixed_prefill_tokens` prompt tokens, one row per token as far as the model is
+concerned (each prompt token is a query over its own sequence's cache up to its position, which the
+decode graph computes as it computes a decode row). Mixing keeps running streams on a steady beat while
+new prompts come in: a stream waits one slightly longer step, not a whole prefill. Without mixing
+(mixed_prefill_tokens=0), or when the decode rows leave no room, prefill and decode batches alternate.
 
 Policies, in order of priority:
 - FCFS: admission (WAITING -> RUNNING) takes the head of the queue only, bounded by max_num_seqs and by
   free blocks for the chunk it will prefill; nothing is admitted in a step that had to preempt.
-- A prompt is split into chunks only when it is the step's first row (it may exceed the whole budget);
-  one that would be cut just because earlier rows used the budget waits for the next step and starts
-  whole, so it prefills through a graph (fresh prompts do; continuation chunks run eager).
+- In a prefill batch a prompt is split into chunks only when it is the step's first row (it may exceed
+  the whole budget); one that would be cut just because earlier rows used the budget waits for the next
+  step and starts whole, so it prefills through a graph (fresh prompts do; continuation chunks run
+  eager). In a mixed batch any prompt is chunked to fit the budget.
+- A mixed batch is built only while some sequence decodes and prompt work waits; its decode rows come
+  first, then continuation chunks (admission order), then admissions; rows never exceed
+  `max_mixed_rows` (the top decode graph rung) and prompt chunks never preempt.
 - Preemption by recompute: when an admitted sequence needs a block and none is free, the most recently
   admitted running sequence loses its blocks and goes back to the FRONT of the queue with its generated
   tokens kept; it re-prefills prompt + output later. `add()` rejects requests that could never fit the
@@ -45,7 +53,7 @@ from graphrun.llm.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
-BatchKind = Literal["prefill", "decode"]
+BatchKind = Literal["prefill", "decode", "mixed"]
 RejectCode = Literal["empty_prompt", "too_long", "exceeds_cache"]
 
 PLACEHOLDER = -1  # a sampled token whose value is still on the device (asynchronous scheduling)
@@ -64,18 +72,26 @@ class RequestRejected(GraphrunError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
-    """Batch limits. max_num_batched_tokens bounds a prefill step's tokens (the chunk budget)."""
+    """Batch limits. max_num_batched_tokens bounds a prefill step's tokens (the chunk budget);
+    mixed_prefill_tokens bounds the prompt tokens a decode step may carry (0: never mix), and
+    max_mixed_rows a mixed step's rows, decode and prompt tokens together (None: no bound)."""
 
     max_model_len: int
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     block_size: int = 16
+    mixed_prefill_tokens: int = 0
+    max_mixed_rows: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"SchedulerConfig.{name} must be a positive int, got {value!r}")
+        for name in ("mixed_prefill_tokens", "max_mixed_rows"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(f"SchedulerConfig.{name} must be an int >= 0, got {value!r}")
 
     @property
     def max_blocks_per_seq(self) -> int:
@@ -276,6 +292,10 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch | None:
         """The next step's batch, or None when there is nothing to run."""
         assert self._in_flight is None, "advance() or update() the previous batch before scheduling the next"
+        mixed = self._schedule_mixed()
+        if mixed is not None:
+            self._last_kind, self._in_flight = mixed.kind, mixed
+            return mixed
         decode_first = self._last_kind == "prefill" and any(
             s.num_uncomputed_tokens == 1 for s in self._running
         )
@@ -295,6 +315,46 @@ class Scheduler:
                 rows.append((seq, 1))
         return self._build("decode", rows)
 
+    def _schedule_mixed(self) -> ScheduledBatch | None:
+        """Decode rows plus prompt chunks within the mixed budget; None when mixing does not apply.
+
+        It applies while some sequence is ready to decode, prompt work exists, and the decode rows leave
+        room under max_mixed_rows; otherwise schedule() alternates plain prefill and decode batches.
+        """
+        cfg = self.config
+        if cfg.mixed_prefill_tokens == 0:
+            return None
+        ready = [s for s in self._running if s.num_uncomputed_tokens == 1]
+        prompt_work = bool(self._waiting) or any(s.is_prefilling for s in self._running)
+        cap = cfg.max_mixed_rows
+        room = cfg.mixed_prefill_tokens if cap is None else min(cfg.mixed_prefill_tokens, cap - len(ready))
+        if not ready or not prompt_work or room < 1:
+            return None
+        num_preemptions = self.num_preemptions
+        rows: list[tuple[Sequence, int]] = []
+        for seq in ready:
+            if seq.status is SequenceStatus.RUNNING and self._grow(seq, 1):
+                rows.append((seq, 1))
+        if not rows:
+            return None
+        num_decode, budget = len(rows), room
+        chunked = {seq.seq_id for seq, _ in rows}
+        manager = self.block_manager
+        for seq in list(self._running):  # continuation chunks: only blocks that are free, never a preemption
+            if budget == 0:
+                break
+            if seq.seq_id in chunked or not seq.is_prefilling:
+                continue
+            free = manager.max_tokens_for(seq) - seq.num_computed_tokens
+            num_new = min(seq.num_uncomputed_tokens, budget, free)
+            if num_new >= 1:
+                manager.allocate(seq, seq.num_computed_tokens + num_new)
+                rows.append((seq, num_new))
+                budget -= num_new
+        if self.num_preemptions == num_preemptions:
+            self._admit(rows, budget, chunk_any=True)
+        return self._build("mixed" if len(rows) > num_decode else "decode", rows)
+
     def _schedule_prefill(self) -> ScheduledBatch | None:
         """Continue partial prefills (admission order), then admit from the queue, within the token budget."""
         budget = self.config.max_num_batched_tokens
@@ -312,13 +372,16 @@ class Scheduler:
             self._admit(rows, budget)
         return self._build("prefill", rows)
 
-    def _admit(self, rows: list[tuple[Sequence, int]], budget: int) -> None:
-        """Move queue heads to running while seats, budget and free blocks for their first chunk last."""
+    def _admit(self, rows: list[tuple[Sequence, int]], budget: int, chunk_any: bool = False) -> None:
+        """Move queue heads to running while seats, budget and free blocks for their first chunk last.
+
+        chunk_any: a prompt may be cut to the budget in any row (mixed batches), not only the first.
+        """
         manager = self.block_manager
         while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
             seq = self._waiting[0]
             num_new = min(seq.num_uncomputed_tokens, budget)
-            if num_new < seq.num_uncomputed_tokens and rows:
+            if num_new < seq.num_uncomputed_tokens and rows and not chunk_any:
                 break  # it fits a later step whole: chunk only what no single step can hold
             if not manager.can_allocate(num_new, seq):
                 break  # FCFS: nobody overtakes the head

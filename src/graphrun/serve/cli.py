@@ -55,6 +55,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         help="fresh prompts up to this many tokens prefill in a graph (default: up to 2048; 0: off)",
     )
     p.add_argument(
+        "--mixed-prefill-tokens",
+        type=int,
+        default=eng.mixed_prefill_tokens,
+        help="prompt tokens a decode step may carry, so streams keep pace while prompts prefill "
+        "(0: prefill and decode steps alternate)",
+    )
+    p.add_argument(
         "--no-async-scheduling",
         dest="async_scheduling",
         action="store_false",
@@ -101,6 +108,7 @@ def run_serve(args: argparse.Namespace) -> int:
             cuda_graph_sizes=args.cuda_graph_sizes,
             cuda_graph_max_prefill_tokens=args.cuda_graph_max_prefill_tokens,
             async_scheduling=args.async_scheduling,
+            mixed_prefill_tokens=args.mixed_prefill_tokens,
             graph_backend=args.graph_backend,
         )
         serve_config = ServeConfig(
