@@ -59,7 +59,9 @@ def _add_decode_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
     decode.add_argument("--batch-sizes", default="1,4,16,64", help="comma-separated batch sizes")
     decode.add_argument("--context", type=int, default=512, help="prompt tokens per request")
     decode.add_argument("--new-tokens", type=int, default=128, help="tokens generated per request")
-    decode.add_argument("--steps", type=int, default=50, help="timed decode steps per mode and batch size")
+    decode.add_argument(
+        "--steps", type=int, default=25, help="timed decode steps per mode, way and batch size"
+    )
     decode.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     decode.add_argument("--peers", action="store_true", help="also time Hugging Face transformers")
     decode.add_argument(

@@ -22,6 +22,9 @@ ROW_KEYS = {
     "context_mean",
     "graph",
     "eager",
+    "graph_sync",
+    "eager_sync",
+    "graph_sync_over_floor",
     "replay",
     "speedup",
     "floor_bytes",
@@ -59,7 +62,7 @@ def tiny_setup(tmp_path, **kw) -> DecodeSetup:
         model="tiny",
         batch_sizes=(1, 2),
         context=16,
-        new_tokens=8,
+        new_tokens=24,  # 1 probe + 2 x 3 synchronized + 5 warm-up + 2 x 5 pipelined decode steps
         steps=STEPS,
         warmup=0,
         dtype="float32",
@@ -103,13 +106,15 @@ def test_tiny_cpu_run_writes_its_json_and_times_both_paths(tmp_path, monkeypatch
         assert set(row) >= ROW_KEYS
         assert row["tokens_match"]  # graph and eager greedy tokens agree on the same packed inputs
         assert row["floor_ms"] > 0 and row["graph"]["median_ms"] > 0
-    assert saved["generate"]["tokens_match_eager"] and saved["generate"]["new_tokens"] == 8
+    assert saved["generate"]["tokens_match_eager"] and saved["generate"]["new_tokens"] == 24
     assert saved["ok"] and payload["ok"]
     assert saved["engine"]["decode_graphs"] and saved["engine"]["capture_sizes"] == [1, 2]
     assert saved["goals"] and not any(g["met"] for g in saved["goals"])  # CPU timings never meet a target
     engine, eager_calls = engines[0]
-    assert len(eager_calls) >= 2 * STEPS  # the eager blocks really ran eager ...
-    assert engine.decode_graphs.runners["greedy"].stats.num_replayed >= 2 * STEPS  # ... and graphs replayed
+    pipelined = decode.BLOCK_STEPS  # one timed block per path (STEPS < BLOCK_STEPS)
+    assert len(eager_calls) >= 2 * STEPS + pipelined  # the eager blocks really ran eager ...
+    replayed = engine.decode_graphs.runners["greedy"].stats.num_replayed
+    assert replayed >= 2 * STEPS + 2 * pipelined  # ... and graphs replayed
 
 
 def test_setup_rejects_a_window_longer_than_the_requests(tmp_path):

@@ -3,11 +3,16 @@
 Decode is bandwidth-bound (each step reads every weight once, plus each sequence's KV cache), so every
 batch size is judged against that floor (decode_report.py), not only against eager. One engine serves every
 point: per batch size B it prefills B random prompts in one step, then times `engine.step()` on pure decode
-batches with graphs on and off in alternating blocks, so both paths see the same contexts. The context
-grows one token per step (512 -> ~617 with the defaults); the floor uses the window's mean context. A probe
-step first runs the same packed inputs through both paths (greedy tokens must agree) and times the graph
-replay alone with CUDA events. Peers live in peers.py. Without CUDA the tiny preset runs on the sim
-backend: a smoke test of the code path whose timings mean nothing.
+batches with graphs on and off in alternating blocks, so both paths see the same contexts, two ways:
+- pipelined (the headline, what the targets use): the engine's default asynchronous scheduling, blocks
+  of consecutive steps timed from a device sync to a device sync, so the host schedules step n+1 while
+  the device runs step n, as in serving; a step costs max(host, device) plus what does not overlap;
+- synchronized: a device sync before and after every step, so host and device times add up (the
+  latency of one step run alone).
+The context grows one token per step (512 -> ~620 with the defaults); each window's floor uses its mean
+context. A probe step first runs the same packed inputs through both paths (greedy tokens must agree)
+and times the graph replay alone with CUDA events. Peers live in peers.py. Without CUDA the tiny preset
+runs on the sim backend: a smoke test of the code path whose timings mean nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +69,8 @@ class DecodeSetup:
             raise ConfigError(
                 f"--new-tokens {self.new_tokens} leaves {self.new_tokens - 1} decode steps per request, but "
                 f"the timing needs {self.decode_steps_needed} (1 probe + 2 x ({self.warmup} warm-up + "
-                f"{self.steps} --steps)); raise --new-tokens or lower --steps"
+                f"{self.steps} --steps) synchronized + {BLOCK_STEPS} warm-up + 2 x "
+                f"{self.pipelined_blocks * BLOCK_STEPS} pipelined); raise --new-tokens or lower --steps"
             )
         extra = sorted(set(self.peer_batch_sizes) - set(self.batch_sizes))
         if extra:
@@ -72,8 +78,14 @@ class DecodeSetup:
 
     @property
     def decode_steps_needed(self) -> int:
-        """Decode steps one batch point uses: the probe, then warm-up and timed steps of both paths."""
-        return 1 + 2 * (self.warmup + self.steps)
+        """Decode steps one batch point uses: the probe, warm-up and timed synchronized steps of both
+        paths, one warm-up block of pipelined steps, and the timed pipelined steps of both paths."""
+        return 1 + 2 * (self.warmup + self.steps) + BLOCK_STEPS + 2 * self.pipelined_blocks * BLOCK_STEPS
+
+    @property
+    def pipelined_blocks(self) -> int:
+        """Timed pipelined blocks per path (each BLOCK_STEPS steps): about `steps` steps."""
+        return max(1, self.steps // BLOCK_STEPS)
 
     @property
     def params(self) -> SamplingParams:
@@ -211,26 +223,63 @@ def bench_batch(engine: LLMEngine, num_seqs: int, setup: DecodeSetup, bandwidth:
     }
     rounds = max(1, setup.steps // BLOCK_STEPS)
     times = time_interleaved(fns, setup.steps, setup.warmup, setup.sync, rounds=rounds)
+    pipelined = _time_pipelined(engine, num_seqs, setup)
     for seq_id in ids:
         engine.abort(seq_id)
+    engine.step()  # the last pipelined step's tokens: nothing is left in flight
+    engine.async_scheduling = False
     # decode step j after the fill sees context + 1 + j cached tokens; the probe was step 0
     first = setup.context + 2 + 2 * setup.warmup
-    context_mean = first + (2 * setup.steps - 1) / 2
-    graph, eager = summarize(times["graph"]), summarize(times["eager"])
-    floor = step_floor(engine.model_config, num_seqs, context_mean, engine.dtype.itemsize, bandwidth)
+    first_pipelined = first + 2 * setup.steps + BLOCK_STEPS
+    num_pipelined = 2 * setup.pipelined_blocks * BLOCK_STEPS
+    context_mean = first_pipelined + (num_pipelined - 1) / 2
+    sync_context_mean = first + (2 * setup.steps - 1) / 2
+    graph, eager = pipelined["graph"], pipelined["eager"]
+    graph_sync, eager_sync = summarize(times["graph"]), summarize(times["eager"])
+    itemsize = engine.dtype.itemsize
+    floor = step_floor(engine.model_config, num_seqs, context_mean, itemsize, bandwidth)
+    sync_floor = step_floor(engine.model_config, num_seqs, sync_context_mean, itemsize, bandwidth)
     return {
         "batch": num_seqs,
-        "context_first": first,
-        "context_last": first + 2 * setup.steps - 1,
+        "context_first": first_pipelined,
+        "context_last": first_pipelined + num_pipelined - 1,
         "context_mean": context_mean,
         "graph": graph,
         "eager": eager,
+        "graph_sync": graph_sync,
+        "eager_sync": eager_sync,
         "replay": probe["replay"],
         "speedup": eager["median_ms"] / graph["median_ms"],
         **floor.against(graph["median_ms"]),
+        "sync_context_mean": sync_context_mean,
+        "graph_sync_over_floor": sync_floor.against(graph_sync["median_ms"])["graph_over_floor"],
         "tokens_per_s": num_seqs / graph["median_ms"] * 1e3,
         "tokens_match": probe["tokens_match"],
     }
+
+
+def _time_pipelined(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, dict[str, float]]:
+    """Per-step ms of consecutive asynchronous steps, graph and eager blocks alternating (summaries).
+
+    Each block is BLOCK_STEPS step() calls between two device syncs, divided by BLOCK_STEPS. The first
+    step of a block also resolves the previous block's last step, so every block holds the same work.
+    One untimed block first: the switch from synchronous scheduling leaves nothing in flight.
+    """
+    engine.async_scheduling = True
+    for _ in range(BLOCK_STEPS):
+        engine.step()
+    per_step: dict[str, list[float]] = {"graph": [], "eager": []}
+    for _ in range(setup.pipelined_blocks):
+        for mode, times in per_step.items():
+            with _graphs_off(engine) if mode == "eager" else nullcontext():
+                setup.sync()
+                start = time.perf_counter()
+                for _ in range(BLOCK_STEPS):
+                    if len(engine.step()) != num_seqs:
+                        raise RuntimeError(f"a pipelined step of {num_seqs} sequences returned fewer tokens")
+                setup.sync()
+                times.append((time.perf_counter() - start) / BLOCK_STEPS * 1e3)
+    return {mode: summarize(times) for mode, times in per_step.items()}
 
 
 def _generate_once(engine: LLMEngine, prompt: list[int], params: SamplingParams) -> tuple[float, list[int]]:

@@ -15,6 +15,7 @@ from graphrun.errors import ConfigError
 GRAPH_BACKENDS = ("auto", "cuda", "sim")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 MIB = 2**20
+SERVE_MIXED_PREFILL_TOKENS = 64  # the server's default; a mixed step never exceeds the top decode rung
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +43,10 @@ class EngineConfig:
     # None: min(max_num_batched_tokens, max_model_len, 2048); 0: prefill always runs eager
     cuda_graph_max_prefill_tokens: int | None = None
     # prompt tokens a decode step may carry (scheduler.py's mixed batches): running streams keep their
-    # pace while new prompts prefill in small chunks beside them; 0: prefill and decode steps alternate
-    mixed_prefill_tokens: int = 32
+    # pace while new prompts prefill in small chunks beside them, at the cost of slower prefill. 0 (the
+    # engine's default, for offline batch jobs that want throughput): prefill and decode steps alternate.
+    # `graphrun serve` defaults to SERVE_MIXED_PREFILL_TOKENS: streams want a steady inter-token latency
+    mixed_prefill_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.graph_backend not in GRAPH_BACKENDS:

@@ -17,7 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from graphrun.errors import GraphrunError
-from graphrun.llm.engine_config import DTYPES, GRAPH_BACKENDS, EngineConfig
+from graphrun.llm.engine_config import DTYPES, GRAPH_BACKENDS, SERVE_MIXED_PREFILL_TOKENS, EngineConfig
 from graphrun.serve.config import ServeConfig
 
 if TYPE_CHECKING:  # uvicorn and FastAPI are the optional `serve` extra: imported when serving
@@ -57,9 +57,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mixed-prefill-tokens",
         type=int,
-        default=eng.mixed_prefill_tokens,
+        default=SERVE_MIXED_PREFILL_TOKENS,
         help="prompt tokens a decode step may carry, so streams keep pace while prompts prefill "
-        "(0: prefill and decode steps alternate)",
+        f"(default {SERVE_MIXED_PREFILL_TOKENS}, capped by the top capture size; 0: prefill and decode "
+        "steps alternate)",
     )
     p.add_argument(
         "--no-async-scheduling",
