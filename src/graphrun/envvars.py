@@ -4,6 +4,8 @@
   the working tree on a GPU machine); scripts/gpu-check's caller sets it.
 - GRAPHRUN_DISABLE_TRITON: any non-empty value other than "0" makes the LLM layers use their torch
   reference ops on CUDA too (to compare, or to work around a kernel problem).
+- GRAPHRUN_DISABLE_SKINNY_GEMM: the same for the decode-sized matmuls alone: cuBLAS instead of
+  skinny_matmul (kernels/triton_ops.py), the other fused kernels kept.
 """
 
 from __future__ import annotations
@@ -20,3 +22,8 @@ def git_commit_override() -> str | None:
 def triton_disabled() -> bool:
     """True when GRAPHRUN_DISABLE_TRITON asks for the torch reference ops."""
     return os.environ.get("GRAPHRUN_DISABLE_TRITON", "").strip() not in ("", "0")
+
+
+def skinny_gemm_disabled() -> bool:
+    """True when GRAPHRUN_DISABLE_SKINNY_GEMM asks for cuBLAS on decode-sized matmuls."""
+    return os.environ.get("GRAPHRUN_DISABLE_SKINNY_GEMM", "").strip() not in ("", "0")

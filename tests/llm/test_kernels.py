@@ -96,6 +96,7 @@ def test_silu_mul_matches_reference():
 
 def test_tiny_model_fused_path_equals_torch_path(monkeypatch):
     """The model wired to the Triton kernels gives the torch path's logits, prefill and decode."""
+    from graphrun.llm import kernels
     from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache
     from graphrun.llm.layers import mlp, norm
     from graphrun.llm.layers.attention import AttentionMetadata
@@ -105,7 +106,7 @@ def test_tiny_model_fused_path_equals_torch_path(monkeypatch):
     model, _, cfg = load_model("tiny", DTYPE, DEVICE)
 
     def run(fused: bool) -> torch.Tensor:
-        for module in (norm, mlp, decoder):
+        for module in (norm, mlp, decoder, kernels):  # kernels: linear() and the skinny matmuls
             monkeypatch.setattr(module, "triton_enabled", lambda t, fused=fused: fused)
         kv = allocate_kv_cache(KVCacheSpec.from_model(cfg, 16, DTYPE), 8, DEVICE)
         tables = torch.tensor([[1, 2]], device=DEVICE, dtype=torch.int32)
@@ -133,3 +134,26 @@ def test_tiny_model_fused_path_equals_torch_path(monkeypatch):
         return torch.cat([prefill, decode])
 
     torch.testing.assert_close(run(True), run(False), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 48, 64), (3, 100, 96), (16, 64, 160)])
+@pytest.mark.parametrize("silu_mul", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_skinny_matmul_matches_reference(m, n, k, silu_mul, bias):
+    torch.manual_seed(m + n + k)
+    x = rand(m, 2 * k if silu_mul else k)
+    w, b = rand(n, k) * 0.1, rand(n) if bias else None
+    got = ops.skinny_matmul(x, w, b, silu_mul=silu_mul)
+    act = ops.silu_mul(x) if silu_mul else x
+    want = torch.nn.functional.linear(act, w, b)
+    assert got.shape == (m, n) and got.dtype == w.dtype
+    torch.testing.assert_close(got.float(), want.float(), rtol=TOL, atol=TOL)
+    logits = ops.skinny_matmul(x, w, b, silu_mul=silu_mul, out_dtype=torch.float32)
+    assert logits.dtype == torch.float32 and torch.equal(logits, got.float())
+
+
+def test_skinny_matmul_rejects_what_it_cannot_do():
+    with pytest.raises(ValueError, match="at most 16 rows"):
+        ops.skinny_matmul(rand(17, 8), rand(4, 8))
+    with pytest.raises(ValueError, match="does not fit"):
+        ops.skinny_matmul(rand(2, 8), rand(4, 16))

@@ -11,8 +11,11 @@ import functools
 from types import ModuleType
 
 import torch
+from torch import nn
 
-from graphrun.envvars import triton_disabled
+from graphrun.envvars import skinny_gemm_disabled, triton_disabled
+
+SKINNY_MAX_ROWS = 16  # rows (tokens) up to which decode matmuls use skinny_matmul instead of cuBLAS
 
 
 @functools.cache
@@ -35,3 +38,17 @@ def kernel_ops() -> ModuleType:
     from graphrun.llm.kernels import triton_ops as module
 
     return module
+
+
+def skinny_enabled(x: torch.Tensor) -> bool:
+    """Whether a matmul with input x (rows, k) goes to the skinny (decode-sized) kernel."""
+    return x.dim() == 2 and x.shape[0] <= SKINNY_MAX_ROWS and triton_enabled(x) and not skinny_gemm_disabled()
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """layer(x), through skinny_matmul for decode-sized inputs on CUDA (the same values, rounded alike)."""
+    if skinny_enabled(x):
+        out: torch.Tensor = kernel_ops().skinny_matmul(x, layer.weight, layer.bias)
+        return out
+    result: torch.Tensor = layer(x)
+    return result

@@ -276,3 +276,90 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     block = 1024
     _silu_mul_kernel[(num_tokens, triton.cdiv(n, block))](x, out, n, x.stride(0), BLOCK=block)
     return out
+
+
+@triton.jit
+def _skinny_matmul_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr, M, N, stride_xm, stride_wn, stride_om, K: tl.constexpr,
+    SILU_MUL: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """out[:M, cols] = act(x)[:M] @ w[cols].T for one block of BLOCK_N output columns, streaming w once.
+
+    SILU_MUL: x is [gate | up] (width 2K) and act(x) = silu(gate) * up, rounded as silu_mul rounds it.
+    K is a compile-time constant: a model has a handful of weight widths, and the loop bound is static.
+    """
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.arange(0, BLOCK_M)
+    col_ok = cols < N
+    row_ok = rows < M
+    ks = tl.arange(0, BLOCK_K)
+    x_rows = x_ptr + rows[:, None] * stride_xm
+    w_rows = w_ptr + cols[:, None].to(tl.int64) * stride_wn
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + ks
+        if EVEN_K:
+            x_mask = row_ok[:, None]
+            w_mask = col_ok[:, None]
+        else:
+            x_mask = row_ok[:, None] & (k < K)[None, :]
+            w_mask = col_ok[:, None] & (k < K)[None, :]
+        w = tl.load(w_rows + k[None, :], mask=w_mask, other=0.0)
+        if SILU_MUL:
+            gate = tl.load(x_rows + k[None, :], mask=x_mask, other=0.0)
+            up = tl.load(x_rows + K + k[None, :], mask=x_mask, other=0.0)
+            g = gate.to(tl.float32)
+            act = (g / (1.0 + tl.exp(-g))).to(gate.dtype).to(tl.float32)
+            x = (act * up.to(tl.float32)).to(gate.dtype)
+        else:
+            x = tl.load(x_rows + k[None, :], mask=x_mask, other=0.0)
+        acc += tl.dot(x, tl.trans(w))
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    out = acc.to(w_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty)  # rounded as the weights' dtype
+    tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], out, mask=row_ok[:, None] & col_ok[None, :])
+
+
+SKINNY_MAX_ROWS = 16  # one 16-row MMA tile (the same bound as kernels.SKINNY_MAX_ROWS)
+
+
+def skinny_config(n: int, k: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for an (n, k) weight.
+
+    Decode GEMMs are weight streams: every program reads its BLOCK_N weight rows once. Narrow blocks give
+    the 1024-wide outputs enough programs for the SMs; wide K blocks keep enough bytes in flight per SM.
+    """
+    block_n = 16 if n <= 8192 else 64
+    block_k = 512 if n <= 2048 else 256
+    return block_n, min(block_k, triton.next_power_of_2(k)), 4, 4
+
+
+def skinny_matmul(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    silu_mul: bool = False,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """x (m, k) [or (m, 2k) = [gate | up] with silu_mul] @ weight (n, k).T (+ bias) -> (m, n), m <= 16.
+
+    The decode-sized matmul: cuBLAS picks general GEMM tiles for these shapes and leaves bandwidth
+    unused; this streams the weight once with the few rows held in one 16-row tile. The result is rounded
+    to the weight's dtype, then stored as out_dtype (default: the weight's; float32 for logits).
+    """
+    m = x.shape[0]
+    n, k = weight.shape
+    if m > SKINNY_MAX_ROWS:
+        raise ValueError(f"skinny_matmul takes at most {SKINNY_MAX_ROWS} rows, got {m}")
+    if x.shape[1] != (2 * k if silu_mul else k) or x.stride(1) != 1 or weight.stride(1) != 1:
+        raise ValueError(f"skinny_matmul: x {tuple(x.shape)} does not fit weight {tuple(weight.shape)}")
+    out = torch.empty(m, n, dtype=out_dtype or weight.dtype, device=x.device)
+    block_n, block_k, warps, stages = skinny_config(n, k)
+    _skinny_matmul_kernel[(triton.cdiv(n, block_n),)](
+        x, weight, bias if bias is not None else weight, out, m, n, x.stride(0), weight.stride(0),
+        out.stride(0), K=k,
+        SILU_MUL=silu_mul, HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0,
+        BLOCK_M=SKINNY_MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return out
