@@ -4,8 +4,8 @@
   the working tree on a GPU machine); scripts/gpu-check's caller sets it.
 - GRAPHRUN_DISABLE_TRITON: any non-empty value other than "0" makes the LLM layers use their torch
   reference ops on CUDA too (to compare, or to work around a kernel problem).
-- GRAPHRUN_DISABLE_SKINNY_GEMM: the same for the decode-sized matmuls alone: cuBLAS instead of
-  skinny_matmul (kernels/triton_ops.py), the other fused kernels kept.
+- GRAPHRUN_DISABLE_SKINNY_GEMM: the same for the decode-sized LM head alone: cuBLAS instead of
+  skinny_logits (kernels/triton_ops.py), the other fused kernels kept.
 """
 
 from __future__ import annotations
@@ -25,5 +25,5 @@ def triton_disabled() -> bool:
 
 
 def skinny_gemm_disabled() -> bool:
-    """True when GRAPHRUN_DISABLE_SKINNY_GEMM asks for cuBLAS on decode-sized matmuls."""
+    """True when GRAPHRUN_DISABLE_SKINNY_GEMM asks for cuBLAS on the decode-sized LM head."""
     return os.environ.get("GRAPHRUN_DISABLE_SKINNY_GEMM", "").strip() not in ("", "0")

@@ -62,7 +62,7 @@ def tiny_setup(tmp_path, **kw) -> DecodeSetup:
         model="tiny",
         batch_sizes=(1, 2),
         context=16,
-        new_tokens=24,  # 1 probe + 2 x 3 synchronized + 5 warm-up + 2 x 5 pipelined decode steps
+        new_tokens=25,  # 1 probe + 2 x 3 synchronized + 5 warm-up + 2 x (1 + 5) pipelined decode steps
         steps=STEPS,
         warmup=0,
         dtype="float32",
@@ -106,7 +106,7 @@ def test_tiny_cpu_run_writes_its_json_and_times_both_paths(tmp_path, monkeypatch
         assert set(row) >= ROW_KEYS
         assert row["tokens_match"]  # graph and eager greedy tokens agree on the same packed inputs
         assert row["floor_ms"] > 0 and row["graph"]["median_ms"] > 0
-    assert saved["generate"]["tokens_match_eager"] and saved["generate"]["new_tokens"] == 24
+    assert saved["generate"]["tokens_match_eager"] and saved["generate"]["new_tokens"] == 25
     assert saved["ok"] and payload["ok"]
     assert saved["engine"]["decode_graphs"] and saved["engine"]["capture_sizes"] == [1, 2]
     assert saved["goals"] and not any(g["met"] for g in saved["goals"])  # CPU timings never meet a target

@@ -106,7 +106,7 @@ def test_tiny_model_fused_path_equals_torch_path(monkeypatch):
     model, _, cfg = load_model("tiny", DTYPE, DEVICE)
 
     def run(fused: bool) -> torch.Tensor:
-        for module in (norm, mlp, decoder, kernels):  # kernels: linear() and the skinny matmuls
+        for module in (norm, mlp, decoder, kernels):  # kernels: skinny_enabled() for the LM head
             monkeypatch.setattr(module, "triton_enabled", lambda t, fused=fused: fused)
         kv = allocate_kv_cache(KVCacheSpec.from_model(cfg, 16, DTYPE), 8, DEVICE)
         tables = torch.tensor([[1, 2]], device=DEVICE, dtype=torch.int32)
@@ -136,24 +136,21 @@ def test_tiny_model_fused_path_equals_torch_path(monkeypatch):
     torch.testing.assert_close(run(True), run(False), rtol=TOL, atol=TOL)
 
 
-@pytest.mark.parametrize(("m", "n", "k"), [(1, 48, 64), (3, 100, 96), (16, 64, 160)])
-@pytest.mark.parametrize("silu_mul", [False, True])
-@pytest.mark.parametrize("bias", [False, True])
-def test_skinny_matmul_matches_reference(m, n, k, silu_mul, bias):
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 48, 64), (3, 100, 96), (16, 64, 768)])
+def test_skinny_logits_match_the_lm_head(m, n, k):
     torch.manual_seed(m + n + k)
-    x = rand(m, 2 * k if silu_mul else k)
-    w, b = rand(n, k) * 0.1, rand(n) if bias else None
-    got = ops.skinny_matmul(x, w, b, silu_mul=silu_mul)
-    act = ops.silu_mul(x) if silu_mul else x
-    want = torch.nn.functional.linear(act, w, b)
-    assert got.shape == (m, n) and got.dtype == w.dtype
-    torch.testing.assert_close(got.float(), want.float(), rtol=TOL, atol=TOL)
-    logits = ops.skinny_matmul(x, w, b, silu_mul=silu_mul, out_dtype=torch.float32)
-    assert logits.dtype == torch.float32 and torch.equal(logits, got.float())
+    hidden, w = rand(m, k), rand(n, k) * 0.1
+    got = ops.skinny_logits(hidden, w)
+    want = torch.nn.functional.linear(hidden, w).float()  # compute_logits: model dtype, then float32
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
 
 
-def test_skinny_matmul_rejects_what_it_cannot_do():
+def test_skinny_logits_reject_what_they_cannot_do():
     with pytest.raises(ValueError, match="at most 16 rows"):
-        ops.skinny_matmul(rand(17, 8), rand(4, 8))
+        ops.skinny_logits(rand(17, 64), rand(4, 64))
     with pytest.raises(ValueError, match="does not fit"):
-        ops.skinny_matmul(rand(2, 8), rand(4, 16))
+        ops.skinny_logits(rand(2, 64), rand(4, 128))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        ops.skinny_logits(rand(2, 40), rand(4, 40))
+    assert [ops.skinny_block_k(k) for k in (1024, 896, 96, 40)] == [256, 128, 32, 0]

@@ -5,8 +5,9 @@ batch size is judged against that floor (decode_report.py), not only against eag
 point: per batch size B it prefills B random prompts in one step, then times `engine.step()` on pure decode
 batches with graphs on and off in alternating blocks, so both paths see the same contexts, two ways:
 - pipelined (the headline, what the targets use): the engine's default asynchronous scheduling, blocks
-  of consecutive steps timed from a device sync to a device sync, so the host schedules step n+1 while
-  the device runs step n, as in serving; a step costs max(host, device) plus what does not overlap;
+  of consecutive steps timed from one step's return to a later one's with no device sync between, so
+  the host schedules step n+1 while the device runs step n, as in serving; a step costs about
+  max(host, device);
 - synchronized: a device sync before and after every step, so host and device times add up (the
   latency of one step run alone).
 The context grows one token per step (512 -> ~620 with the defaults); each window's floor uses its mean
@@ -70,7 +71,7 @@ class DecodeSetup:
                 f"--new-tokens {self.new_tokens} leaves {self.new_tokens - 1} decode steps per request, but "
                 f"the timing needs {self.decode_steps_needed} (1 probe + 2 x ({self.warmup} warm-up + "
                 f"{self.steps} --steps) synchronized + {BLOCK_STEPS} warm-up + 2 x "
-                f"{self.pipelined_blocks * BLOCK_STEPS} pipelined); raise --new-tokens or lower --steps"
+                f"{self.pipelined_blocks * (BLOCK_STEPS + 1)} pipelined); raise --new-tokens or lower --steps"
             )
         extra = sorted(set(self.peer_batch_sizes) - set(self.batch_sizes))
         if extra:
@@ -80,7 +81,9 @@ class DecodeSetup:
     def decode_steps_needed(self) -> int:
         """Decode steps one batch point uses: the probe, warm-up and timed synchronized steps of both
         paths, one warm-up block of pipelined steps, and the timed pipelined steps of both paths."""
-        return 1 + 2 * (self.warmup + self.steps) + BLOCK_STEPS + 2 * self.pipelined_blocks * BLOCK_STEPS
+        return (
+            1 + 2 * (self.warmup + self.steps) + BLOCK_STEPS + 2 * self.pipelined_blocks * (BLOCK_STEPS + 1)
+        )
 
     @property
     def pipelined_blocks(self) -> int:
@@ -231,7 +234,7 @@ def bench_batch(engine: LLMEngine, num_seqs: int, setup: DecodeSetup, bandwidth:
     # decode step j after the fill sees context + 1 + j cached tokens; the probe was step 0
     first = setup.context + 2 + 2 * setup.warmup
     first_pipelined = first + 2 * setup.steps + BLOCK_STEPS
-    num_pipelined = 2 * setup.pipelined_blocks * BLOCK_STEPS
+    num_pipelined = 2 * setup.pipelined_blocks * (BLOCK_STEPS + 1)
     context_mean = first_pipelined + (num_pipelined - 1) / 2
     sync_context_mean = first + (2 * setup.steps - 1) / 2
     graph, eager = pipelined["graph"], pipelined["eager"]
@@ -261,23 +264,27 @@ def bench_batch(engine: LLMEngine, num_seqs: int, setup: DecodeSetup, bandwidth:
 def _time_pipelined(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, dict[str, float]]:
     """Per-step ms of consecutive asynchronous steps, graph and eager blocks alternating (summaries).
 
-    Each block is BLOCK_STEPS step() calls between two device syncs, divided by BLOCK_STEPS. The first
-    step of a block also resolves the previous block's last step, so every block holds the same work.
-    One untimed block first: the switch from synchronous scheduling leaves nothing in flight.
+    No device sync inside the window: in steady state step() returns once the previous step's tokens
+    are on the host, so the time from one return to the BLOCK_STEPS-th next is BLOCK_STEPS steps of
+    the pipeline as it runs in serving. Each block starts with one untimed step (the switch of path);
+    one untimed block first fills the pipeline after synchronous scheduling.
     """
     engine.async_scheduling = True
     for _ in range(BLOCK_STEPS):
         engine.step()
     per_step: dict[str, list[float]] = {"graph": [], "eager": []}
+
+    def checked() -> None:
+        if len(engine.step()) != num_seqs:
+            raise RuntimeError(f"a pipelined step of {num_seqs} sequences returned fewer tokens")
+
     for _ in range(setup.pipelined_blocks):
         for mode, times in per_step.items():
             with _graphs_off(engine) if mode == "eager" else nullcontext():
-                setup.sync()
+                checked()
                 start = time.perf_counter()
                 for _ in range(BLOCK_STEPS):
-                    if len(engine.step()) != num_seqs:
-                        raise RuntimeError(f"a pipelined step of {num_seqs} sequences returned fewer tokens")
-                setup.sync()
+                    checked()
                 times.append((time.perf_counter() - start) / BLOCK_STEPS * 1e3)
     return {mode: summarize(times) for mode, times in per_step.items()}
 

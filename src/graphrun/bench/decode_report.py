@@ -198,7 +198,8 @@ def decode_payload(
         "timing": (
             "engine.step() on pure decode batches, graph and eager alternating in blocks. graph/eager "
             "(pipelined, what the goals use): asynchronous scheduling, blocks of "
-            f"{_block_steps()} consecutive steps between device syncs, per step; graph_sync/eager_sync: "
+            f"{_block_steps()} consecutive steps timed return to return, no device sync between, per step; "
+            "graph_sync/eager_sync: "
             "a device sync before and after each step (host and device time added); replay: CUDA events "
             "around the zero-copy greedy runner call (device time)"
         ),

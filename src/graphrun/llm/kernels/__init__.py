@@ -11,11 +11,10 @@ import functools
 from types import ModuleType
 
 import torch
-from torch import nn
 
 from graphrun.envvars import skinny_gemm_disabled, triton_disabled
 
-SKINNY_MAX_ROWS = 16  # rows (tokens) up to which decode matmuls use skinny_matmul instead of cuBLAS
+SKINNY_MAX_ROWS = 16  # rows up to which the LM head uses skinny_logits instead of cuBLAS
 
 
 @functools.cache
@@ -41,14 +40,5 @@ def kernel_ops() -> ModuleType:
 
 
 def skinny_enabled(x: torch.Tensor) -> bool:
-    """Whether a matmul with input x (rows, k) goes to the skinny (decode-sized) kernel."""
+    """Whether the LM head of input x (rows, hidden) goes to skinny_logits (decode-sized, on CUDA)."""
     return x.dim() == 2 and x.shape[0] <= SKINNY_MAX_ROWS and triton_enabled(x) and not skinny_gemm_disabled()
-
-
-def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """layer(x), through skinny_matmul for decode-sized inputs on CUDA (the same values, rounded alike)."""
-    if skinny_enabled(x):
-        out: torch.Tensor = kernel_ops().skinny_matmul(x, layer.weight, layer.bias)
-        return out
-    result: torch.Tensor = layer(x)
-    return result

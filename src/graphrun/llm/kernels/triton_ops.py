@@ -18,14 +18,19 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM_SPLITS", "ITERS"])
 def _paged_decode_split_kernel(
     q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, m_ptr, l_ptr, acc_ptr, scale,
-    stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_ts,
-    NUM_HEADS: tl.constexpr, NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr, ITERS: tl.constexpr,
+    stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_ts, NUM_SPLITS, ITERS,
+    NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr,
 ):  # fmt: skip
-    """One (sequence, kv head, context split): softmax partials of its GROUP query heads."""
+    """One (sequence, kv head, context split): softmax partials of its GROUP query heads.
+
+    NUM_SPLITS and ITERS are runtime values: one compiled kernel serves every rung of the ladder (each
+    distinct constant would cost a compile at start-up), and the loop runs only over the chunks below
+    the sequence's length, a plain loop the compiler can pipeline.
+    """
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -40,33 +45,34 @@ def _paged_decode_split_kernel(
     m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_sum = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-    for it in range(ITERS):
-        start = (split * ITERS + it) * TOKENS
-        if start < ctx:  # splits past the context read nothing: only filled blocks are touched
-            pos = start + tl.arange(0, TOKENS)
-            pos_ok = pos < ctx
-            block = tl.load(tables_ptr + seq * stride_ts + pos // BLOCK_SIZE, mask=pos_ok, other=0)
-            offsets = block.to(tl.int64) * stride_kb + (pos % BLOCK_SIZE) * stride_kt + kv_head * stride_kh
-            k = tl.load(k_ptr + offsets[:, None] + dims[None, :], mask=pos_ok[:, None], other=0.0)
-            scores = tl.dot(q, tl.trans(k)).to(tl.float32) * scale  # (GROUP_PAD, TOKENS)
-            scores = tl.where(pos_ok[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m, tl.max(scores, axis=1))
-            p = tl.exp(scores - m_new[:, None])
-            alpha = tl.exp(m - m_new)
-            v = tl.load(v_ptr + offsets[:, None] + dims[None, :], mask=pos_ok[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
-            l_sum = l_sum * alpha + tl.sum(p, axis=1)
-            m = m_new
+    split_start = split * ITERS * TOKENS
+    remaining = ctx - split_start  # splits past the context read nothing: only filled blocks are touched
+    num_iters = tl.where(remaining > 0, tl.minimum((remaining + TOKENS - 1) // TOKENS, ITERS), 0)
+    for it in range(0, num_iters):
+        pos = split_start + it * TOKENS + tl.arange(0, TOKENS)
+        pos_ok = pos < ctx
+        block = tl.load(tables_ptr + seq * stride_ts + pos // BLOCK_SIZE, mask=pos_ok, other=0)
+        offsets = block.to(tl.int64) * stride_kb + (pos % BLOCK_SIZE) * stride_kt + kv_head * stride_kh
+        k = tl.load(k_ptr + offsets[:, None] + dims[None, :], mask=pos_ok[:, None], other=0.0)
+        scores = tl.dot(q, tl.trans(k)).to(tl.float32) * scale  # (GROUP_PAD, TOKENS)
+        scores = tl.where(pos_ok[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        p = tl.exp(scores - m_new[:, None])
+        alpha = tl.exp(m - m_new)
+        v = tl.load(v_ptr + offsets[:, None] + dims[None, :], mask=pos_ok[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+        l_sum = l_sum * alpha + tl.sum(p, axis=1)
+        m = m_new
     part = (seq * NUM_HEADS + heads) * NUM_SPLITS + split  # (GROUP_PAD,) rows of the partial buffers
     tl.store(m_ptr + part, m, mask=row_ok)
     tl.store(l_ptr + part, l_sum, mask=row_ok)
     tl.store(acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM_SPLITS"])
 def _paged_decode_merge_kernel(
-    m_ptr, l_ptr, acc_ptr, out_ptr, stride_os, stride_oh,
-    NUM_HEADS: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    m_ptr, l_ptr, acc_ptr, out_ptr, stride_os, stride_oh, NUM_SPLITS,
+    NUM_HEADS: tl.constexpr, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
     """Combine the splits of one (sequence, head): rescale each partial to the global max and normalise."""
     seq = tl.program_id(0)
@@ -126,14 +132,14 @@ def paged_decode_attention(
     _paged_decode_split_kernel[(num_seqs, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, context_lens, partial_m, partial_l, partial_acc, scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_tables.stride(0),
-        NUM_HEADS=num_heads, NUM_SPLITS=splits, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
-        HEAD_DIM=head_dim, BLOCK_SIZE=block_size, TOKENS=DECODE_TOKENS, ITERS=iters,
+        block_tables.stride(0), splits, iters,
+        NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        HEAD_DIM=head_dim, BLOCK_SIZE=block_size, TOKENS=DECODE_TOKENS,
     )  # fmt: skip
     out = torch.empty_like(q)
     _paged_decode_merge_kernel[(num_seqs, num_heads)](
-        partial_m, partial_l, partial_acc, out, out.stride(0), out.stride(1),
-        NUM_HEADS=num_heads, NUM_SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), HEAD_DIM=head_dim,
+        partial_m, partial_l, partial_acc, out, out.stride(0), out.stride(1), splits,
+        NUM_HEADS=num_heads, SPLITS_PAD=triton.next_power_of_2(DECODE_MAX_SPLITS), HEAD_DIM=head_dim,
     )  # fmt: skip
     return out
 
@@ -280,14 +286,12 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
 
 @triton.jit
 def _skinny_matmul_kernel(
-    x_ptr, w_ptr, bias_ptr, out_ptr, M, N, stride_xm, stride_wn, stride_om, K: tl.constexpr,
-    SILU_MUL: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    x_ptr, w_ptr, out_ptr, M, N, stride_xm, stride_wn, stride_om, K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """out[:M, cols] = act(x)[:M] @ w[cols].T for one block of BLOCK_N output columns, streaming w once.
+    """out[:M, cols] = x[:M] @ w[cols].T for one block of BLOCK_N output columns, streaming w once.
 
-    SILU_MUL: x is [gate | up] (width 2K) and act(x) = silu(gate) * up, rounded as silu_mul rounds it.
-    K is a compile-time constant: a model has a handful of weight widths, and the loop bound is static.
+    K is a compile-time constant (a model has one hidden size); K % BLOCK_K == 0 (checked by the caller).
     """
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.arange(0, BLOCK_M)
@@ -298,68 +302,46 @@ def _skinny_matmul_kernel(
     w_rows = w_ptr + cols[:, None].to(tl.int64) * stride_wn
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        k = k0 + ks
-        if EVEN_K:
-            x_mask = row_ok[:, None]
-            w_mask = col_ok[:, None]
-        else:
-            x_mask = row_ok[:, None] & (k < K)[None, :]
-            w_mask = col_ok[:, None] & (k < K)[None, :]
-        w = tl.load(w_rows + k[None, :], mask=w_mask, other=0.0)
-        if SILU_MUL:
-            gate = tl.load(x_rows + k[None, :], mask=x_mask, other=0.0)
-            up = tl.load(x_rows + K + k[None, :], mask=x_mask, other=0.0)
-            g = gate.to(tl.float32)
-            act = (g / (1.0 + tl.exp(-g))).to(gate.dtype).to(tl.float32)
-            x = (act * up.to(tl.float32)).to(gate.dtype)
-        else:
-            x = tl.load(x_rows + k[None, :], mask=x_mask, other=0.0)
+        w = tl.load(w_rows + (k0 + ks)[None, :], mask=col_ok[:, None], other=0.0)
+        x = tl.load(x_rows + (k0 + ks)[None, :], mask=row_ok[:, None], other=0.0)
         acc += tl.dot(x, tl.trans(w))
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     out = acc.to(w_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty)  # rounded as the weights' dtype
     tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], out, mask=row_ok[:, None] & col_ok[None, :])
 
 
 SKINNY_MAX_ROWS = 16  # one 16-row MMA tile (the same bound as kernels.SKINNY_MAX_ROWS)
+SKINNY_BLOCK_N, SKINNY_BLOCK_K = 64, 256
 
 
-def skinny_config(n: int, k: int) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for an (n, k) weight.
+def skinny_block_k(k: int) -> int:
+    """The widest power-of-two K block (16..SKINNY_BLOCK_K) dividing k, or 0 when 16 does not divide it."""
+    block = SKINNY_BLOCK_K
+    while block >= 16 and k % block:
+        block //= 2
+    return block if block >= 16 else 0
 
-    Decode GEMMs are weight streams: every program reads its BLOCK_N weight rows once. Narrow blocks give
-    the 1024-wide outputs enough programs for the SMs; wide K blocks keep enough bytes in flight per SM.
+
+def skinny_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """hidden (m, k) @ weight (vocab, k).T -> float32 logits (m, vocab), rounded to the weight dtype first.
+
+    For the LM head of a decode step (m <= 16): a vocabulary-sized weight streamed once at about the copy
+    bandwidth, the float32 logits stored by the same kernel (no separate cast). Measured on an H100 for
+    qwen3-0.6b-shape: 102 us vs cuBLAS's 111 us plus the cast (benchmarks/skinny_gemm.py). For the
+    per-layer projections cuBLAS is faster inside a graph (4-7 us each), so they stay with cuBLAS.
     """
-    block_n = 16 if n <= 8192 else 64
-    block_k = 512 if n <= 2048 else 256
-    return block_n, min(block_k, triton.next_power_of_2(k)), 4, 4
-
-
-def skinny_matmul(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    silu_mul: bool = False,
-    out_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """x (m, k) [or (m, 2k) = [gate | up] with silu_mul] @ weight (n, k).T (+ bias) -> (m, n), m <= 16.
-
-    The decode-sized matmul: cuBLAS picks general GEMM tiles for these shapes and leaves bandwidth
-    unused; this streams the weight once with the few rows held in one 16-row tile. The result is rounded
-    to the weight's dtype, then stored as out_dtype (default: the weight's; float32 for logits).
-    """
-    m = x.shape[0]
+    m = hidden.shape[0]
     n, k = weight.shape
     if m > SKINNY_MAX_ROWS:
-        raise ValueError(f"skinny_matmul takes at most {SKINNY_MAX_ROWS} rows, got {m}")
-    if x.shape[1] != (2 * k if silu_mul else k) or x.stride(1) != 1 or weight.stride(1) != 1:
-        raise ValueError(f"skinny_matmul: x {tuple(x.shape)} does not fit weight {tuple(weight.shape)}")
-    out = torch.empty(m, n, dtype=out_dtype or weight.dtype, device=x.device)
-    block_n, block_k, warps, stages = skinny_config(n, k)
-    _skinny_matmul_kernel[(triton.cdiv(n, block_n),)](
-        x, weight, bias if bias is not None else weight, out, m, n, x.stride(0), weight.stride(0),
-        out.stride(0), K=k,
-        SILU_MUL=silu_mul, HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0,
-        BLOCK_M=SKINNY_MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+        raise ValueError(f"skinny_logits takes at most {SKINNY_MAX_ROWS} rows, got {m}")
+    block_k = skinny_block_k(k)
+    if hidden.shape[1] != k or not block_k or hidden.stride(1) != 1 or weight.stride(1) != 1:
+        raise ValueError(
+            f"skinny_logits: hidden {tuple(hidden.shape)} does not fit weight {tuple(weight.shape)} "
+            "(contiguous rows, width a multiple of 16)"
+        )
+    out = torch.empty(m, n, dtype=torch.float32, device=hidden.device)
+    _skinny_matmul_kernel[(triton.cdiv(n, SKINNY_BLOCK_N),)](
+        hidden, weight, out, m, n, hidden.stride(0), weight.stride(0), out.stride(0), K=k,
+        BLOCK_M=SKINNY_MAX_ROWS, BLOCK_N=SKINNY_BLOCK_N, BLOCK_K=block_k, num_warps=4, num_stages=4,
     )  # fmt: skip
     return out

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graphrun.llm.kernels import kernel_ops, linear, skinny_enabled, triton_enabled
+from graphrun.llm.kernels import kernel_ops, triton_enabled
 
 
 class GatedMLP(nn.Module):
@@ -25,12 +25,7 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(num_tokens, hidden) -> (num_tokens, hidden)."""
-        gate_up = linear(self.gate_up_proj, x)  # (num_tokens, 2 * intermediate)
-        if skinny_enabled(gate_up):  # silu(gate) * up computed as down_proj loads it: one kernel fewer
-            out: torch.Tensor = kernel_ops().skinny_matmul(
-                gate_up, self.down_proj.weight, self.down_proj.bias, silu_mul=True
-            )
-            return out
+        gate_up = self.gate_up_proj(x)  # (num_tokens, 2 * intermediate)
         if gate_up.dim() == 2 and triton_enabled(gate_up):
             return self.down_proj(kernel_ops().silu_mul(gate_up))
         gate, up = gate_up.chunk(2, dim=-1)  # each (num_tokens, intermediate)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from graphrun.llm.config import ModelConfig
-from graphrun.llm.kernels import kernel_ops, linear, skinny_enabled, triton_enabled
+from graphrun.llm.kernels import kernel_ops, skinny_enabled, triton_enabled
 from graphrun.llm.layers.attention import (
     AttentionMetadata,
     causal_self_attention,
@@ -65,9 +65,9 @@ class SelfAttention(nn.Module):
         self, hidden: torch.Tensor, rope: Rope, meta: AttentionMetadata, kv_cache: KVCache
     ) -> torch.Tensor:
         """(num_tokens, hidden) -> (num_tokens, hidden); writes this step's K/V into kv_cache."""
-        qkv = linear(self.qkv_proj, hidden)  # (num_tokens, q_size + 2 * kv_size)
+        qkv = self.qkv_proj(hidden)  # (num_tokens, q_size + 2 * kv_size)
         if triton_enabled(qkv):
-            return linear(self.o_proj, self._fused(qkv, rope, meta, kv_cache).reshape(-1, self.q_size))
+            return self.o_proj(self._fused(qkv, rope, meta, kv_cache).reshape(-1, self.q_size))
         assert rope.cos is not None and rope.sin is not None
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)  # (num_tokens, num_heads, head_dim)
@@ -185,9 +185,8 @@ class DecoderLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(num_rows, hidden_size) -> (num_rows, vocab_size) float32 logits (rounded to the model dtype
         first, as lm_head(hidden).float() is)."""
-        if skinny_enabled(hidden):  # one kernel stores float32 directly: no separate cast of the logits
-            logits: torch.Tensor = kernel_ops().skinny_matmul(
-                hidden, self.lm_head.weight, self.lm_head.bias, out_dtype=torch.float32
-            )
+        if skinny_enabled(hidden) and self.lm_head.bias is None and hidden.shape[1] % 16 == 0:
+            # one kernel streams the head and stores float32: no separate cast of the logits
+            logits: torch.Tensor = kernel_ops().skinny_logits(hidden, self.lm_head.weight)
             return logits
         return self.lm_head(hidden).float()
