@@ -21,8 +21,13 @@ def rand(*shape, dtype=DTYPE):
 
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 16), (8, 8, 32), (16, 8, 64)])
 @pytest.mark.parametrize("max_blocks", [6, 30])  # a few splits per sequence, and one long split
-def test_paged_decode_attention_matches_reference(heads, kv_heads, head_dim, max_blocks):
+@pytest.mark.parametrize("one_split", [False, True])  # one split: the program stores the output itself
+def test_paged_decode_attention_matches_reference(
+    heads, kv_heads, head_dim, max_blocks, one_split, monkeypatch
+):
     torch.manual_seed(0)
+    if one_split:
+        monkeypatch.setattr(ops, "DECODE_MAX_SPLITS", 1)
     num_blocks, block_size = 40, 16
     k_cache, v_cache = (
         rand(num_blocks, block_size, kv_heads, head_dim),
@@ -31,6 +36,7 @@ def test_paged_decode_attention_matches_reference(heads, kv_heads, head_dim, max
     lens = torch.tensor([1, 17, 96, 50], device=DEVICE, dtype=torch.int32)  # one block, partial, full, mid
     tables = torch.stack([torch.randperm(num_blocks)[:max_blocks] for _ in lens]).to(DEVICE, torch.int32)
     q = rand(len(lens), heads, head_dim)
+    assert (ops.decode_splits(max_blocks * block_size, len(lens), kv_heads)[0] == 1) == one_split
     got = ops.paged_decode_attention(q, k_cache, v_cache, tables, lens, head_dim**-0.5)
     want = decode_attention_reference(q, k_cache, v_cache, tables, lens, head_dim**-0.5)
     torch.testing.assert_close(got.float(), want.float(), rtol=TOL, atol=TOL)

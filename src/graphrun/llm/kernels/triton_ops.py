@@ -20,8 +20,8 @@ import triton.language as tl
 
 @triton.jit(do_not_specialize=["NUM_SPLITS", "ITERS"])
 def _paged_decode_split_kernel(
-    q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, m_ptr, l_ptr, acc_ptr, scale,
-    stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_ts, NUM_SPLITS, ITERS,
+    q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, scale,
+    stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_ts, stride_os, stride_oh, NUM_SPLITS, ITERS,
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr,
 ):  # fmt: skip
@@ -29,7 +29,8 @@ def _paged_decode_split_kernel(
 
     NUM_SPLITS and ITERS are runtime values: one compiled kernel serves every rung of the ladder (each
     distinct constant would cost a compile at start-up), and the loop runs only over the chunks below
-    the sequence's length, a plain loop the compiler can pipeline.
+    the sequence's length, a plain loop the compiler can pipeline. With one split per sequence (large
+    batches) the program normalizes and stores the output itself: no partials, no merge kernel.
     """
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -63,10 +64,15 @@ def _paged_decode_split_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
         l_sum = l_sum * alpha + tl.sum(p, axis=1)
         m = m_new
-    part = (seq * NUM_HEADS + heads) * NUM_SPLITS + split  # (GROUP_PAD,) rows of the partial buffers
-    tl.store(m_ptr + part, m, mask=row_ok)
-    tl.store(l_ptr + part, l_sum, mask=row_ok)
-    tl.store(acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+    if NUM_SPLITS == 1:  # every context token is in this program: the result is final (ctx >= 1)
+        out = acc / l_sum[:, None]
+        out_rows = out_ptr + seq * stride_os + heads[:, None] * stride_oh + dims[None, :]
+        tl.store(out_rows, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    else:
+        part = (seq * NUM_HEADS + heads) * NUM_SPLITS + split  # (GROUP_PAD,) rows of the partial buffers
+        tl.store(m_ptr + part, m, mask=row_ok)
+        tl.store(l_ptr + part, l_sum, mask=row_ok)
+        tl.store(acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
 
 
 @triton.jit(do_not_specialize=["NUM_SPLITS"])
@@ -126,17 +132,19 @@ def paged_decode_attention(
     _, block_size, kv_heads, _ = k_cache.shape
     group = num_heads // kv_heads
     splits, iters = decode_splits(block_tables.shape[1] * block_size, num_seqs, kv_heads)
+    out = torch.empty_like(q)
     partial_m = torch.empty(num_seqs, num_heads, splits, dtype=torch.float32, device=q.device)
     partial_l = torch.empty_like(partial_m)
     partial_acc = torch.empty(num_seqs, num_heads, splits, head_dim, dtype=torch.float32, device=q.device)
     _paged_decode_split_kernel[(num_seqs, kv_heads, splits)](
-        q, k_cache, v_cache, block_tables, context_lens, partial_m, partial_l, partial_acc, scale,
+        q, k_cache, v_cache, block_tables, context_lens, partial_m, partial_l, partial_acc, out, scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_tables.stride(0), splits, iters,
+        block_tables.stride(0), out.stride(0), out.stride(1), splits, iters,
         NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, BLOCK_SIZE=block_size, TOKENS=DECODE_TOKENS,
     )  # fmt: skip
-    out = torch.empty_like(q)
+    if splits == 1:
+        return out
     _paged_decode_merge_kernel[(num_seqs, num_heads)](
         partial_m, partial_l, partial_acc, out, out.stride(0), out.stride(1), splits,
         NUM_HEADS=num_heads, SPLITS_PAD=triton.next_power_of_2(DECODE_MAX_SPLITS), HEAD_DIM=head_dim,
