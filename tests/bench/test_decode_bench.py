@@ -106,6 +106,8 @@ def test_tiny_cpu_run_writes_its_json_and_times_both_paths(tmp_path, monkeypatch
         assert set(row) >= ROW_KEYS
         assert row["tokens_match"]  # graph and eager greedy tokens agree on the same packed inputs
         assert row["floor_ms"] > 0 and row["graph"]["median_ms"] > 0
+        # pipelined and synchronized steps are the same work: the same unit, within a factor of 3
+        assert 1 / 3 < row["graph"]["median_ms"] / row["graph_sync"]["median_ms"] < 3
     assert saved["generate"]["tokens_match_eager"] and saved["generate"]["new_tokens"] == 25
     assert saved["ok"] and payload["ok"]
     assert saved["engine"]["decode_graphs"] and saved["engine"]["capture_sizes"] == [1, 2]

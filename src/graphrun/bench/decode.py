@@ -262,7 +262,7 @@ def bench_batch(engine: LLMEngine, num_seqs: int, setup: DecodeSetup, bandwidth:
 
 
 def _time_pipelined(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, dict[str, float]]:
-    """Per-step ms of consecutive asynchronous steps, graph and eager blocks alternating (summaries).
+    """Per-step times of consecutive asynchronous steps, graph and eager blocks alternating (summaries).
 
     No device sync inside the window: in steady state step() returns once the previous step's tokens
     are on the host, so the time from one return to the BLOCK_STEPS-th next is BLOCK_STEPS steps of
@@ -285,7 +285,7 @@ def _time_pipelined(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dic
                 start = time.perf_counter()
                 for _ in range(BLOCK_STEPS):
                     checked()
-                times.append((time.perf_counter() - start) / BLOCK_STEPS * 1e3)
+                times.append((time.perf_counter() - start) / BLOCK_STEPS)  # seconds, as summarize() takes
     return {mode: summarize(times) for mode, times in per_step.items()}
 
 
