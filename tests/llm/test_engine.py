@@ -1,6 +1,7 @@
 """The engine end to end on the tiny preset: graph decode (through the simulator) equals eager decode."""
 
 import pytest
+import torch
 
 from graphrun.llm.api import LLM
 from graphrun.llm.engine import LLMEngine
@@ -115,3 +116,15 @@ def test_engine_config_validation():
         EngineConfig(gpu_memory_utilization=1.5)
     with pytest.raises(ConfigError, match="cuda_graph_max_bs"):
         EngineConfig(cuda_graph_max_bs=-1)
+
+
+def test_verification_inputs_never_read_the_scratch_block_they_write():
+    """Every verification row writes its K/V into block 0, rows sharing a slot race; tables avoid it."""
+    from graphrun.llm.block_manager import SCRATCH_BLOCK
+    from graphrun.llm.decode_graph import NUM_FIXED_INT_COLUMNS, DecodeShape, random_inputs
+
+    shape = DecodeShape(8, 6, 96, 5, 16, 100)
+    ints, _ = random_inputs(shape, 64, torch.Generator().manual_seed(0), torch.device("cpu"))
+    tables = ints[:, NUM_FIXED_INT_COLUMNS:]
+    assert int(tables.min()) >= 1 and SCRATCH_BLOCK == 0
+    assert int(ints[:, 2].max()) < shape.block_size  # slots: block 0 only

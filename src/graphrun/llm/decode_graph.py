@@ -97,7 +97,8 @@ def random_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed inputs for n sequences with every column inside its own valid range (capture, verification).
 
-    Slots stay in block 0, the scratch block, so verification never writes into a live sequence's cache.
+    Slots stay in block 0, the scratch block, so verification never writes into a live sequence's cache;
+    block tables avoid it, so no row reads what the step's own rows race to write there.
     """
     ints = torch.empty(n, NUM_FIXED_INT_COLUMNS + shape.max_blocks_per_seq, dtype=torch.int64)
     ints[:, 0] = torch.randint(0, shape.vocab_size, (n,), generator=gen)
@@ -106,8 +107,10 @@ def random_inputs(
     ints[:, 3] = ints[:, 1] + 1
     ints[:, 4] = torch.randint(0, 2**31, (n,), generator=gen)
     ints[:, FEED_COLUMN] = -1  # no feed: replay and eager must read the same input, not last_tokens
+    # tables never name the scratch block: every row writes its K/V there, rows sharing a slot race, and
+    # a row reading racy values would make replay and eager differ for no fault of the graph
     ints[:, NUM_FIXED_INT_COLUMNS:] = torch.randint(
-        0, shape.num_blocks, (n, shape.max_blocks_per_seq), generator=gen
+        min(1, shape.num_blocks - 1), shape.num_blocks, (n, shape.max_blocks_per_seq), generator=gen
     )
     floats = torch.stack(
         [
