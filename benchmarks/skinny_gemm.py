@@ -51,9 +51,7 @@ def main(out: Path) -> None:
         x = torch.randn(m, HIDDEN, device="cuda", dtype=torch.bfloat16)
         skinny_fn = functools.partial(ops.skinny_logits, x, w)
         cublas_fn = functools.partial(lambda x, w: torch.nn.functional.linear(x, w).float(), x, w)
-        same = torch.equal(skinny_fn(), cublas_fn()) or torch.allclose(
-            skinny_fn(), cublas_fn(), rtol=2e-2, atol=2e-2
-        )
+        same = torch.allclose(skinny_fn(), cublas_fn(), rtol=2e-2, atol=2e-2)
         t_ms, c_ms = graph_ms(skinny_fn), graph_ms(cublas_fn)
         gbs = w.numel() * 2 / (t_ms * 1e-3) / 1e9
         rows.append(

@@ -55,10 +55,8 @@ class Checked(Scheduler):
 
 
 def checked(num_blocks, block_size, max_num_seqs, budget, mixed, cap):
-    config = SchedulerConfig(
-        48, max_num_seqs, budget, block_size, mixed_prefill_tokens=mixed, max_mixed_rows=cap
-    )
-    sched = Checked(config, BlockManager(num_blocks, block_size), (EOS,))
+    plain = make_sched(num_blocks, block_size, max_num_seqs, budget, mixed, cap)
+    sched = Checked(plain.config, plain.block_manager, (EOS,))
     sched.kinds = Counter()
     return sched
 

@@ -292,15 +292,11 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch | None:
         """The next step's batch, or None when there is nothing to run."""
         assert self._in_flight is None, "advance() or update() the previous batch before scheduling the next"
-        mixed = self._schedule_mixed()
-        if mixed is not None:
-            self._last_kind, self._in_flight = mixed.kind, mixed
-            return mixed
         decode_first = self._last_kind == "prefill" and any(
             s.num_uncomputed_tokens == 1 for s in self._running
         )
         order = (self._schedule_decode, self._schedule_prefill)
-        for build in order if decode_first else reversed(order):
+        for build in (self._schedule_mixed, *(order if decode_first else reversed(order))):
             batch = build()
             if batch is not None:
                 self._last_kind, self._in_flight = batch.kind, batch
@@ -309,11 +305,15 @@ class Scheduler:
 
     def _schedule_decode(self) -> ScheduledBatch | None:
         """One token for every running sequence with exactly one uncomputed token."""
+        return self._build("decode", self._decode_rows())
+
+    def _decode_rows(self) -> list[tuple[Sequence, int]]:
+        """(sequence, 1) for each running sequence ready to decode, its block grown (may preempt)."""
         rows: list[tuple[Sequence, int]] = []
         for seq in list(self._running):
             if seq.status is SequenceStatus.RUNNING and seq.num_uncomputed_tokens == 1 and self._grow(seq, 1):
                 rows.append((seq, 1))
-        return self._build("decode", rows)
+        return rows
 
     def _schedule_mixed(self) -> ScheduledBatch | None:
         """Decode rows plus prompt chunks within the mixed budget; None when mixing does not apply.
@@ -331,19 +331,15 @@ class Scheduler:
         if not ready or not prompt_work or room < 1:
             return None
         num_preemptions = self.num_preemptions
-        rows: list[tuple[Sequence, int]] = []
-        for seq in ready:
-            if seq.status is SequenceStatus.RUNNING and self._grow(seq, 1):
-                rows.append((seq, 1))
+        rows = self._decode_rows()
         if not rows:
             return None
         num_decode, budget = len(rows), room
-        chunked = {seq.seq_id for seq, _ in rows}
         manager = self.block_manager
         for seq in list(self._running):  # continuation chunks: only blocks that are free, never a preemption
             if budget == 0:
                 break
-            if seq.seq_id in chunked or not seq.is_prefilling:
+            if not seq.is_prefilling:  # decode rows included: they have one uncomputed token
                 continue
             free = manager.max_tokens_for(seq) - seq.num_computed_tokens
             num_new = min(seq.num_uncomputed_tokens, budget, free)

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from graphrun.llm.kernels import SKINNY_MAX_ROWS  # one 16-row MMA tile
+
 
 @triton.jit(do_not_specialize=["NUM_SPLITS", "ITERS"])
 def _paged_decode_split_kernel(
@@ -317,7 +319,6 @@ def _skinny_matmul_kernel(
     tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], out, mask=row_ok[:, None] & col_ok[None, :])
 
 
-SKINNY_MAX_ROWS = 16  # one 16-row MMA tile (the same bound as kernels.SKINNY_MAX_ROWS)
 SKINNY_BLOCK_N, SKINNY_BLOCK_K = 64, 256
 
 
