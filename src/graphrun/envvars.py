@@ -6,11 +6,16 @@
   reference ops on CUDA too (to compare, or to work around a kernel problem).
 - GRAPHRUN_DISABLE_SKINNY_GEMM: the same for the decode-sized LM head alone: cuBLAS instead of
   skinny_logits (kernels/triton_ops.py), the other fused kernels kept.
+- GRAPHRUN_SERVE_TRACE: a file path; `graphrun serve` records a timeline of its engine steps and
+  writes it there as JSON when it stops (serve/trace.py).
+- GRAPHRUN_SWITCH_INTERVAL_US: `graphrun serve` sets Python's thread switch interval to this many
+  microseconds (sys.setswitchinterval; Python's default is 5000).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def git_commit_override() -> str | None:
@@ -27,3 +32,15 @@ def triton_disabled() -> bool:
 def skinny_gemm_disabled() -> bool:
     """True when GRAPHRUN_DISABLE_SKINNY_GEMM asks for cuBLAS on the decode-sized LM head."""
     return os.environ.get("GRAPHRUN_DISABLE_SKINNY_GEMM", "").strip() not in ("", "0")
+
+
+def serve_trace_path() -> Path | None:
+    """GRAPHRUN_SERVE_TRACE as a path, or None when unset or empty."""
+    value = os.environ.get("GRAPHRUN_SERVE_TRACE", "").strip()
+    return Path(value) if value else None
+
+
+def switch_interval_seconds() -> float | None:
+    """GRAPHRUN_SWITCH_INTERVAL_US in seconds, or None when unset or empty."""
+    value = os.environ.get("GRAPHRUN_SWITCH_INTERVAL_US", "").strip()
+    return float(value) * 1e-6 if value else None

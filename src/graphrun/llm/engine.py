@@ -57,6 +57,24 @@ class StepOutput:
     finish_reason: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class StepTiming:
+    """Where the host's time in the last step() went (time.perf_counter() seconds), for timelines.
+
+    launched: the next batch is queued on the device (scheduling + packing + launch); waited: the tokens
+    step() returns are on the host (the wait for the device); end: outputs built. kind/rows/tokens
+    describe the batch launched (kind None: nothing was launched).
+    """
+
+    start: float
+    launched: float
+    waited: float
+    end: float
+    kind: str | None
+    rows: int
+    tokens: int
+
+
 @dataclass(slots=True)
 class _Launched:
     """A step queued on the device: its advanced batch and its tokens on their way to the host."""
@@ -94,6 +112,8 @@ class LLMEngine:
         self._next_seq_id = 0
         self._launched: _Launched | None = None  # at most one step whose tokens the host has not seen
         self._async = config.async_scheduling
+        self.last_step_timing: StepTiming | None = None  # the newest step()'s host timeline
+        self._last_wait_end: float | None = None
 
     # ----- start-up ---------------------------------------------------------------------------------
 
@@ -218,6 +238,8 @@ class LLMEngine:
         Synchronous scheduling returns this step's own outputs; asynchronous scheduling returns the
         previous step's (launched one call earlier), so the device always has the next step queued.
         """
+        start = time.perf_counter()
+        self._last_wait_end = None
         previous = self._launched  # the batch's feed rows point into its tokens
         batch = self.scheduler.schedule()
         if batch is not None:
@@ -229,10 +251,21 @@ class LLMEngine:
             self._launched = self._to_host(self.scheduler.advance(batch), tokens)
         else:
             self._launched = None
+        launched = time.perf_counter()
         outputs = self._resolve(previous) if previous is not None else []
         if not self._async and self._launched is not None:
-            launched, self._launched = self._launched, None
-            outputs += self._resolve(launched)
+            pending, self._launched = self._launched, None
+            outputs += self._resolve(pending)
+        end = time.perf_counter()
+        self.last_step_timing = StepTiming(
+            start,
+            launched,
+            self._last_wait_end or launched,
+            end,
+            None if batch is None else batch.kind,
+            0 if batch is None else len(batch.seqs),
+            0 if batch is None else batch.num_tokens,
+        )
         return outputs
 
     def _to_host(self, advanced: AdvancedBatch, tokens: torch.Tensor) -> _Launched:
@@ -249,6 +282,7 @@ class LLMEngine:
         """Wait for a launched step's tokens, hand them to the scheduler, build the step's outputs."""
         if launched.ready is not None:
             launched.ready.synchronize()
+        self._last_wait_end = time.perf_counter()
         tokens = launched.tokens.tolist()
         finished = {s.seq_id for s in self.scheduler.resolve(launched.advanced, tokens)}
         outputs = []

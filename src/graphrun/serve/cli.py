@@ -16,6 +16,7 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from graphrun.envvars import switch_interval_seconds
 from graphrun.errors import GraphrunError
 from graphrun.llm.engine_config import DTYPES, GRAPH_BACKENDS, SERVE_MIXED_PREFILL_TOKENS, EngineConfig
 from graphrun.serve.config import ServeConfig
@@ -141,6 +142,10 @@ def serve(engine_config: EngineConfig, serve_config: ServeConfig) -> int:
     from graphrun.serve.app import build_app
     from graphrun.serve.worker import EngineWorker
 
+    interval = switch_interval_seconds()
+    if interval is not None:
+        sys.setswitchinterval(interval)
+        log.info("thread switch interval: %g us", interval * 1e6)
     worker = EngineWorker(engine_config, serve_config)
     config = uvicorn.Config(
         build_app(worker, serve_config),

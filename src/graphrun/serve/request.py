@@ -90,7 +90,7 @@ class RequestHandle:
 
     def post_admission(self, result: int | Exception) -> None:
         """(engine thread) The seq id, or why the engine refused the request."""
-        _call_in_loop(self.loop, self._admit, result)
+        call_in_loop(self.loop, self._admit, result)
 
     def _admit(self, result: int | Exception) -> None:
         if self.admitted.done():
@@ -107,7 +107,7 @@ def post_step(events: list[tuple[RequestHandle, Event]]) -> None:
     for handle, event in events:
         by_loop.setdefault(handle.loop, []).append((handle, event))
     for loop, batch in by_loop.items():
-        _call_in_loop(loop, _deliver, batch)
+        call_in_loop(loop, _deliver, batch)
 
 
 def _deliver(batch: list[tuple[RequestHandle, Event]]) -> None:
@@ -116,7 +116,7 @@ def _deliver(batch: list[tuple[RequestHandle, Event]]) -> None:
         handle._events.put_nowait(event)
 
 
-def _call_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> None:
+def call_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> None:
     """loop.call_soon_threadsafe, ignoring a loop that has closed (the server is gone)."""
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(fn, *args)

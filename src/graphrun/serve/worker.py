@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from prometheus_client import CollectorRegistry
 
+from graphrun.envvars import serve_trace_path
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
@@ -38,9 +39,11 @@ from graphrun.serve.request import (
     QueueFull,
     RequestHandle,
     Unavailable,
+    call_in_loop,
     post_step,
 )
 from graphrun.serve.text import TextStream
+from graphrun.serve.trace import StepTrace
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,8 @@ class EngineWorker:
         self._num_in_flight = 0
         self._handles: dict[int, RequestHandle] = {}  # engine thread only: seq id -> request
         self.info: dict[str, Any] = {}  # engine.describe() and limits once started (for /health)
+        trace_path = serve_trace_path()
+        self.trace = StepTrace(trace_path) if trace_path is not None else None
 
     # ----- lifecycle (any thread) -------------------------------------------------------------------
 
@@ -209,6 +214,8 @@ class EngineWorker:
             if command == "submit" and handle is not None:
                 self._release()
                 handle.post_admission(gone())
+        if self.trace is not None:
+            self.trace.write()
 
     def _loop(self, engine: LLMEngine) -> None:
         while True:
@@ -280,6 +287,17 @@ class EngineWorker:
                 self._release()
         self.metrics.generation_tokens.inc(len(batch))
         post_step(batch)
+        if self.trace is not None and engine.last_step_timing is not None:
+            self._trace_step(engine, batch)
+
+    def _trace_step(self, engine: LLMEngine, batch: list[tuple[RequestHandle, Event]]) -> None:
+        """Record the step; the delivery time is taken on the event loop, after post_step's callback."""
+        trace, timing = self.trace, engine.last_step_timing
+        assert trace is not None and timing is not None
+        seq_ids = [handle.seq_id for handle, _ in batch if handle.seq_id is not None]
+        index = trace.record(timing, time.perf_counter(), seq_ids)
+        if index is not None and batch:
+            call_in_loop(batch[0][0].loop, trace.delivered, index)
 
     def _fail_all(self, make_error: Callable[[], Exception]) -> None:
         """End every tracked request with an error of its own (blocks are freed by the caller or the exit)."""

@@ -1,0 +1,129 @@
+"""A timeline of the engine thread, for finding where a served stream's inter-token gaps come from.
+
+With GRAPHRUN_SERVE_TRACE=<path> the worker records, for every engine step, the host times inside
+step() (engine.StepTiming), when the step's tokens were posted to the event loop, when the event loop
+ran that delivery, and which requests got a token; the file is written when the engine thread ends.
+`summarize_trace` splits a stream's gap into its parts: the engine step (device wait and host work),
+the worker's own work between steps, and the event loop's delay before the tokens reach the stream.
+Times are time.perf_counter() seconds. Tracing costs a few microseconds a step; it is off by default.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from graphrun.llm.engine import StepTiming
+
+log = logging.getLogger(__name__)
+
+MAX_STEPS = 500_000  # a bound on memory (~200 B a step): a long-running server stops recording here
+
+
+class StepTrace:
+    """Per-step records, appended by the engine thread; `delivered` is called on the event loop."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.steps: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._full = False
+
+    def record(self, timing: StepTiming, posted: float, seq_ids: Sequence[int]) -> int | None:
+        """Add a step; returns its index (for `delivered`), or None once MAX_STEPS are recorded."""
+        with self._lock:
+            if len(self.steps) >= MAX_STEPS:
+                if not self._full:
+                    log.warning("serve trace: %d steps recorded; recording stops", MAX_STEPS)
+                    self._full = True
+                return None
+            self.steps.append(
+                {
+                    "start": timing.start,
+                    "launched": timing.launched,
+                    "waited": timing.waited,
+                    "end": timing.end,
+                    "posted": posted,
+                    "delivered": None,
+                    "kind": timing.kind,
+                    "rows": timing.rows,
+                    "tokens": timing.tokens,
+                    "seq_ids": list(seq_ids),
+                }
+            )
+            return len(self.steps) - 1
+
+    def delivered(self, index: int) -> None:
+        """(event loop) The step's tokens were just put into their requests' queues: note the time."""
+        when = time.perf_counter()
+        with self._lock:
+            self.steps[index]["delivered"] = when
+
+    def write(self) -> None:
+        """Write the steps and their summary as JSON (errors are logged: tracing never fails serving)."""
+        with self._lock:
+            steps = list(self.steps)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"summary": summarize_trace(steps), "steps": steps}))
+            log.info("serve trace: wrote %d steps to %s", len(steps), self.path)
+        except OSError as exc:
+            log.error("serve trace: could not write %s: %s", self.path, exc)
+
+
+def _stats_ms(values: Sequence[float]) -> dict[str, float | None]:
+    """Count, p50/p90/p99 (nearest rank), max and mean of seconds, in ms (None when empty)."""
+    if not values:
+        return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] * 1e3
+
+    return {
+        "n": len(values),
+        "p50": rank(50),
+        "p90": rank(90),
+        "p99": rank(99),
+        "max": ordered[-1] * 1e3,
+        "mean": statistics.fmean(values) * 1e3,
+    }
+
+
+def summarize_trace(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Percentiles (ms) of each part of the engine loop, per batch kind, and the server-side token gaps.
+
+    - step: start -> end of engine.step(); split into schedule+launch, device wait, resolve.
+    - between: end of one step() -> start of the next (worker: outputs, posting, commands, metrics).
+    - delivery: posted -> the event loop ran the delivery.
+    - token_gap: per request, between consecutive deliveries of its tokens (what ITL is on the server,
+      before the HTTP write and the client).
+    """
+    out: dict[str, Any] = {"num_steps": len(steps)}
+    kinds = sorted({str(s["kind"]) for s in steps})
+    out["step"] = {k: _stats_ms([s["end"] - s["start"] for s in steps if str(s["kind"]) == k]) for k in kinds}
+    out["launch"] = _stats_ms([s["launched"] - s["start"] for s in steps])
+    out["wait"] = _stats_ms([s["waited"] - s["launched"] for s in steps])
+    out["resolve"] = _stats_ms([s["end"] - s["waited"] for s in steps])
+    out["between"] = _stats_ms([b["start"] - a["end"] for a, b in itertools.pairwise(steps)])
+    out["period"] = _stats_ms([b["start"] - a["start"] for a, b in itertools.pairwise(steps)])
+    out["delivery"] = _stats_ms([s["delivered"] - s["posted"] for s in steps if s["delivered"] is not None])
+    last_seen: dict[int, float] = {}
+    gaps: list[float] = []
+    for s in steps:
+        when = s["delivered"]
+        if when is None:
+            continue
+        for seq_id in s["seq_ids"]:
+            if seq_id in last_seen:
+                gaps.append(when - last_seen[seq_id])
+            last_seen[seq_id] = when
+    out["token_gap"] = _stats_ms(gaps)
+    return out
