@@ -93,6 +93,12 @@ def _add_serve_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to a healthy server")
     serve.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
     serve.add_argument(
+        "--client-processes",
+        type=int,
+        default=None,
+        help="client processes sharing the streams (default: 1 per 4 streams, at most a quarter of the CPUs)",
+    )
+    serve.add_argument(
         "--server-arg",
         action="append",
         default=[],

@@ -5,8 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer as RustTokenizer
+from tokenizers.decoders import ByteLevel as ByteLevelDecoder
+from tokenizers.models import BPE
+from tokenizers.pre_tokenizers import ByteLevel as ByteLevelPre
+from tokenizers.trainers import BpeTrainer
 
-from graphrun.llm.tokenizer import ByteTokenizer
+from graphrun.llm.tokenizer import ByteTokenizer, HFTokenizer
 from graphrun.serve.chat_template import ChatTemplate
 from graphrun.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest
 from graphrun.serve.text import TextStream
@@ -80,3 +87,82 @@ def test_completion_prompts_text_tokens_and_singleton_lists():
         assert CompletionRequest.model_validate({"prompt": prompt}).prompt_ids(tok, 512) == [104, 105]
     with pytest.raises(APIError):
         CompletionRequest.model_validate({"prompt": [1, 512]}).prompt_ids(tok, 512)
+
+
+def _reference_pushes(
+    tokenizer: ByteTokenizer, stop: tuple[str, ...], pushes: list[list[int]]
+) -> list[tuple]:
+    """The specification: decode every id on every push, then apply holdback and stop strings."""
+    holdback = max((len(s) for s in stop), default=1) - 1
+    ids: list[int] = []
+    sent = 0
+    out = []
+    for i, push in enumerate(pushes):
+        final = i == len(pushes) - 1
+        ids += push
+        text = tokenizer.decode(ids)
+        hits = [j for j in (text.find(s) for s in stop) if j >= 0]
+        cut = min(hits) if hits else None
+        if cut is not None:
+            text, final = text[:cut], True
+        end = len(text) if final else min(len(text.rstrip("\ufffd")), len(text) - holdback)
+        end = max(end, sent)
+        out.append((text[sent:end], cut is not None))
+        sent = end
+        if cut is not None:
+            break
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pushes=st.lists(st.lists(st.integers(0, 1023), max_size=6), min_size=1, max_size=30),
+    stop=st.lists(st.text(alphabet="ab\u00e9\ufffd", min_size=1, max_size=3), max_size=2),
+)
+def test_incremental_decoding_emits_what_decoding_everything_each_push_emits(pushes, stop):
+    tokenizer = ByteTokenizer(1024)
+    stream = TextStream(tokenizer, tuple(stop))
+    got = []
+    for i, push in enumerate(pushes):
+        got.append(stream.push(push, final=i == len(pushes) - 1))
+        if got[-1][1]:
+            break
+    assert got == _reference_pushes(tokenizer, tuple(stop), pushes)
+
+
+class _Reversing(ByteTokenizer):
+    """A decoder that is not local: a window's text never extends the previous window's."""
+
+    def decode(self, ids):  # type: ignore[override]
+        return super().decode(ids)[::-1]
+
+
+def test_a_tokenizer_whose_decoding_is_not_local_falls_back_to_decoding_everything():
+    tokenizer, ids = _Reversing(), []
+    stream = TextStream(tokenizer)
+    for piece in ["ab", "c", "de"]:
+        ids += _ids(piece)
+        stream.push(_ids(piece), final=False)
+        assert stream.text == tokenizer.decode(ids)
+
+
+@pytest.fixture(scope="module")
+def byte_level_bpe() -> HFTokenizer:
+    """A small byte-level BPE (Qwen3's kind of tokenizer), trained here on a few lines with accents."""
+    tokenizer = RustTokenizer(BPE())
+    tokenizer.pre_tokenizer = ByteLevelPre(add_prefix_space=False)
+    tokenizer.decoder = ByteLevelDecoder()
+    corpus = ["héllo wörld, the quick brown fox", "naïve café déjà vu", "日本語 テキスト 🙂 emoji"] * 20
+    trainer = BpeTrainer(vocab_size=300, initial_alphabet=ByteLevelPre.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus, trainer)
+    return HFTokenizer(tokenizer, None, ())
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_byte_level_bpe_streams_exactly_what_one_decode_gives(byte_level_bpe, data):
+    vocab = byte_level_bpe.vocab_size
+    pushes = data.draw(st.lists(st.lists(st.integers(0, vocab - 1), max_size=5), min_size=1, max_size=25))
+    stream = TextStream(byte_level_bpe)
+    deltas = [stream.push(push, final=i == len(pushes) - 1)[0] for i, push in enumerate(pushes)]
+    assert "".join(deltas) == byte_level_bpe.decode([i for push in pushes for i in push])

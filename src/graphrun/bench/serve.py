@@ -14,7 +14,6 @@ runs, graph mode on the sim backend: a smoke test of the whole path whose timing
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import math
 import shlex
@@ -26,7 +25,7 @@ from typing import Any
 
 import torch
 
-from graphrun.bench.serve_client import run_closed_loop
+from graphrun.bench.serve_client import default_client_processes, run_load
 from graphrun.bench.serve_process import (
     ServerProcess,
     ServerStartError,
@@ -68,6 +67,7 @@ class ServeBenchSetup:
     request_timeout: float = 600.0
     server_args: tuple[str, ...] = ()
     log_level: str = "INFO"  # the server's, into its log file
+    client_processes: int = 1  # processes the client's streams are spread over (serve_client.run_load)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -81,6 +81,8 @@ class ServeBenchSetup:
             raise ConfigError(f"--port must be in [0, 65535] (0: pick a free one), got {self.port}")
         if not (self.startup_timeout > 0 and self.request_timeout > 0):
             raise ConfigError("--startup-timeout and --request-timeout must be > 0 seconds")
+        if self.client_processes < 1:
+            raise ConfigError(f"--client-processes must be >= 1, got {self.client_processes}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeBenchSetup:
@@ -109,6 +111,11 @@ class ServeBenchSetup:
             request_timeout=args.request_timeout,
             server_args=tuple(part for arg in args.server_arg or () for part in shlex.split(arg)),
             log_level=getattr(args, "log_level", "INFO"),
+            client_processes=(
+                args.client_processes
+                if getattr(args, "client_processes", None) is not None
+                else default_client_processes(args.concurrency)
+            ),
         )
 
     def server_argv(self, mode: str, port: int) -> list[str]:
@@ -130,6 +137,7 @@ class ServeBenchSetup:
             "modes": list(self.modes),
             **asdict(self.workload),
             "concurrency": self.concurrency,
+            "client_processes": self.client_processes,
             "warmup_requests": self.warmup_requests,
             "max_num_seqs": self.max_num_seqs,
             "server_args": list(self.server_args),
@@ -155,8 +163,9 @@ def _warm_up(setup: ServeBenchSetup, server: ServerProcess, model: str, health: 
     specs = plan_requests(setup.workload, setup.warmup_requests, vocab, max_len, "warmup")
     if not specs:
         return []
-    loop = run_closed_loop(server.url, model, specs, setup.concurrency, setup.request_timeout)
-    results, _ = asyncio.run(loop)
+    results, _ = run_load(
+        server.url, model, specs, setup.concurrency, setup.request_timeout, setup.client_processes
+    )
     return [f"warm-up request {r.index}: {r.error}" for r in results if not r.ok]
 
 
@@ -173,10 +182,15 @@ def _measure(
     run["num_prompts_clipped"] = sum(s.clipped for s in specs)
     before = server.counters()
     log.info("serve bench: %s: %d timed requests, concurrency %d", mode, len(specs), setup.concurrency)
-    loop = run_closed_loop(
-        server.url, model, specs, setup.concurrency, setup.request_timeout, _progress(mode, len(specs))
+    results, wall = run_load(
+        server.url,
+        model,
+        specs,
+        setup.concurrency,
+        setup.request_timeout,
+        setup.client_processes,
+        _progress(mode, len(specs)),
     )
-    results, wall = asyncio.run(loop)
     run.update(summarize_run(results, wall))
     run["metrics"] = graph_summary(counter_deltas(before, server.counters()))
     memory = server.get("/health").json().get("memory", {})

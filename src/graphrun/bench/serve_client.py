@@ -9,6 +9,12 @@ received; anything else is recorded as failed with its reason (a count mismatch 
 
 Closed loop: C workers pull the next request from one shared list, in order, and send it as soon as
 their previous one ended, so C requests are in flight until the list runs out.
+
+One Python process parsing every stream is itself a bottleneck at thousands of chunks a second: chunks
+that arrive together are read one after another, so a stream's timestamps drift by up to a whole
+step's worth of parsing and its measured gaps spread. `run_load` can therefore split the C workers over
+P client processes (as C separate clients would be); they take the next request from one shared
+counter, so the loop stays closed and in order, and time with perf_counter, one clock across processes.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import multiprocessing as mp
+import os
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -201,3 +211,131 @@ async def run_closed_loop(
         await asyncio.gather(*(worker(client) for _ in range(min(concurrency, len(specs)))))
         wall = time.perf_counter() - start
     return [results[spec.index] for spec in specs], wall
+
+
+def default_client_processes(concurrency: int, cpus: int | None = None) -> int:
+    """Client processes for `concurrency` streams: one per 4 streams, at most a quarter of the CPUs.
+
+    The server needs the rest (its engine thread, event loop and the GPU driver); a 2-core machine
+    gets one process.
+    """
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    return max(1, min(math.ceil(concurrency / 4), cpus // 4))
+
+
+def run_load(
+    url: str,
+    model: str,
+    specs: list[RequestSpec],
+    concurrency: int,
+    timeout: float,
+    processes: int = 1,
+    on_done: Callable[[int], None] | None = None,
+) -> tuple[list[RequestResult], float]:
+    """Every request through `concurrency` workers spread over `processes` client processes.
+
+    Returns the results in list order and the wall seconds from the start signal to the last request's
+    end. processes=1 runs the workers in this process.
+    """
+    processes = max(1, min(processes, concurrency, len(specs)))
+    if processes == 1:
+        return asyncio.run(run_closed_loop(url, model, specs, concurrency, timeout, on_done))
+    ctx = mp.get_context("spawn")  # no inherited threads or sockets; the children import this module
+    counter = ctx.Value("i", 0)  # the next spec to send, shared: one closed loop across processes
+    start_event = ctx.Event()
+    messages: mp.Queue[tuple[str, Any]] = ctx.Queue()
+    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    children = [
+        ctx.Process(
+            target=_client_process,
+            args=(url, model, specs, share, timeout, counter, start_event, messages),
+            name=f"graphrun-bench-client-{i}",
+            daemon=True,
+        )
+        for i, share in enumerate(shares)
+    ]
+    for child in children:
+        child.start()
+    for _ in children:  # every child imported and is waiting: start the clock
+        _expect(messages, "ready", children)
+    start = time.perf_counter()
+    start_event.set()
+    results: dict[int, RequestResult] = {}
+    ends: list[float] = []
+    while len(ends) < len(children):
+        kind, value = _expect(messages, None, children)
+        if kind == "result":
+            results[value.index] = value
+            if on_done is not None:
+                on_done(len(results))
+        elif kind == "end":
+            ends.append(value)
+    for child in children:
+        child.join(10)
+    missing = [spec.index for spec in specs if spec.index not in results]
+    if missing:
+        raise RuntimeError(f"client processes returned no result for requests {missing[:10]}")
+    return [results[spec.index] for spec in specs], max(ends) - start
+
+
+def _expect(messages: mp.Queue[tuple[str, Any]], kind: str | None, children: list[Any]) -> tuple[str, Any]:
+    """The next message from a client process (of `kind`, when given); raises if a child died."""
+    while True:
+        try:
+            message = messages.get(timeout=1.0)
+        except queue.Empty:
+            dead = [c.name for c in children if c.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"client process {dead[0]} died") from None
+            continue
+        if message[0] == "error":
+            raise RuntimeError(f"a client process failed: {message[1]}")
+        if kind is not None and message[0] != kind:
+            raise RuntimeError(f"client process protocol: expected {kind!r}, got {message[0]!r}")
+        return message
+
+
+def _client_process(
+    url: str,
+    model: str,
+    specs: list[RequestSpec],
+    concurrency: int,
+    timeout: float,
+    counter: Any,
+    start_event: Any,
+    messages: mp.Queue[tuple[str, Any]],
+) -> None:
+    """(a child) `concurrency` workers taking specs from the shared counter; each result is posted."""
+    try:
+        messages.put(("ready", None))
+        start_event.wait()
+        asyncio.run(_shared_loop(url, model, specs, concurrency, timeout, counter, messages))
+        messages.put(("end", time.perf_counter()))
+    except BaseException as exc:  # reported to the parent, which raises it
+        messages.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+async def _shared_loop(
+    url: str,
+    model: str,
+    specs: list[RequestSpec],
+    concurrency: int,
+    timeout: float,
+    counter: Any,
+    messages: mp.Queue[tuple[str, Any]],
+) -> None:
+    def take() -> RequestSpec | None:
+        with counter.get_lock():
+            index = counter.value
+            if index >= len(specs):
+                return None
+            counter.value = index + 1
+        return specs[index]
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while (spec := take()) is not None:
+            messages.put(("result", await stream_request(client, url, model, spec, timeout)))
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
