@@ -8,6 +8,8 @@
   skinny_logits (kernels/triton_ops.py), the other fused kernels kept.
 - GRAPHRUN_SERVE_TRACE: a file path; `graphrun serve` records a timeline of its engine steps and
   writes it there as JSON when it stops (serve/trace.py).
+- GRAPHRUN_GC_FREEZE: "0" stops `graphrun serve` from freezing the objects that exist once start-up
+  is done (gc.freeze(), so the collector never scans them again; serve/worker.py).
 - GRAPHRUN_SWITCH_INTERVAL_US: `graphrun serve` sets Python's thread switch interval to this many
   microseconds (sys.setswitchinterval; Python's default is 5000).
 """
@@ -44,3 +46,8 @@ def switch_interval_seconds() -> float | None:
     """GRAPHRUN_SWITCH_INTERVAL_US in seconds, or None when unset or empty."""
     value = os.environ.get("GRAPHRUN_SWITCH_INTERVAL_US", "").strip()
     return float(value) * 1e-6 if value else None
+
+
+def gc_freeze_enabled() -> bool:
+    """False when GRAPHRUN_GC_FREEZE is "0"."""
+    return os.environ.get("GRAPHRUN_GC_FREEZE", "").strip() != "0"

@@ -10,6 +10,7 @@ Times are time.perf_counter() seconds. Tracing costs a few microseconds a step; 
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import logging
@@ -33,8 +34,22 @@ class StepTrace:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.steps: list[dict[str, Any]] = []
+        self.collections: list[dict[str, Any]] = []  # garbage-collector runs: generation, start, end
         self._lock = threading.Lock()
         self._full = False
+        self._gc_start: float | None = None
+
+    def watch_gc(self) -> None:
+        """Record every garbage collection's generation and time span (until `write`)."""
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._gc_start = now
+        elif self._gc_start is not None and len(self.collections) < MAX_STEPS:
+            self.collections.append({"generation": info["generation"], "start": self._gc_start, "end": now})
+            self._gc_start = None
 
     def record(self, timing: StepTiming, posted: float, seq_ids: Sequence[int]) -> int | None:
         """Add a step; returns its index (for `delivered`), or None once MAX_STEPS are recorded."""
@@ -68,11 +83,15 @@ class StepTrace:
 
     def write(self) -> None:
         """Write the steps and their summary as JSON (errors are logged: tracing never fails serving)."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         with self._lock:
             steps = list(self.steps)
+        summary = {**summarize_trace(steps), "gc": summarize_collections(self.collections)}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"summary": summarize_trace(steps), "steps": steps}))
+            payload = {"summary": summary, "steps": steps, "collections": self.collections}
+            self.path.write_text(json.dumps(payload))
             log.info("serve trace: wrote %d steps to %s", len(steps), self.path)
         except OSError as exc:
             log.error("serve trace: could not write %s: %s", self.path, exc)
@@ -127,3 +146,11 @@ def summarize_trace(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
             last_seen[seq_id] = when
     out["token_gap"] = _stats_ms(gaps)
     return out
+
+
+def summarize_collections(collections: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per generation: how many collections ran and their durations (ms)."""
+    return {
+        f"gen{g}": _stats_ms([c["end"] - c["start"] for c in collections if c["generation"] == g])
+        for g in (0, 1, 2)
+    }
