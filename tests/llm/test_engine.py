@@ -1,5 +1,7 @@
 """The engine end to end on the tiny preset: graph decode (through the simulator) equals eager decode."""
 
+import time
+
 import pytest
 import torch
 
@@ -128,3 +130,17 @@ def test_verification_inputs_never_read_the_scratch_block_they_write():
     tables = ints[:, NUM_FIXED_INT_COLUMNS:]
     assert int(tables.min()) >= 1 and SCRATCH_BLOCK == 0
     assert int(ints[:, 2].max()) < shape.block_size  # slots: block 0 only
+
+
+def test_on_launched_runs_once_per_step_after_the_launch_and_before_the_tokens_are_read(engines):
+    graph, _ = engines
+    graph.add_request("on launched", SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True))
+    calls: list[float] = []
+    steps = returned = 0
+    while graph.has_unfinished():
+        returned += len(graph.step(on_launched=lambda: calls.append(time.perf_counter())))
+        steps += 1
+        timing = graph.last_step_timing
+        assert len(calls) == steps and timing is not None
+        assert timing.start <= timing.launched <= calls[-1] <= timing.waited <= timing.end
+    assert returned == 5

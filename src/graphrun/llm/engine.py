@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +63,8 @@ class StepTiming:
     """Where the host's time in the last step() went (time.perf_counter() seconds), for timelines.
 
     launched: the next batch is queued on the device (scheduling + packing + launch); waited: the tokens
-    step() returns are on the host (the wait for the device); end: outputs built. kind/rows/tokens
+    step() returns are on the host (step's on_launched callback, then the wait for the device); end:
+    outputs built. kind/rows/tokens
     describe the batch launched (kind None: nothing was launched).
     """
 
@@ -232,11 +234,13 @@ class LLMEngine:
     # ----- one step ---------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def step(self) -> list[StepOutput]:
+    def step(self, on_launched: Callable[[], None] | None = None) -> list[StepOutput]:
         """Launch the next batch, then return the outputs of the step whose tokens are ready.
 
         Synchronous scheduling returns this step's own outputs; asynchronous scheduling returns the
         previous step's (launched one call earlier), so the device always has the next step queued.
+        on_launched runs once the batch is launched, before the wait for tokens: the server posts the
+        last step's tokens there, so their delivery overlaps the device instead of the next launch.
         """
         start = time.perf_counter()
         self._last_wait_end = None
@@ -252,6 +256,9 @@ class LLMEngine:
         else:
             self._launched = None
         launched = time.perf_counter()
+        if on_launched is not None:
+            on_launched()
+        called = time.perf_counter()
         outputs = self._resolve(previous) if previous is not None else []
         if not self._async and self._launched is not None:
             pending, self._launched = self._launched, None
@@ -260,7 +267,7 @@ class LLMEngine:
         self.last_step_timing = StepTiming(
             start,
             launched,
-            self._last_wait_end or launched,
+            self._last_wait_end or called,
             end,
             None if batch is None else batch.kind,
             0 if batch is None else len(batch.seqs),
