@@ -10,6 +10,8 @@
   writes it there as JSON when it stops (serve/trace.py).
 - GRAPHRUN_GC_FREEZE: "0" stops `graphrun serve` from freezing the objects that exist once start-up
   is done (gc.freeze(), so the collector never scans them again; serve/worker.py).
+- GRAPHRUN_BLOCKING_SYNC: "1" makes the engine's wait for a step's tokens sleep in the driver
+  (cudaEventBlockingSync) instead of spinning on a CPU core.
 - GRAPHRUN_SWITCH_INTERVAL_US: `graphrun serve` sets Python's thread switch interval to this many
   microseconds (sys.setswitchinterval; Python's default is 5000).
 """
@@ -51,3 +53,8 @@ def switch_interval_seconds() -> float | None:
 def gc_freeze_enabled() -> bool:
     """False when GRAPHRUN_GC_FREEZE is "0"."""
     return os.environ.get("GRAPHRUN_GC_FREEZE", "").strip() != "0"
+
+
+def blocking_sync_enabled() -> bool:
+    """True when GRAPHRUN_BLOCKING_SYNC is "1"."""
+    return os.environ.get("GRAPHRUN_BLOCKING_SYNC", "").strip() == "1"

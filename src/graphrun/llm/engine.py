@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
+from graphrun.envvars import blocking_sync_enabled
 from graphrun.errors import ConfigError
 from graphrun.graphs.sizes import default_ladder, normalize_ladder
 from graphrun.llm.block_manager import BlockManager
@@ -114,6 +115,7 @@ class LLMEngine:
         self._next_seq_id = 0
         self._launched: _Launched | None = None  # at most one step whose tokens the host has not seen
         self._async = config.async_scheduling
+        self._blocking_sync = blocking_sync_enabled()  # sleep, not spin, while waiting for tokens
         self.last_step_timing: StepTiming | None = None  # the newest step()'s host timeline
         self._last_wait_end: float | None = None
 
@@ -281,7 +283,7 @@ class LLMEngine:
             return _Launched(advanced, tokens.clone(), None)
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
-        ready = torch.cuda.Event()
+        ready = torch.cuda.Event(blocking=self._blocking_sync)
         ready.record()
         return _Launched(advanced, host, ready)
 
