@@ -22,39 +22,44 @@ import os
 from pathlib import Path
 
 
+def _read(name: str) -> str:
+    """The variable's value without surrounding whitespace; "" when unset."""
+    return os.environ.get(name, "").strip()
+
+
 def git_commit_override() -> str | None:
     """GRAPHRUN_GIT_COMMIT, or None when unset or empty."""
-    value = os.environ.get("GRAPHRUN_GIT_COMMIT", "").strip()
+    value = _read("GRAPHRUN_GIT_COMMIT")
     return value or None
 
 
 def triton_disabled() -> bool:
     """True when GRAPHRUN_DISABLE_TRITON asks for the torch reference ops."""
-    return os.environ.get("GRAPHRUN_DISABLE_TRITON", "").strip() not in ("", "0")
+    return _read("GRAPHRUN_DISABLE_TRITON") not in ("", "0")
 
 
 def skinny_gemm_disabled() -> bool:
     """True when GRAPHRUN_DISABLE_SKINNY_GEMM asks for cuBLAS on the decode-sized LM head."""
-    return os.environ.get("GRAPHRUN_DISABLE_SKINNY_GEMM", "").strip() not in ("", "0")
+    return _read("GRAPHRUN_DISABLE_SKINNY_GEMM") not in ("", "0")
 
 
 def serve_trace_path() -> Path | None:
     """GRAPHRUN_SERVE_TRACE as a path, or None when unset or empty."""
-    value = os.environ.get("GRAPHRUN_SERVE_TRACE", "").strip()
+    value = _read("GRAPHRUN_SERVE_TRACE")
     return Path(value) if value else None
 
 
 def switch_interval_seconds() -> float | None:
     """GRAPHRUN_SWITCH_INTERVAL_US in seconds, or None when unset or empty."""
-    value = os.environ.get("GRAPHRUN_SWITCH_INTERVAL_US", "").strip()
+    value = _read("GRAPHRUN_SWITCH_INTERVAL_US")
     return float(value) * 1e-6 if value else None
 
 
 def gc_freeze_enabled() -> bool:
     """False when GRAPHRUN_GC_FREEZE is "0"."""
-    return os.environ.get("GRAPHRUN_GC_FREEZE", "").strip() != "0"
+    return _read("GRAPHRUN_GC_FREEZE") != "0"
 
 
 def blocking_sync_enabled() -> bool:
     """True when GRAPHRUN_BLOCKING_SYNC is "1"."""
-    return os.environ.get("GRAPHRUN_BLOCKING_SYNC", "").strip() == "1"
+    return _read("GRAPHRUN_BLOCKING_SYNC") == "1"

@@ -65,8 +65,7 @@ class StepTiming:
 
     launched: the next batch is queued on the device (scheduling + packing + launch); waited: the tokens
     step() returns are on the host (step's on_launched callback, then the wait for the device); end:
-    outputs built. kind/rows/tokens
-    describe the batch launched (kind None: nothing was launched).
+    outputs built. kind/rows/tokens describe the batch launched (kind None: nothing was launched).
     """
 
     start: float
