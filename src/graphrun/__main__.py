@@ -4,4 +4,5 @@ import sys
 
 from graphrun.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned engine process imports the parent's main module
+    sys.exit(main())

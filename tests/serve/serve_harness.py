@@ -21,7 +21,7 @@ import uvicorn
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.serve.app import build_app
 from graphrun.serve.config import ServeConfig
-from graphrun.serve.worker import EngineWorker
+from graphrun.serve.worker import EngineWorker, make_worker
 
 MIB = 2**20
 ENGINE_DEFAULTS: dict[str, Any] = {
@@ -66,13 +66,18 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
 
 
 @contextlib.contextmanager
-def live_server(engine: dict[str, Any] | None = None, **serve: Any) -> Iterator[LiveServer]:
-    """Start a server for a tiny engine (ENGINE_DEFAULTS updated by `engine`); stop it afterwards."""
+def live_server(
+    engine: dict[str, Any] | None = None, engine_process: bool = False, **serve: Any
+) -> Iterator[LiveServer]:
+    """Start a server for a tiny engine (ENGINE_DEFAULTS updated by `engine`); stop it afterwards.
+
+    The engine runs in a thread unless engine_process (a spawned process costs seconds to start).
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = ServeConfig(port=port, served_model_name="tiny", **serve)
-    worker = EngineWorker(EngineConfig(**{**ENGINE_DEFAULTS, **(engine or {})}), config)
+    config = ServeConfig(port=port, served_model_name="tiny", engine_process=engine_process, **serve)
+    worker = make_worker(EngineConfig(**{**ENGINE_DEFAULTS, **(engine or {})}), config)
     server = uvicorn.Server(
         uvicorn.Config(build_app(worker, config), log_config=None, timeout_graceful_shutdown=2)
     )
@@ -80,8 +85,9 @@ def live_server(engine: dict[str, Any] | None = None, **serve: Any) -> Iterator[
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        ready = wait_until(lambda: httpx.get(url + "/health", timeout=5).status_code == 200, timeout=60)
-        assert ready, "the server did not become healthy within 60 s"
+        settled = wait_until(lambda: worker.state != "starting", timeout=60)
+        assert settled and worker.state == "ready", f"the engine did not start: {worker.state}"
+        assert httpx.get(url + "/health", timeout=5).status_code == 200
         yield LiveServer(url, worker, server)
     finally:
         server.should_exit = True

@@ -12,9 +12,9 @@ NUM_CLIENTS = 64
 PARAMS = {"model": "tiny", "max_tokens": 16, "temperature": 0, "extra_body": {"ignore_eos": True}}
 
 
-@pytest.fixture(scope="module")
-def srv():
-    with live_server() as server:
+@pytest.fixture(scope="module", params=["thread", "process"])
+def srv(request: pytest.FixtureRequest):
+    with live_server(engine_process=request.param == "process") as server:
         yield server
 
 

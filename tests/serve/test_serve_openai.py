@@ -18,8 +18,8 @@ GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
 
 
 @pytest.fixture(scope="module")
-def srv():
-    with live_server({"max_model_len": MAX_MODEL_LEN}) as server:
+def srv():  # the engine in its own process, as `graphrun serve` runs it
+    with live_server({"max_model_len": MAX_MODEL_LEN}, engine_process=True) as server:
         yield server
 
 
@@ -173,7 +173,7 @@ def test_health_and_metrics_expose_capture_and_serving_series(srv, client):
 
 
 def test_an_unexpected_exception_is_a_500_for_that_request_only(srv, client, monkeypatch):
-    tokenizer = srv.worker.engine.tokenizer
+    tokenizer = srv.worker.model.tokenizer
     encode = tokenizer.encode
 
     def exploding_encode(text: str) -> list[int]:

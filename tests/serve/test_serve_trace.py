@@ -56,10 +56,11 @@ def test_records_stop_at_the_bound_without_failing(tmp_path, monkeypatch):
     assert len(saved["steps"]) == 2 and saved["steps"][1]["delivered"] is not None
 
 
-def test_a_server_with_the_trace_variable_writes_every_step_on_stop(tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine_process", [False, True])
+def test_a_server_with_the_trace_variable_writes_every_step_on_stop(tmp_path, monkeypatch, engine_process):
     path = tmp_path / "trace.json"
     monkeypatch.setenv("GRAPHRUN_SERVE_TRACE", str(path))
-    with live_server() as srv:
+    with live_server(engine_process=engine_process) as srv:
         body = {"model": "tiny", "prompt": [5, 6, 7], "max_tokens": 6, "temperature": 0, "ignore_eos": True}
         for _ in range(2):
             assert httpx.post(srv.url + "/v1/completions", json=body, timeout=60).status_code == 200

@@ -41,7 +41,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -68,6 +68,9 @@ class RequestRejected(GraphrunError, ValueError):
     def __init__(self, message: str, code: RejectCode) -> None:
         super().__init__(message)
         self.code: RejectCode = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.code))  # pickled to the server process with its code
 
 
 @dataclass(frozen=True, slots=True)

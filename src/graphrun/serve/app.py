@@ -24,13 +24,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from graphrun import __version__
 from graphrun.errors import GraphrunError
-from graphrun.llm.engine import LLMEngine
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.scheduler import RequestRejected
 from graphrun.serve.chat_template import ChatTemplate
@@ -43,7 +42,7 @@ from graphrun.serve.protocol import (
 )
 from graphrun.serve.request import EngineFailure, QueueFull, RequestHandle, Unavailable
 from graphrun.serve.responses import ChatFormat, CompletionFormat, ResponseFormat, Usage
-from graphrun.serve.worker import EngineWorker
+from graphrun.serve.worker import EngineWorker, ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -101,33 +100,33 @@ class _Routes:
             raise APIError(500, f"internal error: {type(exc).__name__}", type="server_error") from exc
 
     async def _complete(self, body: CompletionRequest, request: Request) -> Response:
-        engine = self._engine_for(body.model)
+        model = self._model_for(body.model)
         body.check_supported()
-        vocab = engine.model_config.vocab_size
-        ids = body.prompt_ids(engine.tokenizer, vocab)
+        vocab = model.vocab_size
+        ids = body.prompt_ids(model.tokenizer, vocab)
         max_tokens = resolve_max_tokens(
-            body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, len(ids), engine.max_model_len
+            body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, len(ids), model.max_model_len
         )
         params = body.sampling_params(max_tokens, vocab)
         fmt = CompletionFormat(self._config.served_model_name, bool(body.return_token_ids))
         return await self._generate(request, fmt, ids, params, body.stop_strings(), body)
 
     async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        engine = self._engine_for(body.model)
+        model = self._model_for(body.model)
         body.check_supported()
-        ids = self._template.prompt_ids(body.messages, engine.tokenizer)
-        max_tokens = resolve_max_tokens(body.requested_max_tokens, None, len(ids), engine.max_model_len)
-        params = body.sampling_params(max_tokens, engine.model_config.vocab_size)
+        ids = self._template.prompt_ids(body.messages, model.tokenizer)
+        max_tokens = resolve_max_tokens(body.requested_max_tokens, None, len(ids), model.max_model_len)
+        params = body.sampling_params(max_tokens, model.vocab_size)
         fmt = ChatFormat(self._config.served_model_name, bool(body.return_token_ids))
         return await self._generate(request, fmt, ids, params, body.stop_strings(), body)
 
-    def _engine_for(self, model: str | None) -> LLMEngine:
-        """The engine, when `model` names it (None: the served model) and it is ready."""
+    def _model_for(self, model: str | None) -> ServedModel:
+        """The served model, when `model` names it (None: the served model) and the engine is ready."""
         name = self._config.served_model_name
         if model is not None and model != name:
             message = f"model {model!r} does not exist; this server serves {name!r}"
             raise APIError(404, message, param="model", code="model_not_found")
-        return self._worker.engine
+        return self._worker.model
 
     async def _generate(
         self,
@@ -228,7 +227,7 @@ class _Routes:
         state = self._worker.state
         status = "ok" if state == "ready" else state
         body = {"status": status, "model": self._config.served_model_name, **self._worker.info}
-        body["memory"] = self._worker.memory()
+        body["memory"] = await self._worker.memory()
         if state == "ready":
             return JSONResponse(body)
         return JSONResponse(
@@ -237,7 +236,7 @@ class _Routes:
 
     async def metrics(self) -> Response:
         """GET /metrics: Prometheus text of the engine's graph series and the server's own."""
-        return Response(generate_latest(self._worker.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await self._worker.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _abort_on_disconnect(request: Request, worker: EngineWorker, handle: RequestHandle) -> None:

@@ -83,6 +83,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "--max-queue", type=int, default=srv.max_queue, help="requests queued beyond --max-num-seqs"
     )
     p.add_argument("--drain-seconds", type=float, default=srv.drain_seconds, help="SIGTERM: wait this long")
+    p.add_argument(
+        "--engine-process",
+        action=argparse.BooleanOptionalAction,
+        default=srv.engine_process,
+        help="run the engine in a process of its own, away from HTTP's GIL (default); "
+        "--no-engine-process: a thread of the server's process",
+    )
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -94,7 +101,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Build the configs from flags, start the engine thread and uvicorn; return when drained."""
+    """Build the configs from flags, start the engine and uvicorn; return when drained."""
     import torch  # imported on use: `graphrun --help` stays fast
 
     model = args.model or ("qwen3-0.6b-shape" if torch.cuda.is_available() else "tiny")
@@ -119,6 +126,7 @@ def run_serve(args: argparse.Namespace) -> int:
             served_model_name=args.served_model_name or model,
             max_queue=args.max_queue,
             drain_seconds=args.drain_seconds,
+            engine_process=args.engine_process,
         )
     except GraphrunError as exc:
         print(f"graphrun serve: {exc}", file=sys.stderr)
@@ -136,17 +144,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def serve(engine_config: EngineConfig, serve_config: ServeConfig) -> int:
-    """Serve until SIGTERM/SIGINT has drained the server; 1 when the engine failed to start."""
+    """Serve until SIGTERM/SIGINT has drained the server; 1 when the engine failed (at start or later)."""
     import uvicorn
 
     from graphrun.serve.app import build_app
-    from graphrun.serve.worker import EngineWorker
+    from graphrun.serve.worker import make_worker
 
     interval = switch_interval_seconds()
     if interval is not None:
         sys.setswitchinterval(interval)
         log.info("thread switch interval: %g us", interval * 1e6)
-    worker = EngineWorker(engine_config, serve_config)
+    worker = make_worker(engine_config, serve_config)
     config = uvicorn.Config(
         build_app(worker, serve_config),
         host=serve_config.host,
@@ -184,7 +192,7 @@ def draining_server(config: uvicorn.Config, worker: EngineWorker, drain_seconds:
             self.should_exit = True
 
         async def on_tick(self, counter: int) -> bool:
-            if worker.state == "failed":  # the engine could not start: nothing to serve
+            if worker.state == "failed":  # the engine could not start, or its process died
                 self.should_exit = True
             return await super().on_tick(counter)
 

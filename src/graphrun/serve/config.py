@@ -17,7 +17,8 @@ class ServeConfig:
 
     max_queue bounds the requests accepted beyond the `max_num_seqs` the engine runs at once; past it a
     request gets 429 with Retry-After. drain_seconds is how long SIGTERM waits for in-flight requests
-    before aborting them.
+    before aborting them. engine_process: see worker.py (a process keeps the engine's GIL to itself;
+    a thread is one process, for debugging and for tests that look inside the engine).
     """
 
     host: str = "127.0.0.1"
@@ -26,6 +27,7 @@ class ServeConfig:
     max_queue: int = 256
     drain_seconds: float = 30.0
     retry_after_seconds: int = 1  # the Retry-After header of 429 and 503 answers
+    engine_process: bool = True  # the engine in a process of its own (False: a thread of the server's)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -1,6 +1,6 @@
-"""Memory for /health: what the engine's device holds now, and the server process's peak RSS.
+"""Memory for /health: what the engine's device holds now, and the engine process's peak RSS.
 
-Read at request time on the event loop while the engine thread runs. Every call here only reads
+Read at request time in the process that runs the engine, while it steps. Every call here only reads
 counters (the CUDA caching allocator's statistics, cudaMemGetInfo, getrusage), so it needs no lock and
 never waits for the engine's step.
 """
@@ -19,10 +19,10 @@ def max_rss_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
-def memory_now(device: torch.device) -> dict[str, int]:
+def memory_now(device: torch.device | None) -> dict[str, int]:
     """The process's peak RSS; on CUDA also the allocator's reserved/allocated/peak and the device's free."""
     out = {"max_rss_bytes": max_rss_bytes()}
-    if device.type == "cuda":
+    if device is not None and device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         out |= {
             "cuda_reserved_bytes": torch.cuda.memory_reserved(device),

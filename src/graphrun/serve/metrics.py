@@ -1,7 +1,9 @@
-"""The server's Prometheus series, registered in the registry the engine's graph series use.
+"""The server's Prometheus series: request outcomes (HTTP side) and tokens and occupancy (engine side).
 
-One registry for everything, so /metrics is one scrape: the engine's `graphrun_cuda_graph_*` series and
-these. Labels are bounded: `status` takes the values of REQUEST_STATUSES only.
+With the engine in a thread, one registry holds everything: the engine's `graphrun_cuda_graph_*` series
+and these. With the engine in its own process, that process holds the engine's registry and /metrics
+joins the two scrapes (worker.py); the two sets of names never overlap. Labels are bounded: `status`
+takes the values of REQUEST_STATUSES only.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
 
 
-class ServeMetrics:
-    """Request outcomes, token counts, latencies and engine occupancy."""
+class RequestMetrics:
+    """Request outcomes, counted where the HTTP answers are made."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -26,6 +28,17 @@ class ServeMetrics:
         )
         for status in REQUEST_STATUSES:
             self.requests.labels(status)  # every series exists from the start, at 0
+
+    def count(self, status: str) -> None:
+        """One request ended with `status` (one of REQUEST_STATUSES)."""
+        assert status in REQUEST_STATUSES, status
+        self.requests.labels(status).inc()
+
+
+class EngineMetrics:
+    """Token counts, latencies and occupancy, observed where the engine runs."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.prompt_tokens = Counter("graphrun_prompt_tokens", "Prompt tokens admitted", registry=registry)
         self.generation_tokens = Counter("graphrun_generation_tokens", "Tokens generated", registry=registry)
         self.ttft = Histogram(
@@ -45,11 +58,6 @@ class ServeMetrics:
         self.requests_running = Gauge(
             "graphrun_requests_running", "Requests admitted to the engine", registry=registry
         )
-
-    def count(self, status: str) -> None:
-        """One request ended with `status` (one of REQUEST_STATUSES)."""
-        assert status in REQUEST_STATUSES, status
-        self.requests.labels(status).inc()
 
     def observe_token(self, first: bool, seconds: float) -> None:
         """A token arrived `seconds` after submission (first) or after the request's previous token."""

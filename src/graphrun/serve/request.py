@@ -1,8 +1,10 @@
-"""One request between the event loop and the engine thread, and the errors that can end it.
+"""One request as the HTTP side sees it, the errors that can end it, and the engine's requests.
 
-The engine thread never touches asyncio objects directly: it posts through the request's event loop
-with loop.call_soon_threadsafe, the only path between the two threads (one call per step for all of
-a step's tokens).
+The HTTP side holds a `RequestHandle`: a future for admission and a queue of events. Whatever runs the
+engine (a thread of this process or a process of its own, worker.py) feeds them, always on the handle's
+event loop: from another thread only through loop.call_soon_threadsafe (`post_admission`, `post_step`).
+A request ends with exactly one terminal event (a finish reason, or an error); `on_done` runs then,
+once, on the event loop: the worker's count of requests in flight.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
 
 from graphrun.errors import GraphrunError
 from graphrun.llm.sampling_params import SamplingParams
@@ -26,13 +29,16 @@ class Unavailable(GraphrunError, RuntimeError):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason, str(self)))
+
 
 class QueueFull(GraphrunError, RuntimeError):
     """More requests are in flight than the engine runs at once plus the queue holds."""
 
 
 class EngineFailure(GraphrunError, RuntimeError):
-    """The engine step that carried this request raised; the request is over."""
+    """The engine step that carried this request raised, or the engine is gone; the request is over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,32 +50,51 @@ class Delta:
     token_ids: tuple[int, ...] = ()
 
 
+@dataclass(slots=True)
+class EngineRequest:
+    """A request on the engine's side: what add_request needs, and where its events go (`key`)."""
+
+    key: Hashable  # the RequestHandle itself (engine thread), or its request id (engine process)
+    prompt_ids: list[int]
+    params: SamplingParams
+    arrival: float  # time.monotonic() at submission: CLOCK_MONOTONIC, the same clock in every process
+    seq_id: int | None = None
+    last_token_time: float | None = field(default=None)
+
+
+def is_terminal(event: Event) -> bool:
+    """True for the event that ends a request: an error or a finish reason."""
+    return isinstance(event, Exception) or event[1] is not None
+
+
 class RequestHandle:
-    """A submitted request: what the engine thread needs, and the queue its tokens come back through.
+    """A submitted request: the admission future and the queue its tokens come back through.
 
     The HTTP side awaits `admitted` (the engine's seq id, or its rejection), then reads tokens with
-    `next_tokens()`. The engine thread writes both with `post_admission` and `post_step`.
+    `next_tokens()`.
     """
 
     def __init__(
         self,
+        request_id: int,
         prompt_ids: list[int],
         params: SamplingParams,
         stop: tuple[str, ...],
         loop: asyncio.AbstractEventLoop,
+        on_done: Callable[[RequestHandle], None] | None = None,
     ) -> None:
+        self.request_id = request_id
         self.prompt_ids = prompt_ids
         self.params = params
         self.stop = stop
         self.loop = loop
-        self.admitted: asyncio.Future[int] = loop.create_future()
-        self.num_output_tokens = 0  # event-loop side
-        self.finish_reason: str | None = None  # event-loop side: set once the request is over
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
-        # engine-thread side
-        self.seq_id: int | None = None
         self.arrival = time.monotonic()
-        self.last_token_time: float | None = None
+        self.admitted: asyncio.Future[int] = loop.create_future()
+        self.num_output_tokens = 0
+        self.finish_reason: str | None = None  # set by the reader once the request is over
+        self.done = False  # its terminal event has arrived (set on the event loop)
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._on_done = on_done
 
     async def next_tokens(self) -> tuple[list[int], str | None]:
         """Every token that arrived since the last call (waits for one), and the finish reason if over."""
@@ -88,17 +113,44 @@ class RequestHandle:
         self.num_output_tokens += len(token_ids)
         return token_ids, reason
 
+    # ----- on the event loop ------------------------------------------------------------------------
+
+    def admit(self, result: int | Exception) -> None:
+        """The engine's seq id, or why it refused the request (which ends it)."""
+        if not self.admitted.done():  # else the waiter gave up (cancelled)
+            if isinstance(result, Exception):
+                self.admitted.set_exception(result)
+            else:
+                self.admitted.set_result(result)
+        if isinstance(result, Exception):
+            self._finish()
+
+    def put(self, event: Event) -> None:
+        """One event from the engine."""
+        self._events.put_nowait(event)
+        if is_terminal(event):
+            self._finish()
+
+    def fail(self, error: Exception) -> None:
+        """End the request with `error`, whether it was admitted yet or not (the engine is gone)."""
+        if self.done:
+            return
+        if self.admitted.done():
+            self.put(error)
+        else:
+            self.admit(error)
+
+    def _finish(self) -> None:
+        if not self.done:
+            self.done = True
+            if self._on_done is not None:
+                self._on_done(self)
+
+    # ----- from another thread ----------------------------------------------------------------------
+
     def post_admission(self, result: int | Exception) -> None:
         """(engine thread) The seq id, or why the engine refused the request."""
-        call_in_loop(self.loop, self._admit, result)
-
-    def _admit(self, result: int | Exception) -> None:
-        if self.admitted.done():
-            return  # the waiter gave up (cancelled)
-        if isinstance(result, Exception):
-            self.admitted.set_exception(result)
-        else:
-            self.admitted.set_result(result)
+        call_in_loop(self.loop, self.admit, result)
 
 
 def post_step(events: list[tuple[RequestHandle, Event]]) -> None:
@@ -107,13 +159,13 @@ def post_step(events: list[tuple[RequestHandle, Event]]) -> None:
     for handle, event in events:
         by_loop.setdefault(handle.loop, []).append((handle, event))
     for loop, batch in by_loop.items():
-        call_in_loop(loop, _deliver, batch)
+        call_in_loop(loop, deliver, batch)
 
 
-def _deliver(batch: list[tuple[RequestHandle, Event]]) -> None:
+def deliver(batch: list[tuple[RequestHandle, Event]]) -> None:
     """(event loop) Put events into their requests' queues."""
     for handle, event in batch:
-        handle._events.put_nowait(event)
+        handle.put(event)
 
 
 def call_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> None:

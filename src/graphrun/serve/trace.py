@@ -1,8 +1,8 @@
-"""A timeline of the engine thread, for finding where a served stream's inter-token gaps come from.
+"""A timeline of the engine loop (thread or process): where a served stream's inter-token gaps come from.
 
 With GRAPHRUN_SERVE_TRACE=<path> the worker records, for every engine step, the host times inside
 step() (engine.StepTiming), when the step's tokens were posted to the event loop, when the event loop
-ran that delivery, and which requests got a token; the file is written when the engine thread ends.
+ran that delivery, and which requests got a token; the file is written when the engine loop ends.
 `summarize_trace` splits a stream's gap into its parts: the engine step (device wait and host work),
 the worker's own work between steps, and the event loop's delay before the tokens reach the stream.
 Times are time.perf_counter() seconds. Tracing costs a few microseconds a step; it is off by default.
@@ -75,9 +75,13 @@ class StepTrace:
             )
             return len(self.steps) - 1
 
-    def delivered(self, index: int) -> None:
-        """(event loop) The step's tokens were just put into their requests' queues: note the time."""
-        when = time.perf_counter()
+    def delivered(self, index: int, when: float | None = None) -> None:
+        """(event loop) The step's tokens were just put into their requests' queues at `when` (default: now).
+
+        The server process sends `when` back to an engine process: perf_counter is CLOCK_MONOTONIC on
+        Linux, one clock for every process.
+        """
+        when = time.perf_counter() if when is None else when
         with self._lock:
             self.steps[index]["delivered"] = when
 

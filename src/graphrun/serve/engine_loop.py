@@ -1,0 +1,178 @@
+"""The engine loop: the one place an LLMEngine runs while serving, in a thread or a process of its own.
+
+LLMEngine is not thread-safe and its step() blocks for a whole forward pass, so it never runs on the
+event loop. The loop takes commands from a queue (submit, abort, abort_all, stop), runs one step at a
+time while there is work, and sends what happens to the requests through an `Outbox`: admission results
+and, once per step, every request's new token or finish. Where the events go is the outbox's business
+(worker.py: straight to the event loop of this process, or down a pipe to the server process), so this
+file holds no asyncio and no IPC.
+
+A step's events are held back and sent right after the next batch is launched (engine.step's
+on_launched): the receiving side's work then overlaps the device's step instead of delaying the launch.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
+
+from graphrun.llm.engine import LLMEngine, StepTiming
+from graphrun.serve.metrics import EngineMetrics
+from graphrun.serve.request import EngineFailure, EngineRequest, Event, Unavailable
+from graphrun.serve.trace import StepTrace
+
+log = logging.getLogger(__name__)
+
+Command = tuple[str, Any]  # ("submit", EngineRequest) | ("abort", key) | ("abort_all", None) | ("stop", None)
+
+
+class Outbox(Protocol):
+    """Where the engine loop's results go."""
+
+    def admitted(self, request: EngineRequest, result: int | Exception) -> None:
+        """The request's seq id, or why the engine refused it."""
+
+    def events(self, batch: list[tuple[EngineRequest, Event]], trace_index: int | None) -> None:
+        """One step's events (or failures), in order; trace_index: the step's record in the trace."""
+
+
+class EngineLoop:
+    """Runs `engine` on the commands of `inbox` until a stop command; results go to `outbox`."""
+
+    def __init__(
+        self,
+        engine: LLMEngine,
+        inbox: queue.SimpleQueue[Command],
+        outbox: Outbox,
+        metrics: EngineMetrics,
+        trace: StepTrace | None = None,
+    ) -> None:
+        self.engine, self.inbox, self.outbox, self.metrics, self.trace = engine, inbox, outbox, metrics, trace
+        self._by_seq: dict[int, EngineRequest] = {}  # admitted, not finished
+        self._by_key: dict[Hashable, EngineRequest] = {}
+        # the last step's events, sent once the next batch is launched (_flush)
+        self._pending: list[tuple[EngineRequest, Event]] = []
+        self._pending_timing: StepTiming | None = None
+
+    def run(self) -> bool:
+        """Serve until "stop", then end every request still here with 503; False when the loop crashed."""
+        clean = True
+        try:
+            self._loop()
+        except Exception:
+            log.exception("the engine loop crashed; failing every request in flight")
+            clean = False
+
+        def gone() -> Exception:
+            return Unavailable("stopped", "the server is shutting down")
+
+        self._flush()
+        self._fail_all(gone)
+        for command, payload in self._commands(block=False):  # submitted after the last loop: refuse
+            if command == "submit":
+                self.outbox.admitted(payload, gone())
+        return clean
+
+    def _loop(self) -> None:
+        engine = self.engine
+        while True:
+            for command, payload in self._commands(block=not engine.has_unfinished()):
+                if command == "stop":
+                    return
+                if command == "submit":
+                    self._add(payload)
+                elif command == "abort":
+                    request = self._by_key.get(payload)
+                    if request is not None:
+                        self._abort(request)
+                elif command == "abort_all":
+                    for request in list(self._by_seq.values()):
+                        self._abort(request)
+            if engine.has_unfinished():
+                self._step()
+            if not engine.has_unfinished():
+                self._flush()  # no next launch to wait for
+            self.metrics.publish(engine.scheduler, self.inbox.qsize())
+
+    def _commands(self, block: bool) -> list[Command]:
+        """Everything queued now; with block, wait for at least one command first."""
+        commands = [self.inbox.get()] if block else []
+        while True:
+            try:
+                commands.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return commands
+
+    def _add(self, request: EngineRequest) -> None:
+        try:
+            seq_id = self.engine.add_request(request.prompt_ids, request.params)
+        except Exception as exc:  # RequestRejected / SamplingParamsError: 400; anything else: 500 for it only
+            self.outbox.admitted(request, exc)
+            return
+        request.seq_id = seq_id
+        self._by_seq[seq_id] = request
+        self._by_key[request.key] = request
+        self.metrics.prompt_tokens.inc(len(request.prompt_ids))
+        self.outbox.admitted(request, seq_id)
+
+    def _forget(self, request: EngineRequest) -> None:
+        assert request.seq_id is not None
+        del self._by_seq[request.seq_id]
+        del self._by_key[request.key]
+
+    def _abort(self, request: EngineRequest) -> None:
+        assert request.seq_id is not None
+        self.engine.abort(request.seq_id)
+        self._forget(request)
+        self.outbox.events([(request, (None, "abort"))], None)
+
+    def _step(self) -> None:
+        """One engine step; its events are held and sent during the next step, right after its launch."""
+        engine = self.engine
+        try:
+            outputs = engine.step(on_launched=self._flush)
+        except Exception:
+            self._flush()
+            log.exception("engine step failed; failing the %d requests in flight", len(self._by_seq))
+            for seq_id in list(self._by_seq):
+                engine.abort(seq_id)
+            self._fail_all(lambda: EngineFailure("the engine step running this request failed (see the log)"))
+            return
+        now = time.monotonic()
+        held = len(self._pending)
+        for out in outputs:
+            request = self._by_seq.get(out.seq_id)
+            if request is None:
+                continue  # aborted while the step ran
+            last = request.last_token_time
+            self.metrics.observe_token(last is None, now - (request.arrival if last is None else last))
+            request.last_token_time = now
+            reason = (out.finish_reason or "stop") if out.finished else None
+            self._pending.append((request, (out.new_token_id, reason)))
+            if out.finished:
+                self._forget(request)
+        self.metrics.generation_tokens.inc(len(self._pending) - held)
+        self._pending_timing = engine.last_step_timing
+
+    def _flush(self) -> None:
+        """Send the held events."""
+        batch, timing = self._pending, self._pending_timing
+        if not batch:
+            return
+        self._pending, self._pending_timing = [], None
+        index = None
+        if self.trace is not None and timing is not None:
+            seq_ids = [request.seq_id for request, _ in batch if request.seq_id is not None]
+            index = self.trace.record(timing, time.perf_counter(), seq_ids)
+        self.outbox.events(batch, index)
+
+    def _fail_all(self, make_error: Callable[[], Exception]) -> None:
+        """End every tracked request with an error of its own (blocks are freed by the caller or the exit)."""
+        requests = list(self._by_seq.values())
+        self._by_seq.clear()
+        self._by_key.clear()
+        if requests:
+            self.outbox.events([(request, make_error()) for request in requests], None)

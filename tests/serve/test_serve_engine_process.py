@@ -1,0 +1,84 @@
+"""The engine in a process of its own: what crosses the pipe, and what happens when that process dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import httpx
+import pytest
+from serve_harness import live_server, wait_until
+
+from graphrun.llm.scheduler import RequestRejected
+from graphrun.serve.engine_process import ProcessWorker, _portable
+from graphrun.serve.request import EngineFailure, Unavailable
+
+BODY = {"model": "tiny", "prompt": "pipe", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+
+
+def test_errors_cross_the_pipe_with_their_fields_or_as_their_kind():
+    rejected = _portable(RequestRejected("too long", "too_long"))
+    assert isinstance(rejected, RequestRejected) and rejected.code == "too_long"
+
+    class Unpicklable(ValueError):
+        def __init__(self, a: int, b: int) -> None:
+            super().__init__(f"{a}/{b}")
+
+    class Local(RuntimeError):  # a class pickle cannot find by name
+        pass
+
+    value_error = _portable(Unpicklable(1, 2))
+    assert type(value_error) is ValueError and "Unpicklable: 1/2" in str(value_error)  # still a 400
+    assert type(_portable(Local("x"))) is EngineFailure  # still a 500
+    assert _portable((7, None)) == (7, None)
+    gone = _portable(Unavailable("stopped", "bye"))
+    assert isinstance(gone, Unavailable) and gone.reason == "stopped"
+
+
+def test_health_metrics_and_answers_come_from_the_engine_process():
+    with live_server(engine_process=True) as srv:
+        assert isinstance(srv.worker, ProcessWorker)
+        health = httpx.get(srv.url + "/health", timeout=10).json()
+        assert health["engine_pid"] == srv.worker.pid != os.getpid()
+        assert health["memory"]["max_rss_bytes"] > 2**20 and health["memory"]["server_max_rss_bytes"] > 2**20
+        answer = httpx.post(srv.url + "/v1/completions", json=BODY, timeout=30).json()
+        assert answer["usage"]["completion_tokens"] == 8
+        text = srv.metrics()
+        # one scrape joins this process's series and the engine process's, each family once
+        families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+        assert len(families) == len(set(families))
+        assert srv.metric("graphrun_requests_total", 'status="ok"') == 1
+        assert srv.metric("graphrun_generation_tokens_total") == 8
+        assert srv.metric("graphrun_cuda_graph_captured_total", 'runner="decode-greedy"') >= 1
+        too_long = {**BODY, "max_tokens": 10_000}
+        assert httpx.post(srv.url + "/v1/completions", json=too_long, timeout=30).status_code == 400
+
+
+def test_a_dead_engine_process_fails_the_requests_in_flight_and_the_server_says_failed():
+    with live_server({"max_model_len": 2048}, engine_process=True) as srv:
+        body = {**BODY, "max_tokens": 2000, "stream": True}
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("POST", srv.url + "/v1/completions", json=body) as response,
+        ):
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            assert srv.worker.pid is not None
+            os.kill(srv.worker.pid, signal.SIGKILL)
+            events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+        last = json.loads(events[-1])
+        assert last["error"]["type"] == "server_error" and "exit status -9" in last["error"]["message"]
+        assert wait_until(lambda: srv.worker.state == "failed", timeout=10)
+        assert srv.worker.num_in_flight == 0
+        health = httpx.get(srv.url + "/health", timeout=10)
+        assert health.status_code == 503 and health.json()["status"] == "failed"
+        answer = httpx.post(srv.url + "/v1/completions", json=BODY, timeout=10)
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "failed"
+
+
+@pytest.mark.parametrize("engine_process", [False, True])
+def test_a_model_that_cannot_load_fails_start_up_in_either_mode(engine_process):
+    bad = live_server({"model": "no-such-preset"}, engine_process=engine_process)
+    with pytest.raises(AssertionError, match="did not start: failed"), bad:
+        pass
