@@ -62,11 +62,16 @@ def test_a_server_with_the_trace_variable_writes_every_step_on_stop(tmp_path, mo
     monkeypatch.setenv("GRAPHRUN_SERVE_TRACE", str(path))
     with live_server(engine_process=engine_process) as srv:
         body = {"model": "tiny", "prompt": [5, 6, 7], "max_tokens": 6, "temperature": 0, "ignore_eos": True}
-        for _ in range(2):
-            assert httpx.post(srv.url + "/v1/completions", json=body, timeout=60).status_code == 200
+        assert httpx.post(srv.url + "/v1/completions", json=body, timeout=60).status_code == 200
+        streamed = {**body, "stream": True, "return_token_ids": True}  # a chunk per batch of tokens
+        answer = httpx.post(srv.url + "/v1/completions", json=streamed, timeout=60)
+        chunks = [line for line in answer.text.splitlines() if line.startswith("data: {")]
     saved = json.loads(path.read_text())
     delivered = [s for s in saved["steps"] if s["seq_ids"]]
     assert sum(len(s["seq_ids"]) for s in delivered) == 12  # every token of both requests
     assert all(s["delivered"] >= s["posted"] >= s["end"] >= s["start"] for s in delivered)
     assert {s["kind"] for s in saved["steps"]} <= {"prefill", "decode", "mixed", None}
     assert saved["summary"]["token_gap"]["n"] == 10
+    sends = json.loads((tmp_path / "trace.sends.json").read_text())  # the HTTP side's writes
+    assert len(sends["sends"]) == len(chunks) >= 2  # the streamed request's token chunks
+    assert sends["summary"]["send_gap"]["n"] == len(chunks) - 1

@@ -188,8 +188,11 @@ class _Routes:
         try:
             for chunk in fmt.opening():
                 yield _event(chunk)
+            trace = self._worker.send_trace
             async for delta in self._worker.stream(handle, every_batch):
                 yield _event(fmt.chunk(delta.text, delta.finish_reason, list(delta.token_ids)))
+                if trace is not None:
+                    trace.sent(handle.request_id)
             if include_usage:
                 yield _event(fmt.usage_chunk(Usage.of(len(handle.prompt_ids), handle.num_output_tokens)))
             yield "data: [DONE]\n\n"
@@ -246,8 +249,9 @@ async def _abort_on_disconnect(request: Request, worker: EngineWorker, handle: R
     worker.abort(handle)
 
 
-def _event(chunk: BaseModel) -> str:
-    return f"data: {chunk.model_dump_json()}\n\n"
+def _event(chunk: BaseModel | str) -> str:
+    """One SSE event of a chunk (a model, or its JSON text already)."""
+    return f"data: {chunk if isinstance(chunk, str) else chunk.model_dump_json()}\n\n"
 
 
 def _json_error(error: APIError) -> str:

@@ -237,6 +237,7 @@ class ProcessWorker(EngineWorker):
             call_in_loop(self._loop, self._engine_gone)
         if self._state != "failed":
             self._state = "stopped"
+        self._stopped()
 
     def _send(self, command: str, handle: RequestHandle | None) -> None:
         if command == "submit" and handle is not None:

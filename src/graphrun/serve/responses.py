@@ -8,6 +8,7 @@ answer's every output id; without it the field is left out, so default answers k
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal, Protocol
@@ -123,6 +124,15 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+def _chunk_json(
+    prefix: str, text: str, close_text: str, finish_reason: str | None, token_ids: list[int] | None
+) -> str:
+    """A stream chunk's JSON: the fixed prefix up to the text, the text, then the choice's other fields."""
+    ids = "" if token_ids is None else f', "token_ids": {json.dumps(token_ids)}'
+    tail = f', "logprobs": null, "finish_reason": {json.dumps(finish_reason)}{ids}}}], "usage": null}}'
+    return prefix + json.dumps(text) + close_text + tail
+
+
 def new_id(prefix: str) -> str:
     """A response id such as cmpl-3f2a...; unique per request."""
     return f"{prefix}-{uuid.uuid4().hex}"
@@ -137,8 +147,17 @@ class ResponseFormat(Protocol):
         """Chunks a stream starts with (chat: the assistant role)."""
         ...
 
-    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
-        """One streamed piece of text and the ids it came from; the last one carries the finish reason."""
+    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> str:
+        """One streamed piece of text and the ids it came from, as JSON; the last one has the finish reason.
+
+        Built as text around a fixed prefix, not through pydantic: a server writes one per stream per
+        step (thousands a second) on the event loop, and this is ~10x cheaper. It equals the pydantic
+        model's JSON (`chunk_model`; tested).
+        """
+        ...
+
+    def chunk_model(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
+        """The same chunk as a pydantic model (the schema `chunk` follows)."""
         ...
 
     def usage_chunk(self, usage: Usage) -> BaseModel:
@@ -155,16 +174,24 @@ class CompletionFormat:
 
     def __init__(self, model: str, return_token_ids: bool = False) -> None:
         self.id, self.model, self.return_token_ids = new_id("cmpl"), model, return_token_ids
+        self.created = int(time.time())  # one value for every chunk of the stream, as OpenAI sends
+        head = {"id": self.id, "object": "text_completion", "created": self.created, "model": model}
+        self._prefix = json.dumps(head)[:-1] + ', "choices": [{"index": 0, "text": '
 
     def opening(self) -> list[BaseModel]:
         return []
 
-    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
+    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> str:
+        return _chunk_json(
+            self._prefix, text, "", finish_reason, token_ids if self.return_token_ids else None
+        )
+
+    def chunk_model(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
         choice = CompletionChoice(text=text, finish_reason=finish_reason, token_ids=self._ids(token_ids))
-        return CompletionResponse(id=self.id, model=self.model, choices=[choice])
+        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice])
 
     def usage_chunk(self, usage: Usage) -> BaseModel:
-        return CompletionResponse(id=self.id, model=self.model, choices=[], usage=usage)
+        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[], usage=usage)
 
     def response(self, text: str, finish_reason: str | None, usage: Usage, token_ids: list[int]) -> BaseModel:
         choice = CompletionChoice(text=text, finish_reason=finish_reason, token_ids=self._ids(token_ids))
@@ -179,19 +206,29 @@ class ChatFormat:
 
     def __init__(self, model: str, return_token_ids: bool = False) -> None:
         self.id, self.model, self.return_token_ids = new_id("chatcmpl"), model, return_token_ids
+        self.created = int(time.time())  # one value for every chunk of the stream, as OpenAI sends
+        head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": model}
+        self._prefix = json.dumps(head)[:-1] + ', "choices": [{"index": 0, "delta": {"content": '
 
     def opening(self) -> list[BaseModel]:
         delta = ChatDelta(role="assistant", content="")
         choice = ChatChunkChoice(delta=delta, token_ids=self._ids([]))
-        return [ChatCompletionChunk(id=self.id, model=self.model, choices=[choice])]
+        return [ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])]
 
-    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
+    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> str:
+        return _chunk_json(
+            self._prefix, text, "}", finish_reason, token_ids if self.return_token_ids else None
+        )
+
+    def chunk_model(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
         delta = ChatDelta(content=text)
         choice = ChatChunkChoice(delta=delta, finish_reason=finish_reason, token_ids=self._ids(token_ids))
-        return ChatCompletionChunk(id=self.id, model=self.model, choices=[choice])
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
 
     def usage_chunk(self, usage: Usage) -> BaseModel:
-        return ChatCompletionChunk(id=self.id, model=self.model, choices=[], usage=usage)
+        return ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=[], usage=usage
+        )
 
     def response(self, text: str, finish_reason: str | None, usage: Usage, token_ids: list[int]) -> BaseModel:
         message = AssistantMessage(content=text)

@@ -34,22 +34,13 @@ class StepTrace:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.steps: list[dict[str, Any]] = []
-        self.collections: list[dict[str, Any]] = []  # garbage-collector runs: generation, start, end
+        self.gc = Collections()
         self._lock = threading.Lock()
         self._full = False
-        self._gc_start: float | None = None
 
     def watch_gc(self) -> None:
-        """Record every garbage collection's generation and time span (until `write`)."""
-        gc.callbacks.append(self._on_gc)
-
-    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
-        now = time.perf_counter()
-        if phase == "start":
-            self._gc_start = now
-        elif self._gc_start is not None and len(self.collections) < MAX_STEPS:
-            self.collections.append({"generation": info["generation"], "start": self._gc_start, "end": now})
-            self._gc_start = None
+        """Record this process's garbage collections (until `write`)."""
+        self.gc.watch()
 
     def record(self, timing: StepTiming, posted: float, seq_ids: Sequence[int]) -> int | None:
         """Add a step; returns its index (for `delivered`), or None once MAX_STEPS are recorded."""
@@ -87,18 +78,78 @@ class StepTrace:
 
     def write(self) -> None:
         """Write the steps and their summary as JSON (errors are logged: tracing never fails serving)."""
-        if self._on_gc in gc.callbacks:
-            gc.callbacks.remove(self._on_gc)
+        collections = self.gc.stop()
         with self._lock:
             steps = list(self.steps)
-        summary = {**summarize_trace(steps), "gc": summarize_collections(self.collections)}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            payload = {"summary": summary, "steps": steps, "collections": self.collections}
-            self.path.write_text(json.dumps(payload))
-            log.info("serve trace: wrote %d steps to %s", len(steps), self.path)
-        except OSError as exc:
-            log.error("serve trace: could not write %s: %s", self.path, exc)
+        summary = {**summarize_trace(steps), "gc": summarize_collections(collections)}
+        _write(
+            self.path, {"summary": summary, "steps": steps, "collections": collections}, f"{len(steps)} steps"
+        )
+
+
+class SendTrace:
+    """(server process) When each stream's chunks were handed to the HTTP layer: the gaps a client sees,
+    before the network and the client's own work. Written next to the step trace as <name>.sends.json.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sends: list[tuple[float, int]] = []  # (perf_counter, request id); appended on the event loop
+        self.gc = Collections()
+
+    def sent(self, request_id: int) -> None:
+        """A chunk of `request_id` was just written."""
+        if len(self.sends) < MAX_STEPS * 16:
+            self.sends.append((time.perf_counter(), request_id))
+
+    def write(self) -> None:
+        """Write the sends and their summary as JSON (errors are logged)."""
+        collections = self.gc.stop()
+        last: dict[int, float] = {}
+        gaps: list[float] = []
+        for when, request_id in self.sends:
+            if request_id in last:
+                gaps.append(when - last[request_id])
+            last[request_id] = when
+        summary = {"send_gap": _stats_ms(gaps), "gc": summarize_collections(collections)}
+        payload = {"summary": summary, "sends": self.sends, "collections": collections}
+        _write(self.path, payload, f"{len(self.sends)} sends")
+
+
+class Collections:
+    """This process's garbage collections while watched: generation, start, end (perf_counter)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self._start: float | None = None
+
+    def watch(self) -> None:
+        """Start recording (gc.callbacks)."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def stop(self) -> list[dict[str, Any]]:
+        """Stop recording; the records."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        return list(self.records)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._start = now
+        elif self._start is not None and len(self.records) < MAX_STEPS:
+            self.records.append({"generation": info["generation"], "start": self._start, "end": now})
+            self._start = None
+
+
+def _write(path: Path, payload: dict[str, Any], what: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload))
+        log.info("serve trace: wrote %s to %s", what, path)
+    except OSError as exc:
+        log.error("serve trace: could not write %s: %s", path, exc)
 
 
 def _stats_ms(values: Sequence[float]) -> dict[str, float | None]:

@@ -48,7 +48,7 @@ from graphrun.serve.request import (
     post_step,
 )
 from graphrun.serve.text import TextStream
-from graphrun.serve.trace import StepTrace
+from graphrun.serve.trace import SendTrace, StepTrace
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,9 @@ class EngineWorker(ABC):
         self._num_in_flight = 0
         self._request_ids = itertools.count()
         self._model: ServedModel | None = None
+        trace_path = serve_trace_path()  # the engine loop's steps go there; this side's sends next to it
+        sends_path = trace_path.with_name(trace_path.stem + ".sends.json") if trace_path is not None else None
+        self.send_trace = SendTrace(sends_path) if sends_path is not None else None
 
     # ----- what a subclass provides -----------------------------------------------------------------
 
@@ -196,9 +199,16 @@ class EngineWorker(ABC):
 
     def _became_ready(self, info: dict[str, Any], model: ServedModel) -> None:
         self.info, self._model = info, model
+        if self.send_trace is not None:
+            self.send_trace.gc.watch()
         if self._state == "starting":
             self._state = "ready"
         self._ready.set()
+
+    def _stopped(self) -> None:
+        """The engine is gone: write the send trace, if tracing."""
+        if self.send_trace is not None:
+            self.send_trace.write()
 
     # ----- requests (event loop) --------------------------------------------------------------------
 
@@ -279,6 +289,7 @@ class ThreadWorker(EngineWorker):
             self._thread.join(timeout)
         if self._state != "failed":
             self._state = "stopped"
+        self._stopped()
 
     def _send(self, command: str, handle: RequestHandle | None) -> None:
         payload: Any = None
