@@ -10,6 +10,9 @@
   writes it there as JSON when it stops (serve/trace.py).
 - GRAPHRUN_GC_FREEZE: "0" stops `graphrun serve` from freezing the objects that exist once start-up
   is done (gc.freeze(), so the collector never scans them again; serve/worker.py).
+- GRAPHRUN_GC_GEN0_THRESHOLD: an integer; `graphrun serve` sets the collector's youngest-generation
+  threshold to it once start-up is done (gc.set_threshold; Python's default is 700), in the server
+  process and the engine process.
 - GRAPHRUN_BLOCKING_SYNC: "1" makes the engine's wait for a step's tokens sleep in the driver
   (cudaEventBlockingSync) instead of spinning on a CPU core.
 - GRAPHRUN_SWITCH_INTERVAL_US: `graphrun serve` sets Python's thread switch interval to this many
@@ -58,6 +61,12 @@ def switch_interval_seconds() -> float | None:
 def gc_freeze_enabled() -> bool:
     """False when GRAPHRUN_GC_FREEZE is "0"."""
     return _read("GRAPHRUN_GC_FREEZE") != "0"
+
+
+def gc_gen0_threshold() -> int | None:
+    """GRAPHRUN_GC_GEN0_THRESHOLD as an integer, or None when unset or empty."""
+    value = _read("GRAPHRUN_GC_GEN0_THRESHOLD")
+    return int(value) if value else None
 
 
 def blocking_sync_enabled() -> bool:

@@ -39,7 +39,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from graphrun.envvars import gc_freeze_enabled, serve_trace_path
+from graphrun.envvars import serve_trace_path
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.serve.config import ServeConfig
@@ -60,8 +60,8 @@ from graphrun.serve.worker import (
     ServedModel,
     engine_info,
     engine_memory,
-    freeze_startup_objects,
     log_serving,
+    settle_collector,
 )
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,7 @@ class _EngineProcess:
             return 1
         self.engine = engine
         self.info = {**engine_info(engine), "engine_pid": os.getpid()}
-        if gc_freeze_enabled():
-            freeze_startup_objects()
+        settle_collector()
         if self.trace is not None:
             self.trace.watch_gc()
         self.send(("ready", self.info, engine.tokenizer))
@@ -315,8 +314,7 @@ class ProcessWorker(EngineWorker):
                 future.set_result(message[2])
         elif kind == "ready":
             _, info, tokenizer = message
-            if gc_freeze_enabled():
-                freeze_startup_objects()
+            settle_collector()
             self._became_ready(info, ServedModel(tokenizer, info["vocab_size"], info["max_model_len"]))
         elif kind == "failed":
             log.error("engine start-up failed: %s", message[1])

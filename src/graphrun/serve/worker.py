@@ -28,7 +28,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from graphrun.envvars import gc_freeze_enabled, serve_trace_path
+from graphrun.envvars import gc_freeze_enabled, gc_gen0_threshold, serve_trace_path
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
@@ -79,17 +79,23 @@ def engine_memory(engine: LLMEngine | None, info: dict[str, Any]) -> dict[str, A
     return {**memory_now(device), **sizes}
 
 
-def freeze_startup_objects() -> None:
-    """Move every object alive after start-up out of the collector's reach (gc.freeze()).
+def settle_collector() -> None:
+    """Once start-up is done: freeze what is alive (unless GRAPHRUN_GC_FREEZE=0), set the gen-0 threshold
+    when GRAPHRUN_GC_GEN0_THRESHOLD asks.
 
     Start-up leaves ~10^6 long-lived objects (torch, the model, FastAPI, pydantic). A full collection
     walks all of them and holds the GIL for tens of milliseconds, which stalls the engine loop and the
     event loop: the tail of the inter-token latency. Frozen objects are never scanned again; garbage
     made while serving is collected as before.
     """
-    gc.collect()
-    gc.freeze()
-    log.info("froze %d start-up objects (gc.freeze)", gc.get_freeze_count())
+    if gc_freeze_enabled():
+        gc.collect()
+        gc.freeze()
+        log.info("froze %d start-up objects (gc.freeze)", gc.get_freeze_count())
+    threshold = gc_gen0_threshold()
+    if threshold is not None:
+        gc.set_threshold(threshold, *gc.get_threshold()[1:])
+        log.info("garbage collector thresholds: %s", gc.get_threshold())
 
 
 def log_serving(info: dict[str, Any], engine_config: EngineConfig, serve_config: ServeConfig) -> None:
@@ -315,8 +321,7 @@ class ThreadWorker(EngineWorker):
             return
         self._engine = engine
         info = engine_info(engine)
-        if gc_freeze_enabled():
-            freeze_startup_objects()
+        settle_collector()
         if self.trace is not None:
             self.trace.watch_gc()  # collections while serving (start-up's are not the question)
         self._became_ready(info, ServedModel(engine.tokenizer, info["vocab_size"], info["max_model_len"]))
