@@ -13,6 +13,8 @@
 - GRAPHRUN_GC_GEN0_THRESHOLD: an integer; `graphrun serve` sets the collector's youngest-generation
   threshold to it once start-up is done (gc.set_threshold; Python's default is 700), in the server
   process and the engine process.
+- GRAPHRUN_ENGINE_CPUS: CPU numbers such as "3" or "2,3"; the engine process pins itself to them
+  (os.sched_setaffinity), away from the server process and other load (Linux only).
 - GRAPHRUN_BLOCKING_SYNC: "1" makes the engine's wait for a step's tokens sleep in the driver
   (cudaEventBlockingSync) instead of spinning on a CPU core.
 - GRAPHRUN_SWITCH_INTERVAL_US: `graphrun serve` sets Python's thread switch interval to this many
@@ -67,6 +69,12 @@ def gc_gen0_threshold() -> int | None:
     """GRAPHRUN_GC_GEN0_THRESHOLD as an integer, or None when unset or empty."""
     value = _read("GRAPHRUN_GC_GEN0_THRESHOLD")
     return int(value) if value else None
+
+
+def engine_cpus() -> set[int] | None:
+    """GRAPHRUN_ENGINE_CPUS as a set of CPU numbers, or None when unset or empty."""
+    value = _read("GRAPHRUN_ENGINE_CPUS")
+    return {int(part) for part in value.split(",") if part.strip()} if value else None
 
 
 def blocking_sync_enabled() -> bool:

@@ -39,7 +39,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from graphrun.envvars import serve_trace_path
+from graphrun.envvars import engine_cpus, serve_trace_path
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.serve.config import ServeConfig
@@ -80,6 +80,10 @@ def run_engine_process(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server drains first
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format=ENGINE_LOG_FORMAT)
+    cpus = engine_cpus()
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # type: ignore[attr-defined,unused-ignore]  # Linux only
+        log.info("engine process pinned to CPUs %s", sorted(cpus))
     sys.exit(_EngineProcess(conn, engine_config, serve_config).run())
 
 
