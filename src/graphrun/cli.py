@@ -99,6 +99,12 @@ def _add_serve_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
         help="client processes sharing the streams (default: 1 per 4 streams, at most a quarter of the CPUs)",
     )
     serve.add_argument(
+        "--http-client",
+        default="raw",
+        choices=("raw", "httpx"),
+        help="how the client reads the streams: raw (HTTP/1.1 on asyncio streams, the default) or httpx",
+    )
+    serve.add_argument(
         "--server-arg",
         action="append",
         default=[],

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from graphrun.bench.serve_client import default_client_processes, run_load
+from graphrun.bench.serve_client import HTTP_CLIENTS, default_client_processes, run_load
 from graphrun.bench.serve_process import (
     ServerProcess,
     ServerStartError,
@@ -68,6 +68,7 @@ class ServeBenchSetup:
     server_args: tuple[str, ...] = ()
     log_level: str = "INFO"  # the server's, into its log file
     client_processes: int = 1  # processes the client's streams are spread over (serve_client.run_load)
+    http_client: str = "raw"  # how the client reads streams: serve_client.StreamConnection, or httpx
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -83,6 +84,8 @@ class ServeBenchSetup:
             raise ConfigError("--startup-timeout and --request-timeout must be > 0 seconds")
         if self.client_processes < 1:
             raise ConfigError(f"--client-processes must be >= 1, got {self.client_processes}")
+        if self.http_client not in HTTP_CLIENTS:
+            raise ConfigError(f"--http-client takes one of {list(HTTP_CLIENTS)}, got {self.http_client!r}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeBenchSetup:
@@ -116,6 +119,7 @@ class ServeBenchSetup:
                 if getattr(args, "client_processes", None) is not None
                 else default_client_processes(args.concurrency)
             ),
+            http_client=getattr(args, "http_client", "raw"),
         )
 
     def server_argv(self, mode: str, port: int) -> list[str]:
@@ -138,6 +142,7 @@ class ServeBenchSetup:
             **asdict(self.workload),
             "concurrency": self.concurrency,
             "client_processes": self.client_processes,
+            "http_client": self.http_client,
             "warmup_requests": self.warmup_requests,
             "max_num_seqs": self.max_num_seqs,
             "server_args": list(self.server_args),
@@ -164,7 +169,13 @@ def _warm_up(setup: ServeBenchSetup, server: ServerProcess, model: str, health: 
     if not specs:
         return []
     results, _ = run_load(
-        server.url, model, specs, setup.concurrency, setup.request_timeout, setup.client_processes
+        server.url,
+        model,
+        specs,
+        setup.concurrency,
+        setup.request_timeout,
+        setup.client_processes,
+        http_client=setup.http_client,
     )
     return [f"warm-up request {r.index}: {r.error}" for r in results if not r.ok]
 
@@ -190,6 +201,7 @@ def _measure(
         setup.request_timeout,
         setup.client_processes,
         _progress(mode, len(specs)),
+        setup.http_client,
     )
     run.update(summarize_run(results, wall))
     run["metrics"] = graph_summary(counter_deltas(before, server.counters()))

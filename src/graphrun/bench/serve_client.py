@@ -15,6 +15,11 @@ that arrive together are read one after another, so a stream's timestamps drift 
 step's worth of parsing and its measured gaps spread. `run_load` can therefore split the C workers over
 P client processes (as C separate clients would be); they take the next request from one shared
 counter, so the loop stays closed and in order, and time with perf_counter, one clock across processes.
+
+Each process reads its streams with `StreamConnection` by default: HTTP/1.1 on asyncio streams, one
+keep-alive connection per worker, chunked decoding by hand. httpx parses every chunk through h11 in pure
+Python, which costs the client tens of microseconds a chunk and shows up as spread in the measured gaps;
+http_client="httpx" keeps it for comparison.
 """
 
 from __future__ import annotations
@@ -27,15 +32,17 @@ import multiprocessing as mp
 import os
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
 from graphrun.bench.serve_workload import RequestSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class SSEDecoder:
@@ -176,8 +183,13 @@ async def stream_request(
 
 
 async def _read_stream(response: httpx.Response, result: RequestResult, start: float) -> None:
+    await _read_events(response.aiter_lines(), result, start)
+
+
+async def _read_events(lines: AsyncIterator[str], result: RequestResult, start: float) -> None:
+    """Apply every SSE event of `lines` to result, timed as it completes, until [DONE]."""
     decoder = SSEDecoder()
-    async for line in response.aiter_lines():
+    async for line in lines:
         data = decoder.feed(line)
         if data is None:
             continue
@@ -187,6 +199,144 @@ async def _read_stream(response: httpx.Response, result: RequestResult, start: f
         result.on_event(json.loads(data), time.perf_counter() - start)
 
 
+class StreamConnection:
+    """One keep-alive HTTP/1.1 connection to the server for streamed POSTs (asyncio streams).
+
+    Sends one request at a time and reads its answer to the end, so the connection is ready for the
+    next; a connection the server closed while idle is reopened once. Understands what an ASGI server
+    answers: a chunked body, or one with Content-Length.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"StreamConnection speaks plain http://host:port, got {url!r}")
+        self.host, self.port = parts.hostname, parts.port or 80
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def post_lines(self, path: str, payload: dict[str, Any]) -> tuple[int, AsyncIterator[str]]:
+        """POST JSON; the status and the body's lines (without line endings), read as they arrive."""
+        body = json.dumps(payload).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        reused = self._writer is not None
+        status_line = await self._send(head + body)
+        if not status_line and reused:  # closed by the server while idle: once more on a fresh one
+            self.close()
+            status_line = await self._send(head + body)
+        if not status_line:
+            raise ConnectionError("the server closed the connection without answering")
+        status = int(status_line.split()[1])
+        headers: dict[str, str] = {}
+        assert self._reader is not None
+        while (line := await self._reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, self._lines(headers)
+
+    async def _send(self, data: bytes) -> bytes:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        assert self._reader is not None
+        self._writer.write(data)
+        return await self._reader.readline()
+
+    async def _lines(self, headers: dict[str, str]) -> AsyncIterator[str]:
+        rest = ""
+        async for data in self._body(headers):
+            lines = (rest + data.decode()).split("\n")
+            rest = lines.pop()
+            for line in lines:
+                yield line.removesuffix("\r")
+        if rest:
+            yield rest
+
+    async def _body(self, headers: dict[str, str]) -> AsyncIterator[bytes]:
+        reader = self._reader
+        assert reader is not None
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            while size := int((await reader.readline()).split(b";")[0], 16):
+                yield (await reader.readexactly(size + 2))[:-2]
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+        elif "content-length" in headers:
+            yield await reader.readexactly(int(headers["content-length"]))
+        else:  # the body runs to the end of the connection
+            yield await reader.read()
+            self.close()
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+
+    def close(self) -> None:
+        """Close the socket (the next request opens a new one)."""
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
+async def stream_request_raw(
+    conn: StreamConnection, model: str, spec: RequestSpec, timeout: float
+) -> RequestResult:
+    """`stream_request` over a StreamConnection; never raises (failures are in the result)."""
+    result = RequestResult(spec.index, len(spec.prompt_ids), spec.max_tokens)
+    start = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            result.status, lines = await conn.post_lines("/v1/completions", request_body(spec, model))
+            if result.status != 200:
+                body = "\n".join([line async for line in lines])
+                return result.fail(f"HTTP {result.status}: {body[:300]}")
+            await _read_events(lines, result, start)
+            async for _ in lines:  # the rest of the body, so the connection is ready for the next request
+                pass
+    except Exception as exc:  # as stream_request: this request's failure, recorded
+        conn.close()  # its state is unknown
+        return result.fail(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    result.latency_s = time.perf_counter() - start
+    result.check()
+    return result
+
+
+HTTP_CLIENTS = ("raw", "httpx")
+
+
+async def _serve_specs(
+    url: str,
+    model: str,
+    take: Callable[[], RequestSpec | None],
+    concurrency: int,
+    timeout: float,
+    http_client: str,
+    on_result: Callable[[RequestResult], None],
+) -> None:
+    """`concurrency` workers, each sending the next spec from `take` until it gives None."""
+    if http_client == "raw":
+
+        async def raw_worker() -> None:
+            conn = StreamConnection(url)
+            try:
+                while (spec := take()) is not None:
+                    on_result(await stream_request_raw(conn, model, spec, timeout))
+            finally:
+                conn.close()
+
+        await asyncio.gather(*(raw_worker() for _ in range(concurrency)))
+        return
+    if http_client != "httpx":
+        raise ValueError(f"http_client must be one of {HTTP_CLIENTS}, got {http_client!r}")
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+
+        async def httpx_worker() -> None:
+            while (spec := take()) is not None:
+                on_result(await stream_request(client, url, model, spec, timeout))
+
+        await asyncio.gather(*(httpx_worker() for _ in range(concurrency)))
+
+
 async def run_closed_loop(
     url: str,
     model: str,
@@ -194,23 +344,35 @@ async def run_closed_loop(
     concurrency: int,
     timeout: float,
     on_done: Callable[[int], None] | None = None,
+    http_client: str = "raw",
 ) -> tuple[list[RequestResult], float]:
     """Send every request through `concurrency` workers; the results in list order, and wall seconds."""
     results: dict[int, RequestResult] = {}
     pending = iter(specs)  # shared: each worker takes the next spec (one event loop, no lock needed)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        for spec in pending:
-            results[spec.index] = await stream_request(client, url, model, spec, timeout)
-            if on_done is not None:
-                on_done(len(results))
+    def on_result(result: RequestResult) -> None:
+        results[result.index] = result
+        if on_done is not None:
+            on_done(len(results))
 
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(min(concurrency, len(specs)))))
-        wall = time.perf_counter() - start
+    def take() -> RequestSpec | None:
+        return next(pending, None)
+
+    start = time.perf_counter()
+    workers = min(concurrency, len(specs))
+    await _serve_specs(url, model, take, workers, timeout, http_client, on_result)
+    wall = time.perf_counter() - start
     return [results[spec.index] for spec in specs], wall
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on uvloop when it is installed (the `serve` extra brings it): less client overhead."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def default_client_processes(concurrency: int, cpus: int | None = None) -> int:
@@ -231,6 +393,7 @@ def run_load(
     timeout: float,
     processes: int = 1,
     on_done: Callable[[int], None] | None = None,
+    http_client: str = "raw",
 ) -> tuple[list[RequestResult], float]:
     """Every request through `concurrency` workers spread over `processes` client processes.
 
@@ -239,7 +402,7 @@ def run_load(
     """
     processes = max(1, min(processes, concurrency, len(specs)))
     if processes == 1:
-        return asyncio.run(run_closed_loop(url, model, specs, concurrency, timeout, on_done))
+        return _run(run_closed_loop(url, model, specs, concurrency, timeout, on_done, http_client))
     ctx = mp.get_context("spawn")  # no inherited threads or sockets; the children import this module
     counter = ctx.Value("i", 0)  # the next spec to send, shared: one closed loop across processes
     start_event = ctx.Event()
@@ -248,7 +411,7 @@ def run_load(
     children = [
         ctx.Process(
             target=_client_process,
-            args=(url, model, specs, share, timeout, counter, start_event, messages),
+            args=(url, model, specs, share, timeout, http_client, counter, start_event, messages),
             name=f"graphrun-bench-client-{i}",
             daemon=True,
         )
@@ -301,6 +464,7 @@ def _client_process(
     specs: list[RequestSpec],
     concurrency: int,
     timeout: float,
+    http_client: str,
     counter: Any,
     start_event: Any,
     messages: mp.Queue[tuple[str, Any]],
@@ -309,7 +473,7 @@ def _client_process(
     try:
         messages.put(("ready", None))
         start_event.wait()
-        asyncio.run(_shared_loop(url, model, specs, concurrency, timeout, counter, messages))
+        _run(_shared_loop(url, model, specs, concurrency, timeout, http_client, counter, messages))
         messages.put(("end", time.perf_counter()))
     except BaseException as exc:  # reported to the parent, which raises it
         messages.put(("error", f"{type(exc).__name__}: {exc}"))
@@ -321,6 +485,7 @@ async def _shared_loop(
     specs: list[RequestSpec],
     concurrency: int,
     timeout: float,
+    http_client: str,
     counter: Any,
     messages: mp.Queue[tuple[str, Any]],
 ) -> None:
@@ -332,10 +497,7 @@ async def _shared_loop(
             counter.value = index + 1
         return specs[index]
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        while (spec := take()) is not None:
-            messages.put(("result", await stream_request(client, url, model, spec, timeout)))
+    def on_result(result: RequestResult) -> None:
+        messages.put(("result", result))
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    await _serve_specs(url, model, take, concurrency, timeout, http_client, on_result)

@@ -175,7 +175,8 @@ def serve_payload(settings: Mapping[str, Any], runs: list[dict[str, Any]], cuda:
         "note": "" if cuda else CPU_NOTE,
         "timing": (
             "client-side perf_counter per SSE event of streamed /v1/completions (return_token_ids, "
-            "ignore_eos, greedy); closed loop over settings.client_processes processes; "
+            "ignore_eos, greedy), read with settings.http_client; closed loop over "
+            "settings.client_processes processes; "
             "throughput = output tokens / wall s of the timed run"
         ),
         "settings": dict(settings),
