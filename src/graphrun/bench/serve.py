@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from graphrun.bench.serve_client import HTTP_CLIENTS, default_client_processes, run_load
+from graphrun.bench.serve_client import HTTP_CLIENTS, RequestResult, default_client_processes, run_load
 from graphrun.bench.serve_process import (
     ServerProcess,
     ServerStartError,
@@ -40,7 +40,7 @@ from graphrun.bench.serve_report import (
     serve_payload,
     summarize_run,
 )
-from graphrun.bench.serve_workload import Workload, plan_requests
+from graphrun.bench.serve_workload import RequestSpec, Workload, plan_requests
 from graphrun.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,21 @@ class ServeBenchSetup:
             argv += ["--max-num-seqs", str(self.max_num_seqs)]
         return argv + list(self.server_args)
 
+    def load(
+        self, url: str, model: str, specs: list[RequestSpec], on_done: Callable[[int], None] | None = None
+    ) -> tuple[list[RequestResult], float]:
+        """Send `specs` to the server at `url` as these settings say (serve_client.run_load)."""
+        return run_load(
+            url,
+            model,
+            specs,
+            self.concurrency,
+            self.request_timeout,
+            self.client_processes,
+            on_done,
+            self.http_client,
+        )
+
     def settings(self) -> dict[str, Any]:
         """The settings as the payload records them."""
         return {
@@ -168,15 +183,7 @@ def _warm_up(setup: ServeBenchSetup, server: ServerProcess, model: str, health: 
     specs = plan_requests(setup.workload, setup.warmup_requests, vocab, max_len, "warmup")
     if not specs:
         return []
-    results, _ = run_load(
-        server.url,
-        model,
-        specs,
-        setup.concurrency,
-        setup.request_timeout,
-        setup.client_processes,
-        http_client=setup.http_client,
-    )
+    results, _ = setup.load(server.url, model, specs)
     return [f"warm-up request {r.index}: {r.error}" for r in results if not r.ok]
 
 
@@ -193,16 +200,7 @@ def _measure(
     run["num_prompts_clipped"] = sum(s.clipped for s in specs)
     before = server.counters()
     log.info("serve bench: %s: %d timed requests, concurrency %d", mode, len(specs), setup.concurrency)
-    results, wall = run_load(
-        server.url,
-        model,
-        specs,
-        setup.concurrency,
-        setup.request_timeout,
-        setup.client_processes,
-        _progress(mode, len(specs)),
-        setup.http_client,
-    )
+    results, wall = setup.load(server.url, model, specs, _progress(mode, len(specs)))
     run.update(summarize_run(results, wall))
     run["metrics"] = graph_summary(counter_deltas(before, server.counters()))
     memory = server.get("/health").json().get("memory", {})
