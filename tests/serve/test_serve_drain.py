@@ -35,6 +35,7 @@ def server(tmp_path: Path):
             stdout=log,
             stderr=subprocess.STDOUT,
             env=os.environ.copy(),
+            start_new_session=True,  # its own process group, as a terminal gives it (Ctrl-C hits the group)
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -47,7 +48,10 @@ def server(tmp_path: Path):
             proc.wait(10)
 
 
-def test_sigterm_finishes_the_request_in_flight_then_exits_0(server):
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(server, how):
+    """SIGTERM to the server, or SIGINT to its whole process group (Ctrl-C: the engine process gets it
+    too and must keep running until the server has drained)."""
     proc, url, log_path = server
     body = {"prompt": "drain me", "max_tokens": MAX_TOKENS, "stream": True, "ignore_eos": True,
             "temperature": 0, "stream_options": {"include_usage": True}}  # fmt: skip
@@ -57,7 +61,10 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(server):
     ):
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
-        proc.send_signal(signal.SIGTERM)
+        if how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
         # draining: the socket still answers, with 503, until the request in flight is done
         assert wait_until(lambda: httpx.get(url + "/health", timeout=2).status_code == 503, timeout=5)
         refused = httpx.post(url + "/v1/completions", json={"prompt": "late"}, timeout=5)
@@ -73,4 +80,13 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(server):
     log = log_path.read_text()
     assert "no CUDA device: decode runs eager" in log or "graphs: on" in log
     assert f"serving tiny on {url}" in log
-    assert "SIGTERM: draining" in log
+    assert ("SIGTERM" if how == "sigterm" else "SIGINT") + ": draining" in log
+
+
+def test_the_server_exits_1_when_its_engine_process_dies(server):
+    proc, url, log_path = server
+    engine_pid = httpx.get(url + "/health", timeout=5).json()["engine_pid"]
+    assert engine_pid != proc.pid
+    os.kill(engine_pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == 1  # for its supervisor to restart it
+    assert "the engine process exited (exit status -9)" in log_path.read_text()

@@ -26,6 +26,7 @@ from graphrun.llm.engine import StepTiming
 log = logging.getLogger(__name__)
 
 MAX_STEPS = 500_000  # a bound on memory (~200 B a step): a long-running server stops recording here
+MAX_SENDS = 1_000_000  # the same for the server process's chunk writes (~100 B each)
 
 
 class StepTrace:
@@ -98,8 +99,8 @@ class SendTrace:
         self.gc = Collections()
 
     def sent(self, request_id: int) -> None:
-        """A chunk of `request_id` was just written."""
-        if len(self.sends) < MAX_STEPS * 16:
+        """A chunk of `request_id` was just written (recording stops at MAX_SENDS)."""
+        if len(self.sends) < MAX_SENDS:
             self.sends.append((time.perf_counter(), request_id))
 
     def write(self) -> None:
