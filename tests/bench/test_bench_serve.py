@@ -10,10 +10,11 @@ import pytest
 
 from graphrun.bench.serve import ServeBenchSetup
 from graphrun.bench.serve_client import RequestResult, SSEDecoder, parse_sse
-from graphrun.bench.serve_report import itl_samples, latency_ms, percentile, serve_goals, summarize_run
+from graphrun.bench.serve_report import itl_samples, serve_goals, summarize_run
 from graphrun.bench.serve_workload import Workload, lognormal_lengths, plan_requests
 from graphrun.cli import build_parser, main
 from graphrun.errors import ConfigError
+from graphrun.stats import latency_ms, percentile
 
 TINY_RUN = ["--model", "tiny", "--num-requests", "10", "--concurrency", "4", "--warmup-requests", "2",
             "--prompt-len-median", "16", "--prompt-len-max", "64", "--output-len-median", "8",

@@ -11,8 +11,6 @@ their measurements, never claims; on the CPU (tiny preset, sim backend) no timin
 from __future__ import annotations
 
 import json
-import math
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,8 @@ from graphrun.bench.report import (
     write_json,
 )
 from graphrun.bench.serve_client import RequestResult
+from graphrun.stats import PERCENTILES, latency_ms
 
-PERCENTILES = (50, 90, 99)
 MIN_GRAPH_OVER_EAGER = 3.0  # throughput, at the concurrency and request count below
 GOAL_CONCURRENCY, GOAL_NUM_REQUESTS = 16, 200
 MAX_ITL_P99_OVER_P50 = 1.5  # graph mode
@@ -52,27 +50,6 @@ TABLE = {  # header -> run key, or "key.stat" for one statistic of a latency sum
     "gpu_MiB": "gpu_reserved_mib",
     "rss_MiB": "max_rss_mib",
 }
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile, interpolated between the closest ranks (numpy's default); None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-def latency_ms(seconds: Sequence[float]) -> dict[str, float | None]:
-    """p50, p90, p99 and mean of latencies given in seconds, in milliseconds (None when there are none)."""
-    out: dict[str, float | None] = {}
-    for q in PERCENTILES:
-        value = percentile(seconds, q)
-        out[f"p{q}"] = None if value is None else value * 1e3
-    out["mean"] = statistics.fmean(seconds) * 1e3 if seconds else None
-    return out
 
 
 def itl_samples(chunk_times: Sequence[float], chunk_sizes: Sequence[int]) -> list[float]:

@@ -14,7 +14,6 @@ import gc
 import itertools
 import json
 import logging
-import statistics
 import threading
 import time
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from graphrun.llm.engine import StepTiming
+from graphrun.stats import latency_ms
 
 log = logging.getLogger(__name__)
 
@@ -154,22 +154,8 @@ def _write(path: Path, payload: dict[str, Any], what: str) -> None:
 
 
 def _stats_ms(values: Sequence[float]) -> dict[str, float | None]:
-    """Count, p50/p90/p99 (nearest rank), max and mean of seconds, in ms (None when empty)."""
-    if not values:
-        return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
-    ordered = sorted(values)
-
-    def rank(q: float) -> float:
-        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] * 1e3
-
-    return {
-        "n": len(values),
-        "p50": rank(50),
-        "p90": rank(90),
-        "p99": rank(99),
-        "max": ordered[-1] * 1e3,
-        "mean": statistics.fmean(values) * 1e3,
-    }
+    """Count, p50/p90/p99 and mean (graphrun.stats, as the benchmark has them) and max of seconds, in ms."""
+    return {"n": len(values), **latency_ms(values), "max": max(values) * 1e3 if values else None}
 
 
 def summarize_trace(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
