@@ -90,3 +90,21 @@ def test_the_server_exits_1_when_its_engine_process_dies(server):
     os.kill(engine_pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == 1  # for its supervisor to restart it
     assert "the engine process exited (exit status -9)" in log_path.read_text()
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_the_engine_process_stops_when_the_server_is_killed(server):
+    proc, url, _ = server
+    engine_pid = httpx.get(url + "/health", timeout=5).json()["engine_pid"]
+    proc.kill()  # no drain, no stop command: the engine process sees its pipe close
+    proc.wait(10)
+    assert wait_until(lambda: not _running(engine_pid), timeout=20)
