@@ -84,7 +84,14 @@ def run_engine_process(
     if cpus:
         os.sched_setaffinity(0, cpus)  # type: ignore[attr-defined,unused-ignore]  # Linux only
         log.info("engine process pinned to CPUs %s", sorted(cpus))
-    sys.exit(_EngineProcess(conn, engine_config, serve_config).run())
+    code = _EngineProcess(conn, engine_config, serve_config).run()
+    # Nothing is left to clean up once the loop has ended (the trace is written, the pipe's other end
+    # notices the exit). Skipping interpreter finalization saves a second and the hundreds of lines of
+    # "nanobind: leaked ..." that Triton's bindings print there.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _EngineProcess:
