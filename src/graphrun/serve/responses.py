@@ -169,22 +169,34 @@ class ResponseFormat(Protocol):
         ...
 
 
-class CompletionFormat:
-    """/v1/completions answers: text_completion objects."""
+class _Format:
+    """What both endpoints' formats share: the response id, the created time, the text-built chunk."""
+
+    id_prefix = ""  # cmpl, chatcmpl
+    chunk_object = ""  # the streamed chunks' "object"
+    text_opening = ""  # the JSON of a chunk's choice up to its text
+    text_closing = ""  # what closes the text's object, if any
 
     def __init__(self, model: str, return_token_ids: bool = False) -> None:
-        self.id, self.model, self.return_token_ids = new_id("cmpl"), model, return_token_ids
+        self.id, self.model, self.return_token_ids = new_id(self.id_prefix), model, return_token_ids
         self.created = int(time.time())  # one value for every chunk of the stream, as OpenAI sends
-        head = {"id": self.id, "object": "text_completion", "created": self.created, "model": model}
-        self._prefix = json.dumps(head)[:-1] + ', "choices": [{"index": 0, "text": '
+        head = {"id": self.id, "object": self.chunk_object, "created": self.created, "model": model}
+        self._prefix = json.dumps(head)[:-1] + ', "choices": [{"index": 0, ' + self.text_opening
+
+    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> str:
+        return _chunk_json(self._prefix, text, self.text_closing, finish_reason, self._ids(token_ids))
+
+    def _ids(self, token_ids: list[int]) -> list[int] | None:
+        return token_ids if self.return_token_ids else None
+
+
+class CompletionFormat(_Format):
+    """/v1/completions answers: text_completion objects."""
+
+    id_prefix, chunk_object, text_opening = "cmpl", "text_completion", '"text": '
 
     def opening(self) -> list[BaseModel]:
         return []
-
-    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> str:
-        return _chunk_json(
-            self._prefix, text, "", finish_reason, token_ids if self.return_token_ids else None
-        )
 
     def chunk_model(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
         choice = CompletionChoice(text=text, finish_reason=finish_reason, token_ids=self._ids(token_ids))
@@ -195,30 +207,21 @@ class CompletionFormat:
 
     def response(self, text: str, finish_reason: str | None, usage: Usage, token_ids: list[int]) -> BaseModel:
         choice = CompletionChoice(text=text, finish_reason=finish_reason, token_ids=self._ids(token_ids))
-        return CompletionResponse(id=self.id, model=self.model, choices=[choice], usage=usage)
+        return CompletionResponse(
+            id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
+        )
 
-    def _ids(self, token_ids: list[int]) -> list[int] | None:
-        return token_ids if self.return_token_ids else None
 
-
-class ChatFormat:
+class ChatFormat(_Format):
     """/v1/chat/completions answers: chat.completion and chat.completion.chunk objects."""
 
-    def __init__(self, model: str, return_token_ids: bool = False) -> None:
-        self.id, self.model, self.return_token_ids = new_id("chatcmpl"), model, return_token_ids
-        self.created = int(time.time())  # one value for every chunk of the stream, as OpenAI sends
-        head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": model}
-        self._prefix = json.dumps(head)[:-1] + ', "choices": [{"index": 0, "delta": {"content": '
+    id_prefix, chunk_object = "chatcmpl", "chat.completion.chunk"
+    text_opening, text_closing = '"delta": {"content": ', "}"
 
     def opening(self) -> list[BaseModel]:
         delta = ChatDelta(role="assistant", content="")
         choice = ChatChunkChoice(delta=delta, token_ids=self._ids([]))
         return [ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])]
-
-    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> str:
-        return _chunk_json(
-            self._prefix, text, "}", finish_reason, token_ids if self.return_token_ids else None
-        )
 
     def chunk_model(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
         delta = ChatDelta(content=text)
@@ -233,7 +236,6 @@ class ChatFormat:
     def response(self, text: str, finish_reason: str | None, usage: Usage, token_ids: list[int]) -> BaseModel:
         message = AssistantMessage(content=text)
         choice = ChatChoice(message=message, finish_reason=finish_reason, token_ids=self._ids(token_ids))
-        return ChatCompletionResponse(id=self.id, model=self.model, choices=[choice], usage=usage)
-
-    def _ids(self, token_ids: list[int]) -> list[int] | None:
-        return token_ids if self.return_token_ids else None
+        return ChatCompletionResponse(
+            id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
+        )
