@@ -85,8 +85,7 @@ def live_server(
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        settled = wait_until(lambda: worker.state != "starting", timeout=60)
-        assert settled and worker.state == "ready", f"the engine did not start: {worker.state}"
+        assert worker.wait_ready(timeout=60), f"the engine did not start: {worker.state}"
         assert httpx.get(url + "/health", timeout=5).status_code == 200
         yield LiveServer(url, worker, server)
     finally:
