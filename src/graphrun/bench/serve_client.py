@@ -33,8 +33,9 @@ import os
 import queue
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -159,8 +160,18 @@ def request_body(spec: RequestSpec, model: str) -> dict[str, Any]:
     }
 
 
+class LineStreams(Protocol):
+    """How a worker sends a streamed POST: the status and the body's lines, inside a context."""
+
+    def stream(
+        self, path: str, payload: dict[str, Any]
+    ) -> AbstractAsyncContextManager[tuple[int, AsyncIterator[str]]]: ...
+
+    def close(self) -> None: ...
+
+
 async def stream_request(
-    client: httpx.AsyncClient, url: str, model: str, spec: RequestSpec, timeout: float
+    streams: LineStreams, model: str, spec: RequestSpec, timeout: float
 ) -> RequestResult:
     """Send one request and read its stream to the end; never raises (failures are in the result)."""
     result = RequestResult(spec.index, len(spec.prompt_ids), spec.max_tokens)
@@ -168,13 +179,13 @@ async def stream_request(
     try:
         async with (
             asyncio.timeout(timeout),
-            client.stream("POST", url + "/v1/completions", json=request_body(spec, model)) as response,
+            streams.stream("/v1/completions", request_body(spec, model)) as (status, lines),
         ):
-            result.status = response.status_code
-            if response.status_code != 200:
-                body = (await response.aread()).decode(errors="replace")
-                return result.fail(f"HTTP {response.status_code}: {body[:300]}")
-            await _read_stream(response, result, start)
+            result.status = status
+            if status != 200:
+                body = "\n".join([line async for line in lines])
+                return result.fail(f"HTTP {status}: {body[:300]}")
+            await _read_events(lines, result, start)
     except Exception as exc:  # timeouts, HTTP errors, malformed chunks: this request's failure, recorded
         return result.fail(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     result.latency_s = time.perf_counter() - start
@@ -182,8 +193,22 @@ async def stream_request(
     return result
 
 
-async def _read_stream(response: httpx.Response, result: RequestResult, start: float) -> None:
-    await _read_events(response.aiter_lines(), result, start)
+class HttpxStreams:
+    """LineStreams over a shared httpx.AsyncClient (the reader `--http-client httpx` picks)."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str) -> None:
+        self.client, self.url = client, url
+
+    @asynccontextmanager
+    async def stream(
+        self, path: str, payload: dict[str, Any]
+    ) -> AsyncIterator[tuple[int, AsyncIterator[str]]]:
+        """The status and the lines of a streamed POST."""
+        async with self.client.stream("POST", self.url + path, json=payload) as response:
+            yield response.status_code, response.aiter_lines()
+
+    def close(self) -> None:
+        """Nothing of its own to close (the client is shared)."""
 
 
 async def _read_events(lines: AsyncIterator[str], result: RequestResult, start: float) -> None:
@@ -237,6 +262,21 @@ class StreamConnection:
             headers[name.strip().lower()] = value.strip()
         return status, self._lines(headers)
 
+    @asynccontextmanager
+    async def stream(
+        self, path: str, payload: dict[str, Any]
+    ) -> AsyncIterator[tuple[int, AsyncIterator[str]]]:
+        """post_lines as a context: on leaving, the rest of the body is read, so the connection is ready
+        for the next request; after an error the connection is closed (its state is unknown)."""
+        try:
+            status, lines = await self.post_lines(path, payload)
+            yield status, lines
+            async for _ in lines:
+                pass
+        except BaseException:
+            self.close()
+            raise
+
     async def _send(self, data: bytes) -> bytes:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
@@ -277,29 +317,6 @@ class StreamConnection:
         self._reader = self._writer = None
 
 
-async def stream_request_raw(
-    conn: StreamConnection, model: str, spec: RequestSpec, timeout: float
-) -> RequestResult:
-    """`stream_request` over a StreamConnection; never raises (failures are in the result)."""
-    result = RequestResult(spec.index, len(spec.prompt_ids), spec.max_tokens)
-    start = time.perf_counter()
-    try:
-        async with asyncio.timeout(timeout):
-            result.status, lines = await conn.post_lines("/v1/completions", request_body(spec, model))
-            if result.status != 200:
-                body = "\n".join([line async for line in lines])
-                return result.fail(f"HTTP {result.status}: {body[:300]}")
-            await _read_events(lines, result, start)
-            async for _ in lines:  # the rest of the body, so the connection is ready for the next request
-                pass
-    except Exception as exc:  # as stream_request: this request's failure, recorded
-        conn.close()  # its state is unknown
-        return result.fail(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-    result.latency_s = time.perf_counter() - start
-    result.check()
-    return result
-
-
 HTTP_CLIENTS = ("raw", "httpx")
 
 
@@ -313,28 +330,26 @@ async def _serve_specs(
     on_result: Callable[[RequestResult], None],
 ) -> None:
     """`concurrency` workers, each sending the next spec from `take` until it gives None."""
-    if http_client == "raw":
+    if http_client not in HTTP_CLIENTS:
+        raise ValueError(f"http_client must be one of {HTTP_CLIENTS}, got {http_client!r}")
 
-        async def raw_worker() -> None:
-            conn = StreamConnection(url)
+    async def workers(make_streams: Callable[[], LineStreams]) -> None:
+        async def worker() -> None:
+            streams = make_streams()
             try:
                 while (spec := take()) is not None:
-                    on_result(await stream_request_raw(conn, model, spec, timeout))
+                    on_result(await stream_request(streams, model, spec, timeout))
             finally:
-                conn.close()
+                streams.close()
 
-        await asyncio.gather(*(raw_worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    if http_client == "raw":  # a keep-alive connection per worker
+        await workers(lambda: StreamConnection(url))
         return
-    if http_client != "httpx":
-        raise ValueError(f"http_client must be one of {HTTP_CLIENTS}, got {http_client!r}")
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-
-        async def httpx_worker() -> None:
-            while (spec := take()) is not None:
-                on_result(await stream_request(client, url, model, spec, timeout))
-
-        await asyncio.gather(*(httpx_worker() for _ in range(concurrency)))
+        await workers(lambda: HttpxStreams(client, url))
 
 
 async def run_closed_loop(
@@ -470,25 +485,7 @@ def _client_process(
     messages: mp.Queue[tuple[str, Any]],
 ) -> None:
     """(a child) `concurrency` workers taking specs from the shared counter; each result is posted."""
-    try:
-        messages.put(("ready", None))
-        start_event.wait()
-        _run(_shared_loop(url, model, specs, concurrency, timeout, http_client, counter, messages))
-        messages.put(("end", time.perf_counter()))
-    except BaseException as exc:  # reported to the parent, which raises it
-        messages.put(("error", f"{type(exc).__name__}: {exc}"))
 
-
-async def _shared_loop(
-    url: str,
-    model: str,
-    specs: list[RequestSpec],
-    concurrency: int,
-    timeout: float,
-    http_client: str,
-    counter: Any,
-    messages: mp.Queue[tuple[str, Any]],
-) -> None:
     def take() -> RequestSpec | None:
         with counter.get_lock():
             index = counter.value
@@ -500,4 +497,10 @@ async def _shared_loop(
     def on_result(result: RequestResult) -> None:
         messages.put(("result", result))
 
-    await _serve_specs(url, model, take, concurrency, timeout, http_client, on_result)
+    try:
+        messages.put(("ready", None))
+        start_event.wait()
+        _run(_serve_specs(url, model, take, concurrency, timeout, http_client, on_result))
+        messages.put(("end", time.perf_counter()))
+    except BaseException as exc:  # reported to the parent, which raises it
+        messages.put(("error", f"{type(exc).__name__}: {exc}"))
