@@ -34,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -60,7 +61,7 @@ from graphrun.serve.worker import (
     ServedModel,
     engine_info,
     engine_memory,
-    log_serving,
+    serve_engine,
     settle_collector,
 )
 
@@ -126,14 +127,9 @@ class _EngineProcess:
             return 1
         self.engine = engine
         self.info = {**engine_info(engine), "engine_pid": os.getpid()}
-        settle_collector()
-        if self.trace is not None:
-            self.trace.watch_gc()
-        self.send(("ready", self.info, engine.tokenizer))
-        log_serving(self.info, self.engine_config, self.serve_config)
-        clean = EngineLoop(engine, self.inbox, _PipeOutbox(self.send), self.metrics, self.trace).run()
-        if self.trace is not None:
-            self.trace.write()
+        loop = EngineLoop(engine, self.inbox, _PipeOutbox(self.send), self.metrics, self.trace)
+        announce = partial(self.send, ("ready", self.info, engine.tokenizer))
+        clean = serve_engine(self.info, loop, announce, self.engine_config, self.serve_config)
         return 0 if clean else 1
 
     def _receive(self) -> None:

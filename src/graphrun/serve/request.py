@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from graphrun.errors import GraphrunError
@@ -59,7 +59,7 @@ class EngineRequest:
     params: SamplingParams
     arrival: float  # time.monotonic() at submission: CLOCK_MONOTONIC, the same clock in every process
     seq_id: int | None = None
-    last_token_time: float | None = field(default=None)
+    last_token_time: float | None = None
 
 
 def is_terminal(event: Event) -> bool:

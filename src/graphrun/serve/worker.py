@@ -22,8 +22,9 @@ import logging
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -112,6 +113,26 @@ def log_serving(info: dict[str, Any], engine_config: EngineConfig, serve_config:
         info["device"],
         info["dtype"],
     )
+
+
+def serve_engine(
+    info: dict[str, Any],
+    loop: EngineLoop,
+    announce: Callable[[], None],
+    engine_config: EngineConfig,
+    serve_config: ServeConfig,
+) -> bool:
+    """After start-up, wherever the engine runs: settle the collector, say ready, run the loop to its end,
+    write the trace; False when the loop crashed."""
+    settle_collector()
+    if loop.trace is not None:
+        loop.trace.watch_gc()  # collections while serving (start-up's are not the question)
+    announce()
+    log_serving(info, engine_config, serve_config)
+    clean = loop.run()
+    if loop.trace is not None:
+        loop.trace.write()
+    return clean
 
 
 def make_worker(engine_config: EngineConfig, serve_config: ServeConfig) -> EngineWorker:
@@ -321,16 +342,11 @@ class ThreadWorker(EngineWorker):
             return
         self._engine = engine
         info = engine_info(engine)
-        settle_collector()
-        if self.trace is not None:
-            self.trace.watch_gc()  # collections while serving (start-up's are not the question)
-        self._became_ready(info, ServedModel(engine.tokenizer, info["vocab_size"], info["max_model_len"]))
-        log_serving(info, self.engine_config, self.serve_config)
+        model = ServedModel(engine.tokenizer, info["vocab_size"], info["max_model_len"])
         loop = EngineLoop(engine, self._inbox, _ThreadOutbox(self.trace), self.engine_metrics, self.trace)
-        if not loop.run():
+        announce = partial(self._became_ready, info, model)
+        if not serve_engine(info, loop, announce, self.engine_config, self.serve_config):
             self._state = "failed"
-        if self.trace is not None:
-            self.trace.write()
 
 
 class _ThreadOutbox:
