@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import time
 from pathlib import Path
 
 import pytest
 
 from graphrun.bench.serve import ServeBenchSetup
 from graphrun.bench.serve_client import RequestResult, SSEDecoder, parse_sse
-from graphrun.bench.serve_report import itl_samples, serve_goals, summarize_run
+from graphrun.bench.serve_process import cpu_seconds
+from graphrun.bench.serve_report import itl_by_churn, itl_samples, serve_goals, summarize_run
 from graphrun.bench.serve_workload import Workload, lognormal_lengths, plan_requests
 from graphrun.cli import build_parser, main
 from graphrun.errors import ConfigError
@@ -118,6 +121,17 @@ def test_summary_counts_lost_tokens_as_failures_and_keeps_them_out_of_latencies(
     assert [row["ok"] for row in summary["requests"]] == [True, False, False]
 
 
+def test_itl_gaps_with_another_request_sent_or_ending_inside_count_as_churn():
+    long = _result(0, [0.1, 0.2, 0.3, 0.6, 0.7], [1, 1, 1, 1, 2], usage=6, max_tokens=6)  # sent at 0
+    short = _result(1, [0.05], [1], usage=1, max_tokens=1)
+    short.sent_at = 0.35  # sent inside long's 0.3 -> 0.6 gap; it ends at 0.41, inside the same gap
+    split = itl_by_churn([long, short])
+    assert split["churn"]["n"] == 1 and split["churn"]["p50"] == pytest.approx(300.0)
+    assert split["steady"]["n"] == 4  # 0.1, 0.1, and the last chunk's two tokens at 0.05 each
+    assert split["steady"]["p99"] == pytest.approx(100.0)
+    assert summarize_run([long, short], wall_s=1.0)["itl_by_churn_ms"] == split
+
+
 # ----- SSE -------------------------------------------------------------------------------------------
 
 
@@ -164,6 +178,16 @@ def _payload(ratio: float, concurrency: int, timed: bool, failed: int) -> dict:
     }
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux /proc")
+def test_cpu_seconds_follow_the_process_cpu_time():
+    start, clock = cpu_seconds(os.getpid()), time.process_time()
+    while time.process_time() - clock < 0.3:
+        pass
+    used, expected = cpu_seconds(os.getpid()) - start, time.process_time() - clock
+    assert abs(used - expected) < 0.05  # clock ticks are 10 ms
+    assert cpu_seconds(2**22 + 1) is None  # above Linux's pid limit: no such process
+
+
 def test_goals_are_computed_from_the_measurements():
     met = {g["name"]: g["met"] for g in serve_goals(_payload(3.5, 16, timed=True, failed=0))}
     assert list(met.values()) == [True, True, True]
@@ -197,10 +221,16 @@ def test_bench_serve_end_to_end_on_the_tiny_preset(tmp_path: Path, capsys):
         assert run["ttft_ms"]["p50"] > 0 and run["itl_ms"]["p99"] >= run["itl_ms"]["p50"] > 0
         assert run["memory"]["max_rss_bytes"] > 0 and run["memory"]["kv_cache_bytes"] > 0
         assert Path(run["log"]).read_text()  # the server's log went to a file
+        cpu = run["cpu_s"]  # every process's CPU time over the timed run
+        assert cpu["client"] > 0 and cpu["server"] > 0 and cpu["engine"] > 0
     assert runs["graph"]["metrics"]["graph_replays"] > 0  # decode went through the (simulated) graphs
     assert runs["eager"]["metrics"]["graph_replays"] == 0
     assert runs["eager"]["engine"]["decode_graphs"] is False
     assert payload["graph_over_eager_throughput"] > 0
+    assert (
+        payload["wakeup_ms"]["mode"] == "sleep"
+        and payload["wakeup_ms"]["p99"] >= payload["wakeup_ms"]["p50"] > 0
+    )
     goals = {g["name"]: g for g in payload["goals"]}
     assert len(goals) == 3 and goals["failed or lost requests, every run"]["met"] is True
     assert "graph / eager throughput:" in out and "targets (goals to check, not claims):" in out

@@ -26,7 +26,7 @@ def test_every_request_completes_once_in_order_with_one_or_several_client_proces
     specs = plan_requests(workload, workload.num_requests, vocab_size=512, max_model_len=256, label="t")
     done: list[int] = []
     with live_server() as srv:
-        results, wall = run_load(
+        results, wall, client_cpu = run_load(
             srv.url, "tiny", specs, 4, 60.0, processes=processes, on_done=done.append, http_client=http_client
         )
     assert [r.index for r in results] == [s.index for s in specs]
@@ -34,6 +34,7 @@ def test_every_request_completes_once_in_order_with_one_or_several_client_proces
     assert [r.num_token_ids for r in results] == [s.max_tokens for s in specs]
     assert done == list(range(1, 10)) and wall > 0
     assert wall >= max(r.latency_s or 0 for r in results)
+    assert 0 < client_cpu < wall * processes + 1  # the clients' own CPU time, every process counted
 
 
 def _chunked(*parts: bytes) -> bytes:

@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 
-from graphrun.bench.serve_client import HTTP_CLIENTS, RequestResult, default_client_processes, run_load
+from graphrun.bench.serve_client import HTTP_CLIENTS, Load, default_client_processes, run_load
 from graphrun.bench.serve_process import (
     ServerProcess,
     ServerStartError,
     counter_deltas,
+    cpu_seconds,
     free_port,
     graph_summary,
 )
@@ -41,6 +42,7 @@ from graphrun.bench.serve_report import (
     summarize_run,
 )
 from graphrun.bench.serve_workload import RequestSpec, Workload, plan_requests
+from graphrun.bench.wakeup import measure_wakeup
 from graphrun.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 MODES = ("graph", "eager")
 STOP_TIMEOUT_SECONDS = 60.0  # SIGTERM -> exit; the server's own drain wait is 30 s by default
 MIB = 2**20
+WAKEUP_PROBES = 1000  # pipe messages 2 ms apart for the machine's wake-up latency (about 2 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +139,7 @@ class ServeBenchSetup:
 
     def load(
         self, url: str, model: str, specs: list[RequestSpec], on_done: Callable[[int], None] | None = None
-    ) -> tuple[list[RequestResult], float]:
+    ) -> Load:
         """Send `specs` to the server at `url` as these settings say (serve_client.run_load)."""
         return run_load(
             url,
@@ -183,7 +186,7 @@ def _warm_up(setup: ServeBenchSetup, server: ServerProcess, model: str, health: 
     specs = plan_requests(setup.workload, setup.warmup_requests, vocab, max_len, "warmup")
     if not specs:
         return []
-    results, _ = setup.load(server.url, model, specs)
+    results = setup.load(server.url, model, specs).results
     return [f"warm-up request {r.index}: {r.error}" for r in results if not r.ok]
 
 
@@ -199,9 +202,18 @@ def _measure(
     run["num_prompt_tokens"] = sum(len(s.prompt_ids) for s in specs)
     run["num_prompts_clipped"] = sum(s.clipped for s in specs)
     before = server.counters()
+    pids = {"server": server.pid}
+    if health.get("engine_pid") is not None:  # none: the engine runs as a thread of the server
+        pids["engine"] = int(health["engine_pid"])
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     log.info("serve bench: %s: %d timed requests, concurrency %d", mode, len(specs), setup.concurrency)
-    results, wall = setup.load(server.url, model, specs, _progress(mode, len(specs)))
-    run.update(summarize_run(results, wall))
+    load = setup.load(server.url, model, specs, _progress(mode, len(specs)))
+    cpu: dict[str, float | None] = {"client": load.client_cpu_s}
+    for name, start in cpu_before.items():  # None where /proc is unreadable (not Linux)
+        end = cpu_seconds(pids[name])
+        cpu[name] = end - start if start is not None and end is not None else None
+    run.update(summarize_run(load.results, load.wall_s))
+    run["cpu_s"] = cpu  # CPU seconds each process used over the timed run (compare with wall_s)
     run["metrics"] = graph_summary(counter_deltas(before, server.counters()))
     memory = server.get("/health").json().get("memory", {})
     run["memory"] = memory
@@ -251,9 +263,14 @@ def _run_server(setup: ServeBenchSetup, server: ServerProcess, run: dict[str, An
 
 def run_serve_bench(setup: ServeBenchSetup) -> dict[str, Any]:
     """Every mode, then the table and JSON line on stdout and the JSON and PNG files; the payload."""
+    wakeup = measure_wakeup(WAKEUP_PROBES)  # how noisy this machine is, before any server runs
+    log.info(
+        "serve bench: a sleeping process wakes in %.3f ms (p50), %.3f ms (p99)", wakeup["p50"], wakeup["p99"]
+    )
     runs = [bench_mode(setup, mode) for mode in setup.modes]
     # the payload reads environment() only now: no CUDA context in this process while servers ran
     payload = serve_payload(setup.settings(), runs, setup.cuda)
+    payload["wakeup_ms"] = wakeup  # bench/wakeup.py: the floor under every hop a token takes
     print_serve(payload)
     json_path, png_path = save_serve(payload, setup.out)
     log.info("serve bench: wrote %s and %s", json_path, png_path)

@@ -35,7 +35,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -86,6 +86,7 @@ class RequestResult:
     index: int
     num_prompt_tokens: int
     max_tokens: int
+    sent_at: float = 0.0  # perf_counter at send: CLOCK_MONOTONIC on Linux, one clock for every process
     chunk_times: list[float] = field(default_factory=list)  # chunks that carried token ids only
     chunk_sizes: list[int] = field(default_factory=list)
     num_usage_tokens: int | None = None  # usage.completion_tokens
@@ -174,8 +175,8 @@ async def stream_request(
     streams: LineStreams, model: str, spec: RequestSpec, timeout: float
 ) -> RequestResult:
     """Send one request and read its stream to the end; never raises (failures are in the result)."""
-    result = RequestResult(spec.index, len(spec.prompt_ids), spec.max_tokens)
     start = time.perf_counter()
+    result = RequestResult(spec.index, len(spec.prompt_ids), spec.max_tokens, start)
     try:
         async with (
             asyncio.timeout(timeout),
@@ -400,6 +401,14 @@ def default_client_processes(concurrency: int, cpus: int | None = None) -> int:
     return max(1, min(math.ceil(concurrency / 4), cpus // 4))
 
 
+class Load(NamedTuple):
+    """What run_load measured: the results in list order, wall seconds, and the client's CPU seconds."""
+
+    results: list[RequestResult]
+    wall_s: float
+    client_cpu_s: float  # user + system, every client process together: how busy the measuring side was
+
+
 def run_load(
     url: str,
     model: str,
@@ -409,15 +418,17 @@ def run_load(
     processes: int = 1,
     on_done: Callable[[int], None] | None = None,
     http_client: str = "raw",
-) -> tuple[list[RequestResult], float]:
+) -> Load:
     """Every request through `concurrency` workers spread over `processes` client processes.
 
-    Returns the results in list order and the wall seconds from the start signal to the last request's
-    end. processes=1 runs the workers in this process.
+    The wall seconds run from the start signal to the last request's end. processes=1 runs the workers
+    in this process.
     """
     processes = max(1, min(processes, concurrency, len(specs)))
     if processes == 1:
-        return _run(run_closed_loop(url, model, specs, concurrency, timeout, on_done, http_client))
+        cpu = time.process_time()
+        done, wall = _run(run_closed_loop(url, model, specs, concurrency, timeout, on_done, http_client))
+        return Load(done, wall, time.process_time() - cpu)
     ctx = mp.get_context("spawn")  # no inherited threads or sockets; the children import this module
     counter = ctx.Value("i", 0)  # the next spec to send, shared: one closed loop across processes
     start_event = ctx.Event()
@@ -439,7 +450,7 @@ def run_load(
     start = time.perf_counter()
     start_event.set()
     results: dict[int, RequestResult] = {}
-    ends: list[float] = []
+    ends: list[tuple[float, float]] = []  # (end time, CPU seconds) per child
     while len(ends) < len(children):
         kind, value = _expect(messages, None, children)
         if kind == "result":
@@ -453,7 +464,8 @@ def run_load(
     missing = [spec.index for spec in specs if spec.index not in results]
     if missing:
         raise RuntimeError(f"client processes returned no result for requests {missing[:10]}")
-    return [results[spec.index] for spec in specs], max(ends) - start
+    wall = max(end for end, _ in ends) - start
+    return Load([results[spec.index] for spec in specs], wall, sum(cpu for _, cpu in ends))
 
 
 def _expect(messages: mp.Queue[tuple[str, Any]], kind: str | None, children: list[Any]) -> tuple[str, Any]:
@@ -500,7 +512,8 @@ def _client_process(
     try:
         messages.put(("ready", None))
         start_event.wait()
+        cpu = time.process_time()
         _run(_serve_specs(url, model, take, concurrency, timeout, http_client, on_result))
-        messages.put(("end", time.perf_counter()))
+        messages.put(("end", (time.perf_counter(), time.process_time() - cpu)))
     except BaseException as exc:  # reported to the parent, which raises it
         messages.put(("error", f"{type(exc).__name__}: {exc}"))

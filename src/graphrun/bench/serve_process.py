@@ -31,6 +31,16 @@ COUNTERS = (  # /metrics samples the benchmark keeps (prefixes)
 )
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds process `pid` has used so far (Linux /proc); None where unreadable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name: state (field 3) first
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
+
+
 class ServerStartError(RuntimeError):
     """The server exited or stayed unhealthy past the start-up timeout."""
 
@@ -53,6 +63,11 @@ class ServerProcess:
             self._proc = subprocess.Popen(
                 [sys.executable, *argv], stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy()
             )
+
+    @property
+    def pid(self) -> int:
+        """The server process's id."""
+        return self._proc.pid
 
     @property
     def returncode(self) -> int | None:

@@ -10,6 +10,7 @@ their measurements, never claims; on the CPU (tiny preset, sim backend) no timin
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -61,6 +62,24 @@ def itl_samples(chunk_times: Sequence[float], chunk_sizes: Sequence[int]) -> lis
     return samples
 
 
+def itl_by_churn(results: Sequence[RequestResult]) -> dict[str, dict[str, Any]]:
+    """ITL split by whether another request was sent or ended during the gap ("churn") or not ("steady").
+
+    The server parses, admits and finishes requests on the same event loop that writes every stream's
+    tokens, and the engine admits them between steps; this split shows how much of the tail they cause.
+    """
+    ok = [r for r in results if r.ok and r.latency_s is not None]
+    events = sorted([r.sent_at for r in results] + [r.sent_at + (r.latency_s or 0.0) for r in ok])
+    split: dict[str, list[float]] = {"churn": [], "steady": []}
+    for r in ok:
+        for i in range(1, len(r.chunk_times)):
+            lo, hi = r.sent_at + r.chunk_times[i - 1], r.sent_at + r.chunk_times[i]
+            busy = bisect.bisect_right(events, lo) < bisect.bisect_left(events, hi)  # one strictly inside
+            k = r.chunk_sizes[i]
+            split["churn" if busy else "steady"] += [(hi - lo) / k] * k
+    return {name: {"n": len(samples), **latency_ms(samples)} for name, samples in split.items()}
+
+
 def _request_row(r: RequestResult) -> dict[str, Any]:
     return {
         "index": r.index,
@@ -98,6 +117,7 @@ def summarize_run(results: Sequence[RequestResult], wall_s: float) -> dict[str, 
         "ttft_ms": latency_ms([r.ttft_s for r in ok if r.ttft_s is not None]),
         "itl_ms": itl_summary,
         "itl_p99_over_p50": p99 / p50 if p50 and p99 is not None else None,
+        "itl_by_churn_ms": itl_by_churn(results),
         "latency_ms": latency_ms([r.latency_s for r in ok if r.latency_s is not None]),
         "num_chunks": sum(len(r.chunk_sizes) for r in results),
         "num_multi_token_chunks": sum(k > 1 for r in results for k in r.chunk_sizes),
