@@ -7,8 +7,14 @@ and, once per step, every request's new token or finish. Where the events go is 
 (worker.py: straight to the event loop of this process, or down a pipe to the server process), so this
 file holds no asyncio and no IPC.
 
-A step's events are held back and sent right after the next batch is launched (engine.step's
-on_launched): the receiving side's work then overlaps the device's step instead of delaying the launch.
+When a step's events are sent depends on where the receiver runs (`hold`):
+- engine thread (hold=True): they are held back and sent right after the next batch is launched
+  (engine.step's on_launched). The event loop shares this process's GIL, so waking it while the next
+  batch is being scheduled would delay that launch; after the launch, its work overlaps the device.
+- engine process (hold=False): they go down the pipe as soon as the step's tokens are on the host.
+  Sending costs the engine tens of microseconds and the device still has the next step queued
+  (asynchronous scheduling), while holding them would add the next launch's host time, and every
+  hiccup in it, to each stream's inter-token gap.
 """
 
 from __future__ import annotations
@@ -49,8 +55,10 @@ class EngineLoop:
         outbox: Outbox,
         metrics: EngineMetrics,
         trace: StepTrace | None = None,
+        hold: bool = True,
     ) -> None:
         self.engine, self.inbox, self.outbox, self.metrics, self.trace = engine, inbox, outbox, metrics, trace
+        self.hold = hold  # send a step's events after the next launch (True) or at once (module docstring)
         self._by_seq: dict[int, EngineRequest] = {}  # admitted, not finished
         self._by_key: dict[Hashable, EngineRequest] = {}
         # the last step's events, sent once the next batch is launched (_flush)
@@ -130,7 +138,7 @@ class EngineLoop:
         self.outbox.events([(request, (None, "abort"))], None)
 
     def _step(self) -> None:
-        """One engine step; its events are held and sent during the next step, right after its launch."""
+        """One engine step; its events are sent at once, or (hold) in the next step after its launch."""
         engine = self.engine
         try:
             outputs = engine.step(on_launched=self._flush)
@@ -156,6 +164,8 @@ class EngineLoop:
                 self._forget(request)
         self.metrics.generation_tokens.inc(len(self._pending) - held)
         self._pending_timing = engine.last_step_timing
+        if not self.hold:
+            self._flush()
 
     def _flush(self) -> None:
         """Send the held events."""

@@ -127,7 +127,7 @@ class _EngineProcess:
             return 1
         self.engine = engine
         self.info = {**engine_info(engine), "engine_pid": os.getpid()}
-        loop = EngineLoop(engine, self.inbox, _PipeOutbox(self.send), self.metrics, self.trace)
+        loop = EngineLoop(engine, self.inbox, _PipeOutbox(self.send), self.metrics, self.trace, hold=False)
         announce = partial(self.send, ("ready", self.info, engine.tokenizer))
         clean = serve_engine(self.info, loop, announce, self.engine_config, self.serve_config)
         return 0 if clean else 1
