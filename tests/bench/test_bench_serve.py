@@ -223,6 +223,9 @@ def test_bench_serve_end_to_end_on_the_tiny_preset(tmp_path: Path, capsys):
         assert Path(run["log"]).read_text()  # the server's log went to a file
         cpu = run["cpu_s"]  # every process's CPU time over the timed run
         assert cpu["client"] > 0 and cpu["server"] > 0 and cpu["engine"] > 0
+        machine = run["machine_cpu_s"]  # the whole machine's over the same run: ours are part of it
+        assert machine["busy"] + 0.1 >= cpu["client"] + cpu["server"] + cpu["engine"]
+        assert machine["steal"] >= 0 and machine["idle"] >= 0
     assert runs["graph"]["metrics"]["graph_replays"] > 0  # decode went through the (simulated) graphs
     assert runs["eager"]["metrics"]["graph_replays"] == 0
     assert runs["eager"]["engine"]["decode_graphs"] is False

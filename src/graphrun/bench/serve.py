@@ -33,6 +33,7 @@ from graphrun.bench.serve_process import (
     cpu_seconds,
     free_port,
     graph_summary,
+    machine_cpu_seconds,
 )
 from graphrun.bench.serve_report import (
     MAX_ERRORS_LISTED,
@@ -206,14 +207,18 @@ def _measure(
     if health.get("engine_pid") is not None:  # none: the engine runs as a thread of the server
         pids["engine"] = int(health["engine_pid"])
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    machine_before = machine_cpu_seconds()
     log.info("serve bench: %s: %d timed requests, concurrency %d", mode, len(specs), setup.concurrency)
     load = setup.load(server.url, model, specs, _progress(mode, len(specs)))
+    machine_after = machine_cpu_seconds()
     cpu: dict[str, float | None] = {"client": load.client_cpu_s}
     for name, start in cpu_before.items():  # None where /proc is unreadable (not Linux)
         end = cpu_seconds(pids[name])
         cpu[name] = end - start if start is not None and end is not None else None
     run.update(summarize_run(load.results, load.wall_s))
     run["cpu_s"] = cpu  # CPU seconds each process used over the timed run (compare with wall_s)
+    if machine_before is not None and machine_after is not None:  # every process, ours or not; steal
+        run["machine_cpu_s"] = {k: machine_after[k] - machine_before[k] for k in machine_before}
     run["metrics"] = graph_summary(counter_deltas(before, server.counters()))
     memory = server.get("/health").json().get("memory", {})
     run["memory"] = memory

@@ -41,6 +41,27 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
 
 
+MACHINE_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_cpu_seconds() -> dict[str, float] | None:
+    """CPU seconds of the whole machine so far, all CPUs together (Linux /proc/stat); None elsewhere.
+
+    busy: user + nice + system + irq + softirq, whoever ran; steal: time a virtual machine's CPUs were
+    ready to run but the host ran something else; idle: idle + iowait.
+    """
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1 : 1 + len(MACHINE_CPU_FIELDS)]]
+    except (OSError, ValueError):
+        return None
+    if len(values) < len(MACHINE_CPU_FIELDS):
+        return None
+    t = {name: v / os.sysconf("SC_CLK_TCK") for name, v in zip(MACHINE_CPU_FIELDS, values, strict=True)}
+    busy = t["user"] + t["nice"] + t["system"] + t["irq"] + t["softirq"]
+    return {"busy": busy, "steal": t["steal"], "idle": t["idle"] + t["iowait"]}
+
+
 class ServerStartError(RuntimeError):
     """The server exited or stayed unhealthy past the start-up timeout."""
 
