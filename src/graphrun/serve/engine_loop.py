@@ -61,7 +61,7 @@ class EngineLoop:
         self.hold = hold  # send a step's events after the next launch (True) or at once (module docstring)
         self._by_seq: dict[int, EngineRequest] = {}  # admitted, not finished
         self._by_key: dict[Hashable, EngineRequest] = {}
-        # the last step's events, sent once the next batch is launched (_flush)
+        # the last step's events, until _flush sends them (after the next launch with hold, else at once)
         self._pending: list[tuple[EngineRequest, Event]] = []
         self._pending_timing: StepTiming | None = None
 
