@@ -11,9 +11,11 @@ PERCENTILES = (50, 90, 99)
 
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile, interpolated between the closest ranks (numpy's default); None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
+    return _at(sorted(values), q) if values else None
+
+
+def _at(ordered: Sequence[float], q: float) -> float:
+    """percentile() of values already sorted (not empty)."""
     pos = (len(ordered) - 1) * q / 100
     low = math.floor(pos)
     high = min(low + 1, len(ordered) - 1)
@@ -22,9 +24,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 def latency_ms(seconds: Sequence[float]) -> dict[str, float | None]:
     """p50, p90, p99 and mean of latencies given in seconds, in milliseconds (None when there are none)."""
-    out: dict[str, float | None] = {}
-    for q in PERCENTILES:
-        value = percentile(seconds, q)
-        out[f"p{q}"] = None if value is None else value * 1e3
+    ordered = sorted(seconds)  # once for every percentile
+    out: dict[str, float | None] = {f"p{q}": _at(ordered, q) * 1e3 if ordered else None for q in PERCENTILES}
     out["mean"] = statistics.fmean(seconds) * 1e3 if seconds else None
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,15 @@ TABLE = {  # header -> run key, or "key.stat" for one statistic of a latency sum
 }
 
 
+def _chunk_gaps(times: Sequence[float], sizes: Sequence[int]) -> Iterator[tuple[float, float, int]]:
+    """(previous chunk's time, this chunk's time, its token count) for every chunk after the first."""
+    for i in range(1, len(times)):
+        yield times[i - 1], times[i], sizes[i]
+
+
 def itl_samples(chunk_times: Sequence[float], chunk_sizes: Sequence[int]) -> list[float]:
     """Per-token gaps: a chunk of k tokens arriving g seconds after the previous chunk gives k x g/k."""
-    samples: list[float] = []
-    for i in range(1, len(chunk_times)):
-        gap, k = chunk_times[i] - chunk_times[i - 1], chunk_sizes[i]
-        samples += [gap / k] * k
-    return samples
+    return [(end - start) / k for start, end, k in _chunk_gaps(chunk_times, chunk_sizes) for _ in range(k)]
 
 
 def itl_by_churn(results: Sequence[RequestResult]) -> dict[str, dict[str, Any]]:
@@ -72,10 +74,9 @@ def itl_by_churn(results: Sequence[RequestResult]) -> dict[str, dict[str, Any]]:
     events = sorted([r.sent_at for r in results] + [r.sent_at + (r.latency_s or 0.0) for r in ok])
     split: dict[str, list[float]] = {"churn": [], "steady": []}
     for r in ok:
-        for i in range(1, len(r.chunk_times)):
-            lo, hi = r.sent_at + r.chunk_times[i - 1], r.sent_at + r.chunk_times[i]
+        for start, end, k in _chunk_gaps(r.chunk_times, r.chunk_sizes):
+            lo, hi = r.sent_at + start, r.sent_at + end
             busy = bisect.bisect_right(events, lo) < bisect.bisect_left(events, hi)  # one strictly inside
-            k = r.chunk_sizes[i]
             split["churn" if busy else "steady"] += [(hi - lo) / k] * k
     return {name: {"n": len(samples), **latency_ms(samples)} for name, samples in split.items()}
 
