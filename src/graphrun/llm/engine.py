@@ -240,8 +240,9 @@ class LLMEngine:
 
         Synchronous scheduling returns this step's own outputs; asynchronous scheduling returns the
         previous step's (launched one call earlier), so the device always has the next step queued.
-        on_launched runs once the batch is launched, before the wait for tokens: the server posts the
-        last step's tokens there, so their delivery overlaps the device instead of the next launch.
+        on_launched runs once the batch is launched, before the wait for tokens: a server whose engine
+        shares its process posts the last step's tokens there (serve/engine_loop.py), so their delivery
+        overlaps the device instead of delaying the launch.
         """
         start = time.perf_counter()
         self._last_wait_end = None

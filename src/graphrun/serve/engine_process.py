@@ -322,7 +322,7 @@ class ProcessWorker(EngineWorker):
         elif kind == "ready":
             _, info, tokenizer = message
             settle_collector()
-            self._became_ready(info, ServedModel(tokenizer, info["vocab_size"], info["max_model_len"]))
+            self._became_ready(info, ServedModel.of(tokenizer, info))
         elif kind == "failed":
             log.error("engine start-up failed: %s", message[1])
             self._state = "failed"

@@ -62,6 +62,11 @@ class ServedModel:
     vocab_size: int
     max_model_len: int
 
+    @classmethod
+    def of(cls, tokenizer: Tokenizer, info: dict[str, Any]) -> ServedModel:
+        """The model an engine_info() describes."""
+        return cls(tokenizer, info["vocab_size"], info["max_model_len"])
+
 
 def engine_info(engine: LLMEngine) -> dict[str, Any]:
     """The engine's start-up facts for /health: describe(), limits and the KV cache's size."""
@@ -159,9 +164,9 @@ class EngineWorker(ABC):
         self._num_in_flight = 0
         self._request_ids = itertools.count()
         self._model: ServedModel | None = None
-        trace_path = serve_trace_path()  # the engine loop's steps go there; this side's sends next to it
-        sends_path = trace_path.with_name(trace_path.stem + ".sends.json") if trace_path is not None else None
-        self.send_trace = SendTrace(sends_path) if sends_path is not None else None
+        self.trace_path = serve_trace_path()  # the engine loop's steps go there; this side's sends next to it
+        path = self.trace_path
+        self.send_trace = SendTrace(path.with_name(path.stem + ".sends.json")) if path is not None else None
 
     # ----- what a subclass provides -----------------------------------------------------------------
 
@@ -301,8 +306,7 @@ class ThreadWorker(EngineWorker):
         self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="graphrun-engine", daemon=True)
         self._engine: LLMEngine | None = None
-        trace_path = serve_trace_path()
-        self.trace = StepTrace(trace_path) if trace_path is not None else None
+        self.trace = StepTrace(self.trace_path) if self.trace_path is not None else None
 
     def start(self) -> None:
         if not self._thread.is_alive() and self._state == "starting":
@@ -342,7 +346,7 @@ class ThreadWorker(EngineWorker):
             return
         self._engine = engine
         info = engine_info(engine)
-        model = ServedModel(engine.tokenizer, info["vocab_size"], info["max_model_len"])
+        model = ServedModel.of(engine.tokenizer, info)
         loop = EngineLoop(engine, self._inbox, _ThreadOutbox(self.trace), self.engine_metrics, self.trace)
         announce = partial(self._became_ready, info, model)
         if not serve_engine(info, loop, announce, self.engine_config, self.serve_config):
