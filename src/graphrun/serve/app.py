@@ -4,11 +4,11 @@
 Every error answer has the OpenAI body {"error": {"message", "type", "param", "code"}}: validation
 errors are 400 (not FastAPI's 422), a full queue is 429 and starting or draining is 503 (both with
 Retry-After), and an unexpected exception is a 500 for that request only (logged). Once a stream has
-sent its headers, a failure becomes a last `data: {"error": ...}` event.
+sent its headers, a failure becomes a last `data: {"error": ...}` event (sse.py writes the streams).
 
 A client that goes away is noticed by a task per request that watches the ASGI receive channel for
-`http.disconnect` (and by the stream generator being closed): its request is aborted at once, which
-frees its KV blocks.
+`http.disconnect` (and by the response ending early): its request is aborted at once, which frees its
+KV blocks.
 """
 
 from __future__ import annotations
@@ -23,25 +23,25 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from graphrun import __version__
 from graphrun.errors import GraphrunError
 from graphrun.llm.sampling_params import SamplingParams
-from graphrun.llm.scheduler import RequestRejected
 from graphrun.serve.chat_template import ChatTemplate
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.protocol import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
+    as_api_error,
     resolve_max_tokens,
 )
-from graphrun.serve.request import EngineFailure, QueueFull, RequestHandle, Unavailable
+from graphrun.serve.request import RequestHandle
 from graphrun.serve.responses import ChatFormat, CompletionFormat, ResponseFormat, Usage
+from graphrun.serve.sse import SSEResponse
 from graphrun.serve.worker import EngineWorker, ServedModel
 
 log = logging.getLogger(__name__)
@@ -149,11 +149,8 @@ class _Routes:
             self._worker.abort(handle)
             raise
         if body.stream:
-            return StreamingResponse(
-                self._sse(handle, fmt, watcher, body.include_usage, bool(body.return_token_ids)),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
+            every_batch = bool(body.return_token_ids)
+            return SSEResponse(self._worker, handle, fmt, watcher, body.include_usage, every_batch)
         try:
             return await self._collect(handle, fmt)
         finally:
@@ -171,42 +168,6 @@ class _Routes:
         usage = Usage.of(len(handle.prompt_ids), handle.num_output_tokens)
         answer = fmt.response("".join(texts), reason, usage, token_ids)
         return Response(answer.model_dump_json(), media_type="application/json")
-
-    async def _sse(
-        self,
-        handle: RequestHandle,
-        fmt: ResponseFormat,
-        watcher: asyncio.Task[None],
-        include_usage: bool,
-        every_batch: bool,
-    ) -> AsyncIterator[str]:
-        """`data: {chunk}` events, then `data: [DONE]`; a failure after the headers is an error event.
-
-        every_batch (return_token_ids): a chunk per batch of tokens from the engine, even with no text.
-        """
-        status = "aborted"  # unless the stream reaches its end
-        try:
-            for chunk in fmt.opening():
-                yield _event(chunk)
-            trace = self._worker.send_trace
-            async for delta in self._worker.stream(handle, every_batch):
-                yield _event(fmt.chunk(delta.text, delta.finish_reason, list(delta.token_ids)))
-                if trace is not None:
-                    trace.sent(handle.request_id)
-            if include_usage:
-                yield _event(fmt.usage_chunk(Usage.of(len(handle.prompt_ids), handle.num_output_tokens)))
-            yield "data: [DONE]\n\n"
-            status = "aborted" if handle.finish_reason == "abort" else "ok"
-        except Exception as exc:
-            status = "error"
-            if not isinstance(exc, GraphrunError):
-                log.exception("stream %s failed", fmt.id)
-            yield f"data: {_json_error(_as_api_error(exc))}\n\n"
-        finally:
-            watcher.cancel()
-            if handle.finish_reason is None:
-                self._worker.abort(handle)  # the client went away mid-stream
-            self._worker.metrics.count(status)
 
     async def models(self) -> dict[str, Any]:
         """GET /v1/models: the one served model."""
@@ -249,30 +210,8 @@ async def _abort_on_disconnect(request: Request, worker: EngineWorker, handle: R
     worker.abort(handle)
 
 
-def _event(chunk: BaseModel | str) -> str:
-    """One SSE event of a chunk (a model, or its JSON text already)."""
-    return f"data: {chunk if isinstance(chunk, str) else chunk.model_dump_json()}\n\n"
-
-
 def _json_error(error: APIError) -> str:
     return json.dumps(error.body())
-
-
-def _as_api_error(exc: Exception, retry_after: int = 1) -> APIError:
-    """The HTTP answer for an exception raised while serving a request."""
-    retry = {"Retry-After": str(retry_after)}
-    if isinstance(exc, APIError):
-        return exc
-    if isinstance(exc, QueueFull):
-        return APIError(429, str(exc), type="rate_limit_error", code="queue_full", headers=retry)
-    if isinstance(exc, Unavailable):
-        return APIError(503, str(exc), type="service_unavailable", code=exc.reason, headers=retry)
-    if isinstance(exc, RequestRejected):
-        code = "context_length_exceeded" if exc.code == "too_long" else exc.code
-        return APIError(400, str(exc), code=code)
-    if isinstance(exc, EngineFailure) or not isinstance(exc, ValueError):
-        return APIError(500, str(exc), type="server_error")
-    return APIError(400, str(exc))  # ConfigError, SamplingParamsError: the request's values
 
 
 def _status_label(status: int) -> str:
@@ -290,7 +229,7 @@ def _add_error_handlers(app: FastAPI, worker: EngineWorker, config: ServeConfig)
         return Response(_json_error(error), error.status, error.headers or None, "application/json")
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        return answer(request, _as_api_error(exc, config.retry_after_seconds))
+        return answer(request, as_api_error(exc, config.retry_after_seconds))
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

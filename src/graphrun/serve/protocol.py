@@ -21,7 +21,9 @@ from typing import Annotated, Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field
 
 from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
+from graphrun.llm.scheduler import RequestRejected
 from graphrun.llm.tokenizer import Tokenizer
+from graphrun.serve.request import EngineFailure, QueueFull, Unavailable
 
 MAX_STOP_STRINGS = 16
 _REQUEST = ConfigDict(strict=True, extra="ignore")
@@ -49,6 +51,23 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         """The OpenAI error body: {"error": {"message", "type", "param", "code"}}."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def as_api_error(exc: Exception, retry_after: int = 1) -> APIError:
+    """The HTTP answer for an exception raised while serving a request."""
+    retry = {"Retry-After": str(retry_after)}
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, QueueFull):
+        return APIError(429, str(exc), type="rate_limit_error", code="queue_full", headers=retry)
+    if isinstance(exc, Unavailable):
+        return APIError(503, str(exc), type="service_unavailable", code=exc.reason, headers=retry)
+    if isinstance(exc, RequestRejected):
+        code = "context_length_exceeded" if exc.code == "too_long" else exc.code
+        return APIError(400, str(exc), code=code)
+    if isinstance(exc, EngineFailure) or not isinstance(exc, ValueError):
+        return APIError(500, str(exc), type="server_error")
+    return APIError(400, str(exc))  # ConfigError, SamplingParamsError: the request's values
 
 
 def unsupported(param: str, what: str) -> APIError:

@@ -70,8 +70,9 @@ def is_terminal(event: Event) -> bool:
 class RequestHandle:
     """A submitted request: the admission future and the queue its tokens come back through.
 
-    The HTTP side awaits `admitted` (the engine's seq id, or its rejection), then reads tokens with
-    `next_tokens()`.
+    The HTTP side awaits `admitted` (the engine's seq id, or its rejection), then either reads tokens
+    with `next_tokens()` (a task waits on the handle's queue) or `attach`es a callback that takes each
+    event as it is delivered (no task wakes per token: sse.py).
     """
 
     def __init__(
@@ -90,10 +91,11 @@ class RequestHandle:
         self.loop = loop
         self.arrival = time.monotonic()
         self.admitted: asyncio.Future[int] = loop.create_future()
-        self.num_output_tokens = 0
+        self.num_output_tokens = 0  # counted by the reader (deltas.py)
         self.finish_reason: str | None = None  # set by the reader once the request is over
         self.done = False  # its terminal event has arrived (set on the event loop)
         self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._sink: Callable[[Event], None] | None = None
         self._on_done = on_done
 
     async def next_tokens(self) -> tuple[list[int], str | None]:
@@ -110,8 +112,14 @@ class RequestHandle:
             if token is not None:
                 token_ids.append(token)
             reason = reason or finished
-        self.num_output_tokens += len(token_ids)
         return token_ids, reason
+
+    def attach(self, sink: Callable[[Event], None]) -> None:
+        """(event loop) From now on hand every event to `sink` as it is delivered, starting with those
+        queued already; next_tokens() is not used after this. sink must not raise."""
+        while not self._events.empty():
+            sink(self._events.get_nowait())
+        self._sink = sink
 
     # ----- on the event loop ------------------------------------------------------------------------
 
@@ -127,7 +135,10 @@ class RequestHandle:
 
     def put(self, event: Event) -> None:
         """One event from the engine."""
-        self._events.put_nowait(event)
+        if self._sink is not None:
+            self._sink(event)
+        else:
+            self._events.put_nowait(event)
         if is_terminal(event):
             self._finish()
 

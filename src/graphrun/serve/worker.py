@@ -35,6 +35,7 @@ from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.tokenizer import Tokenizer
 from graphrun.serve.config import ServeConfig
+from graphrun.serve.deltas import Deltas
 from graphrun.serve.engine_loop import Command, EngineLoop
 from graphrun.serve.memory import memory_now
 from graphrun.serve.metrics import EngineMetrics, RequestMetrics
@@ -48,7 +49,6 @@ from graphrun.serve.request import (
     call_in_loop,
     post_step,
 )
-from graphrun.serve.text import TextStream
 from graphrun.serve.trace import SendTrace, StepTrace
 
 log = logging.getLogger(__name__)
@@ -266,29 +266,20 @@ class EngineWorker(ABC):
             self._send("abort", handle)
 
     async def stream(self, handle: RequestHandle, every_batch: bool = False) -> AsyncIterator[Delta]:
-        """Deltas of an admitted request until it ends; aborts it if the reader stops early.
-
-        A delta comes when there is text to send or the request ended (its token ids: every id since
-        the last delta); with every_batch, one comes for every batch of tokens, even with no text.
-        """
-        text = TextStream(self.model.tokenizer, handle.stop)
-        pending: list[int] = []
+        """Deltas of an admitted request until it ends (deltas.py); aborts it if the reader stops early."""
+        deltas = self.deltas(handle, every_batch)
         try:
             while handle.finish_reason is None:
-                token_ids, reason = await handle.next_tokens()
-                pending += token_ids
-                delta, hit_stop = text.push(token_ids, final=reason is not None)
-                if hit_stop:
-                    if reason is None:
-                        self.abort(handle)  # frees its blocks now; tokens after the stop are dropped
-                    reason = "stop"
-                handle.finish_reason = reason
-                if delta or reason is not None or (every_batch and token_ids):
-                    yield Delta(delta, reason, tuple(pending))
-                    pending = []
+                delta = deltas.push(*await handle.next_tokens())
+                if delta is not None:
+                    yield delta
         finally:
             if handle.finish_reason is None:
                 self.abort(handle)
+
+    def deltas(self, handle: RequestHandle, every_batch: bool = False) -> Deltas:
+        """What turns an admitted request's tokens into text deltas (stop strings abort it here)."""
+        return Deltas(self.model.tokenizer, handle, partial(self.abort, handle), every_batch)
 
     def _on_done(self, handle: RequestHandle) -> None:
         """(event loop) The request's terminal event arrived: it no longer counts as in flight."""

@@ -1,0 +1,232 @@
+"""A streamed completion (SSE), written from the delivery of each engine step: no task wakes per token.
+
+Why not StreamingResponse over an async generator: then every token of every stream wakes a task and
+walks a chain of generators and queues (queue -> deltas -> chunk -> ASGI send) on the one event loop
+that all streams share. At 16 streams and ~400 steps a second that kept the loop a third busy, and the
+order the woken tasks ran in spread a step's chunks over about a millisecond: inter-token jitter. Here
+the handle calls the stream back as each event is delivered (`RequestHandle.attach`), so the pass that
+delivers a step's events detokenizes, formats and writes every stream's chunk.
+
+The ASGI send is a coroutine, driven here by hand (`coro.send(None)`) as an eager task would be:
+uvicorn's finishes without suspending unless the socket's buffer is full (a client that stopped
+reading). Then the half-run send moves to a task of this stream's own and later chunks wait in its
+backlog, so a slow client delays only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Coroutine
+from typing import Any, cast
+
+from pydantic import BaseModel
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from graphrun.errors import GraphrunError
+from graphrun.serve.protocol import as_api_error
+from graphrun.serve.request import Event, RequestHandle
+from graphrun.serve.responses import ResponseFormat, Usage
+from graphrun.serve.worker import EngineWorker
+
+log = logging.getLogger(__name__)
+
+DONE_EVENT = "data: [DONE]\n\n"
+
+
+def sse_event(chunk: BaseModel | str) -> str:
+    """One SSE event of a chunk (a model, or its JSON text already)."""
+    return f"data: {chunk if isinstance(chunk, str) else chunk.model_dump_json()}\n\n"
+
+
+class SSEResponse(Response):
+    """`data: {chunk}` events of one admitted request, then `data: [DONE]`; a failure after the headers
+    is a last `data: {"error": ...}` event. Counts the request's outcome in the worker's metrics.
+
+    every_batch (return_token_ids): a chunk per batch of tokens from the engine, even with no text.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        worker: EngineWorker,
+        handle: RequestHandle,
+        fmt: ResponseFormat,
+        watcher: asyncio.Task[None],
+        include_usage: bool,
+        every_batch: bool,
+    ) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._worker, self._handle, self._fmt, self._watcher = worker, handle, fmt, watcher
+        self._include_usage = include_usage
+        self._deltas = worker.deltas(handle, every_batch)
+        self._trace = worker.send_trace
+        self._writer = _Writer()
+        self._status = "aborted"  # unless the stream reaches its end
+        self._over = False  # the last event is written (or on its way): nothing more is taken
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handle, worker = self._handle, self._worker
+        try:
+            start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            await send(start)
+            closed = self._writer.open(send)
+            opening = "".join(sse_event(chunk) for chunk in self._fmt.opening())
+            if opening:
+                self._writer.write(opening.encode())
+            handle.attach(self._on_event)
+            await closed
+        finally:
+            self._over = True
+            self._writer.cancel()  # cancelled (the server is stopping): no write outlives the response
+            self._watcher.cancel()
+            if handle.finish_reason is None:
+                worker.abort(handle)  # the client went away, or the server is stopping
+            worker.metrics.count(self._status)
+
+    def _on_event(self, event: Event) -> None:
+        """(event loop, from the handle) One event of this request: write its chunk, or the end."""
+        if self._over:
+            return
+        try:
+            if isinstance(event, Exception):
+                raise event
+            token, reason = event
+            delta = self._deltas.push([] if token is None else [token], reason)
+            if delta is None:
+                return
+            fmt = self._fmt
+            text = sse_event(fmt.chunk(delta.text, delta.finish_reason, list(delta.token_ids)))
+            if delta.finish_reason is None:
+                self._writer.write(text.encode())
+            else:
+                self._end(text)
+            if self._trace is not None:
+                self._trace.sent(self._handle.request_id)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _end(self, last_chunk: str) -> None:
+        handle = self._handle
+        parts = [last_chunk]
+        if self._include_usage:
+            usage = Usage.of(len(handle.prompt_ids), handle.num_output_tokens)
+            parts.append(sse_event(self._fmt.usage_chunk(usage)))
+        parts.append(DONE_EVENT)
+        self._status = "aborted" if handle.finish_reason == "abort" else "ok"
+        self._over = True
+        self._writer.write("".join(parts).encode(), last=True)
+
+    def _fail(self, exc: Exception) -> None:
+        self._status = "error"
+        if not isinstance(exc, GraphrunError):
+            log.exception("stream %s failed", self._fmt.id)
+        self._over = True
+        self._writer.write(f"data: {json.dumps(as_api_error(exc).body())}\n\n".encode(), last=True)
+
+
+class _Writer:
+    """Writes body parts through an ASGI send in order, without a task unless the send must wait.
+
+    `closed` resolves once the last part is written (or a send failed: the client is gone).
+    """
+
+    def __init__(self) -> None:
+        self._send: Send | None = None
+        self.closed: asyncio.Future[None] | None = None
+        self._backlog: list[bytes] = []
+        self._last_queued = False
+        self._task: asyncio.Task[None] | None = None  # finishing a send that had to wait, then the backlog
+
+    def open(self, send: Send) -> asyncio.Future[None]:
+        """Start writing through `send` (the response's headers are sent); returns `closed`."""
+        self._send = send
+        self.closed = asyncio.get_running_loop().create_future()
+        return self.closed
+
+    def write(self, data: bytes, last: bool = False) -> None:
+        """Send data now if the connection takes it, else after what waits before it; last ends the body."""
+        if self.closed is None or self.closed.done() or self._last_queued:
+            return
+        if self._task is not None:
+            self._backlog.append(data)
+            self._last_queued = last
+            return
+        self._last_queued = last
+        send = self._send
+        assert send is not None
+        # an ASGI send is an async def (a coroutine); the Send type only promises an awaitable
+        coro = cast(
+            Coroutine[Any, Any, None],
+            send({"type": "http.response.body", "body": data, "more_body": not last}),
+        )
+        try:
+            blocker = coro.send(None)
+        except StopIteration:
+            if last:
+                self._close()
+            return
+        except Exception as exc:  # the connection is broken: nothing more can be written
+            self._close(exc)
+            return
+        self._task = asyncio.get_running_loop().create_task(self._finish(coro, blocker))
+
+    def cancel(self) -> None:
+        """Stop writing (the response is over); a send that was waiting is cancelled."""
+        if self._task is not None:
+            self._task.cancel()
+        if self.closed is not None and not self.closed.done():
+            self.closed.cancel()
+
+    async def _finish(self, coro: Coroutine[Any, Any, None], blocker: Any) -> None:
+        """Run the send that had to wait to its end, then send the backlog (one part per round)."""
+        try:
+            await _resume(coro, blocker)
+            while self._backlog:
+                data, self._backlog = b"".join(self._backlog), []
+                await self._send_part(data, self._last_queued)  # nothing is queued after the last part
+        except Exception as exc:
+            self._close(exc)
+            return
+        finally:
+            self._task = None
+        if self._last_queued:
+            self._close()
+
+    async def _send_part(self, data: bytes, last: bool) -> None:
+        assert self._send is not None
+        await self._send({"type": "http.response.body", "body": data, "more_body": not last})
+
+    def _close(self, error: Exception | None = None) -> None:
+        if error is not None:
+            log.debug("stream write failed (%s: %s): the client is gone", type(error).__name__, error)
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def _resume(coro: Coroutine[Any, Any, None], blocker: Any) -> None:
+    """Drive a coroutine that was started by hand and suspended on `blocker` (what it yielded) to its end,
+    as the task running it would have: wait for what it waits for, then resume it."""
+    while True:
+        try:
+            if blocker is None:
+                await asyncio.sleep(0)  # a bare yield: it only gave way to other tasks
+            else:
+                # a future yields itself with this flag set for the task to take (and clear, as here)
+                blocker._asyncio_future_blocking = False
+                await blocker
+        except BaseException as exc:  # it failed, or this task was cancelled: the coroutine sees it
+            try:
+                blocker = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                blocker = coro.send(None)
+            except StopIteration:
+                return
