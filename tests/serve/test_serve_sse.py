@@ -1,4 +1,5 @@
-"""The SSE response without a server: chunks written as events are delivered, a send that must wait."""
+"""The SSE response and the collected answer without a server: written or gathered as events are
+delivered; a send that must wait."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.tokenizer import ByteTokenizer
-from graphrun.serve.deltas import Deltas
+from graphrun.serve.deltas import Collected, Deltas
 from graphrun.serve.metrics import RequestMetrics
 from graphrun.serve.request import EngineFailure, RequestHandle
 from graphrun.serve.responses import CompletionFormat
@@ -225,5 +226,41 @@ def test_an_engine_failure_is_a_last_error_event(before_attach):
         assert events[0]["choices"][0]["text"] == "a"
         assert events[-1]["error"]["type"] == "server_error" and send.bodies()[-1][1] is False
         assert worker.aborted == [3]  # it never finished: the response's end aborts it
+
+    _run(main())
+
+
+def test_a_collected_answer_gathers_every_delta_and_ends_with_the_request():
+    async def main() -> None:
+        worker = _Worker()
+        handle, _ = _stream(worker, 5, stop=("lo",))
+        handle.put((ord("h"), None))  # before attach: waits in the handle
+        collected = Collected(worker.deltas(handle))
+        handle.attach(collected.on_event)
+        assert not collected.done.done()
+        for char in b"ello":
+            handle.put((char, None))
+        await asyncio.wait_for(collected.done, 1)
+        assert "".join(collected.texts) == "hel" and handle.finish_reason == "stop"
+        assert collected.token_ids == list(b"hello") and worker.aborted == [5]  # ids up to the stop
+
+    _run(main())
+
+
+def test_a_collected_answer_fails_with_the_engines_error_and_ignores_events_once_closed():
+    async def main() -> None:
+        worker = _Worker()
+        handle, _ = _stream(worker, 6)
+        collected = Collected(worker.deltas(handle))
+        handle.attach(collected.on_event)
+        handle.fail(EngineFailure("the engine process exited"))
+        with pytest.raises(EngineFailure):
+            await collected.done
+        other, _ = _stream(worker, 8)
+        left = Collected(worker.deltas(other))
+        other.attach(left.on_event)
+        left.close()  # the reader went away
+        other.put((ord("a"), "length"))
+        assert left.texts == [] and left.done.cancelled()
 
     _run(main())

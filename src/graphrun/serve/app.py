@@ -32,6 +32,7 @@ from graphrun.errors import GraphrunError
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.serve.chat_template import ChatTemplate
 from graphrun.serve.config import ServeConfig
+from graphrun.serve.deltas import Collected
 from graphrun.serve.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -157,16 +158,18 @@ class _Routes:
             watcher.cancel()
 
     async def _collect(self, handle: RequestHandle, fmt: ResponseFormat) -> Response:
-        texts: list[str] = []
-        token_ids: list[int] = []
-        reason = None
-        async for delta in self._worker.stream(handle):
-            texts.append(delta.text)
-            token_ids += delta.token_ids
-            reason = delta.finish_reason
+        collected = Collected(self._worker.deltas(handle))
+        handle.attach(collected.on_event)
+        try:
+            await collected.done
+        finally:
+            collected.close()
+            if handle.finish_reason is None:
+                self._worker.abort(handle)  # this handler was cancelled: nothing reads the request now
+        reason = handle.finish_reason
         self._worker.metrics.count("aborted" if reason == "abort" else "ok")
         usage = Usage.of(len(handle.prompt_ids), handle.num_output_tokens)
-        answer = fmt.response("".join(texts), reason, usage, token_ids)
+        answer = fmt.response("".join(collected.texts), reason, usage, collected.token_ids)
         return Response(answer.model_dump_json(), media_type="application/json")
 
     async def models(self) -> dict[str, Any]:

@@ -1,16 +1,17 @@
 """A request's token batches -> the deltas a response carries: text, the ids behind it, the finish reason.
 
-Shared by every way the HTTP side reads a request (a streamed SSE response, a collected answer), so
-stop strings, the finish reason and the token count mean the same thing in each. It runs on the event
-loop and never waits: the caller hands it what arrived.
+Shared by both ways the HTTP side reads a request (a streamed SSE response, sse.py; a collected answer,
+`Collected`), so stop strings, the finish reason and the token count mean the same thing in each. It
+runs on the event loop and never waits: the handle hands it each event as it is delivered.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from graphrun.llm.tokenizer import Tokenizer
-from graphrun.serve.request import Delta, RequestHandle
+from graphrun.serve.request import Delta, Event, RequestHandle
 from graphrun.serve.text import TextStream
 
 
@@ -33,6 +34,18 @@ class Deltas:
         self._handle, self._abort, self._every_batch = handle, abort, every_batch
         self._pending: list[int] = []  # ids not yet carried by a delta
 
+    @property
+    def over(self) -> bool:
+        """The request has ended (a finish reason, or a stop string)."""
+        return self._handle.finish_reason is not None
+
+    def push_event(self, event: Event) -> Delta | None:
+        """push() for one event from the engine; an error event is raised."""
+        if isinstance(event, Exception):
+            raise event
+        token, reason = event
+        return self.push([] if token is None else [token], reason)
+
     def push(self, token_ids: list[int], reason: str | None) -> Delta | None:
         """The delta for tokens that arrived (and the finish reason, if the engine ended the request)."""
         handle = self._handle
@@ -51,3 +64,34 @@ class Deltas:
         delta = Delta(text, reason, tuple(self._pending))
         self._pending = []
         return delta
+
+
+class Collected:
+    """(event loop) A non-streamed request's answer, gathered as its events are delivered (no task wakes
+    per token). `done` resolves once the request is over, or fails with the error that ended it."""
+
+    def __init__(self, deltas: Deltas) -> None:
+        self._deltas = deltas
+        self.texts: list[str] = []
+        self.token_ids: list[int] = []
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_event(self, event: Event) -> None:
+        """The handle's sink: one event of the request."""
+        if self.done.done():
+            return  # over, or the reader left (close)
+        try:
+            delta = self._deltas.push_event(event)
+        except Exception as exc:
+            self.done.set_exception(exc)
+            return
+        if delta is not None:
+            self.texts.append(delta.text)
+            self.token_ids += delta.token_ids
+        if self._deltas.over:
+            self.done.set_result(None)
+
+    def close(self) -> None:
+        """The reader is gone: later events are ignored."""
+        if not self.done.done():
+            self.done.cancel()

@@ -70,9 +70,9 @@ def is_terminal(event: Event) -> bool:
 class RequestHandle:
     """A submitted request: the admission future and the queue its tokens come back through.
 
-    The HTTP side awaits `admitted` (the engine's seq id, or its rejection), then either reads tokens
-    with `next_tokens()` (a task waits on the handle's queue) or `attach`es a callback that takes each
-    event as it is delivered (no task wakes per token: sse.py).
+    The HTTP side awaits `admitted` (the engine's seq id, or its rejection), then `attach`es a callback
+    that takes each event as it is delivered: no task wakes per token (sse.py, deltas.Collected). Events
+    that arrive before that wait in the handle.
     """
 
     def __init__(
@@ -94,32 +94,17 @@ class RequestHandle:
         self.num_output_tokens = 0  # counted by the reader (deltas.py)
         self.finish_reason: str | None = None  # set by the reader once the request is over
         self.done = False  # its terminal event has arrived (set on the event loop)
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._events: list[Event] = []  # delivered before attach()
         self._sink: Callable[[Event], None] | None = None
         self._on_done = on_done
 
-    async def next_tokens(self) -> tuple[list[int], str | None]:
-        """Every token that arrived since the last call (waits for one), and the finish reason if over."""
-        events = [await self._events.get()]
-        while not self._events.empty():
-            events.append(self._events.get_nowait())
-        token_ids: list[int] = []
-        reason = None
-        for event in events:
-            if isinstance(event, Exception):
-                raise event
-            token, finished = event
-            if token is not None:
-                token_ids.append(token)
-            reason = reason or finished
-        return token_ids, reason
-
     def attach(self, sink: Callable[[Event], None]) -> None:
         """(event loop) From now on hand every event to `sink` as it is delivered, starting with those
-        queued already; next_tokens() is not used after this. sink must not raise."""
-        while not self._events.empty():
-            sink(self._events.get_nowait())
+        that arrived before. sink must not raise."""
+        events, self._events = self._events, []
         self._sink = sink
+        for event in events:
+            sink(event)
 
     # ----- on the event loop ------------------------------------------------------------------------
 
@@ -138,7 +123,7 @@ class RequestHandle:
         if self._sink is not None:
             self._sink(event)
         else:
-            self._events.put_nowait(event)
+            self._events.append(event)
         if is_terminal(event):
             self._finish()
 

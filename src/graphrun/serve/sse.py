@@ -94,10 +94,7 @@ class SSEResponse(Response):
         if self._over:
             return
         try:
-            if isinstance(event, Exception):
-                raise event
-            token, reason = event
-            delta = self._deltas.push([] if token is None else [token], reason)
+            delta = self._deltas.push_event(event)
             if delta is None:
                 return
             fmt = self._fmt

@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -40,7 +40,6 @@ from graphrun.serve.engine_loop import Command, EngineLoop
 from graphrun.serve.memory import memory_now
 from graphrun.serve.metrics import EngineMetrics, RequestMetrics
 from graphrun.serve.request import (
-    Delta,
     EngineRequest,
     Event,
     QueueFull,
@@ -150,7 +149,7 @@ def make_worker(engine_config: EngineConfig, serve_config: ServeConfig) -> Engin
 
 
 class EngineWorker(ABC):
-    """The HTTP side calls start / submit / abort / stream / drain / stop; subclasses run the engine."""
+    """The HTTP side calls start / submit / abort / deltas / drain / stop; subclasses run the engine."""
 
     def __init__(self, engine_config: EngineConfig, serve_config: ServeConfig) -> None:
         self.engine_config = engine_config
@@ -264,18 +263,6 @@ class EngineWorker(ABC):
         """Stop a request and free its KV blocks (a request that is over is left alone)."""
         if not handle.done:
             self._send("abort", handle)
-
-    async def stream(self, handle: RequestHandle, every_batch: bool = False) -> AsyncIterator[Delta]:
-        """Deltas of an admitted request until it ends (deltas.py); aborts it if the reader stops early."""
-        deltas = self.deltas(handle, every_batch)
-        try:
-            while handle.finish_reason is None:
-                delta = deltas.push(*await handle.next_tokens())
-                if delta is not None:
-                    yield delta
-        finally:
-            if handle.finish_reason is None:
-                self.abort(handle)
 
     def deltas(self, handle: RequestHandle, every_batch: bool = False) -> Deltas:
         """What turns an admitted request's tokens into text deltas (stop strings abort it here)."""
