@@ -1,6 +1,6 @@
 """One request as the HTTP side sees it, the errors that can end it, and the engine's requests.
 
-The HTTP side holds a `RequestHandle`: a future for admission and a queue of events. Whatever runs the
+The HTTP side holds a `RequestHandle`: a future for admission and a sink for events. Whatever runs the
 engine (a thread of this process or a process of its own, worker.py) feeds them, always on the handle's
 event loop: from another thread only through loop.call_soon_threadsafe (`post_admission`, `post_step`).
 A request ends with exactly one terminal event (a finish reason, or an error); `on_done` runs then,
@@ -68,7 +68,7 @@ def is_terminal(event: Event) -> bool:
 
 
 class RequestHandle:
-    """A submitted request: the admission future and the queue its tokens come back through.
+    """A submitted request: the admission future, and the callback its events go to (held until attached).
 
     The HTTP side awaits `admitted` (the engine's seq id, or its rejection), then `attach`es a callback
     that takes each event as it is delivered: no task wakes per token (sse.py, deltas.Collected). Events
