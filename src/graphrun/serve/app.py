@@ -14,7 +14,6 @@ KV blocks.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -213,10 +212,6 @@ async def _abort_on_disconnect(request: Request, worker: EngineWorker, handle: R
     worker.abort(handle)
 
 
-def _json_error(error: APIError) -> str:
-    return json.dumps(error.body())
-
-
 def _status_label(status: int) -> str:
     """The graphrun_requests_total status of an error answer."""
     return {429: "overloaded", 503: "unavailable"}.get(status, "error" if status >= 500 else "invalid")
@@ -228,8 +223,7 @@ def _add_error_handlers(app: FastAPI, worker: EngineWorker, config: ServeConfig)
     def answer(request: Request, error: APIError) -> Response:
         if request.url.path in _GENERATION_PATHS:
             worker.metrics.count(_status_label(error.status))
-        # json.dumps escapes non-ASCII: a message quoting a lone surrogate from the request still encodes
-        return Response(_json_error(error), error.status, error.headers or None, "application/json")
+        return Response(error.json(), error.status, error.headers or None, "application/json")
 
     async def on_error(request: Request, exc: Exception) -> Response:
         return answer(request, as_api_error(exc, config.retry_after_seconds))

@@ -16,6 +16,7 @@ bodies are in responses.py.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +52,11 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         """The OpenAI error body: {"error": {"message", "type", "param", "code"}}."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def json(self) -> str:
+        """The body as JSON text. json.dumps escapes non-ASCII, so a message quoting a lone surrogate
+        from the request still encodes."""
+        return json.dumps(self.body())
 
 
 def as_api_error(exc: Exception, retry_after: int = 1) -> APIError:

@@ -16,9 +16,8 @@ backlog, so a slow client delays only itself.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, cast
 
 from pydantic import BaseModel
@@ -124,7 +123,7 @@ class SSEResponse(Response):
         if not isinstance(exc, GraphrunError):
             log.exception("stream %s failed", self._fmt.id)
         self._over = True
-        self._writer.write(f"data: {json.dumps(as_api_error(exc).body())}\n\n".encode(), last=True)
+        self._writer.write(sse_event(as_api_error(exc).json()).encode(), last=True)
 
 
 class _Writer:
@@ -155,13 +154,8 @@ class _Writer:
             self._last_queued = last
             return
         self._last_queued = last
-        send = self._send
-        assert send is not None
         # an ASGI send is an async def (a coroutine); the Send type only promises an awaitable
-        coro = cast(
-            Coroutine[Any, Any, None],
-            send({"type": "http.response.body", "body": data, "more_body": not last}),
-        )
+        coro = cast(Coroutine[Any, Any, None], self._send_part(data, last))
         try:
             blocker = coro.send(None)
         except StopIteration:
@@ -195,9 +189,10 @@ class _Writer:
         if self._last_queued:
             self._close()
 
-    async def _send_part(self, data: bytes, last: bool) -> None:
+    def _send_part(self, data: bytes, last: bool) -> Awaitable[None]:
+        """The ASGI send of one body part (last: the end of the body)."""
         assert self._send is not None
-        await self._send({"type": "http.response.body", "body": data, "more_body": not last})
+        return self._send({"type": "http.response.body", "body": data, "more_body": not last})
 
     def _close(self, error: Exception | None = None) -> None:
         if error is not None:
