@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graphrun.llm.kernels import kernel_ops, triton_enabled
+from graphrun.llm.kernels import kernel_ops, linear, linear_silu_mul, triton_enabled
 
 
 class GatedMLP(nn.Module):
@@ -25,8 +25,11 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(num_tokens, hidden) -> (num_tokens, hidden)."""
+        fused = linear_silu_mul(x, self.gate_up_proj)  # one kernel at decode sizes on CUDA, else None
+        if fused is not None:
+            return linear(fused, self.down_proj)
         gate_up = self.gate_up_proj(x)  # (num_tokens, 2 * intermediate)
         if gate_up.dim() == 2 and triton_enabled(gate_up):
-            return self.down_proj(kernel_ops().silu_mul(gate_up))
+            return linear(kernel_ops().silu_mul(gate_up), self.down_proj)
         gate, up = gate_up.chunk(2, dim=-1)  # each (num_tokens, intermediate)
         return self.down_proj(F.silu(gate) * up)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from graphrun.llm.config import ModelConfig
-from graphrun.llm.kernels import kernel_ops, skinny_enabled, triton_enabled
+from graphrun.llm.kernels import kernel_ops, linear, skinny_enabled, triton_enabled
 from graphrun.llm.layers.attention import (
     AttentionMetadata,
     causal_self_attention,
@@ -65,9 +65,9 @@ class SelfAttention(nn.Module):
         self, hidden: torch.Tensor, rope: Rope, meta: AttentionMetadata, kv_cache: KVCache
     ) -> torch.Tensor:
         """(num_tokens, hidden) -> (num_tokens, hidden); writes this step's K/V into kv_cache."""
-        qkv = self.qkv_proj(hidden)  # (num_tokens, q_size + 2 * kv_size)
+        qkv = linear(hidden, self.qkv_proj)  # (num_tokens, q_size + 2 * kv_size)
         if triton_enabled(qkv):
-            return self.o_proj(self._fused(qkv, rope, meta, kv_cache).reshape(-1, self.q_size))
+            return linear(self._fused(qkv, rope, meta, kv_cache).reshape(-1, self.q_size), self.o_proj)
         assert rope.cos is not None and rope.sin is not None
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)  # (num_tokens, num_heads, head_dim)

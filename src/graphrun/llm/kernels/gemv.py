@@ -1,0 +1,102 @@
+"""Skinny-batch projections: y = x @ W.T for a few rows of x, streaming each weight byte once.
+
+A decode step at small batch is a chain of matrix-vector products over weights of 4-12 MB per layer.
+cuBLAS picks GEMM tiles built for many rows; at 1-4 rows most of each tile is padding and each product
+runs well below the copy bandwidth. Here one program owns BLOCK_N output columns, walks K once and
+multiplies every row of x against the same weight tile held in registers (a broadcast multiply into
+float32 partial sums reduced once at the end, no MMA), so the weights are read once whatever the row count.
+
+`gemv_silu_mul` fuses the gated MLP's activation into the gate/up projection: a program reads the gate
+rows and the matching up rows of the fused weight and stores silu(gate) * up, so the intermediate of
+2 x width is never written or read back and one kernel per layer disappears.
+
+Numerics: loads in the storage dtype, products and sums in float32, one rounding on store (the same
+order as a cuBLAS GEMM's epilogue; summation order differs, so results agree within bf16 rounding, not
+bit for bit). The silu epilogue rounds gate @ W to the weight dtype before the activation, as the
+unfused path (a GEMM stored in bf16, then silu_mul) does.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, out_ptr, N, stride_xm, stride_wn, stride_om, UP_OFFSET,
+    K: tl.constexpr, M: tl.constexpr, M_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SILU_MUL: tl.constexpr,
+):  # fmt: skip
+    """out[:M, cols] = x[:M] @ w[cols].T (or silu(x @ w[cols].T) * (x @ w[UP_OFFSET + cols].T)).
+
+    x: (M, K) row-major; w: (rows, K) row-major. K % BLOCK_K == 0 (the caller checks).
+    """
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    rows = tl.arange(0, M_PAD)
+    row_ok = rows < M
+    ks = tl.arange(0, BLOCK_K)
+    w_rows = w_ptr + cols[:, None].to(tl.int64) * stride_wn + ks[None, :]  # (BLOCK_N, BLOCK_K)
+    x_rows = x_ptr + rows[:, None] * stride_xm + ks[None, :]  # (M_PAD, BLOCK_K)
+    # products are summed over K only once, after the loop: the loop body is loads and FMAs
+    part = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    part_up = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        x = tl.load(x_rows + k0, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        w = tl.load(w_rows + k0, mask=col_ok[:, None], other=0.0).to(tl.float32)
+        part += x[:, None, :] * w[None, :, :]
+        if SILU_MUL:
+            up = tl.load(w_rows + UP_OFFSET * stride_wn + k0, mask=col_ok[:, None], other=0.0)
+            part_up += x[:, None, :] * up.to(tl.float32)[None, :, :]
+    acc = tl.sum(part, axis=2)  # (M_PAD, BLOCK_N)
+    acc_up = tl.sum(part_up, axis=2)
+    dtype = w_ptr.dtype.element_ty
+    if SILU_MUL:
+        gate = acc.to(dtype).to(tl.float32)
+        act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+        result = act * acc_up.to(dtype).to(tl.float32)
+    else:
+        result = acc
+    out = out_ptr + rows[:, None] * stride_om + cols[None, :]
+    tl.store(out, result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, block_k: int) -> None:
+    k = weight.shape[1]
+    if x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1 or weight.stride(1) != 1 or k % block_k:
+        raise ValueError(
+            f"gemv: x {tuple(x.shape)} does not fit weight {tuple(weight.shape)} "
+            f"(2-d, contiguous rows, width a multiple of {block_k})"
+        )
+
+
+def gemv(
+    x: torch.Tensor, weight: torch.Tensor, *, block_n: int = 16, block_k: int = 256, num_warps: int = 4
+) -> torch.Tensor:
+    """x (m, k) @ weight (n, k).T -> (m, n) in x's dtype, for small m (a decode step's rows)."""
+    _check(x, weight, block_k)
+    m, n = x.shape[0], weight.shape[0]
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    _gemv_kernel[(triton.cdiv(n, block_n),)](
+        x, weight, out, n, x.stride(0), weight.stride(0), out.stride(0), 0,
+        K=weight.shape[1], M=m, M_PAD=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=block_k,
+        SILU_MUL=False, num_warps=num_warps,
+    )  # fmt: skip
+    return out
+
+
+def gemv_silu_mul(
+    x: torch.Tensor, weight: torch.Tensor, *, block_n: int = 16, block_k: int = 256, num_warps: int = 4
+) -> torch.Tensor:
+    """x (m, k) against the fused [gate; up] weight (2 n, k) -> silu(x @ gate.T) * (x @ up.T), (m, n)."""
+    _check(x, weight, block_k)
+    m, n = x.shape[0], weight.shape[0] // 2
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    _gemv_kernel[(triton.cdiv(n, block_n),)](
+        x, weight, out, n, x.stride(0), weight.stride(0), out.stride(0), n,
+        K=weight.shape[1], M=m, M_PAD=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=block_k,
+        SILU_MUL=True, num_warps=num_warps,
+    )  # fmt: skip
+    return out
