@@ -1,4 +1,4 @@
-"""The decode step with the skinny GEMV projections against the same step with cuBLAS only (GPU only).
+"""The decode step with the skinny GEMV projections (norm fused or not) against cuBLAS only (GPU only).
 
 `PYTHONPATH=src python3 benchmarks/gemv_step_ab.py OUT_DIR`: for each variant, in its own process
 (one engine's memory at a time), `graphrun bench decode` (qwen3-0.6b-shape, bf16, context 512; no peers)
@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-VARIANTS = ("gemv", "cublas")
-BATCHES = "1,2,4,8,16,64"
+VARIANTS = ("fused", "gemv", "cublas")  # fused: the code as shipped
+BATCHES = "1,2,4,16,64"
 STEPS = 256
 ENV_KEYS = ("device", "torch", "cuda", "python", "date", "commit", "dirty")
 
@@ -25,8 +25,10 @@ def child(variant: str, out: Path) -> None:
     """Run in a subprocess: one variant's decode bench and greedy tokens."""
     import graphrun.llm.kernels as kernels
 
-    if variant == "cublas":
+    if variant == "cublas":  # the code before the GEMV kernels: cuBLAS, then the separate norm kernel
         kernels.gemv_config = lambda *args, **kwargs: None  # type: ignore[assignment]
+    elif variant == "gemv":  # GEMV products, the norm its own kernel
+        kernels.norm_linear = lambda *args, **kwargs: None  # type: ignore[assignment]
     from graphrun.cli import main
     from graphrun.llm.api import LLM
     from graphrun.llm.sampling_params import SamplingParams
@@ -54,19 +56,24 @@ def main(out: Path) -> None:
     decode = {v: json.loads(next((out / v).glob("decode-*.json")).read_text()) for v in VARIANTS}
     tokens = {v: json.loads((out / v / "tokens.json").read_text()) for v in VARIANTS}
     rows = []
-    print(f"{'batch':>5} {'gemv ms':>8} {'cublas ms':>9} {'ratio':>6} {'floor ms':>8} {'gemv/floor':>10}")
-    for g, c in zip(decode["gemv"]["results"], decode["cublas"]["results"], strict=True):
-        gm, cm = g["graph"]["median_ms"], c["graph"]["median_ms"]
-        rows.append({"batch": g["batch"], "gemv_ms": gm, "cublas_ms": cm, "floor_ms": g["floor_ms"],
-                     "replay_gemv_ms": g["replay"]["median_ms"], "replay_cublas_ms": c["replay"]["median_ms"],
-                     "tokens_match_graph_eager": [g["tokens_match"], c["tokens_match"]]})  # fmt: skip
-        print(f"{g['batch']:5d} {gm:8.3f} {cm:9.3f} {cm / gm:6.2f} {g['floor_ms']:8.3f} {gm / g['floor_ms']:10.2f}")
+    header = " ".join(f"{v + ' ms':>10}" for v in VARIANTS)
+    print(f"{'batch':>5} {header} {'floor ms':>8} {'fused/floor':>11}")
+    for points in zip(*(decode[v]["results"] for v in VARIANTS), strict=True):
+        row = {"batch": points[0]["batch"], "floor_ms": points[0]["floor_ms"]}
+        for v, p in zip(VARIANTS, points, strict=True):
+            row[f"{v}_ms"] = p["graph"]["median_ms"]
+            row[f"{v}_replay_ms"] = p["replay"]["median_ms"]
+            row[f"{v}_tokens_match_graph_eager"] = p["tokens_match"]
+        rows.append(row)
+        times = " ".join(f"{row[f'{v}_ms']:10.3f}" for v in VARIANTS)
+        print(f"{row['batch']:5d} {times} {row['floor_ms']:8.3f} {row['fused_ms'] / row['floor_ms']:11.2f}")
     agree = {}
-    for key in tokens["gemv"]:
-        firsts = [first_difference(a, b) for a, b in zip(tokens["gemv"][key], tokens["cublas"][key], strict=True)]
-        agree[key] = firsts
-        print(f"greedy {STEPS} tokens, {key}: first difference per sequence (None: identical) {firsts}")
-    payload = {"benchmark": "gemv-step-ab", **{k: decode["gemv"][k] for k in ENV_KEYS}, "rows": rows,
+    for v in VARIANTS[:-1]:
+        for key in tokens[v]:
+            pairs = zip(tokens[v][key], tokens["cublas"][key], strict=True)
+            agree[f"{v}-vs-cublas-{key}"] = firsts = [first_difference(a, b) for a, b in pairs]
+            print(f"greedy {STEPS} tokens, {v} vs cublas, {key}: first difference (None: identical) {firsts}")
+    payload = {"benchmark": "gemv-step-ab", **{k: decode["fused"][k] for k in ENV_KEYS}, "rows": rows,
                "greedy_first_difference": agree, "steps": STEPS}  # fmt: skip
     (out / "gemv-step-ab.json").write_text(json.dumps(payload, indent=1))
 

@@ -63,3 +63,27 @@ def test_gemv_config_follows_the_measured_crossover():
     assert gemv_config(8, 1024, 2048) is None  # eight rows: cuBLAS everywhere
     assert gemv_config(1, 1024, 1536) == GemvConfig(2, 512, 4)  # K not a multiple of 1024: halved block
     assert gemv_config(1, 1024, 1000) is None  # no block divides K
+
+
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("with_residual", [True, False])  # the first layer's input norm has none
+@pytest.mark.parametrize("silu_mul", [False, True])
+def test_norm_gemv_equals_add_rmsnorm_then_the_product(m, with_residual, silu_mul):
+    from graphrun.llm.kernels import triton_ops
+
+    torch.manual_seed(m + 10 * with_residual)
+    k, n = 512, 48
+    x, norm_w = rand(m, k), rand(k)
+    residual = rand(m, k) if with_residual else None
+    w = rand(2 * n if silu_mul else n, k)
+    normed, summed = triton_ops.add_rmsnorm(x, residual, norm_w, 1e-6)
+    out, got_summed = ops.norm_gemv(
+        x, ops.Norm(norm_w, 1e-6, residual), w, silu_mul=silu_mul, block_n=4, block_k=128, num_warps=2
+    )
+    assert torch.equal(got_summed, summed)  # the residual stream is stored exactly
+    if silu_mul:
+        want = ops.gemv_silu_mul(normed, w, block_n=4, block_k=128, num_warps=2)
+    else:
+        want = ops.gemv(normed, w, block_n=4, block_k=128, num_warps=2)
+    assert out.shape == want.shape
+    assert rel_err(out, want) < TOL

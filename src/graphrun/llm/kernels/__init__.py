@@ -108,6 +108,28 @@ def linear_silu_mul(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor | None:
     return result
 
 
+def norm_linear(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    layer: nn.Linear,
+    silu_mul: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(layer(rmsnorm(x + residual)), x + residual) in one GEMV kernel (with the gated MLP's SiLU-mul
+    when silu_mul), or None where the GEMV is not the faster product: then the caller norms, then
+    projects. Saves the norm's own kernel and its output's round trip through memory."""
+    config = _gemv_for(x, layer, silu_mul)
+    if config is None or (residual is not None and residual.stride(1) != 1):
+        return None
+    ops = gemv_ops()
+    result: tuple[torch.Tensor, torch.Tensor] = ops.norm_gemv(
+        x, ops.Norm(norm_weight, eps, residual), layer.weight, silu_mul=silu_mul,
+        block_n=config.block_n, block_k=config.block_k, num_warps=config.num_warps,
+    )  # fmt: skip
+    return result
+
+
 def skinny_enabled(x: torch.Tensor) -> bool:
     """Whether the LM head of input x (rows, hidden) goes to skinny_logits (decode-sized, on CUDA)."""
     return x.dim() == 2 and x.shape[0] <= SKINNY_MAX_ROWS and triton_enabled(x) and not skinny_gemm_disabled()

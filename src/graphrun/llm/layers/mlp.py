@@ -25,11 +25,16 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(num_tokens, hidden) -> (num_tokens, hidden)."""
+        return linear(self.activation(x), self.down_proj)
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(gate(x)) * up(x): (num_tokens, hidden) -> (num_tokens, intermediate)."""
         fused = linear_silu_mul(x, self.gate_up_proj)  # one kernel at decode sizes on CUDA, else None
         if fused is not None:
-            return linear(fused, self.down_proj)
+            return fused
         gate_up = self.gate_up_proj(x)  # (num_tokens, 2 * intermediate)
         if gate_up.dim() == 2 and triton_enabled(gate_up):
-            return linear(kernel_ops().silu_mul(gate_up), self.down_proj)
+            out: torch.Tensor = kernel_ops().silu_mul(gate_up)
+            return out
         gate, up = gate_up.chunk(2, dim=-1)  # each (num_tokens, intermediate)
-        return self.down_proj(F.silu(gate) * up)
+        return F.silu(gate) * up

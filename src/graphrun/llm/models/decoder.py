@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from graphrun.llm.config import ModelConfig
-from graphrun.llm.kernels import kernel_ops, linear, skinny_enabled, triton_enabled
+from graphrun.llm.kernels import kernel_ops, linear, norm_linear, skinny_enabled, triton_enabled
 from graphrun.llm.layers.attention import (
     AttentionMetadata,
     causal_self_attention,
@@ -62,10 +62,10 @@ class SelfAttention(nn.Module):
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
 
     def forward(
-        self, hidden: torch.Tensor, rope: Rope, meta: AttentionMetadata, kv_cache: KVCache
+        self, qkv: torch.Tensor, rope: Rope, meta: AttentionMetadata, kv_cache: KVCache
     ) -> torch.Tensor:
-        """(num_tokens, hidden) -> (num_tokens, hidden); writes this step's K/V into kv_cache."""
-        qkv = linear(hidden, self.qkv_proj)  # (num_tokens, q_size + 2 * kv_size)
+        """qkv_proj's output (num_tokens, q_size + 2 * kv_size) -> (num_tokens, hidden); writes this
+        step's K/V into kv_cache. The caller projects, so that it can fuse the norm into the product."""
         if triton_enabled(qkv):
             return linear(self._fused(qkv, rope, meta, kv_cache).reshape(-1, self.q_size), self.o_proj)
         assert rope.cos is not None and rope.sin is not None
@@ -132,10 +132,28 @@ class DecoderLayer(nn.Module):
         kv_cache: KVCache,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (this block's MLP output, residual stream before it); the caller adds the two."""
-        hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(hidden, rope, meta, kv_cache)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        qkv, residual = self._normed_linear(hidden, residual, self.input_layernorm, self.self_attn.qkv_proj)
+        hidden = self.self_attn(qkv, rope, meta, kv_cache)
+        act, residual = self._normed_linear(
+            hidden, residual, self.post_attention_layernorm, self.mlp.gate_up_proj, silu_mul=True
+        )
+        return linear(act, self.mlp.down_proj), residual
+
+    def _normed_linear(
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm: RMSNorm,
+        layer: nn.Linear,
+        silu_mul: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(layer(norm(hidden + residual)) [SiLU-multiplied], hidden + residual): one kernel at decode
+        sizes on CUDA (norm_linear), else the norm, then the projection."""
+        fused = norm_linear(hidden, residual, norm.weight, norm.eps, layer, silu_mul)
+        if fused is not None:
+            return fused
+        hidden, residual = norm(hidden, residual)
+        return (self.mlp.activation(hidden) if silu_mul else linear(hidden, layer)), residual
 
 
 class DecoderLM(nn.Module):
