@@ -36,9 +36,17 @@ def test_metric_values_follow_calls(registry):
 def test_every_reason_is_exported_even_at_zero(registry):
     GraphRunner(lambda x: x + 1, (torch.randn(2, 2),), sizes=[2], backend="sim", registry=registry, name="z")
     text = generate_latest(registry).decode()
-    for reason in ("oom", "host_sync", "uncapturable_op", "verification_mismatch", "memory_budget"):
+    for reason in (
+        "oom",
+        "host_sync",
+        "uncapturable_op",
+        "verification_mismatch",
+        "memory_budget",
+        "padding_mismatch",
+    ):
         assert f'graphrun_cuda_graph_capture_failed_at_init_total{{reason="{reason}",runner="z"}} 0.0' in text
-    assert 'graphrun_cuda_graph_eager_fallback_total{reason="replay_error",runner="z"} 0.0' in text
+    for reason in ("replay_error", "padding_mismatch", "padding_forbidden"):
+        assert f'graphrun_cuda_graph_eager_fallback_total{{reason="{reason}",runner="z"}} 0.0' in text
 
 
 def test_runner_names_are_unique_and_bounded(registry):
@@ -71,3 +79,16 @@ def test_a_collected_runner_leaves_the_registry(registry):
     del r
     gc.collect()
     assert registry.get_sample_value("graphrun_cuda_graph_captured_total", {"runner": "gone"}) is None
+
+
+def test_padding_mismatch_is_counted_per_rung_at_capture_and_per_call_after(registry):
+    r = GraphRunner(
+        lambda x: x - x.mean(0), (torch.randn(8, 2),), sizes=[1, 2, 4, 8], backend="sim", registry=registry,
+        name="coupled",
+    )  # fmt: skip
+    for n in (3, 5, 6):
+        r(torch.randn(n, 2))
+    labels = {"runner": "coupled", "reason": "padding_mismatch"}
+    assert value(registry, "graphrun_cuda_graph_capture_failed_at_init_total", **labels) == 2  # rungs 4, 8
+    assert value(registry, "graphrun_cuda_graph_eager_fallback_total", **labels) == 3
+    assert value(registry, "graphrun_cuda_graph_captured_total", runner="coupled") == 4  # still captured

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from graphrun import GraphRunner
+from graphrun import CallFallback, FaultPlan, GraphRunner, SimBackend
 from graphrun.errors import ConfigError, StaticValueError
 
 
@@ -77,8 +77,10 @@ def test_pytree_inputs_and_outputs_with_kwargs(registry):
     assert set(out) == {"h", "pair"} and out["h"].shape == (3, 5)
     torch.testing.assert_close(out["h"], want["h"])
     torch.testing.assert_close(out["pair"][0], want["pair"][0])
-    # a non-batched output (the mean over the padded rung) is computed on padded rows: documented hazard
-    assert out["pair"][1].shape == ()
+    # a non-batched output (a mean over the batch) couples rows: rung 4 replays exact sizes only, so the
+    # batch of 3 ran eager and the mean is over its own 3 rows
+    torch.testing.assert_close(out["pair"][1], want["pair"][1])
+    assert r.stats.eager_fallback == {CallFallback.PADDING_MISMATCH: 1}
 
 
 def test_disagreeing_batch_sizes_name_each_input(registry):
@@ -168,7 +170,7 @@ def test_one_output_buffer_set_shared_by_all_rungs(registry):
 def test_capture_false_runs_eager_until_capture(registry):
     net = make_mlp()
     r = runner_for(net, (torch.randn(2, 8),), registry, sizes=[2], capture=False)
-    assert r.status() == ()
+    assert len(r.status()) == 0 and "not captured yet" in str(r.status())
     x = torch.randn(2, 8)
     torch.testing.assert_close(r(x), net(x))
     assert r.stats.num_replayed == 0
@@ -200,3 +202,18 @@ def test_custom_verification_inputs_are_used(registry):
 
     bad = runner_for(lookup, (torch.tensor([0, 9]),), registry, sizes=[2], verify_inputs=wrong, name="bad")
     assert "another structure" in bad.status()[0].detail
+
+
+def test_status_indexes_like_a_tuple_and_prints_a_table(registry):
+    backend = SimBackend(FaultPlan(capture={2: torch.OutOfMemoryError("CUDA out of memory")}))
+    r = runner_for(make_mlp(), (torch.randn(4, 8),), registry, sizes=[1, 2, 4], backend=backend, name="t")
+    status = r.status()
+    assert len(status) == 3 and [s.size for s in status] == [1, 2, 4]
+    assert status[0].captured and not status[1].captured and status[-1].size == 4
+    assert [s.size for s in status[1:]] == [2, 4]
+    lines = str(status).splitlines()
+    assert lines[0] == "runner t (sim): 2 of 3 sizes captured"
+    assert lines[1].split() == ["size", "graph", "padded", "calls", "MiB", "capture", "s", "note"]
+    assert lines[3].split()[:3] == ["2", "eager", "-"] and "oom: CUDA out of memory" in lines[3]
+    assert lines[4].split()[:3] == ["4", "captured", "yes"]
+    assert "RungStatus(" not in str(status)

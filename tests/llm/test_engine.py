@@ -55,6 +55,26 @@ def test_every_decode_rung_was_captured(engines):
         assert [s.size for s in runner.status() if s.captured] == list(LADDER)
 
 
+def test_padded_verification_keeps_padding_for_decode_and_prefill(engines):
+    graph, _ = engines
+    runners = [*graph.decode_graphs.runners.values(), graph.prefill_graphs.runner]
+    for runner in runners:  # their steps are row-independent: the padded check must not disable padding
+        assert all(s.captured and s.padded for s in runner.status()), str(runner.status())
+        assert runner.stats.capture_failed == {}
+
+
+def test_engine_status_prints_as_tables(engines):
+    graph, eager = engines
+    text = str(graph.status())
+    assert "model     tiny" in text and "KV cache" in text
+    for name in ("decode-sampling", "decode-greedy", "prefill"):
+        assert f"runner {name} (sim): " in text
+    assert [r.runner for r in graph.status().runners] == ["decode-sampling", "decode-greedy", "prefill"]
+    assert "RungStatus(" not in text and "size  graph" in text
+    off = eager.status()
+    assert off.runners == () and "graphs    off (--enforce-eager)" in str(off)
+
+
 def test_seeded_sampling_is_reproducible_and_equal_in_graph_and_eager(engines):
     graph, eager = engines
     params = [

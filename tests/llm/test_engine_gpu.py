@@ -94,5 +94,7 @@ def test_every_graph_captured_and_replayed_without_fallback(engines):
     runners = [*graph.decode_graphs.runners.values(), graph.prefill_graphs.runner]
     for runner in runners:
         assert all(s.captured for s in runner.status()), runner.name
+        # row-independent steps: the padded check must not disable padding (integer tokens, bf16 kernels)
+        assert all(s.padded for s in runner.status()), str(runner.status())
     assert graph.prefill_graphs.runner.stats.num_replayed > 0
     assert graph.decode_graphs.runners["greedy"].stats.eager_fallback == {}

@@ -3,7 +3,7 @@
 from graphrun.graphs.backends import FaultPlan, SimBackend, make_backend
 from graphrun.graphs.runner import GraphRunner
 from graphrun.graphs.sizes import default_ladder, padding_report, recommend_ladder, rung_for
-from graphrun.graphs.status import CallFallback, CaptureFailure, RungStatus
+from graphrun.graphs.status import CallFallback, CaptureFailure, RungStatus, RunnerStatus
 
 __all__ = [
     "CallFallback",
@@ -11,6 +11,7 @@ __all__ = [
     "FaultPlan",
     "GraphRunner",
     "RungStatus",
+    "RunnerStatus",
     "SimBackend",
     "default_ladder",
     "make_backend",

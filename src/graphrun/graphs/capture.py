@@ -3,6 +3,10 @@
 Largest first so that, on CUDA, every smaller graph reuses the pool blocks the larger ones freed. Each
 rung's graph ends by copying the callable's outputs into one shared set of static outputs, so the
 per-rung outputs are scratch too and output memory is O(top rung).
+
+Padded batches are verified once every rung is captured, smallest rung first: which batch sizes a rung
+serves padded depends on which smaller rungs captured and accept padding, and that is known only then.
+A rung whose padded replay differs from eager keeps its graph for exact-size calls only.
 """
 
 from __future__ import annotations
@@ -12,66 +16,23 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from graphrun.errors import HostSyncError, UncapturableOpError
 from graphrun.graphs.backends import CapturedGraph
 from graphrun.graphs.buffers import Kind
+from graphrun.graphs.failure import OutputShapeError, classify, root_cause
 from graphrun.graphs.pytree import StructureMismatch, TreeSpec, spec_of
+from graphrun.graphs.sizes import padded_samples
 from graphrun.graphs.status import CaptureFailure, RungStatus
-from graphrun.graphs.verify import mismatch, random_like
+from graphrun.graphs.verify import VERIFY_SEED, Verifier
 
 if TYPE_CHECKING:
     from graphrun.graphs.runner import GraphRunner
 
 log = logging.getLogger("graphrun.graphs.runner")
-
-_HOST_SYNC_MARKERS = ("operation not permitted when stream is capturing", "cudaErrorStreamCaptureImplicit")
-_CAPTURE_MARKERS = ("capture", "cudaErrorStreamCapture")
-VERIFY_SEED = 0x6A7
-
-
-class OutputShapeError(RuntimeError):
-    """The callable's outputs at one rung do not fit the static outputs learned at another."""
-
-
-def classify(exc: BaseException) -> CaptureFailure:
-    """Map a capture-time exception onto the fixed set of reasons.
-
-    On CUDA the first error (say, from .item()) is often wrapped: capture_end then fails with "operation
-    failed due to a previous error during capture", so the whole exception chain is read.
-    """
-    chain = _exception_chain(exc)
-    if any(isinstance(e, torch.OutOfMemoryError) for e in chain):
-        return CaptureFailure.OOM
-    if any(isinstance(e, OutputShapeError) for e in chain):
-        return CaptureFailure.OUTPUT_SHAPE
-    texts = [str(e) for e in chain]
-    if any(isinstance(e, HostSyncError) for e in chain) or any(
-        m in t for t in texts for m in _HOST_SYNC_MARKERS
-    ):
-        return CaptureFailure.HOST_SYNC
-    if any(isinstance(e, UncapturableOpError) for e in chain) or any(
-        m in t for t in texts for m in _CAPTURE_MARKERS
-    ):
-        return CaptureFailure.UNCAPTURABLE_OP
-    return CaptureFailure.ERROR
-
-
-def root_cause(exc: BaseException) -> BaseException:
-    """The first error of a chain: the one that says what the model did wrong."""
-    return _exception_chain(exc)[-1]
-
-
-def _exception_chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain and len(chain) < 8:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
 
 
 @contextlib.contextmanager
@@ -98,9 +59,8 @@ class RungCapturer:
         verify_inputs: Callable[[int, torch.Generator], Sequence[Any]] | None = None,
     ) -> None:
         self._runner = runner
-        self._verify_inputs = verify_inputs
         self._verify = verify
-        self._tolerance = tolerance
+        self._verifier = Verifier(runner, self, tolerance, verify_inputs)
         self._budget = memory_budget_bytes
         self._warmup_iters = warmup_iters
         self.out_spec: TreeSpec | None = None
@@ -113,12 +73,17 @@ class RungCapturer:
         runner = self._runner
         start = time.perf_counter()
         pool_before = runner.backend.pool_bytes()
+        graphs: dict[int, CapturedGraph] = {}
         with runner.backend.range(f"graphrun.capture[{runner.name}]"), gc_frozen():
             if self.out_spec is None:
                 self._learn_outputs()
             for rung in reversed(runner.sizes):
                 if rung not in {s.size for s in runner.status()}:
-                    self._capture_rung(rung)
+                    graph = self._capture_rung(rung)
+                    if graph is not None:
+                        graphs[rung] = graph
+            if self._verify and runner.pads:
+                self._verify_padding(graphs)
         seconds = time.perf_counter() - start
         self._log_summary(seconds, runner.backend.pool_bytes() - pool_before)
 
@@ -151,7 +116,9 @@ class RungCapturer:
             if isinstance(leaf, torch.Tensor):
                 batched = leaf.dim() > 0 and leaf.shape[0] == rung
                 shape = (top, *leaf.shape[1:]) if batched else tuple(leaf.shape)
-                buf = torch.empty(shape, dtype=leaf.dtype, device=leaf.device)
+                # plain tensors even under inference mode: callers may use outputs in autograd later
+                with torch.inference_mode(False):
+                    buf = torch.empty(shape, dtype=leaf.dtype, device=leaf.device)
                 self.out_slots.append(
                     (i, Kind.BATCHED if batched else Kind.SHARED, 0 if batched else None, buf)
                 )
@@ -163,14 +130,22 @@ class RungCapturer:
         if register is not None:
             register([b for _, kind, _, b in self.out_slots if kind is not Kind.STATIC])
 
-    def _rung_outputs(self, rung: int) -> list[Any]:
+    def rung_outputs(self, rung: int) -> list[Any]:
+        """The static output leaves a replay of `rung` writes (batched ones narrowed to the rung)."""
         assert self.out_spec is not None
         leaves: list[Any] = [None] * self.out_spec.num_leaves
         for i, kind, dim, buf in self.out_slots:
             leaves[i] = buf.narrow(dim, 0, rung) if kind is Kind.BATCHED else buf
         return leaves
 
-    def _check_outputs(self, out: Any, rung: int) -> list[Any]:
+    def sliced_outputs(self, rung: int, n: int) -> list[Any]:
+        """The static output leaves of `rung` as a call of n rows sees them (batched ones sliced to n)."""
+        leaves = self.rung_outputs(rung)
+        for i, dim in self.out_batched:
+            leaves[i] = leaves[i].narrow(dim, 0, n)
+        return leaves
+
+    def check_outputs(self, out: Any, rung: int) -> list[Any]:
         """Flatten one run's outputs and check they fit the static outputs; raise OutputShapeError if not."""
         assert self.out_spec is not None
         try:
@@ -202,7 +177,7 @@ class RungCapturer:
 
     def _body(self, rung: int) -> Callable[[], None]:
         """What the graph records: the callable on the rung's static inputs, outputs copied out."""
-        targets = [(i, t) for i, t in enumerate(self._rung_outputs(rung)) if isinstance(t, torch.Tensor)]
+        targets = [(i, t) for i, t in enumerate(self.rung_outputs(rung)) if isinstance(t, torch.Tensor)]
         flatten = self.out_spec.flatten  # type: ignore[union-attr]
 
         def body() -> None:
@@ -212,30 +187,31 @@ class RungCapturer:
 
         return body
 
-    def _capture_rung(self, rung: int) -> None:
+    def _capture_rung(self, rung: int) -> CapturedGraph | None:
+        """Capture and verify one rung at its own size; its graph, or None when it runs eager."""
         runner, backend = self._runner, self._runner.backend
         if hasattr(backend, "current_rung"):
             backend.current_rung = rung
         start = time.perf_counter()
         try:
-            self._check_outputs(self._call(rung), rung)
+            self.check_outputs(self._call(rung), rung)
             body = self._body(rung)
             backend.warmup(body, self._warmup_iters)
             if self._budget is not None and self._over_budget(body, rung, start):
-                return
+                return None
             with backend.range(f"graphrun.capture[{runner.name}:{rung}]"):
                 graph = backend.capture(body, f"graphrun.replay[{runner.name}:{rung}]")
         except Exception as exc:
             self._fail(rung, classify(exc), exc, time.perf_counter() - start)
-            return
-        problem = self._verify_rung(rung, graph) if self._verify else None
+            return None
+        found = self._verifier.check(graph, rung, rung, VERIFY_SEED + rung) if self._verify else None
         seconds = time.perf_counter() - start
-        if problem is not None:
+        if found is not None:
             graph.release()
-            self._fail(rung, CaptureFailure.VERIFICATION, problem, seconds)
-            return
-        self.out_leaves[rung] = self._rung_outputs(rung)
-        runner.install(rung, graph, RungStatus(rung, True, graph.nbytes, seconds))
+            self._fail(rung, CaptureFailure.VERIFICATION, found.detail, seconds)
+            return None
+        self.out_leaves[rung] = self.rung_outputs(rung)
+        runner.install(rung, graph, RungStatus(rung, True, graph.nbytes, seconds, padded=runner.pads))
         runner.stats.num_captured += 1
         runner.stats.capture_seconds += seconds
         log.info(
@@ -245,6 +221,7 @@ class RungCapturer:
             seconds,
             graph.nbytes / 2**20,
         )
+        return graph
 
     def _over_budget(self, body: Callable[[], None], rung: int, start: float) -> bool:
         backend = self._runner.backend
@@ -257,44 +234,40 @@ class RungCapturer:
         self._fail(rung, CaptureFailure.MEMORY_BUDGET, detail, time.perf_counter() - start)
         return True
 
-    def _verify_rung(self, rung: int, graph: CapturedGraph) -> str | None:
-        """Replay on fresh random inputs and compare with eager; a description of the first mismatch."""
-        runner = self._runner
-        gen = torch.Generator().manual_seed(VERIFY_SEED + rung)
-        if self._verify_inputs is not None:
-            args, kwargs = tuple(self._verify_inputs(rung, gen)), dict[str, Any]()
-            try:
-                leaves = list(runner.in_spec.flatten((args, kwargs)))
-            except (StructureMismatch, KeyError, IndexError, TypeError):
-                return "verify_inputs returned another structure than the example inputs"
-        else:
-            leaves = [self._random_leaf(slot, rung, gen) for slot in runner.slots]
-            args, kwargs = runner.in_spec.unflatten(leaves)
-        try:
-            want = self._check_outputs(runner.fn(*args, **kwargs), rung)
-            runner.copy_in(leaves, rung)
-            graph.replay()
-            runner.backend.synchronize()
-        except Exception as exc:
-            return f"verification run failed: {exc}"
-        for i, got in enumerate(self._rung_outputs(rung)):
-            if isinstance(got, torch.Tensor):
-                problem = mismatch(got, want[i], self._tolerance)
-                if problem is not None:
-                    return f"output {i}: {problem}"
-        return None
+    # ----- padded sizes ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _random_leaf(slot: Any, rung: int, gen: torch.Generator) -> Any:
-        if slot.kind is Kind.BATCHED:
-            shape = list(slot.buffer.shape)
-            shape[slot.dim] = rung
-            return random_like(slot.buffer, shape, gen)
-        if slot.kind is Kind.SHARED:
-            return random_like(slot.buffer, slot.buffer.shape, gen)
-        if slot.kind is Kind.SCALAR:
-            return slot.value(slot.buffer.item())
-        return slot.value
+    def _verify_padding(self, graphs: dict[int, CapturedGraph]) -> None:
+        """Smallest rung first: replay the batches each rung would serve padded, and compare with eager.
+
+        A rung serves padded the batches above the largest smaller rung that accepts padding; it is checked
+        at the smallest of them and at one in the middle. A mismatch leaves the rung exact-size only, so
+        its batches move on to the next rung, whose interval then reaches down to them.
+        """
+        lowest = 1  # the smallest batch that lands on the next rung, padded
+        for rung, graph in sorted(graphs.items()):
+            start = time.perf_counter()
+            problem = None
+            for n in padded_samples(lowest, rung, graphs):
+                problem = self._verifier.check_padded(graph, rung, n)
+                if problem is not None:
+                    break
+            if problem is None:
+                lowest = rung + 1
+            else:
+                self._exact_size_only(rung, problem, time.perf_counter() - start)
+
+    def _exact_size_only(self, rung: int, problem: str, seconds: float) -> None:
+        runner = self._runner
+        status = next(s for s in runner.status() if s.size == rung)
+        reason = CaptureFailure.PADDING_MISMATCH
+        seconds += status.capture_seconds
+        runner.mark(replace(status, capture_seconds=seconds, reason=reason, detail=problem, padded=False))
+        runner.stats.capture_failed[reason] = runner.stats.capture_failed.get(reason, 0) + 1
+        log.warning(
+            "runner %s: batch size %d replays exact-size calls only: %s (%s); smaller batches go to the "
+            "next rung that accepts padding, else eager",
+            runner.name, rung, reason.value, problem,
+        )  # fmt: skip
 
     # ----- bookkeeping -------------------------------------------------------------------------------
 
@@ -319,8 +292,11 @@ class RungCapturer:
         statuses = runner.status()
         captured = [s.size for s in statuses if s.captured]
         eager = [f"{s.size} ({s.reason})" for s in statuses if not s.captured]
+        exact = [f"{s.size} ({s.reason})" for s in statuses if s.reason is CaptureFailure.PADDING_MISMATCH]
+        if not runner.pads:
+            exact = ["all (pad='forbid')"]
         log.info(
-            "runner %s: captured %d/%d graphs %s in %.2f s, pool %.1f MiB%s",
+            "runner %s: captured %d/%d graphs %s in %.2f s, pool %.1f MiB%s%s",
             runner.name,
             len(captured),
             len(runner.sizes),
@@ -328,4 +304,5 @@ class RungCapturer:
             seconds,
             pool_bytes / 2**20,
             f"; eager: {', '.join(eager)}" if eager else "",
+            f"; exact-size only: {', '.join(exact)}" if exact else "",
         )

@@ -51,7 +51,9 @@ class GraphMetricsCollector(Collector):
         replayed = CounterMetricFamily(p + "replayed", "Graph replays", labels=["runner"])
         fallback = CounterMetricFamily(p + "eager_fallback", "Calls run eager", labels=["runner", "reason"])
         failed = CounterMetricFamily(
-            p + "capture_failed_at_init", "Rungs not captured at start-up", labels=["runner", "reason"]
+            p + "capture_failed_at_init",
+            "Rungs not captured at start-up (padding_mismatch: captured, exact-size calls only)",
+            labels=["runner", "reason"],
         )
         capture_s = GaugeMetricFamily(p + "capture_seconds", "Seconds spent capturing", labels=["runner"])
         padding = GaugeMetricFamily(p + "padding_ratio", "Padded rows over graph rows", labels=["runner"])

@@ -3,10 +3,15 @@
 A call is validated against the example's structure, copied into the static buffers of the smallest
 captured rung that fits, padded, replayed, and answered with views of the static outputs sliced to the
 real batch. Anything that cannot replay runs eager and is counted; nothing falls back silently.
+
+Padding assumes the rows of a batch are independent. Capture verifies it per rung (verify.py); a rung
+that fails replays exact-size calls only. Which rung serves each batch size is decided then, into one
+list, so a call pays one index for dispatch whatever the verification found.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -34,12 +39,19 @@ from graphrun.graphs.layout import BatchDims, KwargBatchDims, leaf_batch_dims, l
 from graphrun.graphs.metrics import collector_for
 from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe, spec_of
 from graphrun.graphs.sizes import default_ladder, normalize_ladder, rung_for
-from graphrun.graphs.status import REPLAY_BUCKETS, CallFallback, RungStatus, RunnerStats
+from graphrun.graphs.status import (
+    REPLAY_BUCKETS,
+    CallFallback,
+    CaptureFailure,
+    RungStatus,
+    RunnerStats,
+    RunnerStatus,
+)
 
 log = logging.getLogger(__name__)
 
 _FLATTEN_ERRORS = (StructureMismatch, KeyError, IndexError, TypeError)
-PAD_MODES = ("repeat",)
+PAD_MODES = ("repeat", "forbid")
 SCALAR_MODES = ("static", "tensor")
 
 
@@ -47,7 +59,20 @@ class GraphRunner:
     """Run `fn` through captured graphs, one per capture size, with eager fallback that is counted.
 
     verify_inputs(batch_size, generator) -> positional args replaces the default random inputs of
-    verification, for inputs whose valid values a range cannot describe (packed metadata, indices).
+    verification, for inputs whose valid values a range cannot describe (packed metadata, indices). It is
+    called with each rung's size and, for the padded check, with smaller batch sizes too.
+
+    pad: how rows between a call's batch and its rung are filled: "repeat" (the last row), a number, or
+    None (whatever the previous call left). pad="forbid" replays exact-size calls only: a batch that is
+    not a rung size runs eager (counted as padding_forbidden). Padding assumes rows are independent;
+    verification checks it per rung and makes a rung that couples rows exact-size only.
+
+    inference_mode=True (default): capture and verification run under torch.inference_mode() and eager
+    fallbacks under torch.no_grad(), so outputs never carry autograd history, even when fn has
+    parameters that require grad; replay records none, and inputs are copied in without theirs. Outputs
+    are ordinary tensors either way (not inference tensors), so they may feed a model being trained.
+    Pass False for a callable that needs autograd inside (torch.autograd.grad), or to get back eager
+    outputs that carry history.
 
     Outputs alias static buffers until the next call unless clone_outputs=True. One call at a time:
     calls are serialised by a lock, since they share the static buffers.
@@ -75,6 +100,7 @@ class GraphRunner:
         name: str | None = None,
         registry: CollectorRegistry | None = None,
         capture: bool = True,
+        inference_mode: bool = True,
     ) -> None:
         args = (example_args,) if isinstance(example_args, torch.Tensor) else tuple(example_args)
         kwargs = dict(example_kwargs or {})
@@ -82,6 +108,7 @@ class GraphRunner:
         self._fn = fn
         self._clone_outputs = clone_outputs
         self._pad = pad
+        self._inference_mode = inference_mode
         self._lock = threading.Lock()
         self._build_input_slots(
             args, kwargs, leaf_batch_dims(batch_dims, kwarg_batch_dims, args, kwargs), scalars
@@ -98,6 +125,7 @@ class GraphRunner:
         self._replays: dict[int, Callable[[], None]] = {}
         self._dispatch: list[int | None] = [None] * (self.sizes[-1] + 1)
         self._dispatch_len = len(self._dispatch)
+        self._eager_reasons = [CallFallback.NOT_CAPTURED_YET] * self._dispatch_len
         self._flatten = self._in_spec.flatten
         # rung -> the finished output object when a call fills the whole rung (tuple or single tensor
         # outputs only: a dict or list could be mutated by the caller, so those are rebuilt per call)
@@ -195,7 +223,7 @@ class GraphRunner:
 
     # ----- capture ------------------------------------------------------------------------------------
 
-    def capture(self) -> tuple[RungStatus, ...]:
+    def capture(self) -> RunnerStatus:
         """Capture every rung, largest first; rungs that fail run eager, with the reason in status()."""
         for graph in self._graphs.values():
             graph.release()
@@ -203,23 +231,52 @@ class GraphRunner:
         self._replays.clear()
         self._out_whole.clear()
         self._status.clear()
-        self._capturer.capture_all()
+        with self._capture_mode():
+            self._capturer.capture_all()
         self._captured_once = True
         self._rebuild_dispatch()
         return self.status()
 
     def _rebuild_dispatch(self) -> None:
+        """Per batch size: its own rung if captured, else the smallest captured rung that accepts padding."""
         captured = sorted(self._graphs)
+        padded = [r for r in captured if self._status[r].padded]
         for n in range(1, self.sizes[-1] + 1):
-            self._dispatch[n] = rung_for(captured, n)
+            self._dispatch[n] = n if n in self._graphs else rung_for(padded, n)
+            self._eager_reasons[n] = self._eager_reason(n, captured)
+
+    def _eager_reason(self, n: int, captured: list[int]) -> CallFallback:
+        """Why batch n has no rung: none captured that fits, or those that fit replay exact sizes only."""
+        if not self._captured_once:
+            return CallFallback.NOT_CAPTURED_YET
+        fits = [self._status[r] for r in captured if r >= n]
+        if not fits:
+            return CallFallback.RUNG_NOT_CAPTURED
+        if any(s.reason is CaptureFailure.PADDING_MISMATCH for s in fits):
+            return CallFallback.PADDING_MISMATCH
+        return CallFallback.PADDING_FORBIDDEN
 
     def rung_for(self, batch_size: int) -> int | None:
         """The captured rung a call of `batch_size` replays, or None when it would run eager."""
         return self._dispatch[batch_size] if 0 < batch_size < len(self._dispatch) else None
 
-    def status(self) -> tuple[RungStatus, ...]:
-        """Per rung, smallest first: captured (bytes, seconds) or eager (reason)."""
-        return tuple(self._status[r] for r in self.sizes if r in self._status)
+    def status(self) -> RunnerStatus:
+        """Per rung, smallest first: captured (bytes, seconds, padded or exact-size) or eager (reason).
+
+        Indexes and iterates like a tuple of RungStatus; str() is a table.
+        """
+        rungs = tuple(self._status[r] for r in self.sizes if r in self._status)
+        return RunnerStatus(self.name, self.backend.name, rungs)
+
+    @property
+    def pads(self) -> bool:
+        """False when the runner replays exact-size calls only (pad='forbid')."""
+        return self._pad != "forbid"
+
+    @property
+    def pad_policy(self) -> str | float | int | None:
+        """How a call's rows are padded up to its rung: "repeat", a fill value, None or "forbid"."""
+        return self._pad
 
     def close(self) -> None:
         """Release every graph; later calls run eager (counted as not_captured_yet)."""
@@ -230,6 +287,13 @@ class GraphRunner:
         self._out_whole.clear()
         self._captured_once = False
         self._rebuild_dispatch()
+
+    def _capture_mode(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.inference_mode() if self._inference_mode else contextlib.nullcontext()
+
+    def _eager_mode(self) -> contextlib.AbstractContextManager[Any]:
+        # no_grad, not inference_mode: an eager result must be an ordinary tensor, like a replay's outputs
+        return torch.no_grad() if self._inference_mode else contextlib.nullcontext()
 
     # ----- calls --------------------------------------------------------------------------------------
 
@@ -256,6 +320,8 @@ class GraphRunner:
                 view = slot.views[rung]
                 leaf = leaves[slot.index]
                 if leaf is not view and leaf.data_ptr() != slot.view_ptrs[rung]:
+                    if leaf.requires_grad:  # copy the values only: a static buffer records no history
+                        leaf = leaf.detach()
                     (view if n == rung else view.narrow(slot.dim, 0, n)).copy_(leaf)  # type: ignore[arg-type]
                 if n != rung:
                     pad_rows(view, slot.dim, n, self._pad)  # type: ignore[arg-type]
@@ -286,7 +352,8 @@ class GraphRunner:
         rung = self.rung_for(batch_size)
         if rung is None:
             raise GraphInputError(
-                f"batch_size={batch_size} has no captured rung (captured: {sorted(self._graphs)})"
+                f"batch_size={batch_size} has no captured rung ({self._why_eager(batch_size)}; captured: "
+                f"{sorted(self._graphs)}); call the runner with ordinary tensors instead (it runs eager)"
             )
         leaves: list[Any] = []
         for slot in self._slots:
@@ -341,6 +408,8 @@ class GraphRunner:
             view = slot.views[rung]
             leaf = leaves[slot.index]
             if leaf is not view and leaf.data_ptr() != slot.view_ptrs[rung]:
+                if leaf.requires_grad:
+                    leaf = leaf.detach()
                 if n == rung:
                     view.copy_(leaf)
                 else:
@@ -350,7 +419,7 @@ class GraphRunner:
         for slot in self._shared:
             leaf = leaves[slot.index]
             if leaf is not slot.buffer:
-                slot.buffer.copy_(leaf)  # type: ignore[union-attr]
+                slot.buffer.copy_(leaf.detach() if leaf.requires_grad else leaf)  # type: ignore[union-attr]
         for slot in self._scalar_slots:
             slot.buffer.fill_(leaves[slot.index])  # type: ignore[union-attr]
 
@@ -365,14 +434,13 @@ class GraphRunner:
         return capturer.out_spec.unflatten(leaves)  # type: ignore[union-attr]  # set before any rung installs
 
     def _why_eager(self, n: int) -> CallFallback:
-        if n > self.sizes[-1]:
-            return CallFallback.ABOVE_TOP_RUNG
-        return CallFallback.RUNG_NOT_CAPTURED if self._captured_once else CallFallback.NOT_CAPTURED_YET
+        return CallFallback.ABOVE_TOP_RUNG if n >= self._dispatch_len else self._eager_reasons[n]
 
     def _eager(self, reason: CallFallback, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.stats.count_fallback(reason)
         log.debug("runner %s: eager call (%s)", self.name, reason)
-        return self._fn(*args, **kwargs)
+        with self._eager_mode():
+            return self._fn(*args, **kwargs)
 
     # ----- used by RungCapturer ----------------------------------------------------------------------
 
@@ -383,9 +451,9 @@ class GraphRunner:
             for s in self._slots
         ]
 
-    def copy_in(self, leaves: Sequence[Any], rung: int) -> None:
-        """Copy a full-rung set of leaves into the static buffers (used by verification)."""
-        self._copy_in(tuple(leaves), rung, rung)
+    def copy_in(self, leaves: Sequence[Any], n: int, rung: int) -> None:
+        """Copy a call's leaves of batch n into the static buffers of `rung`, padded as a call pads them."""
+        self._copy_in(tuple(leaves), n, rung)
 
     def install(self, rung: int, graph: CapturedGraph, status: RungStatus) -> None:
         """Record a rung's outcome; a graph makes the rung replayable."""
@@ -420,7 +488,7 @@ def _check_options(scalars: str, pad: Any, budget: int | None, warmup_iters: int
     if scalars not in SCALAR_MODES:
         raise ConfigError(f"scalars must be one of {SCALAR_MODES}, got {scalars!r}")
     if isinstance(pad, str) and pad not in PAD_MODES:
-        raise ConfigError(f"pad must be 'repeat', a number or None, got {pad!r}")
+        raise ConfigError(f"pad must be 'repeat', 'forbid', a number or None, got {pad!r}")
     if budget is not None and budget <= 0:
         raise ConfigError(f"memory_budget_bytes must be positive, got {budget}")
     if warmup_iters < 1:

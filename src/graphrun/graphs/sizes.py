@@ -8,7 +8,7 @@ above the top rung.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 
 from graphrun.errors import ConfigError
@@ -44,6 +44,18 @@ def rung_for(ladder: Sequence[int], n: int) -> int | None:
     """Smallest rung >= n, or None when n is above the top rung (the call then runs eager)."""
     i = bisect.bisect_left(ladder, n)
     return ladder[i] if i < len(ladder) else None
+
+
+def padded_samples(lowest: int, rung: int, exact: Container[int]) -> tuple[int, ...]:
+    """Batch sizes to check `rung` at, padded: the smallest it serves and one in the middle of its interval.
+
+    It serves lowest .. rung - 1, except sizes that are rungs themselves (`exact`: they replay their own).
+    """
+    served = [n for n in range(lowest, rung) if n not in exact]
+    if not served:
+        return ()
+    middle = served[len(served) // 2]
+    return (served[0],) if middle == served[0] else (served[0], middle)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,16 +1,22 @@
 """Why a rung or a call ran eager, and what each rung holds: the fixed vocabulary of fallbacks.
 
-Reasons are a closed enum so metric labels stay bounded.
+Reasons are a closed enum so metric labels stay bounded. A runner's status is one small typed object
+that iterates like the tuple of rungs it holds and prints as a table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import overload
 
 
 class CaptureFailure(StrEnum):
-    """Why a rung was not captured at start-up (it then runs eager for the life of the process)."""
+    """Why a rung was not captured at start-up (it then runs eager for the life of the process).
+
+    One reason is not a failure to capture: padding_mismatch marks a rung that replays exact-size calls only.
+    """
 
     OOM = "oom"
     UNCAPTURABLE_OP = "uncapturable_op"
@@ -19,6 +25,10 @@ class CaptureFailure(StrEnum):
     MEMORY_BUDGET = "memory_budget"
     OUTPUT_SHAPE = "output_shape"
     ERROR = "error"
+    # the rung is captured, but a padded (smaller) batch replayed on it differs from eager: the callable
+    # couples rows (a batch mean, batch-norm in training, softmax over the batch), so it replays
+    # exact-size calls only
+    PADDING_MISMATCH = "padding_mismatch"
 
 
 class CallFallback(StrEnum):
@@ -28,11 +38,17 @@ class CallFallback(StrEnum):
     RUNG_NOT_CAPTURED = "rung_not_captured"
     REPLAY_ERROR = "replay_error"
     NOT_CAPTURED_YET = "not_captured_yet"
+    PADDING_MISMATCH = "padding_mismatch"  # the captured rungs that fit replay exact-size calls only
+    PADDING_FORBIDDEN = "padding_forbidden"  # pad="forbid": a batch that is not a rung size runs eager
 
 
 @dataclass(frozen=True, slots=True)
 class RungStatus:
-    """One rung after capture: captured (graph bytes, seconds) or eager with the reason and detail."""
+    """One rung after capture: captured (graph bytes, seconds) or eager with the reason and detail.
+
+    padded: the rung also replays smaller batches, padded up to it. False for a rung that was not
+    captured, and for one that replays exact-size calls only (pad="forbid", or reason padding_mismatch).
+    """
 
     size: int
     captured: bool
@@ -40,11 +56,72 @@ class RungStatus:
     capture_seconds: float = 0.0
     reason: CaptureFailure | None = None
     detail: str = ""
+    padded: bool = False
 
     def __str__(self) -> str:
-        if self.captured:
-            return f"rung {self.size}: captured, {self.nbytes / 2**20:.1f} MiB, {self.capture_seconds:.3f} s"
-        return f"rung {self.size}: eager ({self.reason}: {self.detail})"
+        if not self.captured:
+            return f"rung {self.size}: eager ({self.reason}: {self.detail})"
+        text = f"rung {self.size}: captured, {self.nbytes / 2**20:.1f} MiB, {self.capture_seconds:.3f} s"
+        if self.padded:
+            return text
+        why = f"{self.reason}: {self.detail}" if self.reason is not None else "pad='forbid'"
+        return f"{text}, exact-size calls only ({why})"
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerStatus(Sequence[RungStatus]):
+    """Every rung of one runner, smallest first; indexes and iterates like a tuple of RungStatus.
+
+    str() is a table: one line per rung with what replays on it and why a rung runs eager.
+    """
+
+    runner: str
+    backend: str
+    rungs: tuple[RungStatus, ...] = ()
+
+    @overload
+    def __getitem__(self, index: int) -> RungStatus: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[RungStatus, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> RungStatus | tuple[RungStatus, ...]:
+        return self.rungs[index]
+
+    def __len__(self) -> int:
+        return len(self.rungs)
+
+    def __str__(self) -> str:
+        if not self.rungs:
+            return f"runner {self.runner} ({self.backend}): not captured yet"
+        captured = sum(r.captured for r in self.rungs)
+        head = f"runner {self.runner} ({self.backend}): {captured} of {len(self.rungs)} sizes captured"
+        rows = [_rung_row(r) for r in self.rungs]
+        headers = ("size", "graph", "padded calls", "MiB", "capture s", "note")
+        return head + "\n" + text_table(headers, rows, align="rllrrl")
+
+
+def _rung_row(r: RungStatus) -> tuple[str, ...]:
+    if not r.captured:
+        return (str(r.size), "eager", "-", "-", f"{r.capture_seconds:.3f}", f"{r.reason}: {r.detail}")
+    note = "" if r.padded or r.reason is None else f"{r.reason}: {r.detail}"
+    padded = "yes" if r.padded else "no (forbid)" if r.reason is None else "no"
+    return (str(r.size), "captured", padded, f"{r.nbytes / 2**20:.1f}", f"{r.capture_seconds:.3f}", note)
+
+
+def text_table(headers: Sequence[str], rows: Iterable[Sequence[str]], align: str = "") -> str:
+    """A plain-text table: columns padded to their widest cell, two spaces apart, no trailing blanks.
+
+    align: one letter per column, "l" or "r" (numbers read best right-aligned); missing letters are "l".
+    """
+    lines = [tuple(headers), *(tuple(row) for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    sides = align.ljust(len(headers), "l")
+
+    def cell(text: str, i: int) -> str:
+        return text.rjust(widths[i]) if sides[i] == "r" else text.ljust(widths[i])
+
+    return "\n".join("  ".join(cell(t, i) for i, t in enumerate(line)).rstrip() for line in lines)
 
 
 # Replay host-time buckets (seconds): replay is tens of microseconds, eager fallbacks milliseconds.

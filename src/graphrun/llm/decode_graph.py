@@ -152,6 +152,7 @@ class DecodeGraphs:
                 name=f"decode-{kind}",
                 registry=registry,
                 pad="repeat",  # padded rows repeat the last sequence: same token, same slot, same values
+                # called with each rung's size and, for the padded check, with smaller batch sizes
                 verify_inputs=lambda n, gen: random_inputs(shape, n, gen, device),
             )
         self.capture_seconds = time.perf_counter() - start

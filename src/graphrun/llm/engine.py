@@ -37,6 +37,7 @@ from graphrun.llm.decode_graph import (
     DecodeStep,
 )
 from graphrun.llm.engine_config import EngineConfig
+from graphrun.llm.engine_status import EngineStatus
 from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache, gpu_kv_budget, num_blocks_for_budget
 from graphrun.llm.prefill_graph import PrefillGraphs, prefill_ladder
 from graphrun.llm.presets import load_model
@@ -425,6 +426,18 @@ class LLMEngine:
             top_p=torch.tensor([x.top_p for x in p], dtype=torch.float32, device=dev),
             seeds=torch.tensor([s.rng_seed for s in seqs], dtype=torch.int64, device=dev),
         )
+
+    def status(self) -> EngineStatus:
+        """Start-up facts and every graph runner's per-size status; print it for tables."""
+        runners = [*self.decode_graphs.runners.values()] if self.decode_graphs is not None else []
+        if self.prefill_graphs is not None:
+            runners.append(self.prefill_graphs.runner)
+        off = None if self.decode_graphs is not None else self.config.why_eager(self.device)
+        dtype = str(self.dtype).removeprefix("torch.")
+        return EngineStatus(
+            self.config.model, str(self.device), dtype, self.num_blocks, self.config.block_size, off,
+            tuple(r.status() for r in runners),
+        )  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         """Start-up facts for logs, /health and benchmarks."""

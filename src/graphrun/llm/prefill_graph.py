@@ -80,16 +80,25 @@ class PrefillStep:
 
 
 def random_prefill_inputs(
-    n: int, gen: torch.Generator, vocab_size: int, num_slots: int, feed_row: int, device: torch.device
+    n: int,
+    gen: torch.Generator,
+    vocab_size: int,
+    num_slots: int,
+    feed_row: int,
+    device: torch.device,
+    first_slot: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Valid inputs for n tokens (capture, verification), each token in its own cache slot.
 
     Distinct slots matter: the fused path reads this step's K/V back from the cache, so two tokens
-    sharing a slot would make eager and replay disagree. Any slot will do: prefill graphs are captured
-    at start-up, before any request holds a block. A cache smaller than n tokens reuses slots (that
-    rung may then fail verification and run eager, logged).
+    sharing a slot would make eager and replay disagree. Slots are drawn from first_slot up: passing the
+    first slot after the scratch block keeps real rows apart from padded rows (which write slot 0), as
+    in serving, so the padded check compares like with like. Any other slot will do: prefill graphs are
+    captured at start-up, before any request holds a block. A cache smaller than n tokens reuses slots
+    (that rung may then fail verification and run eager, logged).
     """
-    slots = torch.randperm(num_slots, generator=gen)[:n] if num_slots >= n else torch.arange(n) % num_slots
+    free = num_slots - first_slot
+    slots = first_slot + (torch.randperm(free, generator=gen)[:n] if free >= n else torch.arange(n) % free)
     tokens = torch.stack(
         [torch.randint(0, vocab_size, (n,), generator=gen), torch.arange(n), slots],
         dim=1,
@@ -114,10 +123,14 @@ class PrefillGraphs:
         device = last_tokens.device
         self._device = device
         vocab, dummy_row = model.config.vocab_size, last_tokens.shape[0] - 1
-        num_slots = kv_caches[0][0].shape[0] * kv_caches[0][0].shape[1]
-        example = random_prefill_inputs(
-            max(sizes), torch.Generator().manual_seed(0), vocab, num_slots, dummy_row, device
-        )
+        num_blocks, block_size = kv_caches[0][0].shape[:2]
+        num_slots = num_blocks * block_size
+
+        def draw(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            # real rows stay out of the scratch block (block 0), where padded rows write
+            return random_prefill_inputs(n, gen, vocab, num_slots, dummy_row, device, first_slot=block_size)
+
+        example = draw(max(sizes), torch.Generator().manual_seed(0))
         example[1][0] = 0  # the sampled row must exist at every rung: the static inputs start from this
         start = time.perf_counter()
         self.runner = GraphRunner(
@@ -129,7 +142,7 @@ class PrefillGraphs:
             name="prefill",
             registry=registry,
             pad=0,  # token 0 at position 0 in slot 0 (the scratch block)
-            verify_inputs=lambda n, gen: random_prefill_inputs(n, gen, vocab, num_slots, dummy_row, device),
+            verify_inputs=draw,  # called with each rung's size and with smaller, padded sizes
         )
         self.capture_seconds = time.perf_counter() - start
         self.sizes = tuple(sizes)

@@ -76,17 +76,31 @@ class _Op:
 
 
 class SimGraph:
-    """A recorded op list; replay re-runs it against the recorded tensors."""
+    """A recorded op list; replay re-runs it against the recorded tensors.
+
+    Replay runs in the autograd mode capture ran in: a CUDA graph replays device work only, whatever the
+    caller's mode, and tensors recorded under inference mode can only be written under it.
+    """
 
     def __init__(self, ops: list[_Op], nbytes: int, replay_error: BaseException | None) -> None:
         self._ops = ops
         self.nbytes = nbytes
         self._replay_error = replay_error
+        self._inference_mode = torch.is_inference_mode_enabled()
+        self._grad = torch.is_grad_enabled()
 
     def replay(self) -> None:
         """Re-run every recorded op and write its results where capture's results live."""
         if self._replay_error is not None:
             raise self._replay_error
+        if self._inference_mode:
+            with torch.inference_mode():
+                self._run()
+        else:
+            with torch.set_grad_enabled(self._grad):
+                self._run()
+
+    def _run(self) -> None:
         for op in self._ops:
             out = op.func(*op.args, **op.kwargs)
             if op.targets:
