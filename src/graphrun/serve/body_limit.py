@@ -3,7 +3,7 @@
 Two checks, both before the app holds more than the limit:
 - Content-Length over the limit: 413 at once, from here; the app is never called, no body byte is read
   (a client that sent `Expect: 100-continue` is never told to send it), and what the client sends
-  anyway is discarded by the server as it arrives.
+  anyway is never kept: uvicorn drops it as it arrives (httptools) or closes the connection (h11).
 - A body without Content-Length (chunked) is counted as the app receives it, and the message that would
   pass the limit raises `BodyTooLarge` instead of being returned: at most the limit plus one network
   chunk is ever held. FastAPI passes an HTTPException raised while it reads a body on to the app's

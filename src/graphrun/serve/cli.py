@@ -115,6 +115,7 @@ def _add_access_flags(p: argparse.ArgumentParser, srv: ServeConfig) -> None:
     p.add_argument(
         "--max-request-bytes",
         type=int,
+        metavar="BYTES",
         default=srv.max_request_bytes,
         help=f"a larger request body gets 413 before it is read (default {srv.max_request_bytes})",
     )
