@@ -19,6 +19,10 @@
   (cudaEventBlockingSync) instead of spinning on a CPU core.
 - GRAPHRUN_SWITCH_INTERVAL_US: `graphrun serve` sets Python's thread switch interval to this many
   microseconds (sys.setswitchinterval; Python's default is 5000).
+- GRAPHRUN_API_KEY: the API key(s) `graphrun serve` requires (`Authorization: Bearer <key>`), used when
+  no --api-key flag is given. Several keys are separated by commas ("key-a,key-b"; blanks around them
+  are dropped), so a key cannot contain a comma. Prefer it to the flag: a command line is visible to
+  every user of the machine (ps), an environment is not.
 """
 
 from __future__ import annotations
@@ -80,3 +84,8 @@ def engine_cpus() -> set[int] | None:
 def blocking_sync_enabled() -> bool:
     """True when GRAPHRUN_BLOCKING_SYNC is "1"."""
     return _read("GRAPHRUN_BLOCKING_SYNC") == "1"
+
+
+def api_keys() -> tuple[str, ...]:
+    """GRAPHRUN_API_KEY split at commas, blank parts dropped; () when unset or empty."""
+    return tuple(part.strip() for part in _read("GRAPHRUN_API_KEY").split(",") if part.strip())

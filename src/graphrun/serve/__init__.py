@@ -3,7 +3,7 @@
 `graphrun serve` is the usual entry; in code, `build_app(make_worker(engine_config, serve_config),
 serve_config)` gives the ASGI app. Nothing is imported here, so `graphrun --help` needs no FastAPI.
 
-    config.py         ServeConfig: host, port, queue bound, drain time, served model name
+    config.py         ServeConfig: host, port, queue bound, drain time, served model name, API keys
     worker.py         the HTTP side's engine handle: submit / abort / stream / drain; ThreadWorker
     engine_process.py ProcessWorker: the engine in a process of its own, and the pipe protocol
     engine_loop.py    the loop that runs the engine (in that thread or process)
@@ -16,5 +16,9 @@ serve_config)` gives the ASGI app. Nothing is imported here, so `graphrun --help
     metrics.py        the server's Prometheus series (request outcomes; the engine's tokens and occupancy)
     memory.py         /health's memory figures: device allocator, free memory, peak RSS
     app.py            build_app: routes, SSE, error handlers, disconnect watching
+    auth.py           API keys: 401 before a route runs; the start-up line on who may call
+    body_limit.py     --max-request-bytes: 413 before a body is read
+    refusal.py        the error answer those two middlewares write themselves
+    openapi.py        what /openapi.json declares each route answers (errors, streams, Prometheus text)
     cli.py            `graphrun serve` flags; SIGTERM drains, then exits 0
 """

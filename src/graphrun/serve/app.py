@@ -9,6 +9,10 @@ sent its headers, a failure becomes a last `data: {"error": ...}` event (sse.py 
 A client that goes away is noticed by a task per request that watches the ASGI receive channel for
 `http.disconnect` (and by the response ending early): its request is aborted at once, which frees its
 KV blocks.
+
+Before any route: auth.py answers 401 to a request without a valid API key (when keys are set) and
+body_limit.py 413 to a body over the limit; openapi.py makes /openapi.json declare what each route
+really answers.
 """
 
 from __future__ import annotations
@@ -23,15 +27,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from graphrun import __version__
 from graphrun.errors import GraphrunError
 from graphrun.llm.sampling_params import SamplingParams
+from graphrun.serve import openapi
+from graphrun.serve.auth import APIKeyAuth
+from graphrun.serve.body_limit import BodyLimit, BodyTooLarge
 from graphrun.serve.chat_template import ChatTemplate
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.deltas import Collected
+from graphrun.serve.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from graphrun.serve.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -40,7 +47,7 @@ from graphrun.serve.protocol import (
     resolve_max_tokens,
 )
 from graphrun.serve.request import RequestHandle
-from graphrun.serve.responses import ChatFormat, CompletionFormat, ResponseFormat, Usage
+from graphrun.serve.responses import ChatFormat, CompletionFormat, ModelCard, ModelList, ResponseFormat, Usage
 from graphrun.serve.sse import SSEResponse
 from graphrun.serve.worker import EngineWorker, ServedModel
 
@@ -63,13 +70,41 @@ def build_app(worker: EngineWorker, config: ServeConfig) -> FastAPI:
 
     app = FastAPI(title="graphrun", version=__version__, lifespan=lifespan)
     _add_error_handlers(app, worker, config)
-    routes = _Routes(worker, config, ChatTemplate.for_model(worker.engine_config.model))
-    app.add_api_route("/v1/completions", routes.completions, methods=["POST"], response_model=None)
-    app.add_api_route("/v1/chat/completions", routes.chat, methods=["POST"], response_model=None)
-    app.add_api_route("/v1/models", routes.models, methods=["GET"])
-    app.add_api_route("/health", routes.health, methods=["GET"])
-    app.add_api_route("/metrics", routes.metrics, methods=["GET"])
+    _add_routes(app, _Routes(worker, config, ChatTemplate.for_model(worker.engine_config.model)), config)
+    _add_middleware(app, worker, config)
+    openapi.install(app, config)
     return app
+
+
+def _add_routes(app: FastAPI, routes: _Routes, config: ServeConfig) -> None:
+    """The endpoints, each with the answers the OpenAPI document declares for it (openapi.py)."""
+    for path, endpoint in (("/v1/completions", routes.completions), ("/v1/chat/completions", routes.chat)):
+        docs = openapi.generation_responses(path, config)
+        app.add_api_route(path, endpoint, methods=["POST"], response_model=None, responses=docs)
+    app.add_api_route(
+        "/v1/models", routes.models, methods=["GET"], responses=openapi.models_responses(config)
+    )
+    docs = openapi.health_responses()
+    app.add_api_route("/health", routes.health, methods=["GET"], response_model=None, responses=docs)
+    docs = openapi.metrics_responses(config)
+    app.add_api_route("/metrics", routes.metrics, methods=["GET"], response_class=Response, responses=docs)
+
+
+def _add_middleware(app: FastAPI, worker: EngineWorker, config: ServeConfig) -> None:
+    """API keys (outermost: a caller without one costs no body read), then the body limit; refused
+    generation requests count in /metrics as the app's own 4xx answers do."""
+
+    def count(path: str, status: int) -> None:
+        if path in _GENERATION_PATHS:
+            worker.metrics.count(_status_label(status))
+
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, on_refused=count)
+    app.add_middleware(
+        APIKeyAuth,
+        api_keys=config.api_keys,
+        metrics_require_api_key=config.metrics_require_api_key,
+        on_refused=count,
+    )
 
 
 class _Routes:
@@ -171,18 +206,15 @@ class _Routes:
         answer = fmt.response("".join(collected.texts), reason, usage, collected.token_ids)
         return Response(answer.model_dump_json(), media_type="application/json")
 
-    async def models(self) -> dict[str, Any]:
+    async def models(self) -> ModelList:
         """GET /v1/models: the one served model."""
-        info = self._worker.info
-        card = {
-            "id": self._config.served_model_name,
-            "object": "model",
-            "created": self._created,
-            "owned_by": "graphrun",
-            "root": self._worker.engine_config.model,
-            "max_model_len": info.get("max_model_len"),
-        }
-        return {"object": "list", "data": [card]}
+        card = ModelCard(
+            id=self._config.served_model_name,
+            created=self._created,
+            root=self._worker.engine_config.model,
+            max_model_len=self._worker.info.get("max_model_len"),
+        )
+        return ModelList(data=[card])
 
     async def health(self) -> JSONResponse:
         """GET /health: 200 once the engine is built and its graphs captured; 503 before, and draining.
@@ -202,7 +234,7 @@ class _Routes:
 
     async def metrics(self) -> Response:
         """GET /metrics: Prometheus text of the engine's graph series and the server's own."""
-        return Response(await self._worker.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await self._worker.metrics_text(), media_type=PROMETHEUS_TEXT)
 
 
 async def _abort_on_disconnect(request: Request, worker: EngineWorker, handle: RequestHandle) -> None:
@@ -234,8 +266,11 @@ def _add_error_handlers(app: FastAPI, worker: EngineWorker, config: ServeConfig)
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc, BodyTooLarge):  # a body without Content-Length passed the limit as it was read
+            return answer(request, exc.error)
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return answer(request, APIError(exc.status_code, str(exc.detail), type=kind))
+        headers = dict(exc.headers or {})  # a 405's Allow
+        return answer(request, APIError(exc.status_code, str(exc.detail), type=kind, headers=headers))
 
     app.add_exception_handler(APIError, on_error)
     app.add_exception_handler(GraphrunError, on_error)

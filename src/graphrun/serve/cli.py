@@ -16,10 +16,10 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from graphrun.envvars import switch_interval_seconds
+from graphrun.envvars import api_keys, switch_interval_seconds
 from graphrun.errors import GraphrunError
 from graphrun.llm.engine_config import DTYPES, GRAPH_BACKENDS, SERVE_MIXED_PREFILL_TOKENS, EngineConfig
-from graphrun.serve.config import ServeConfig
+from graphrun.serve.config import ServeConfig, default_served_model_name
 
 if TYPE_CHECKING:  # uvicorn and FastAPI are the optional `serve` extra: imported when serving
     import uvicorn
@@ -40,7 +40,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--host", default=srv.host)
     p.add_argument("--port", type=int, default=srv.port)
-    p.add_argument("--served-model-name", default=None, help="the `model` clients send (default: --model)")
+    p.add_argument(
+        "--served-model-name",
+        default=None,
+        help="the `model` clients send (default: a checkpoint folder's name, or the preset's)",
+    )
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs: decode runs eager")
     p.add_argument(
         "--cuda-graph-max-bs",
@@ -90,6 +94,31 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         help="run the engine in a process of its own, away from HTTP's GIL (default); "
         "--no-engine-process: a thread of the server's process",
     )
+    _add_access_flags(p, srv)
+
+
+def _add_access_flags(p: argparse.ArgumentParser, srv: ServeConfig) -> None:
+    """Who may call and how much they may send (serve/auth.py, serve/body_limit.py)."""
+    p.add_argument(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        metavar="KEY",
+        help="require `Authorization: Bearer KEY` on every route but /health and /metrics; repeat for "
+        "several keys (default: GRAPHRUN_API_KEY, comma-separated, which `ps` does not show)",
+    )
+    p.add_argument(
+        "--metrics-require-api-key",
+        action="store_true",
+        help="/metrics needs a key too (default: open, like /health)",
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        metavar="BYTES",
+        default=srv.max_request_bytes,
+        help=f"a larger request body gets 413 before it is read (default {srv.max_request_bytes})",
+    )
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -123,10 +152,13 @@ def run_serve(args: argparse.Namespace) -> int:
         serve_config = ServeConfig(
             host=args.host,
             port=args.port,
-            served_model_name=args.served_model_name or model,
+            served_model_name=args.served_model_name or default_served_model_name(model),
             max_queue=args.max_queue,
             drain_seconds=args.drain_seconds,
             engine_process=args.engine_process,
+            api_keys=tuple(args.api_keys or ()) or api_keys(),  # the flags replace the variable
+            metrics_require_api_key=args.metrics_require_api_key,
+            max_request_bytes=args.max_request_bytes,
         )
     except GraphrunError as exc:
         print(f"graphrun serve: {exc}", file=sys.stderr)
@@ -148,12 +180,14 @@ def serve(engine_config: EngineConfig, serve_config: ServeConfig) -> int:
     import uvicorn
 
     from graphrun.serve.app import build_app
+    from graphrun.serve.auth import log_access_policy
     from graphrun.serve.worker import make_worker
 
     interval = switch_interval_seconds()
     if interval is not None:
         sys.setswitchinterval(interval)
         log.info("thread switch interval: %g us", interval * 1e6)
+    log_access_policy(serve_config)
     worker = make_worker(engine_config, serve_config)
     config = uvicorn.Config(
         build_app(worker, serve_config),

@@ -12,6 +12,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from graphrun.llm.scheduler import Scheduler
 
+# what generate_latest writes (Prometheus text 0.0.4: legacy-escaped names), whatever the client version
+# calls "latest" (prometheus_client 0.22+ says 1.0.0 there, which older scrapers do not know)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # ok: finished; aborted: the client went away; invalid: 4xx other than 429; overloaded: 429;
 # unavailable: 503 (starting, draining); error: 500
 REQUEST_STATUSES = ("ok", "aborted", "invalid", "overloaded", "unavailable", "error")

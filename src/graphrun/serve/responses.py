@@ -138,6 +138,24 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+class ModelCard(BaseModel):
+    """One entry of GET /v1/models: the served model (root: what it was loaded from)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "graphrun"
+    root: str
+    max_model_len: int | None  # None until the engine has started
+
+
+class ModelList(BaseModel):
+    """GET /v1/models."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
 class ResponseFormat(Protocol):
     """How one endpoint shapes its answers (completions or chat)."""
 
