@@ -19,7 +19,7 @@ import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from graphrun.errors import ConfigError, GraphInputError
-from graphrun.graphs.backends import Backend, CapturedGraph, make_backend
+from graphrun.graphs.backends import Backend, CapturedGraph, EagerBackend, make_backend
 from graphrun.graphs.buffers import (
     Kind,
     Slot,
@@ -34,7 +34,7 @@ from graphrun.graphs.layout import BatchDims, KwargBatchDims, leaf_batch_dims, l
 from graphrun.graphs.metrics import collector_for
 from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe, spec_of
 from graphrun.graphs.sizes import default_ladder, normalize_ladder, rung_for
-from graphrun.graphs.status import REPLAY_BUCKETS, CallFallback, RungStatus, RunnerStats
+from graphrun.graphs.status import REPLAY_BUCKETS, CallFallback, CaptureFailure, RungStatus, RunnerStats
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,11 @@ SCALAR_MODES = ("static", "tensor")
 
 class GraphRunner:
     """Run `fn` through captured graphs, one per capture size, with eager fallback that is counted.
+
+    backend: "cuda", "sim" (the CPU simulator, for tests), a Backend instance, or "auto" (the default):
+    CUDA graphs when the inputs are CUDA tensors, otherwise no graphs at all: every rung is marked eager
+    (reason no_graph_backend) and every call runs `fn`, counted. `graphrun serve --graph-backend auto`
+    means the same (backends.resolve_backend_name decides for both); the simulator is never automatic.
 
     verify_inputs(batch_size, generator) -> positional args replaces the default random inputs of
     verification, for inputs whose valid values a range cannot describe (packed metadata, indices).
@@ -203,10 +208,19 @@ class GraphRunner:
         self._replays.clear()
         self._out_whole.clear()
         self._status.clear()
-        self._capturer.capture_all()
+        if isinstance(self.backend, EagerBackend):  # backend="auto" without CUDA tensors
+            self._mark_all_eager(self.backend.why)
+        else:
+            self._capturer.capture_all()
         self._captured_once = True
         self._rebuild_dispatch()
         return self.status()
+
+    def _mark_all_eager(self, why: str) -> None:
+        for size in self.sizes:
+            self.mark(RungStatus(size, False, reason=CaptureFailure.NO_GRAPH_BACKEND, detail=why))
+        self.stats.capture_failed[CaptureFailure.NO_GRAPH_BACKEND] = len(self.sizes)
+        log.info("runner %s: no graphs, every call runs eager (%s)", self.name, why)
 
     def _rebuild_dispatch(self) -> None:
         captured = sorted(self._graphs)

@@ -12,6 +12,7 @@ from enum import StrEnum
 class CaptureFailure(StrEnum):
     """Why a rung was not captured at start-up (it then runs eager for the life of the process)."""
 
+    NO_GRAPH_BACKEND = "no_graph_backend"  # backend "auto" without CUDA tensors: nothing is captured
     OOM = "oom"
     UNCAPTURABLE_OP = "uncapturable_op"
     HOST_SYNC = "host_sync"
