@@ -28,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="eager vs graph on a small built-in model (the embedded default)")
-    demo.add_argument("--backend", default="auto", choices=["auto", "cuda", "sim"])
+    demo.add_argument(
+        "--backend",
+        default=None,
+        choices=["cuda", "sim"],
+        help="default: cuda when a GPU is visible, else sim (the demo shows graphs, simulated on a CPU)",
+    )
     demo.add_argument("--calls", type=int, default=200, help="timed calls per mode")
 
     doctor = sub.add_parser("doctor", help="versions, a probe capture, launch cost eager vs in a graph")
