@@ -104,6 +104,11 @@ def test_serve_refuses_impossible_settings(flags, words):
 
 
 @no_cuda
+def test_serve_checks_the_default_models_context_too():
+    assert_refused(graphrun_cli("serve", "--max-model-len", "5000"), "serve", "'tiny'", "4096")
+
+
+@no_cuda
 def test_serve_refuses_the_cuda_backend_without_a_gpu():
     assert_refused(graphrun_cli("serve", "--graph-backend", "cuda"), "serve", "graph_backend='cuda'")
 

@@ -117,8 +117,9 @@ def run_serve(args: argparse.Namespace) -> int:
     import torch
 
     try:
-        if args.model is None and torch.cuda.is_available():
-            engine_config, serve_config = _configs(args, GPU_DEFAULT_MODEL)
+        if args.model is None:  # the default model depends on the device: checked now
+            model = GPU_DEFAULT_MODEL if torch.cuda.is_available() else CPU_DEFAULT_MODEL
+            engine_config, serve_config = _configs(args, model)
             check_engine_model(engine_config)
         off = engine_config.graphs_off(engine_config.resolved_device())
     except GraphrunError as exc:
