@@ -87,7 +87,7 @@ def listening_socket() -> Iterator[int]:
 
 
 def run_case(case: Case, runs: int) -> dict[str, object]:
-    """Time `runs` fresh processes of one case (after one untimed run); figures and whether it met its target."""
+    """Time `runs` fresh processes of one case (after one untimed run): figures, and the target met?"""
     subprocess.run(case.argv, capture_output=True, timeout=120, check=False)
     seconds, codes, stderr_lines = [], set(), set()
     for _ in range(runs):
@@ -135,7 +135,8 @@ def environment() -> dict[str, object]:
 
 
 def print_table(rows: list[dict[str, object]]) -> None:
-    head = f"{'command':<52} {'median s':>9} {'p90 s':>7} {'max s':>7} {'exit':>5} {'lines':>5} {'target':>7}  met"
+    head = f"{'command':<52} {'median s':>9} {'p90 s':>7} {'max s':>7} {'exit':>5} {'lines':>5}"
+    head += f" {'target':>7}  met"
     print(head)
     print("-" * len(head))
     for r in rows:
