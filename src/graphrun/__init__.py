@@ -1,23 +1,105 @@
 """graphrun: capture PyTorch inference once as a CUDA graph and replay it.
 
-`from graphrun import GraphRunner` works on any callable whose inputs and outputs are pytrees of tensors.
+`from graphrun import GraphRunner` works on any callable whose inputs and outputs are pytrees of tensors;
+`from graphrun import LLM, SamplingParams` is the offline LLM API. Every exception graphrun raises on
+purpose is importable from here too.
+
+Names that need torch load on first use (PEP 562 `__getattr__`), so importing the package, and with it
+`graphrun --help`, costs no torch. The TYPE_CHECKING imports show the same names to type checkers and IDEs.
 """
 
-from graphrun.errors import ConfigError, GraphInputError, GraphrunError, StaticValueError
-from graphrun.graphs import CallFallback, CaptureFailure, FaultPlan, GraphRunner, RungStatus, SimBackend
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from graphrun.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    GraphInputError,
+    GraphrunError,
+    HostSyncError,
+    StaticValueError,
+    UncapturableOpError,
+)
+
+if TYPE_CHECKING:
+    from graphrun.graphs.backends.sim import FaultPlan, SimBackend
+    from graphrun.graphs.runner import GraphRunner
+    from graphrun.graphs.status import CallFallback, CaptureFailure, RungStatus
+    from graphrun.llm.api import LLM
+    from graphrun.llm.block_manager import OutOfBlocksError
+    from graphrun.llm.checkpoint import CheckpointError
+    from graphrun.llm.config import UnsupportedModelError
+    from graphrun.llm.kv_cache import KVCacheBudgetError
+    from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
+    from graphrun.llm.scheduler import RequestRejected
+    from graphrun.llm.tokenizer import TokenizerError
+    from graphrun.serve.request import EngineFailure, QueueFull, Unavailable
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it, imported on first access
+_LAZY = {
+    "CallFallback": "graphrun.graphs.status",
+    "CaptureFailure": "graphrun.graphs.status",
+    "RungStatus": "graphrun.graphs.status",
+    "FaultPlan": "graphrun.graphs.backends.sim",
+    "SimBackend": "graphrun.graphs.backends.sim",
+    "GraphRunner": "graphrun.graphs.runner",
+    "LLM": "graphrun.llm.api",
+    "SamplingParams": "graphrun.llm.sampling_params",
+    "SamplingParamsError": "graphrun.llm.sampling_params",
+    "CheckpointError": "graphrun.llm.checkpoint",
+    "KVCacheBudgetError": "graphrun.llm.kv_cache",
+    "OutOfBlocksError": "graphrun.llm.block_manager",
+    "RequestRejected": "graphrun.llm.scheduler",
+    "TokenizerError": "graphrun.llm.tokenizer",
+    "UnsupportedModelError": "graphrun.llm.config",
+    "EngineFailure": "graphrun.serve.request",
+    "QueueFull": "graphrun.serve.request",
+    "Unavailable": "graphrun.serve.request",
+}
+
 __all__ = [
+    "LLM",
+    "BackendUnavailableError",
     "CallFallback",
     "CaptureFailure",
+    "CheckpointError",
     "ConfigError",
+    "EngineFailure",
     "FaultPlan",
     "GraphInputError",
     "GraphRunner",
     "GraphrunError",
+    "HostSyncError",
+    "KVCacheBudgetError",
+    "OutOfBlocksError",
+    "QueueFull",
+    "RequestRejected",
     "RungStatus",
+    "SamplingParams",
+    "SamplingParamsError",
     "SimBackend",
     "StaticValueError",
+    "TokenizerError",
+    "Unavailable",
+    "UncapturableOpError",
+    "UnsupportedModelError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access (PEP 562) and cache the name here."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'graphrun' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,6 +1,8 @@
 """The one command line: `graphrun demo | generate | serve | doctor | bench`. Thin: flags, logging, call.
 
-Logging handlers are configured here and nowhere else.
+Logging handlers are configured here and nowhere else. Building the parser imports no torch (nor
+FastAPI, matplotlib...): `graphrun --help` and a mistyped flag answer at once; each command imports what
+it needs when it runs, after its flags have passed the checks of preflight.py.
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from graphrun.errors import GraphrunError
 from graphrun.generate_cli import add_generate_parser, run_generate
+from graphrun.preflight import check_model, check_out_dir, check_port_free
 from graphrun.serve.cli import add_serve_parser, run_serve
 
 
@@ -23,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="eager vs graph on a small built-in model (the embedded default)")
-    demo.add_argument("--backend", default="auto", choices=["auto", "cuda", "sim"])
+    demo.add_argument(
+        "--backend",
+        default=None,
+        choices=["cuda", "sim"],
+        help="default: cuda when a GPU is visible, else sim (the demo shows graphs, simulated on a CPU)",
+    )
     demo.add_argument("--calls", type=int, default=200, help="timed calls per mode")
 
     doctor = sub.add_parser("doctor", help="versions, a probe capture, launch cost eager vs in a graph")
@@ -131,19 +141,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         from graphrun.doctor import run_doctor
 
         return run_doctor(as_json=args.json)
-    if args.command == "bench" and args.bench_command == "zoo":
+    if args.command == "bench":
+        return _run_bench(args)
+    return 2
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    """Check the bench's paths, model and port before anything loads (exit 2 on a problem), then run it."""
+    try:
+        check_out_dir(Path(args.out))
+        if getattr(args, "model", None) is not None:
+            check_model(args.model)
+        if getattr(args, "port", 0):
+            check_port_free("127.0.0.1", args.port)
+    except GraphrunError as exc:
+        print(f"graphrun bench {args.bench_command}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.bench_command == "zoo":
         from graphrun.bench.zoo import run_zoo
 
         return run_zoo(args)
-    if args.command == "bench" and args.bench_command == "decode":
+    if args.bench_command == "decode":
         from graphrun.bench.decode import run_decode
 
         return run_decode(args)
-    if args.command == "bench" and args.bench_command == "serve":
-        from graphrun.bench.serve import run_bench_serve
+    from graphrun.bench.serve import run_bench_serve
 
-        return run_bench_serve(args)
-    return 2
+    return run_bench_serve(args)
 
 
 if __name__ == "__main__":

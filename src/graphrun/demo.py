@@ -60,15 +60,17 @@ class DemoRow:
         return self.eager_ms / self.graph_ms if self.graph_ms > 0 else float("inf")
 
 
-def choose_setup(backend: str) -> DemoSetup:
-    """cuda (or auto with a GPU): 6 x 1024 fp16 on the GPU; sim (or auto without): 4 x 256 fp32 on the CPU."""
-    use_cuda = backend == "cuda" or (backend == "auto" and torch.cuda.is_available())
+def choose_setup(backend: str | None) -> DemoSetup:
+    """cuda: 6 x 1024 fp16 on the GPU; sim: 4 x 256 fp32 on the CPU; None: cuda when a GPU is visible, else
+    sim. (Not `auto`, which means no graphs without CUDA: the demo exists to show graphs, so on a CPU it
+    names the simulator.)"""
+    use_cuda = backend == "cuda" or (backend is None and torch.cuda.is_available())
     if not use_cuda:
         return DemoSetup("sim", torch.device("cpu"), torch.float32, num_layers=4, hidden=256)
     if not torch.cuda.is_available():
         raise BackendUnavailableError(
             f"--backend cuda needs a CUDA device and a CUDA build of torch (torch {torch.__version__} "
-            "sees none); use --backend sim or auto"
+            "sees none); use --backend sim, or leave --backend out"
         )
     return DemoSetup("cuda", torch.device("cuda", torch.cuda.current_device()), torch.float16, 6, 1024)
 
@@ -129,7 +131,7 @@ def measure(
     return DemoRow(batch_size, str(rung) if rung else "eager", eager_ms, graph_ms, diff, mismatch(got, want))
 
 
-def run_demo(backend: str, calls: int) -> int:
+def run_demo(backend: str | None, calls: int) -> int:
     """Run the demo and print its report; 0 if every output matched eager, 1 if not, 2 on bad flags."""
     if calls < 1:
         print(f"--calls must be >= 1, got {calls}", file=sys.stderr)

@@ -6,9 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from graphrun.errors import GraphrunError
-from graphrun.llm.engine_config import EngineConfig
+from graphrun.errors import ConfigError, GraphrunError
+from graphrun.llm.engine_config import DTYPES, EngineConfig
+from graphrun.llm.sampling_params import SamplingParams
+from graphrun.preflight import check_engine_model, check_file
 
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,22 +32,14 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--max-num-seqs", type=int, default=defaults.max_num_seqs)
     p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--dtype", default=defaults.dtype)
+    p.add_argument("--dtype", default=defaults.dtype, choices=DTYPES)
     p.add_argument("--json", action="store_true", help="one JSON object per prompt instead of text")
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    """Load the model, generate, print each completion; 2 on bad input."""
-    from graphrun.llm.api import LLM
-    from graphrun.llm.sampling_params import SamplingParams
-
-    prompts = list(args.prompt)
-    if args.prompts_file is not None:
-        prompts += [line for line in args.prompts_file.read_text().splitlines() if line.strip()]
-    if not prompts:
-        print("graphrun generate: give at least one --prompt or a --prompts-file", file=sys.stderr)
-        return 2
+    """Check the flags (no torch yet), load the model, generate, print each completion; 2 on bad input."""
     try:
+        prompts = _prompts(args)
         params = SamplingParams(
             temperature=args.temperature,
             top_p=args.top_p,
@@ -53,16 +48,23 @@ def run_generate(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
             ignore_eos=args.ignore_eos,
         )
-        llm = LLM(
-            args.model,
-            enforce_eager=args.enforce_eager,
-            max_num_seqs=args.max_num_seqs,
-            max_model_len=args.max_model_len,
-            dtype=args.dtype,
-        )
+        options: dict[str, Any] = {
+            "enforce_eager": args.enforce_eager,
+            "max_num_seqs": args.max_num_seqs,
+            "max_model_len": args.max_model_len,
+            "dtype": args.dtype,
+        }
+        check_engine_model(EngineConfig(model=args.model, **options))
+    except GraphrunError as exc:
+        print(f"graphrun generate: error: {exc}", file=sys.stderr)
+        return 2
+    from graphrun.llm.api import LLM  # torch loads here, once the flags are known to be sound
+
+    try:
+        llm = LLM(args.model, **options)
         outputs = llm.generate(prompts, params, progress=len(prompts) > 1)
     except GraphrunError as exc:
-        print(f"graphrun generate: {exc}", file=sys.stderr)
+        print(f"graphrun generate: error: {exc}", file=sys.stderr)
         return 2
     for out in outputs:
         if args.json:
@@ -86,3 +88,14 @@ def run_generate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    """--prompt values, then the lines of --prompts-file; at least one."""
+    prompts = list(args.prompt)
+    if args.prompts_file is not None:
+        check_file(args.prompts_file, "--prompts-file")
+        prompts += [line for line in args.prompts_file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError("give at least one --prompt or a --prompts-file")
+    return prompts

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from graphrun.bench.decode_report import copy_bandwidth, decode_payload, print_decode, save_decode, step_floor
+from graphrun.bench.report import written
 from graphrun.bench.timing import release_memory, summarize, time_calls, time_interleaved
 from graphrun.errors import ConfigError
 from graphrun.llm.engine import LLMEngine
@@ -329,38 +330,43 @@ def bench_generate(engine: LLMEngine, setup: DecodeSetup, reps: int = 3) -> dict
     }
 
 
-def _measure_graphrun(setup: DecodeSetup) -> tuple[dict[str, Any], Any]:
-    """Every graphrun measurement; returns them with the HF peer model built from the same weights."""
+def _measure_graphrun(setup: DecodeSetup, measured: dict[str, Any]) -> Any:
+    """Every graphrun measurement, filled into `measured` as it is taken (a failure keeps what came
+    before); returns the HF peer model built from the same weights (None without --peers)."""
     bandwidth = copy_bandwidth(setup.device, setup.copy_bytes if setup.cuda else 64 * 2**20, setup.sync)
+    measured["copy_bandwidth_gbs"] = bandwidth / 1e9
     log.info("decode bench: device copy bandwidth %.1f GB/s", bandwidth / 1e9)
     engine = build_engine(setup)
+    measured["engine"] = engine.describe()
+    measured["model_config"] = dataclasses.asdict(engine.model_config)
     with torch.inference_mode():
-        rows = []
         for num_seqs in setup.batch_sizes:
             log.info("decode bench: batch %d", num_seqs)
-            rows.append(bench_batch(engine, num_seqs, setup, bandwidth))
-        generate = bench_generate(engine, setup)
-    hf_model: Any = None
-    if setup.peers:
-        from graphrun.bench.peers import try_build_hf_model
+            measured["results"].append(bench_batch(engine, num_seqs, setup, bandwidth))
+        measured["generate"] = bench_generate(engine, setup)
+    if not setup.peers:
+        return None
+    from graphrun.bench.peers import try_build_hf_model
 
-        hf_model = try_build_hf_model(engine.model, engine.dtype, engine.device)
-    measured = {
-        "copy_bandwidth_gbs": bandwidth / 1e9,
-        "engine": engine.describe(),
-        "model_config": dataclasses.asdict(engine.model_config),
-        "results": rows,
-        "generate": generate,
-    }
-    return measured, hf_model
+    return try_build_hf_model(engine.model, engine.dtype, engine.device)
 
 
 def run_decode_bench(setup: DecodeSetup) -> dict[str, Any]:
-    """Measure, run the peers if asked, print the table and JSON line, write JSON and PNG; the payload."""
-    measured, hf_model = _measure_graphrun(setup)
+    """Measure, run the peers if asked, print the table and JSON line, write JSON and PNG; the payload.
+
+    A run that fails part-way still prints and writes what it measured, with the error in the payload.
+    """
+    measured: dict[str, Any] = {"copy_bandwidth_gbs": None, "engine": None, "model_config": None}
+    measured.update(results=[], generate=None, error=None)
+    hf_model = None
+    try:
+        hf_model = _measure_graphrun(setup, measured)
+    except Exception as exc:  # keep the batch sizes measured before the failure
+        log.exception("decode bench: the run failed; writing what it measured")
+        measured["error"] = f"{type(exc).__name__}: {exc}"
     release_memory()  # the engine is gone: its cache and graph pool go back before the peers run
     peers = None
-    if setup.peers:
+    if setup.peers and measured["error"] is None:
         from graphrun.bench.peers import run_peers
 
         vocab = measured["model_config"]["vocab_size"]
@@ -373,8 +379,7 @@ def run_decode_bench(setup: DecodeSetup) -> dict[str, Any]:
         )
     payload = decode_payload(setup, measured, peers)
     print_decode(payload)
-    json_path, png_path = save_decode(payload, setup.out)
-    log.info("decode bench: wrote %s and %s", json_path, png_path)
+    log.info("decode bench: wrote %s", written(*save_decode(payload, setup.out)))
     return payload
 
 

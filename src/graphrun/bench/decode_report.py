@@ -166,21 +166,27 @@ def decode_goals(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
             value = rows[batch][f"speedup_vs_{mode}"]
             what = f"b{batch} graph step speedup over {PEER_LABELS[mode]}"
             out.append(goal(what, value, ">=", limit, "x", valid))
-    engine = payload["engine"]
-    sizes = f"{len(engine['capture_sizes'])}-rung default ladder"
-    seconds, captured = engine["capture_seconds"], bool(engine["decode_graphs"])
-    out.append(
-        goal(f"{sizes} capture, both kinds", seconds, "<=", MAX_CAPTURE_SECONDS, " s", valid and captured)
-    )
-    tps = payload["generate"]["tokens_per_s"]
-    out.append(goal("b1 end-to-end generate", tps, ">=", MIN_GENERATE_TOKENS_PER_S, " tok/s", valid))
+    engine, generate = payload["engine"], payload["generate"]
+    if engine is not None:
+        sizes = f"{len(engine['capture_sizes'])}-rung default ladder"
+        seconds, captured = engine["capture_seconds"], bool(engine["decode_graphs"])
+        out.append(
+            goal(f"{sizes} capture, both kinds", seconds, "<=", MAX_CAPTURE_SECONDS, " s", valid and captured)
+        )
+    if generate is not None:
+        tps = generate["tokens_per_s"]
+        out.append(goal("b1 end-to-end generate", tps, ">=", MIN_GENERATE_TOKENS_PER_S, " tok/s", valid))
     return out
 
 
 def decode_payload(
     setup: DecodeSetup, measured: Mapping[str, Any], peers: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """The whole result: environment, settings, per-batch rows (peers merged), generate, peers, targets."""
+    """The whole result: environment, settings, per-batch rows (peers merged), generate, peers, targets.
+
+    `measured` may be partial: a run that failed has its `error`, and None or fewer rows for what it
+    did not reach; `ok` is then False.
+    """
     rows = [dict(r) for r in measured["results"]]
     _merge_peers(rows, peers)
     generate = measured["generate"]
@@ -216,7 +222,11 @@ def decode_payload(
         "copy_bandwidth_gbs": measured["copy_bandwidth_gbs"],
         "model_config": measured["model_config"],
         "engine": measured["engine"],
-        "ok": all(r["tokens_match"] for r in rows) and generate["tokens_match_eager"],
+        "ok": measured["error"] is None
+        and all(r["tokens_match"] for r in rows)
+        and generate is not None
+        and generate["tokens_match_eager"],
+        "error": measured["error"],
         "results": rows,
         "generate": generate,
         "peers": peers,
@@ -233,8 +243,17 @@ def print_decode(payload: Mapping[str, Any]) -> None:
     rows = payload["results"]
     print_table([{head: table_value(r, key) for head, key in TABLE.items()} for r in rows], list(TABLE))
     engine, gen = payload["engine"], payload["generate"]
+    if engine is not None and gen is not None:
+        _print_engine_line(payload["copy_bandwidth_gbs"], engine, gen)
+    for line in _problems(payload):
+        print(line)
+    print_goals(payload["goals"])
+    print(json.dumps(payload, default=str))
+
+
+def _print_engine_line(bandwidth_gbs: float, engine: Mapping[str, Any], gen: Mapping[str, Any]) -> None:
     print(
-        f"copy bandwidth {payload['copy_bandwidth_gbs']:.1f} GB/s; ladder {engine['capture_sizes']} "
+        f"copy bandwidth {bandwidth_gbs:.1f} GB/s; ladder {engine['capture_sizes']} "
         f"captured in {engine['capture_seconds']:.2f} s, pool {engine['graph_pool_mib']:.1f} MiB; "
         f"generate b1: {gen['new_tokens']} tokens in {gen['seconds']:.3f} s = {gen['tokens_per_s']:.0f} tok/s"
         + (
@@ -243,10 +262,6 @@ def print_decode(payload: Mapping[str, Any]) -> None:
             else ""
         )
     )
-    for line in _problems(payload):
-        print(line)
-    print_goals(payload["goals"])
-    print(json.dumps(payload, default=str))
 
 
 def _problems(payload: Mapping[str, Any]) -> list[str]:
@@ -255,7 +270,9 @@ def _problems(payload: Mapping[str, Any]) -> list[str]:
     out = [
         f"PROBLEM b{r['batch']}: graph and eager greedy tokens differ" for r in rows if not r["tokens_match"]
     ]
-    if not payload["generate"]["tokens_match_eager"]:
+    if payload["error"] is not None:
+        out.append(f"PROBLEM: the run failed after {len(rows)} batch sizes: {payload['error']}")
+    elif not payload["generate"]["tokens_match_eager"]:
         out.append("PROBLEM generate b1: graph (async or sync) and eager greedy tokens differ")
     peers = payload["peers"] or {}
     if peers.get("error"):
@@ -271,9 +288,11 @@ def _problems(payload: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def save_decode(payload: Mapping[str, Any], out: Path) -> tuple[Path, Path]:
-    """`out`/decode-<device>.json and .png (ms per decode step by batch size, each mode and the floor)."""
+def save_decode(payload: Mapping[str, Any], out: Path) -> tuple[Path, Path | None]:
+    """`out`/decode-<device>.json, then .png (ms per decode step by batch size, each mode and the floor;
+    None without matplotlib). The JSON comes first: a failing chart never costs the numbers."""
     stem, rows = out / f"decode-{device_slug(payload['device'])}", payload["results"]
+    json_path = write_json(stem.with_suffix(".json"), payload)
     series: dict[str, Sequence[float | None]] = {}
     for label, key in CHART_SERIES.items():
         values = [table_value(r, key) for r in rows]
@@ -283,4 +302,4 @@ def save_decode(payload: Mapping[str, Any], out: Path) -> tuple[Path, Path]:
     title += f"\n{payload['note']}" if payload["note"] else ""
     groups = [f"b{r['batch']}" for r in rows]
     png = bar_chart(stem.with_suffix(".png"), groups, series, ylabel="ms per decode step (log)", title=title)
-    return write_json(stem.with_suffix(".json"), payload), png
+    return json_path, png

@@ -7,6 +7,7 @@ Printing here is intended: these functions are the CLI's report. No host name is
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import re
 import subprocess
@@ -19,6 +20,8 @@ from typing import Any, TextIO
 import torch
 
 from graphrun.envvars import git_commit_override
+
+log = logging.getLogger(__name__)
 
 
 def table_value(row: Mapping[str, Any], key: str) -> Any:
@@ -119,6 +122,28 @@ def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
     return target
 
 
+def written(*paths: Path | None) -> str:
+    """The files a report wrote, for its closing log line (a skipped chart is None and left out)."""
+    return " and ".join(str(path) for path in paths if path is not None)
+
+
+def can_plot(path: str | Path) -> bool:
+    """True when matplotlib imports; otherwise one warning that the chart at `path` was skipped.
+
+    matplotlib is the optional `bench` extra: a run without it still prints its table and writes its JSON.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.warning(
+            "plot %s skipped: matplotlib is not installed (pip install 'graphrun[bench]'); "
+            "the table and JSON are complete",
+            path,
+        )
+        return False
+    return True
+
+
 def bar_chart(
     path: str | Path,
     groups: Sequence[str],
@@ -127,12 +152,14 @@ def bar_chart(
     ylabel: str,
     title: str,
     log_scale: bool = True,
-) -> Path:
+) -> Path | None:
     """Grouped bars (one group per label, one bar per series) saved as PNG; missing values leave a gap.
 
-    matplotlib is imported here, with the Agg canvas and no pyplot, so importing graphrun stays cheap and
-    no global plotting state is touched.
+    None when matplotlib is missing (can_plot). It is imported here, with the Agg canvas and no pyplot,
+    so importing graphrun stays cheap and no global plotting state is touched.
     """
+    if not can_plot(path):
+        return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from graphrun.bench.report import written
 from graphrun.bench.serve_client import HTTP_CLIENTS, Load, default_client_processes, run_load
 from graphrun.bench.serve_process import (
     ServerProcess,
@@ -277,8 +278,7 @@ def run_serve_bench(setup: ServeBenchSetup) -> dict[str, Any]:
     payload = serve_payload(setup.settings(), runs, setup.cuda)
     payload["wakeup_ms"] = wakeup  # bench/wakeup.py: the floor under every hop a token takes
     print_serve(payload)
-    json_path, png_path = save_serve(payload, setup.out)
-    log.info("serve bench: wrote %s and %s", json_path, png_path)
+    log.info("serve bench: wrote %s", written(*save_serve(payload, setup.out)))
     return payload
 
 

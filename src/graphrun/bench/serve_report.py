@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from graphrun.bench.report import (
+    can_plot,
     device_slug,
     environment,
     goal,
@@ -232,17 +233,22 @@ def _without_requests(payload: Mapping[str, Any]) -> dict[str, Any]:
     return {**payload, "runs": runs}
 
 
-def save_serve(payload: Mapping[str, Any], out: Path) -> tuple[Path, Path]:
-    """`out`/serve-<device>.json and .png (throughput per mode; TTFT and ITL percentiles)."""
+def save_serve(payload: Mapping[str, Any], out: Path) -> tuple[Path, Path | None]:
+    """`out`/serve-<device>.json, then .png (throughput per mode; TTFT and ITL percentiles; None
+    without matplotlib). The JSON comes first: a failing chart never costs the numbers."""
     stem = out / f"serve-{device_slug(payload['device'])}"
-    return write_json(stem.with_suffix(".json"), payload), _figure(stem.with_suffix(".png"), payload)
+    json_path = write_json(stem.with_suffix(".json"), payload)
+    return json_path, _figure(stem.with_suffix(".png"), payload)
 
 
-def _figure(path: Path, payload: Mapping[str, Any]) -> Path:
+def _figure(path: Path, payload: Mapping[str, Any]) -> Path | None:
     """Two panels: output tokens/s per mode; TTFT and ITL p50/p90/p99 per mode (ms, log scale).
 
-    matplotlib is imported here with the Agg canvas and no pyplot, as report.bar_chart does.
+    matplotlib is imported here with the Agg canvas and no pyplot, as report.bar_chart does (None
+    when it is missing: report.can_plot).
     """
+    if not can_plot(path):
+        return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from torch import nn
 
 from graphrun.bench.models import MODEL_NAMES, InputFn, build
+from graphrun.bench.report import written
 from graphrun.bench.timing import release_memory, summarize, time_interleaved
 from graphrun.bench.zoo_report import CPU_NOTE, print_zoo, save_zoo, zoo_payload
 from graphrun.errors import ConfigError
@@ -267,27 +268,40 @@ def _ladder_test(name: str, model: nn.Module, make_input: InputFn, setup: ZooSet
 
 
 def run_zoo(args: argparse.Namespace) -> int:
-    """Run `graphrun bench zoo`; exit status 1 if a runner output differed from eager or was not captured."""
+    """Run `graphrun bench zoo`; exit status 1 if a runner output differed from eager or was not captured,
+    or if the run failed part-way (what it measured until then is still printed and written)."""
     setup = ZooSetup.from_args(args)
     if setup.backend == "sim":
         print(f"{CPU_NOTE} (float32 forced, --dtype ignored, {setup.iters} iters, {setup.warmup} warmup)")
     rows: list[dict[str, Any]] = []
-    ladder = None
+    ladders: list[dict[str, Any]] = []
+    error = None
+    try:
+        _measure_all(setup, args.small, rows, ladders)
+    except Exception as exc:  # a model that fails to build or run: keep the rows measured before it
+        log.exception("zoo: the run failed; writing what it measured")
+        error = f"{type(exc).__name__}: {exc}"
+    dtype = str(setup.dtype).removeprefix("torch.")
+    ladder = ladders[0] if ladders else None
+    payload = zoo_payload(rows, ladder, setup.backend, dtype, args.small, setup.iters, setup.warmup, error)
+    print_zoo(payload)
+    log.info("zoo: wrote %s", written(*save_zoo(payload, Path(args.out))))
+    return 0 if payload["ok"] else 1
+
+
+def _measure_all(
+    setup: ZooSetup, small: bool, rows: list[dict[str, Any]], ladders: list[dict[str, Any]]
+) -> None:
+    """Every model and batch size, appending each row as it is measured (so a failure keeps them)."""
     with torch.inference_mode():
         for name in setup.models:
-            model, make_input = build(name, args.small, setup.dtype, setup.device)
+            model, make_input = build(name, small, setup.dtype, setup.device)
             for batch in setup.batch_sizes:
                 log.info("zoo: %s batch %d", name, batch)
                 rows.append(_bench_one(name, batch, model, make_input, setup))
                 release_memory()
             if name == "encoder":  # the ladder test reuses the encoder already built
                 log.info("zoo: %s ladder %s", name, setup.ladder)
-                ladder = _ladder_test(name, model, make_input, setup)
+                ladders.append(_ladder_test(name, model, make_input, setup))
             del model, make_input
             release_memory()
-    dtype = str(setup.dtype).removeprefix("torch.")
-    payload = zoo_payload(rows, ladder, setup.backend, dtype, args.small, setup.iters, setup.warmup)
-    print_zoo(payload)
-    json_path, png_path = save_zoo(payload, Path(args.out))
-    log.info("zoo: wrote %s and %s", json_path, png_path)
-    return 0 if payload["ok"] else 1

@@ -75,8 +75,12 @@ def zoo_payload(
     small: bool,
     iters: int,
     warmup: int,
+    error: str | None = None,
 ) -> dict[str, Any]:
-    """The whole result: environment, settings, per-model rows, the ladder test and the targets."""
+    """The whole result: environment, settings, per-model rows, the ladder test and the targets.
+
+    error: why the run stopped part-way (None: it finished); the rows are then those measured before.
+    """
     meaningful = backend == "cuda"
     return {
         "benchmark": "zoo",
@@ -89,7 +93,8 @@ def zoo_payload(
         "timing": "host perf_counter per call, device synced before and after each call, modes interleaved",
         "iters": iters,
         "warmup": warmup,
-        "ok": all(r["outputs_match"] and r["runner_captured"] for r in rows),
+        "ok": error is None and all(r["outputs_match"] and r["runner_captured"] for r in rows),
+        "error": error,
         "results": rows,
         "ladder": ladder,
         "goals": zoo_goals(rows, ladder),
@@ -104,6 +109,8 @@ def print_zoo(payload: dict[str, Any]) -> None:
     print_table(
         [{head: table_value(r, key) for head, key in TABLE.items()} for r in payload["results"]], list(TABLE)
     )
+    if payload["error"] is not None:
+        print(f"PROBLEM: the run failed after {len(payload['results'])} rows: {payload['error']}")
     for r in payload["results"]:
         if not (r["outputs_match"] and r["runner_captured"]):
             print(f"PROBLEM {r['model']} b{r['batch']}: {r['mismatch'] or '; '.join(r['runner_status'])}")
@@ -119,13 +126,14 @@ def print_zoo(payload: dict[str, Any]) -> None:
     print(json.dumps(payload, default=str))
 
 
-def save_zoo(payload: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """`out`/zoo-<device>.json and .png (median ms of eager, raw copy+replay and runner(x) per row)."""
+def save_zoo(payload: dict[str, Any], out: Path) -> tuple[Path, Path | None]:
+    """`out`/zoo-<device>.json, then .png (median ms of eager, raw copy+replay and runner(x) per row;
+    None without matplotlib). The JSON comes first: a failing chart never costs the numbers."""
     stem, rows = out / f"zoo-{device_slug(payload['device'])}", payload["results"]
+    json_path = write_json(stem.with_suffix(".json"), payload)
     series = {label: [table_value(r, f"{mode}.median_ms") for r in rows] for label, mode in CHART_SERIES}
     title = f"zoo: {payload['device']} ({payload['backend']}, {payload['dtype']}), torch {payload['torch']}"
     title += f" - {payload['note']}" if payload["note"] else ""
     groups = [f"{r['model']} b{r['batch']}" for r in rows]
     ylabel = "median ms per call (log scale)"
-    png = bar_chart(stem.with_suffix(".png"), groups, series, ylabel=ylabel, title=title)
-    return write_json(stem.with_suffix(".json"), payload), png
+    return json_path, bar_chart(stem.with_suffix(".png"), groups, series, ylabel=ylabel, title=title)

@@ -24,7 +24,7 @@ import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from graphrun.errors import ConfigError, GraphInputError
-from graphrun.graphs.backends import Backend, CapturedGraph, make_backend
+from graphrun.graphs.backends import Backend, CapturedGraph, EagerBackend, make_backend
 from graphrun.graphs.buffers import (
     Kind,
     Slot,
@@ -57,6 +57,11 @@ SCALAR_MODES = ("static", "tensor")
 
 class GraphRunner:
     """Run `fn` through captured graphs, one per capture size, with eager fallback that is counted.
+
+    backend: "cuda", "sim" (the CPU simulator, for tests), a Backend instance, or "auto" (the default):
+    CUDA graphs when the inputs are CUDA tensors, otherwise no graphs at all: every rung is marked eager
+    (reason no_graph_backend) and every call runs `fn`, counted. `graphrun serve --graph-backend auto`
+    means the same (backends.resolve_backend_name decides for both); the simulator is never automatic.
 
     verify_inputs(batch_size, generator) -> positional args replaces the default random inputs of
     verification, for inputs whose valid values a range cannot describe (packed metadata, indices). It is
@@ -231,11 +236,20 @@ class GraphRunner:
         self._replays.clear()
         self._out_whole.clear()
         self._status.clear()
-        with self._capture_mode():
-            self._capturer.capture_all()
+        if isinstance(self.backend, EagerBackend):  # backend="auto" without CUDA tensors
+            self._mark_all_eager(self.backend.why)
+        else:
+            with self._capture_mode():
+                self._capturer.capture_all()
         self._captured_once = True
         self._rebuild_dispatch()
         return self.status()
+
+    def _mark_all_eager(self, why: str) -> None:
+        for size in self.sizes:
+            self.mark(RungStatus(size, False, reason=CaptureFailure.NO_GRAPH_BACKEND, detail=why))
+        self.stats.capture_failed[CaptureFailure.NO_GRAPH_BACKEND] = len(self.sizes)
+        log.info("runner %s: no graphs, every call runs eager (%s)", self.name, why)
 
     def _rebuild_dispatch(self) -> None:
         """Per batch size: its own rung if captured, else the smallest captured rung that accepts padding."""

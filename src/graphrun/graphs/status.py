@@ -18,6 +18,7 @@ class CaptureFailure(StrEnum):
     One reason is not a failure to capture: padding_mismatch marks a rung that replays exact-size calls only.
     """
 
+    NO_GRAPH_BACKEND = "no_graph_backend"  # backend "auto" without CUDA tensors: nothing is captured
     OOM = "oom"
     UNCAPTURABLE_OP = "uncapturable_op"
     HOST_SYNC = "host_sync"

@@ -38,6 +38,7 @@ from graphrun.llm.decode_graph import (
 )
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.engine_status import EngineStatus
+from graphrun.llm.graph_state import publish_graph_state
 from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache, gpu_kv_budget, num_blocks_for_budget
 from graphrun.llm.prefill_graph import PrefillGraphs, prefill_ladder
 from graphrun.llm.presets import load_model
@@ -169,11 +170,15 @@ class LLMEngine:
         top = cfg.cuda_graph_max_bs if cfg.cuda_graph_max_bs is not None else cfg.max_num_seqs
         return default_ladder(min(top, cfg.max_num_seqs))
 
-    def _capture_graphs(self, registry: CollectorRegistry | None) -> None:
+    def _capture_graphs(self, registry: CollectorRegistry) -> None:
         backend = self.config.graph_backend_for(self.device)
-        if backend is None:
+        if backend is not None:
+            self._capture_decode_and_prefill(registry, backend)
+        else:
             log.info("decode graphs: off (%s); decode runs eager", self.config.why_eager(self.device))
-            return
+        publish_graph_state(registry, backend, self.config.graphs_off(self.device))
+
+    def _capture_decode_and_prefill(self, registry: CollectorRegistry, backend: str) -> None:
         shape = DecodeShape(
             self.config.max_num_seqs,
             self.max_blocks_per_seq,
@@ -449,6 +454,7 @@ class LLMEngine:
             "num_kv_blocks": self.num_blocks,
             "block_size": self.config.block_size,
             "decode_graphs": graphs is not None,
+            "graphs_off": self.config.graphs_off(self.device),  # why not (None: they are on)
             "capture_sizes": list(self.capture_sizes()) if graphs is not None else [],
             "capture_seconds": graphs.capture_seconds if graphs is not None else 0.0,
             "prefill_capture_sizes": list(self.prefill_graphs.sizes) if self.prefill_graphs else [],

@@ -1,21 +1,34 @@
 """Engine settings: one frozen dataclass, validated on construction; CLI flags default from it.
 
 Flag names follow vLLM where they overlap (max_num_seqs, max_model_len, gpu_memory_utilization,
-enforce_eager, cuda_graph_max_bs, cuda_graph_sizes).
+enforce_eager, cuda_graph_max_bs, cuda_graph_sizes). Importing this module costs no torch: the CLI
+builds its parsers and validates flags from it before anything heavy loads (`graphrun --help` stays
+fast); only the methods that resolve a device or dtype import torch, when called.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from graphrun.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 GRAPH_BACKENDS = ("auto", "cuda", "sim")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 MIB = 2**20
 SERVE_MIXED_PREFILL_TOKENS = 64  # the server's default; a mixed step never exceeds the top decode rung
+
+
+class GraphsOff(StrEnum):
+    """Why an engine decodes without graphs: a closed set, so it can label a metric."""
+
+    ENFORCE_EAGER = "enforce_eager"
+    MAX_BS_ZERO = "cuda_graph_max_bs_0"
+    NO_CUDA_DEVICE = "no_cuda_device"  # graph_backend "auto" on a device without CUDA graphs
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +47,9 @@ class EngineConfig:
     enforce_eager: bool = False
     cuda_graph_max_bs: int | None = None  # None: max_num_seqs; 0: no graphs
     cuda_graph_sizes: tuple[int, ...] = ()
-    graph_backend: str = "auto"  # "auto": cuda graphs on a GPU, eager on a CPU; "sim": the CPU simulator
+    # "auto": CUDA graphs on a CUDA device, none (eager) elsewhere, as GraphRunner's backend="auto";
+    # "sim": the CPU graph simulator (tests); "cuda": CUDA graphs or an error
+    graph_backend: str = "auto"
     seed: int = 0
     # schedule step n+1 on the host while the device runs step n (tokens feed forward on the device);
     # False: every step ends with its tokens on the host (simpler to reason about, slower)
@@ -78,6 +93,8 @@ class EngineConfig:
 
     def resolved_device(self) -> torch.device:
         """The device to run on."""
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         device = torch.device(self.device)
@@ -87,27 +104,48 @@ class EngineConfig:
 
     def resolved_dtype(self, device: torch.device) -> torch.dtype:
         """The weights' and cache's dtype."""
+        import torch
+
         if self.dtype == "auto":
             return torch.bfloat16 if device.type == "cuda" else torch.float32
         dtype: torch.dtype = getattr(torch, self.dtype)
         return dtype
 
     def graph_backend_for(self, device: torch.device) -> str | None:
-        """The capture backend for decode, or None when decode runs eager."""
+        """The capture backend for decode, or None when decode runs eager.
+
+        "auto" means what it means for GraphRunner (graphs.backends.resolve_backend_name): CUDA graphs
+        on a CUDA device, no graphs anywhere else; the simulator only when named.
+        """
+        from graphrun.graphs.backends import resolve_backend_name
+
         if self.enforce_eager or self.cuda_graph_max_bs == 0:
             return None
         if self.graph_backend == "auto":
-            return "cuda" if device.type == "cuda" else None
+            resolved = resolve_backend_name("auto", device)
+            return None if resolved == "eager" else resolved
         if self.graph_backend == "cuda" and device.type != "cuda":
             raise ConfigError("graph_backend='cuda' needs device='cuda'")
         if self.graph_backend == "sim" and device.type != "cpu":
             raise ConfigError("graph_backend='sim' simulates graphs on the CPU; it needs device='cpu'")
         return self.graph_backend
 
+    def graphs_off(self, device: torch.device) -> GraphsOff | None:
+        """Why decode is not graph-captured on `device` (None: it is); the label /metrics shows."""
+        if self.enforce_eager:
+            return GraphsOff.ENFORCE_EAGER
+        if self.cuda_graph_max_bs == 0:
+            return GraphsOff.MAX_BS_ZERO
+        return GraphsOff.NO_CUDA_DEVICE if self.graph_backend_for(device) is None else None
+
     def why_eager(self, device: torch.device) -> str:
         """One line saying why decode is not graph-captured."""
-        if self.enforce_eager:
-            return "--enforce-eager"
-        if self.cuda_graph_max_bs == 0:
-            return "--cuda-graph-max-bs 0"
-        return "no CUDA device" if device.type != "cuda" else "graphs disabled"
+        reason = self.graphs_off(device)
+        return _GRAPHS_OFF_TEXT[reason] if reason is not None else "graphs disabled"
+
+
+_GRAPHS_OFF_TEXT = {
+    GraphsOff.ENFORCE_EAGER: "--enforce-eager",
+    GraphsOff.MAX_BS_ZERO: "--cuda-graph-max-bs 0",
+    GraphsOff.NO_CUDA_DEVICE: "no CUDA device",
+}

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-from tokenizers import Tokenizer as _RustTokenizer
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from graphrun.errors import ConfigError
+
+if TYPE_CHECKING:  # imported by load_tokenizer: the presets' byte ids cost no Rust library
+    from tokenizers import Tokenizer as _RustTokenizer
 
 BYTE_BOS_ID = 256
 BYTE_EOS_ID = 257
@@ -119,6 +120,8 @@ def load_tokenizer(folder: str | Path) -> HFTokenizer:
             f"no tokenizer.json in {folder}; graphrun reads fast-tokenizer files only "
             "(save one with transformers' tokenizer.save_pretrained)"
         )
+    from tokenizers import Tokenizer as _RustTokenizer
+
     try:
         tokenizer = _RustTokenizer.from_file(str(path))
     except Exception as exc:  # the Rust side raises plain Exception subclasses

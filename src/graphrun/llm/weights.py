@@ -19,20 +19,16 @@ from safetensors import safe_open
 from torch import nn
 
 from graphrun.errors import ConfigError
+from graphrun.llm.checkpoint import CheckpointError, safetensors_files
 from graphrun.llm.config import ARCHITECTURES, ModelConfig
 from graphrun.llm.layers.norm import RMSNorm
 from graphrun.llm.models.decoder import DecoderLM
 
 logger = logging.getLogger(__name__)
 
-INDEX_FILE = "model.safetensors.index.json"
 INIT_STD = 0.02
 # tensors some checkpoints carry that are derived, not learned: skipped, never an error
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint folder is missing, incomplete, or does not fit the model built from its config."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +99,7 @@ def load_weights(model: DecoderLM, folder: str | Path) -> None:
     """Fill every parameter of `model` from the *.safetensors of a HF folder (sharded or single file)."""
     start = time.perf_counter()
     targets = _targets(model)
-    index = _tensor_index(_safetensors_files(Path(folder)))
+    index = _tensor_index(safetensors_files(Path(folder)))
     _check_names(targets, index, model.config.tie_word_embeddings)
     by_file: dict[Path, list[str]] = {}
     for name in targets:
@@ -138,30 +134,6 @@ def _targets(model: DecoderLM) -> dict[str, _Target]:
         else:
             targets[hf_name] = _Target(param)
     return targets
-
-
-def _safetensors_files(folder: Path) -> list[Path]:
-    """The shards an index lists, else every *.safetensors in the folder."""
-    if not folder.is_dir():
-        raise CheckpointError(
-            f"checkpoint folder {folder} does not exist; pass a local Hugging Face model folder"
-        )
-    index_path = folder / INDEX_FILE
-    if index_path.is_file():
-        weight_map: dict[str, str] = json.loads(index_path.read_text()).get("weight_map", {})
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-        missing = [path.name for path in files if not path.is_file()]
-        if missing:
-            raise CheckpointError(
-                f"{index_path} lists shards {missing} that are not in {folder}; re-download them"
-            )
-    else:
-        files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(
-            f"no *.safetensors files in {folder}; graphrun loads safetensors checkpoints only"
-        )
-    return files
 
 
 def _tensor_index(files: list[Path]) -> dict[str, Path]:

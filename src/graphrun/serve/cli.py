@@ -1,9 +1,13 @@
 """`graphrun serve`: the OpenAI-compatible server from the command line, with a graceful SIGTERM.
 
-Flags follow vLLM where they overlap. On SIGTERM (or Ctrl-C) the server drains: /health and new
-requests answer 503 while the listening socket stays open (a load balancer sees the 503 and moves on),
-in-flight requests finish within --drain-seconds (the rest are aborted), then uvicorn shuts down and the
-process exits 0. A second signal skips the wait.
+Flags follow vLLM where they overlap. Before anything starts, every flag is checked without torch
+(preflight.py: model folder, context length, port, settings): a problem is one line on stderr and exit
+status 2. Graph flags that cannot take effect (graphs off) are named in one warning each.
+
+On SIGTERM (or Ctrl-C) the server drains: /health and new requests answer 503 while the listening
+socket stays open (a load balancer sees the 503 and moves on), in-flight requests finish within
+--drain-seconds (the rest are aborted), then uvicorn shuts down and the process exits 0. A second
+signal skips the wait.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING
 from graphrun.envvars import api_keys, switch_interval_seconds
 from graphrun.errors import GraphrunError
 from graphrun.llm.engine_config import DTYPES, GRAPH_BACKENDS, SERVE_MIXED_PREFILL_TOKENS, EngineConfig
+from graphrun.preflight import check_engine_model, check_serve, idle_graph_flags
 from graphrun.serve.config import ServeConfig, default_served_model_name
 
 if TYPE_CHECKING:  # uvicorn and FastAPI are the optional `serve` extra: imported when serving
@@ -29,6 +34,7 @@ if TYPE_CHECKING:  # uvicorn and FastAPI are the optional `serve` extra: importe
 log = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_SECONDS = 5  # uvicorn's own wait for connections, after the drain
+CPU_DEFAULT_MODEL, GPU_DEFAULT_MODEL = "tiny", "qwen3-0.6b-shape"  # without --model
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -77,7 +83,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "--graph-backend",
         default=eng.graph_backend,
         choices=GRAPH_BACKENDS,
-        help="auto: CUDA graphs on a GPU, eager on a CPU; sim: the CPU graph simulator",
+        help="auto: CUDA graphs on a GPU, none (eager decode) elsewhere, as GraphRunner's backend='auto'; "
+        "sim: the CPU graph simulator (slow to start, for tests); cuda: CUDA graphs or an error",
     )
     p.add_argument("--max-num-seqs", type=int, default=eng.max_num_seqs)
     p.add_argument("--max-model-len", type=int, default=None, help="default: min(4096, the model's limit)")
@@ -130,49 +137,60 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Build the configs from flags, start the engine and uvicorn; return when drained."""
-    import torch  # imported on use: `graphrun --help` stays fast
-
-    model = args.model or ("qwen3-0.6b-shape" if torch.cuda.is_available() else "tiny")
-    try:
-        engine_config = EngineConfig(
-            model=model,
-            dtype=args.dtype,
-            max_num_seqs=args.max_num_seqs,
-            max_model_len=args.max_model_len,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            enforce_eager=args.enforce_eager,
-            cuda_graph_max_bs=args.cuda_graph_max_bs,
-            cuda_graph_sizes=args.cuda_graph_sizes,
-            cuda_graph_max_prefill_tokens=args.cuda_graph_max_prefill_tokens,
-            async_scheduling=args.async_scheduling,
-            mixed_prefill_tokens=args.mixed_prefill_tokens,
-            graph_backend=args.graph_backend,
-        )
-        serve_config = ServeConfig(
-            host=args.host,
-            port=args.port,
-            served_model_name=args.served_model_name or default_served_model_name(model),
-            max_queue=args.max_queue,
-            drain_seconds=args.drain_seconds,
-            engine_process=args.engine_process,
-            api_keys=tuple(args.api_keys or ()) or api_keys(),  # the flags replace the variable
-            metrics_require_api_key=args.metrics_require_api_key,
-            max_request_bytes=args.max_request_bytes,
-        )
+    """Check every flag before anything starts (a problem: one line on stderr, exit 2), then serve."""
+    try:  # no torch yet: a bad flag, path or port answers in milliseconds
+        engine_config, serve_config = _configs(args, args.model or CPU_DEFAULT_MODEL)
+        check_serve(engine_config, serve_config, check_model=args.model is not None)
     except GraphrunError as exc:
-        print(f"graphrun serve: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(exc)
+    import torch
+
     try:
-        import fastapi  # noqa: F401  (only to fail early with the fix below)
-        import uvicorn  # noqa: F401
-    except ImportError as exc:
-        hint = "pip install 'graphrun[serve]'"
-        print(f"graphrun serve needs the `serve` extra ({exc}): {hint}", file=sys.stderr)
-        return 2
-    if not torch.cuda.is_available() and args.graph_backend != "sim":
-        log.info("no CUDA device: decode runs eager")
+        if args.model is None:  # the default model depends on the device: checked now
+            model = GPU_DEFAULT_MODEL if torch.cuda.is_available() else CPU_DEFAULT_MODEL
+            engine_config, serve_config = _configs(args, model)
+            check_engine_model(engine_config)
+        off = engine_config.graphs_off(engine_config.resolved_device())
+    except GraphrunError as exc:
+        return _refuse(exc)
+    for note in idle_graph_flags(engine_config, off):
+        log.warning("%s", note)
     return serve(engine_config, serve_config)
+
+
+def _configs(args: argparse.Namespace, model: str) -> tuple[EngineConfig, ServeConfig]:
+    """The engine's and the server's settings from the flags (validated by the dataclasses)."""
+    engine_config = EngineConfig(
+        model=model,
+        dtype=args.dtype,
+        max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enforce_eager=args.enforce_eager,
+        cuda_graph_max_bs=args.cuda_graph_max_bs,
+        cuda_graph_sizes=args.cuda_graph_sizes,
+        cuda_graph_max_prefill_tokens=args.cuda_graph_max_prefill_tokens,
+        async_scheduling=args.async_scheduling,
+        mixed_prefill_tokens=args.mixed_prefill_tokens,
+        graph_backend=args.graph_backend,
+    )
+    serve_config = ServeConfig(
+        host=args.host,
+        port=args.port,
+        served_model_name=args.served_model_name or default_served_model_name(model),
+        max_queue=args.max_queue,
+        drain_seconds=args.drain_seconds,
+        engine_process=args.engine_process,
+        api_keys=tuple(args.api_keys or ()) or api_keys(),  # the flags replace the variable
+        metrics_require_api_key=args.metrics_require_api_key,
+        max_request_bytes=args.max_request_bytes,
+    )
+    return engine_config, serve_config
+
+
+def _refuse(exc: GraphrunError) -> int:
+    print(f"graphrun serve: error: {exc}", file=sys.stderr)
+    return 2
 
 
 def serve(engine_config: EngineConfig, serve_config: ServeConfig) -> int:
