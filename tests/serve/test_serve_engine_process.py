@@ -19,8 +19,8 @@ BODY = {"model": "tiny", "prompt": "pipe", "max_tokens": 8, "temperature": 0, "i
 
 
 def test_errors_cross_the_pipe_with_their_fields_or_as_their_kind():
-    rejected = _portable(RequestRejected("too long", "too_long"))
-    assert isinstance(rejected, RequestRejected) and rejected.code == "too_long"
+    rejected = _portable(RequestRejected("too long", "too_long", "prompt"))
+    assert isinstance(rejected, RequestRejected) and (rejected.code, rejected.param) == ("too_long", "prompt")
 
     class Unpicklable(ValueError):
         def __init__(self, a: int, b: int) -> None:
