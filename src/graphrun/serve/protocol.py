@@ -21,7 +21,6 @@ engine names the value it rejects and the request body translates it. A body not
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +29,7 @@ from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
 from graphrun.llm.scheduler import RequestRejected
 from graphrun.llm.tokenizer import Tokenizer
 from graphrun.serve.request import EngineFailure, QueueFull, Unavailable
+from graphrun.serve.responses import json_text
 
 MAX_STOP_STRINGS = 16
 _REQUEST = ConfigDict(strict=True, extra="ignore")
@@ -59,9 +59,9 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def json(self) -> str:
-        """The body as JSON text. json.dumps escapes non-ASCII, so a message quoting a lone surrogate
-        from the request still encodes."""
-        return json.dumps(self.body())
+        """The body as JSON text (json_text: as a stream's chunks are, so also its last event). Non-ASCII
+        is escaped, so a message quoting a lone surrogate from the request still encodes."""
+        return json_text(self.body())
 
 
 def as_api_error(exc: Exception, retry_after: int = 1) -> APIError:
