@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import pickle
 
 import pytest
 
@@ -42,6 +43,9 @@ def test_bad_values_raise_naming_the_value(kwargs, needle):
     message = str(info.value)
     assert needle in message
     assert isinstance(info.value, ValueError)  # maps to HTTP 400 without special casing
+    assert info.value.param == next(iter(kwargs))  # the error body's "param"
+    copy = pickle.loads(pickle.dumps(info.value))  # crosses the engine process's pipe whole
+    assert (str(copy), copy.param) == (message, info.value.param)
 
 
 def test_extreme_valid_values_are_accepted():

@@ -88,15 +88,17 @@ def test_sequence_helpers_and_seeds():
 
 def test_rejections_name_the_reason():
     sched = make(num_blocks=5, block_size=4, max_model_len=32)  # 4 usable blocks: 16 cached tokens
-    cases = [
-        (new_seq(0, 0), "empty_prompt", "prompt is empty"),
-        (new_seq(1, 30, max_tokens=4), "too_long", "= 34 exceeds max_model_len 32"),
-        (new_seq(2, 15, max_tokens=3), "exceeds_cache", "needs 5 KV blocks but the cache holds only 4"),
+    cases = [  # the request, its code, the value to change, the message
+        (new_seq(0, 0), "empty_prompt", "prompt", "prompt is empty"),
+        (new_seq(1, 30, max_tokens=4), "too_long", "max_tokens", "= 34 exceeds max_model_len 32"),
+        (new_seq(4, 32, max_tokens=1), "too_long", "prompt", "shorten the prompt to at most 31 tokens"),
+        (new_seq(2, 15, max_tokens=3), "exceeds_cache", "max_tokens", "needs 5 KV blocks but the cache"),
+        (new_seq(5, 17, max_tokens=1), "exceeds_cache", "prompt", "only 4; shorten the prompt"),
     ]
-    for seq, code, needle in cases:
+    for seq, code, param, needle in cases:
         with pytest.raises(RequestRejected, match=needle) as info:
             sched.add(seq)
-        assert info.value.code == code and isinstance(info.value, ValueError)
+        assert (info.value.code, info.value.param) == (code, param) and isinstance(info.value, ValueError)
     assert sched.num_waiting == 0 and not sched.has_unfinished()
     fits = new_seq(3, 15, max_tokens=2)  # 17 tokens, but the last is never cached: 16 = 4 blocks
     sched.add(fits)

@@ -1,7 +1,8 @@
 """Live servers for the serve tests: uvicorn in a background thread on a free 127.0.0.1 port.
 
 The socket is bound before uvicorn starts (port 0, handed over with `sockets=`), so there is no race for
-the port. Every wait is bounded.
+the port. Every wait is for an event and bounded; the bounds are generous (a busy 2-core machine takes
+far longer than a quiet one) and only a broken server reaches them, so they never lengthen a passing run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from graphrun.serve.config import ServeConfig
 from graphrun.serve.worker import EngineWorker, make_worker
 
 MIB = 2**20
+START_TIMEOUT = 300.0  # the bound on an engine's start-up (a spawned process imports torch and captures)
 ENGINE_DEFAULTS: dict[str, Any] = {
     "model": "tiny",
     "max_num_seqs": 8,
@@ -44,7 +46,7 @@ class LiveServer:
 
     def metrics(self) -> str:
         """The /metrics text."""
-        return httpx.get(self.url + "/metrics", timeout=10).text
+        return httpx.get(self.url + "/metrics", timeout=60).text
 
     def metric(self, name: str, labels: str = "") -> float:
         """One sample of /metrics, e.g. metric("graphrun_requests_total", 'status="ok"')."""
@@ -85,8 +87,8 @@ def live_server(
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        assert worker.wait_ready(timeout=60), f"the engine did not start: {worker.state}"
-        assert httpx.get(url + "/health", timeout=5).status_code == 200
+        assert worker.wait_ready(timeout=START_TIMEOUT), f"the engine did not start: {worker.state}"
+        assert httpx.get(url + "/health", timeout=60).status_code == 200
         yield LiveServer(url, worker, server)
     finally:
         server.should_exit = True

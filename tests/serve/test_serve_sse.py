@@ -16,7 +16,13 @@ from graphrun.llm.tokenizer import ByteTokenizer
 from graphrun.serve.deltas import Collected, Deltas
 from graphrun.serve.metrics import RequestMetrics
 from graphrun.serve.request import EngineFailure, RequestHandle
-from graphrun.serve.responses import CompletionFormat
+from graphrun.serve.responses import (
+    ChatCompletionChunk,
+    ChatFormat,
+    CompletionFormat,
+    ResponseFormat,
+    model_json,
+)
 from graphrun.serve.sse import SSEResponse, _resume, _Writer
 
 
@@ -148,13 +154,14 @@ class _Worker:
 
 
 def _stream(
-    worker: _Worker, request_id: int, stop: tuple[str, ...] = ()
+    worker: _Worker, request_id: int, stop: tuple[str, ...] = (), fmt: ResponseFormat | None = None
 ) -> tuple[RequestHandle, SSEResponse]:
     loop = asyncio.get_running_loop()
     handle = RequestHandle(request_id, [1, 2], SamplingParams(max_tokens=8), stop, loop)
     handle.admit(request_id)
     watcher = loop.create_task(asyncio.sleep(3600))
-    response = SSEResponse(worker, handle, CompletionFormat("m"), watcher, True, False)  # type: ignore[arg-type]
+    fmt = fmt or CompletionFormat("m")
+    response = SSEResponse(worker, handle, fmt, watcher, True, False)  # type: ignore[arg-type]
     return handle, response
 
 
@@ -262,5 +269,30 @@ def test_a_collected_answer_fails_with_the_engines_error_and_ignores_events_once
         left.close()  # the reader went away
         other.put((ord("a"), "length"))
         assert left.texts == [] and left.done.cancelled()
+
+    _run(main())
+
+
+def test_every_event_of_a_stream_is_framed_once_and_is_its_models_json():
+    """Chunks (the opening, text, the last, usage) and the end share one framing and one serialisation."""
+
+    async def main() -> None:
+        worker = _Worker()
+        handle, response = _stream(worker, 9, fmt=ChatFormat("mödel"))
+        send = _Send()
+        data = "añ\u2028\x01日".encode()
+        for i, char in enumerate(data):
+            handle.put((char, "length" if i == len(data) - 1 else None))
+        await asyncio.wait_for(response({"type": "http"}, None, send), 1)  # type: ignore[arg-type]
+        body = b"".join(b for b, _ in send.bodies()).decode()
+        assert body.endswith("\n\n") and all(e.startswith("data: ") for e in body[:-2].split("\n\n"))
+        *chunks, done = [e.removeprefix("data: ") for e in body[:-2].split("\n\n")]
+        assert done == "[DONE]" and len(chunks) >= 3  # the role, text, the usage
+        for chunk in chunks:  # one serialisation: model_json of the chunk it parses to, ASCII
+            assert model_json(ChatCompletionChunk.model_validate_json(chunk)) == chunk and chunk.isascii()
+        texts = [json.loads(c)["choices"][0]["delta"].get("content", "") for c in chunks[:-1]]
+        assert "".join(texts) == "añ\u2028\x01日" and json.loads(chunks[-1])["usage"][
+            "completion_tokens"
+        ] == len(data)
 
     _run(main())

@@ -101,11 +101,12 @@ def _reference_pushes(
         final = i == len(pushes) - 1
         ids += push
         text = tokenizer.decode(ids)
-        hits = [j for j in (text.find(s) for s in stop) if j >= 0]
-        cut = min(hits) if hits else None
+        complete = text if final else text.rstrip("\ufffd")  # stops are searched in whole characters
+        hits = [(j + len(s), j) for s in stop if (j := complete.find(s)) >= 0]  # the first to end wins
+        cut = min(hits)[1] if hits else None
         if cut is not None:
             text, final = text[:cut], True
-        end = len(text) if final else min(len(text.rstrip("\ufffd")), len(text) - holdback)
+        end = len(text) if final else len(complete) - holdback
         end = max(end, sent)
         out.append((text[sent:end], cut is not None))
         sent = end
@@ -166,3 +167,18 @@ def test_byte_level_bpe_streams_exactly_what_one_decode_gives(byte_level_bpe, da
     stream = TextStream(byte_level_bpe)
     deltas = [stream.push(push, final=i == len(pushes) - 1)[0] for i, push in enumerate(pushes)]
     assert "".join(deltas) == byte_level_bpe.decode([i for push in pushes for i in push])
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_byte_level_bpe_finds_multi_byte_stop_strings_split_across_tokens(byte_level_bpe, data):
+    chars = st.sampled_from("héllo wörld naïve café 日本語 テキスト 🙂 4\u05c8")
+    stop = data.draw(st.text(chars, min_size=1, max_size=3))
+    text = data.draw(st.text(chars, max_size=12)) + stop + data.draw(st.text(chars, max_size=6))
+    stream, got = TextStream(byte_level_bpe, (stop,)), ""
+    for token in byte_level_bpe.encode(text):  # one token a push, as the engine delivers them
+        delta, hit = stream.push([token], final=False)
+        got += delta
+        if hit:
+            break
+    assert hit and got == text[: text.index(stop)]

@@ -7,6 +7,7 @@ maps `SamplingParamsError` to a 400.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from graphrun.errors import ConfigError
 
@@ -14,7 +15,14 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds travel to the sampler in an 
 
 
 class SamplingParamsError(ConfigError):
-    """A sampling parameter is out of range (temperature < 0, top_p outside (0, 1], ...)."""
+    """A sampling parameter is out of range (temperature < 0, top_p outside (0, 1], ...); `param` names it."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.param))  # pickled to the server process with its param
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,23 +45,30 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:  # also rejects NaN
-            raise SamplingParamsError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise SamplingParamsError(
+                f"temperature must be >= 0 (0 = greedy), got {self.temperature}", "temperature"
+            )
         if not 0 < self.top_p <= 1:
-            raise SamplingParamsError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+            raise SamplingParamsError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}", "top_p")
         _check_int("top_k", self.top_k, 0, "0 = off")
         _check_int("max_tokens", self.max_tokens, 1, "the number of tokens to generate")
         if self.seed is not None:
             _check_int("seed", self.seed, INT64_MIN, "a 64-bit integer")
             if self.seed > INT64_MAX:
-                raise SamplingParamsError(f"seed must fit in 64 bits (<= {INT64_MAX}), got {self.seed}")
+                raise SamplingParamsError(
+                    f"seed must fit in 64 bits (<= {INT64_MAX}), got {self.seed}", "seed"
+                )
         if not isinstance(self.stop_token_ids, tuple):
             raise SamplingParamsError(
                 f"stop_token_ids must be a tuple of ints, got {type(self.stop_token_ids).__name__}; "
-                "pass tuple(ids)"
+                "pass tuple(ids)",
+                "stop_token_ids",
             )
         bad = [t for t in self.stop_token_ids if isinstance(t, bool) or not isinstance(t, int) or t < 0]
         if bad:
-            raise SamplingParamsError(f"stop_token_ids must be non-negative token ids, got {bad}")
+            raise SamplingParamsError(
+                f"stop_token_ids must be non-negative token ids, got {bad}", "stop_token_ids"
+            )
 
     @property
     def is_greedy(self) -> bool:
@@ -64,6 +79,6 @@ class SamplingParams:
 def _check_int(name: str, value: object, minimum: int, meaning: str) -> None:
     """Raise SamplingParamsError unless value is an int (not a bool) >= minimum."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SamplingParamsError(f"{name} must be an int ({meaning}), got {value!r}")
+        raise SamplingParamsError(f"{name} must be an int ({meaning}), got {value!r}", name)
     if value < minimum:
-        raise SamplingParamsError(f"{name} must be >= {minimum} ({meaning}), got {value}")
+        raise SamplingParamsError(f"{name} must be >= {minimum} ({meaning}), got {value}", name)

@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 BatchKind = Literal["prefill", "decode", "mixed"]
 RejectCode = Literal["empty_prompt", "too_long", "exceeds_cache"]
+RejectParam = Literal["prompt", "max_tokens"]  # the request value to change
 
 PLACEHOLDER = -1  # a sampled token whose value is still on the device (asynchronous scheduling)
 
@@ -62,15 +63,17 @@ PLACEHOLDER = -1  # a sampled token whose value is still on the device (asynchro
 class RequestRejected(GraphrunError, ValueError):
     """A request that can never run (empty, longer than max_model_len, or bigger than the whole cache).
 
-    `code` says which, for the HTTP layer (400) and metrics.
+    `code` says which, for the HTTP layer (400) and metrics; `param` which value to change: the prompt
+    (it cannot run even with one generated token) or max_tokens.
     """
 
-    def __init__(self, message: str, code: RejectCode) -> None:
+    def __init__(self, message: str, code: RejectCode, param: RejectParam) -> None:
         super().__init__(message)
         self.code: RejectCode = code
+        self.param: RejectParam = param
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (str(self), self.code))  # pickled to the server process with its code
+        return (type(self), (str(self), self.code, self.param))  # pickled to the server process whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,25 +264,44 @@ class Scheduler:
         self._unfinished[seq.seq_id] = seq
 
     def _check_fits(self, seq: Sequence) -> None:
-        """Reject what no amount of waiting would let run."""
+        """Reject what no amount of waiting would let run, naming the value to change."""
         num_prompt, max_tokens = seq.num_prompt_tokens, seq.params.max_tokens
         if num_prompt == 0:
-            raise RequestRejected("the prompt is empty; send at least one token", "empty_prompt")
-        total = num_prompt + max_tokens
-        if total > self.config.max_model_len:
+            raise RequestRejected("the prompt is empty; send at least one token", "empty_prompt", "prompt")
+        total, max_model_len = num_prompt + max_tokens, self.config.max_model_len
+        if num_prompt >= max_model_len:
+            raise RequestRejected(
+                f"the prompt has {num_prompt} tokens but max_model_len is {max_model_len} (the prompt and at "
+                f"least one generated token); shorten the prompt to at most {max_model_len - 1} tokens",
+                "too_long",
+                "prompt",
+            )
+        if total > max_model_len:
             raise RequestRejected(
                 f"prompt ({num_prompt} tokens) + max_tokens ({max_tokens}) = {total} exceeds max_model_len "
-                f"{self.config.max_model_len}; shorten the prompt or lower max_tokens",
+                f"{max_model_len}; lower max_tokens to at most {max_model_len - num_prompt} or shorten "
+                "the prompt",
                 "too_long",
+                "max_tokens",
             )
+        self._check_cache(num_prompt, total)
+
+    def _check_cache(self, num_prompt: int, total: int) -> None:
+        """Reject a request bigger than the whole KV cache."""
         # the last sampled token is never fed back, so at most total - 1 tokens ever sit in the cache
-        needed = self.block_manager.blocks_for_tokens(total - 1)
-        if needed > self.block_manager.num_usable_blocks:
-            raise RequestRejected(
-                f"prompt + max_tokens = {total} tokens needs {needed} KV blocks but the cache holds only "
-                f"{self.block_manager.num_usable_blocks}; lower max_tokens or give the KV cache more memory",
-                "exceeds_cache",
-            )
+        manager = self.block_manager
+        needed, usable = manager.blocks_for_tokens(total - 1), manager.num_usable_blocks
+        if needed <= usable:
+            return
+        fix = "lower max_tokens"
+        if manager.blocks_for_tokens(num_prompt) > usable:  # the prompt alone, with one generated token
+            fix = "shorten the prompt"
+        raise RequestRejected(
+            f"prompt + max_tokens = {total} tokens needs {needed} KV blocks but the cache holds only "
+            f"{usable}; {fix} or give the KV cache more memory",
+            "exceeds_cache",
+            "max_tokens" if fix == "lower max_tokens" else "prompt",
+        )
 
     def abort(self, seq_id: int) -> Sequence | None:
         """Finish a request now with reason "abort" and free its blocks; None if unknown or finished.

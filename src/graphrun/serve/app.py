@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from graphrun import __version__
 from graphrun.errors import GraphrunError
 from graphrun.llm.sampling_params import SamplingParams
+from graphrun.llm.scheduler import RequestRejected
 from graphrun.serve import openapi
 from graphrun.serve.auth import APIKeyAuth
 from graphrun.serve.body_limit import BodyLimit, BodyTooLarge
@@ -44,7 +45,7 @@ from graphrun.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     as_api_error,
-    resolve_max_tokens,
+    content_type_error,
 )
 from graphrun.serve.request import RequestHandle
 from graphrun.serve.responses import ChatFormat, CompletionFormat, ModelCard, ModelList, ResponseFormat, Usage
@@ -53,7 +54,6 @@ from graphrun.serve.worker import EngineWorker, ServedModel
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat: the rest of the context
 _GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 
 
@@ -128,6 +128,8 @@ class _Routes:
         """Run handler; an unexpected exception becomes a logged 500 for this request alone."""
         try:
             return await handler(body, request)
+        except RequestRejected as exc:  # the engine's names for the values: this body's instead
+            raise body.rejection_error(exc) from exc
         except (APIError, GraphrunError):
             raise  # answered by the error handlers
         except Exception as exc:
@@ -139,9 +141,7 @@ class _Routes:
         body.check_supported()
         vocab = model.vocab_size
         ids = body.prompt_ids(model.tokenizer, vocab)
-        max_tokens = resolve_max_tokens(
-            body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, len(ids), model.max_model_len
-        )
+        max_tokens = body.resolve_max_tokens(len(ids), model.max_model_len)
         params = body.sampling_params(max_tokens, vocab)
         fmt = CompletionFormat(self._config.served_model_name, bool(body.return_token_ids))
         return await self._generate(request, fmt, ids, params, body.stop_strings(), body)
@@ -150,7 +150,7 @@ class _Routes:
         model = self._model_for(body.model)
         body.check_supported()
         ids = self._template.prompt_ids(body.messages, model.tokenizer)
-        max_tokens = resolve_max_tokens(body.requested_max_tokens, None, len(ids), model.max_model_len)
+        max_tokens = body.resolve_max_tokens(len(ids), model.max_model_len)
         params = body.sampling_params(max_tokens, model.vocab_size)
         fmt = ChatFormat(self._config.served_model_name, bool(body.return_token_ids))
         return await self._generate(request, fmt, ids, params, body.stop_strings(), body)
@@ -174,7 +174,7 @@ class _Routes:
     ) -> Response:
         """Submit, wait for admission, then stream (SSE) or collect the answer."""
         if not ids:
-            raise APIError(400, "the prompt is empty; send at least one token", param="prompt")
+            raise APIError(400, "the prompt is empty; send at least one token", param=body.prompt_param)
         handle = self._worker.submit(ids, params, stop)
         watcher = asyncio.create_task(_abort_on_disconnect(request, self._worker, handle))
         try:
@@ -262,7 +262,8 @@ def _add_error_handlers(app: FastAPI, worker: EngineWorker, config: ServeConfig)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return answer(request, _validation_error(exc))
+        not_json = content_type_error(request.headers.get("content-type"))  # the body was never parsed
+        return answer(request, not_json or _validation_error(exc))
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

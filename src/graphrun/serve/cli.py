@@ -6,7 +6,7 @@ status 2. Graph flags that cannot take effect (graphs off) are named in one warn
 
 On SIGTERM (or Ctrl-C) the server drains: /health and new requests answer 503 while the listening
 socket stays open (a load balancer sees the 503 and moves on), in-flight requests finish within
---drain-seconds (the rest are aborted), then uvicorn shuts down and the process exits 0. A second
+--drain-seconds (the rest get a 503 error), then uvicorn shuts down and the process exits 0. A second
 signal skips the wait.
 """
 

@@ -3,9 +3,10 @@
 LLMEngine is not thread-safe and its step() blocks for a whole forward pass, so it never runs on the
 event loop. The loop takes commands from a queue (submit, abort, abort_all, stop), runs one step at a
 time while there is work, and sends what happens to the requests through an `Outbox`: admission results
-and, once per step, every request's new token or finish. Where the events go is the outbox's business
-(worker.py: straight to the event loop of this process, or down a pipe to the server process), so this
-file holds no asyncio and no IPC.
+and, once per step, every request's new token or finish. abort_all (the drain deadline passed) ends each
+request with a 503 error, never a finish reason: the client sees that its answer was cut. Where the
+events go is the outbox's business (worker.py: straight to the event loop of this process, or down a
+pipe to the server process), so this file holds no asyncio and no IPC.
 
 When a step's events are sent depends on where the receiver runs (`hold`):
 - engine thread (hold=True): they are held back and sent right after the next batch is launched
@@ -97,8 +98,7 @@ class EngineLoop:
                     if request is not None:
                         self._abort(request)
                 elif command == "abort_all":
-                    for request in list(self._by_seq.values()):
-                        self._abort(request)
+                    self._cut_short()
             if engine.has_unfinished():
                 self._step()
             if not engine.has_unfinished():
@@ -136,6 +136,15 @@ class EngineLoop:
         self.engine.abort(request.seq_id)
         self._forget(request)
         self.outbox.events([(request, (None, "abort"))], None)
+
+    def _cut_short(self) -> None:
+        """The drain deadline passed: end every request with a 503 error, never a finish reason (an
+        answer cut here is not complete, and a client must not take it for one)."""
+        self._flush()  # the tokens the requests already have go first
+        for seq_id in list(self._by_seq):
+            self.engine.abort(seq_id)
+        message = "the server is shutting down and its drain deadline passed before this request finished"
+        self._fail_all(lambda: Unavailable("draining", message + "; retry it"))
 
     def _step(self) -> None:
         """One engine step; its events are sent at once, or (hold) in the next step after its launch."""

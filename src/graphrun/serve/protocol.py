@@ -12,12 +12,16 @@ delivers, even one whose text is held back, so chunks count tokens). Stop string
 matched on the decoded text (the engine stops on token ids only): the text is cut before the stop
 string and finish_reason is "stop". Chat messages become prompt text in chat_template.py; response
 bodies are in responses.py.
+
+An error's `param` is the field the client sent: a prompt too long for the context (or the KV cache) is
+`prompt` (chat: `messages`), too many tokens asked for is `max_tokens` (or `max_completion_tokens`); the
+engine names the value it rejects and the request body translates it. A body not declared JSON is a
+415 that says which header to send (the server never parses it).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +29,7 @@ from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
 from graphrun.llm.scheduler import RequestRejected
 from graphrun.llm.tokenizer import Tokenizer
 from graphrun.serve.request import EngineFailure, QueueFull, Unavailable
+from graphrun.serve.responses import json_text
 
 MAX_STOP_STRINGS = 16
 _REQUEST = ConfigDict(strict=True, extra="ignore")
@@ -54,9 +59,9 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def json(self) -> str:
-        """The body as JSON text. json.dumps escapes non-ASCII, so a message quoting a lone surrogate
-        from the request still encodes."""
-        return json.dumps(self.body())
+        """The body as JSON text (json_text: as a stream's chunks are, so also its last event). Non-ASCII
+        is escaped, so a message quoting a lone surrogate from the request still encodes."""
+        return json_text(self.body())
 
 
 def as_api_error(exc: Exception, retry_after: int = 1) -> APIError:
@@ -68,12 +73,28 @@ def as_api_error(exc: Exception, retry_after: int = 1) -> APIError:
         return APIError(429, str(exc), type="rate_limit_error", code="queue_full", headers=retry)
     if isinstance(exc, Unavailable):
         return APIError(503, str(exc), type="service_unavailable", code=exc.reason, headers=retry)
-    if isinstance(exc, RequestRejected):
+    if isinstance(exc, RequestRejected):  # the engine's names; a request body's own: rejection_error()
         code = "context_length_exceeded" if exc.code == "too_long" else exc.code
-        return APIError(400, str(exc), code=code)
+        return APIError(400, str(exc), code=code, param=exc.param)
+    if isinstance(exc, SamplingParamsError):
+        return APIError(400, str(exc), param=exc.param)
     if isinstance(exc, EngineFailure) or not isinstance(exc, ValueError):
         return APIError(500, str(exc), type="server_error")
-    return APIError(400, str(exc))  # ConfigError, SamplingParamsError: the request's values
+    return APIError(400, str(exc))  # ConfigError: the request's values
+
+
+def content_type_error(content_type: str | None) -> APIError | None:
+    """The 415 for a body not declared JSON (the server does not parse it then); None for JSON."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return None
+    got = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+    return APIError(
+        415,
+        f"the request body must be JSON sent with the header Content-Type: application/json (got {got}); "
+        "e.g. curl -H 'Content-Type: application/json' -d '{\"prompt\": \"...\"}'",
+        code="unsupported_media_type",
+    )
 
 
 def unsupported(param: str, what: str) -> APIError:
@@ -92,9 +113,15 @@ class StreamOptions(BaseModel):
 
 
 class _GenerationRequest(BaseModel):
-    """Fields completions and chat share: model, sampling, stopping, streaming."""
+    """Fields completions and chat share: model, sampling, stopping, streaming.
+
+    Errors name the field the client sent: a prompt that is too long is `prompt` (chat: `messages`),
+    too many tokens asked for is `max_tokens` (or `max_completion_tokens`, when that was sent).
+    """
 
     model_config = _REQUEST
+    prompt_param: ClassVar[str] = "prompt"  # the field the prompt comes from
+    default_max_tokens: ClassVar[int | None] = None  # None: the rest of the context
     model: str | None = None
     max_tokens: PositiveInt | None = None
     temperature: NonNegFloat | None = None
@@ -144,17 +171,67 @@ class _GenerationRequest(BaseModel):
                 ignore_eos=bool(self.ignore_eos),
             )
         except SamplingParamsError as exc:
-            raise APIError(400, str(exc)) from exc
+            raise APIError(400, str(exc), param=self.param_name(exc.param)) from exc
 
     @property
     def include_usage(self) -> bool:
         """Whether a stream ends with a usage chunk."""
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def requested_max_tokens(self) -> int | None:
+        """The max_tokens the client asked for (None: the default)."""
+        return self.max_tokens
+
+    @property
+    def max_tokens_param(self) -> str:
+        """The field the client's max_tokens came in."""
+        return "max_tokens"
+
+    def param_name(self, engine_param: str) -> str:
+        """This request's field for a value the engine names (prompt, max_tokens)."""
+        return {"prompt": self.prompt_param, "max_tokens": self.max_tokens_param}.get(
+            engine_param, engine_param
+        )
+
+    def resolve_max_tokens(self, num_prompt: int, max_model_len: int) -> int:
+        """The tokens to generate (when not asked: the default, or the rest of the context); a 400 that
+        names the prompt when it leaves no room, or max_tokens when more are asked than there is room for."""
+        room = max_model_len - num_prompt
+        if room < 1:
+            raise self._too_long(
+                f"the prompt has {num_prompt} tokens but this model's maximum context length is "
+                f"{max_model_len} (the prompt and at least one generated token); shorten the "
+                f"{self.prompt_param} to at most {max_model_len - 1} tokens",
+                self.prompt_param,
+            )
+        max_tokens = self.requested_max_tokens or self.default_max_tokens or room
+        if max_tokens > room:
+            name = self.max_tokens_param
+            asked = name if self.requested_max_tokens else f"{name} (by default)"
+            raise self._too_long(
+                f"this model's maximum context length is {max_model_len} tokens; the prompt has "
+                f"{num_prompt} and {asked} is {max_tokens}; lower {name} to at most {room} or "
+                f"shorten the {self.prompt_param}",
+                name,
+            )
+        return max_tokens
+
+    def rejection_error(self, exc: RequestRejected) -> APIError:
+        """The 400 for a request the engine rejects, naming this request's field."""
+        error = as_api_error(exc)
+        error.param = self.param_name(exc.param)
+        return error
+
+    @staticmethod
+    def _too_long(message: str, param: str) -> APIError:
+        return APIError(400, message, param=param, code="context_length_exceeded")
+
 
 class CompletionRequest(_GenerationRequest):
     """POST /v1/completions: one prompt (text or token ids)."""
 
+    default_max_tokens: ClassVar[int | None] = 16  # OpenAI's default for completions
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = None
     echo: bool | None = None
@@ -217,6 +294,7 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_GenerationRequest):
     """POST /v1/chat/completions."""
 
+    prompt_param: ClassVar[str] = "messages"
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = None
@@ -239,6 +317,10 @@ class ChatCompletionRequest(_GenerationRequest):
         """max_completion_tokens (the newer name) or max_tokens."""
         return self.max_completion_tokens or self.max_tokens
 
+    @property
+    def max_tokens_param(self) -> str:
+        return "max_tokens" if self.max_completion_tokens is None else "max_completion_tokens"
+
 
 def encode_text(tokenizer: Tokenizer, text: str, param: str) -> list[int]:
     """Token ids of text; 400 for text that is not valid Unicode (a lone surrogate sent as \\ud800)."""
@@ -249,19 +331,3 @@ def encode_text(tokenizer: Tokenizer, text: str, param: str) -> list[int]:
             400, f"{param} is not valid Unicode: {exc.reason} at index {exc.start}", param=param
         ) from exc
     return tokenizer.encode(text)
-
-
-def resolve_max_tokens(
-    requested: int | None, default: int | None, num_prompt: int, max_model_len: int
-) -> int:
-    """The request's max_tokens (default: `default`, or the rest of the context); 400 past the context."""
-    max_tokens = requested or default or max(1, max_model_len - num_prompt)
-    if num_prompt + max_tokens > max_model_len:
-        raise APIError(
-            400,
-            f"this model's maximum context length is {max_model_len} tokens; the prompt has {num_prompt} "
-            f"and max_tokens is {max_tokens}; shorten the prompt or lower max_tokens",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
-    return max_tokens

@@ -20,7 +20,6 @@ import logging
 from collections.abc import Awaitable, Coroutine
 from typing import Any, cast
 
-from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -32,12 +31,13 @@ from graphrun.serve.worker import EngineWorker
 
 log = logging.getLogger(__name__)
 
-DONE_EVENT = "data: [DONE]\n\n"
+
+def sse_event(data: str) -> str:
+    """One SSE event: the only place a stream's `data:` framing is written (chunks, errors, [DONE])."""
+    return f"data: {data}\n\n"
 
 
-def sse_event(chunk: BaseModel | str) -> str:
-    """One SSE event of a chunk (a model, or its JSON text already)."""
-    return f"data: {chunk if isinstance(chunk, str) else chunk.model_dump_json()}\n\n"
+DONE_EVENT = sse_event("[DONE]")
 
 
 class SSEResponse(Response):

@@ -6,9 +6,15 @@ text ends in a whole character it is settled and the window moves on. A push the
 token 10 as at token 4000 (decoding everything per push made a long stream O(n^2) on the event loop that
 every stream shares). The window's text is trusted when it extends the text of the window's settled
 part, as byte-level BPE and SentencePiece decoders do; when it does not (a decoder that is not local),
-the push decodes the whole output instead. Held back until more tokens arrive: a trailing U+FFFD (a
-UTF-8 sequence cut between tokens) and, with stop strings, the last len(longest stop) - 1 characters
-(they may start a stop string).
+the push decodes the whole output instead.
+
+Stop strings are searched for in the *complete* text only: the text less its trailing U+FFFD, which
+stands for a UTF-8 sequence cut between tokens (a byte tokenizer splits every multi-byte character;
+byte-level BPE often splits CJK and emoji). Held back until more tokens arrive: that incomplete tail,
+and, with stop strings, the last len(longest stop) - 1 characters of the complete text before it (they
+may start a stop string). The hold-back counts from the end of the complete text, not of the decoded
+text: counting the U+FFFD as one of the held characters released the character before it, so a stop
+string such as "4\u05c8" whose last character arrived in two tokens was never found.
 """
 
 from __future__ import annotations
@@ -36,12 +42,11 @@ class TextStream:
         """Add tokens; returns (text to emit now, whether a stop string matched: the request is over)."""
         self._token_ids += token_ids
         text = self._decode()
-        cut = self._find_stop(text)
+        complete = text if final else text.rstrip(REPLACEMENT_CHAR)
+        cut = self._find_stop(complete)
         if cut is not None:
             text, final = text[:cut], True
-        end = len(text)
-        if not final:
-            end = min(len(text.rstrip(REPLACEMENT_CHAR)), len(text) - self._holdback)
+        end = len(text) if final else len(complete) - self._holdback
         end = max(end, self._num_sent)
         delta = text[self._num_sent : end]
         self._num_sent = end
@@ -61,9 +66,12 @@ class TextStream:
         return text
 
     def _find_stop(self, text: str) -> int | None:
-        """Index of the earliest stop string in text, or None.
+        """Where text is cut for the stop string that ends first in it (complete characters only), or None.
 
-        Text before what was sent holds no stop (it was searched, with len(longest) - 1 held back).
+        Text before what was sent holds no stop: every stop string that starts there ends inside the
+        complete text of an earlier push (len(longest) - 1 characters were held back), where it was searched.
         """
-        hits = [i for i in (text.find(s, self._num_sent) for s in self._stop) if i >= 0]
-        return min(hits) if hits else None
+        # (end, start) of each stop's first occurrence; the one that ends first wins, so the cut does
+        # not depend on how many tokens a push carried (stops "abcd" and "bc" in "abcd": "bc", always)
+        hits = [(i + len(s), i) for s in self._stop if (i := text.find(s, self._num_sent)) >= 0]
+        return min(hits)[1] if hits else None

@@ -214,7 +214,8 @@ class EngineWorker(ABC):
         return self._num_in_flight
 
     def drain(self, timeout: float) -> int:
-        """Stop admitting; wait up to `timeout` s for requests in flight; abort the rest (returned: count)."""
+        """Stop admitting; wait up to `timeout` s for requests in flight; the rest (returned: count) end
+        with a 503 error (a last SSE error event, or a 503 answer), never with a finish reason."""
         if self._state == "ready":
             self._state = "draining"
         log.info("draining: %d requests in flight, waiting up to %.0f s", self._num_in_flight, timeout)
@@ -222,7 +223,7 @@ class EngineWorker(ABC):
             self._cond.wait_for(lambda: self._num_in_flight == 0, timeout)
             left = self._num_in_flight
         if left:
-            log.warning("drain timeout: aborting %d requests", left)
+            log.warning("drain deadline: ending %d requests with a 503 error", left)
             self._send("abort_all", None)
             with self._cond:
                 self._cond.wait_for(lambda: self._num_in_flight == 0, 5.0)
