@@ -153,6 +153,8 @@ def run_serve(args: argparse.Namespace) -> int:
         off = engine_config.graphs_off(engine_config.resolved_device())
     except GraphrunError as exc:
         return _refuse(exc)
+    if off is not None:  # one line an operator reads: this server decodes without graphs, and why
+        log.info("%s: decode runs eager", engine_config.why_eager(engine_config.resolved_device()))
     for note in idle_graph_flags(engine_config, off):
         log.warning("%s", note)
     return serve(engine_config, serve_config)
