@@ -251,17 +251,21 @@ class RungCapturer:
                 problem = self._verifier.check_padded(graph, rung, n)
                 if problem is not None:
                     break
+            self._record_padding(rung, problem, time.perf_counter() - start)
             if problem is None:
                 lowest = rung + 1
-            else:
-                self._exact_size_only(rung, problem, time.perf_counter() - start)
 
-    def _exact_size_only(self, rung: int, problem: str, seconds: float) -> None:
+    def _record_padding(self, rung: int, problem: str | None, seconds: float) -> None:
+        """Add the check's time to the rung's; a problem makes the rung exact-size only, counted once."""
         runner = self._runner
         status = next(s for s in runner.status() if s.size == rung)
+        status = replace(status, capture_seconds=status.capture_seconds + seconds)
+        runner.stats.capture_seconds += seconds
+        if problem is None:
+            runner.mark(status)
+            return
         reason = CaptureFailure.PADDING_MISMATCH
-        seconds += status.capture_seconds
-        runner.mark(replace(status, capture_seconds=seconds, reason=reason, detail=problem, padded=False))
+        runner.mark(replace(status, reason=reason, detail=problem, padded=False))
         runner.stats.capture_failed[reason] = runner.stats.capture_failed.get(reason, 0) + 1
         log.warning(
             "runner %s: batch size %d replays exact-size calls only: %s (%s); smaller batches go to the "

@@ -479,7 +479,7 @@ class GraphRunner:
                 self._out_whole[rung] = self._outputs(rung, rung)
 
     def mark(self, status: RungStatus) -> None:
-        """Record a rung that runs eager."""
+        """Record a rung's status without touching its graph: an eager rung, or a captured one's update."""
         self._status[status.size] = status
 
     @property
