@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from graphrun.bench import decode
+from graphrun.bench import decode, peers
 from graphrun.bench.decode import DecodeSetup, random_prompts, run_decode_bench
 from graphrun.bench.decode_report import floor_bytes, weight_bytes
 from graphrun.bench.peers import build_hf_model, hf_state_dict, run_peers
@@ -216,3 +216,13 @@ def test_eager_peer_times_steps_and_reproduces_graphrun_greedy_tokens():
     assert failed["per_step_ms"] is None and "no prompts for batch 3" in failed["error"]
     assert result["greedy_parity"]["num_leading_agree"] == 4
     assert run_peers("build failed", prompts_for, (1,), 4, ours)["error"] == "build failed"
+
+
+def test_peers_without_transformers_say_which_extra_brings_it(monkeypatch):
+    def no_transformers(*args):
+        raise ModuleNotFoundError("No module named 'transformers'")
+
+    monkeypatch.setattr(peers, "build_hf_model", no_transformers)
+    error = peers.try_build_hf_model(_graphrun_model(preset_config("tiny")), torch.float32, "cpu")
+    assert isinstance(error, str) and "No module named 'transformers'" in error
+    assert "pip install 'graphrun[bench]'" in error
