@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from graphrun.bench import decode
+from graphrun.bench import decode, peers
 from graphrun.bench.decode import DecodeSetup, random_prompts, run_decode_bench
 from graphrun.bench.decode_report import floor_bytes, weight_bytes
 from graphrun.bench.peers import build_hf_model, hf_state_dict, run_peers
@@ -106,8 +106,9 @@ def test_tiny_cpu_run_writes_its_json_and_times_both_paths(tmp_path, monkeypatch
         assert set(row) >= ROW_KEYS
         assert row["tokens_match"]  # graph and eager greedy tokens agree on the same packed inputs
         assert row["floor_ms"] > 0 and row["graph"]["median_ms"] > 0
-        # pipelined and synchronized steps are the same work: the same unit, within a factor of 3
-        assert 1 / 3 < row["graph"]["median_ms"] / row["graph_sync"]["median_ms"] < 3
+        # pipelined and synchronized steps are the same work, so the same unit: a slip between seconds and
+        # milliseconds is a factor of 1000; a busy machine stretches one side by several times (6x seen)
+        assert 1 / 100 < row["graph"]["median_ms"] / row["graph_sync"]["median_ms"] < 100
     assert saved["generate"]["tokens_match_eager"] and saved["generate"]["new_tokens"] == 25
     assert saved["ok"] and payload["ok"]
     assert saved["engine"]["decode_graphs"] and saved["engine"]["capture_sizes"] == [1, 2]
@@ -212,7 +213,18 @@ def test_eager_peer_times_steps_and_reproduces_graphrun_greedy_tokens():
 
     result = run_peers(hf, prompts_for, (1, 3), 4, ours, modes=("hf_eager",))
     ok, failed = result["modes"]["hf_eager"]["points"]
-    assert ok["per_step_ms"] > 0 and "error" not in ok
+    # a difference of two medians: on a busy machine it can come out negative, so only its presence counts
+    assert isinstance(ok["per_step_ms"], float) and "error" not in ok
     assert failed["per_step_ms"] is None and "no prompts for batch 3" in failed["error"]
     assert result["greedy_parity"]["num_leading_agree"] == 4
     assert run_peers("build failed", prompts_for, (1,), 4, ours)["error"] == "build failed"
+
+
+def test_peers_without_transformers_say_which_extra_brings_it(monkeypatch):
+    def no_transformers(*args):
+        raise ModuleNotFoundError("No module named 'transformers'")
+
+    monkeypatch.setattr(peers, "build_hf_model", no_transformers)
+    error = peers.try_build_hf_model(_graphrun_model(preset_config("tiny")), torch.float32, "cpu")
+    assert isinstance(error, str) and "No module named 'transformers'" in error
+    assert "pip install 'graphrun[bench]'" in error

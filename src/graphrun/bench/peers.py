@@ -105,6 +105,8 @@ def try_build_hf_model(model: DecoderLM, dtype: torch.dtype, device: torch.devic
     """build_hf_model, or the error it raised as a string (run_peers reports it; nothing is raised)."""
     try:
         return build_hf_model(model, dtype, device)
+    except ImportError as exc:
+        return f"the peers need transformers ({_error(exc)}): pip install 'graphrun[bench]'"
     except Exception as exc:
         return f"building the transformers model failed: {_error(exc)}"
 
