@@ -3,8 +3,9 @@
 An import in a file outside serve/, bench/ and the Triton kernels runs on `import graphrun`,
 `graphrun generate` or `graphrun doctor`, so its distribution must be a core dependency. serve/ may also
 use the `serve` extra, bench/ the `bench` extra (which includes `serve`), llm/kernels/triton_ops.py and
-gemv.py the `kernels` extra. An import inside `try: ... except ImportError` is optional (the code falls back and says
-so): it only has to be declared in some extra. scripts/check-wheel proves the same on a real install.
+gemv.py the `kernels` extra. An import inside `try: ... except ImportError` is optional (the code falls
+back and says so): it only has to be declared in some extra. scripts/check-wheel proves the same on a
+real install.
 """
 
 from __future__ import annotations
