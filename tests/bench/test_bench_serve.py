@@ -251,3 +251,12 @@ def test_a_server_that_does_not_start_is_recorded_and_fails_the_run(tmp_path: Pa
     assert "max_model_len" in run["log_tail"]  # the server's own complaint
     assert payload["ok"] is False and payload["goals"][2]["met"] is False
     assert "PROBLEM eager" in out
+
+
+def test_the_benchmarks_own_servers_do_not_inherit_the_operators_api_key(monkeypatch):
+    from graphrun.bench.serve_process import _server_env
+
+    monkeypatch.setenv("GRAPHRUN_API_KEY", "operator-key")
+    monkeypatch.setenv("GRAPHRUN_GIT_COMMIT", "abc")
+    env = _server_env()
+    assert "GRAPHRUN_API_KEY" not in env and env["GRAPHRUN_GIT_COMMIT"] == "abc"

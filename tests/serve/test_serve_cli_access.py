@@ -69,6 +69,8 @@ def test_a_folder_is_listed_and_accepted_under_its_own_name(server):
         url + "/v1/completions", json={**body, "model": str(folder)}, headers=_bearer(FLAG_KEYS[1])
     )
     assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "model_not_found"
+    health = httpx.get(url + "/health", timeout=10).json()
+    assert health["model"] == FOLDER and health["model_source"].rstrip("/") == str(folder)
 
 
 def test_the_flags_replace_the_environment_variable(server):

@@ -82,7 +82,7 @@ class ServerProcess:
         self.spawned = time.perf_counter()
         with log_path.open("w") as log_file:  # the child keeps its own handle
             self._proc = subprocess.Popen(
-                [sys.executable, *argv], stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy()
+                [sys.executable, *argv], stdout=log_file, stderr=subprocess.STDOUT, env=_server_env()
             )
 
     @property
@@ -169,3 +169,9 @@ def graph_summary(deltas: dict[str, float]) -> dict[str, Any]:
         "graph_eager_fallbacks": fallbacks,
         "generation_tokens": deltas.get("graphrun_generation_tokens_total", 0.0),
     }
+
+
+def _server_env() -> dict[str, str]:
+    """The benchmark's environment for its own loopback servers, less GRAPHRUN_API_KEY: a key meant for
+    the operator's server would make these refuse the benchmark's unauthenticated load with 401s."""
+    return {name: value for name, value in os.environ.items() if name != "GRAPHRUN_API_KEY"}

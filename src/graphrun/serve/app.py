@@ -220,11 +220,15 @@ class _Routes:
         """GET /health: 200 once the engine is built and its graphs captured; 503 before, and draining.
 
         The body: the engine's start-up facts (describe(), max_model_len, vocab_size, KV-cache bytes) and
-        `memory`, read now (memory.py).
+        `memory`, read now (memory.py). `model` is the name clients send (as /v1/models lists it);
+        `model_source` the preset or folder the engine loaded.
         """
         state = self._worker.state
         status = "ok" if state == "ready" else state
-        body = {"status": status, "model": self._config.served_model_name, **self._worker.info}
+        info = self._worker.info
+        body = {"status": status, **info, "model": self._config.served_model_name}
+        if "model" in info:
+            body["model_source"] = info["model"]
         body["memory"] = await self._worker.memory()
         if state == "ready":
             return JSONResponse(body)
