@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from graphrun.llm.tokenizer import TokenizerError
     from graphrun.serve.request import EngineFailure, QueueFull, Unavailable
 
-__version__ = "0.1.0"
+from graphrun.version import __version__
 
 # public name -> the module that defines it, imported on first access
 _LAZY = {

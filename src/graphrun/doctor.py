@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from prometheus_client import CollectorRegistry
 
-import graphrun
 from graphrun.graphs import GraphRunner
 from graphrun.graphs.verify import mismatch
+from graphrun.version import __version__
 
 NO_CUDA_NOTE = "no CUDA device: graphs cannot be captured here; the sim backend is used for tests"
 NUM_LAUNCHES = 200  # tiny elementwise kernels per timed chain
@@ -100,7 +100,7 @@ def collect_report() -> DoctorReport:
     probe = probe_cuda() if cuda else probe_sim()
     cost, skipped = launch_cost_or_reason(cuda)
     return DoctorReport(
-        graphrun=graphrun.__version__,
+        graphrun=__version__,
         python=platform.python_version(),
         torch=torch.__version__,
         torch_cuda=torch.version.cuda,

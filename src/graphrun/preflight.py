@@ -20,7 +20,6 @@ from graphrun.llm.checkpoint import read_checkpoint_config
 from graphrun.llm.config import ModelConfig
 from graphrun.llm.engine_config import EngineConfig, GraphsOff
 from graphrun.llm.preset_configs import PRESETS
-from graphrun.serve.config import ServeConfig
 
 # why decode graphs are off, as a user reads it, with the way to turn them on where there is one
 _OFF_BECAUSE = {
@@ -28,14 +27,6 @@ _OFF_BECAUSE = {
     GraphsOff.MAX_BS_ZERO: "--cuda-graph-max-bs is 0",
     GraphsOff.NO_CUDA_DEVICE: "no CUDA device (--graph-backend auto; --graph-backend sim simulates graphs)",
 }
-
-
-def check_serve(engine: EngineConfig, serve: ServeConfig, check_model: bool = True) -> None:
-    """Everything `graphrun serve` can check before torch: the extra, the model, the port."""
-    check_serve_extra()
-    if check_model:
-        check_engine_model(engine)
-    check_port_free(serve.host, serve.port)
 
 
 def check_engine_model(engine: EngineConfig) -> None:

@@ -29,7 +29,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from graphrun import __version__
 from graphrun.errors import GraphrunError
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.scheduler import RequestRejected
@@ -51,6 +50,7 @@ from graphrun.serve.request import RequestHandle
 from graphrun.serve.responses import ChatFormat, CompletionFormat, ModelCard, ModelList, ResponseFormat, Usage
 from graphrun.serve.sse import SSEResponse
 from graphrun.serve.worker import EngineWorker, ServedModel
+from graphrun.version import __version__
 
 log = logging.getLogger(__name__)
 

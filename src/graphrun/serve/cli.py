@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from graphrun.envvars import api_keys, switch_interval_seconds
 from graphrun.errors import GraphrunError
 from graphrun.llm.engine_config import DTYPES, GRAPH_BACKENDS, SERVE_MIXED_PREFILL_TOKENS, EngineConfig
-from graphrun.preflight import check_engine_model, check_serve, idle_graph_flags
+from graphrun.preflight import check_engine_model, check_port_free, check_serve_extra, idle_graph_flags
 from graphrun.serve.config import ServeConfig, default_served_model_name
 
 if TYPE_CHECKING:  # uvicorn and FastAPI are the optional `serve` extra: imported when serving
@@ -140,7 +140,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Check every flag before anything starts (a problem: one line on stderr, exit 2), then serve."""
     try:  # no torch yet: a bad flag, path or port answers in milliseconds
         engine_config, serve_config = _configs(args, args.model or CPU_DEFAULT_MODEL)
-        check_serve(engine_config, serve_config, check_model=args.model is not None)
+        _check_before_start(engine_config, serve_config, check_model=args.model is not None)
     except GraphrunError as exc:
         return _refuse(exc)
     import torch
@@ -188,6 +188,14 @@ def _configs(args: argparse.Namespace, model: str) -> tuple[EngineConfig, ServeC
         max_request_bytes=args.max_request_bytes,
     )
     return engine_config, serve_config
+
+
+def _check_before_start(engine: EngineConfig, serve: ServeConfig, check_model: bool) -> None:
+    """Everything `graphrun serve` can check before torch (preflight.py): the extra, the model, the port."""
+    check_serve_extra()
+    if check_model:
+        check_engine_model(engine)
+    check_port_free(serve.host, serve.port)
 
 
 def _refuse(exc: GraphrunError) -> int:
