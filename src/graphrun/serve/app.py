@@ -185,7 +185,8 @@ class _Routes:
             raise
         if body.stream:
             every_batch = bool(body.return_token_ids)
-            return SSEResponse(self._worker, handle, fmt, watcher, body.include_usage, every_batch)
+            usage = body.include_usage
+            return SSEResponse(self._worker, handle, fmt, watcher, usage, every_batch, body.continuous_usage)
         try:
             return await self._collect(handle, fmt)
         finally:
