@@ -112,7 +112,7 @@ def models_responses(config: ServeConfig) -> Responses:
 
 def tokenizer_responses(path: str, body: type[BaseModel], config: ServeConfig) -> Responses:
     """/tokenize and /detokenize (POST), /tokenizer_info (GET): `body` as JSON, or an error."""
-    ok = {"model": body, "description": (body.__doc__ or "").strip().splitlines()[0]}
+    ok = {"model": body, "description": (body.__doc__ or body.__name__).strip().splitlines()[0]}
     auth = _auth(config, path)
     if path == "/tokenizer_info":  # no body to be wrong, no model to name
         return {200: ok, **errors(*auth, 413, 500, 503)}
