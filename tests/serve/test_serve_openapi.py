@@ -96,6 +96,8 @@ MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 FUZZED = [
     *((path, "POST", mode) for path in GENERATION for mode in MODES),
     *(("/v1/models", "GET", mode) for mode in MODES),
+    *((path, "POST", mode) for path in ("/tokenize", "/detokenize") for mode in MODES),
+    *(("/tokenizer_info", "GET", mode) for mode in MODES),
     *(("/metrics", "GET", mode) for mode in MODES),  # negative: a malformed Authorization header
     ("/health", "GET", GenerationMode.POSITIVE),  # it takes no input, so no input is invalid
 ]
@@ -112,6 +114,7 @@ def test_fuzzed_requests_get_the_answers_the_document_declares(api_schema, path,
 
 
 TOO_LARGE = {"prompt": "x" * MAX_REQUEST_BYTES}
+CONTINUOUS = {"include_usage": True, "continuous_usage_stats": True}
 STREAM = {"prompt": "hi", "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True}}
 CHOSEN = [
     ("/v1/completions", {"prompt": "hi", "max_tokens": 4}, AUTH, 200),
@@ -123,6 +126,16 @@ CHOSEN = [
     ("/v1/completions", TOO_LARGE, AUTH, 413),
     ("/v1/completions", {"prompt": "hi"}, {}, 401),
     ("/v1/completions", {"prompt": "hi"}, {"Authorization": "Bearer wrong"}, 401),
+    ("/v1/completions", {**STREAM, "stream_options": CONTINUOUS}, AUTH, 200),
+    ("/v1/chat/completions", {**CHAT, "stream": True, "stream_options": CONTINUOUS}, AUTH, 200),
+    ("/tokenize", {"prompt": "hi"}, AUTH, 200),
+    ("/tokenize", {"messages": CHAT["messages"]}, AUTH, 200),
+    ("/tokenize", {}, AUTH, 400),
+    ("/tokenize", {"prompt": "hi", "model": "not-served"}, AUTH, 404),
+    ("/tokenize", {"prompt": "hi"}, {}, 401),
+    ("/detokenize", {"tokens": [104, 105]}, AUTH, 200),
+    ("/detokenize", {"tokens": [10**6]}, AUTH, 400),
+    ("/detokenize", {"tokens": [1]}, {}, 401),
 ]
 
 
@@ -136,8 +149,11 @@ def test_chosen_requests_get_the_answers_the_document_declares(api_schema, path,
         assert response.text.rstrip().endswith("data: [DONE]")
 
 
-@pytest.mark.parametrize("path,headers,status", [("/metrics", AUTH, 200), ("/metrics", {}, 401),
-                                                 ("/v1/models", {}, 401), ("/health", {}, 200)])  # fmt: skip
+READS = [("/metrics", AUTH, 200), ("/metrics", {}, 401), ("/v1/models", {}, 401), ("/health", {}, 200),
+         ("/tokenizer_info", AUTH, 200), ("/tokenizer_info", {}, 401)]  # fmt: skip
+
+
+@pytest.mark.parametrize("path,headers,status", READS)
 def test_chosen_reads_get_the_answers_the_document_declares(api_schema, path, headers, status):
     response = api_schema[path]["GET"].Case().call_and_validate(headers=headers, excluded_checks=NOT_CHECKED)
     assert response.status_code == status
@@ -169,6 +185,10 @@ def _retry_after_on_401(doc):
     doc["paths"]["/v1/models"]["get"]["responses"]["401"]["headers"]["Retry-After"] = {"required": True}
 
 
+def _tokenize_needs_a_field(doc):
+    doc["components"]["schemas"]["TokenizeResponse"]["required"].append("token_strs")
+
+
 LIES = [  # (edit, path, method, body, headers, what the checks then say)
     (_drop_413, "/v1/completions", "POST", TOO_LARGE, AUTH, "Undocumented status code"),
     (_metrics_as_json, "/metrics", "GET", None, AUTH, "Undocumented Content-Type"),
@@ -176,6 +196,7 @@ LIES = [  # (edit, path, method, body, headers, what the checks then say)
     (_no_event_stream, "/v1/completions", "POST", STREAM, AUTH, "Undocumented Content-Type"),
     (_done_renamed, "/v1/completions", "POST", STREAM, AUTH, "SSE event violates schema"),
     (_retry_after_on_401, "/v1/models", "GET", None, {}, "Missing required response headers"),
+    (_tokenize_needs_a_field, "/tokenize", "POST", {"prompt": "hi"}, AUTH, '"token_strs" is a required'),
 ]
 
 

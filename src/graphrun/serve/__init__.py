@@ -13,6 +13,8 @@ serve_config)` gives the ASGI app. Nothing is imported here, so `graphrun --help
     protocol.py       OpenAI request bodies -> token ids + SamplingParams; the error answer
     chat_template.py  chat messages -> prompt text (the model's jinja2 template, or a simple one)
     responses.py      OpenAI response bodies, whole and streamed
+    tokenize.py       /tokenize, /detokenize, /tokenizer_info (vLLM's routes)
+    tokenizer_info.py what /tokenizer_info says of the tokenizer; the ids its encode adds to any text
     metrics.py        the server's Prometheus series (request outcomes; the engine's tokens and occupancy)
     memory.py         /health's memory figures: device allocator, free memory, peak RSS
     app.py            build_app: routes, SSE, error handlers, disconnect watching

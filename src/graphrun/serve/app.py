@@ -1,4 +1,5 @@
-"""The HTTP front: OpenAI-compatible completions and chat (SSE streaming), models, health, metrics.
+"""The HTTP front: OpenAI-compatible completions and chat (SSE streaming), models, health, metrics;
+the tokenizer's routes (/tokenize, /detokenize, /tokenizer_info) are tokenize.py's.
 
 `build_app(worker, config)` wires routes to an `EngineWorker`; the app's lifespan starts and stops it.
 Every error answer has the OpenAI body {"error": {"message", "type", "param", "code"}}: validation
@@ -49,6 +50,7 @@ from graphrun.serve.protocol import (
 from graphrun.serve.request import RequestHandle
 from graphrun.serve.responses import ChatFormat, CompletionFormat, ModelCard, ModelList, ResponseFormat, Usage
 from graphrun.serve.sse import SSEResponse
+from graphrun.serve.tokenize import TokenizerRoutes
 from graphrun.serve.worker import EngineWorker, ServedModel
 from graphrun.version import __version__
 
@@ -70,7 +72,9 @@ def build_app(worker: EngineWorker, config: ServeConfig) -> FastAPI:
 
     app = FastAPI(title="graphrun", version=__version__, lifespan=lifespan)
     _add_error_handlers(app, worker, config)
-    _add_routes(app, _Routes(worker, config, ChatTemplate.for_model(worker.engine_config.model)), config)
+    template = ChatTemplate.for_model(worker.engine_config.model)
+    _add_routes(app, _Routes(worker, config, template), config)
+    TokenizerRoutes(worker, config, template).add_to(app)
     _add_middleware(app, worker, config)
     openapi.install(app, config)
     return app
@@ -185,7 +189,8 @@ class _Routes:
             raise
         if body.stream:
             every_batch = bool(body.return_token_ids)
-            return SSEResponse(self._worker, handle, fmt, watcher, body.include_usage, every_batch)
+            usage = body.include_usage
+            return SSEResponse(self._worker, handle, fmt, watcher, usage, every_batch, body.continuous_usage)
         try:
             return await self._collect(handle, fmt)
         finally:

@@ -6,6 +6,8 @@ bos/eos token strings. Otherwise, and always for the presets (byte tokenizer, no
 render with a simple template, one block per message, then the assistant's turn is opened:
     "<|system|>\n{content}\n<|user|>\n{content}\n<|assistant|>\n"
 A template that raises (raise_exception, e.g. roles that do not alternate) is the caller's 400.
+`source` is the template as jinja2 text (the simple one too, written as `SIMPLE_TEMPLATE`), so a client
+that renders prompts itself (/tokenizer_info's chat_template) renders what the server does.
 """
 
 from __future__ import annotations
@@ -21,12 +23,20 @@ from graphrun.serve.protocol import APIError, ChatMessage, encode_text
 
 log = logging.getLogger(__name__)
 
+# the simple template as jinja2 text (render() writes it directly; tested to agree)
+SIMPLE_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+Render = Callable[[list[dict[str, str]], bool], str]  # (messages, add_generation_prompt) -> prompt text
+
 
 class ChatTemplate:
     """Renders messages to prompt text: a model's jinja2 chat_template, or the simple template."""
 
-    def __init__(self, render: Callable[[list[dict[str, str]]], str] | None = None) -> None:
+    def __init__(self, render: Render | None = None, source: str = SIMPLE_TEMPLATE) -> None:
         self._render = render
+        self.source = source  # the template's jinja2 text
 
     @property
     def is_simple(self) -> bool:
@@ -57,22 +67,30 @@ class ChatTemplate:
         env.globals["raise_exception"] = raise_exception
         template = env.from_string(source)
         special = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token")}
-        return cls(lambda messages: template.render(messages=messages, add_generation_prompt=True, **special))
 
-    def prompt_ids(self, messages: list[ChatMessage], tokenizer: Tokenizer) -> list[int]:
+        def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+            return template.render(messages=messages, add_generation_prompt=add_generation_prompt, **special)
+
+        return cls(render, source)
+
+    def prompt_ids(
+        self, messages: list[ChatMessage], tokenizer: Tokenizer, add_generation_prompt: bool = True
+    ) -> list[int]:
         """Token ids of the rendered prompt; one BOS when both the template and the tokenizer add one."""
-        ids = encode_text(tokenizer, self.render(messages), "messages")
+        ids = encode_text(tokenizer, self.render(messages, add_generation_prompt), "messages")
         if not self.is_simple and len(ids) > 1 and ids[0] == ids[1] == tokenizer.bos_token_id:
             ids = ids[1:]
         return ids
 
-    def render(self, messages: list[ChatMessage]) -> str:
-        """The prompt text for messages, ending where the assistant's reply starts."""
+    def render(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
+        """The prompt text for messages, ending where the assistant's reply starts (add_generation_prompt;
+        else after the last message)."""
         plain = [{"role": m.role, "content": m.text()} for m in messages]
         if self._render is None:
-            return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in plain) + "<|assistant|>\n"
+            turn = "<|assistant|>\n" if add_generation_prompt else ""
+            return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in plain) + turn
         try:
-            return self._render(plain)
+            return self._render(plain, add_generation_prompt)
         except Exception as exc:  # a template's raise_exception or a rendering error: the caller's messages
             raise APIError(
                 400, f"the model's chat template rejected the messages: {exc}", param="messages"

@@ -110,6 +110,15 @@ def models_responses(config: ServeConfig) -> Responses:
     return errors(*_auth(config, "/v1/models"), 413)
 
 
+def tokenizer_responses(path: str, body: type[BaseModel], config: ServeConfig) -> Responses:
+    """/tokenize and /detokenize (POST), /tokenizer_info (GET): `body` as JSON, or an error."""
+    ok = {"model": body, "description": (body.__doc__ or body.__name__).strip().splitlines()[0]}
+    auth = _auth(config, path)
+    if path == "/tokenizer_info":  # no body to be wrong, no model to name
+        return {200: ok, **errors(*auth, 413, 500, 503)}
+    return {200: ok, **errors(400, *auth, 404, 413, 415, 500, 503)}
+
+
 def health_responses() -> Responses:
     """GET /health: the same body at 200 (ready) and 503 (not ready)."""
     ready = {"model": HealthResponse, "description": "Ready: the engine started and its graphs are captured"}

@@ -8,7 +8,8 @@ ignored, as OpenAI-compatible servers do, so newer clients keep working.
 
 Extensions, named as in vLLM: top_k (0 or -1: off), ignore_eos, stop_token_ids, return_token_ids (each
 choice carries the output's token ids; a stream sends a chunk for every batch of tokens the engine
-delivers, even one whose text is held back, so chunks count tokens). Stop strings are
+delivers, even one whose text is held back, so chunks count tokens), stream_options.continuous_usage_stats
+(with include_usage, every chunk carries the token counts so far). Stop strings are
 matched on the decoded text (the engine stops on token ids only): the text is cut before the stop
 string and finish_reason is "stop". Chat messages become prompt text in chat_template.py; response
 bodies are in responses.py.
@@ -106,10 +107,12 @@ def unsupported(param: str, what: str) -> APIError:
 
 
 class StreamOptions(BaseModel):
-    """stream_options: include_usage adds a last chunk with the token counts."""
+    """stream_options: include_usage adds a last chunk with the token counts; continuous_usage_stats
+    (vLLM's, with include_usage) also puts the counts so far on every chunk."""
 
     model_config = _REQUEST
     include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None
 
 
 class _GenerationRequest(BaseModel):
@@ -177,6 +180,11 @@ class _GenerationRequest(BaseModel):
     def include_usage(self) -> bool:
         """Whether a stream ends with a usage chunk."""
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        """Whether every chunk of a stream carries the token counts so far (needs include_usage, as vLLM)."""
+        return self.include_usage and bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
     @property
     def requested_max_tokens(self) -> int | None:

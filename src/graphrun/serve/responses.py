@@ -10,7 +10,9 @@ ASCII (non-ASCII escaped), so no event carries a character that a client splitti
 (Python's str.splitlines: U+2028, U+0085) would break it at. The chunks a stream writes once (chat's
 opening, the usage chunk) go through the models; the one it writes per step is built as text around a
 fixed prefix (~10x cheaper on the event loop every stream shares) and is byte for byte the same
-(tested). An error event's body is `json_text` too (protocol.APIError); sse.py frames every event.
+(tested). With stream_options.continuous_usage_stats every chunk carries `usage`, the counts so far
+(vLLM's extension); without it (the default) a chunk's usage is the constant `null`, no work per step.
+An error event's body is `json_text` too (protocol.APIError); sse.py frames every event.
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ class Usage(BaseModel):
             prompt_tokens=num_prompt,
             completion_tokens=num_completion,
             total_tokens=num_prompt + num_completion,
+        )
+
+    def json_text(self) -> str:
+        """json_text(model_dump()) written directly (streams write one per chunk with continuous usage)."""
+        return (
+            f'{{"prompt_tokens":{self.prompt_tokens},"completion_tokens":{self.completion_tokens},'
+            f'"total_tokens":{self.total_tokens}}}'
         )
 
 
@@ -143,11 +152,17 @@ def model_json(model: BaseModel) -> str:
 
 
 def _chunk_json(
-    prefix: str, text: str, close_text: str, finish_reason: str | None, token_ids: list[int] | None
+    prefix: str,
+    text: str,
+    close_text: str,
+    finish_reason: str | None,
+    token_ids: list[int] | None,
+    usage: Usage | None,
 ) -> str:
     """A stream chunk's JSON: the fixed prefix up to the text, the text, then the choice's other fields."""
     ids = "" if token_ids is None else f',"token_ids":{json_text(token_ids)}'
-    tail = f',"logprobs":null,"finish_reason":{json_text(finish_reason)}{ids}}}],"usage":null}}'
+    counts = "null" if usage is None else usage.json_text()
+    tail = f',"logprobs":null,"finish_reason":{json_text(finish_reason)}{ids}}}],"usage":{counts}}}'
     return prefix + json_text(text) + close_text + tail
 
 
@@ -179,12 +194,16 @@ class ResponseFormat(Protocol):
 
     id: str  # the response id, the same on every chunk
 
-    def opening(self) -> list[str]:
-        """The JSON of the chunks a stream starts with (chat: the assistant role)."""
+    def opening(self, usage: Usage | None = None) -> list[str]:
+        """The JSON of the chunks a stream starts with (chat: the assistant role); usage: the counts so
+        far (continuous usage stats), else null."""
         ...
 
-    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> str:
+    def chunk(
+        self, text: str, finish_reason: str | None, token_ids: list[int], usage: Usage | None = None
+    ) -> str:
         """One streamed piece of text and the ids it came from, as JSON; the last one has the finish reason.
+        usage: the counts so far (continuous usage stats), else null.
 
         Built as text around a fixed prefix, not through pydantic: a server writes one per stream per
         step (thousands a second) on the event loop, and this is ~10x cheaper. It is byte for byte
@@ -192,7 +211,9 @@ class ResponseFormat(Protocol):
         """
         ...
 
-    def chunk_model(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
+    def chunk_model(
+        self, text: str, finish_reason: str | None, token_ids: list[int], usage: Usage | None = None
+    ) -> BaseModel:
         """The same chunk as a pydantic model (the schema `chunk` follows)."""
         ...
 
@@ -219,8 +240,11 @@ class _Format:
         head = {"id": self.id, "object": self.chunk_object, "created": self.created, "model": model}
         self._prefix = json_text(head)[:-1] + ',"choices":[{"index":0,' + self.text_opening
 
-    def chunk(self, text: str, finish_reason: str | None, token_ids: list[int]) -> str:
-        return _chunk_json(self._prefix, text, self.text_closing, finish_reason, self._ids(token_ids))
+    def chunk(
+        self, text: str, finish_reason: str | None, token_ids: list[int], usage: Usage | None = None
+    ) -> str:
+        ids = self._ids(token_ids)
+        return _chunk_json(self._prefix, text, self.text_closing, finish_reason, ids, usage)
 
     def _ids(self, token_ids: list[int]) -> list[int] | None:
         return token_ids if self.return_token_ids else None
@@ -231,12 +255,16 @@ class CompletionFormat(_Format):
 
     id_prefix, chunk_object, text_opening = "cmpl", "text_completion", '"text":'
 
-    def opening(self) -> list[str]:
+    def opening(self, usage: Usage | None = None) -> list[str]:
         return []
 
-    def chunk_model(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
+    def chunk_model(
+        self, text: str, finish_reason: str | None, token_ids: list[int], usage: Usage | None = None
+    ) -> BaseModel:
         choice = CompletionChoice(text=text, finish_reason=finish_reason, token_ids=self._ids(token_ids))
-        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice])
+        return CompletionResponse(
+            id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
+        )
 
     def usage_chunk(self, usage: Usage) -> str:
         chunk = CompletionResponse(
@@ -257,16 +285,22 @@ class ChatFormat(_Format):
     id_prefix, chunk_object = "chatcmpl", "chat.completion.chunk"
     text_opening, text_closing = '"delta":{"content":', "}"
 
-    def opening(self) -> list[str]:
+    def opening(self, usage: Usage | None = None) -> list[str]:
         delta = ChatDelta(role="assistant", content="")
         choice = ChatChunkChoice(delta=delta, token_ids=self._ids([]))
-        chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
+        chunk = ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
+        )
         return [model_json(chunk)]
 
-    def chunk_model(self, text: str, finish_reason: str | None, token_ids: list[int]) -> BaseModel:
+    def chunk_model(
+        self, text: str, finish_reason: str | None, token_ids: list[int], usage: Usage | None = None
+    ) -> BaseModel:
         delta = ChatDelta(content=text)
         choice = ChatChunkChoice(delta=delta, finish_reason=finish_reason, token_ids=self._ids(token_ids))
-        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice])
+        return ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
+        )
 
     def usage_chunk(self, usage: Usage) -> str:
         chunk = ChatCompletionChunk(

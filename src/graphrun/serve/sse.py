@@ -45,6 +45,7 @@ class SSEResponse(Response):
     is a last `data: {"error": ...}` event. Counts the request's outcome in the worker's metrics.
 
     every_batch (return_token_ids): a chunk per batch of tokens from the engine, even with no text.
+    continuous_usage (stream_options.continuous_usage_stats): every chunk carries the counts so far.
     """
 
     media_type = "text/event-stream"
@@ -57,12 +58,13 @@ class SSEResponse(Response):
         watcher: asyncio.Task[None],
         include_usage: bool,
         every_batch: bool,
+        continuous_usage: bool = False,
     ) -> None:
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self._worker, self._handle, self._fmt, self._watcher = worker, handle, fmt, watcher
-        self._include_usage = include_usage
+        self._include_usage, self._continuous_usage = include_usage, continuous_usage
         self._deltas = worker.deltas(handle, every_batch)
         self._trace = worker.send_trace
         self._writer = _Writer()
@@ -75,7 +77,7 @@ class SSEResponse(Response):
             start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             await send(start)
             closed = self._writer.open(send)
-            opening = "".join(sse_event(chunk) for chunk in self._fmt.opening())
+            opening = "".join(sse_event(chunk) for chunk in self._fmt.opening(self._usage_so_far()))
             if opening:
                 self._writer.write(opening.encode())
             handle.attach(self._on_event)
@@ -97,7 +99,8 @@ class SSEResponse(Response):
             if delta is None:
                 return
             fmt = self._fmt
-            text = sse_event(fmt.chunk(delta.text, delta.finish_reason, list(delta.token_ids)))
+            usage = self._usage_so_far() if self._continuous_usage else None  # off: no call per chunk
+            text = sse_event(fmt.chunk(delta.text, delta.finish_reason, list(delta.token_ids), usage))
             if delta.finish_reason is None:
                 self._writer.write(text.encode())
             else:
@@ -106,6 +109,12 @@ class SSEResponse(Response):
                 self._trace.sent(self._handle.request_id)
         except Exception as exc:
             self._fail(exc)
+
+    def _usage_so_far(self) -> Usage | None:
+        """The counts so far when every chunk carries them (the tokens the deltas have taken), else None."""
+        if not self._continuous_usage:
+            return None
+        return Usage.of(len(self._handle.prompt_ids), self._handle.num_output_tokens)
 
     def _end(self, last_chunk: str) -> None:
         handle = self._handle
