@@ -1,8 +1,9 @@
-"""Capturing a runner's rungs: learn the outputs, then warm up, capture and verify each rung, largest first.
+"""Capturing one spec's rungs: learn the outputs, then warm up, capture and verify each rung, largest first.
 
-Largest first so that, on CUDA, every smaller graph reuses the pool blocks the larger ones freed. Each
-rung's graph ends by copying the callable's outputs into one shared set of static outputs, so the
-per-rung outputs are scratch too and output memory is O(top rung).
+The capture machinery reads a CaptureSpec (spec.py) and returns a CaptureResult; it knows nothing of
+who owns the graphs, so a runner and a piecewise segment share it. Largest first so that, on CUDA, every
+smaller graph reuses the pool blocks the larger ones freed. Each rung's graph ends by copying the
+callable's outputs into one shared set of static outputs (outputs.py), so output memory is O(top rung).
 
 Padded batches are verified once every rung is captured, smallest rung first: which batch sizes a rung
 serves padded depends on which smaller rungs captured and accept padding, and that is known only then.
@@ -15,22 +16,20 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
 
 import torch
 
 from graphrun.graphs.backends import CapturedGraph
-from graphrun.graphs.buffers import Kind
-from graphrun.graphs.failure import OutputShapeError, classify, root_cause
-from graphrun.graphs.pytree import StructureMismatch, TreeSpec, spec_of
+from graphrun.graphs.failure import classify, root_cause
+from graphrun.graphs.outputs import StaticOutputs
 from graphrun.graphs.sizes import padded_samples
+from graphrun.graphs.spec import CaptureResult, CaptureSpec
 from graphrun.graphs.status import CaptureFailure, RungStatus
 from graphrun.graphs.verify import VERIFY_SEED, Verifier
 
-if TYPE_CHECKING:
-    from graphrun.graphs.runner import GraphRunner
+__all__ = ["RungCapturer", "classify", "gc_frozen", "root_cause"]
 
 log = logging.getLogger("graphrun.graphs.runner")
 
@@ -47,208 +46,125 @@ def gc_frozen() -> Iterator[None]:
 
 
 class RungCapturer:
-    """Does the capture work for one runner and holds what replay needs of the outputs."""
+    """Captures the rungs of one spec; keeps the static outputs across passes (a re-capture reuses them)."""
 
-    def __init__(
-        self,
-        runner: GraphRunner,
-        verify: bool,
-        tolerance: tuple[float, float] | None,
-        memory_budget_bytes: int | None,
-        warmup_iters: int,
-        verify_inputs: Callable[[int, torch.Generator], Sequence[Any]] | None = None,
-    ) -> None:
-        self._runner = runner
-        self._verify = verify
-        self._verifier = Verifier(runner, self, tolerance, verify_inputs)
-        self._budget = memory_budget_bytes
-        self._warmup_iters = warmup_iters
-        self.out_spec: TreeSpec | None = None
-        self.out_slots: list[tuple[int, Kind, int | None, Any]] = []  # (leaf index, kind, dim, buffer/value)
-        self.out_leaves: dict[int, list[Any]] = {}  # rung -> output leaves replay returns at full rung
-        self.out_batched: list[tuple[int, int]] = []  # (leaf index, batch dim) to narrow for n < rung
+    def __init__(self, spec: CaptureSpec) -> None:
+        self._spec = spec
+        self._outputs: StaticOutputs | None = None  # learned by the first pass, with their verifier
+        self._verifier: Verifier | None = None
+        self._graphs: dict[int, CapturedGraph] = {}  # the pass in progress
+        self._statuses: dict[int, RungStatus] = {}
 
-    def capture_all(self) -> None:
-        """Capture every rung of the runner's ladder, largest first, logging one line per rung."""
-        runner = self._runner
+    def capture_all(self) -> CaptureResult:
+        """Capture every rung of the spec's ladder, largest first, logging one line per rung."""
+        spec = self._spec
+        self._graphs, self._statuses = {}, {}
         start = time.perf_counter()
-        pool_before = runner.backend.pool_bytes()
-        graphs: dict[int, CapturedGraph] = {}
-        with runner.backend.range(f"graphrun.capture[{runner.name}]"), gc_frozen():
-            if self.out_spec is None:
+        pool_before = spec.backend.pool_bytes()
+        mode = torch.inference_mode() if spec.options.inference_mode else contextlib.nullcontext()
+        with mode, spec.backend.range(f"graphrun.capture[{spec.name}]"), gc_frozen():
+            if self._outputs is None:
                 self._learn_outputs()
-            for rung in reversed(runner.sizes):
-                if rung not in {s.size for s in runner.status()}:
-                    graph = self._capture_rung(rung)
-                    if graph is not None:
-                        graphs[rung] = graph
-            if self._verify and runner.pads:
-                self._verify_padding(graphs)
-        seconds = time.perf_counter() - start
-        self._log_summary(seconds, runner.backend.pool_bytes() - pool_before)
-
-    # ----- outputs ------------------------------------------------------------------------------------
+            for rung in reversed(spec.sizes):
+                if rung not in self._statuses:
+                    self._capture_rung(rung)
+            if spec.options.verify and spec.options.pads:
+                self._verify_padding()
+        result = CaptureResult(
+            dict(self._graphs),
+            dict(self._statuses),
+            self._outputs,
+            time.perf_counter() - start,
+            spec.backend.pool_bytes() - pool_before,
+        )
+        self._log_summary(result)
+        return result
 
     def _learn_outputs(self) -> None:
         """Run eager at the largest rung that runs at all, and size static outputs at the top rung."""
-        runner = self._runner
-        for rung in reversed(runner.sizes):
+        spec = self._spec
+        for rung in reversed(spec.sizes):
             try:
-                out = self._call(rung)
+                out = spec.call_at(rung)
             except Exception as exc:
                 self._fail(rung, classify(exc), exc, 0.0)
                 continue
-            self._allocate_outputs(out, rung, runner.sizes[-1])
+            self._outputs = StaticOutputs(out, rung, spec.sizes[-1], spec.backend)
+            self._verifier = Verifier(spec, self._outputs)
             return
-
-    @property
-    def immutable_outputs(self) -> bool:
-        """True when the output is one leaf or a tuple of leaves: safe to hand out the same object twice."""
-        root = self.out_spec.root if self.out_spec is not None else None
-        return root is not None and (
-            root.kind == "leaf" or (root.kind == "tuple" and all(c.kind == "leaf" for c in root.children))
-        )
-
-    def _allocate_outputs(self, out: Any, rung: int, top: int) -> None:
-        self.out_spec = spec_of(out)
-        leaves = self.out_spec.flatten(out)
-        for i, leaf in enumerate(leaves):
-            if isinstance(leaf, torch.Tensor):
-                batched = leaf.dim() > 0 and leaf.shape[0] == rung
-                shape = (top, *leaf.shape[1:]) if batched else tuple(leaf.shape)
-                # plain tensors even under inference mode: callers may use outputs in autograd later
-                with torch.inference_mode(False):
-                    buf = torch.empty(shape, dtype=leaf.dtype, device=leaf.device)
-                self.out_slots.append(
-                    (i, Kind.BATCHED if batched else Kind.SHARED, 0 if batched else None, buf)
-                )
-                if batched:
-                    self.out_batched.append((i, 0))
-            else:
-                self.out_slots.append((i, Kind.STATIC, None, leaf))
-        register = getattr(self._runner.backend, "register_static", None)
-        if register is not None:
-            register([b for _, kind, _, b in self.out_slots if kind is not Kind.STATIC])
-
-    def rung_outputs(self, rung: int) -> list[Any]:
-        """The static output leaves a replay of `rung` writes (batched ones narrowed to the rung)."""
-        assert self.out_spec is not None
-        leaves: list[Any] = [None] * self.out_spec.num_leaves
-        for i, kind, dim, buf in self.out_slots:
-            leaves[i] = buf.narrow(dim, 0, rung) if kind is Kind.BATCHED else buf
-        return leaves
-
-    def sliced_outputs(self, rung: int, n: int) -> list[Any]:
-        """The static output leaves of `rung` as a call of n rows sees them (batched ones sliced to n)."""
-        leaves = self.rung_outputs(rung)
-        for i, dim in self.out_batched:
-            leaves[i] = leaves[i].narrow(dim, 0, n)
-        return leaves
-
-    def check_outputs(self, out: Any, rung: int) -> list[Any]:
-        """Flatten one run's outputs and check they fit the static outputs; raise OutputShapeError if not."""
-        assert self.out_spec is not None
-        try:
-            leaves = self.out_spec.flatten(out)
-        except (StructureMismatch, KeyError, IndexError, TypeError):
-            raise OutputShapeError(
-                f"outputs at batch {rung} have another structure than at the top rung"
-            ) from None
-        for i, kind, dim, buf in self.out_slots:
-            leaf = leaves[i]
-            if kind is Kind.STATIC:
-                if isinstance(leaf, torch.Tensor) or leaf != buf:
-                    raise OutputShapeError(
-                        f"non-tensor output {i} changed between rungs: {buf!r} vs {leaf!r}"
-                    )
-                continue
-            want = buf.narrow(dim, 0, rung).shape if kind is Kind.BATCHED else buf.shape
-            if not isinstance(leaf, torch.Tensor) or leaf.shape != want or leaf.dtype != buf.dtype:
-                got = tuple(leaf.shape) if isinstance(leaf, torch.Tensor) else type(leaf).__name__
-                raise OutputShapeError(f"output {i} at batch {rung} is {got}, expected {tuple(want)}")
-        return list(leaves)
 
     # ----- one rung ----------------------------------------------------------------------------------
 
-    def _call(self, rung: int) -> Any:
-        runner = self._runner
-        args, kwargs = runner.in_spec.unflatten(runner.rung_leaves(rung))
-        return runner.fn(*args, **kwargs)
-
-    def _body(self, rung: int) -> Callable[[], None]:
+    def _body(self, rung: int, outputs: StaticOutputs) -> Callable[[], None]:
         """What the graph records: the callable on the rung's static inputs, outputs copied out."""
-        targets = [(i, t) for i, t in enumerate(self.rung_outputs(rung)) if isinstance(t, torch.Tensor)]
-        flatten = self.out_spec.flatten  # type: ignore[union-attr]
+        targets = [(i, t) for i, t in enumerate(outputs.rung_outputs(rung)) if isinstance(t, torch.Tensor)]
+        flatten, call_at = outputs.spec.flatten, self._spec.call_at
 
         def body() -> None:
-            leaves = flatten(self._call(rung))
+            leaves = flatten(call_at(rung))
             for i, target in targets:
                 target.copy_(leaves[i])
 
         return body
 
-    def _capture_rung(self, rung: int) -> CapturedGraph | None:
-        """Capture and verify one rung at its own size; its graph, or None when it runs eager."""
-        runner, backend = self._runner, self._runner.backend
+    def _capture_rung(self, rung: int) -> None:
+        """Capture and verify one rung at its own size; a failure leaves it eager, with the reason."""
+        spec, backend, outputs, verifier = self._spec, self._spec.backend, self._outputs, self._verifier
+        assert outputs is not None and verifier is not None  # a rung without status: outputs were learned
         if hasattr(backend, "current_rung"):
             backend.current_rung = rung
         start = time.perf_counter()
         try:
-            self.check_outputs(self._call(rung), rung)
-            body = self._body(rung)
-            backend.warmup(body, self._warmup_iters)
-            if self._budget is not None and self._over_budget(body, rung, start):
-                return None
-            with backend.range(f"graphrun.capture[{runner.name}:{rung}]"):
-                graph = backend.capture(body, f"graphrun.replay[{runner.name}:{rung}]")
+            outputs.check(spec.call_at(rung), rung)
+            body = self._body(rung, outputs)
+            backend.warmup(body, spec.options.warmup_iters)
+            if spec.options.memory_budget_bytes is not None and self._over_budget(body, rung, start):
+                return
+            with backend.range(f"graphrun.capture[{spec.name}:{rung}]"):
+                graph = backend.capture(body, f"graphrun.replay[{spec.name}:{rung}]")
         except Exception as exc:
             self._fail(rung, classify(exc), exc, time.perf_counter() - start)
-            return None
-        found = self._verifier.check(graph, rung, rung, VERIFY_SEED + rung) if self._verify else None
+            return
+        found = verifier.check(graph, rung, rung, VERIFY_SEED + rung) if spec.options.verify else None
         seconds = time.perf_counter() - start
         if found is not None:
             graph.release()
             self._fail(rung, CaptureFailure.VERIFICATION, found.detail, seconds)
-            return None
-        self.out_leaves[rung] = self.rung_outputs(rung)
-        runner.install(rung, graph, RungStatus(rung, True, graph.nbytes, seconds, padded=runner.pads))
-        runner.stats.num_captured += 1
-        runner.stats.capture_seconds += seconds
-        log.info(
-            "runner %s: captured batch size %d in %.3f s (%.1f MiB)",
-            runner.name,
-            rung,
-            seconds,
-            graph.nbytes / 2**20,
-        )
-        return graph
+            return
+        self._graphs[rung] = graph
+        self._statuses[rung] = RungStatus(rung, True, graph.nbytes, seconds, padded=spec.options.pads)
+        mib = graph.nbytes / 2**20
+        log.info("runner %s: captured batch size %d in %.3f s (%.1f MiB)", spec.name, rung, seconds, mib)
 
     def _over_budget(self, body: Callable[[], None], rung: int, start: float) -> bool:
-        backend = self._runner.backend
+        backend, budget = self._spec.backend, self._spec.options.memory_budget_bytes
         estimate = backend.estimate_bytes(body)
         projected = backend.projected_pool_bytes(estimate)
-        assert self._budget is not None
-        if projected <= self._budget:
+        assert budget is not None
+        if projected <= budget:
             return False
-        detail = f"pool would reach {projected / 2**20:.1f} MiB > budget {self._budget / 2**20:.1f} MiB"
+        detail = f"pool would reach {projected / 2**20:.1f} MiB > budget {budget / 2**20:.1f} MiB"
         self._fail(rung, CaptureFailure.MEMORY_BUDGET, detail, time.perf_counter() - start)
         return True
 
     # ----- padded sizes ------------------------------------------------------------------------------
 
-    def _verify_padding(self, graphs: dict[int, CapturedGraph]) -> None:
+    def _verify_padding(self) -> None:
         """Smallest rung first: replay the batches each rung would serve padded, and compare with eager.
 
         A rung serves padded the batches above the largest smaller rung that accepts padding; it is checked
         at the smallest of them and at one in the middle. A mismatch leaves the rung exact-size only, so
         its batches move on to the next rung, whose interval then reaches down to them.
         """
+        verifier = self._verifier
+        if verifier is None:  # no rung ran eagerly, so none was captured
+            return
         lowest = 1  # the smallest batch that lands on the next rung, padded
-        for rung, graph in sorted(graphs.items()):
+        for rung, graph in sorted(self._graphs.items()):
             start = time.perf_counter()
             problem = None
-            for n in padded_samples(lowest, rung, graphs):
-                problem = self._verifier.check_padded(graph, rung, n)
+            for n in padded_samples(lowest, rung, self._graphs):
+                problem = verifier.check_padded(graph, rung, n)
                 if problem is not None:
                     break
             self._record_padding(rung, problem, time.perf_counter() - start)
@@ -256,57 +172,49 @@ class RungCapturer:
                 lowest = rung + 1
 
     def _record_padding(self, rung: int, problem: str | None, seconds: float) -> None:
-        """Add the check's time to the rung's; a problem makes the rung exact-size only, counted once."""
-        runner = self._runner
-        status = next(s for s in runner.status() if s.size == rung)
+        """Add the check's time to the rung's; a problem makes the rung exact-size only."""
+        status = self._statuses[rung]
         status = replace(status, capture_seconds=status.capture_seconds + seconds)
-        runner.stats.capture_seconds += seconds
         if problem is None:
-            runner.mark(status)
+            self._statuses[rung] = status
             return
         reason = CaptureFailure.PADDING_MISMATCH
-        runner.mark(replace(status, reason=reason, detail=problem, padded=False))
-        runner.stats.capture_failed[reason] = runner.stats.capture_failed.get(reason, 0) + 1
+        self._statuses[rung] = replace(status, reason=reason, detail=problem, padded=False)
         log.warning(
             "runner %s: batch size %d replays exact-size calls only: %s (%s); smaller batches go to the "
             "next rung that accepts padding, else eager",
-            runner.name, rung, reason.value, problem,
+            self._spec.name, rung, reason.value, problem,
         )  # fmt: skip
 
     # ----- bookkeeping -------------------------------------------------------------------------------
 
     def _fail(self, rung: int, reason: CaptureFailure, exc: BaseException | str, seconds: float) -> None:
-        runner = self._runner
         if isinstance(exc, BaseException):
             exc = root_cause(exc)
         text = str(exc).strip()
         detail = text.splitlines()[0][:300] if text else type(exc).__name__
-        runner.mark(RungStatus(rung, False, 0, seconds, reason, detail))
-        runner.stats.capture_failed[reason] = runner.stats.capture_failed.get(reason, 0) + 1
+        self._statuses[rung] = RungStatus(rung, False, 0, seconds, reason, detail)
         log.warning(
             "runner %s: batch size %d runs eager for the life of the process: %s (%s)",
-            runner.name,
-            rung,
-            reason.value,
-            detail,
-        )
+            self._spec.name, rung, reason.value, detail,
+        )  # fmt: skip
 
-    def _log_summary(self, seconds: float, pool_bytes: int) -> None:
-        runner = self._runner
-        statuses = runner.status()
+    def _log_summary(self, result: CaptureResult) -> None:
+        spec = self._spec
+        statuses = [result.statuses[r] for r in spec.sizes if r in result.statuses]
         captured = [s.size for s in statuses if s.captured]
         eager = [f"{s.size} ({s.reason})" for s in statuses if not s.captured]
         exact = [f"{s.size} ({s.reason})" for s in statuses if s.reason is CaptureFailure.PADDING_MISMATCH]
-        if not runner.pads:
+        if not spec.options.pads:
             exact = ["all (pad='forbid')"]
         log.info(
             "runner %s: captured %d/%d graphs %s in %.2f s, pool %.1f MiB%s%s",
-            runner.name,
+            spec.name,
             len(captured),
-            len(runner.sizes),
+            len(spec.sizes),
             captured,
-            seconds,
-            pool_bytes / 2**20,
+            result.seconds,
+            result.pool_bytes / 2**20,
             f"; eager: {', '.join(eager)}" if eager else "",
             f"; exact-size only: {', '.join(exact)}" if exact else "",
         )

@@ -18,27 +18,21 @@ import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from graphrun.errors import ConfigError, GraphInputError
-from graphrun.graphs.backends import Backend, CapturedGraph, EagerBackend, make_backend
-from graphrun.graphs.buffers import (
-    Kind,
-    Slot,
-    check_scalar,
-    check_static,
-    check_tensor,
-    make_input_slot,
-    pad_rows,
-)
+from graphrun.graphs.backends import CapturedGraph, EagerBackend, make_backend
+from graphrun.graphs.buffers import Kind, Slot, check_scalar, check_static, check_tensor, pad_rows
 from graphrun.graphs.capture import RungCapturer
-from graphrun.graphs.layout import BatchDims, KwargBatchDims, leaf_batch_dims, leaf_paths
+from graphrun.graphs.inputs import InputLayout
 from graphrun.graphs.metrics import collector_for
-from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe, spec_of
-from graphrun.graphs.sizes import default_ladder, normalize_ladder, rung_for
+from graphrun.graphs.options import RunnerKeywords, RunnerOptions
+from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe
+from graphrun.graphs.sizes import rung_for
+from graphrun.graphs.spec import CaptureResult, CaptureSpec
 from graphrun.graphs.status import (
     REPLAY_BUCKETS,
     CallFallback,
@@ -51,12 +45,15 @@ from graphrun.graphs.status import (
 log = logging.getLogger(__name__)
 
 _FLATTEN_ERRORS = (StructureMismatch, KeyError, IndexError, TypeError)
-PAD_MODES = ("repeat", "forbid")
-SCALAR_MODES = ("static", "tensor")
 
 
 class GraphRunner:
     """Run `fn` through captured graphs, one per capture size, with eager fallback that is counted.
+
+    Options come as keyword arguments (`sizes=[1, 2, 4], pad=0`) or as one `options=RunnerOptions(...)`
+    (options.py), not both; either way they are validated before anything is allocated. The runner
+    builds one CaptureSpec (spec.py) from them and the example inputs and hands it to the capture
+    machinery (capture.py), which returns the graphs and statuses; the runner owns dispatch and calls.
 
     backend: "cuda", "sim" (the CPU simulator, for tests), a Backend instance, or "auto" (the default):
     CUDA graphs when the inputs are CUDA tensors, otherwise no graphs at all: every rung is marked eager
@@ -89,133 +86,65 @@ class GraphRunner:
         example_args: Sequence[Any] | torch.Tensor,
         example_kwargs: dict[str, Any] | None = None,
         *,
-        batch_dims: BatchDims = 0,
-        kwarg_batch_dims: KwargBatchDims | str = "same",
-        sizes: Sequence[int] | None = None,
-        max_batch_size: int | None = None,
-        backend: str | Backend = "auto",
-        verify: bool = True,
-        verify_inputs: Callable[[int, torch.Generator], Sequence[Any]] | None = None,
-        tolerance: tuple[float, float] | None = None,
-        clone_outputs: bool = False,
-        scalars: str = "static",
-        pad: str | float | int | None = "repeat",
-        memory_budget_bytes: int | None = None,
-        warmup_iters: int = 2,
-        name: str | None = None,
-        registry: CollectorRegistry | None = None,
-        capture: bool = True,
-        inference_mode: bool = True,
+        options: RunnerOptions | None = None,
+        **keywords: Unpack[RunnerKeywords],
     ) -> None:
+        options = _resolve_options(options, keywords)
         args = (example_args,) if isinstance(example_args, torch.Tensor) else tuple(example_args)
-        kwargs = dict(example_kwargs or {})
-        _check_options(scalars, pad, memory_budget_bytes, warmup_iters)
-        self._fn = fn
-        self._clone_outputs = clone_outputs
-        self._pad = pad
-        self._inference_mode = inference_mode
-        self._lock = threading.Lock()
-        self._build_input_slots(
-            args, kwargs, leaf_batch_dims(batch_dims, kwarg_batch_dims, args, kwargs), scalars
-        )
-        self.sizes = self._build_ladder(sizes, max_batch_size)
-        self.backend = make_backend(backend, self._device(args, kwargs))
-        self._register_static_buffers()
+        inputs = InputLayout.build(args, dict(example_kwargs or {}), options)
+        self.options = options
+        self.sizes = inputs.sizes
+        self.backend = make_backend(options.backend, inputs.device)
+        register = getattr(self.backend, "register_static", None)
+        if register is not None:
+            register(inputs.static_buffers())
         self.stats = RunnerStats()
-        self.name = self._register_metrics(name, registry)
-        self._capturer = RungCapturer(
-            self, verify, tolerance, memory_budget_bytes, warmup_iters, verify_inputs
-        )
+        self.name = self._register_metrics(fn, options.name, options.registry)
+        self.spec = CaptureSpec(fn, inputs, options, self.backend, self.name)
+        self._capturer = RungCapturer(self.spec)
+        self._bind_call_path(fn, inputs, options)
+        if options.capture:
+            self.capture()
+
+    # ----- construction steps -------------------------------------------------------------------------
+
+    def _bind_call_path(self, fn: Callable[..., Any], inputs: InputLayout, options: RunnerOptions) -> None:
+        """Everything a call reads, as plain attributes: the hot path does no lookups through the spec."""
+        self._fn = fn
+        self._clone_outputs = options.clone_outputs
+        self._pad = options.pad
+        self._inference_mode = options.inference_mode
+        self._lock = threading.Lock()
+        self._in_spec: TreeSpec = inputs.in_spec
+        self._flatten = inputs.in_spec.flatten
+        self._slots = inputs.slots
+        self._batched = inputs.batched
+        self._shared = inputs.shared
+        self._scalar_slots = inputs.scalar_slots
+        self._static_slots = inputs.static_slots
+        self._first = inputs.batched[0]
+        self._only_batched = len(inputs.slots) == 1  # one batched tensor, nothing else: the inlined path
+        self._copy_in = inputs.copy_in
         self._graphs: dict[int, CapturedGraph] = {}
         self._replays: dict[int, Callable[[], None]] = {}
         self._dispatch: list[int | None] = [None] * (self.sizes[-1] + 1)
         self._dispatch_len = len(self._dispatch)
         self._eager_reasons = [CallFallback.NOT_CAPTURED_YET] * self._dispatch_len
-        self._flatten = self._in_spec.flatten
+        # rung -> the static output leaves a replay of it writes; what n < rung rows narrow; the rebuild
+        self._out_leaves: dict[int, list[Any]] = {}
+        self._out_batched: Sequence[tuple[int, int]] = ()
+        self._out_unflatten: Callable[[Any], Any] = _no_outputs
         # rung -> the finished output object when a call fills the whole rung (tuple or single tensor
         # outputs only: a dict or list could be mutated by the caller, so those are rebuilt per call)
         self._out_whole: dict[int, Any] = {}
         self._status: dict[int, RungStatus] = {}
         self._captured_once = False
-        if capture:
-            self.capture()
 
-    # ----- construction steps -------------------------------------------------------------------------
-
-    def _build_input_slots(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], dims: list[int | None], scalars: str
-    ) -> None:
-        root = (args, kwargs)
-        self._in_spec: TreeSpec = spec_of(root)
-        leaves = self._in_spec.flatten(root)
-        paths = leaf_paths(args, kwargs)
-        batched = [
-            (path, leaf.shape[d])
-            for leaf, d, path in zip(leaves, dims, paths, strict=True)
-            if isinstance(leaf, torch.Tensor) and d is not None
-        ]
-        if not batched:
-            raise ConfigError("no tensor input has a batch dimension: pass batch_dims (e.g. batch_dims=0)")
-        batch_sizes = {size for _, size in batched}
-        if len(batch_sizes) != 1:
-            listing = ", ".join(f"{path}: {size}" for path, size in batched)
-            raise ConfigError(
-                f"example inputs disagree on the batch size ({listing}); mark inputs without a batch "
-                "dimension with batch_dims=(0, None, ...) or kwarg_batch_dims={'name': None}"
-            )
-        self._example_batch = batch_sizes.pop()
-        if self._example_batch < 1:
-            raise ConfigError("example inputs must have a batch size of at least 1")
-        self._example_leaves = leaves
-        self._paths = paths
-        self._leaf_dims = dims
-        self._scalars = scalars
-        self._slots: list[Slot] = []  # filled with buffers once the ladder is known
-
-    def _build_ladder(self, sizes: Sequence[int] | None, max_batch_size: int | None) -> tuple[int, ...]:
-        if sizes is not None:
-            ladder = normalize_ladder(sizes)
-            if max_batch_size is not None and ladder[-1] != max_batch_size:
-                raise ConfigError(
-                    f"max_batch_size={max_batch_size} disagrees with the top capture size {ladder[-1]}"
-                )
-        else:
-            ladder = default_ladder(max_batch_size if max_batch_size is not None else self._example_batch)
-        top = ladder[-1]
-        self._slots = [
-            make_input_slot(
-                i, path, leaf, dim if isinstance(leaf, torch.Tensor) else None, top, self._scalars
-            )
-            for i, (leaf, dim, path) in enumerate(
-                zip(self._example_leaves, self._leaf_dims, self._paths, strict=True)
-            )
-        ]
-        for slot in self._slots:
-            if slot.kind is Kind.BATCHED:
-                assert slot.buffer is not None and slot.dim is not None
-                slot.views = {r: slot.buffer.narrow(slot.dim, 0, r) for r in ladder}
-        self._batched = [s for s in self._slots if s.kind is Kind.BATCHED]
-        self._shared = [s for s in self._slots if s.kind is Kind.SHARED]
-        self._scalar_slots = [s for s in self._slots if s.kind is Kind.SCALAR]
-        self._static_slots = [s for s in self._slots if s.kind is Kind.STATIC]
-        self._first = self._batched[0]
-        self._only_batched = len(self._slots) == 1  # one batched tensor, nothing else: the inlined path
-        for slot in self._batched:
-            slot.view_ptrs = {r: view.data_ptr() for r, view in slot.views.items()}
-        del self._example_leaves
-        return ladder
-
-    def _device(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device:
-        return self._first.buffer.device if self._first.buffer is not None else torch.device("cpu")
-
-    def _register_static_buffers(self) -> None:
-        register = getattr(self.backend, "register_static", None)
-        if register is not None:
-            register([s.buffer for s in self._slots if s.buffer is not None])
-
-    def _register_metrics(self, name: str | None, registry: CollectorRegistry | None) -> str:
+    def _register_metrics(
+        self, fn: Callable[..., Any], name: str | None, registry: CollectorRegistry | None
+    ) -> str:
         collector = collector_for(registry if registry is not None else REGISTRY)
-        base = name or getattr(self._fn, "__name__", None) or type(self._fn).__name__
+        base = name or getattr(fn, "__name__", None) or type(fn).__name__
         chosen = base
         if name is None:  # an automatic name never collides: suffix it
             taken = collector.names()
@@ -224,30 +153,58 @@ class GraphRunner:
                 chosen, suffix = f"{base}-{suffix}", suffix + 1
         collector.add(chosen, self.stats)
         weakref.finalize(self, collector.remove, chosen)
+        # Lifetime, kept as it has always been: a runner is freed (and its series leave the registry) by
+        # the garbage collector's next pass, not the moment its last reference drops, so a runner built
+        # and dropped in one statement still answers the next scrape. The capturer no longer points back
+        # at the runner, so this reference is the cycle that used to come with it.
+        self._self = self
         return chosen
 
     # ----- capture ------------------------------------------------------------------------------------
 
     def capture(self) -> RunnerStatus:
         """Capture every rung, largest first; rungs that fail run eager, with the reason in status()."""
-        for graph in self._graphs.values():
-            graph.release()
-        self._graphs.clear()
-        self._replays.clear()
-        self._out_whole.clear()
+        self._release_graphs()
         self._status.clear()
         if isinstance(self.backend, EagerBackend):  # backend="auto" without CUDA tensors
             self._mark_all_eager(self.backend.why)
         else:
-            with self._capture_mode():
-                self._capturer.capture_all()
+            self._install(self._capturer.capture_all())
         self._captured_once = True
         self._rebuild_dispatch()
         return self.status()
 
+    def _install(self, result: CaptureResult) -> None:
+        """Take one capture pass's graphs, statuses and counts; precompute the whole-rung outputs."""
+        stats = self.stats
+        stats.num_captured += result.num_captured
+        stats.capture_seconds += result.capture_seconds
+        for reason, count in result.failures().items():
+            stats.capture_failed[reason] = stats.capture_failed.get(reason, 0) + count
+        self._status.update(result.statuses)
+        outputs = result.outputs
+        if outputs is None:  # no rung ran at all, so none holds a graph
+            return
+        self._out_batched = outputs.batched
+        self._out_unflatten = outputs.spec.unflatten
+        for rung, graph in result.graphs.items():
+            self._graphs[rung] = graph
+            self._replays[rung] = graph.replay
+            self._out_leaves[rung] = outputs.rung_outputs(rung)
+            if self._clone_outputs is False and outputs.immutable:
+                self._out_whole[rung] = self._outputs(rung, rung)
+
+    def _release_graphs(self) -> None:
+        for graph in self._graphs.values():
+            graph.release()
+        self._graphs.clear()
+        self._replays.clear()
+        self._out_leaves.clear()
+        self._out_whole.clear()
+
     def _mark_all_eager(self, why: str) -> None:
         for size in self.sizes:
-            self.mark(RungStatus(size, False, reason=CaptureFailure.NO_GRAPH_BACKEND, detail=why))
+            self._status[size] = RungStatus(size, False, reason=CaptureFailure.NO_GRAPH_BACKEND, detail=why)
         self.stats.capture_failed[CaptureFailure.NO_GRAPH_BACKEND] = len(self.sizes)
         log.info("runner %s: no graphs, every call runs eager (%s)", self.name, why)
 
@@ -294,16 +251,9 @@ class GraphRunner:
 
     def close(self) -> None:
         """Release every graph; later calls run eager (counted as not_captured_yet)."""
-        for graph in self._graphs.values():
-            graph.release()
-        self._graphs.clear()
-        self._replays.clear()
-        self._out_whole.clear()
+        self._release_graphs()
         self._captured_once = False
         self._rebuild_dispatch()
-
-    def _capture_mode(self) -> contextlib.AbstractContextManager[Any]:
-        return torch.inference_mode() if self._inference_mode else contextlib.nullcontext()
 
     def _eager_mode(self) -> contextlib.AbstractContextManager[Any]:
         # no_grad, not inference_mode: an eager result must be an ordinary tensor, like a replay's outputs
@@ -417,35 +367,14 @@ class GraphRunner:
             check_scalar(slot, leaves[slot.index])
         return int(n)
 
-    def _copy_in(self, leaves: tuple[Any, ...], n: int, rung: int) -> None:
-        for slot in self._batched:
-            view = slot.views[rung]
-            leaf = leaves[slot.index]
-            if leaf is not view and leaf.data_ptr() != slot.view_ptrs[rung]:
-                if leaf.requires_grad:
-                    leaf = leaf.detach()
-                if n == rung:
-                    view.copy_(leaf)
-                else:
-                    view.narrow(slot.dim, 0, n).copy_(leaf)  # type: ignore[arg-type]
-            if n != rung:
-                pad_rows(view, slot.dim, n, self._pad)  # type: ignore[arg-type]
-        for slot in self._shared:
-            leaf = leaves[slot.index]
-            if leaf is not slot.buffer:
-                slot.buffer.copy_(leaf.detach() if leaf.requires_grad else leaf)  # type: ignore[union-attr]
-        for slot in self._scalar_slots:
-            slot.buffer.fill_(leaves[slot.index])  # type: ignore[union-attr]
-
     def _outputs(self, n: int, rung: int) -> Any:
-        capturer = self._capturer
-        leaves = list(capturer.out_leaves[rung])
+        leaves = list(self._out_leaves[rung])
         if n != rung:
-            for i, dim in capturer.out_batched:
+            for i, dim in self._out_batched:
                 leaves[i] = leaves[i].narrow(dim, 0, n)
         if self._clone_outputs:
             leaves = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
-        return capturer.out_spec.unflatten(leaves)  # type: ignore[union-attr]  # set before any rung installs
+        return self._out_unflatten(leaves)
 
     def _why_eager(self, n: int) -> CallFallback:
         return CallFallback.ABOVE_TOP_RUNG if n >= self._dispatch_len else self._eager_reasons[n]
@@ -456,31 +385,7 @@ class GraphRunner:
         with self._eager_mode():
             return self._fn(*args, **kwargs)
 
-    # ----- used by RungCapturer ----------------------------------------------------------------------
-
-    def rung_leaves(self, rung: int) -> list[Any]:
-        """The leaves `fn` sees when it runs on the static buffers of `rung`."""
-        return [
-            s.views[rung] if s.kind is Kind.BATCHED else s.buffer if s.buffer is not None else s.value
-            for s in self._slots
-        ]
-
-    def copy_in(self, leaves: Sequence[Any], n: int, rung: int) -> None:
-        """Copy a call's leaves of batch n into the static buffers of `rung`, padded as a call pads them."""
-        self._copy_in(tuple(leaves), n, rung)
-
-    def install(self, rung: int, graph: CapturedGraph, status: RungStatus) -> None:
-        """Record a rung's outcome; a graph makes the rung replayable."""
-        self._status[rung] = status
-        if status.captured:
-            self._graphs[rung] = graph
-            self._replays[rung] = graph.replay
-            if self._clone_outputs is False and self._capturer.immutable_outputs:
-                self._out_whole[rung] = self._outputs(rung, rung)
-
-    def mark(self, status: RungStatus) -> None:
-        """Record a rung's status without touching its graph: an eager rung, or a captured one's update."""
-        self._status[status.size] = status
+    # ----- introspection ------------------------------------------------------------------------------
 
     @property
     def fn(self) -> Callable[..., Any]:
@@ -488,7 +393,7 @@ class GraphRunner:
         return self._fn
 
     @property
-    def slots(self) -> list[Slot]:
+    def slots(self) -> tuple[Slot, ...]:
         """Input slots, in flatten order."""
         return self._slots
 
@@ -498,14 +403,19 @@ class GraphRunner:
         return self._in_spec
 
 
-def _check_options(scalars: str, pad: Any, budget: int | None, warmup_iters: int) -> None:
-    if scalars not in SCALAR_MODES:
-        raise ConfigError(f"scalars must be one of {SCALAR_MODES}, got {scalars!r}")
-    if isinstance(pad, str) and pad not in PAD_MODES:
-        raise ConfigError(f"pad must be 'repeat', 'forbid', a number or None, got {pad!r}")
-    if budget is not None and budget <= 0:
-        raise ConfigError(f"memory_budget_bytes must be positive, got {budget}")
-    if warmup_iters < 1:
+def _resolve_options(options: RunnerOptions | None, keywords: RunnerKeywords) -> RunnerOptions:
+    """The options object: the one given, or one built from keyword options; never both."""
+    if options is None:
+        return RunnerOptions.from_keywords(keywords)
+    if keywords:
         raise ConfigError(
-            f"warmup_iters must be >= 1 (cuBLAS and friends initialise lazily), got {warmup_iters}"
+            f"GraphRunner got options= and keyword options {sorted(keywords)}; pass one or the other "
+            "(dataclasses.replace(options, ...) changes a field of an options object)"
         )
+    if not isinstance(options, RunnerOptions):
+        raise ConfigError(f"options must be a RunnerOptions, got {type(options).__name__}")
+    return options
+
+
+def _no_outputs(leaves: Any) -> Any:
+    raise AssertionError("no rung is captured, so no call replays and no output is rebuilt")

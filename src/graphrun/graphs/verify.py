@@ -8,19 +8,17 @@ is only correct for a function whose rows are independent, and this is where tha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from graphrun.graphs.backends import CapturedGraph
 from graphrun.graphs.buffers import Kind, Slot
+from graphrun.graphs.outputs import StaticOutputs
 from graphrun.graphs.pytree import StructureMismatch
-
-if TYPE_CHECKING:
-    from graphrun.graphs.capture import RungCapturer
-    from graphrun.graphs.runner import GraphRunner
+from graphrun.graphs.spec import CaptureSpec
 
 VERIFY_SEED = 0x6A7
 INTEGER_REDRAWS = 2  # extra draws before an integer-only padded mismatch counts (see Verifier)
@@ -88,9 +86,9 @@ class Verifier:
     function whose rows depend on each other (a batch mean, batch-norm in training, softmax over the
     batch) fails it; so does one whose eager run raises at n (a replay would answer where eager refuses).
 
-    Inputs of n rows come from `verify_inputs(n, generator)` when the caller gave one: it is called with
-    the real batch size n, so it must return valid inputs for every batch size up to the top rung, not
-    only for the rungs. Otherwise they are drawn at random like the example (random_like).
+    Inputs of n rows come from the options' `verify_inputs(n, generator)` when the caller gave one: it
+    is called with the real batch size n, so it must return valid inputs for every batch size up to the
+    top rung, not only for the rungs. Otherwise they are drawn at random like the example (random_like).
 
     Integer outputs (token ids, indices) have no tolerance, yet an integer computed from floats (an
     argmax) can flip when eager at n and the graph at the rung run different kernels for their shapes
@@ -103,17 +101,11 @@ class Verifier:
     depends on the batch size alone (not on the other rows' values) passes.
     """
 
-    def __init__(
-        self,
-        runner: GraphRunner,
-        outputs: RungCapturer,
-        tolerance: tuple[float, float] | None,
-        verify_inputs: Callable[[int, torch.Generator], Sequence[Any]] | None,
-    ) -> None:
-        self._runner = runner
+    def __init__(self, spec: CaptureSpec, outputs: StaticOutputs) -> None:
+        self._spec = spec
         self._outputs = outputs
-        self._tolerance = tolerance
-        self._verify_inputs = verify_inputs
+        self._tolerance = spec.options.tolerance
+        self._verify_inputs = spec.options.verify_inputs
 
     def check(self, graph: CapturedGraph, rung: int, n: int, seed: int) -> Mismatch | None:
         """Replay `graph` (captured at `rung`) on n fresh rows, padded when n < rung; the first mismatch."""
@@ -127,7 +119,7 @@ class Verifier:
             found, leaves = self._check_seeded(graph, rung, n, seed)
             if found is None or not found.integer_only:
                 break
-            if n >= 2 and self._runner.pad_policy == "repeat":
+            if n >= 2 and self._spec.inputs.pad == "repeat":
                 if self._padding_changes_rows(graph, rung, n, leaves):
                     found = Mismatch(f"{found.detail}, and they move with the padding rows", False)
                 else:  # same graph, other padding rows, same outputs: eager differed by rounding only
@@ -144,10 +136,9 @@ class Verifier:
         return self._check_leaves(graph, rung, n, leaves), leaves
 
     def _check_leaves(self, graph: CapturedGraph, rung: int, n: int, leaves: list[Any]) -> Mismatch | None:
-        runner = self._runner
-        args, kwargs = runner.in_spec.unflatten(leaves)
+        args, kwargs = self._spec.inputs.in_spec.unflatten(leaves)
         try:
-            want = self._outputs.check_outputs(runner.fn(*args, **kwargs), n)
+            want = self._outputs.check(self._spec.fn(*args, **kwargs), n)
         except Exception as exc:  # eager raises where a padded replay would answer: never replay that
             return Mismatch(f"verification run failed: eager at batch {n} raised {_named(exc)}", False)
         try:
@@ -158,10 +149,9 @@ class Verifier:
 
     def _replay(self, graph: CapturedGraph, rung: int, n: int, leaves: Sequence[Any]) -> list[Any]:
         """Copy n rows in (padded as a call pads them), replay, return the outputs a call of n would see."""
-        runner = self._runner
-        runner.copy_in(leaves, n, rung)
+        self._spec.inputs.copy_in(leaves, n, rung)
         graph.replay()
-        runner.backend.synchronize()
+        self._spec.backend.synchronize()
         return self._outputs.sliced_outputs(rung, n)
 
     def _padding_changes_rows(self, graph: CapturedGraph, rung: int, n: int, leaves: list[Any]) -> bool:
@@ -171,7 +161,7 @@ class Verifier:
         ]
         padded = [
             _pad_with_first_row(leaf, slot.dim, rung) if slot.kind is Kind.BATCHED else leaf
-            for leaf, slot in zip(leaves, self._runner.slots, strict=True)
+            for leaf, slot in zip(leaves, self._spec.inputs.slots, strict=True)
         ]
         self._replay(graph, rung, rung, padded)  # a full rung: the runner pads nothing
         second = self._outputs.sliced_outputs(rung, n)
@@ -180,15 +170,15 @@ class Verifier:
         )
 
     def _draw(self, n: int, gen: torch.Generator) -> list[Any] | str:
-        runner = self._runner
+        inputs = self._spec.inputs
         if self._verify_inputs is None:
-            return [_random_leaf(slot, n, gen) for slot in runner.slots]
+            return [_random_leaf(slot, n, gen) for slot in inputs.slots]
         args, kwargs = tuple(self._verify_inputs(n, gen)), dict[str, Any]()
         try:
-            leaves = list(runner.in_spec.flatten((args, kwargs)))
+            leaves = list(inputs.in_spec.flatten((args, kwargs)))
         except (StructureMismatch, KeyError, IndexError, TypeError):
             return "verify_inputs returned another structure than the example inputs"
-        for slot in runner.slots:
+        for slot in inputs.slots:
             leaf, dim = leaves[slot.index], slot.dim
             if (
                 dim is not None
