@@ -34,8 +34,11 @@ def test_metric_values_follow_calls(registry):
 
 
 def test_every_reason_is_exported_even_at_zero(registry):
-    GraphRunner(lambda x: x + 1, (torch.randn(2, 2),), sizes=[2], backend="sim", registry=registry, name="z")
-    text = generate_latest(registry).decode()
+    runner = GraphRunner(
+        lambda x: x + 1, (torch.randn(2, 2),), sizes=[2], backend="sim", registry=registry, name="z"
+    )
+    text = generate_latest(registry).decode()  # a runner's series live as long as the runner does
+    assert runner.name == "z"
     for reason in (
         "oom",
         "host_sync",

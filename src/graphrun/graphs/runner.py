@@ -153,11 +153,6 @@ class GraphRunner:
                 chosen, suffix = f"{base}-{suffix}", suffix + 1
         collector.add(chosen, self.stats)
         weakref.finalize(self, collector.remove, chosen)
-        # Lifetime, kept as it has always been: a runner is freed (and its series leave the registry) by
-        # the garbage collector's next pass, not the moment its last reference drops, so a runner built
-        # and dropped in one statement still answers the next scrape. The capturer no longer points back
-        # at the runner, so this reference is the cycle that used to come with it.
-        self._self = self
         return chosen
 
     # ----- capture ------------------------------------------------------------------------------------
