@@ -45,6 +45,7 @@ from graphrun.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     as_api_error,
+    check_model_name,
     content_type_error,
 )
 from graphrun.serve.request import RequestHandle
@@ -161,10 +162,7 @@ class _Routes:
 
     def _model_for(self, model: str | None) -> ServedModel:
         """The served model, when `model` names it (None: the served model) and the engine is ready."""
-        name = self._config.served_model_name
-        if model is not None and model != name:
-            message = f"model {model!r} does not exist; this server serves {name!r}"
-            raise APIError(404, message, param="model", code="model_not_found")
+        check_model_name(model, self._config.served_model_name)
         return self._worker.model
 
     async def _generate(

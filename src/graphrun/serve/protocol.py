@@ -339,3 +339,10 @@ def encode_text(tokenizer: Tokenizer, text: str, param: str) -> list[int]:
             400, f"{param} is not valid Unicode: {exc.reason} at index {exc.start}", param=param
         ) from exc
     return tokenizer.encode(text)
+
+
+def check_model_name(asked: str | None, served: str) -> None:
+    """A 404 naming `model` unless `asked` (None: whatever is served) is the model this server serves."""
+    if asked is not None and asked != served:
+        message = f"model {asked!r} does not exist; this server serves {served!r}"
+        raise APIError(404, message, param="model", code="model_not_found")

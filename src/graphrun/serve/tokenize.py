@@ -33,7 +33,7 @@ from graphrun.llm.tokenizer import Tokenizer
 from graphrun.serve import openapi
 from graphrun.serve.chat_template import ChatTemplate
 from graphrun.serve.config import ServeConfig
-from graphrun.serve.protocol import APIError, ChatMessage, encode_text, unsupported
+from graphrun.serve.protocol import APIError, ChatMessage, check_model_name, encode_text, unsupported
 from graphrun.serve.tokenizer_info import SpecialAffixes, TokenizerInfo, tokenizer_info
 from graphrun.serve.worker import EngineWorker, ServedModel
 
@@ -163,10 +163,7 @@ class TokenizerRoutes:
 
     def _model_for(self, model: str | None) -> ServedModel:
         """The served model, when `model` names it (None: the served model) and the engine is ready."""
-        name = self._config.served_model_name
-        if model is not None and model != name:
-            message = f"model {model!r} does not exist; this server serves {name!r}"
-            raise APIError(404, message, param="model", code="model_not_found")
+        check_model_name(model, self._config.served_model_name)
         return self._worker.model
 
 
