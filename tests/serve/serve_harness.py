@@ -8,6 +8,7 @@ far longer than a quiet one) and only a broken server reaches them, so they neve
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import threading
@@ -94,3 +95,12 @@ def live_server(
         server.should_exit = True
         thread.join(20)
         sock.close()
+
+
+def stream_chunks(srv: LiveServer, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chunks of a streamed request to a live server, parsed; asserts the stream ends with [DONE]."""
+    with httpx.stream("POST", srv.url + path, json={**body, "stream": True}, timeout=30) as response:
+        assert response.status_code == 200, response.read()
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
+    assert events[-1] == "[DONE]"
+    return [json.loads(event) for event in events[:-1]]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
-from serve_harness import LiveServer, live_server
+from serve_harness import live_server, stream_chunks
 
 GREEDY = {"temperature": 0, "ignore_eos": True}
 MAX_TOKENS = 40
@@ -17,14 +15,6 @@ def srv():
     with live_server() as server:
         yield server
 
-
-def _stream(srv: LiveServer, path: str, body: dict) -> list[dict]:
-    """The chunks of a streamed request, parsed; asserts the stream ends with [DONE]."""
-    with httpx.stream("POST", srv.url + path, json={**body, "stream": True}, timeout=30) as response:
-        assert response.status_code == 200, response.read()
-        events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
-    assert events[-1] == "[DONE]"
-    return [json.loads(event) for event in events[:-1]]
 
 
 @pytest.mark.parametrize(
@@ -39,7 +29,7 @@ def test_streamed_token_ids_concatenate_to_the_plain_answers_and_count_usage(srv
     plain = httpx.post(srv.url + path, json=body, timeout=30).json()
     plain_ids = plain["choices"][0]["token_ids"]
     assert len(plain_ids) == plain["usage"]["completion_tokens"] == MAX_TOKENS
-    chunks = _stream(srv, path, {**body, "stream_options": {"include_usage": True}})
+    chunks = stream_chunks(srv, path, {**body, "stream_options": {"include_usage": True}})
     choices = [c["choices"][0] for c in chunks if c["choices"]]
     assert all("token_ids" in choice for choice in choices)
     streamed = [i for choice in choices for i in choice["token_ids"]]
@@ -52,7 +42,7 @@ def test_streamed_token_ids_concatenate_to_the_plain_answers_and_count_usage(srv
 def test_random_bytes_still_get_a_chunk_per_batch_when_the_text_is_held_back(srv):
     """Byte-level ids >= 128 are partial UTF-8: their text waits, their ids do not."""
     body = {"prompt": [200, 201, 202], "max_tokens": MAX_TOKENS, "return_token_ids": True, **GREEDY}
-    choices = [c["choices"][0] for c in _stream(srv, "/v1/completions", body)]
+    choices = [c["choices"][0] for c in stream_chunks(srv, "/v1/completions", body)]
     text = "".join(choice["text"] for choice in choices)
     plain = httpx.post(srv.url + "/v1/completions", json=body, timeout=30).json()["choices"][0]
     assert text == plain["text"]
@@ -65,7 +55,7 @@ def test_random_bytes_still_get_a_chunk_per_batch_when_the_text_is_held_back(srv
 def test_without_the_flag_no_choice_carries_token_ids(srv, stream):
     body = {"prompt": "plain", "max_tokens": 8, **GREEDY}
     if stream:
-        choices = [c["choices"][0] for c in _stream(srv, "/v1/completions", body)]
+        choices = [c["choices"][0] for c in stream_chunks(srv, "/v1/completions", body)]
     else:
         choices = httpx.post(srv.url + "/v1/completions", json=body, timeout=30).json()["choices"]
     assert choices and all("token_ids" not in choice for choice in choices)

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from serve_harness import LiveServer, live_server
+from serve_harness import LiveServer, live_server, stream_chunks
 from tiny_checkpoint import write_tiny_checkpoint
 from tokenizers import Tokenizer
 from tokenizers.processors import TemplateProcessing
@@ -107,13 +107,6 @@ def test_an_empty_or_non_json_body_is_refused_not_a_500(srv, path):
     assert text.status_code == 415 and text.json()["error"]["code"] == "unsupported_media_type"
 
 
-def _stream(srv: LiveServer, path: str, body: dict) -> list[dict]:
-    with httpx.stream("POST", srv.url + path, json={**body, "stream": True}, timeout=30) as response:
-        assert response.status_code == 200, response.read()
-        events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
-    assert events[-1] == "[DONE]"
-    return [json.loads(event) for event in events[:-1]]
-
 
 CONTINUOUS = {"include_usage": True, "continuous_usage_stats": True}
 PROMPTS = [("/v1/completions", {"prompt": "count me"}), ("/v1/chat/completions", {"messages": MESSAGES})]
@@ -123,7 +116,7 @@ PROMPTS = [("/v1/completions", {"prompt": "count me"}), ("/v1/chat/completions",
 def test_continuous_usage_puts_the_running_counts_on_every_chunk(srv, path, prompt):
     body = {**prompt, "max_tokens": 24, "temperature": 0, "ignore_eos": True, "return_token_ids": True}
     num_prompt = _ok(srv, "/tokenize", prompt)["count"]
-    chunks = _stream(srv, path, {**body, "stream_options": CONTINUOUS})
+    chunks = stream_chunks(srv, path, {**body, "stream_options": CONTINUOUS})
     assert all(chunk["usage"] is not None for chunk in chunks)
     so_far = 0
     for chunk in chunks[:-1]:
@@ -140,7 +133,7 @@ def test_continuous_usage_puts_the_running_counts_on_every_chunk(srv, path, prom
 @pytest.mark.parametrize("options", [None, {"include_usage": True}, {"continuous_usage_stats": True}])
 def test_without_continuous_usage_only_the_last_chunk_counts(srv, path, prompt, options):
     body = {**prompt, "max_tokens": 8, "stream_options": options}
-    chunks = _stream(srv, path, body)
+    chunks = stream_chunks(srv, path, body)
     counted = [chunk for chunk in chunks if chunk.get("usage") is not None]
     include = bool(options and options.get("include_usage"))
     assert counted == (chunks[-1:] if include else [])  # continuous_usage_stats needs include_usage
