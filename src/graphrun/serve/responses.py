@@ -273,10 +273,7 @@ class CompletionFormat(_Format):
         return model_json(chunk)
 
     def response(self, text: str, finish_reason: str | None, usage: Usage, token_ids: list[int]) -> BaseModel:
-        choice = CompletionChoice(text=text, finish_reason=finish_reason, token_ids=self._ids(token_ids))
-        return CompletionResponse(
-            id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
-        )
+        return self.chunk_model(text, finish_reason, token_ids, usage)  # the same text_completion object
 
 
 class ChatFormat(_Format):
