@@ -67,7 +67,8 @@ class StepTiming:
 
     launched: the next batch is queued on the device (scheduling + packing + launch); waited: the tokens
     step() returns are on the host (step's on_launched callback, then the wait for the device); end:
-    outputs built. kind/rows/tokens describe the batch launched (kind None: nothing was launched).
+    outputs built. kind/rows/tokens describe the batch launched (kind None: nothing was launched);
+    waiting/running: the scheduler's queue and running set once the batch was scheduled.
     """
 
     start: float
@@ -77,6 +78,8 @@ class StepTiming:
     kind: str | None
     rows: int
     tokens: int
+    waiting: int = 0
+    running: int = 0
 
 
 @dataclass(slots=True)
@@ -280,6 +283,8 @@ class LLMEngine:
             None if batch is None else batch.kind,
             0 if batch is None else len(batch.seqs),
             0 if batch is None else batch.num_tokens,
+            self.scheduler.num_waiting,
+            self.scheduler.num_running,
         )
         return outputs
 

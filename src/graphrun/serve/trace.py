@@ -62,6 +62,8 @@ class StepTrace:
                     "kind": timing.kind,
                     "rows": timing.rows,
                     "tokens": timing.tokens,
+                    "waiting": timing.waiting,
+                    "running": timing.running,
                     "seq_ids": list(seq_ids),
                 }
             )
