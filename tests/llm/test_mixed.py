@@ -218,3 +218,25 @@ def test_engine_mixing_with_sync_scheduling_and_preemption():
     prompts = [f"request {i} " * 3 for i in range(8)]
     assert staggered(mixing, prompts, params, every=2) == staggered(plain, prompts, params, every=2)
     assert mixing.scheduler.num_preemptions > 0
+
+
+@pytest.mark.parametrize("backend", ["sim", "eager"])
+def test_a_mixed_step_above_the_top_rung_runs_eager_with_varlen_attention(backend):
+    """A prompt budget larger than the top decode rung: such steps take the eager path (decode rows in one
+    decode-kernel call, prompt chunks by varlen attention) and every token equals the alternating engine's."""
+    kw = {"enforce_eager": True} if backend == "eager" else {}
+    kw["max_model_len"] = 192
+    mixing, plain = engine(32, **kw), engine(0, **kw)
+    calls = []
+    run = mixing._run_mixed_eager
+
+    def spy(batch):
+        calls.append((batch.num_leading_single_rows(), batch.num_tokens))
+        return run(batch)
+
+    mixing._run_mixed_eager = spy
+    params = [params_for(i) for i in range(len(PROMPTS))]
+    prompts = [p * 3 for p in PROMPTS]
+    assert staggered(mixing, prompts, params, every=2) == staggered(plain, prompts, params, every=2)
+    assert any(d >= 1 and n > 8 for d, n in calls)  # decode rows and a chunk, above the top rung (8)
+    assert mixing.scheduler.block_manager.num_used_blocks == 0

@@ -151,16 +151,17 @@ class LLMEngine:
 
     def _build_scheduler(self) -> None:
         cfg = self.config
-        graphs = cfg.graph_backend_for(self.device) is not None
         sched = SchedulerConfig(
             self.max_model_len,
             cfg.max_num_seqs,
             cfg.max_num_batched_tokens,
             cfg.block_size,
             mixed_prefill_tokens=cfg.mixed_prefill_tokens,
-            # a mixed step's rows must fit the top decode rung, or it would run eager
-            max_mixed_rows=max(self.capture_sizes(), default=None) if graphs else None,
         )
+        # a mixed step up to the top decode rung replays the decode graph (a prompt token is one more row);
+        # a larger one runs eager with varlen attention for its prompt chunks (_run_mixed_eager). Graphs
+        # on or off, the same rule, so both engines compute the same steps the same way.
+        self._mixed_graph_rows = max(self.capture_sizes(), default=0)
         eos = self.model_config.eos_token_ids or self.tokenizer.eos_token_ids
         self.scheduler = Scheduler(sched, BlockManager(self.num_blocks, cfg.block_size), eos)
         self.max_blocks_per_seq = sched.max_blocks_per_seq
@@ -388,6 +389,8 @@ class LLMEngine:
         chunk samples only its last token, and only when it completes the prompt) and written to the
         front of last_tokens, where the next step's feed rows look for them.
         """
+        if batch.kind == "mixed" and batch.num_tokens > self._mixed_graph_rows:
+            return self._run_mixed_eager(batch)
         ints, floats = self._pack_decode(batch)
         greedy = all(seq.params.temperature == 0 for seq in batch.seqs)
         graphs = self.decode_graphs
@@ -401,6 +404,16 @@ class LLMEngine:
         sampled = tokens.index_select(0, index)
         self.last_tokens[: sampled.shape[0]].copy_(sampled)
         return sampled
+
+    def _run_mixed_eager(self, batch: ScheduledBatch) -> torch.Tensor:
+        """A mixed batch above the top decode rung: one eager forward, the decode rows through the decode
+        kernel in one call and each prompt chunk through varlen attention (layers/attention.py).
+
+        Its sample rows' tokens land at the front of last_tokens, as a graph-run mixed step's do.
+        """
+        num_samples = len(batch.sample_rows)
+        self._prefill_eager(batch, list(range(num_samples)))
+        return self.last_tokens[:num_samples]
 
     def _pack_decode(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """decode_graph.py's two packed per-step tensors, one row per token, built with numpy.

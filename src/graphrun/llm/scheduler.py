@@ -162,6 +162,14 @@ class ScheduledBatch:
             sample_rows=[new for new, r in enumerate(rows) if r in sample],
         )
 
+    def num_leading_single_rows(self) -> int:
+        """Rows at the front with one token each (a mixed batch's decode rows): the decode kernel's share."""
+        starts = self.query_start
+        n = 0
+        while n < len(self.seqs) and starts[n + 1] - starts[n] == 1:
+            n += 1
+        return n
+
     def to_metadata(self, device: torch.device | str, max_blocks_per_seq: int) -> BatchTensors:
         """Tensors for the model; block tables padded with the scratch block to max_blocks_per_seq columns.
 
@@ -174,7 +182,7 @@ class ScheduledBatch:
             )
 
         tables = [table + [SCRATCH_BLOCK] * (max_blocks_per_seq - len(table)) for table in self.block_tables]
-        prefill = self.kind == "prefill"
+        prefill = self.kind != "decode"  # a mixed batch comes here when it runs eager (engine.py)
         query_start = self.query_start if prefill else None
         attn = AttentionMetadata(
             slot_mapping=to_device(self.slot_mapping, device, torch.int64),
@@ -183,6 +191,7 @@ class ScheduledBatch:
             query_start=to_device(query_start, device, torch.int32) if query_start is not None else None,
             query_start_host=query_start,
             context_lens_host=list(self.context_lens) if prefill else None,
+            num_decode=self.num_leading_single_rows() if prefill else 0,
         )
         return BatchTensors(
             input_ids=to_device(self.input_ids, device, torch.int64),

@@ -10,7 +10,8 @@ This module holds the torch reference ops (CPU and GPU); the Triton decode kerne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,30 @@ class AttentionMetadata:
     # one sequence whose tokens all start at position 0 this step (a fresh prefill, padded at the end):
     # attention is causal over this step's own K/V, no cache read, no host metadata (capturable)
     causal_fresh: bool = False
+    # a mixed step run eager (engine.py): its first num_decode sequences have one query token each and
+    # are served by the decode kernel in one call; the prompt chunks after them by varlen attention
+    num_decode: int = 0
+
+    def chunks(self) -> AttentionMetadata:
+        """The metadata of the sequences after the first num_decode ones, their tokens renumbered from 0."""
+        d = self.num_decode
+        assert self.query_start_host is not None and self.context_lens_host is not None
+        base = self.query_start_host[d]
+        return replace(
+            self,
+            slot_mapping=self.slot_mapping[base:],
+            block_tables=self.block_tables[d:],
+            context_lens=self.context_lens[d:],
+            query_start=None,
+            query_start_host=[x - base for x in self.query_start_host[d:]],
+            context_lens_host=self.context_lens_host[d:],
+            num_decode=0,
+        )
+
+
+DecodeAttention = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor
+]
 
 
 def write_kv(
@@ -107,6 +132,30 @@ def prefill_attention_reference(
         mask = torch.ones(q_len, ctx, dtype=torch.bool, device=q.device).tril(diagonal=ctx - q_len)
         out[start:end] = _sdpa(q[start:end], k, v, mask, scale, num_heads // kv_heads)
     return out
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    decode: DecodeAttention = decode_attention_reference,
+) -> torch.Tensor:
+    """A prefill or mixed step's attention: the leading single-token rows (meta.num_decode of them) in one
+    call of the decode kernel, the prompt chunks after them per sequence (prefill_attention_reference).
+
+    A mixed step carrying a large prompt chunk runs this eagerly instead of the decode graph, whose
+    rows would each read the whole context again (engine.py).
+    """
+    d = meta.num_decode
+    if d == 0:
+        return prefill_attention_reference(q, k_cache, v_cache, meta, scale)
+    head = decode(q[:d], k_cache, v_cache, meta.block_tables[:d], meta.context_lens[:d], scale)
+    if d == q.shape[0]:
+        return head
+    tail = prefill_attention_reference(q[d:], k_cache, v_cache, meta.chunks(), scale)
+    return torch.cat([head, tail])
 
 
 def causal_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

@@ -21,7 +21,7 @@ from graphrun.llm.layers.attention import (
     AttentionMetadata,
     causal_self_attention,
     decode_attention_reference,
-    prefill_attention_reference,
+    varlen_attention,
     write_kv,
 )
 from graphrun.llm.layers.mlp import GatedMLP
@@ -85,7 +85,7 @@ class SelfAttention(nn.Module):
                 q, k_cache, v_cache, meta.block_tables, meta.context_lens, self.scale
             )
         else:
-            out = prefill_attention_reference(q, k_cache, v_cache, meta, self.scale)
+            out = varlen_attention(q, k_cache, v_cache, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))  # out: (num_tokens, num_heads, head_dim)
 
     def _fused(
@@ -110,7 +110,7 @@ class SelfAttention(nn.Module):
                 q, k_cache, v_cache, meta.block_tables, meta.context_lens, self.scale
             )
             return out
-        return prefill_attention_reference(q, k_cache, v_cache, meta, self.scale)
+        return varlen_attention(q, k_cache, v_cache, meta, self.scale, ops.paged_decode_attention)
 
 
 class DecoderLayer(nn.Module):
