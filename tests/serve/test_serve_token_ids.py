@@ -16,7 +16,6 @@ def srv():
         yield server
 
 
-
 @pytest.mark.parametrize(
     ("path", "request_body"),
     [

@@ -107,7 +107,6 @@ def test_an_empty_or_non_json_body_is_refused_not_a_500(srv, path):
     assert text.status_code == 415 and text.json()["error"]["code"] == "unsupported_media_type"
 
 
-
 CONTINUOUS = {"include_usage": True, "continuous_usage_stats": True}
 PROMPTS = [("/v1/completions", {"prompt": "count me"}), ("/v1/chat/completions", {"messages": MESSAGES})]
 
