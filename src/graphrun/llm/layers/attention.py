@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import CausalBias, causal_lower_right
 
 
 @dataclass(slots=True)
@@ -128,8 +129,9 @@ def prefill_attention_reference(
         if q_len == ctx:  # a fresh prompt: the same computation as the captured prefill graph
             out[start:end] = causal_self_attention(q[start:end], k, v, scale)
             continue
-        # query j sits at position ctx - q_len + j and sees keys 0..that position
-        mask = torch.ones(q_len, ctx, dtype=torch.bool, device=q.device).tril(diagonal=ctx - q_len)
+        # query j sits at position ctx - q_len + j and sees keys 0..that position: causal, aligned to the
+        # bottom right, which the fused SDPA kernels take without a materialised mask
+        mask = causal_lower_right(q_len, ctx)
         out[start:end] = _sdpa(q[start:end], k, v, mask, scale, num_heads // kv_heads)
     return out
 
@@ -168,17 +170,21 @@ def causal_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
 
 
 def _sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float, group: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: CausalBias | None, scale: float, group: int
 ) -> torch.Tensor:
-    """(q_len, heads, d) over (ctx, kv_heads, d) with grouped-query heads, via SDPA; no mask: causal."""
+    """(q_len, heads, d) over (ctx, kv_heads, d) with grouped-query heads, via SDPA; no mask: causal.
+
+    The inputs get a batch dimension: with 3-D inputs SDPA takes its unfused math path (fp32 matmuls and
+    a dozen kernels per call, measured: benchmarks/profile_mixed_step.py); 4-D reaches the fused kernels.
+    """
     k = k.repeat_interleave(group, dim=1) if group > 1 else k
     v = v.repeat_interleave(group, dim=1) if group > 1 else v
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1),
-        k.transpose(0, 1),
-        v.transpose(0, 1),
+        q.transpose(0, 1).unsqueeze(0),
+        k.transpose(0, 1).unsqueeze(0),
+        v.transpose(0, 1).unsqueeze(0),
         attn_mask=mask,
         is_causal=mask is None,
         scale=scale,
     )
-    return out.transpose(0, 1)
+    return out.squeeze(0).transpose(0, 1)
