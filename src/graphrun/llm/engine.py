@@ -151,20 +151,28 @@ class LLMEngine:
 
     def _build_scheduler(self) -> None:
         cfg = self.config
+        self._mixed_graph_rows = max(self.capture_sizes(), default=0)
         sched = SchedulerConfig(
             self.max_model_len,
             cfg.max_num_seqs,
             cfg.max_num_batched_tokens,
             cfg.block_size,
             mixed_prefill_tokens=cfg.mixed_prefill_tokens,
+            max_mixed_rows=self._max_mixed_rows(),
         )
-        # a mixed step up to the top decode rung replays the decode graph (a prompt token is one more row);
-        # a larger one runs eager with varlen attention for its prompt chunks (_run_mixed_eager). Graphs
-        # on or off, the same rule, so both engines compute the same steps the same way.
-        self._mixed_graph_rows = max(self.capture_sizes(), default=0)
         eos = self.model_config.eos_token_ids or self.tokenizer.eos_token_ids
         self.scheduler = Scheduler(sched, BlockManager(self.num_blocks, cfg.block_size), eos)
         self.max_blocks_per_seq = sched.max_blocks_per_seq
+
+    def _max_mixed_rows(self) -> int | None:
+        """A mixed step replays the decode graph, one row per token, so its rows stay within the top decode
+        rung - unless the prompt budget is larger than that rung: then steps grow to the budget and those
+        above the rung run eager, their prompt chunks by varlen attention (_run_mixed_eager). Eager steps
+        are host-bound (22-65 ms for 560 tokens on an H200, benchmarks/profile_mixed_step.py), so a larger
+        budget trades inter-token latency for time to first token. Graphs on or off, the same rule."""
+        if self.config.mixed_prefill_tokens <= self._mixed_graph_rows:
+            return self._mixed_graph_rows or None
+        return None
 
     def capture_sizes(self) -> tuple[int, ...]:
         """The decode ladder: explicit sizes, or the default ladder up to the graph max batch size."""

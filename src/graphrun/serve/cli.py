@@ -70,8 +70,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=SERVE_MIXED_PREFILL_TOKENS,
         help="prompt tokens a decode step may carry, so streams keep pace while prompts prefill "
-        f"(default {SERVE_MIXED_PREFILL_TOKENS}, capped by the top capture size; 0: prefill and decode "
-        "steps alternate)",
+        f"(default {SERVE_MIXED_PREFILL_TOKENS}; up to the top capture size a mixed step replays the decode "
+        "graph, a larger budget makes larger steps that run eager; 0: prefill and decode steps alternate)",
     )
     p.add_argument(
         "--no-async-scheduling",
