@@ -38,6 +38,9 @@ def test_a_compiled_runner_replays_inductor_code_equal_to_eager(registry):
         x = torch.randn(n, 8)
         torch.testing.assert_close(r(x), net(x))
     assert "compile: compiled" in str(r.status())
+    seconds = registry.get_sample_value("graphrun_compile_seconds", {"runner": r.name})
+    assert seconds == report.seconds
+    assert registry.get_sample_value("graphrun_compile_cache_hit", {"runner": r.name}) == 0
 
 
 def test_eager_fallback_above_the_top_rung_runs_the_uncompiled_callable(registry):
