@@ -43,6 +43,22 @@ def test_a_compiled_runner_replays_inductor_code_equal_to_eager(registry):
     assert registry.get_sample_value("graphrun_compile_cache_hit", {"runner": r.name}) == 0
 
 
+def test_a_module_that_is_not_a_sequence_compiles(registry):
+    class Block(torch.nn.Module):  # torch.compile's wrapper of it refuses len(): never test its truth
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(6, 6)
+
+        def forward(self, x):
+            return torch.relu(self.lin(x)) + x
+
+    net = Block().eval()
+    r = GraphRunner(net, (torch.randn(2, 6),), backend="sim", sizes=[2], compile=True, registry=registry)
+    assert r.status().compile.outcome is CompileOutcome.COMPILED, r.status().compile
+    x = torch.randn(2, 6)
+    torch.testing.assert_close(r(x), net(x))
+
+
 def test_eager_fallback_above_the_top_rung_runs_the_uncompiled_callable(registry):
     calls = []
 

@@ -38,7 +38,7 @@ class CaptureSpec:
         """Run `fn` (default: the spec's) eagerly on the static input buffers of `rung` (what a graph of
         that rung records)."""
         args, kwargs = self.inputs.in_spec.unflatten(self.inputs.rung_leaves(rung))
-        return (fn or self.fn)(*args, **kwargs)
+        return (self.fn if fn is None else fn)(*args, **kwargs)
 
 
 @dataclass(frozen=True, slots=True)
