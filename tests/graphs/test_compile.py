@@ -153,3 +153,15 @@ def test_a_restart_reuses_the_stored_artifacts(tmp_path):
     second = run_fresh_process(tmp_path, cache, "inductor-2")
     assert second["cache"] == "hit" and second["outcome"] == "compiled" and second["equal"]
     assert second["fx_hits"] >= 1
+
+
+def test_the_compile_check_allows_rounding_but_not_a_wrong_result():
+    from graphrun.graphs.compile import relative_error
+
+    want = torch.randn(64, 64).bfloat16()
+    rounded = (
+        want.float() * (1 + 2**-8 * torch.randn(64, 64))
+    ).bfloat16()  # about one unit in the last place
+    assert relative_error(rounded, want) is None
+    assert "relative error" in relative_error(want.flip(0), want)
+    assert relative_error(torch.tensor([1, 2]), torch.tensor([1, 3])) is not None
