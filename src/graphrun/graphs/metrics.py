@@ -60,7 +60,9 @@ class GraphMetricsCollector(Collector):
         replay_s = HistogramMetricFamily(
             p + "replay_seconds", "Host time per replayed call", labels=["runner"]
         )
+        mode = GaugeMetricFamily(p + "mode", "The runner's graph mode (value 1)", labels=["runner", "mode"])
         for name, s in self._runners.items():
+            mode.add_metric([name, s.mode], 1)
             captured.add_metric([name], s.num_captured)
             replayed.add_metric([name], s.num_replayed)
             for call_reason in CallFallback:
@@ -74,7 +76,7 @@ class GraphMetricsCollector(Collector):
                 cumulative += count
                 buckets.append((_bound(bound), cumulative))
             replay_s.add_metric([name], buckets, s.replay_seconds_sum)
-        yield from (captured, replayed, fallback, failed, capture_s, padding, replay_s)
+        yield from (captured, replayed, fallback, failed, capture_s, padding, replay_s, mode)
 
 
 def _bound(value: float) -> str:

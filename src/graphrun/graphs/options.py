@@ -19,12 +19,14 @@ from prometheus_client import CollectorRegistry
 from graphrun.errors import ConfigError
 from graphrun.graphs.backends import BACKEND_NAMES, Backend
 from graphrun.graphs.layout import BatchDims, KwargBatchDims
+from graphrun.graphs.modes import CudaGraphMode
 from graphrun.graphs.sizes import normalize_ladder
 
 PAD_MODES = ("repeat", "forbid")
 SCALAR_MODES = ("static", "tensor")
 
 VerifyInputs = Callable[[int, torch.Generator], Sequence[Any]]
+SplitPredicate = Callable[[Any], bool]  # a torch.fx Node -> run it eager between piecewise segments
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,8 @@ class RunnerOptions:
     registry: CollectorRegistry | None = None
     capture: bool = True
     inference_mode: bool = True
+    mode: CudaGraphMode | str = CudaGraphMode.FULL
+    split_predicate: SplitPredicate | None = None
 
     def __post_init__(self) -> None:
         self._check_modes()
@@ -55,6 +59,7 @@ class RunnerOptions:
         self._check_numbers()
 
     def _check_modes(self) -> None:
+        CudaGraphMode.parse(self.mode)
         if self.scalars not in SCALAR_MODES:
             raise ConfigError(f"scalars must be one of {SCALAR_MODES}, got {self.scalars!r}")
         if isinstance(self.pad, str) and self.pad not in PAD_MODES:
@@ -99,6 +104,11 @@ class RunnerOptions:
             )
 
     @property
+    def graph_mode(self) -> CudaGraphMode:
+        """The mode as an enum ("full", "piecewise", ... in any spelling CudaGraphMode.parse reads)."""
+        return CudaGraphMode.parse(self.mode)
+
+    @property
     def pads(self) -> bool:
         """False when calls replay exact-size only (pad='forbid')."""
         return self.pad != "forbid"
@@ -137,3 +147,5 @@ class RunnerKeywords(TypedDict, total=False):
     registry: CollectorRegistry | None
     capture: bool
     inference_mode: bool
+    mode: CudaGraphMode | str
+    split_predicate: SplitPredicate | None

@@ -18,17 +18,21 @@ import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Unpack
 
 import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from graphrun.errors import ConfigError, GraphInputError
-from graphrun.graphs.backends import CapturedGraph, EagerBackend, make_backend
+from graphrun.graphs.backends import CapturedGraph, make_backend
 from graphrun.graphs.buffers import Kind, Slot, check_scalar, check_static, check_tensor, pad_rows
 from graphrun.graphs.capture import RungCapturer
+from graphrun.graphs.failure import DynamicInputError
 from graphrun.graphs.inputs import InputLayout
 from graphrun.graphs.metrics import collector_for
+from graphrun.graphs.mode_plan import plan_mode
+from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode, Dispatcher, Route, RouteKind
 from graphrun.graphs.options import RunnerKeywords, RunnerOptions
 from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe
 from graphrun.graphs.sizes import rung_for
@@ -91,22 +95,38 @@ class GraphRunner:
     ) -> None:
         options = _resolve_options(options, keywords)
         args = (example_args,) if isinstance(example_args, torch.Tensor) else tuple(example_args)
-        inputs = InputLayout.build(args, dict(example_kwargs or {}), options)
+        kwargs = dict(example_kwargs or {})
+        inputs = InputLayout.build(args, kwargs, options)
         self.options = options
         self.sizes = inputs.sizes
-        self.backend = make_backend(options.backend, inputs.device)
+        self.mode = options.graph_mode
+        plan = plan_mode(fn, (args, kwargs), inputs, make_backend(options.backend, inputs.device), options)
+        self._plan, self.backend = plan, plan.backend
         register = getattr(self.backend, "register_static", None)
         if register is not None:
             register(inputs.static_buffers())
-        self.stats = RunnerStats()
+        self.stats = RunnerStats(mode=self.mode.value)
         self.name = self._register_metrics(fn, options.name, options.registry)
-        self.spec = CaptureSpec(fn, inputs, options, self.backend, self.name)
+        self.spec = CaptureSpec(plan.fn, inputs, options, self.backend, self.name)
         self._capturer = RungCapturer(self.spec)
         self._bind_call_path(fn, inputs, options)
+        self._piecewise = self._piecewise_runner(fn, args, kwargs)
+        self._dispatcher = Dispatcher(
+            self.mode,
+            self.rung_for if self.mode.full else None,
+            self._piecewise.rung_for if self._piecewise is not None else self.rung_for,
+        )
         if options.capture:
             self.capture()
 
     # ----- construction steps -------------------------------------------------------------------------
+
+    def _piecewise_runner(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> GraphRunner | None:
+        """FULL_AND_PIECEWISE: the PIECEWISE runner that takes the batches no FULL rung serves."""
+        if self.mode is not CudaGraphMode.FULL_AND_PIECEWISE:
+            return None
+        options = replace(self.options, mode=CudaGraphMode.PIECEWISE, name=f"{self.name}-piecewise")
+        return GraphRunner(fn, args, kwargs, options=options)
 
     def _bind_call_path(self, fn: Callable[..., Any], inputs: InputLayout, options: RunnerOptions) -> None:
         """Everything a call reads, as plain attributes: the hot path does no lookups through the spec."""
@@ -161,12 +181,14 @@ class GraphRunner:
         """Capture every rung, largest first; rungs that fail run eager, with the reason in status()."""
         self._release_graphs()
         self._status.clear()
-        if isinstance(self.backend, EagerBackend):  # backend="auto" without CUDA tensors
-            self._mark_all_eager(self.backend.why)
+        if self._plan.all_eager is not None:  # mode none, untraceable, or no graph backend
+            self._mark_all_eager(*self._plan.all_eager)
         else:
             self._install(self._capturer.capture_all())
         self._captured_once = True
         self._rebuild_dispatch()
+        if self._piecewise is not None:
+            self._piecewise.capture()
         return self.status()
 
     def _install(self, result: CaptureResult) -> None:
@@ -197,11 +219,11 @@ class GraphRunner:
         self._out_leaves.clear()
         self._out_whole.clear()
 
-    def _mark_all_eager(self, why: str) -> None:
+    def _mark_all_eager(self, reason: CaptureFailure, why: str) -> None:
         for size in self.sizes:
-            self._status[size] = RungStatus(size, False, reason=CaptureFailure.NO_GRAPH_BACKEND, detail=why)
-        self.stats.capture_failed[CaptureFailure.NO_GRAPH_BACKEND] = len(self.sizes)
-        log.info("runner %s: no graphs, every call runs eager (%s)", self.name, why)
+            self._status[size] = RungStatus(size, False, reason=reason, detail=why)
+        self.stats.capture_failed[reason] = len(self.sizes)
+        log.info("runner %s: no graphs, every call runs eager: %s (%s)", self.name, reason.value, why)
 
     def _rebuild_dispatch(self) -> None:
         """Per batch size: its own rung if captured, else the smallest captured rung that accepts padding."""
@@ -215,6 +237,8 @@ class GraphRunner:
         """Why batch n has no rung: none captured that fits, or those that fit replay exact sizes only."""
         if not self._captured_once:
             return CallFallback.NOT_CAPTURED_YET
+        if self._plan.all_eager is not None and self._plan.all_eager[0] in _ALL_EAGER_CALLS:
+            return _ALL_EAGER_CALLS[self._plan.all_eager[0]]
         fits = [self._status[r] for r in captured if r >= n]
         if not fits:
             return CallFallback.RUNG_NOT_CAPTURED
@@ -232,7 +256,25 @@ class GraphRunner:
         Indexes and iterates like a tuple of RungStatus; str() is a table.
         """
         rungs = tuple(self._status[r] for r in self.sizes if r in self._status)
-        return RunnerStatus(self.name, self.backend.name, rungs)
+        return RunnerStatus(self.name, self.backend.name, rungs, self.mode.value, self._plan.splits)
+
+    @property
+    def piecewise(self) -> GraphRunner | None:
+        """FULL_AND_PIECEWISE: the PIECEWISE runner serving batches without a FULL rung (else None)."""
+        return self._piecewise
+
+    def route(self, batch: BatchDescriptor) -> Route:
+        """Where a call described by `batch` goes: a FULL rung, a PIECEWISE rung, or eager."""
+        return self._dispatcher.dispatch(batch)
+
+    def call_batch(self, batch: BatchDescriptor, *args: Any, **kwargs: Any) -> Any:
+        """Run one call the way route(batch) says (a non-uniform batch never takes a FULL graph)."""
+        route = self.route(batch)
+        if route.kind is RouteKind.EAGER:
+            return self._eager(self._why_eager(batch.num_tokens), args, kwargs)
+        if route.kind is RouteKind.PIECEWISE and self._piecewise is not None:
+            return self._piecewise(*args, **kwargs)
+        return self(*args, **kwargs)
 
     @property
     def pads(self) -> bool:
@@ -246,6 +288,8 @@ class GraphRunner:
 
     def close(self) -> None:
         """Release every graph; later calls run eager (counted as not_captured_yet)."""
+        if self._piecewise is not None:
+            self._piecewise.close()
         self._release_graphs()
         self._captured_once = False
         self._rebuild_dispatch()
@@ -271,6 +315,8 @@ class GraphRunner:
         n = self._validate(leaves)
         rung = self._dispatch[n] if n < self._dispatch_len else None
         if rung is None:
+            if self._piecewise is not None and self._piecewise.rung_for(n) is not None:
+                return self._piecewise(*args, **kwargs)
             return self._eager(self._why_eager(n), args, kwargs)
         with self._lock:
             start = time.perf_counter()
@@ -288,6 +334,9 @@ class GraphRunner:
                 self._copy_in(leaves, n, rung)
             try:
                 self._replays[rung]()
+            except DynamicInputError as exc:  # piecewise: a split's output no longer fits its segment
+                log.debug("runner %s: rung %d cannot replay this call: %s", self.name, rung, exc)
+                return self._eager(CallFallback.DYNAMIC_SHAPE, args, kwargs)
             except Exception as exc:  # a broken replay must not fail the call: run eager, count, say so
                 log.warning(
                     "runner %s: replay of rung %d failed (%s); running this call eager", self.name, rung, exc
@@ -410,6 +459,12 @@ def _resolve_options(options: RunnerOptions | None, keywords: RunnerKeywords) ->
     if not isinstance(options, RunnerOptions):
         raise ConfigError(f"options must be a RunnerOptions, got {type(options).__name__}")
     return options
+
+
+_ALL_EAGER_CALLS = {
+    CaptureFailure.MODE_NONE: CallFallback.MODE_NONE,
+    CaptureFailure.UNTRACEABLE: CallFallback.UNTRACEABLE,
+}
 
 
 def _no_outputs(leaves: Any) -> Any:
