@@ -260,6 +260,8 @@ def _input_storages(args: Any, kwargs: Any) -> set[int]:
 def _flat_outputs(func: Any, out: Any) -> list[tuple[bool, torch.Tensor]]:
     """(aliases an input?, tensor) for every tensor an op returned, lists flattened, in schema order."""
     returns = func._schema.returns
+    if not returns:  # an op that returns nothing (aten._assert_tensor_metadata in export graphs)
+        return []
     values = [out] if len(returns) == 1 else list(out)
     flat: list[tuple[bool, torch.Tensor]] = []
     for ret, value in zip(returns, values, strict=False):

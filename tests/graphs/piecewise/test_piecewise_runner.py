@@ -1,0 +1,133 @@
+"""Piecewise graphs on the simulator: each model's replays equal eager at every rung and padded size."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from prometheus_client import CollectorRegistry
+
+from graphrun import GraphRunner, mark_uncapturable
+from graphrun.graphs.piecewise import unmark_uncapturable
+from graphrun.graphs.status import CallFallback, CaptureFailure
+
+from .models import Block, Gate, GatedMLP, HFEncoder, ScaledByMax, untraceable
+
+
+@pytest.fixture
+def marked():
+    """Mark targets for one test, unmark them after."""
+    targets = []
+
+    def mark(target):
+        mark_uncapturable(target)
+        targets.append(target)
+
+    yield mark
+    for target in targets:
+        unmark_uncapturable(target)
+
+
+def runner(fn, example, mode="piecewise", **options):
+    args = example if isinstance(example, tuple) else (example,)
+    options.setdefault("sizes", [1, 2, 4])
+    return GraphRunner(fn, args, mode=mode, backend="sim", registry=CollectorRegistry(), **options)
+
+
+def check_equals_eager(run, fn, make, sizes=(1, 2, 3, 4)):
+    """Every batch size replays a graph (counted) and matches eager."""
+    for n in sizes:
+        before = run.stats.num_replayed
+        args = make(n)
+        torch.testing.assert_close(run(*args), fn(*args))
+        assert run.stats.num_replayed == before + 1, f"batch {n} did not replay"
+
+
+def test_mlp_with_a_marked_module_splits_there_and_equals_eager(marked):
+    marked(Gate)
+    torch.manual_seed(0)
+    model = GatedMLP().eval()
+    run = runner(model, torch.randn(4, 8))
+    status = run.status()
+    assert all(r.captured for r in status), str(status)
+    assert status.mode == "piecewise"
+    assert [s.split(" ")[0] for s in status.splits] == ["gate"]
+    with torch.no_grad():
+        check_equals_eager(run, model, lambda n: (torch.randn(n, 8),))
+
+
+def test_unmarked_mlp_is_one_segment():
+    model = GatedMLP().eval()
+    run = runner(model, torch.randn(4, 8))
+    assert run.status().splits == ()
+    assert all(r.captured for r in run.status())
+
+
+def test_transformer_block_with_attention_marked(marked):
+    marked(F.scaled_dot_product_attention)
+    torch.manual_seed(0)
+    block = Block().eval()
+    run = runner(block, torch.randn(4, 6, 16))
+    assert all(r.captured for r in run.status()), str(run.status())
+    assert any("scaled_dot_product_attention" in s for s in run.status().splits)
+    with torch.no_grad():
+        check_equals_eager(run, block, lambda n: (torch.randn(n, 6, 16),))
+
+
+def test_data_dependent_item_is_found_automatically():
+    torch.manual_seed(0)
+    model = ScaledByMax().eval()
+    full = runner(model, torch.randn(4, 8), mode="full")
+    assert {r.reason for r in full.status()} == {CaptureFailure.HOST_SYNC}
+    run = runner(model, torch.randn(4, 8))
+    splits = run.status().splits
+    assert any(s.startswith("item (host_sync") for s in splits), splits
+    assert all(r.captured for r in run.status()), str(run.status())
+    with torch.no_grad():
+        check_equals_eager(run, model, lambda n: (torch.randn(n, 8),))
+
+
+def test_segment_boundaries_are_static_buffers_not_copies(marked):
+    """The tensor the marked op reads is the one the first segment's graph writes."""
+    marked(Gate)
+    model = GatedMLP().eval()
+    seen = []
+    hook = model.gate.register_forward_hook(lambda m, args, out: seen.append(args[0].data_ptr()))
+    run = runner(model, torch.randn(4, 8), sizes=[4])
+    seen.clear()
+    with torch.no_grad():
+        run(torch.randn(4, 8))
+        run(torch.randn(4, 8))
+    hook.remove()
+    assert len(seen) == 2 and seen[0] == seen[1]
+
+
+def test_hf_bert_that_full_capture_cannot_take():
+    torch.manual_seed(0)
+    model = HFEncoder()
+
+    def make(n):
+        return torch.randint(0, 64, (n, 8)), torch.ones(n, 8, dtype=torch.long)
+
+    full = runner(model, make(4), mode="full")
+    assert not any(r.captured for r in full.status()), str(full.status())
+    run = runner(model, make(4))
+    assert all(r.captured for r in run.status()), str(run.status())
+    with torch.no_grad():
+        check_equals_eager(run, model, make)
+
+
+def test_an_untraceable_call_falls_back_with_its_reason():
+    run = runner(untraceable, torch.randn(4, 8))
+    status = run.status()
+    assert {r.reason for r in status} == {CaptureFailure.UNTRACEABLE}
+    assert "fx:" in status[0].detail and "export:" in status[0].detail
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(run(x), untraceable(x))
+    assert run.stats.eager_fallback == {CallFallback.UNTRACEABLE: 1}
+
+
+def test_piecewise_metrics_carry_the_mode():
+    registry = CollectorRegistry()
+    GraphRunner(
+        GatedMLP().eval(), (torch.randn(2, 8),), mode="piecewise", backend="sim", registry=registry, name="pw"
+    )
+    assert registry.get_sample_value("graphrun_cuda_graph_mode", {"runner": "pw", "mode": "piecewise"}) == 1
