@@ -125,7 +125,8 @@ class GraphRunner:
         """FULL_AND_PIECEWISE: the PIECEWISE runner that takes the batches no FULL rung serves."""
         if self.mode is not CudaGraphMode.FULL_AND_PIECEWISE:
             return None
-        options = replace(self.options, mode=CudaGraphMode.PIECEWISE, name=f"{self.name}-piecewise")
+        name = f"{self.name}-piecewise"
+        options = replace(self.options, mode=CudaGraphMode.PIECEWISE, name=name, capture=False)
         return GraphRunner(fn, args, kwargs, options=options)
 
     def _bind_call_path(self, fn: Callable[..., Any], inputs: InputLayout, options: RunnerOptions) -> None:

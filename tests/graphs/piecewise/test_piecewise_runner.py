@@ -100,7 +100,10 @@ def test_segment_boundaries_are_static_buffers_not_copies(marked):
     assert len(seen) == 2 and seen[0] == seen[1]
 
 
-def test_hf_bert_that_full_capture_cannot_take():
+@pytest.mark.parametrize("mark_attention", [False, True])
+def test_hf_bert_that_full_capture_cannot_take(marked, mark_attention):
+    if mark_attention:  # export records aten.scaled_dot_product_attention: one split per layer
+        marked(torch.ops.aten.scaled_dot_product_attention)
     torch.manual_seed(0)
     model = HFEncoder()
 
@@ -111,6 +114,8 @@ def test_hf_bert_that_full_capture_cannot_take():
     assert not any(r.captured for r in full.status()), str(full.status())
     run = runner(model, make(4))
     assert all(r.captured for r in run.status()), str(run.status())
+    attention_splits = [s for s in run.status().splits if "scaled_dot_product_attention" in s]
+    assert len(attention_splits) == (2 if mark_attention else 0)
     with torch.no_grad():
         check_equals_eager(run, model, make)
 
