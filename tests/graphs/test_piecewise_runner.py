@@ -3,13 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from piecewise_models import Block, Gate, GatedMLP, HFEncoder, ScaledByMax, untraceable
 from prometheus_client import CollectorRegistry
 
 from graphrun import GraphRunner, mark_uncapturable
 from graphrun.graphs.piecewise import unmark_uncapturable
 from graphrun.graphs.status import CallFallback, CaptureFailure
-
-from .models import Block, Gate, GatedMLP, HFEncoder, ScaledByMax, untraceable
 
 
 @pytest.fixture
