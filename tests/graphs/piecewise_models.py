@@ -84,3 +84,23 @@ def untraceable(x):
     if x.sum() > 0:
         return x * 2
     return x - 1
+
+
+class Compact(nn.Module):
+    """Keeps the rows whose first feature is positive: an output with a data-dependent row count."""
+
+    def forward(self, x):
+        return x[x[:, 0] > 0]
+
+
+class CompactThenReduce(nn.Module):
+    """A data-dependent shape in the middle; the output is batch-shaped again."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.compact = Compact()
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h) + self.c(self.compact(h)).sum(0)

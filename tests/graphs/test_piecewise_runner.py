@@ -3,7 +3,16 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from piecewise_models import Block, Gate, GatedMLP, HFEncoder, ScaledByMax, untraceable
+from piecewise_models import (
+    Block,
+    Compact,
+    CompactThenReduce,
+    Gate,
+    GatedMLP,
+    HFEncoder,
+    ScaledByMax,
+    untraceable,
+)
 from prometheus_client import CollectorRegistry
 
 from graphrun import GraphRunner, mark_uncapturable
@@ -135,3 +144,30 @@ def test_piecewise_metrics_carry_the_mode():
         GatedMLP().eval(), (torch.randn(2, 8),), mode="piecewise", backend="sim", registry=registry, name="pw"
     )
     assert registry.get_sample_value("graphrun_cuda_graph_mode", {"runner": "pw", "mode": "piecewise"}) == 1
+
+
+def test_data_dependent_shapes_are_found_and_split(marked):
+    marked(Compact)
+    torch.manual_seed(0)
+    model = CompactThenReduce().eval()
+    run = runner(model, torch.randn(4, 8))
+    reasons = {s.split(" ")[0]: s for s in run.status().splits}
+    assert "dynamic_shape" in reasons.get("c", ""), reasons  # reads the compacted rows
+    assert all(r.captured for r in run.status()), str(run.status())
+    with torch.no_grad():  # the sum over kept rows couples rows: exact sizes only (padding verified)
+        check_equals_eager(run, model, lambda n: (torch.randn(n, 8),), sizes=(1, 2, 4))
+
+
+def test_a_split_input_that_changes_shape_runs_that_call_eager(marked):
+    marked(Gate)
+    model = GatedMLP().eval()
+    run = runner(model, torch.randn(4, 8), sizes=[4])
+    with torch.no_grad():
+        x = torch.randn(4, 8)
+        original = model.gate.forward
+        model.gate.forward = lambda h: original(h)[:2]  # the eager split now returns 2 rows, not 4
+        try:
+            run(x)
+        finally:
+            model.gate.forward = original
+    assert run.stats.eager_fallback == {CallFallback.DYNAMIC_SHAPE: 1}

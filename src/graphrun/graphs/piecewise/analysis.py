@@ -4,8 +4,11 @@ The graph runs once on the example inputs, one node at a time. A node runs eager
 (registry.py), when the runner's predicate says so, when it consumes a non-tensor value an eager node
 produced (a number read by `.item()` must stay a live Python value, not one frozen into a graph), or
 when running it under the simulator's capture checks raises: a host sync (`.item()`, `.cpu()`,
-`nonzero`, masked indexing) or an op the backend cannot capture. Those are found automatically and
-logged by node name, so an operator sees where the graph was cut. The checks run on any device.
+`nonzero`, masked indexing) or an op the backend cannot capture, or when its output or an input has a
+data-dependent shape: the graph is run a second time on other values of the same shapes (floating
+inputs redrawn), and a node whose shapes differ between the runs cannot sit in a graph of fixed shapes.
+Those are found automatically and logged by node name, so an operator sees where the graph was cut.
+The checks run on any device.
 """
 
 from __future__ import annotations
@@ -43,10 +46,15 @@ class _Probe(fx.Interpreter):
     """Runs the graph node by node, deciding for each call node whether it can be captured."""
 
     def __init__(
-        self, module: fx.GraphModule, predicate: NodePredicate | None, uncapturable: frozenset[Any]
+        self,
+        module: fx.GraphModule,
+        predicate: NodePredicate | None,
+        uncapturable: frozenset[Any],
+        dynamic: set[fx.Node],
     ) -> None:
         super().__init__(module)
         self.splits: dict[fx.Node, SplitPoint] = {}
+        self._dynamic = dynamic
         self._predicate = predicate
         self._uncapturable = uncapturable
         self._device: set[int] = set()
@@ -83,6 +91,11 @@ class _Probe(fx.Interpreter):
         for source in n.all_input_nodes:
             if source in self.splits and not isinstance(self.env[source], torch.Tensor):
                 return SplitPoint(n.name, "scalar_input", f"reads {source.name}")
+        changed = [m.name for m in (n, *n.all_input_nodes) if m in self._dynamic]
+        if changed:
+            split = SplitPoint(n.name, "dynamic_shape", f"shape of {changed[0]} depends on the data")
+            log.info("piecewise: split at %s, found automatically: %s", n.name, split)
+            return split
         return None
 
 
@@ -92,11 +105,52 @@ def find_splits(
     predicate: NodePredicate | None = None,
     uncapturable: frozenset[Any] = frozenset(),
 ) -> dict[fx.Node, SplitPoint]:
-    """The graph's split points, by node, from one run on `flat_inputs` (the placeholders, in order)."""
-    probe = _Probe(module, predicate, uncapturable)
+    """The graph's split points, by node, from runs on `flat_inputs` (the placeholders, in order)."""
     with torch.no_grad():
+        probe = _Probe(module, predicate, uncapturable, _dynamic_nodes(module, flat_inputs))
         probe.run(*flat_inputs)
     return probe.splits
+
+
+class _Shapes(fx.Interpreter):
+    """Runs the graph and records each node's output shapes."""
+
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self.shapes: dict[fx.Node, list[tuple[int, ...]]] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        self.shapes[n] = [tuple(t.shape) for t in _tensors(result)]
+        return result
+
+
+def _dynamic_nodes(module: fx.GraphModule, flat_inputs: Sequence[Any]) -> set[fx.Node]:
+    """Nodes whose output shapes change when the floating inputs are redrawn (same shapes)."""
+    gen = torch.Generator().manual_seed(1234)
+    redrawn = [
+        torch.randn(t.shape, generator=gen).to(t)
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+        else t
+        for t in flat_inputs
+    ]
+    runs = []
+    for inputs in (flat_inputs, redrawn):
+        shapes = _Shapes(module)
+        try:
+            shapes.run(*inputs)
+        except Exception as exc:  # a graph that cannot run on other values: keep what the first run knows
+            log.debug("piecewise: shape probe failed (%s); no data-dependent shapes detected", exc)
+            return set()
+        runs.append(shapes.shapes)
+    return {n for n, shape in runs[0].items() if runs[1].get(n) != shape}
+
+
+def _redraw(value: Any, gen: torch.Generator) -> Any:
+    """Other values of the same shape for a floating tensor; anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return torch.randn(value.shape, generator=gen).to(value)
+    return value
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
