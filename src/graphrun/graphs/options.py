@@ -149,3 +149,17 @@ class RunnerKeywords(TypedDict, total=False):
     inference_mode: bool
     mode: CudaGraphMode | str
     split_predicate: SplitPredicate | None
+
+
+def resolve_options(options: RunnerOptions | None, keywords: Mapping[str, Any]) -> RunnerOptions:
+    """The options object: the one given, or one built from keyword options; never both."""
+    if options is None:
+        return RunnerOptions.from_keywords(keywords)
+    if keywords:
+        raise ConfigError(
+            f"GraphRunner got options= and keyword options {sorted(keywords)}; pass one or the other "
+            "(dataclasses.replace(options, ...) changes a field of an options object)"
+        )
+    if not isinstance(options, RunnerOptions):
+        raise ConfigError(f"options must be a RunnerOptions, got {type(options).__name__}")
+    return options

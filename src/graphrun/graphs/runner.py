@@ -15,25 +15,23 @@ import contextlib
 import logging
 import threading
 import time
-import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Unpack
 
 import torch
-from prometheus_client import REGISTRY, CollectorRegistry
 
-from graphrun.errors import ConfigError, GraphInputError
+from graphrun.errors import GraphInputError
 from graphrun.graphs.backends import CapturedGraph, make_backend
 from graphrun.graphs.buffers import Kind, Slot, check_scalar, check_static, check_tensor, pad_rows
 from graphrun.graphs.capture import RungCapturer
 from graphrun.graphs.failure import DynamicInputError
 from graphrun.graphs.inputs import InputLayout
-from graphrun.graphs.metrics import collector_for
+from graphrun.graphs.metrics import register_runner
 from graphrun.graphs.mode_plan import plan_mode
 from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode, Dispatcher, Route, RouteKind
-from graphrun.graphs.options import RunnerKeywords, RunnerOptions
+from graphrun.graphs.options import RunnerKeywords, RunnerOptions, resolve_options
 from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe
 from graphrun.graphs.sizes import rung_for
 from graphrun.graphs.spec import CaptureResult, CaptureSpec
@@ -93,7 +91,7 @@ class GraphRunner:
         options: RunnerOptions | None = None,
         **keywords: Unpack[RunnerKeywords],
     ) -> None:
-        options = _resolve_options(options, keywords)
+        options = resolve_options(options, keywords)
         args = (example_args,) if isinstance(example_args, torch.Tensor) else tuple(example_args)
         kwargs = dict(example_kwargs or {})
         inputs = InputLayout.build(args, kwargs, options)
@@ -106,7 +104,7 @@ class GraphRunner:
         if register is not None:
             register(inputs.static_buffers())
         self.stats = RunnerStats(mode=self.mode.value)
-        self.name = self._register_metrics(fn, options.name, options.registry)
+        self.name = register_runner(self, fn, options.name, options.registry, self.stats)
         self.spec = CaptureSpec(plan.fn, inputs, options, self.backend, self.name)
         self._capturer = RungCapturer(self.spec)
         self._bind_call_path(fn, inputs, options)
@@ -126,7 +124,9 @@ class GraphRunner:
         if self.mode is not CudaGraphMode.FULL_AND_PIECEWISE:
             return None
         name = f"{self.name}-piecewise"
-        options = replace(self.options, mode=CudaGraphMode.PIECEWISE, name=name, capture=False)
+        options = replace(  # the same backend instance: on CUDA, FULL and segment graphs share one pool
+            self.options, mode=CudaGraphMode.PIECEWISE, name=name, capture=False, backend=self.backend
+        )
         return GraphRunner(fn, args, kwargs, options=options)
 
     def _bind_call_path(self, fn: Callable[..., Any], inputs: InputLayout, options: RunnerOptions) -> None:
@@ -160,21 +160,6 @@ class GraphRunner:
         self._out_whole: dict[int, Any] = {}
         self._status: dict[int, RungStatus] = {}
         self._captured_once = False
-
-    def _register_metrics(
-        self, fn: Callable[..., Any], name: str | None, registry: CollectorRegistry | None
-    ) -> str:
-        collector = collector_for(registry if registry is not None else REGISTRY)
-        base = name or getattr(fn, "__name__", None) or type(fn).__name__
-        chosen = base
-        if name is None:  # an automatic name never collides: suffix it
-            taken = collector.names()
-            suffix = 2
-            while chosen in taken:
-                chosen, suffix = f"{base}-{suffix}", suffix + 1
-        collector.add(chosen, self.stats)
-        weakref.finalize(self, collector.remove, chosen)
-        return chosen
 
     # ----- capture ------------------------------------------------------------------------------------
 
@@ -446,20 +431,6 @@ class GraphRunner:
     def in_spec(self) -> TreeSpec:
         """Structure of (args, kwargs)."""
         return self._in_spec
-
-
-def _resolve_options(options: RunnerOptions | None, keywords: RunnerKeywords) -> RunnerOptions:
-    """The options object: the one given, or one built from keyword options; never both."""
-    if options is None:
-        return RunnerOptions.from_keywords(keywords)
-    if keywords:
-        raise ConfigError(
-            f"GraphRunner got options= and keyword options {sorted(keywords)}; pass one or the other "
-            "(dataclasses.replace(options, ...) changes a field of an options object)"
-        )
-    if not isinstance(options, RunnerOptions):
-        raise ConfigError(f"options must be a RunnerOptions, got {type(options).__name__}")
-    return options
 
 
 _ALL_EAGER_CALLS = {
