@@ -16,13 +16,22 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from prometheus_client import CollectorRegistry
 from torch import nn
 
-from graphrun.bench.report import environment, goal, headline, print_goals, print_table
+from graphrun.bench.report import (
+    device_slug,
+    environment,
+    goal,
+    headline,
+    print_goals,
+    print_table,
+    write_json,
+)
 from graphrun.bench.timing import summarize, time_interleaved
 from graphrun.graphs.runner import GraphRunner
 from graphrun.graphs.verify import mismatch
@@ -175,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="tiny models (CPU smoke runs)")
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes")
     parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--out", default=None, help="folder for zoo-piecewise-<device>.json (default: none)")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     backend, device = ("cuda", torch.device("cuda")) if cuda else ("sim", torch.device("cpu"))
@@ -190,10 +200,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(rows, COLUMNS)
     goals = targets(rows)
     print_goals(goals)
-    print(
-        json.dumps({"bench": "zoo_piecewise", "backend": backend, "env": env, "rows": rows, "targets": goals})
-    )
-    return 0
+    ok = all(r.get("outputs_match", True) for r in rows)
+    payload = {
+        "bench": "zoo_piecewise",
+        "backend": backend,
+        "ok": ok,
+        "env": env,
+        "rows": rows,
+        "targets": goals,
+    }
+    print(json.dumps(payload))
+    if args.out is not None:
+        path = write_json(Path(args.out) / f"zoo-piecewise-{device_slug(env['device'])}.json", payload)
+        log.info("zoo_piecewise: wrote %s", path)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
