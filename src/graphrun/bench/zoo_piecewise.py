@@ -95,7 +95,7 @@ Inputs = Callable[[int], tuple[torch.Tensor, ...]]
 
 
 def _models(small: bool, device: torch.device, dtype: torch.dtype) -> list[tuple[str, nn.Module, Inputs]]:
-    dim, depth, seq = (32, 2, 8) if small else (1024, 4, 64)
+    dim, depth, seq = (32, 2, 8) if small else (1024, 8, 64)  # deep enough that launches dominate
     gen = torch.Generator().manual_seed(0)
 
     def rows(n: int) -> tuple[torch.Tensor, ...]:

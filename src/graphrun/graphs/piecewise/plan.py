@@ -66,7 +66,8 @@ def build_plan(
     args, kwargs = example
     leaves = inputs.in_spec.flatten((args, kwargs))
     dims = {id(leaves[s.index]): s.dim for s in inputs.batched}
-    traced = trace(fn, args, kwargs, lambda leaf: dims.get(id(leaf)))
+    checks = [inputs.in_spec.unflatten(inputs.rung_leaves(r)) for r in {inputs.sizes[0], inputs.sizes[-1]}]
+    traced = trace(fn, args, kwargs, lambda leaf: dims.get(id(leaf)), checks)
     if isinstance(traced, Untraceable):
         log.warning("piecewise: %s cannot be traced, every call runs eager: %s", _name(fn), traced.reason)
         return traced

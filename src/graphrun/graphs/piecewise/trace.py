@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from torch.fx import _pytree as fx_pytree
 from torch.utils import _pytree
 
 from graphrun.graphs.piecewise.registry import marked_module_types
+from graphrun.graphs.verify import mismatch
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,24 @@ class _AsModule(torch.nn.Module):
         return self.fn(*args, **kwargs)
 
 
+Example = tuple[tuple[Any, ...], dict[str, Any]]
+
+
 def trace(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], batch_dim_of: BatchDimOf
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    batch_dim_of: BatchDimOf,
+    checks: Sequence[Example] = (),
 ) -> Traced | Untraceable:
-    """fx, then torch.export; the first whose graph agrees with `fn` on the example inputs wins."""
+    """fx, then torch.export; the first whose graph agrees with `fn` on the example inputs and on
+    `checks` (inputs at other batch sizes: a trace that froze the batch size fails there) wins."""
     reasons = []
     for how, tracer in (("fx", _trace_fx), ("export", _trace_export)):
         try:
             traced = tracer(fn, args, kwargs, batch_dim_of)
-            _check_agrees(traced, fn, args, kwargs)
+            for check_args, check_kwargs in ((args, kwargs), *checks):
+                _check_agrees(traced, fn, check_args, check_kwargs)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             reasons.append(f"{how}: {type(exc).__name__}: {first}")
@@ -137,8 +147,9 @@ def _check_agrees(traced: Traced, fn: Callable[..., Any], args: Any, kwargs: Any
     if len(want) != len(got):
         raise RuntimeError(f"traced graph returns {len(got)} values, the callable {len(want)}")
     for w, g in zip(want, got, strict=True):
-        if isinstance(w, torch.Tensor) and not (w.shape == g.shape and torch.allclose(w, g, equal_nan=True)):
-            raise RuntimeError("traced graph disagrees with the callable on the example inputs")
+        problem = mismatch(g, w) if isinstance(w, torch.Tensor) and isinstance(g, torch.Tensor) else None
+        if problem is not None:
+            raise RuntimeError(f"traced graph disagrees with the callable: {problem}")
 
 
 def _name(fn: Callable[..., Any]) -> str:
