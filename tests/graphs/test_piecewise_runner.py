@@ -16,6 +16,8 @@ from piecewise_models import (
 from prometheus_client import CollectorRegistry
 
 from graphrun import GraphRunner, mark_uncapturable
+from graphrun.errors import UncapturableOpError
+from graphrun.graphs.backends import SimBackend
 from graphrun.graphs.piecewise import unmark_uncapturable
 from graphrun.graphs.status import CallFallback, CaptureFailure
 
@@ -37,7 +39,8 @@ def marked():
 def runner(fn, example, mode="piecewise", **options):
     args = example if isinstance(example, tuple) else (example,)
     options.setdefault("sizes", [1, 2, 4])
-    return GraphRunner(fn, args, mode=mode, backend="sim", registry=CollectorRegistry(), **options)
+    options.setdefault("backend", "sim")
+    return GraphRunner(fn, args, mode=mode, registry=CollectorRegistry(), **options)
 
 
 def check_equals_eager(run, fn, make, sizes=(1, 2, 3, 4)):
@@ -171,3 +174,36 @@ def test_a_split_input_that_changes_shape_runs_that_call_eager(marked):
         finally:
             model.gate.forward = original
     assert run.stats.eager_fallback == {CallFallback.DYNAMIC_SHAPE: 1}
+
+
+class RefusesOneSegment(SimBackend):
+    """A simulator whose capture of one segment fails the way CUDA's would (the analysis cannot see it)."""
+
+    def __init__(self, label):
+        super().__init__()
+        self.refused = label
+
+    def capture(self, body, label=""):
+        if self.refused in label:
+            raise UncapturableOpError(f"operator refused by the device in {label}")
+        return super().capture(body, label)
+
+
+def test_a_segment_whose_capture_fails_runs_eager_and_the_rest_stays_captured(marked):
+    marked(Gate)
+    model = GatedMLP().eval()
+    run = runner(model, torch.randn(4, 8), backend=RefusesOneSegment("submod_2"))
+    assert all(r.captured for r in run.status()), str(run.status())
+    assert any(
+        s.startswith("submod_2") and "segment failed to capture: uncapturable_op" in s
+        for s in run.status().splits
+    )
+    with torch.no_grad():
+        check_equals_eager(run, model, lambda n: (torch.randn(n, 8),))
+
+
+def test_a_size_where_no_segment_captures_runs_eager():
+    model = GatedMLP().eval()  # unmarked: one segment, refused
+    run = runner(model, torch.randn(4, 8), backend=RefusesOneSegment("submod_0"))
+    assert not any(r.captured for r in run.status())
+    assert {r.reason for r in run.status()} == {CaptureFailure.SEGMENT_NOT_CAPTURED}

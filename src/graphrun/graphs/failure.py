@@ -38,6 +38,8 @@ def classify(exc: BaseException) -> CaptureFailure:
         return CaptureFailure.OOM
     if any(isinstance(e, OutputShapeError) for e in chain):
         return CaptureFailure.OUTPUT_SHAPE
+    if isinstance(exc, SegmentCaptureError) and exc.__cause__ is None:  # its own finding, not a wrapper
+        return CaptureFailure.SEGMENT_NOT_CAPTURED
     texts = [str(e) for e in chain]
     segment = any(isinstance(e, SegmentCaptureError) for e in chain)
     if any(isinstance(e, HostSyncError) for e in chain) or any(

@@ -242,7 +242,12 @@ class GraphRunner:
         Indexes and iterates like a tuple of RungStatus; str() is a table.
         """
         rungs = tuple(self._status[r] for r in self.sizes if r in self._status)
-        return RunnerStatus(self.name, self.backend.name, rungs, self.mode.value, self._plan.splits)
+        failed: dict[str, str] = getattr(self.backend, "eager_segments", {})
+        splits = (
+            *self._plan.splits,
+            *(f"{label} (segment failed to capture: {why})" for label, why in failed.items()),
+        )
+        return RunnerStatus(self.name, self.backend.name, rungs, self.mode.value, splits)
 
     @property
     def piecewise(self) -> GraphRunner | None:

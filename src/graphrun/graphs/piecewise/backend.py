@@ -21,6 +21,7 @@ import torch
 
 from graphrun.graphs.backends import Backend
 from graphrun.graphs.backends.sim import storage_key
+from graphrun.graphs.failure import SegmentCaptureError
 from graphrun.graphs.piecewise.segment import SegmentGraph
 
 
@@ -38,6 +39,12 @@ class _State:
         return segment
 
 
+def _release(segments: list[SegmentGraph]) -> None:
+    for segment in segments:
+        if segment.graph is not None:
+            segment.graph.release()
+
+
 class PiecewiseGraph:
     """One rung: its segment graphs, replayed by re-running the split callable (the body)."""
 
@@ -47,7 +54,7 @@ class PiecewiseGraph:
         self._backend = backend
         self._body = body
         self._segments = segments
-        self.nbytes = sum(s.graph.nbytes for s in segments)
+        self.nbytes = sum(s.graph.nbytes for s in segments if s.graph is not None)
         self._inference_mode = torch.is_inference_mode_enabled()
 
     @property
@@ -63,8 +70,7 @@ class PiecewiseGraph:
 
     def release(self) -> None:
         """Release every segment graph."""
-        for segment in self._segments:
-            segment.graph.release()
+        _release(self._segments)
         self._segments = []
 
 
@@ -78,6 +84,7 @@ class PiecewiseBackend:
         self.label = "piecewise"
         self.state: _State | None = None
         self._static: set[int] = set()
+        self.eager_segments: dict[str, str] = {}  # segments that failed to capture at some size -> why
 
     # ----- static storage ----------------------------------------------------------------------------
 
@@ -131,13 +138,18 @@ class PiecewiseBackend:
         self.state = state
         try:
             body()
+            if not any(segment.graph is not None for segment in state.segments):
+                raise SegmentCaptureError("no segment was captured at this size: every piece runs eager")
         except BaseException:
-            for segment in state.segments:
-                segment.graph.release()
+            _release(state.segments)
             raise
         finally:
             self.state = None
         return PiecewiseGraph(self, body, state.segments)
+
+    def note_eager_segment(self, label: str, reason: str) -> None:
+        """A segment failed to capture and runs eager at one size (listed in the runner's status)."""
+        self.eager_segments[label] = reason
 
     @contextlib.contextmanager
     def replaying(self, segments: list[SegmentGraph]) -> Iterator[None]:
