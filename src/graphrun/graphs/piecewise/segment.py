@@ -96,6 +96,7 @@ class Segment(torch.nn.Module):
             graph = backend.inner.capture(body, f"{backend.label}:{self.label}")
         except Exception as exc:
             return self._eager_instead(exc, args)
+        graph.replay()  # CUDA capture runs nothing: fill the outputs before an eager split reads them
         backend.mark_static(holder[0])
         return SegmentGraph(graph, inputs, holder[0])
 
