@@ -78,6 +78,11 @@ class GraphRunner:
     Pass False for a callable that needs autograd inside (torch.autograd.grad), or to get back eager
     outputs that carry history.
 
+    mode (modes.py, mode_plan.py): "full" (default), "none" (every call eager, counted), "piecewise" (the
+    callable cut at uncapturable ops, its segments captured: piecewise/) or "full_and_piecewise" (FULL
+    graphs, and a piecewise runner, `.piecewise`, for the batches no FULL rung takes); split_predicate picks
+    extra fx nodes to run eager. route(BatchDescriptor) says where a call goes; call_batch runs it there.
+
     Outputs alias static buffers until the next call unless clone_outputs=True. One call at a time:
     calls are serialised by a lock, since they share the static buffers.
     """
