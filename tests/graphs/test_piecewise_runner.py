@@ -207,3 +207,28 @@ def test_a_size_where_no_segment_captures_runs_eager():
     run = runner(model, torch.randn(4, 8), backend=RefusesOneSegment("submod_0"))
     assert not any(r.captured for r in run.status())
     assert {r.reason for r in run.status()} == {CaptureFailure.SEGMENT_NOT_CAPTURED}
+
+
+class WithKeyword(GatedMLP):
+    def forward(self, x, shift=None):
+        return super().forward(x + shift)
+
+
+def test_keyword_inputs_reach_the_traced_graph(marked):
+    marked(Gate)
+    torch.manual_seed(0)
+    model = WithKeyword().eval()
+    example = (torch.randn(4, 8),), {"shift": torch.randn(4, 8)}
+    run = GraphRunner(
+        model, *example, sizes=[2, 4], mode="piecewise", backend="sim", registry=CollectorRegistry()
+    )
+    assert all(r.captured for r in run.status()) and run.status().splits
+    with torch.no_grad():
+        x, shift = torch.randn(3, 8), torch.randn(3, 8)
+        torch.testing.assert_close(run(x, shift=shift), model(x, shift=shift))
+    assert run.stats.num_replayed == 1
+
+
+def test_piecewise_without_a_graph_backend_runs_eager():
+    run = runner(GatedMLP().eval(), torch.randn(4, 8), backend="auto")  # CPU tensors: no graphs
+    assert {r.reason for r in run.status()} == {CaptureFailure.NO_GRAPH_BACKEND}
