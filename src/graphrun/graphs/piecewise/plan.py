@@ -22,7 +22,7 @@ from graphrun.graphs.piecewise.analysis import SplitPoint, find_splits
 from graphrun.graphs.piecewise.backend import PiecewiseBackend
 from graphrun.graphs.piecewise.registry import NodePredicate
 from graphrun.graphs.piecewise.segment import Segment
-from graphrun.graphs.piecewise.split import Piece, split_graph
+from graphrun.graphs.piecewise.split import Piece, SplitGraph, split_graph
 from graphrun.graphs.piecewise.trace import Traced, Untraceable, call_traced, trace
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,7 @@ def build_plan(
     uncapturable: frozenset[Any] = getattr(backend, "uncapturable", frozenset())
     splits = find_splits(traced.module, _flat_inputs(traced, args, kwargs), predicate, uncapturable)
     graph = split_graph(traced.module, splits)
-    wrapped = PiecewiseBackend(backend)
-    for piece in graph.pieces:
-        if piece.captured:
-            label = f"{piece.name}[{piece.first}..{piece.last}]"
-            setattr(graph.parent, piece.name, Segment(getattr(graph.parent, piece.name), label, wrapped))
-    wrapped.mark_static([*graph.parent.parameters(), *graph.parent.buffers()])
+    wrapped = _wrap_segments(graph, PiecewiseBackend(backend))
     points = tuple(splits.values())
     log.info(
         "piecewise: %s cut into %d segments and %d eager splits at %s",
@@ -89,6 +84,16 @@ def build_plan(
     return PiecewisePlan(
         PiecewiseCallable(traced, graph.parent, _name(fn)), wrapped, points, graph.pieces, traced.how
     )
+
+
+def _wrap_segments(graph: SplitGraph, backend: PiecewiseBackend) -> PiecewiseBackend:
+    """Put a Segment in place of each captured piece; the weights are static storage."""
+    for piece in graph.pieces:
+        if piece.captured:
+            label = f"{piece.name}[{piece.first}..{piece.last}]"
+            setattr(graph.parent, piece.name, Segment(getattr(graph.parent, piece.name), label, backend))
+    backend.mark_static([*graph.parent.parameters(), *graph.parent.buffers()])
+    return backend
 
 
 def _flat_inputs(traced: Traced, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
