@@ -25,6 +25,8 @@ from graphrun.errors import (
 
 if TYPE_CHECKING:
     from graphrun.graphs.backends.sim import FaultPlan, SimBackend
+    from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode
+    from graphrun.graphs.piecewise.registry import mark_uncapturable, unmark_uncapturable
     from graphrun.graphs.runner import GraphRunner
     from graphrun.graphs.status import CallFallback, CaptureFailure, RungStatus
     from graphrun.llm.api import LLM
@@ -47,6 +49,10 @@ _LAZY = {
     "FaultPlan": "graphrun.graphs.backends.sim",
     "SimBackend": "graphrun.graphs.backends.sim",
     "GraphRunner": "graphrun.graphs.runner",
+    "BatchDescriptor": "graphrun.graphs.modes",
+    "CudaGraphMode": "graphrun.graphs.modes",
+    "mark_uncapturable": "graphrun.graphs.piecewise.registry",
+    "unmark_uncapturable": "graphrun.graphs.piecewise.registry",
     "LLM": "graphrun.llm.api",
     "SamplingParams": "graphrun.llm.sampling_params",
     "SamplingParamsError": "graphrun.llm.sampling_params",
@@ -64,10 +70,12 @@ _LAZY = {
 __all__ = [
     "LLM",
     "BackendUnavailableError",
+    "BatchDescriptor",
     "CallFallback",
     "CaptureFailure",
     "CheckpointError",
     "ConfigError",
+    "CudaGraphMode",
     "EngineFailure",
     "FaultPlan",
     "GraphInputError",
@@ -88,6 +96,8 @@ __all__ = [
     "UncapturableOpError",
     "UnsupportedModelError",
     "__version__",
+    "mark_uncapturable",
+    "unmark_uncapturable",
 ]
 
 

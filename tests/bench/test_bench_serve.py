@@ -222,7 +222,8 @@ def test_bench_serve_end_to_end_on_the_tiny_preset(tmp_path: Path, capsys):
         assert run["memory"]["max_rss_bytes"] > 0 and run["memory"]["kv_cache_bytes"] > 0
         assert Path(run["log"]).read_text()  # the server's log went to a file
         cpu = run["cpu_s"]  # every process's CPU time over the timed run
-        assert cpu["client"] > 0 and cpu["server"] > 0 and cpu["engine"] > 0
+        # /proc counts whole clock ticks (10 ms): the HTTP process may use less than one on 10 requests
+        assert cpu["client"] > 0 and cpu["server"] >= 0 and cpu["engine"] > 0
         machine = run["machine_cpu_s"]  # the whole machine's over the same run: ours are part of it
         assert machine["busy"] + 0.1 >= cpu["client"] + cpu["server"] + cpu["engine"]
         assert machine["steal"] >= 0 and machine["idle"] >= 0

@@ -208,3 +208,46 @@ def test_compiled_graphs_equal_eager_on_the_device():
     for n in (1, 3, 8):
         x = torch.randn(n, 256, device="cuda")
         torch.testing.assert_close(r(x), net(x), rtol=1e-4, atol=1e-4)
+
+
+# ----- piecewise --------------------------------------------------------------------------------------
+
+
+def test_piecewise_mlp_with_a_marked_op_equals_eager_on_cuda():
+    from piecewise_models import Gate, GatedMLP
+
+    from graphrun.graphs.piecewise import mark_uncapturable, unmark_uncapturable
+
+    mark_uncapturable(Gate)
+    try:
+        torch.manual_seed(0)
+        model = GatedMLP().cuda().eval()
+        run = GraphRunner(model, (torch.randn(4, 8, device="cuda"),), sizes=[1, 2, 4], mode="piecewise",
+                          backend="cuda", registry=CollectorRegistry(), name="gpu-piecewise-mlp")  # fmt: skip
+        assert all(r.captured for r in run.status()) and run.status().splits
+        with torch.no_grad():
+            for n in (1, 2, 3, 4):
+                x = torch.randn(n, 8, device="cuda")
+                torch.testing.assert_close(run(x), model(x))
+        assert run.stats.num_replayed == 4
+    finally:
+        unmark_uncapturable(Gate)
+
+
+def test_piecewise_hf_bert_equals_eager_on_cuda():
+    from piecewise_models import HFEncoder
+
+    torch.manual_seed(0)
+    model = HFEncoder().cuda()
+
+    def make(n):
+        return torch.randint(0, 64, (n, 8), device="cuda"), torch.ones(n, 8, dtype=torch.long, device="cuda")
+
+    run = GraphRunner(model, make(4), sizes=[1, 2, 4], mode="piecewise", backend="cuda",
+                      registry=CollectorRegistry(), name="gpu-piecewise-bert")  # fmt: skip
+    assert all(r.captured for r in run.status()), str(run.status())
+    with torch.no_grad():
+        for n in (1, 2, 3, 4):
+            args = make(n)
+            torch.testing.assert_close(run(*args), model(*args), rtol=1e-4, atol=1e-4)
+    assert run.stats.num_replayed == 4

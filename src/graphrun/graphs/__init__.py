@@ -1,13 +1,17 @@
 """The capture/replay runtime: knows nothing of LLMs, HTTP or tokens."""
 
 from graphrun.graphs.backends import FaultPlan, SimBackend, make_backend
+from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode
+from graphrun.graphs.piecewise import mark_uncapturable, unmark_uncapturable
 from graphrun.graphs.runner import GraphRunner
 from graphrun.graphs.sizes import default_ladder, padding_report, recommend_ladder, rung_for
 from graphrun.graphs.status import CallFallback, CaptureFailure, RungStatus, RunnerStatus
 
 __all__ = [
+    "BatchDescriptor",
     "CallFallback",
     "CaptureFailure",
+    "CudaGraphMode",
     "FaultPlan",
     "GraphRunner",
     "RungStatus",
@@ -15,7 +19,9 @@ __all__ = [
     "SimBackend",
     "default_ladder",
     "make_backend",
+    "mark_uncapturable",
     "padding_report",
     "recommend_ladder",
     "rung_for",
+    "unmark_uncapturable",
 ]

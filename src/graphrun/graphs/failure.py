@@ -19,6 +19,14 @@ class OutputShapeError(RuntimeError):
     """The callable's outputs at one rung do not fit the static outputs learned at another."""
 
 
+class SegmentCaptureError(RuntimeError):
+    """A piecewise segment could not be captured at one rung (the cause is chained)."""
+
+
+class DynamicInputError(RuntimeError):
+    """A piecewise segment's input differs in shape (or a non-tensor one in value) from its capture."""
+
+
 def classify(exc: BaseException) -> CaptureFailure:
     """Map a capture-time exception onto the fixed set of reasons.
 
@@ -30,7 +38,10 @@ def classify(exc: BaseException) -> CaptureFailure:
         return CaptureFailure.OOM
     if any(isinstance(e, OutputShapeError) for e in chain):
         return CaptureFailure.OUTPUT_SHAPE
+    if isinstance(exc, SegmentCaptureError) and exc.__cause__ is None:  # its own finding, not a wrapper
+        return CaptureFailure.SEGMENT_NOT_CAPTURED
     texts = [str(e) for e in chain]
+    segment = any(isinstance(e, SegmentCaptureError) for e in chain)
     if any(isinstance(e, HostSyncError) for e in chain) or any(
         m in t for t in texts for m in _HOST_SYNC_MARKERS
     ):
@@ -39,7 +50,7 @@ def classify(exc: BaseException) -> CaptureFailure:
         m in t for t in texts for m in _CAPTURE_MARKERS
     ):
         return CaptureFailure.UNCAPTURABLE_OP
-    return CaptureFailure.ERROR
+    return CaptureFailure.SEGMENT_NOT_CAPTURED if segment else CaptureFailure.ERROR
 
 
 def root_cause(exc: BaseException) -> BaseException:

@@ -7,9 +7,10 @@ from the enums in status.py. One collector per registry; every runner sharing a 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -66,7 +67,9 @@ class GraphMetricsCollector(Collector):
         replay_s = HistogramMetricFamily(
             p + "replay_seconds", "Host time per replayed call", labels=["runner"]
         )
+        mode = GaugeMetricFamily(p + "mode", "The runner's graph mode (value 1)", labels=["runner", "mode"])
         for name, s in self._runners.items():
+            mode.add_metric([name, s.mode], 1)
             captured.add_metric([name], s.num_captured)
             replayed.add_metric([name], s.num_replayed)
             for call_reason in CallFallback:
@@ -92,6 +95,7 @@ class GraphMetricsCollector(Collector):
             compile_hit,
             padding,
             replay_s,
+            mode,
         )
 
 
@@ -110,3 +114,25 @@ def collector_for(registry: CollectorRegistry) -> GraphMetricsCollector:
         registry.register(collector)
         _COLLECTORS[registry] = collector
     return collector
+
+
+def register_runner(
+    owner: object,
+    fn: Callable[..., Any],
+    name: str | None,
+    registry: CollectorRegistry | None,
+    stats: RunnerStats,
+) -> str:
+    """Register a runner's stats under `name` (or an automatic, never colliding one from `fn`'s name) with
+    the collector of `registry` (the default one when None); unregistered when `owner` is collected."""
+    collector = collector_for(registry if registry is not None else REGISTRY)
+    base = name or getattr(fn, "__name__", None) or type(fn).__name__
+    chosen = base
+    if name is None:  # an automatic name never collides: suffix it
+        taken = collector.names()
+        suffix = 2
+        while chosen in taken:
+            chosen, suffix = f"{base}-{suffix}", suffix + 1
+    collector.add(chosen, stats)
+    weakref.finalize(owner, collector.remove, chosen)
+    return chosen

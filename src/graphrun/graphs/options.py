@@ -19,12 +19,14 @@ from prometheus_client import CollectorRegistry
 from graphrun.errors import ConfigError
 from graphrun.graphs.backends import BACKEND_NAMES, Backend
 from graphrun.graphs.layout import BatchDims, KwargBatchDims
+from graphrun.graphs.modes import CudaGraphMode
 from graphrun.graphs.sizes import normalize_ladder
 
 PAD_MODES = ("repeat", "forbid")
 SCALAR_MODES = ("static", "tensor")
 
 VerifyInputs = Callable[[int, torch.Generator], Sequence[Any]]
+SplitPredicate = Callable[[Any], bool]  # a torch.fx Node -> run it eager between piecewise segments
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,8 @@ class RunnerOptions:
     inference_mode: bool = True
     compile: bool = False
     compile_cache_dir: str | None = None
+    mode: CudaGraphMode | str = CudaGraphMode.FULL
+    split_predicate: SplitPredicate | None = None
 
     def __post_init__(self) -> None:
         self._check_modes()
@@ -57,6 +61,7 @@ class RunnerOptions:
         self._check_numbers()
 
     def _check_modes(self) -> None:
+        CudaGraphMode.parse(self.mode)
         if self.scalars not in SCALAR_MODES:
             raise ConfigError(f"scalars must be one of {SCALAR_MODES}, got {self.scalars!r}")
         if isinstance(self.pad, str) and self.pad not in PAD_MODES:
@@ -106,6 +111,11 @@ class RunnerOptions:
             )
 
     @property
+    def graph_mode(self) -> CudaGraphMode:
+        """The mode as an enum ("full", "piecewise", ... in any spelling CudaGraphMode.parse reads)."""
+        return CudaGraphMode.parse(self.mode)
+
+    @property
     def pads(self) -> bool:
         """False when calls replay exact-size only (pad='forbid')."""
         return self.pad != "forbid"
@@ -146,3 +156,19 @@ class RunnerKeywords(TypedDict, total=False):
     inference_mode: bool
     compile: bool
     compile_cache_dir: str | None
+    mode: CudaGraphMode | str
+    split_predicate: SplitPredicate | None
+
+
+def resolve_options(options: RunnerOptions | None, keywords: Mapping[str, Any]) -> RunnerOptions:
+    """The options object: the one given, or one built from keyword options; never both."""
+    if options is None:
+        return RunnerOptions.from_keywords(keywords)
+    if keywords:
+        raise ConfigError(
+            f"GraphRunner got options= and keyword options {sorted(keywords)}; pass one or the other "
+            "(dataclasses.replace(options, ...) changes a field of an options object)"
+        )
+    if not isinstance(options, RunnerOptions):
+        raise ConfigError(f"options must be a RunnerOptions, got {type(options).__name__}")
+    return options

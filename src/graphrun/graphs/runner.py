@@ -15,22 +15,24 @@ import contextlib
 import logging
 import threading
 import time
-import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Unpack
 
 import torch
-from prometheus_client import REGISTRY, CollectorRegistry
 
-from graphrun.errors import ConfigError, GraphInputError
-from graphrun.graphs.backends import CapturedGraph, EagerBackend, make_backend
+from graphrun.errors import GraphInputError
+from graphrun.graphs.backends import CapturedGraph, make_backend
 from graphrun.graphs.buffers import Kind, Slot, check_scalar, check_static, check_tensor, pad_rows
 from graphrun.graphs.capture import RungCapturer
 from graphrun.graphs.compile import CompiledFn
+from graphrun.graphs.failure import DynamicInputError
 from graphrun.graphs.inputs import InputLayout
-from graphrun.graphs.metrics import collector_for
-from graphrun.graphs.options import RunnerKeywords, RunnerOptions
+from graphrun.graphs.metrics import register_runner
+from graphrun.graphs.mode_plan import plan_mode
+from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode, Dispatcher, Route, RouteKind
+from graphrun.graphs.options import RunnerKeywords, RunnerOptions, resolve_options
 from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe
 from graphrun.graphs.sizes import rung_for
 from graphrun.graphs.spec import CaptureResult, CaptureSpec
@@ -79,6 +81,11 @@ class GraphRunner:
     Pass False for a callable that needs autograd inside (torch.autograd.grad), or to get back eager
     outputs that carry history.
 
+    mode (modes.py, mode_plan.py): "full" (default), "none" (every call eager, counted), "piecewise" (the
+    callable cut at uncapturable ops, its segments captured: piecewise/) or "full_and_piecewise" (FULL
+    graphs, and a piecewise runner, `.piecewise`, for the batches no FULL rung takes); split_predicate picks
+    extra fx nodes to run eager. route(BatchDescriptor) says where a call goes; call_batch runs it there.
+
     Outputs alias static buffers until the next call unless clone_outputs=True. One call at a time:
     calls are serialised by a lock, since they share the static buffers.
     """
@@ -92,27 +99,48 @@ class GraphRunner:
         options: RunnerOptions | None = None,
         **keywords: Unpack[RunnerKeywords],
     ) -> None:
-        options = _resolve_options(options, keywords)
+        options = resolve_options(options, keywords)
         args = (example_args,) if isinstance(example_args, torch.Tensor) else tuple(example_args)
-        inputs = InputLayout.build(args, dict(example_kwargs or {}), options)
+        kwargs = dict(example_kwargs or {})
+        inputs = InputLayout.build(args, kwargs, options)
         self.options = options
         self.sizes = inputs.sizes
-        self.backend = make_backend(options.backend, inputs.device)
+        self.mode = options.graph_mode
+        plan = plan_mode(fn, (args, kwargs), inputs, make_backend(options.backend, inputs.device), options)
+        self._plan, self.backend = plan, plan.backend
         register = getattr(self.backend, "register_static", None)
         if register is not None:
             register(inputs.static_buffers())
-        self.stats = RunnerStats()
-        self.name = self._register_metrics(fn, options.name, options.registry)
-        captured_fn = fn
-        if options.compile:  # graphs record the compiled code; eager fallbacks run `fn` itself
-            captured_fn = CompiledFn(fn, self.name, options.compile_cache_dir, options.tolerance)
+        self.stats = RunnerStats(mode=self.mode.value)
+        self.name = register_runner(self, fn, options.name, options.registry, self.stats)
+        captured_fn = plan.fn
+        if options.compile and self.mode is not CudaGraphMode.PIECEWISE:
+            # FULL graphs record the compiled code; eager fallbacks run `fn` itself. Piecewise segments
+            # are not compiled yet (their split callable is graphrun's own executor, see README)
+            captured_fn = CompiledFn(plan.fn, self.name, options.compile_cache_dir, options.tolerance)
         self.spec = CaptureSpec(captured_fn, inputs, options, self.backend, self.name)
         self._capturer = RungCapturer(self.spec)
         self._bind_call_path(fn, inputs, options)
+        self._piecewise = self._piecewise_runner(fn, args, kwargs)
+        self._dispatcher = Dispatcher(
+            self.mode,
+            self.rung_for if self.mode.full else None,
+            self._piecewise.rung_for if self._piecewise is not None else self.rung_for,
+        )
         if options.capture:
             self.capture()
 
     # ----- construction steps -------------------------------------------------------------------------
+
+    def _piecewise_runner(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> GraphRunner | None:
+        """FULL_AND_PIECEWISE: the PIECEWISE runner that takes the batches no FULL rung serves."""
+        if self.mode is not CudaGraphMode.FULL_AND_PIECEWISE:
+            return None
+        name = f"{self.name}-piecewise"
+        options = replace(  # the same backend instance: on CUDA, FULL and segment graphs share one pool
+            self.options, mode=CudaGraphMode.PIECEWISE, name=name, capture=False, backend=self.backend
+        )
+        return GraphRunner(fn, args, kwargs, options=options)
 
     def _bind_call_path(self, fn: Callable[..., Any], inputs: InputLayout, options: RunnerOptions) -> None:
         """Everything a call reads, as plain attributes: the hot path does no lookups through the spec."""
@@ -147,33 +175,20 @@ class GraphRunner:
         self._captured_once = False
         self._compile_report: CompileReport | None = None
 
-    def _register_metrics(
-        self, fn: Callable[..., Any], name: str | None, registry: CollectorRegistry | None
-    ) -> str:
-        collector = collector_for(registry if registry is not None else REGISTRY)
-        base = name or getattr(fn, "__name__", None) or type(fn).__name__
-        chosen = base
-        if name is None:  # an automatic name never collides: suffix it
-            taken = collector.names()
-            suffix = 2
-            while chosen in taken:
-                chosen, suffix = f"{base}-{suffix}", suffix + 1
-        collector.add(chosen, self.stats)
-        weakref.finalize(self, collector.remove, chosen)
-        return chosen
-
     # ----- capture ------------------------------------------------------------------------------------
 
     def capture(self) -> RunnerStatus:
         """Capture every rung, largest first; rungs that fail run eager, with the reason in status()."""
         self._release_graphs()
         self._status.clear()
-        if isinstance(self.backend, EagerBackend):  # backend="auto" without CUDA tensors
-            self._mark_all_eager(self.backend.why)
+        if self._plan.all_eager is not None:  # mode none, untraceable, or no graph backend
+            self._mark_all_eager(*self._plan.all_eager)
         else:
             self._install(self._capturer.capture_all())
         self._captured_once = True
         self._rebuild_dispatch()
+        if self._piecewise is not None:
+            self._piecewise.capture()
         return self.status()
 
     def _install(self, result: CaptureResult) -> None:
@@ -208,11 +223,11 @@ class GraphRunner:
         self._out_leaves.clear()
         self._out_whole.clear()
 
-    def _mark_all_eager(self, why: str) -> None:
+    def _mark_all_eager(self, reason: CaptureFailure, why: str) -> None:
         for size in self.sizes:
-            self._status[size] = RungStatus(size, False, reason=CaptureFailure.NO_GRAPH_BACKEND, detail=why)
-        self.stats.capture_failed[CaptureFailure.NO_GRAPH_BACKEND] = len(self.sizes)
-        log.info("runner %s: no graphs, every call runs eager (%s)", self.name, why)
+            self._status[size] = RungStatus(size, False, reason=reason, detail=why)
+        self.stats.capture_failed[reason] = len(self.sizes)
+        log.info("runner %s: no graphs, every call runs eager: %s (%s)", self.name, reason.value, why)
 
     def _rebuild_dispatch(self) -> None:
         """Per batch size: its own rung if captured, else the smallest captured rung that accepts padding."""
@@ -226,6 +241,8 @@ class GraphRunner:
         """Why batch n has no rung: none captured that fits, or those that fit replay exact sizes only."""
         if not self._captured_once:
             return CallFallback.NOT_CAPTURED_YET
+        if self._plan.all_eager is not None and self._plan.all_eager[0] in _ALL_EAGER_CALLS:
+            return _ALL_EAGER_CALLS[self._plan.all_eager[0]]
         fits = [self._status[r] for r in captured if r >= n]
         if not fits:
             return CallFallback.RUNG_NOT_CAPTURED
@@ -243,7 +260,32 @@ class GraphRunner:
         Indexes and iterates like a tuple of RungStatus; str() is a table.
         """
         rungs = tuple(self._status[r] for r in self.sizes if r in self._status)
-        return RunnerStatus(self.name, self.backend.name, rungs, self._compile_report)
+        failed: dict[str, str] = getattr(self.backend, "eager_segments", {})
+        splits = (
+            *self._plan.splits,
+            *(f"{label} (segment failed to capture: {why})" for label, why in failed.items()),
+        )
+        return RunnerStatus(
+            self.name, self.backend.name, rungs, self._compile_report, self.mode.value, splits
+        )
+
+    @property
+    def piecewise(self) -> GraphRunner | None:
+        """FULL_AND_PIECEWISE: the PIECEWISE runner serving batches without a FULL rung (else None)."""
+        return self._piecewise
+
+    def route(self, batch: BatchDescriptor) -> Route:
+        """Where a call described by `batch` goes: a FULL rung, a PIECEWISE rung, or eager."""
+        return self._dispatcher.dispatch(batch)
+
+    def call_batch(self, batch: BatchDescriptor, *args: Any, **kwargs: Any) -> Any:
+        """Run one call the way route(batch) says (a non-uniform batch never takes a FULL graph)."""
+        route = self.route(batch)
+        if route.kind is RouteKind.EAGER:
+            return self._eager(self._why_eager(batch.num_tokens), args, kwargs)
+        if route.kind is RouteKind.PIECEWISE and self._piecewise is not None:
+            return self._piecewise(*args, **kwargs)
+        return self(*args, **kwargs)
 
     @property
     def pads(self) -> bool:
@@ -257,6 +299,8 @@ class GraphRunner:
 
     def close(self) -> None:
         """Release every graph; later calls run eager (counted as not_captured_yet)."""
+        if self._piecewise is not None:
+            self._piecewise.close()
         self._release_graphs()
         self._captured_once = False
         self._rebuild_dispatch()
@@ -282,6 +326,8 @@ class GraphRunner:
         n = self._validate(leaves)
         rung = self._dispatch[n] if n < self._dispatch_len else None
         if rung is None:
+            if self._piecewise is not None and self._piecewise.rung_for(n) is not None:
+                return self._piecewise(*args, **kwargs)
             return self._eager(self._why_eager(n), args, kwargs)
         with self._lock:
             start = time.perf_counter()
@@ -299,6 +345,9 @@ class GraphRunner:
                 self._copy_in(leaves, n, rung)
             try:
                 self._replays[rung]()
+            except DynamicInputError as exc:  # piecewise: a split's output no longer fits its segment
+                log.debug("runner %s: rung %d cannot replay this call: %s", self.name, rung, exc)
+                return self._eager(CallFallback.DYNAMIC_SHAPE, args, kwargs)
             except Exception as exc:  # a broken replay must not fail the call: run eager, count, say so
                 log.warning(
                     "runner %s: replay of rung %d failed (%s); running this call eager", self.name, rung, exc
@@ -409,18 +458,10 @@ class GraphRunner:
         return self._in_spec
 
 
-def _resolve_options(options: RunnerOptions | None, keywords: RunnerKeywords) -> RunnerOptions:
-    """The options object: the one given, or one built from keyword options; never both."""
-    if options is None:
-        return RunnerOptions.from_keywords(keywords)
-    if keywords:
-        raise ConfigError(
-            f"GraphRunner got options= and keyword options {sorted(keywords)}; pass one or the other "
-            "(dataclasses.replace(options, ...) changes a field of an options object)"
-        )
-    if not isinstance(options, RunnerOptions):
-        raise ConfigError(f"options must be a RunnerOptions, got {type(options).__name__}")
-    return options
+_ALL_EAGER_CALLS = {
+    CaptureFailure.MODE_NONE: CallFallback.MODE_NONE,
+    CaptureFailure.UNTRACEABLE: CallFallback.UNTRACEABLE,
+}
 
 
 def _no_outputs(leaves: Any) -> Any:

@@ -30,6 +30,9 @@ class CaptureFailure(StrEnum):
     # couples rows (a batch mean, batch-norm in training, softmax over the batch), so it replays
     # exact-size calls only
     PADDING_MISMATCH = "padding_mismatch"
+    MODE_NONE = "mode_none"  # mode="none": graphs are off, every call runs eager
+    UNTRACEABLE = "untraceable"  # piecewise: neither torch.fx nor torch.export could trace the callable
+    SEGMENT_NOT_CAPTURED = "segment_not_captured"  # piecewise: a segment failed to capture (cause in detail)
 
 
 class CallFallback(StrEnum):
@@ -41,6 +44,11 @@ class CallFallback(StrEnum):
     NOT_CAPTURED_YET = "not_captured_yet"
     PADDING_MISMATCH = "padding_mismatch"  # the captured rungs that fit replay exact-size calls only
     PADDING_FORBIDDEN = "padding_forbidden"  # pad="forbid": a batch that is not a rung size runs eager
+    MODE_NONE = "mode_none"
+    UNTRACEABLE = "untraceable"
+    DYNAMIC_SHAPE = (
+        "dynamic_shape"  # piecewise: an eager split's output changed shape (or value) since capture
+    )
 
 
 class CompileOutcome(StrEnum):
@@ -110,6 +118,8 @@ class RunnerStatus(Sequence[RungStatus]):
     backend: str
     rungs: tuple[RungStatus, ...] = ()
     compile: CompileReport | None = None  # the compile phase, when the runner compiles (compile=True)
+    mode: str = "full"
+    splits: tuple[str, ...] = ()  # piecewise: the split points, "node (reason: detail)"
 
     @overload
     def __getitem__(self, index: int) -> RungStatus: ...
@@ -124,12 +134,15 @@ class RunnerStatus(Sequence[RungStatus]):
         return len(self.rungs)
 
     def __str__(self) -> str:
+        where = self.backend if self.mode == "full" else f"{self.backend}, {self.mode}"
         if not self.rungs:
-            return f"runner {self.runner} ({self.backend}): not captured yet"
+            return f"runner {self.runner} ({where}): not captured yet"
         captured = sum(r.captured for r in self.rungs)
-        head = f"runner {self.runner} ({self.backend}): {captured} of {len(self.rungs)} sizes captured"
+        head = f"runner {self.runner} ({where}): {captured} of {len(self.rungs)} sizes captured"
         if self.compile is not None:
             head += f"; {self.compile}"
+        if self.splits:
+            head += "\nsplit at: " + ", ".join(self.splits)
         rows = [_rung_row(r) for r in self.rungs]
         headers = ("size", "graph", "padded calls", "MiB", "capture s", "note")
         return head + "\n" + text_table(headers, rows, align="rllrrl")
@@ -180,6 +193,7 @@ class RunnerStats:
     eager_fallback: dict[CallFallback, int] = field(default_factory=dict)
     replay_bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(REPLAY_BUCKETS) + 1))
     replay_seconds_sum: float = 0.0
+    mode: str = "full"  # the runner's graph mode, a label of its metrics
 
     def count_fallback(self, reason: CallFallback) -> None:
         """Count one call that ran eager."""

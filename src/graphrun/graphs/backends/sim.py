@@ -130,6 +130,11 @@ class SimBackend:
         self._static: set[int] = set()
         self.current_rung: int | None = None  # set by the runner so faults can target a rung
 
+    @property
+    def uncapturable(self) -> frozenset[Any]:
+        """Ops this simulator refuses to capture, besides host syncs."""
+        return self._uncapturable
+
     def register_static(self, tensors: list[torch.Tensor]) -> None:
         """Mark the runner's static buffers as device memory (reading them on the host is a sync)."""
         self._static.update(_storage_key(t) for t in tensors)
@@ -173,6 +178,23 @@ class SimBackend:
     def range(self, label: str) -> Iterator[None]:
         """No profiler ranges in the simulator."""
         yield
+
+
+@contextlib.contextmanager
+def capture_checks(device_keys: set[int], uncapturable: frozenset[Any] = frozenset()) -> Iterator[None]:
+    """Raise, as a capture would, on host syncs and uncapturable ops in the block (nothing is kept).
+
+    device_keys: storage keys (storage_key) of the tensors that count as device memory; tensors the block
+    creates join them. The piecewise analysis probes one op at a time with this, on any device.
+    """
+    recorder = _Recorder(device_keys, uncapturable, record=True)
+    with _HostSyncGuard(recorder.device_keys), recorder:
+        yield
+
+
+def storage_key(t: torch.Tensor) -> int:
+    """The identity of a tensor's storage, as the simulator's checks know it."""
+    return _storage_key(t)
 
 
 def _storage_key(t: torch.Tensor) -> int:
@@ -238,6 +260,8 @@ def _input_storages(args: Any, kwargs: Any) -> set[int]:
 def _flat_outputs(func: Any, out: Any) -> list[tuple[bool, torch.Tensor]]:
     """(aliases an input?, tensor) for every tensor an op returned, lists flattened, in schema order."""
     returns = func._schema.returns
+    if not returns:  # an op that returns nothing (aten._assert_tensor_metadata in export graphs)
+        return []
     values = [out] if len(returns) == 1 else list(out)
     flat: list[tuple[bool, torch.Tensor]] = []
     for ret, value in zip(returns, values, strict=False):
