@@ -47,8 +47,7 @@ class SelfAttention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.attention_bias)
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
-        has_norms = self.q_norm is not None and self.k_norm is not None
-        self.norms = QKNorms(self.q_norm, self.k_norm) if has_norms else None
+        self.norms = None if self.q_norm is None or self.k_norm is None else QKNorms(self.q_norm, self.k_norm)
         self.backend = backend
         self.attn = AttentionOp(backend, self.scale)
 
