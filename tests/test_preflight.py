@@ -235,3 +235,17 @@ def test_idle_flags_follow_the_reason_graphs_are_off():
     notes = preflight.idle_graph_flags(config, GraphsOff.MAX_BS_ZERO)
     assert notes == ["--cuda-graph-sizes 1,2 does nothing: decode graphs are off (--cuda-graph-max-bs is 0)"]
     assert preflight.idle_graph_flags(config, None) == []
+
+
+def test_compile_flags_reach_the_engine_config(started, tmp_path):
+    folder = str(tmp_path / "compiled")
+    assert (
+        main(["serve", "--port", "0", "--graph-backend", "sim", "--compile", "--compile-cache-dir", folder])
+        == 0
+    )
+    assert started[0][0].compile is True and started[0][0].compile_cache_dir == folder
+
+
+def test_compile_does_nothing_without_graphs():
+    notes = preflight.idle_graph_flags(EngineConfig(cuda_graph_max_bs=0, compile=True), GraphsOff.MAX_BS_ZERO)
+    assert notes == ["--compile does nothing: decode graphs are off (--cuda-graph-max-bs is 0)"]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from graphrun.compile_flags import add_compile_flags
 from graphrun.errors import ConfigError, GraphrunError
 from graphrun.llm.engine_config import DTYPES, EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
@@ -34,6 +35,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--dtype", default=defaults.dtype, choices=DTYPES)
     p.add_argument("--json", action="store_true", help="one JSON object per prompt instead of text")
+    add_compile_flags(p)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -53,6 +55,8 @@ def run_generate(args: argparse.Namespace) -> int:
             "max_num_seqs": args.max_num_seqs,
             "max_model_len": args.max_model_len,
             "dtype": args.dtype,
+            "compile": args.compile,
+            "compile_cache_dir": args.compile_cache_dir,
         }
         check_engine_model(EngineConfig(model=args.model, **options))
     except GraphrunError as exc:

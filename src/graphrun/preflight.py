@@ -45,9 +45,11 @@ def idle_graph_flags(engine: EngineConfig, off: GraphsOff | None) -> list[str]:
         "--cuda-graph-max-bs": engine.cuda_graph_max_bs if off is not GraphsOff.MAX_BS_ZERO else None,
         "--cuda-graph-max-prefill-tokens": engine.cuda_graph_max_prefill_tokens,
         "--graph-backend": engine.graph_backend if engine.graph_backend != "auto" else None,
+        "--compile": "" if engine.compile else None,  # only graphed steps are compiled
     }
     return [
-        f"{flag} {value} does nothing: decode graphs are off ({_OFF_BECAUSE[off]})"
+        f"{flag}{f' {value}' if value != '' else ''} does nothing: "
+        f"decode graphs are off ({_OFF_BECAUSE[off]})"
         for flag, value in given.items()
         if value is not None
     ]

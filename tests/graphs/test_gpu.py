@@ -186,3 +186,25 @@ def test_outputs_carry_no_autograd_history_on_the_device():
         inference_mode=False,
     )
     assert kept(torch.randn(12, 64, device="cuda")).grad_fn is not None
+
+
+def test_compiled_graphs_equal_eager_on_the_device():
+    from graphrun.graphs.status import CompileOutcome
+
+    class Block(torch.nn.Module):  # not a Sequential: no __len__ to lean on
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = torch.nn.Linear(256, 1024), torch.nn.Linear(1024, 256)
+
+        def forward(self, x):
+            return x + self.down(torch.nn.functional.gelu(self.up(torch.nn.functional.layer_norm(x, (256,)))))
+
+    torch.manual_seed(0)
+    net = Block().cuda().eval()
+    r = GraphRunner(net, (torch.randn(8, 256, device="cuda"),), sizes=[1, 2, 4, 8], compile=True,
+                    registry=CollectorRegistry())  # fmt: skip
+    assert r.status().compile.outcome is CompileOutcome.COMPILED, r.status().compile
+    assert all(s.captured for s in r.status())
+    for n in (1, 3, 8):
+        x = torch.randn(n, 256, device="cuda")
+        torch.testing.assert_close(r(x), net(x), rtol=1e-4, atol=1e-4)

@@ -22,11 +22,12 @@ from dataclasses import replace
 import torch
 
 from graphrun.graphs.backends import CapturedGraph
+from graphrun.graphs.compile import CompiledFn
 from graphrun.graphs.failure import classify, root_cause
 from graphrun.graphs.outputs import StaticOutputs
 from graphrun.graphs.sizes import padded_samples
 from graphrun.graphs.spec import CaptureResult, CaptureSpec
-from graphrun.graphs.status import CaptureFailure, RungStatus
+from graphrun.graphs.status import CaptureFailure, CompileReport, RungStatus
 from graphrun.graphs.verify import VERIFY_SEED, Verifier
 
 __all__ = ["RungCapturer", "classify", "gc_frozen", "root_cause"]
@@ -59,10 +60,11 @@ class RungCapturer:
         """Capture every rung of the spec's ladder, largest first, logging one line per rung."""
         spec = self._spec
         self._graphs, self._statuses = {}, {}
-        start = time.perf_counter()
-        pool_before = spec.backend.pool_bytes()
         mode = torch.inference_mode() if spec.options.inference_mode else contextlib.nullcontext()
         with mode, spec.backend.range(f"graphrun.capture[{spec.name}]"), gc_frozen():
+            compiled = self._compile()
+            start = time.perf_counter()
+            pool_before = spec.backend.pool_bytes()
             if self._outputs is None:
                 self._learn_outputs()
             for rung in reversed(spec.sizes):
@@ -76,9 +78,17 @@ class RungCapturer:
             self._outputs,
             time.perf_counter() - start,
             spec.backend.pool_bytes() - pool_before,
+            compiled,
         )
         self._log_summary(result)
         return result
+
+    def _compile(self) -> CompileReport | None:
+        """The compile phase, when the spec's callable is to be compiled (timed apart from capture)."""
+        spec, fn = self._spec, self._spec.fn
+        if not isinstance(fn, CompiledFn):
+            return None
+        return fn.prepare(spec.call_at, [spec.inputs.rung_leaves(r) for r in spec.sizes], spec.sizes)
 
     def _learn_outputs(self) -> None:
         """Run eager at the largest rung that runs at all, and size static outputs at the top rung."""

@@ -56,6 +56,12 @@ class GraphMetricsCollector(Collector):
             labels=["runner", "reason"],
         )
         capture_s = GaugeMetricFamily(p + "capture_seconds", "Seconds spent capturing", labels=["runner"])
+        compile_s = GaugeMetricFamily(
+            "graphrun_compile_seconds", "Seconds the compile phase took (compile=True)", labels=["runner"]
+        )
+        compile_hit = GaugeMetricFamily(
+            "graphrun_compile_cache_hit", "1 when the compile read stored artifacts", labels=["runner"]
+        )
         padding = GaugeMetricFamily(p + "padding_ratio", "Padded rows over graph rows", labels=["runner"])
         replay_s = HistogramMetricFamily(
             p + "replay_seconds", "Host time per replayed call", labels=["runner"]
@@ -68,13 +74,25 @@ class GraphMetricsCollector(Collector):
             for cap_reason in CaptureFailure:
                 failed.add_metric([name, cap_reason.value], s.capture_failed.get(cap_reason, 0))
             capture_s.add_metric([name], s.capture_seconds)
+            compile_s.add_metric([name], s.compile_seconds)
+            compile_hit.add_metric([name], float(s.compile_cache_hit))
             padding.add_metric([name], s.padding_ratio)
             cumulative, buckets = 0, []
             for bound, count in zip((*REPLAY_BUCKETS, float("inf")), s.replay_bucket_counts, strict=True):
                 cumulative += count
                 buckets.append((_bound(bound), cumulative))
             replay_s.add_metric([name], buckets, s.replay_seconds_sum)
-        yield from (captured, replayed, fallback, failed, capture_s, padding, replay_s)
+        yield from (
+            captured,
+            replayed,
+            fallback,
+            failed,
+            capture_s,
+            compile_s,
+            compile_hit,
+            padding,
+            replay_s,
+        )
 
 
 def _bound(value: float) -> str:

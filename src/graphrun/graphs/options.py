@@ -48,6 +48,8 @@ class RunnerOptions:
     registry: CollectorRegistry | None = None
     capture: bool = True
     inference_mode: bool = True
+    compile: bool = False
+    compile_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         self._check_modes()
@@ -66,6 +68,11 @@ class RunnerOptions:
         if isinstance(self.backend, str) and self.backend not in BACKEND_NAMES:
             raise ConfigError(
                 f"backend must be one of {BACKEND_NAMES} or a Backend instance, got {self.backend!r}"
+            )
+        if self.compile_cache_dir is not None and not self.compile:
+            raise ConfigError(
+                f"compile_cache_dir={self.compile_cache_dir!r} is used only with compile=True; "
+                "pass compile=True or drop the cache folder"
             )
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
             raise ConfigError(f"name must be a non-empty string or None (automatic), got {self.name!r}")
@@ -137,3 +144,5 @@ class RunnerKeywords(TypedDict, total=False):
     registry: CollectorRegistry | None
     capture: bool
     inference_mode: bool
+    compile: bool
+    compile_cache_dir: str | None

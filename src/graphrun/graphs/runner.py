@@ -27,6 +27,7 @@ from graphrun.errors import ConfigError, GraphInputError
 from graphrun.graphs.backends import CapturedGraph, EagerBackend, make_backend
 from graphrun.graphs.buffers import Kind, Slot, check_scalar, check_static, check_tensor, pad_rows
 from graphrun.graphs.capture import RungCapturer
+from graphrun.graphs.compile import CompiledFn
 from graphrun.graphs.inputs import InputLayout
 from graphrun.graphs.metrics import collector_for
 from graphrun.graphs.options import RunnerKeywords, RunnerOptions
@@ -35,8 +36,10 @@ from graphrun.graphs.sizes import rung_for
 from graphrun.graphs.spec import CaptureResult, CaptureSpec
 from graphrun.graphs.status import (
     REPLAY_BUCKETS,
+    CacheUse,
     CallFallback,
     CaptureFailure,
+    CompileReport,
     RungStatus,
     RunnerStats,
     RunnerStatus,
@@ -100,7 +103,10 @@ class GraphRunner:
             register(inputs.static_buffers())
         self.stats = RunnerStats()
         self.name = self._register_metrics(fn, options.name, options.registry)
-        self.spec = CaptureSpec(fn, inputs, options, self.backend, self.name)
+        captured_fn = fn
+        if options.compile:  # graphs record the compiled code; eager fallbacks run `fn` itself
+            captured_fn = CompiledFn(fn, self.name, options.compile_cache_dir, options.tolerance)
+        self.spec = CaptureSpec(captured_fn, inputs, options, self.backend, self.name)
         self._capturer = RungCapturer(self.spec)
         self._bind_call_path(fn, inputs, options)
         if options.capture:
@@ -139,6 +145,7 @@ class GraphRunner:
         self._out_whole: dict[int, Any] = {}
         self._status: dict[int, RungStatus] = {}
         self._captured_once = False
+        self._compile_report: CompileReport | None = None
 
     def _register_metrics(
         self, fn: Callable[..., Any], name: str | None, registry: CollectorRegistry | None
@@ -174,6 +181,10 @@ class GraphRunner:
         stats = self.stats
         stats.num_captured += result.num_captured
         stats.capture_seconds += result.capture_seconds
+        if result.compile is not None:
+            self._compile_report = result.compile
+            stats.compile_seconds = result.compile.seconds
+            stats.compile_cache_hit = result.compile.cache is CacheUse.HIT
         for reason, count in result.failures().items():
             stats.capture_failed[reason] = stats.capture_failed.get(reason, 0) + count
         self._status.update(result.statuses)
@@ -232,7 +243,7 @@ class GraphRunner:
         Indexes and iterates like a tuple of RungStatus; str() is a table.
         """
         rungs = tuple(self._status[r] for r in self.sizes if r in self._status)
-        return RunnerStatus(self.name, self.backend.name, rungs)
+        return RunnerStatus(self.name, self.backend.name, rungs, self._compile_report)
 
     @property
     def pads(self) -> bool:

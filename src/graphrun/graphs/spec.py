@@ -16,7 +16,7 @@ from graphrun.graphs.backends import Backend, CapturedGraph
 from graphrun.graphs.inputs import InputLayout
 from graphrun.graphs.options import RunnerOptions
 from graphrun.graphs.outputs import StaticOutputs
-from graphrun.graphs.status import CaptureFailure, RungStatus
+from graphrun.graphs.status import CaptureFailure, CompileReport, RungStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,22 +34,24 @@ class CaptureSpec:
         """The rungs, ascending."""
         return self.inputs.sizes
 
-    def call_at(self, rung: int) -> Any:
-        """Run `fn` eagerly on the static input buffers of `rung` (what a graph of that rung records)."""
+    def call_at(self, rung: int, fn: Callable[..., Any] | None = None) -> Any:
+        """Run `fn` (default: the spec's) eagerly on the static input buffers of `rung` (what a graph of
+        that rung records)."""
         args, kwargs = self.inputs.in_spec.unflatten(self.inputs.rung_leaves(rung))
-        return self.fn(*args, **kwargs)
+        return (self.fn if fn is None else fn)(*args, **kwargs)
 
 
 @dataclass(frozen=True, slots=True)
 class CaptureResult:
     """One capture pass: a graph per captured rung, a status per rung, the static outputs (None when no
-    rung ran at all), and the pass's duration and pool growth."""
+    rung ran at all), the pass's duration and pool growth, and its compile phase (None: not compiled)."""
 
     graphs: Mapping[int, CapturedGraph]
     statuses: Mapping[int, RungStatus]
     outputs: StaticOutputs | None
     seconds: float = 0.0
     pool_bytes: int = 0
+    compile: CompileReport | None = None
 
     @property
     def num_captured(self) -> int:

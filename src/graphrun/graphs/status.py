@@ -43,6 +43,36 @@ class CallFallback(StrEnum):
     PADDING_FORBIDDEN = "padding_forbidden"  # pad="forbid": a batch that is not a rung size runs eager
 
 
+class CompileOutcome(StrEnum):
+    """What compiling a runner's callable came to."""
+
+    COMPILED = "compiled"
+    FAILED = "failed"  # dynamo or inductor raised: the callable runs uncompiled
+    MISMATCH = "mismatch"  # compiled output differs from the callable's: it runs uncompiled
+
+
+class CacheUse(StrEnum):
+    """Whether the compile read stored artifacts."""
+
+    OFF = "off"  # no cache folder given
+    HIT = "hit"  # artifacts of this key were loaded before compiling
+    MISS = "miss"  # none stored: compiled from scratch, then saved
+
+
+@dataclass(frozen=True, slots=True)
+class CompileReport:
+    """One compile phase: outcome, seconds, cache use, and the reason when it ended uncompiled."""
+
+    outcome: CompileOutcome
+    seconds: float
+    cache: CacheUse = CacheUse.OFF
+    detail: str = ""
+
+    def __str__(self) -> str:
+        text = f"compile: {self.outcome} in {self.seconds:.2f} s, cache {self.cache}"
+        return f"{text} ({self.detail})" if self.detail else text
+
+
 @dataclass(frozen=True, slots=True)
 class RungStatus:
     """One rung after capture: captured (graph bytes, seconds) or eager with the reason and detail.
@@ -79,6 +109,7 @@ class RunnerStatus(Sequence[RungStatus]):
     runner: str
     backend: str
     rungs: tuple[RungStatus, ...] = ()
+    compile: CompileReport | None = None  # the compile phase, when the runner compiles (compile=True)
 
     @overload
     def __getitem__(self, index: int) -> RungStatus: ...
@@ -97,6 +128,8 @@ class RunnerStatus(Sequence[RungStatus]):
             return f"runner {self.runner} ({self.backend}): not captured yet"
         captured = sum(r.captured for r in self.rungs)
         head = f"runner {self.runner} ({self.backend}): {captured} of {len(self.rungs)} sizes captured"
+        if self.compile is not None:
+            head += f"; {self.compile}"
         rows = [_rung_row(r) for r in self.rungs]
         headers = ("size", "graph", "padded calls", "MiB", "capture s", "note")
         return head + "\n" + text_table(headers, rows, align="rllrrl")
@@ -141,6 +174,8 @@ class RunnerStats:
     num_graph_rows: int = 0
     num_padded_rows: int = 0
     capture_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    compile_cache_hit: bool = False
     capture_failed: dict[CaptureFailure, int] = field(default_factory=dict)
     eager_fallback: dict[CallFallback, int] = field(default_factory=dict)
     replay_bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(REPLAY_BUCKETS) + 1))

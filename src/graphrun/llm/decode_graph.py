@@ -127,6 +127,9 @@ class DecodeGraphs:
         sizes: Sequence[int],
         backend: str | Backend = "auto",
         registry: CollectorRegistry | None = None,
+        *,
+        compile: bool = False,
+        compile_cache_dir: str | None = None,
     ) -> None:
         device = kv_caches[0][0].device
         self._device = device
@@ -143,6 +146,8 @@ class DecodeGraphs:
                 backend=shared,
                 name=f"decode-{kind}",
                 registry=registry,
+                compile=compile,
+                compile_cache_dir=compile_cache_dir,
                 pad="repeat",  # padded rows repeat the last sequence: same token, same slot, same values
                 # called with each rung's size and, for the padded check, with smaller batch sizes
                 verify_inputs=lambda n, gen: random_inputs(shape, n, gen, device).packed(),

@@ -204,8 +204,9 @@ class LLMEngine:
         )
         with torch.inference_mode():
             self.decode_graphs = DecodeGraphs(
-                self.model, self.kv_caches, self.last_tokens, shape, self.capture_sizes(), backend, registry
-            )
+                self.model, self.kv_caches, self.last_tokens, shape, self.capture_sizes(), backend, registry,
+                compile=self.config.compile, compile_cache_dir=self.config.compile_cache_dir,
+            )  # fmt: skip
             sizes = self.prefill_capture_sizes()
             if sizes:
                 self.prefill_graphs = PrefillGraphs(
@@ -215,6 +216,8 @@ class LLMEngine:
                     sizes,
                     self.decode_graphs.backend,  # one memory pool for every graph
                     registry,
+                    compile=self.config.compile,
+                    compile_cache_dir=self.config.compile_cache_dir,
                 )
 
     def prefill_capture_sizes(self) -> tuple[int, ...]:

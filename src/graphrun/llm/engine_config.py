@@ -62,6 +62,10 @@ class EngineConfig:
     # engine's default, for offline batch jobs that want throughput): prefill and decode steps alternate.
     # `graphrun serve` defaults to SERVE_MIXED_PREFILL_TOKENS: streams want a steady inter-token latency
     mixed_prefill_tokens: int = 0
+    # compile each graph's callable with torch.compile (inductor) before capture (graphs/compile.py);
+    # compile_cache_dir: a folder that keeps the compiled artifacts so a restart reuses them
+    compile: bool = False
+    compile_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.graph_backend not in GRAPH_BACKENDS:
@@ -70,6 +74,10 @@ class EngineConfig:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.compile_cache_dir is not None and not self.compile:
+            raise ConfigError(
+                f"compile_cache_dir={self.compile_cache_dir!r} is used only with compile on (--compile)"
+            )
         if self.mixed_prefill_tokens < 0:
             raise ConfigError(
                 f"mixed_prefill_tokens must be >= 0 (0: no mixed steps), got {self.mixed_prefill_tokens}"

@@ -124,6 +124,9 @@ class PrefillGraphs:
         sizes: Sequence[int],
         backend: str | Backend,
         registry: CollectorRegistry | None = None,
+        *,
+        compile: bool = False,
+        compile_cache_dir: str | None = None,
     ) -> None:
         device = last_tokens.device
         self._device = device
@@ -149,6 +152,8 @@ class PrefillGraphs:
             backend=backend,
             name="prefill",
             registry=registry,
+            compile=compile,
+            compile_cache_dir=compile_cache_dir,
             pad=0,  # token 0 at position 0 in slot 0 (the scratch block)
             verify_inputs=draw,  # called with each rung's size and with smaller, padded sizes
         )

@@ -20,6 +20,7 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from graphrun.compile_flags import add_compile_flags
 from graphrun.envvars import api_keys, switch_interval_seconds
 from graphrun.errors import GraphrunError
 from graphrun.llm.engine_config import DTYPES, GRAPH_BACKENDS, SERVE_MIXED_PREFILL_TOKENS, EngineConfig
@@ -65,6 +66,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="fresh prompts up to this many tokens prefill in a graph (default: up to 2048; 0: off)",
     )
+    add_compile_flags(p)
     p.add_argument(
         "--mixed-prefill-tokens",
         type=int,
@@ -175,6 +177,8 @@ def _configs(args: argparse.Namespace, model: str) -> tuple[EngineConfig, ServeC
         async_scheduling=args.async_scheduling,
         mixed_prefill_tokens=args.mixed_prefill_tokens,
         graph_backend=args.graph_backend,
+        compile=args.compile,
+        compile_cache_dir=args.compile_cache_dir,
     )
     serve_config = ServeConfig(
         host=args.host,
