@@ -30,8 +30,7 @@ def main(batches: list[int]) -> None:
             ids = _fill(engine, random_prompts(batch, 512, engine.model_config.vocab_size, batch), params)
             sched = engine.scheduler
             step = sched.schedule()
-            ints, floats = engine._pack_decode(step)
-            engine.decode_graphs.run(ints, floats, True)
+            engine.decode_graphs.run(engine._pack_decode(step), True)
             runner = engine.decode_graphs.runners["greedy"]
             args, kwargs = runner.static_inputs(batch)
             for _ in range(3):

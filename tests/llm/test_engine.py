@@ -143,13 +143,12 @@ def test_engine_config_validation():
 def test_verification_inputs_never_read_the_scratch_block_they_write():
     """Every verification row writes its K/V into block 0, rows sharing a slot race; tables avoid it."""
     from graphrun.llm.block_manager import SCRATCH_BLOCK
-    from graphrun.llm.decode_graph import NUM_FIXED_INT_COLUMNS, DecodeShape, random_inputs
+    from graphrun.llm.decode_graph import DecodeShape, random_inputs
 
     shape = DecodeShape(8, 6, 96, 5, 16, 100)
-    ints, _ = random_inputs(shape, 64, torch.Generator().manual_seed(0), torch.device("cpu"))
-    tables = ints[:, NUM_FIXED_INT_COLUMNS:]
-    assert int(tables.min()) >= 1 and SCRATCH_BLOCK == 0
-    assert int(ints[:, 2].max()) < shape.block_size  # slots: block 0 only
+    step = random_inputs(shape, 64, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert int(step.block_tables.min()) >= 1 and SCRATCH_BLOCK == 0
+    assert int(step.slots.max()) < shape.block_size  # slots: block 0 only
 
 
 def test_on_launched_runs_once_per_step_after_the_launch_and_before_the_tokens_are_read(engines):

@@ -106,14 +106,14 @@ def test_tiny_model_fused_path_equals_torch_path(monkeypatch):
     from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache
     from graphrun.llm.layers import mlp, norm
     from graphrun.llm.layers.attention import AttentionMetadata
-    from graphrun.llm.models import decoder
+    from graphrun.llm.layers.attention_backend import TorchAttentionBackend, TritonAttentionBackend
     from graphrun.llm.presets import load_model
 
-    model, _, cfg = load_model("tiny", DTYPE, DEVICE)
-
     def run(fused: bool) -> torch.Tensor:
-        for module in (norm, mlp, decoder, kernels):  # kernels: skinny_enabled() for the LM head
+        for module in (norm, mlp, kernels):  # kernels: skinny_enabled() for the LM head
             monkeypatch.setattr(module, "triton_enabled", lambda t, fused=fused: fused)
+        backend = TritonAttentionBackend() if fused else TorchAttentionBackend()
+        model, _, cfg = load_model("tiny", DTYPE, DEVICE, attention_backend=backend)  # same weights
         kv = allocate_kv_cache(KVCacheSpec.from_model(cfg, 16, DTYPE), 8, DEVICE)
         tables = torch.tensor([[1, 2]], device=DEVICE, dtype=torch.int32)
         prompt = torch.tensor(

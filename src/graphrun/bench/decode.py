@@ -197,9 +197,9 @@ def _probe(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, An
     if batch is None or batch.kind != "decode" or len(batch.seqs) != num_seqs:
         raise RuntimeError(f"expected a decode batch of {num_seqs}, got {batch and batch.kind}")
     try:
-        ints, floats = engine._pack_decode(batch)
-        eager = engine._eager_decode[True](ints.to(engine.device), floats.to(engine.device)).tolist()
-        graph = graphs.run(ints, floats, True).tolist()  # leaves the inputs in the rung's static buffers
+        step = engine._pack_decode(batch)
+        eager = engine._eager_decode[True](*step.to(engine.device).packed()).tolist()
+        graph = graphs.run(step, True).tolist()  # leaves the inputs in the rung's static buffers
         runner = graphs.runners["greedy"]
         args, kwargs = runner.static_inputs(num_seqs)
         mode = "events" if setup.cuda else "host"

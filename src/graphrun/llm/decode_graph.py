@@ -1,14 +1,13 @@
 """Decode through captured graphs: one GraphRunner per sampling kind, one shared memory pool.
 
 All per-step state of a decode batch travels in two static tensors, so a step costs two host-to-device
-copies whatever the number of layers:
-  ints   (num_seqs, 6 + max_blocks_per_seq) int64: token id, position, cache slot, context length,
-         sampling seed, feed row, then the block table;
-  floats (num_seqs, 3) float32: temperature, top-p, top-k (exact in float32 below 2**24).
+copies whatever the number of layers: the packed buffers of a `DecodeInputs` (step_inputs.py), whose
+named fields (token ids, positions, cache slots, context lengths, seeds, feed rows, block tables,
+temperature, top-p, top-k) are views of them.
 The graph unpacks them with views and casts, runs the model, samples in-graph and returns the next token
 ids. Every step (graph or eager, decode or prefill) also leaves its sampled tokens in one persistent
 device tensor, `last_tokens`; a row whose feed row is >= 0 takes its input token from there instead of
-the token id column. That is how asynchronous scheduling feeds step n's tokens to step n+1 before the
+its token id field. That is how asynchronous scheduling feeds step n's tokens to step n+1 before the
 host has seen them. Greedy-only batches replay a cheaper graph (argmax only); any other batch replays
 the sampling one.
 The ladder comes from max_num_seqs, so every decode batch has a rung.
@@ -29,12 +28,9 @@ from graphrun.graphs.backends import Backend
 from graphrun.llm.layers.attention import AttentionMetadata
 from graphrun.llm.models import DecoderLM
 from graphrun.llm.sampler import SamplingTensors, greedy_sample, sample
+from graphrun.llm.step_inputs import DecodeInputs
 
 log = logging.getLogger(__name__)
-
-NUM_FIXED_INT_COLUMNS = 6  # token id, position, slot, context length, seed, feed row (-1: none)
-FEED_COLUMN = 5
-NUM_FLOAT_COLUMNS = 3  # temperature, top-p, top-k
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +61,17 @@ class DecodeStep:
         self._last_tokens = last_tokens
 
     def __call__(self, ints: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
-        """(num_seqs, 6 + max_blocks) int64, (num_seqs, 3) float32 -> (num_seqs,) int64.
+        """A DecodeInputs' packed tensors (num_seqs rows) -> (num_seqs,) int64 next token ids.
 
         Side effect: the sampled tokens land in last_tokens[:num_seqs] (read by the next step's feed).
         """
-        feed, positions, slots = ints[:, FEED_COLUMN], ints[:, 1], ints[:, 2]
-        input_ids = torch.where(feed >= 0, self._last_tokens[feed.clamp(min=0)], ints[:, 0])
+        step = DecodeInputs.over(ints, floats)
+        feed, positions = step.feed_rows, step.positions
+        input_ids = torch.where(feed >= 0, self._last_tokens[feed.clamp(min=0)], step.token_ids)
         meta = AttentionMetadata(
-            slot_mapping=slots,
-            block_tables=ints[:, NUM_FIXED_INT_COLUMNS:].to(torch.int32),
-            context_lens=ints[:, 3].to(torch.int32),
+            slot_mapping=step.slots,
+            block_tables=step.block_tables.to(torch.int32),
+            context_lens=step.context_lens.to(torch.int32),
         )
         hidden = self._model(input_ids, positions, meta, self._kv_caches)
         logits = self._model.compute_logits(hidden)  # (num_seqs, vocab) float32
@@ -82,45 +79,40 @@ class DecodeStep:
             tokens = greedy_sample(logits)
         else:
             params = SamplingTensors(
-                temperature=floats[:, 0],
-                top_p=floats[:, 1],
-                top_k=floats[:, 2].to(torch.int32),
-                seeds=ints[:, 4],
+                temperature=step.temperature,
+                top_p=step.top_p,
+                top_k=step.top_k.to(torch.int32),
+                seeds=step.seeds,
             )
             tokens = sample(logits, params, positions)
         self._last_tokens[: tokens.shape[0]].copy_(tokens)
         return tokens
 
 
-def random_inputs(
-    shape: DecodeShape, n: int, gen: torch.Generator, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed inputs for n sequences with every column inside its own valid range (capture, verification).
+def random_inputs(shape: DecodeShape, n: int, gen: torch.Generator, device: torch.device) -> DecodeInputs:
+    """Inputs for n sequences with every field inside its own valid range (capture, verification).
 
     Slots stay in block 0, the scratch block, so verification never writes into a live sequence's cache;
     block tables avoid it, so no row reads what the step's own rows race to write there.
     """
-    ints = torch.empty(n, NUM_FIXED_INT_COLUMNS + shape.max_blocks_per_seq, dtype=torch.int64)
-    ints[:, 0] = torch.randint(0, shape.vocab_size, (n,), generator=gen)
-    ints[:, 1] = torch.randint(0, shape.max_model_len, (n,), generator=gen)
-    ints[:, 2] = torch.randint(0, shape.block_size, (n,), generator=gen)
-    ints[:, 3] = ints[:, 1] + 1
-    ints[:, 4] = torch.randint(0, 2**31, (n,), generator=gen)
-    ints[:, FEED_COLUMN] = -1  # no feed: replay and eager must read the same input, not last_tokens
+    step = DecodeInputs.empty(n, shape.max_blocks_per_seq)
+    step.token_ids.copy_(torch.randint(0, shape.vocab_size, (n,), generator=gen))
+    step.positions.copy_(torch.randint(0, shape.max_model_len, (n,), generator=gen))
+    step.slots.copy_(torch.randint(0, shape.block_size, (n,), generator=gen))
+    step.context_lens.copy_(step.positions + 1)
+    step.seeds.copy_(torch.randint(0, 2**31, (n,), generator=gen))
+    step.feed_rows.fill_(-1)  # no feed: replay and eager must read the same input, not last_tokens
     # tables never name the scratch block: every row writes its K/V there, rows sharing a slot race, and
     # a row reading racy values would make replay and eager differ for no fault of the graph
-    ints[:, NUM_FIXED_INT_COLUMNS:] = torch.randint(
-        min(1, shape.num_blocks - 1), shape.num_blocks, (n, shape.max_blocks_per_seq), generator=gen
+    step.block_tables.copy_(
+        torch.randint(
+            min(1, shape.num_blocks - 1), shape.num_blocks, (n, shape.max_blocks_per_seq), generator=gen
+        )
     )
-    floats = torch.stack(
-        [
-            torch.rand(n, generator=gen) + 0.1,  # temperature
-            torch.rand(n, generator=gen) * 0.9 + 0.1,  # top-p
-            torch.randint(0, 50, (n,), generator=gen).float(),  # top-k
-        ],
-        dim=1,
-    )
-    return ints.to(device), floats.to(device)
+    step.temperature.copy_(torch.rand(n, generator=gen) + 0.1)
+    step.top_p.copy_(torch.rand(n, generator=gen) * 0.9 + 0.1)
+    step.top_k.copy_(torch.randint(0, 50, (n,), generator=gen).float())
+    return step.to(device)
 
 
 class DecodeGraphs:
@@ -143,13 +135,13 @@ class DecodeGraphs:
         self._device = device
         shared = make_backend(backend, device)  # one backend instance: one pool for both runners
         self.backend = shared  # the prefill graphs share it too
-        ints, floats = random_inputs(shape, shape.max_num_seqs, torch.Generator().manual_seed(0), device)
+        example = random_inputs(shape, shape.max_num_seqs, torch.Generator().manual_seed(0), device)
         start = time.perf_counter()
         self.runners: dict[str, GraphRunner] = {}
         for kind in ("sampling", "greedy"):  # the larger graph first, so the greedy one reuses its pool
             self.runners[kind] = GraphRunner(
                 DecodeStep(model, kv_caches, greedy=kind == "greedy", last_tokens=last_tokens),
-                (ints, floats),
+                example.packed(),
                 sizes=list(sizes),
                 backend=shared,
                 name=f"decode-{kind}",
@@ -158,21 +150,10 @@ class DecodeGraphs:
                 compile_cache_dir=compile_cache_dir,
                 pad="repeat",  # padded rows repeat the last sequence: same token, same slot, same values
                 # called with each rung's size and, for the padded check, with smaller batch sizes
-                verify_inputs=lambda n, gen: random_inputs(shape, n, gen, device),
+                verify_inputs=lambda n, gen: random_inputs(shape, n, gen, device).packed(),
             )
         self.capture_seconds = time.perf_counter() - start
-        # host staging for run(): pinned on CUDA so the copies are asynchronous. Two sets, used in turn:
-        # with asynchronous scheduling step n+1 is staged while step n's copy may still be queued; the
-        # caller waits for step n's tokens (after its copy) before staging step n+2 in the same set.
-        self._pinned = device.type == "cuda"
-        self._staging = [
-            (
-                torch.empty(ints.shape, dtype=ints.dtype, pin_memory=self._pinned),
-                torch.empty(floats.shape, dtype=floats.dtype, pin_memory=self._pinned),
-            )
-            for _ in range(2)
-        ]
-        self._turn = 0
+        self._non_blocking = device.type == "cuda"  # callers stage in pinned memory (HostStaging)
         self.pool_bytes = shared.pool_bytes()
         captured = sum(st.captured for r in self.runners.values() for st in r.status())
         log.info(
@@ -180,25 +161,19 @@ class DecodeGraphs:
             captured, 2 * len(sizes), len(sizes), self.capture_seconds, self.pool_bytes / 2**20,
         )  # fmt: skip
 
-    def run(self, ints: torch.Tensor, floats: torch.Tensor, greedy: bool) -> torch.Tensor:
-        """One decode step from packed inputs on the host: (n, columns) -> (n,) next token ids (a view).
+    def run(self, step: DecodeInputs, greedy: bool) -> torch.Tensor:
+        """One decode step from inputs on the host (n rows) -> (n,) next token ids (a view).
 
-        The inputs go through pinned staging buffers straight into the runner's static inputs (its
-        zero-copy path): one asynchronous host-to-device copy per tensor, no device-side copy-in.
-        A batch without a captured rung runs eager inside the runner (counted).
+        The inputs, staged in pinned memory by the caller (step_inputs.HostStaging), go straight into the
+        runner's static inputs (its zero-copy path): one asynchronous host-to-device copy per packed
+        tensor, no device-side copy-in. A batch without a captured rung runs eager inside the runner
+        (counted).
         """
         runner = self.runners["greedy" if greedy else "sampling"]
-        n = ints.shape[0]
+        n = step.num_rows
         if runner.rung_for(n) is None:
-            return runner(ints.to(self._device), floats.to(self._device))
+            return runner(*step.to(self._device).packed())
         (static_ints, static_floats), _ = runner.static_inputs(n)
-        staged_ints, staged_floats = self._staging[self._turn]
-        self._turn ^= 1
-        for staging, host, static in (
-            (staged_ints, ints, static_ints),
-            (staged_floats, floats, static_floats),
-        ):
-            rows = staging[:n]
-            rows.copy_(host)
-            static.copy_(rows, non_blocking=self._pinned)
+        static_ints.copy_(step.ints, non_blocking=self._non_blocking)
+        static_floats.copy_(step.floats, non_blocking=self._non_blocking)
         return runner(static_ints, static_floats)

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
@@ -29,23 +28,20 @@ from graphrun.envvars import blocking_sync_enabled
 from graphrun.errors import ConfigError
 from graphrun.graphs.sizes import default_ladder, normalize_ladder
 from graphrun.llm.block_manager import BlockManager
-from graphrun.llm.decode_graph import (
-    FEED_COLUMN,
-    NUM_FIXED_INT_COLUMNS,
-    DecodeGraphs,
-    DecodeShape,
-    DecodeStep,
-)
+from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape, DecodeStep
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.engine_status import EngineStatus
 from graphrun.llm.graph_state import publish_graph_state
 from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache, gpu_kv_budget, num_blocks_for_budget
+from graphrun.llm.layers.attention_backend import select_attention_backend
 from graphrun.llm.prefill_graph import PrefillGraphs, prefill_ladder
 from graphrun.llm.presets import load_model
 from graphrun.llm.sampler import SamplingTensors, sample
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.scheduler import PLACEHOLDER, AdvancedBatch, ScheduledBatch, Scheduler, SchedulerConfig
 from graphrun.llm.sequence import Sequence
+from graphrun.llm.step_inputs import DecodeInputs, HostStaging
+from graphrun.llm.step_packing import pack_decode, pack_prefill
 from graphrun.llm.transfer import to_device
 
 log = logging.getLogger(__name__)
@@ -127,8 +123,9 @@ class LLMEngine:
 
     def _load_model(self) -> None:
         start = time.perf_counter()
+        self.attention_backend = select_attention_backend(self.device)  # chosen once, for every step
         self.model, self.tokenizer, self.model_config = load_model(
-            self.config.model, self.dtype, self.device, seed=self.config.seed
+            self.config.model, self.dtype, self.device, self.config.seed, self.attention_backend
         )
         self.model.eval().requires_grad_(False)
         limit = self.model_config.max_position_embeddings
@@ -137,7 +134,10 @@ class LLMEngine:
             raise ConfigError(
                 f"max_model_len={self.max_model_len} exceeds the model's max_position_embeddings={limit}"
             )
-        log.info("weights: %s loaded in %.2f s", self.config.model, time.perf_counter() - start)
+        log.info(
+            "weights: %s loaded in %.2f s, attention backend %s",
+            self.config.model, time.perf_counter() - start, self.attention_backend.name,
+        )  # fmt: skip
 
     def _allocate_kv_cache(self) -> None:
         spec = KVCacheSpec.from_model(self.model_config, self.config.block_size, self.dtype)
@@ -163,6 +163,9 @@ class LLMEngine:
         eos = self.model_config.eos_token_ids or self.tokenizer.eos_token_ids
         self.scheduler = Scheduler(sched, BlockManager(self.num_blocks, cfg.block_size), eos)
         self.max_blocks_per_seq = sched.max_blocks_per_seq
+        # a decode-path step has at most max_num_seqs rows: mixed steps above the top rung run eager
+        pinned = self.device.type == "cuda"
+        self._decode_staging = HostStaging(cfg.max_num_seqs, self.max_blocks_per_seq, pin_memory=pinned)
 
     def _max_mixed_rows(self) -> int | None:
         """A mixed step replays the decode graph, one row per token, so its rows stay within the top decode
@@ -362,16 +365,7 @@ class LLMEngine:
         dummy = self.last_tokens.shape[0] - 1
         for row in graph_rows:
             assert graphs is not None
-            a, b = starts[row], starts[row + 1]
-            seq, params = batch.seqs[row], batch.seqs[row].params
-            tokens = torch.tensor(
-                [batch.input_ids[a:b], batch.positions[a:b], batch.slot_mapping[a:b]], dtype=torch.int64
-            ).T
-            info = torch.tensor([b - a - 1, seq.rng_seed, sample_index.get(row, dummy)], dtype=torch.int64)
-            floats = torch.tensor(
-                [params.temperature, params.top_p, float(params.top_k)], dtype=torch.float32
-            )
-            graphs.run(tokens, info, floats)
+            graphs.run(pack_prefill(batch, row, sample_index.get(row, dummy)))
         return self.last_tokens[: len(batch.sample_rows)]
 
     def _prefill_eager(self, batch: ScheduledBatch, out_rows: list[int]) -> None:
@@ -402,13 +396,13 @@ class LLMEngine:
         """
         if batch.kind == "mixed" and batch.num_tokens > self._mixed_graph_rows:
             return self._run_mixed_eager(batch)
-        ints, floats = self._pack_decode(batch)
+        step = self._pack_decode(batch)
         greedy = all(seq.params.temperature == 0 for seq in batch.seqs)
         graphs = self.decode_graphs
         if graphs is not None:
-            tokens = graphs.run(ints, floats, greedy)
+            tokens = graphs.run(step, greedy)
         else:
-            tokens = self._eager_decode[greedy](to_device(ints, self.device), to_device(floats, self.device))
+            tokens = self._eager_decode[greedy](*(to_device(t, self.device) for t in step.packed()))
         if batch.kind == "decode":
             return tokens
         index = to_device(batch.sample_token_indices, self.device, torch.int64)
@@ -426,30 +420,10 @@ class LLMEngine:
         self._prefill_eager(batch, list(range(num_samples)))
         return self.last_tokens[:num_samples]
 
-    def _pack_decode(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """decode_graph.py's two packed per-step tensors, one row per token, built with numpy.
-
-        A prompt chunk's token is a row like a decode token: its own position, slot and context length
-        (position + 1), its sequence's seed, sampling parameters and block table. Block-table columns
-        past a sequence's blocks stay 0 (attention reads only blocks below the context length).
-        """
-        num_tokens = batch.num_tokens
-        ints = np.zeros((num_tokens, NUM_FIXED_INT_COLUMNS + self.max_blocks_per_seq), dtype=np.int64)
-        ints[:, 0] = batch.input_ids
-        np.maximum(ints[:, 0], 0, out=ints[:, 0])  # PLACEHOLDER rows: the feed column says where to look
-        ints[:, 1] = batch.positions
-        ints[:, 2] = batch.slot_mapping
-        ints[:, 3] = ints[:, 1] + 1
-        ints[:, FEED_COLUMN] = self._feed_rows(batch)
-        floats = np.empty((num_tokens, 3), dtype=np.float32)
-        starts = batch.query_start
-        for row, (seq, table) in enumerate(zip(batch.seqs, batch.block_tables, strict=True)):
-            a, b = starts[row], starts[row + 1]
-            params = seq.params
-            ints[a:b, 4] = seq.rng_seed
-            ints[a:b, NUM_FIXED_INT_COLUMNS : NUM_FIXED_INT_COLUMNS + len(table)] = table
-            floats[a:b] = (params.temperature, params.top_p, params.top_k)
-        return torch.from_numpy(ints), torch.from_numpy(floats)
+    def _pack_decode(self, batch: ScheduledBatch) -> DecodeInputs:
+        """The batch's decode inputs (step_inputs.py), one row per token, in the next host staging set."""
+        step = self._decode_staging.next(batch.num_tokens)
+        return pack_decode(batch, self._feed_rows(batch), step)
 
     def _sampling_tensors(self, seqs: list[Sequence]) -> SamplingTensors:
         p = [s.params for s in seqs]

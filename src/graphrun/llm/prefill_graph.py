@@ -7,11 +7,10 @@ are zeros: token 0 at position 0 writing its K/V to slot 0, inside the scratch b
 them from touching a real row. Eager prefill of a launch-bound model costs milliseconds of host work per
 prompt; a replay costs microseconds, and a serving engine's running streams stop waiting on it.
 
-Inputs, all static tensors:
-  tokens (num_tokens, 3) int64: token id, position, cache slot (the batched input; padded with zeros);
-  seq    (3,) int64: index of the row to sample (the last real token), sampling seed, last_tokens row;
-  floats (3,) float32: temperature, top-p, top-k.
-The graph samples in-graph and writes the token into last_tokens[seq[2]] (the next step's feed).
+Inputs, all static tensors: the packed buffers of a `PrefillInputs` (step_inputs.py), whose named fields
+are per token (token ids, positions, cache slots: the batched input, padded with zeros) and per sequence
+(the row to sample, the sampling seed, the row of last_tokens to write, temperature, top-p, top-k).
+The graph samples in-graph and writes the token into last_tokens[out_row] (the next step's feed).
 Continuation chunks of a long prompt (they read earlier chunks from the cache) run eager.
 """
 
@@ -29,6 +28,7 @@ from graphrun.graphs.backends import Backend
 from graphrun.llm.layers.attention import AttentionMetadata
 from graphrun.llm.models import DecoderLM
 from graphrun.llm.sampler import SamplingTensors, sample
+from graphrun.llm.step_inputs import PrefillInputs
 from graphrun.llm.transfer import to_device
 
 log = logging.getLogger(__name__)
@@ -59,23 +59,24 @@ class PrefillStep:
         self._no_lens = torch.zeros(1, dtype=torch.int32, device=device)
 
     def __call__(self, tokens: torch.Tensor, seq: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
-        """(n, 3) int64, (3,) int64, (3,) float32 -> (1,) int64; also writes last_tokens[seq[2]]."""
-        positions = tokens[:, 1]
+        """A PrefillInputs' packed tensors (n tokens) -> (1,) int64; also writes last_tokens[out_row]."""
+        step = PrefillInputs.over(tokens, seq, floats)
+        positions = step.positions
         meta = AttentionMetadata(
-            slot_mapping=tokens[:, 2],
+            slot_mapping=step.slots,
             block_tables=self._no_table,
             context_lens=self._no_lens,
             causal_fresh=True,
         )
-        hidden = self._model(tokens[:, 0], positions, meta, self._kv_caches)
+        hidden = self._model(step.token_ids, positions, meta, self._kv_caches)
         # clamped: a rung's warm-up runs on whatever the shared static `seq` holds from a larger rung
-        row = seq[0:1].clamp(max=tokens.shape[0] - 1)
+        row = step.sample_row.clamp(max=step.num_tokens - 1)
         logits = self._model.compute_logits(hidden.index_select(0, row))
         params = SamplingTensors(
-            temperature=floats[0:1], top_p=floats[1:2], top_k=floats[2:3].to(torch.int32), seeds=seq[1:2]
+            temperature=step.temperature, top_p=step.top_p, top_k=step.top_k.to(torch.int32), seeds=step.seed
         )
         token = sample(logits, params, positions.index_select(0, row))
-        self._last_tokens.index_copy_(0, seq[2:3], token)
+        self._last_tokens.index_copy_(0, step.out_row, token)
         return token
 
 
@@ -87,7 +88,7 @@ def random_prefill_inputs(
     feed_row: int,
     device: torch.device,
     first_slot: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> PrefillInputs:
     """Valid inputs for n tokens (capture, verification), each token in its own cache slot.
 
     Distinct slots matter: the fused path reads this step's K/V back from the cache, so two tokens
@@ -99,13 +100,17 @@ def random_prefill_inputs(
     """
     free = num_slots - first_slot
     slots = first_slot + (torch.randperm(free, generator=gen)[:n] if free >= n else torch.arange(n) % free)
-    tokens = torch.stack(
-        [torch.randint(0, vocab_size, (n,), generator=gen), torch.arange(n), slots],
-        dim=1,
-    )
-    seq = torch.tensor([int(torch.randint(0, n, (1,), generator=gen)), 12345, feed_row])
-    floats = torch.tensor([float(torch.rand(1, generator=gen)) + 0.1, 0.9, 20.0])
-    return tokens.to(device), seq.to(device), floats.to(device)
+    step = PrefillInputs.empty(n)
+    step.token_ids.copy_(torch.randint(0, vocab_size, (n,), generator=gen))
+    step.positions.copy_(torch.arange(n))
+    step.slots.copy_(slots)
+    step.sample_row.fill_(int(torch.randint(0, n, (1,), generator=gen)))
+    step.seed.fill_(12345)
+    step.out_row.fill_(feed_row)
+    step.temperature.fill_(float(torch.rand(1, generator=gen)) + 0.1)
+    step.top_p.fill_(0.9)
+    step.top_k.fill_(20.0)
+    return PrefillInputs.over(*(t.to(device) for t in step.packed()))
 
 
 class PrefillGraphs:
@@ -131,14 +136,17 @@ class PrefillGraphs:
 
         def draw(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             # real rows stay out of the scratch block (block 0), where padded rows write
-            return random_prefill_inputs(n, gen, vocab, num_slots, dummy_row, device, first_slot=block_size)
+            step = random_prefill_inputs(n, gen, vocab, num_slots, dummy_row, device, first_slot=block_size)
+            return step.packed()
 
-        example = draw(max(sizes), torch.Generator().manual_seed(0))
-        example[1][0] = 0  # the sampled row must exist at every rung: the static inputs start from this
+        example = random_prefill_inputs(
+            max(sizes), torch.Generator().manual_seed(0), vocab, num_slots, dummy_row, device, block_size
+        )
+        example.sample_row.fill_(0)  # the sampled row must exist at every rung: the static inputs start here
         start = time.perf_counter()
         self.runner = GraphRunner(
             PrefillStep(model, kv_caches, last_tokens),
-            example,
+            example.packed(),
             batch_dims=(0, None, None),
             sizes=list(sizes),
             backend=backend,
@@ -158,7 +166,7 @@ class PrefillGraphs:
             captured, len(sizes), self.top, self.capture_seconds,
         )  # fmt: skip
 
-    def run(self, tokens: torch.Tensor, seq: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
-        """One fresh prefill from host tensors (n, 3), (3,), (3,) -> its token (1,) on the device."""
+    def run(self, step: PrefillInputs) -> torch.Tensor:
+        """One fresh prefill from inputs on the host -> its token (1,) on the device."""
         dev = self._device
-        return self.runner(to_device(tokens, dev), to_device(seq, dev), to_device(floats, dev))
+        return self.runner(*(to_device(t, dev) for t in step.packed()))

@@ -15,6 +15,7 @@ import torch
 
 from graphrun.errors import ConfigError
 from graphrun.llm.config import ModelConfig
+from graphrun.llm.layers.attention_backend import AttentionBackend
 from graphrun.llm.models.decoder import DecoderLM
 from graphrun.llm.preset_configs import PRESETS, preset_config
 from graphrun.llm.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
@@ -26,9 +27,15 @@ __all__ = ["PRESETS", "load_model", "preset_config"]
 
 
 def load_model(
-    name_or_path: str | Path, dtype: torch.dtype | str, device: torch.device | str, seed: int = 0
+    name_or_path: str | Path,
+    dtype: torch.dtype | str,
+    device: torch.device | str,
+    seed: int = 0,
+    attention_backend: AttentionBackend | None = None,
 ) -> tuple[DecoderLM, Tokenizer, ModelConfig]:
     """A model ready to run, its tokenizer and config, from a preset name or a local HF folder.
+
+    attention_backend: the attention kernels; by default the device's (select_attention_backend).
 
     A preset gets seeded random weights (`seed`) and a ByteTokenizer sized to its vocabulary; a folder
     gets its config.json, *.safetensors and tokenizer.json. An existing folder wins over a preset of the
@@ -37,7 +44,7 @@ def load_model(
     path = Path(name_or_path)
     if str(name_or_path) in PRESETS and not path.is_dir():
         config = preset_config(str(name_or_path))
-        model = build_model(config, dtype, device)
+        model = build_model(config, dtype, device, attention_backend)
         random_init(model, seed)
         logger.info("model: preset %s, random weights (seed %d), %s on %s", name_or_path, seed, dtype, device)
         return model, ByteTokenizer(config.vocab_size), config
@@ -47,7 +54,7 @@ def load_model(
         )
     config = read_model_config(path)
     tokenizer = load_tokenizer(path)
-    model = build_model(config, dtype, device)
+    model = build_model(config, dtype, device, attention_backend)
     load_weights(model, path)
     logger.info("model: %s from %s, %s on %s", config.architecture, path, dtype, device)
     return model, tokenizer, config

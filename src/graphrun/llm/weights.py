@@ -21,6 +21,7 @@ from torch import nn
 from graphrun.errors import ConfigError
 from graphrun.llm.checkpoint import CheckpointError, safetensors_files
 from graphrun.llm.config import ARCHITECTURES, ModelConfig
+from graphrun.llm.layers.attention_backend import AttentionBackend, select_attention_backend
 from graphrun.llm.layers.norm import RMSNorm
 from graphrun.llm.models.decoder import DecoderLM
 
@@ -63,14 +64,21 @@ def read_model_config(folder: str | Path) -> ModelConfig:
     return ModelConfig.from_hf_dict(json.loads(path.read_text()))
 
 
-def build_model(config: ModelConfig, dtype: torch.dtype | str, device: torch.device | str) -> DecoderLM:
+def build_model(
+    config: ModelConfig,
+    dtype: torch.dtype | str,
+    device: torch.device | str,
+    attention_backend: AttentionBackend | None = None,
+) -> DecoderLM:
     """An inference-mode DecoderLM on `device` in `dtype`, weights uninitialised: follow with
-    `load_weights` or `random_init`.
+    `load_weights` or `random_init`. Its attention backend is the one given, else the device's
+    (select_attention_backend).
 
     Built on the meta device first, so no memory is spent on a throw-away default init.
     """
+    backend = attention_backend if attention_backend is not None else select_attention_backend(device)
     with torch.device("meta"):
-        model = DecoderLM(config)
+        model = DecoderLM(config, backend)
     model = model.to(dtype=resolve_dtype(dtype)).to_empty(device=torch.device(device))
     model.tie_weights()  # to_empty gives every module its own tensors; re-share the embedding
     model.rotary.reset_cache()  # float32 again, after the dtype cast and to_empty

@@ -62,6 +62,11 @@ def triton_enabled(t: torch.Tensor) -> bool:
     return t.is_cuda and not triton_disabled() and _triton_importable()
 
 
+def triton_available(device: torch.device | str) -> bool:
+    """Whether the fused Triton kernels can serve a device (chosen once, e.g. for the attention backend)."""
+    return torch.device(device).type == "cuda" and not triton_disabled() and _triton_importable()
+
+
 @functools.cache
 def kernel_ops() -> ModuleType:
     """The kernels module, imported on first use (importing Triton is slow and needs no work at import)."""

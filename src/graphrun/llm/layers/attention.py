@@ -5,7 +5,9 @@ A token's K/V lives at flat slot `block * block_size + offset`. A sequence's blo
 of `block_tables`. Decode is designed for capture: all metadata are static tensors of fixed shape
 (num_seqs rows, max_blocks_per_seq columns); writes go by index; nothing reads metadata on the host.
 
-This module holds the torch reference ops (CPU and GPU); the Triton decode kernel is checked against them.
+This module holds the metadata and the torch reference ops (CPU and GPU); which kernels a model runs is
+the attention backend's choice (attention_backend.py), and the Triton decode kernel is checked against
+these ops.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import CausalBias, causal_lower_right
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class AttentionMetadata:
     """Where this step's tokens write their K/V and what each sequence attends to.
 
     Decode (one new token per sequence) has query_start None; prefill/mixed steps list, per sequence, its
-    slice of the flat token batch in query_start and run eager.
+    slice of the flat token batch in query_start and run eager. Frozen: derive with dataclasses.replace.
     """
 
     slot_mapping: torch.Tensor  # (num_tokens,) int64: cache slot each new token's K/V is written to
@@ -40,6 +42,11 @@ class AttentionMetadata:
     # a mixed step run eager (engine.py): its first num_decode sequences have one query token each and
     # are served by the decode kernel in one call; the prompt chunks after them by varlen attention
     num_decode: int = 0
+
+    @property
+    def is_decode(self) -> bool:
+        """One query token per sequence over its cache (capturable: no host metadata)."""
+        return self.query_start is None and not self.causal_fresh
 
     def chunks(self) -> AttentionMetadata:
         """The metadata of the sequences after the first num_decode ones, their tokens renumbered from 0."""

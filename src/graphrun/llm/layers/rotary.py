@@ -9,6 +9,7 @@ data-dependent shapes, so it records into a CUDA graph. Frequencies follow trans
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -71,6 +72,17 @@ def inv_freq_for(config: ModelConfig) -> torch.Tensor:
         f"rope_type {kind!r} (rope_scaling={config.rope_scaling}) is not supported; "
         f"graphrun implements {ROPE_TYPES}"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Rope:
+    """A step's rotary inputs: positions and the float32 tables (fused kernel), or per-token cos/sin."""
+
+    positions: torch.Tensor  # (num_tokens,)
+    cos_cache: torch.Tensor  # (max_positions, head_dim // 2) float32
+    sin_cache: torch.Tensor
+    cos: torch.Tensor | None = None  # (num_tokens, 1, head_dim // 2) in the model dtype; torch path only
+    sin: torch.Tensor | None = None
 
 
 class RotaryEmbedding(nn.Module):

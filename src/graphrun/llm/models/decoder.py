@@ -3,53 +3,40 @@
 Both families are one module: Qwen3 adds an RMSNorm per head on q and k (`qk_norm`), Llama 3.x adds
 rope scaling, and either may carry attention biases. Tokens of all sequences in a step are one flat
 batch of shape (num_tokens, ...); `AttentionMetadata` says where each writes its K/V and what it reads.
-The decode path (meta.query_start is None) is written for CUDA-graph capture: no host reads, no
+The attention kernels are the model's `AttentionBackend` (layers/attention_backend.py), fixed when it
+is built. The decode path (meta.is_decode) is written for CUDA-graph capture: no host reads, no
 data-dependent shapes, the cache written in place by index.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from graphrun.llm.config import ModelConfig
-from graphrun.llm.kernels import kernel_ops, linear, norm_linear, skinny_enabled, triton_enabled
-from graphrun.llm.layers.attention import (
-    AttentionMetadata,
-    causal_self_attention,
-    decode_attention_reference,
-    varlen_attention,
-    write_kv,
+from graphrun.llm.kernels import kernel_ops, linear, norm_linear, skinny_enabled
+from graphrun.llm.layers.attention import AttentionMetadata
+from graphrun.llm.layers.attention_backend import (
+    AttentionBackend,
+    AttentionOp,
+    HeadShape,
+    KVCache,
+    QKNorms,
+    TorchAttentionBackend,
 )
 from graphrun.llm.layers.mlp import GatedMLP
 from graphrun.llm.layers.norm import RMSNorm
-from graphrun.llm.layers.rotary import RotaryEmbedding, apply_rotary
-
-KVCache = tuple[torch.Tensor, torch.Tensor]  # k, v: each (num_blocks, block_size, num_kv_heads, head_dim)
-
-
-@dataclass(slots=True)
-class Rope:
-    """A step's rotary inputs: positions and the float32 tables (fused kernel), or per-token cos/sin."""
-
-    positions: torch.Tensor  # (num_tokens,)
-    cos_cache: torch.Tensor  # (max_positions, head_dim // 2) float32
-    sin_cache: torch.Tensor
-    cos: torch.Tensor | None = None  # (num_tokens, 1, head_dim // 2) in the model dtype; torch path only
-    sin: torch.Tensor | None = None
+from graphrun.llm.layers.rotary import Rope, RotaryEmbedding
 
 
 class SelfAttention(nn.Module):
     """Fused QKV projection, optional per-head q/k norm, rotary, paged attention, output projection."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
         super().__init__()
-        self.num_heads = config.num_heads
-        self.num_kv_heads = config.num_kv_heads
-        self.head_dim = config.head_dim
+        self.heads = HeadShape(config.num_heads, config.num_kv_heads, config.head_dim)
         self.q_size = config.num_heads * config.head_dim
         self.kv_size = config.num_kv_heads * config.head_dim
         self.scale = config.head_dim**-0.5
@@ -60,66 +47,27 @@ class SelfAttention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.attention_bias)
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.norms = None if self.q_norm is None or self.k_norm is None else QKNorms(self.q_norm, self.k_norm)
+        self.backend = backend
+        self.attn = AttentionOp(backend, self.scale)
 
     def forward(
         self, qkv: torch.Tensor, rope: Rope, meta: AttentionMetadata, kv_cache: KVCache
     ) -> torch.Tensor:
         """qkv_proj's output (num_tokens, q_size + 2 * kv_size) -> (num_tokens, hidden); writes this
         step's K/V into kv_cache. The caller projects, so that it can fuse the norm into the product."""
-        if triton_enabled(qkv):
-            return linear(self._fused(qkv, rope, meta, kv_cache).reshape(-1, self.q_size), self.o_proj)
-        assert rope.cos is not None and rope.sin is not None
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(-1, self.num_heads, self.head_dim)  # (num_tokens, num_heads, head_dim)
-        k = k.view(-1, self.num_kv_heads, self.head_dim)  # (num_tokens, num_kv_heads, head_dim)
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm.normalize(q), self.k_norm.normalize(k)
-        q, k = apply_rotary(q, rope.cos, rope.sin), apply_rotary(k, rope.cos, rope.sin)
-        k_cache, v_cache = kv_cache
-        write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
-        if meta.causal_fresh:
-            out = causal_self_attention(q, k, v, self.scale)
-        elif meta.query_start is None:
-            out = decode_attention_reference(
-                q, k_cache, v_cache, meta.block_tables, meta.context_lens, self.scale
-            )
-        else:
-            out = varlen_attention(q, k_cache, v_cache, meta, self.scale)
-        return self.o_proj(out.reshape(-1, self.q_size))  # out: (num_tokens, num_heads, head_dim)
-
-    def _fused(
-        self, qkv: torch.Tensor, rope: Rope, meta: AttentionMetadata, kv_cache: KVCache
-    ) -> torch.Tensor:
-        """The Triton path: one kernel for norm + rotary + cache write, one for decode attention."""
-        ops = kernel_ops()
-        k_cache, v_cache = kv_cache
-        q_w = self.q_norm.weight if self.q_norm is not None else None
-        k_w = self.k_norm.weight if self.k_norm is not None else None
-        eps = self.q_norm.eps if self.q_norm is not None else 0.0
-        q = ops.qk_norm_rope_write(
-            qkv, rope.positions, rope.cos_cache, rope.sin_cache, q_w, k_w, eps,
-            meta.slot_mapping, k_cache, v_cache, self.num_heads,
-        )  # fmt: skip
-        if meta.causal_fresh:  # this step's K/V, as the kernel wrote them (normed, rotated) to the cache
-            k = k_cache.flatten(0, 1).index_select(0, meta.slot_mapping)
-            v = v_cache.flatten(0, 1).index_select(0, meta.slot_mapping)
-            return causal_self_attention(q, k, v, self.scale)
-        if meta.query_start is None:
-            out: torch.Tensor = ops.paged_decode_attention(
-                q, k_cache, v_cache, meta.block_tables, meta.context_lens, self.scale
-            )
-            return out
-        return varlen_attention(q, k_cache, v_cache, meta, self.scale, ops.paged_decode_attention)
+        q, k, v = self.backend.store_qkv(qkv, self.heads, self.norms, rope, meta.slot_mapping, kv_cache)
+        out = self.attn(q, k, v, kv_cache, meta)  # (num_tokens, num_heads, head_dim)
+        return linear(out.reshape(-1, self.q_size), self.o_proj)
 
 
 class DecoderLayer(nn.Module):
     """Pre-norm block: norm -> attention -> add -> norm -> MLP, with each add fused into the next norm."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = SelfAttention(config)
+        self.self_attn = SelfAttention(config, backend)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size)
 
@@ -157,14 +105,20 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderLM(nn.Module):
-    """A Llama- or Qwen3-family causal LM: token ids and positions in, final hidden states out."""
+    """A Llama- or Qwen3-family causal LM: token ids and positions in, final hidden states out.
 
-    def __init__(self, config: ModelConfig) -> None:
+    attention_backend: the attention kernels (select_attention_backend picks them for a device); the
+    torch reference ops by default.
+    """
+
+    def __init__(self, config: ModelConfig, attention_backend: AttentionBackend | None = None) -> None:
         super().__init__()
         self.config = config
+        backend = attention_backend if attention_backend is not None else TorchAttentionBackend()
+        self.attention_backend = backend
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.rotary = RotaryEmbedding(config)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, backend) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
@@ -191,9 +145,7 @@ class DecoderLM(nn.Module):
                 "pass one (k_cache, v_cache) pair per layer"
             )
         hidden = self.embed_tokens(input_ids)  # (num_tokens, hidden_size)
-        rope = Rope(positions, self.rotary.cos_cache, self.rotary.sin_cache)
-        if not triton_enabled(hidden):  # the torch path gathers and casts cos/sin once per step
-            rope.cos, rope.sin = self.rotary(positions, hidden.dtype)
+        rope: Rope = self.attention_backend.rope(self.rotary, positions, hidden.dtype)
         residual: torch.Tensor | None = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden, residual = layer(hidden, residual, rope, meta, kv_cache)
