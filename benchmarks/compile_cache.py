@@ -27,9 +27,12 @@ CASES = ("mlp", "encoder", "engine")
 SIZES = (1, 2, 4, 8, 16)
 
 
-def child(case: str, cache_dir: str) -> dict[str, Any]:
+def child(case: str, cache_dir: str, variant: str) -> dict[str, Any]:
     """One start-up: build, compile (and capture) the case; what each runner reports."""
     import torch
+
+    if variant == "threads1":  # experiment: no inductor compile-worker pool (its start-up is per process)
+        torch._inductor.config.compile_threads = 1
 
     from graphrun import GraphRunner
     from graphrun.bench.models import build
@@ -93,11 +96,11 @@ def _replay_ms(runner: Any, x: Any) -> float:
     return round(times[len(times) // 2], 4)
 
 
-def start_up(case: str, cache_dir: Path, inductor_dir: Path) -> dict[str, Any]:
+def start_up(case: str, cache_dir: Path, inductor_dir: Path, variant: str) -> dict[str, Any]:
     """Run one start-up of `case` in a fresh process; its report."""
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(inductor_dir))
     done = subprocess.run(
-        [sys.executable, __file__, "--child", case, "--cache-dir", str(cache_dir)],
+        [sys.executable, __file__, "--child", case, "--cache-dir", str(cache_dir), "--variant", variant],
         capture_output=True, text=True, env=env, timeout=1200,
     )  # fmt: skip
     if done.returncode != 0:
@@ -109,11 +112,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--variant", default="default", choices=("default", "threads1"),
+        help="experiment: threads1 sets inductor's compile_threads to 1 in both start-ups",
+    )  # fmt: skip
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.cache_dir)))
+        print(json.dumps(child(args.child, args.cache_dir, args.variant)))
         return 0
     from graphrun.bench.report import device_slug, environment, headline, print_table, write_json
 
@@ -122,8 +129,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases.split(","):
             cache = Path(tmp) / f"cache-{case}"
-            first = start_up(case, cache, Path(tmp) / f"inductor-{case}-1")
-            second = start_up(case, cache, Path(tmp) / f"inductor-{case}-2")
+            first = start_up(case, cache, Path(tmp) / f"inductor-{case}-1", args.variant)
+            second = start_up(case, cache, Path(tmp) / f"inductor-{case}-2", args.variant)
             for runner, one in first.items():
                 two = second.get(runner, {})
                 ratio = two.get("compile_s", 0) / one["compile_s"] if one.get("compile_s") else None
@@ -144,9 +151,16 @@ def main() -> int:
         for r in rows
     ]
     print_table(table, list(table[0]) if table else ["runner"])
-    payload = {"benchmark": "compile_cache", "env": env, "target_second_over_first": 0.10, "rows": rows}
+    payload = {
+        "benchmark": "compile_cache",
+        "variant": args.variant,
+        "env": env,
+        "target_second_over_first": 0.10,
+        "rows": rows,
+    }
     if args.out:
-        write_json(Path(args.out) / f"compile-cache-{device_slug(env['device'])}.json", payload)
+        suffix = "" if args.variant == "default" else f"-{args.variant}"
+        write_json(Path(args.out) / f"compile-cache-{device_slug(env['device'])}{suffix}.json", payload)
     print(json.dumps(payload, default=str))
     return 0
 
