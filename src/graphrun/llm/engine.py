@@ -12,14 +12,9 @@ idle between steps. Step n's tokens reach step n+1 on the device (`last_tokens`,
 the host learns them one step later: step() returns the outputs of the step before the one it launched.
 A request that stops on a token costs one extra (discarded) step; length limits stop it on time.
 
-Background capture (EngineConfig.capture="background"): start-up ends once the KV cache is allocated and
-the runners are built uncaptured; then capture_step() captures one rung between steps, on the engine
-thread, largest first (decode-sampling, decode-greedy, then prefill). step() calls it after each step, and
-the serving loop calls it while idle, so a busy engine stalls at most one rung's capture per step and an
-idle one finishes in the capture time of `now`. Nothing else runs while a rung is captured, so no lock is
-needed, and capture cannot touch a running sequence: decode capture writes K/V only into the scratch
-block, prefill capture only into blocks reserved for it until the last rung lands, and last_tokens (the
-in-flight step's tokens) is saved before each rung and restored after.
+Background capture (EngineConfig.capture="background", background_graphs.py): start-up ends once the
+KV cache is allocated; then one graph rung is captured after each step (and per idle turn of a serving
+loop), on the engine thread, without touching a running sequence's state.
 """
 
 from __future__ import annotations
@@ -39,6 +34,7 @@ from graphrun.errors import ConfigError
 from graphrun.graphs import GraphRunner
 from graphrun.graphs.options import CaptureWhen
 from graphrun.graphs.sizes import default_ladder, normalize_ladder
+from graphrun.llm.background_graphs import BackgroundGraphs
 from graphrun.llm.block_manager import BlockManager
 from graphrun.llm.decode_graph import (
     FEED_COLUMN,
@@ -122,8 +118,7 @@ class LLMEngine:
         self.last_tokens = torch.zeros(rows, dtype=torch.int64, device=self.device)
         self.decode_graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
-        self._capture_queue: list[GraphRunner] = []  # background capture: runners with rungs pending
-        self._capture_start = 0.0
+        self._background: BackgroundGraphs | None = None  # capture="background": the pass under way
         self._eager_decode = {
             g: DecodeStep(self.model, self.kv_caches, greedy=g, last_tokens=self.last_tokens)
             for g in (True, False)
@@ -245,48 +240,20 @@ class LLMEngine:
         return blocks.stop * self.config.block_size
 
     def _start_background_capture(self) -> None:
-        graphs = self.decode_graphs
-        assert graphs is not None
-        self._capture_queue = [*graphs.runners.values()]
-        if self.prefill_graphs is not None:
-            self._capture_queue.append(self.prefill_graphs.runner)
-        for runner in self._capture_queue:
-            runner.start_background_capture(thread=False)
-        self._capture_start = time.perf_counter()
+        assert self.decode_graphs is not None
+        self._background = BackgroundGraphs(self._runners(), self.last_tokens, self.scheduler.block_manager)
         log.info("graphs: %s in the background, one size between steps", self.graph_progress())
 
     @property
     def capture_pending(self) -> bool:
         """Whether a background capture has rungs left (capture_step() takes the next)."""
-        return bool(self._capture_queue)
+        return self._background is not None and self._background.pending
 
     @torch.inference_mode()
     def capture_step(self) -> bool:
-        """Capture the next pending rung of a background capture; False when none is left.
-
-        The rung writes last_tokens (the in-flight step's tokens): they are saved and put back.
-        """
-        while self._capture_queue:
-            runner = self._capture_queue[0]
-            saved = self.last_tokens.clone()
-            try:
-                captured = runner.capture_step()
-            finally:
-                self.last_tokens.copy_(saved)
-            if captured:
-                if not any(r.pending_rungs for r in self._capture_queue):
-                    self._end_background_capture()
-                return True
-            self._capture_queue.pop(0)
-        return False
-
-    def _end_background_capture(self) -> None:
-        self._capture_queue = []
-        self.scheduler.block_manager.release_reserved()
-        log.info(
-            "graphs: %s in the background in %.2f s; reserved KV blocks released",
-            self.graph_progress(), time.perf_counter() - self._capture_start,
-        )  # fmt: skip
+        """Capture the next pending rung of a background capture (background_graphs.py); False when none
+        is left. step() calls it after each step; a serving loop calls it while idle."""
+        return self._background is not None and self._background.step()
 
     def graph_progress(self) -> str:
         """Graphs in a word for /health: "off", "captured 34/36" or "capturing 3/36" (rungs done)."""
@@ -376,7 +343,7 @@ class LLMEngine:
             pending, self._launched = self._launched, None
             outputs += self._resolve(pending)
         end = time.perf_counter()
-        if self._capture_queue:  # background capture: one rung between steps
+        if self._background is not None and self._background.pending:  # one rung between steps
             self.capture_step()
         self.last_step_timing = StepTiming(
             start,
