@@ -3,6 +3,7 @@ progress, and requests served while rungs switch to replay neither fail nor chan
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -64,3 +65,12 @@ def test_health_is_200_before_capture_ends_and_no_request_fails_during_the_switc
         assert during == after  # the switch changed no answer
         assert srv.metric("graphrun_cuda_graph_pending_rungs", 'runner="decode-greedy"') == 0
         assert srv.metric("graphrun_cuda_graph_replayed_total", 'runner="decode-greedy"') > 0
+
+
+def test_an_engine_process_reports_graph_progress_on_health():
+    engine = {"capture": "background", "max_model_len": 64, "cuda_graph_max_prefill_tokens": 16}
+    with live_server(engine=engine, engine_process=True) as srv:
+        body = httpx.get(srv.url + "/health", timeout=60).json()
+        assert body["status"] == "ok" and re.fullmatch(r"(capturing|captured) \d+/9", body["graphs"])
+        assert wait_until(lambda: httpx.get(srv.url + "/health").json()["graphs"] == "captured 9/9", 120)
+        assert complete(srv.url, PROMPTS[0]).status_code == 200
