@@ -182,3 +182,23 @@ def test_separate_registries_do_not_share_runner_names():
     a = background_runner(make_mlp(), CollectorRegistry(), name="same")
     b = background_runner(make_mlp(), CollectorRegistry(), name="same")
     assert a.wait_captured(30) and b.wait_captured(30)
+
+
+def test_a_rung_whose_checks_raise_is_recorded_eager_and_the_pass_goes_on(registry):
+    net = make_mlp()
+
+    def inputs(n, gen):
+        if n == 1:  # every padded check (each rung serves 1 until rung 1 lands) and rung 1's own check
+            raise ValueError("no inputs of 1 row")
+        return (torch.randn(n, 8, generator=gen),)
+
+    run = background_runner(net, registry, capture="later", verify_inputs=inputs)
+    run.start_background_capture(thread=False)
+    while run.capture_step():
+        pass
+    assert run.wait_captured(0) and run.pending_rungs == ()
+    assert [(s.captured, s.reason) for s in run.status()] == [(False, CaptureFailure.ERROR)] * 4
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(run(x), net(x))
+    assert run.stats.eager_fallback == {CallFallback.RUNG_NOT_CAPTURED: 1}

@@ -40,18 +40,31 @@ log = logging.getLogger("graphrun.graphs.runner")
 
 
 @contextlib.contextmanager
-def gc_frozen(collect: bool = True) -> Iterator[None]:
-    """Collect once, then keep the collector away from capture (it is slow and may free mid-capture).
-
-    collect=False skips the collection (tens of milliseconds on a large heap): one rung of a background
-    capture must not stall the calls running beside it."""
-    if collect:
-        gc.collect()
+def gc_frozen() -> Iterator[None]:
+    """Collect once, then keep the collector away from capture (it is slow and may free mid-capture)."""
+    gc.collect()
     gc.freeze()
     try:
         yield
     finally:
         gc.unfreeze()
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Keep the collector away from one rung of a background capture, without collecting or freezing.
+
+    A collection costs tens of milliseconds on a large heap, which the calls running beside the capture
+    would wait for; and gc.unfreeze() would thaw what a server froze after start-up (serve/worker.py),
+    bringing back the full collections that freezing removed.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class RungCapturer:
@@ -97,7 +110,7 @@ class RungCapturer:
         """Start a pass taken one rung at a time: compile, learn the outputs. No graph yet; the statuses
         of rungs that could not even run eagerly."""
         self._graphs, self._statuses = {}, {}
-        with self._autograd_mode(), gc_frozen(collect=False):
+        with self._autograd_mode(), gc_paused():
             compiled = self._compile()
             if self._outputs is None:
                 self._learn_outputs()
@@ -111,7 +124,7 @@ class RungCapturer:
         """
         spec = self._spec
         start, pool_before = time.perf_counter(), spec.backend.pool_bytes()
-        with self._autograd_mode(), spec.backend.range(f"graphrun.capture[{spec.name}]"), gc_frozen(False):
+        with self._autograd_mode(), spec.backend.range(f"graphrun.capture[{spec.name}]"), gc_paused():
             if rung not in self._statuses:
                 self._capture_rung(rung)
             if rung in self._graphs and spec.options.verify and spec.options.pads:
@@ -119,6 +132,13 @@ class RungCapturer:
         graphs = {rung: self._graphs[rung]} if rung in self._graphs else {}
         seconds, grown = time.perf_counter() - start, spec.backend.pool_bytes() - pool_before
         return CaptureResult(graphs, {rung: self._statuses[rung]}, self._outputs, seconds, grown)
+
+    def discard(self, rung: int) -> None:
+        """Forget a rung whose capture_one() raised part-way, releasing its graph if it had one."""
+        graph = self._graphs.pop(rung, None)
+        if graph is not None:
+            graph.release()
+        self._statuses.pop(rung, None)
 
     def _verify_padded_rung(self, rung: int) -> None:
         """Check one rung's padded replays over the batches no smaller padded rung of this pass serves."""

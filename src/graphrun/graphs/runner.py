@@ -32,7 +32,7 @@ from graphrun.errors import GraphInputError
 from graphrun.graphs.backends import CapturedGraph, make_backend
 from graphrun.graphs.background import BackgroundCapture
 from graphrun.graphs.buffers import Kind, Slot, check_scalar, check_static, check_tensor, pad_rows
-from graphrun.graphs.capture import RungCapturer
+from graphrun.graphs.capture import RungCapturer, classify
 from graphrun.graphs.compile import CompiledFn
 from graphrun.graphs.failure import DynamicInputError
 from graphrun.graphs.inputs import InputLayout
@@ -231,8 +231,9 @@ class GraphRunner:
         one rung per capture_step(), whenever it suits (an engine between its steps).
         """
         self._stop_background()
-        self._release_graphs()
-        self._status.clear()
+        with self._lock:  # no replay is running while its graph goes
+            self._release_graphs()
+            self._status.clear()
         self._begun, self._captured_once = False, True
         if self._plan.all_eager is not None:
             self._mark_all_eager(*self._plan.all_eager)
@@ -266,11 +267,7 @@ class GraphRunner:
             with self._lock:
                 self._capturing = True
                 try:
-                    self._restore_example_inputs()
-                    if not self._begun:
-                        self._install(self._capturer.begin())
-                        self._begun = True
-                    self._install(self._capturer.capture_one(rung))
+                    self._install(self._capture_pending_rung(rung))
                     self._pending.pop(0)
                     self.stats.num_pending = len(self._pending)
                     self._rebuild_dispatch()
@@ -281,6 +278,22 @@ class GraphRunner:
                 self._log_background_done()
                 self._piecewise_step()
             return True
+
+    def _capture_pending_rung(self, rung: int) -> CaptureResult:
+        """One rung of the pass (the pass's first step also learns the outputs and compiles). A rung the
+        capture machinery could not even attempt (an error it does not classify) is recorded as eager
+        rather than left pending forever, and the pass goes on."""
+        self._restore_example_inputs()
+        try:
+            if not self._begun:
+                self._install(self._capturer.begin())
+                self._begun = True
+            return self._capturer.capture_one(rung)
+        except Exception as exc:
+            self._capturer.discard(rung)
+            log.warning("runner %s: background capture of batch size %d failed: %s", self.name, rung, exc)
+            status = RungStatus(rung, False, reason=classify(exc), detail=str(exc).strip()[:300])
+            return CaptureResult({}, {rung: status}, None)
 
     def _restore_example_inputs(self) -> None:
         """Put the example back into the static inputs before a rung is captured on them.
