@@ -249,8 +249,9 @@ class GraphRunner:
         if self._piecewise is not None:
             self._piecewise.start_background_capture(thread=False)
             self._all_captured.clear()
-        log.info("runner %s: capturing %d sizes in the background; calls run eager until then",
-                 self.name, len(self._pending))  # fmt: skip
+        if self._pending:
+            log.info("runner %s: capturing %d sizes in the background; calls run eager until then",
+                     self.name, len(self._pending))  # fmt: skip
         if thread and not self._all_captured.is_set():
             self._background = BackgroundCapture(self.capture_step, self.name)
 
