@@ -4,6 +4,7 @@ between steps while requests run, and greedy tokens stay those of an eager engin
 import pytest
 
 from graphrun.errors import ConfigError
+from graphrun.llm import background_graphs
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
@@ -31,9 +32,10 @@ def run_all(eng, prompts):
 
 
 @pytest.mark.parametrize("async_scheduling", [True, False])
-@pytest.mark.parametrize("mixed_prefill_tokens", [0, 8])
-def test_greedy_tokens_match_eager_while_the_rungs_switch(async_scheduling, mixed_prefill_tokens):
-    kw = {"async_scheduling": async_scheduling, "mixed_prefill_tokens": mixed_prefill_tokens}
+@pytest.mark.parametrize("mixed_prefill", [0, 8])
+def test_greedy_tokens_match_eager_while_the_rungs_switch(monkeypatch, async_scheduling, mixed_prefill):
+    monkeypatch.setattr(background_graphs, "BUSY_CAPTURE_SHARE", 1.0)  # a rung after every step
+    kw = {"async_scheduling": async_scheduling, "mixed_prefill_tokens": mixed_prefill}
     bg = engine(graph_backend="sim", cuda_graph_sizes=LADDER, capture="background", **kw)
     eager = engine(enforce_eager=True, **kw)
     total = 2 * len(LADDER) + len(bg.prefill_capture_sizes())
@@ -47,6 +49,19 @@ def test_greedy_tokens_match_eager_while_the_rungs_switch(async_scheduling, mixe
     assert greedy.stats.num_replayed > 0  # graphs took over mid-run
     assert not bg.capture_pending and not bg.capture_step()
     assert got == run_all(bg, prompts)[0]  # and, all captured, the answer is the same
+
+
+def test_under_load_capture_takes_a_share_of_the_time_not_every_step():
+    bg = engine(graph_backend="sim", cuda_graph_sizes=LADDER, capture="background")
+    eager = engine(enforce_eager=True)
+    prompts = [f"request {i} asks about item {i * 7}" for i in range(6)]
+    got, progress = run_all(bg, prompts)
+    assert got == run_all(eager, prompts)[0]
+    steps_with_a_rung = sum(a != b for a, b in zip(["capturing 0/13", *progress], progress, strict=False))
+    assert 1 <= steps_with_a_rung < len(progress) / 2  # rungs land, with steps in between
+    while bg.capture_step():  # idle: back to back
+        pass
+    assert bg.graph_progress() == "captured 13/13"
 
 
 def test_blocks_held_for_prefill_capture_return_when_it_ends():

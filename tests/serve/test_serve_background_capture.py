@@ -58,13 +58,16 @@ def test_health_is_200_before_capture_ends_and_no_request_fails_during_the_switc
             t.join(120)
         assert all(r.status_code == 200 for r in responses.values()), [r.text for r in responses.values()]
         during = {p: r.json()["choices"][0]["text"] for p, r in responses.items()}
-        assert "capturing" in " ".join(slow_rungs)  # the requests ran while rungs were still pending
+        assert "capturing" in " ".join(slow_rungs)  # the idle loop captured between requests
         done = f"captured {total}/{total}"
         assert wait_until(lambda: httpx.get(srv.url + "/health").json()["graphs"] == done, 120)
         after = {p: complete(srv.url, p).json()["choices"][0]["text"] for p in PROMPTS}
         assert during == after  # the switch changed no answer
         assert srv.metric("graphrun_cuda_graph_pending_rungs", 'runner="decode-greedy"') == 0
         assert srv.metric("graphrun_cuda_graph_replayed_total", 'runner="decode-greedy"') > 0
+        # requests ran eager while their rungs were pending, and through graphs once they landed
+        labels = 'reason="capturing",runner="decode-greedy"'
+        assert srv.metric("graphrun_cuda_graph_eager_fallback_total", labels) > 0
 
 
 def test_an_engine_process_reports_graph_progress_on_health():

@@ -2,8 +2,13 @@
 
 With EngineConfig.capture="background" start-up ends once the KV cache is allocated, and the runners are
 built uncaptured. This pass then captures their rungs in order (decode-sampling, decode-greedy, prefill;
-each largest first), one per step() and one per idle turn of the serving loop, so a busy engine stalls
-at most one rung's capture per step and an idle one finishes as fast as capture="now" would.
+each largest first): back to back while the engine is idle (one per turn of the serving loop, so a request
+that arrives waits for one rung at most), and under load at most BUSY_CAPTURE_SHARE of the engine's time,
+one rung after a step once the steps since the last rung have taken (1 - share) / share times as long
+as it did. A rung costs several forward passes (warm-up, capture, verification at its own size and
+padded), a few times a decode step, so capturing one after every step would slow every running request
+several-fold until the pass ends; this way they run at eager speed less a quarter, and the pass still
+ends under constant load.
 
 Why on the engine thread and not on a thread of its own: the decode and prefill callables write the KV
 cache and `last_tokens`, which the running sequences own, so a capture beside a step would race with it.
@@ -28,6 +33,8 @@ from graphrun.llm.block_manager import BlockManager
 
 log = logging.getLogger("graphrun.llm.engine")
 
+BUSY_CAPTURE_SHARE = 0.25  # under load, the share of the engine's time a background capture may take
+
 
 class BackgroundGraphs:
     """Drives one background capture pass over `runners`, in order; step() captures the next rung."""
@@ -41,21 +48,31 @@ class BackgroundGraphs:
         for runner in self._queue:
             runner.start_background_capture(thread=False)
         self._start = time.perf_counter()
+        self._next_busy = self._start  # under load, no rung before this time (perf_counter)
 
     @property
     def pending(self) -> bool:
         """Whether any rung is left to capture."""
         return bool(self._queue)
 
+    def step_if_due(self) -> bool:
+        """Under load: capture the next rung if the capture's share of the time allows it now."""
+        if not self._queue or time.perf_counter() < self._next_busy:
+            return False
+        return self.step()
+
     def step(self) -> bool:
         """Capture the next pending rung; False when none was left."""
         while self._queue:
             runner = self._queue[0]
             saved = self._last_tokens.clone()
+            start = time.perf_counter()
             try:
                 captured = runner.capture_step()
             finally:
                 self._last_tokens.copy_(saved)
+            end = time.perf_counter()
+            self._next_busy = end + (end - start) * (1 - BUSY_CAPTURE_SHARE) / BUSY_CAPTURE_SHARE
             if captured:
                 if not any(r.pending_rungs for r in self._queue):
                     self._finish()

@@ -251,8 +251,9 @@ class LLMEngine:
 
     @torch.inference_mode()
     def capture_step(self) -> bool:
-        """Capture the next pending rung of a background capture (background_graphs.py); False when none
-        is left. step() calls it after each step; a serving loop calls it while idle."""
+        """Capture the next pending rung of a background capture (background_graphs.py) now; False when
+        none is left. A serving loop calls it while idle; step() takes rungs itself, paced so that
+        capture takes at most a quarter of a busy engine's time."""
         return self._background is not None and self._background.step()
 
     def graph_progress(self) -> str:
@@ -343,8 +344,8 @@ class LLMEngine:
             pending, self._launched = self._launched, None
             outputs += self._resolve(pending)
         end = time.perf_counter()
-        if self._background is not None and self._background.pending:  # one rung between steps
-            self.capture_step()
+        if self._background is not None:  # under load, a rung when its share of the time allows
+            self._background.step_if_due()
         self.last_step_timing = StepTiming(
             start,
             launched,
