@@ -13,8 +13,9 @@ the host learns them one step later: step() returns the outputs of the step befo
 A request that stops on a token costs one extra (discarded) step; length limits stop it on time.
 
 Background capture (EngineConfig.capture="background", background_graphs.py): start-up ends once the
-KV cache is allocated; then one graph rung is captured after each step (and per idle turn of a serving
-loop), on the engine thread, without touching a running sequence's state.
+KV cache is allocated; then graph rungs are captured between steps, on the engine thread (per idle turn
+of a serving loop, and under load after a step when capture's share of the time allows), without
+touching a running sequence's state.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ class LLMEngine:
     def _start_background_capture(self) -> None:
         assert self.decode_graphs is not None
         self._background = BackgroundGraphs(self._runners(), self.last_tokens, self.scheduler.block_manager)
-        log.info("graphs: %s in the background, one size between steps", self.graph_progress())
+        log.info("graphs: %s in the background, between steps", self.graph_progress())
 
     @property
     def capture_pending(self) -> bool:

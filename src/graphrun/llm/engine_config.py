@@ -68,8 +68,8 @@ class EngineConfig:
     compile: bool = False
     compile_cache_dir: str | None = None
     # when the graphs are captured: "now" (start-up waits for every rung) or "background" (start-up
-    # ends once the KV cache is allocated; the engine captures one rung between steps, largest first,
-    # and each rung replays once captured and verified; eager until then)
+    # ends once the KV cache is allocated; the engine captures the rungs between steps, largest first,
+    # and each rung replays once captured and verified; eager until then: llm/background_graphs.py)
     capture: str = "now"
 
     def __post_init__(self) -> None:

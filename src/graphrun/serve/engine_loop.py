@@ -17,9 +17,10 @@ When a step's events are sent depends on where the receiver runs (`hold`):
   (asynchronous scheduling), while holding them would add the next launch's host time, and every
   hiccup in it, to each stream's inter-token gap.
 
-Background capture (--capture background): the engine captures one graph rung after each step; while
-idle, the loop polls its queue instead of blocking on it and gives each turn to the next rung, so an
-idle server captures at full speed and a request arriving meanwhile waits for one rung at most.
+Background capture (--capture background): under load, step() takes a graph rung now and then (a quarter
+of the engine's time at most, llm/background_graphs.py); while idle, the loop polls its queue instead of
+blocking on it and gives each turn to the next rung, so an idle server captures at full speed and a
+request arriving meanwhile waits for one rung at most.
 """
 
 from __future__ import annotations
