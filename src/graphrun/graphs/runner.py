@@ -528,6 +528,8 @@ class GraphRunner:
         """(args, kwargs) whose tensors are the static buffers' rows for `batch_size`.
 
         Write into them in place and call the runner with them: the copy-in is skipped (zero-copy path).
+        Not from another thread while a background capture runs: the capture uses the same buffers (an
+        owner driving capture_step() itself, between its calls, is safe).
         """
         rung = self.rung_for(batch_size)
         if rung is None:
