@@ -82,3 +82,10 @@ def test_now_is_the_default_and_a_bad_mode_is_refused():
     assert engine(enforce_eager=True).graph_progress() == "off"
     with pytest.raises(ConfigError, match="background"):
         EngineConfig(model="tiny", capture="lazy")
+
+
+def test_status_table_says_capture_is_under_way():
+    bg = engine(graph_backend="sim", cuda_graph_sizes=(1, 2), capture="background")
+    bg.capture_step()
+    assert "capturing in the background (1/" in str(bg.status())
+    assert "pending [1]" in str(bg.status())  # decode-sampling: 2 landed, 1 to go
