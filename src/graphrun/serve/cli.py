@@ -78,7 +78,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         choices=CAPTURE_MODES,
         help="now: /health says 200 once every graph is captured; background: 200 once the weights are "
         "loaded, requests run eager meanwhile and each graph size switches to replay as it is captured "
-        "(one between engine steps, largest first)",
+        "(between engine steps, largest first)",
     )
     add_compile_flags(p)
     p.add_argument(
