@@ -249,3 +249,11 @@ def test_compile_flags_reach_the_engine_config(started, tmp_path):
 def test_compile_does_nothing_without_graphs():
     notes = preflight.idle_graph_flags(EngineConfig(cuda_graph_max_bs=0, compile=True), GraphsOff.MAX_BS_ZERO)
     assert notes == ["--compile does nothing: decode graphs are off (--cuda-graph-max-bs is 0)"]
+
+
+def test_capture_flag_reaches_the_engine_config_and_does_nothing_without_graphs(started, caplog):
+    assert main(["serve", "--port", "0", "--graph-backend", "sim", "--capture", "background"]) == 0
+    assert started[0][0].capture == "background"
+    with caplog.at_level(logging.WARNING):
+        assert main(["serve", "--port", "0", "--enforce-eager", "--capture", "background"]) == 0
+    assert [w.split(" does")[0] for w in graph_warnings(caplog)] == ["--capture background"]

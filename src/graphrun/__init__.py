@@ -26,6 +26,7 @@ from graphrun.errors import (
 if TYPE_CHECKING:
     from graphrun.graphs.backends.sim import FaultPlan, SimBackend
     from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode
+    from graphrun.graphs.options import CaptureWhen
     from graphrun.graphs.piecewise.registry import mark_uncapturable, unmark_uncapturable
     from graphrun.graphs.runner import GraphRunner
     from graphrun.graphs.status import CallFallback, CaptureFailure, RungStatus
@@ -51,6 +52,7 @@ _LAZY = {
     "GraphRunner": "graphrun.graphs.runner",
     "BatchDescriptor": "graphrun.graphs.modes",
     "CudaGraphMode": "graphrun.graphs.modes",
+    "CaptureWhen": "graphrun.graphs.options",
     "mark_uncapturable": "graphrun.graphs.piecewise.registry",
     "unmark_uncapturable": "graphrun.graphs.piecewise.registry",
     "LLM": "graphrun.llm.api",
@@ -73,6 +75,7 @@ __all__ = [
     "BatchDescriptor",
     "CallFallback",
     "CaptureFailure",
+    "CaptureWhen",
     "CheckpointError",
     "ConfigError",
     "CudaGraphMode",

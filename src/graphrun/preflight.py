@@ -46,6 +46,7 @@ def idle_graph_flags(engine: EngineConfig, off: GraphsOff | None) -> list[str]:
         "--cuda-graph-max-prefill-tokens": engine.cuda_graph_max_prefill_tokens,
         "--graph-backend": engine.graph_backend if engine.graph_backend != "auto" else None,
         "--compile": "" if engine.compile else None,  # only graphed steps are compiled
+        "--capture": engine.capture if engine.capture != "now" else None,
     }
     return [
         f"{flag}{f' {value}' if value != '' else ''} does nothing: "

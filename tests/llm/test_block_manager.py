@@ -90,3 +90,14 @@ def test_double_allocation_is_impossible_across_sequences():
 def test_bad_construction(num_blocks, block_size, needle):
     with pytest.raises(ConfigError, match=needle):
         BlockManager(num_blocks, block_size)
+
+
+def test_reserved_blocks_are_the_lowest_and_come_back():
+    bm = BlockManager(num_blocks=10, block_size=4)
+    assert bm.reserve(3) == range(1, 4)
+    assert bm.num_free_blocks == 6 and bm.num_used_blocks == 3
+    seq = Sequence(0, [1, 2, 3, 4, 5], SamplingParams())
+    bm.allocate(seq, 5)
+    assert not set(seq.block_ids) & {1, 2, 3}  # a sequence never gets a reserved block
+    bm.release_reserved()
+    assert bm.num_free_blocks == 9 - len(seq.block_ids)

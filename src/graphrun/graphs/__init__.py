@@ -2,6 +2,7 @@
 
 from graphrun.graphs.backends import FaultPlan, SimBackend, make_backend
 from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode
+from graphrun.graphs.options import CaptureWhen
 from graphrun.graphs.piecewise import mark_uncapturable, unmark_uncapturable
 from graphrun.graphs.runner import GraphRunner
 from graphrun.graphs.sizes import default_ladder, padding_report, recommend_ladder, rung_for
@@ -11,6 +12,7 @@ __all__ = [
     "BatchDescriptor",
     "CallFallback",
     "CaptureFailure",
+    "CaptureWhen",
     "CudaGraphMode",
     "FaultPlan",
     "GraphRunner",

@@ -8,6 +8,10 @@ callable's outputs into one shared set of static outputs (outputs.py), so output
 Padded batches are verified once every rung is captured, smallest rung first: which batch sizes a rung
 serves padded depends on which smaller rungs captured and accept padding, and that is known only then.
 A rung whose padded replay differs from eager keeps its graph for exact-size calls only.
+
+Background capture takes the rungs one at a time instead (begin(), then capture_one() per rung, largest
+first): each rung is verified at its own size and padded before it is handed over, over every batch
+below it, since no smaller rung is captured yet when it lands.
 """
 
 from __future__ import annotations
@@ -46,6 +50,23 @@ def gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Keep the collector away from one rung of a background capture, without collecting or freezing.
+
+    A collection costs tens of milliseconds on a large heap, which the calls running beside the capture
+    would wait for; and gc.unfreeze() would thaw what a server froze after start-up (serve/worker.py),
+    bringing back the full collections that freezing removed.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class RungCapturer:
     """Captures the rungs of one spec; keeps the static outputs across passes (a re-capture reuses them)."""
 
@@ -56,12 +77,14 @@ class RungCapturer:
         self._graphs: dict[int, CapturedGraph] = {}  # the pass in progress
         self._statuses: dict[int, RungStatus] = {}
 
+    def _autograd_mode(self) -> contextlib.AbstractContextManager[object]:
+        return torch.inference_mode() if self._spec.options.inference_mode else contextlib.nullcontext()
+
     def capture_all(self) -> CaptureResult:
         """Capture every rung of the spec's ladder, largest first, logging one line per rung."""
         spec = self._spec
         self._graphs, self._statuses = {}, {}
-        mode = torch.inference_mode() if spec.options.inference_mode else contextlib.nullcontext()
-        with mode, spec.backend.range(f"graphrun.capture[{spec.name}]"), gc_frozen():
+        with self._autograd_mode(), spec.backend.range(f"graphrun.capture[{spec.name}]"), gc_frozen():
             compiled = self._compile()
             start = time.perf_counter()
             pool_before = spec.backend.pool_bytes()
@@ -82,6 +105,52 @@ class RungCapturer:
         )
         self._log_summary(result)
         return result
+
+    def begin(self) -> CaptureResult:
+        """Start a pass taken one rung at a time: compile, learn the outputs. No graph yet; the statuses
+        of rungs that could not even run eagerly."""
+        self._graphs, self._statuses = {}, {}
+        with self._autograd_mode(), gc_paused():
+            compiled = self._compile()
+            if self._outputs is None:
+                self._learn_outputs()
+        return CaptureResult({}, dict(self._statuses), self._outputs, compile=compiled)
+
+    def capture_one(self, rung: int) -> CaptureResult:
+        """Capture and verify one rung of the pass begin() started, its padded batches included.
+
+        Verified over every batch below it that no captured smaller rung serves: taken largest first,
+        that is all of them, so the rung is checked for every batch it may serve until a smaller lands.
+        """
+        spec = self._spec
+        start, pool_before = time.perf_counter(), spec.backend.pool_bytes()
+        with self._autograd_mode(), spec.backend.range(f"graphrun.capture[{spec.name}]"), gc_paused():
+            if rung not in self._statuses:
+                self._capture_rung(rung)
+            if rung in self._graphs and spec.options.verify and spec.options.pads:
+                self._verify_padded_rung(rung)
+        graphs = {rung: self._graphs[rung]} if rung in self._graphs else {}
+        seconds, grown = time.perf_counter() - start, spec.backend.pool_bytes() - pool_before
+        return CaptureResult(graphs, {rung: self._statuses[rung]}, self._outputs, seconds, grown)
+
+    def discard(self, rung: int) -> None:
+        """Forget a rung whose capture_one() raised part-way, releasing its graph if it had one."""
+        graph = self._graphs.pop(rung, None)
+        if graph is not None:
+            graph.release()
+        self._statuses.pop(rung, None)
+
+    def _verify_padded_rung(self, rung: int) -> None:
+        """Check one rung's padded replays over the batches no smaller padded rung of this pass serves."""
+        verifier = self._verifier
+        assert verifier is not None  # the rung was captured, so the outputs were learned
+        below = [r for r in self._graphs if r < rung and self._statuses[r].padded]
+        start, problem = time.perf_counter(), None
+        for n in padded_samples(max(below, default=0) + 1, rung, self._graphs):
+            problem = verifier.check_padded(self._graphs[rung], rung, n)
+            if problem is not None:
+                break
+        self._record_padding(rung, problem, time.perf_counter() - start)
 
     def _compile(self) -> CompileReport | None:
         """The compile phase, when the spec's callable is to be compiled (timed apart from capture)."""

@@ -68,8 +68,12 @@ class GraphMetricsCollector(Collector):
             p + "replay_seconds", "Host time per replayed call", labels=["runner"]
         )
         mode = GaugeMetricFamily(p + "mode", "The runner's graph mode (value 1)", labels=["runner", "mode"])
+        pending = GaugeMetricFamily(
+            p + "pending_rungs", "Rungs a background capture has still to capture", labels=["runner"]
+        )
         for name, s in self._runners.items():
             mode.add_metric([name, s.mode], 1)
+            pending.add_metric([name], s.num_pending)
             captured.add_metric([name], s.num_captured)
             replayed.add_metric([name], s.num_replayed)
             for call_reason in CallFallback:
@@ -96,6 +100,7 @@ class GraphMetricsCollector(Collector):
             padding,
             replay_s,
             mode,
+            pending,
         )
 
 

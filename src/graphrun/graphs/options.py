@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import Any, TypedDict
 
 import torch
@@ -27,6 +28,31 @@ SCALAR_MODES = ("static", "tensor")
 
 VerifyInputs = Callable[[int, torch.Generator], Sequence[Any]]
 SplitPredicate = Callable[[Any], bool]  # a torch.fx Node -> run it eager between piecewise segments
+
+
+class CaptureWhen(StrEnum):
+    """When a runner captures its rungs.
+
+    NOW (capture=True): in the constructor, every rung before it returns. LATER (capture=False): not until
+    capture() is called; calls run eager meanwhile. BACKGROUND: the constructor returns at once and a
+    thread captures the rungs largest first; calls run eager (counted as `capturing`) until their rung
+    is captured and verified, then replay. wait_captured() waits for the thread.
+    """
+
+    NOW = "now"
+    LATER = "later"
+    BACKGROUND = "background"
+
+    @classmethod
+    def parse(cls, value: CaptureWhen | str | bool) -> CaptureWhen:
+        """True -> NOW, False -> LATER, or a member's value ("now", "later", "background")."""
+        if isinstance(value, bool):
+            return cls.NOW if value else cls.LATER
+        try:
+            return cls(value)
+        except ValueError:
+            names = [m.value for m in cls]
+            raise ConfigError(f"capture must be True, False or one of {names}, got {value!r}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +74,7 @@ class RunnerOptions:
     warmup_iters: int = 2
     name: str | None = None
     registry: CollectorRegistry | None = None
-    capture: bool = True
+    capture: CaptureWhen | str | bool = CaptureWhen.NOW
     inference_mode: bool = True
     compile: bool = False
     compile_cache_dir: str | None = None
@@ -62,6 +88,7 @@ class RunnerOptions:
 
     def _check_modes(self) -> None:
         CudaGraphMode.parse(self.mode)
+        CaptureWhen.parse(self.capture)
         if self.scalars not in SCALAR_MODES:
             raise ConfigError(f"scalars must be one of {SCALAR_MODES}, got {self.scalars!r}")
         if isinstance(self.pad, str) and self.pad not in PAD_MODES:
@@ -116,6 +143,11 @@ class RunnerOptions:
         return CudaGraphMode.parse(self.mode)
 
     @property
+    def capture_when(self) -> CaptureWhen:
+        """The capture option as an enum (True is NOW, False is LATER)."""
+        return CaptureWhen.parse(self.capture)
+
+    @property
     def pads(self) -> bool:
         """False when calls replay exact-size only (pad='forbid')."""
         return self.pad != "forbid"
@@ -152,7 +184,7 @@ class RunnerKeywords(TypedDict, total=False):
     warmup_iters: int
     name: str | None
     registry: CollectorRegistry | None
-    capture: bool
+    capture: CaptureWhen | str | bool
     inference_mode: bool
     compile: bool
     compile_cache_dir: str | None

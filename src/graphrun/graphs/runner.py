@@ -7,6 +7,12 @@ real batch. Anything that cannot replay runs eager and is counted; nothing falls
 Padding assumes the rows of a batch are independent. Capture verifies it per rung (verify.py); a rung
 that fails replays exact-size calls only. Which rung serves each batch size is decided then, into one
 list, so a call pays one index for dispatch whatever the verification found.
+
+Background capture (capture="background") captures the rungs one by one on a thread (background.py),
+largest first, while calls run: each step takes the call lock (capture writes the static buffers replays
+read), captures and verifies one rung, installs it and rebuilds the dispatch list, so the next call of
+that size replays. A call that finds the lock held by a capture runs eager (counted as `capturing`)
+instead of waiting; calls whose rung is not captured yet run eager beside the capture, unlocked.
 """
 
 from __future__ import annotations
@@ -24,15 +30,16 @@ import torch
 
 from graphrun.errors import GraphInputError
 from graphrun.graphs.backends import CapturedGraph, make_backend
+from graphrun.graphs.background import BackgroundCapture
 from graphrun.graphs.buffers import Kind, Slot, check_scalar, check_static, check_tensor, pad_rows
-from graphrun.graphs.capture import RungCapturer
+from graphrun.graphs.capture import RungCapturer, classify
 from graphrun.graphs.compile import CompiledFn
 from graphrun.graphs.failure import DynamicInputError
 from graphrun.graphs.inputs import InputLayout
 from graphrun.graphs.metrics import register_runner
 from graphrun.graphs.mode_plan import plan_mode
 from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode, Dispatcher, Route, RouteKind
-from graphrun.graphs.options import RunnerKeywords, RunnerOptions, resolve_options
+from graphrun.graphs.options import CaptureWhen, RunnerKeywords, RunnerOptions, resolve_options
 from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe
 from graphrun.graphs.sizes import rung_for
 from graphrun.graphs.spec import CaptureResult, CaptureSpec
@@ -86,8 +93,15 @@ class GraphRunner:
     graphs, and a piecewise runner, `.piecewise`, for the batches no FULL rung takes); split_predicate picks
     extra fx nodes to run eager. route(BatchDescriptor) says where a call goes; call_batch runs it there.
 
-    Outputs alias static buffers until the next call unless clone_outputs=True. One call at a time:
-    calls are serialised by a lock, since they share the static buffers.
+    capture: True or "now" (default): capture every rung in the constructor; False or "later": only
+    when capture() is called; "background": return at once and capture on a thread, largest rung first,
+    each rung switching from eager to replay once captured and verified (wait_captured() waits, status()
+    lists the pending rungs). Eager calls then run beside a capture, so `fn` must be safe to call from
+    two threads at once; an owner whose callable writes shared state (a KV cache) calls
+    start_background_capture(thread=False) and drives capture_step() between its own calls instead.
+
+    Outputs alias static buffers until the next call unless clone_outputs=True. Replays are serialised
+    by a lock, since they share the static buffers; eager calls are not.
     """
 
     def __init__(
@@ -127,8 +141,11 @@ class GraphRunner:
             self.rung_for if self.mode.full else None,
             self._piecewise.rung_for if self._piecewise is not None else self.rung_for,
         )
-        if options.capture:
+        when = options.capture_when
+        if when is CaptureWhen.NOW:
             self.capture()
+        elif when is CaptureWhen.BACKGROUND:
+            self.start_background_capture()
 
     # ----- construction steps -------------------------------------------------------------------------
 
@@ -137,9 +154,9 @@ class GraphRunner:
         if self.mode is not CudaGraphMode.FULL_AND_PIECEWISE:
             return None
         name = f"{self.name}-piecewise"
-        options = replace(  # the same backend instance: on CUDA, FULL and segment graphs share one pool
-            self.options, mode=CudaGraphMode.PIECEWISE, name=name, capture=False, backend=self.backend
-        )
+        # the same backend instance: on CUDA, FULL and segment graphs share one pool
+        later, piecewise = CaptureWhen.LATER, CudaGraphMode.PIECEWISE
+        options = replace(self.options, mode=piecewise, name=name, capture=later, backend=self.backend)
         return GraphRunner(fn, args, kwargs, options=options)
 
     def _bind_call_path(self, fn: Callable[..., Any], inputs: InputLayout, options: RunnerOptions) -> None:
@@ -174,11 +191,25 @@ class GraphRunner:
         self._status: dict[int, RungStatus] = {}
         self._captured_once = False
         self._compile_report: CompileReport | None = None
+        # background capture: rungs still to capture (largest first), whether begin() ran, whether a
+        # capture holds the call lock now (calls then run eager instead of waiting), and the thread
+        self._pending: list[int] = []
+        self._begun = False
+        self._capturing = False
+        self._step_lock = threading.Lock()  # one capture_step at a time
+        self._all_captured = threading.Event()
+        self._all_captured.set()
+        self._background: BackgroundCapture | None = None
+        self._pass_start = 0.0
+        self._example_buffers: list[torch.Tensor] = []  # the static inputs as the example left them
 
     # ----- capture ------------------------------------------------------------------------------------
 
     def capture(self) -> RunnerStatus:
-        """Capture every rung, largest first; rungs that fail run eager, with the reason in status()."""
+        """Capture every rung, largest first; rungs that fail run eager, with the reason in status().
+
+        A background capture in progress is stopped first (its rungs are captured again here)."""
+        self._stop_background()
         self._release_graphs()
         self._status.clear()
         if self._plan.all_eager is not None:  # mode none, untraceable, or no graph backend
@@ -190,6 +221,125 @@ class GraphRunner:
         if self._piecewise is not None:
             self._piecewise.capture()
         return self.status()
+
+    # ----- background capture ---------------------------------------------------------------------------
+
+    def start_background_capture(self, thread: bool = True) -> None:
+        """Mark every rung pending and capture them largest first, while calls run (eager until then).
+
+        thread=True: a thread does it (wait_captured() waits for it). thread=False: the caller drives it,
+        one rung per capture_step(), whenever it suits (an engine between its steps).
+        """
+        self._stop_background()
+        with self._lock:  # no replay is running while its graph goes
+            self._release_graphs()
+            self._status.clear()
+        self._begun, self._captured_once = False, True
+        if self._plan.all_eager is not None:
+            self._mark_all_eager(*self._plan.all_eager)
+            self._pending = []
+        else:
+            self._pending = sorted(self.sizes, reverse=True)
+            self._all_captured.clear()
+            with torch.inference_mode():
+                self._example_buffers = [t.clone() for t in self.spec.inputs.static_buffers()]
+        self.stats.num_pending = len(self._pending)
+        self._pass_start = time.perf_counter()
+        self._rebuild_dispatch()
+        if self._piecewise is not None:
+            self._piecewise.start_background_capture(thread=False)
+            self._all_captured.clear()
+        if self._pending:
+            log.info("runner %s: capturing %d sizes in the background; calls run eager until then",
+                     self.name, len(self._pending))  # fmt: skip
+        if thread and not self._all_captured.is_set():
+            self._background = BackgroundCapture(self.capture_step, self.name)
+
+    def capture_step(self) -> bool:
+        """Capture the largest pending rung and switch its calls to replay; False when none was pending.
+
+        Holds the call lock for one rung: a replay never shares the static buffers with a capture.
+        With FULL_AND_PIECEWISE, the piecewise rungs follow the FULL ones.
+        """
+        with self._step_lock:
+            if not self._pending:
+                return self._piecewise_step()
+            rung = self._pending[0]
+            with self._lock:
+                self._capturing = True
+                try:
+                    self._install(self._capture_pending_rung(rung))
+                    self._pending.pop(0)
+                    self.stats.num_pending = len(self._pending)
+                    self._rebuild_dispatch()
+                finally:
+                    self._capturing = False
+            if not self._pending:
+                self._example_buffers = []
+                self._log_background_done()
+                self._piecewise_step()
+            return True
+
+    def _capture_pending_rung(self, rung: int) -> CaptureResult:
+        """One rung of the pass (the pass's first step also learns the outputs and compiles). A rung the
+        capture machinery could not even attempt (an error it does not classify) is recorded as eager
+        rather than left pending forever, and the pass goes on."""
+        self._restore_example_inputs()
+        try:
+            if not self._begun:
+                self._install(self._capturer.begin())
+                self._begun = True
+            return self._capturer.capture_one(rung)
+        except Exception as exc:
+            self._capturer.discard(rung)
+            log.warning("runner %s: background capture of batch size %d failed: %s", self.name, rung, exc)
+            status = RungStatus(rung, False, reason=classify(exc), detail=str(exc).strip()[:300])
+            return CaptureResult({}, {rung: status}, None)
+
+    def _restore_example_inputs(self) -> None:
+        """Put the example back into the static inputs before a rung is captured on them.
+
+        Calls replayed since the pass began left their own rows there, and warm-up and capture run the
+        callable on those: a callable with side effects (a KV-cache write at a slot the input names)
+        would redo a live call's effects with other values. The example is what capture="now" sees.
+        """
+        with torch.inference_mode():
+            for buffer, example in zip(self.spec.inputs.static_buffers(), self._example_buffers, strict=True):
+                buffer.copy_(example)
+
+    def _piecewise_step(self) -> bool:
+        """One piecewise rung of a FULL_AND_PIECEWISE background pass; marks the pass done at the end."""
+        if self._piecewise is not None and self._piecewise.capture_step():
+            return True
+        self._all_captured.set()
+        return False
+
+    def _log_background_done(self) -> None:
+        captured = [r.size for r in self._status.values() if r.captured]
+        log.info(
+            "runner %s: background capture done: %d/%d sizes captured %s in %.2f s",
+            self.name, len(captured), len(self.sizes), sorted(captured),
+            time.perf_counter() - self._pass_start,
+        )  # fmt: skip
+
+    def wait_captured(self, timeout: float | None = None) -> bool:
+        """Wait until a background capture has reached every rung; False if `timeout` seconds passed first.
+
+        True at once when no background capture is pending (capture="now", or it is done)."""
+        return self._all_captured.wait(timeout)
+
+    @property
+    def pending_rungs(self) -> tuple[int, ...]:
+        """Rungs a background capture has still to capture, in the order it takes them."""
+        return tuple(self._pending)
+
+    def _stop_background(self) -> None:
+        if self._background is not None:
+            self._background.stop()
+            self._background = None
+        self._pending = []
+        self.stats.num_pending = 0
+        self._all_captured.set()
 
     def _install(self, result: CaptureResult) -> None:
         """Take one capture pass's graphs, statuses and counts; precompute the whole-rung outputs."""
@@ -239,6 +389,8 @@ class GraphRunner:
 
     def _eager_reason(self, n: int, captured: list[int]) -> CallFallback:
         """Why batch n has no rung: none captured that fits, or those that fit replay exact sizes only."""
+        if any(r >= n for r in self._pending):
+            return CallFallback.CAPTURING
         if not self._captured_once:
             return CallFallback.NOT_CAPTURED_YET
         if self._plan.all_eager is not None and self._plan.all_eager[0] in _ALL_EAGER_CALLS:
@@ -266,7 +418,13 @@ class GraphRunner:
             *(f"{label} (segment failed to capture: {why})" for label, why in failed.items()),
         )
         return RunnerStatus(
-            self.name, self.backend.name, rungs, self._compile_report, self.mode.value, splits
+            self.name,
+            self.backend.name,
+            rungs,
+            self._compile_report,
+            self.mode.value,
+            splits,
+            tuple(self._pending),
         )
 
     @property
@@ -299,6 +457,7 @@ class GraphRunner:
 
     def close(self) -> None:
         """Release every graph; later calls run eager (counted as not_captured_yet)."""
+        self._stop_background()
         if self._piecewise is not None:
             self._piecewise.close()
         self._release_graphs()
@@ -329,6 +488,8 @@ class GraphRunner:
             if self._piecewise is not None and self._piecewise.rung_for(n) is not None:
                 return self._piecewise(*args, **kwargs)
             return self._eager(self._why_eager(n), args, kwargs)
+        if self._capturing:  # a background capture holds the static buffers: run eager, do not wait
+            return self._eager(CallFallback.CAPTURING, args, kwargs)
         with self._lock:
             start = time.perf_counter()
             if self._only_batched:
@@ -367,6 +528,8 @@ class GraphRunner:
         """(args, kwargs) whose tensors are the static buffers' rows for `batch_size`.
 
         Write into them in place and call the runner with them: the copy-in is skipped (zero-copy path).
+        Not from another thread while a background capture runs: the capture uses the same buffers (an
+        owner driving capture_step() itself, between its calls, is safe).
         """
         rung = self.rung_for(batch_size)
         if rung is None:

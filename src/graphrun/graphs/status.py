@@ -42,6 +42,8 @@ class CallFallback(StrEnum):
     RUNG_NOT_CAPTURED = "rung_not_captured"
     REPLAY_ERROR = "replay_error"
     NOT_CAPTURED_YET = "not_captured_yet"
+    # background capture: the batch's rung is still pending, or being captured while this call came
+    CAPTURING = "capturing"
     PADDING_MISMATCH = "padding_mismatch"  # the captured rungs that fit replay exact-size calls only
     PADDING_FORBIDDEN = "padding_forbidden"  # pad="forbid": a batch that is not a rung size runs eager
     MODE_NONE = "mode_none"
@@ -120,6 +122,12 @@ class RunnerStatus(Sequence[RungStatus]):
     compile: CompileReport | None = None  # the compile phase, when the runner compiles (compile=True)
     mode: str = "full"
     splits: tuple[str, ...] = ()  # piecewise: the split points, "node (reason: detail)"
+    pending: tuple[int, ...] = ()  # background capture: rungs not captured yet, in capture order
+
+    @property
+    def num_pending(self) -> int:
+        """Rungs a background capture has still to reach (0 once it is done, or without one)."""
+        return len(self.pending)
 
     @overload
     def __getitem__(self, index: int) -> RungStatus: ...
@@ -135,10 +143,13 @@ class RunnerStatus(Sequence[RungStatus]):
 
     def __str__(self) -> str:
         where = self.backend if self.mode == "full" else f"{self.backend}, {self.mode}"
-        if not self.rungs:
+        if not self.rungs and not self.pending:
             return f"runner {self.runner} ({where}): not captured yet"
         captured = sum(r.captured for r in self.rungs)
-        head = f"runner {self.runner} ({where}): {captured} of {len(self.rungs)} sizes captured"
+        total = len(self.rungs) + len(self.pending)
+        head = f"runner {self.runner} ({where}): {captured} of {total} sizes captured"
+        if self.pending:
+            head += f"; capturing in the background, pending {list(self.pending)}"
         if self.compile is not None:
             head += f"; {self.compile}"
         if self.splits:
@@ -194,6 +205,7 @@ class RunnerStats:
     replay_bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(REPLAY_BUCKETS) + 1))
     replay_seconds_sum: float = 0.0
     mode: str = "full"  # the runner's graph mode, a label of its metrics
+    num_pending: int = 0  # rungs a background capture has still to reach
 
     def count_fallback(self, reason: CallFallback) -> None:
         """Count one call that ran eager."""

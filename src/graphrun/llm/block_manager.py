@@ -36,6 +36,7 @@ class BlockManager:
         # a stack: pop() hands out low ids first and reuses recently freed blocks first
         self._free: list[int] = list(range(num_blocks - 1, NUM_RESERVED_BLOCKS - 1, -1))
         self._used: set[int] = set()
+        self._reserved: list[int] = []  # held for background graph capture (reserve())
 
     @property
     def num_usable_blocks(self) -> int:
@@ -91,6 +92,26 @@ class BlockManager:
             self._used.remove(block)
             self._free.append(block)
         seq.block_ids.clear()
+
+    def reserve(self, num_blocks: int) -> range:
+        """Take up to num_blocks free blocks for the engine's own use (background graph capture writes
+        its random prompts' K/V there, never into a sequence's blocks); release_reserved() returns them.
+
+        Called before any sequence holds a block, so the blocks are 1..num_blocks: returned as a range.
+        """
+        take = min(num_blocks, len(self._free))
+        blocks = [self._free.pop() for _ in range(take)]
+        assert blocks == list(range(NUM_RESERVED_BLOCKS, NUM_RESERVED_BLOCKS + take)), "reserve() came late"
+        self._used.update(blocks)
+        self._reserved = blocks
+        return range(NUM_RESERVED_BLOCKS, NUM_RESERVED_BLOCKS + take)
+
+    def release_reserved(self) -> None:
+        """Give the reserve()d blocks back to sequences."""
+        for block in reversed(self._reserved):
+            self._used.remove(block)
+            self._free.append(block)
+        self._reserved = []
 
     def slot(self, seq: Sequence, position: int) -> int:
         """Flat cache slot of seq's token at position: block_ids[pos // bs] * bs + pos % bs."""

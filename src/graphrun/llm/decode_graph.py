@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from graphrun.graphs import GraphRunner, make_backend
 from graphrun.graphs.backends import Backend
+from graphrun.graphs.options import CaptureWhen
 from graphrun.llm.layers.attention import AttentionMetadata
 from graphrun.llm.models import DecoderLM
 from graphrun.llm.sampler import SamplingTensors, greedy_sample, sample
@@ -130,6 +131,7 @@ class DecodeGraphs:
         *,
         compile: bool = False,
         compile_cache_dir: str | None = None,
+        capture: CaptureWhen = CaptureWhen.NOW,
     ) -> None:
         device = kv_caches[0][0].device
         self._device = device
@@ -148,6 +150,7 @@ class DecodeGraphs:
                 registry=registry,
                 compile=compile,
                 compile_cache_dir=compile_cache_dir,
+                capture=capture,
                 pad="repeat",  # padded rows repeat the last sequence: same token, same slot, same values
                 # called with each rung's size and, for the padded check, with smaller batch sizes
                 verify_inputs=lambda n, gen: random_inputs(shape, n, gen, device).packed(),
@@ -155,6 +158,9 @@ class DecodeGraphs:
         self.capture_seconds = time.perf_counter() - start
         self._non_blocking = device.type == "cuda"  # callers stage in pinned memory (HostStaging)
         self.pool_bytes = shared.pool_bytes()
+        if capture is not CaptureWhen.NOW:
+            log.info("decode graphs: %d sizes x 2 kinds, captured later", len(sizes))
+            return
         captured = sum(st.captured for r in self.runners.values() for st in r.status())
         log.info(
             "decode graphs: %d of %d captured (%d sizes x 2 kinds) in %.2f s, pool %.1f MiB",

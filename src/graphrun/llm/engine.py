@@ -11,6 +11,11 @@ so the host's scheduling, packing and output handling overlap the device's work 
 idle between steps. Step n's tokens reach step n+1 on the device (`last_tokens`, decode_graph.py), and
 the host learns them one step later: step() returns the outputs of the step before the one it launched.
 A request that stops on a token costs one extra (discarded) step; length limits stop it on time.
+
+Background capture (EngineConfig.capture="background", background_graphs.py): start-up ends once the
+KV cache is allocated; then graph rungs are captured between steps, on the engine thread (per idle turn
+of a serving loop, and under load after a step when capture's share of the time allows), without
+touching a running sequence's state.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from prometheus_client import CollectorRegistry
 
 from graphrun.envvars import blocking_sync_enabled
 from graphrun.errors import ConfigError
+from graphrun.graphs import GraphRunner
+from graphrun.graphs.options import CaptureWhen
 from graphrun.graphs.sizes import default_ladder, normalize_ladder
+from graphrun.llm.background_graphs import BackgroundGraphs
 from graphrun.llm.block_manager import BlockManager
 from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape, DecodeStep
 from graphrun.llm.engine_config import EngineConfig
@@ -107,6 +115,7 @@ class LLMEngine:
         self.last_tokens = torch.zeros(rows, dtype=torch.int64, device=self.device)
         self.decode_graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
+        self._background: BackgroundGraphs | None = None  # capture="background": the pass under way
         self._eager_decode = {
             g: DecodeStep(self.model, self.kv_caches, greedy=g, last_tokens=self.last_tokens)
             for g in (True, False)
@@ -202,10 +211,12 @@ class LLMEngine:
             self.config.block_size,
             self.model_config.vocab_size,
         )
+        background = self.config.capture == "background"
+        when = CaptureWhen.LATER if background else CaptureWhen.NOW
         with torch.inference_mode():
             self.decode_graphs = DecodeGraphs(
                 self.model, self.kv_caches, self.last_tokens, shape, self.capture_sizes(), backend, registry,
-                compile=self.config.compile, compile_cache_dir=self.config.compile_cache_dir,
+                compile=self.config.compile, compile_cache_dir=self.config.compile_cache_dir, capture=when,
             )  # fmt: skip
             sizes = self.prefill_capture_sizes()
             if sizes:
@@ -218,7 +229,54 @@ class LLMEngine:
                     registry,
                     compile=self.config.compile,
                     compile_cache_dir=self.config.compile_cache_dir,
+                    capture=when,
+                    num_slots=self._reserve_capture_blocks(max(sizes)) if background else None,
                 )
+        if background:
+            self._start_background_capture()
+
+    def _reserve_capture_blocks(self, num_tokens: int) -> int:
+        """Hold enough KV blocks for the largest prefill capture (each token its own slot) until background
+        capture ends; returns the end of their slots (they start after the scratch block)."""
+        manager = self.scheduler.block_manager
+        blocks = manager.reserve(manager.blocks_for_tokens(num_tokens))
+        log.info("graphs: %d KV blocks held for background capture until it ends", len(blocks))
+        return blocks.stop * self.config.block_size
+
+    def _start_background_capture(self) -> None:
+        assert self.decode_graphs is not None
+        self._background = BackgroundGraphs(self._runners(), self.last_tokens, self.scheduler.block_manager)
+        log.info("graphs: %s in the background, between steps", self.graph_progress())
+
+    @property
+    def capture_pending(self) -> bool:
+        """Whether a background capture has rungs left (capture_step() takes the next)."""
+        return self._background is not None and self._background.pending
+
+    @torch.inference_mode()
+    def capture_step(self) -> bool:
+        """Capture the next pending rung of a background capture (background_graphs.py) now; False when
+        none is left. A serving loop calls it while idle; step() takes rungs itself, paced so that
+        capture takes at most a quarter of a busy engine's time."""
+        return self._background is not None and self._background.step()
+
+    def graph_progress(self) -> str:
+        """Graphs in a word for /health: "off", "captured 34/36" or "capturing 3/36" (rungs done)."""
+        runners = self._runners()
+        if not runners:
+            return "off"
+        total = sum(len(r.sizes) for r in runners)
+        pending = sum(len(r.pending_rungs) for r in runners)
+        if pending:
+            return f"capturing {total - pending}/{total}"
+        captured = sum(s.captured for r in runners for s in r.status())
+        return f"captured {captured}/{total}"
+
+    def _runners(self) -> list[GraphRunner]:
+        runners = [*self.decode_graphs.runners.values()] if self.decode_graphs is not None else []
+        if self.prefill_graphs is not None:
+            runners.append(self.prefill_graphs.runner)
+        return runners
 
     def prefill_capture_sizes(self) -> tuple[int, ...]:
         """The token ladder of the fresh-prefill graphs (empty: prefill runs eager)."""
@@ -290,6 +348,8 @@ class LLMEngine:
             pending, self._launched = self._launched, None
             outputs += self._resolve(pending)
         end = time.perf_counter()
+        if self._background is not None:  # under load, a rung when its share of the time allows
+            self._background.step_if_due()
         self.last_step_timing = StepTiming(
             start,
             launched,
@@ -437,9 +497,7 @@ class LLMEngine:
 
     def status(self) -> EngineStatus:
         """Start-up facts and every graph runner's per-size status; print it for tables."""
-        runners = [*self.decode_graphs.runners.values()] if self.decode_graphs is not None else []
-        if self.prefill_graphs is not None:
-            runners.append(self.prefill_graphs.runner)
+        runners = self._runners()
         off = None if self.decode_graphs is not None else self.config.why_eager(self.device)
         dtype = str(self.dtype).removeprefix("torch.")
         return EngineStatus(
@@ -463,4 +521,6 @@ class LLMEngine:
             "prefill_capture_sizes": list(self.prefill_graphs.sizes) if self.prefill_graphs else [],
             "prefill_capture_seconds": self.prefill_graphs.capture_seconds if self.prefill_graphs else 0.0,
             "graph_pool_mib": graphs.backend.pool_bytes() / 2**20 if graphs is not None else 0.0,
+            "capture": self.config.capture,
+            "graphs": self.graph_progress(),
         }

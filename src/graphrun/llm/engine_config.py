@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 GRAPH_BACKENDS = ("auto", "cuda", "sim")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+CAPTURE_MODES = ("now", "background")
 MIB = 2**20
 SERVE_MIXED_PREFILL_TOKENS = 64  # the server's default; a mixed step never exceeds the top decode rung
 
@@ -66,8 +67,14 @@ class EngineConfig:
     # compile_cache_dir: a folder that keeps the compiled artifacts so a restart reuses them
     compile: bool = False
     compile_cache_dir: str | None = None
+    # when the graphs are captured: "now" (start-up waits for every rung) or "background" (start-up
+    # ends once the KV cache is allocated; the engine captures the rungs between steps, largest first,
+    # and each rung replays once captured and verified; eager until then: llm/background_graphs.py)
+    capture: str = "now"
 
     def __post_init__(self) -> None:
+        if self.capture not in CAPTURE_MODES:
+            raise ConfigError(f"capture must be one of {CAPTURE_MODES}, got {self.capture!r}")
         if self.graph_backend not in GRAPH_BACKENDS:
             raise ConfigError(f"graph_backend must be one of {GRAPH_BACKENDS}, got {self.graph_backend!r}")
         if self.dtype not in DTYPES:

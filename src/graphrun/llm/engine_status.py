@@ -25,6 +25,10 @@ class EngineStatus:
 
     def __str__(self) -> str:
         graphs = f"off ({self.graphs_off})" if self.graphs_off is not None else f"{len(self.runners)} runners"
+        pending = sum(r.num_pending for r in self.runners)
+        if pending:
+            total = pending + sum(len(r) for r in self.runners)
+            graphs += f", capturing in the background ({total - pending}/{total} sizes done)"
         facts = [
             ("model", self.model),
             ("device", f"{self.device} ({self.dtype})"),

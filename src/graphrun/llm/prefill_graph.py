@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from graphrun.graphs import GraphRunner
 from graphrun.graphs.backends import Backend
+from graphrun.graphs.options import CaptureWhen
 from graphrun.llm.layers.attention import AttentionMetadata
 from graphrun.llm.models import DecoderLM
 from graphrun.llm.sampler import SamplingTensors, sample
@@ -94,9 +95,9 @@ def random_prefill_inputs(
     Distinct slots matter: the fused path reads this step's K/V back from the cache, so two tokens
     sharing a slot would make eager and replay disagree. Slots are drawn from first_slot up: passing the
     first slot after the scratch block keeps real rows apart from padded rows (which write slot 0), as
-    in serving, so the padded check compares like with like. Any other slot will do: prefill graphs are
-    captured at start-up, before any request holds a block. A cache smaller than n tokens reuses slots
-    (that rung may then fail verification and run eager, logged).
+    in serving, so the padded check compares like with like. Any other slot will do at start-up, before
+    any request holds a block; a background capture draws from blocks the engine reserved for it. A
+    cache smaller than n tokens reuses slots (that rung may then fail verification and run eager, logged).
     """
     free = num_slots - first_slot
     slots = first_slot + (torch.randperm(free, generator=gen)[:n] if free >= n else torch.arange(n) % free)
@@ -127,12 +128,17 @@ class PrefillGraphs:
         *,
         compile: bool = False,
         compile_cache_dir: str | None = None,
+        capture: CaptureWhen = CaptureWhen.NOW,
+        num_slots: int | None = None,
     ) -> None:
+        """num_slots: capture and verification write K/V below this slot only (default: the whole
+        cache). A background capture runs beside live sequences, so it passes the end of the blocks the
+        engine reserved for it."""
         device = last_tokens.device
         self._device = device
         vocab, dummy_row = model.config.vocab_size, last_tokens.shape[0] - 1
         num_blocks, block_size = kv_caches[0][0].shape[:2]
-        num_slots = num_blocks * block_size
+        num_slots = num_blocks * block_size if num_slots is None else num_slots
 
         def draw(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             # real rows stay out of the scratch block (block 0), where padded rows write
@@ -154,12 +160,16 @@ class PrefillGraphs:
             registry=registry,
             compile=compile,
             compile_cache_dir=compile_cache_dir,
+            capture=capture,
             pad=0,  # token 0 at position 0 in slot 0 (the scratch block)
             verify_inputs=draw,  # called with each rung's size and with smaller, padded sizes
         )
         self.capture_seconds = time.perf_counter() - start
         self.sizes = tuple(sizes)
         self.top = max(sizes)
+        if capture is not CaptureWhen.NOW:
+            log.info("prefill graphs: %d token sizes (up to %d tokens), captured later", len(sizes), self.top)
+            return
         captured = sum(st.captured for st in self.runner.status())
         log.info(
             "prefill graphs: %d of %d token sizes captured (up to %d tokens) in %.2f s",

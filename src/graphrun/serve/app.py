@@ -222,6 +222,9 @@ class _Routes:
     async def health(self) -> JSONResponse:
         """GET /health: 200 once the engine is built and its graphs captured; 503 before, and draining.
 
+        With --capture background the engine is built before its graphs: 200 comes once the weights are
+        loaded, and `graphs` says how far capture has come ("capturing 3/36", then "captured 36/36").
+
         The body: the engine's start-up facts (describe(), max_model_len, vocab_size, KV-cache bytes) and
         `memory`, read now (memory.py). `model` is the name clients send (as /v1/models lists it);
         `model_source` the preset or folder the engine loaded.
@@ -233,6 +236,9 @@ class _Routes:
         if "model" in info:
             body["model_source"] = info["model"]
         body["memory"] = await self._worker.memory()
+        graphs = await self._worker.graphs()
+        if graphs is not None:
+            body["graphs"] = graphs
         if state == "ready":
             return JSONResponse(body)
         return JSONResponse(

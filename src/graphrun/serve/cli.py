@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING
 from graphrun.compile_flags import add_compile_flags
 from graphrun.envvars import api_keys, switch_interval_seconds
 from graphrun.errors import GraphrunError
-from graphrun.llm.engine_config import DTYPES, GRAPH_BACKENDS, SERVE_MIXED_PREFILL_TOKENS, EngineConfig
+from graphrun.llm.engine_config import (
+    CAPTURE_MODES,
+    DTYPES,
+    GRAPH_BACKENDS,
+    SERVE_MIXED_PREFILL_TOKENS,
+    EngineConfig,
+)
 from graphrun.preflight import check_engine_model, check_port_free, check_serve_extra, idle_graph_flags
 from graphrun.serve.config import ServeConfig, default_served_model_name
 
@@ -65,6 +71,14 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="fresh prompts up to this many tokens prefill in a graph (default: up to 2048; 0: off)",
+    )
+    p.add_argument(
+        "--capture",
+        default=eng.capture,
+        choices=CAPTURE_MODES,
+        help="now: /health says 200 once every graph is captured; background: 200 once the weights are "
+        "loaded, requests run eager meanwhile and each graph size switches to replay as it is captured "
+        "(between engine steps, largest first)",
     )
     add_compile_flags(p)
     p.add_argument(
@@ -179,6 +193,7 @@ def _configs(args: argparse.Namespace, model: str) -> tuple[EngineConfig, ServeC
         graph_backend=args.graph_backend,
         compile=args.compile,
         compile_cache_dir=args.compile_cache_dir,
+        capture=args.capture,
     )
     serve_config = ServeConfig(
         host=args.host,

@@ -16,6 +16,11 @@ When a step's events are sent depends on where the receiver runs (`hold`):
   Sending costs the engine tens of microseconds and the device still has the next step queued
   (asynchronous scheduling), while holding them would add the next launch's host time, and every
   hiccup in it, to each stream's inter-token gap.
+
+Background capture (--capture background): under load, step() takes a graph rung now and then (a quarter
+of the engine's time at most, llm/background_graphs.py); while idle, the loop polls its queue instead of
+blocking on it and gives each turn to the next rung, so an idle server captures at full speed and a
+request arriving meanwhile waits for one rung at most.
 """
 
 from __future__ import annotations
@@ -88,7 +93,8 @@ class EngineLoop:
     def _loop(self) -> None:
         engine = self.engine
         while True:
-            for command, payload in self._commands(block=not engine.has_unfinished()):
+            idle = not engine.has_unfinished()
+            for command, payload in self._commands(block=idle and not engine.capture_pending):
                 if command == "stop":
                     return
                 if command == "submit":
@@ -103,6 +109,8 @@ class EngineLoop:
                 self._step()
             if not engine.has_unfinished():
                 self._flush()  # no next launch to wait for
+                if engine.capture_pending:  # background capture: idle time takes the next rung
+                    engine.capture_step()
             self.metrics.publish(engine.scheduler, self.inbox.qsize())
 
     def _commands(self, block: bool) -> list[Command]:

@@ -7,7 +7,7 @@ server process keeps HTTP, tokenization and detokenization.
 
 The pipe (multiprocessing, spawn: CUDA is initialized in the engine process only) carries pickled tuples:
 - server -> engine: ("submit", (request id, prompt ids, params, arrival)), ("abort", request id),
-  ("abort_all", None), ("stop", None), ("call", call id, "metrics" | "memory"),
+  ("abort_all", None), ("stop", None), ("call", call id, "metrics" | "memory" | "graphs"),
   ("delivered", trace index, perf_counter) when tracing;
 - engine -> server: ("ready", info, tokenizer) or ("failed", message), then ("admitted", request id,
   seq id | error), ("events", [(request id, event)...], trace index) once a step, ("reply", call id, value).
@@ -157,6 +157,8 @@ class _EngineProcess:
             return generate_latest(self.registry)
         if name == "memory":
             return engine_memory(self.engine, self.info)
+        if name == "graphs":  # graph_progress reads plain lists: safe beside the engine loop
+            return self.engine.graph_progress() if self.engine is not None else None
         raise ValueError(f"unknown call {name!r}")
 
 
@@ -266,6 +268,9 @@ class ProcessWorker(EngineWorker):
     async def memory(self) -> dict[str, Any]:
         engine = await self._call("memory")
         return {**(engine or {}), "server_max_rss_bytes": max_rss_bytes()}
+
+    async def graphs(self) -> str | None:
+        return await self._call("graphs")
 
     async def metrics_text(self) -> bytes:
         engine = await self._call("metrics")

@@ -106,6 +106,8 @@ def settle_collector() -> None:
 def log_serving(info: dict[str, Any], engine_config: EngineConfig, serve_config: ServeConfig) -> None:
     """The one line that says the server is ready and what it runs."""
     graphs = f"on, sizes {info['capture_sizes']}" if info["decode_graphs"] else "off"
+    if info["decode_graphs"] and engine_config.capture == "background":
+        graphs += ", capturing in the background"
     log.info(
         "serving %s on %s (graphs: %s; max_num_seqs %d, max_model_len %d, %d KV blocks, %s %s)",
         serve_config.served_model_name,
@@ -184,6 +186,10 @@ class EngineWorker(ABC):
     @abstractmethod
     async def memory(self) -> dict[str, Any]:
         """Memory now where the engine runs (engine_memory), for /health."""
+
+    @abstractmethod
+    async def graphs(self) -> str | None:
+        """The engine's graph progress now ("capturing 3/36", "captured 36/36", "off"); None: no engine."""
 
     @abstractmethod
     async def metrics_text(self) -> bytes:
@@ -311,6 +317,9 @@ class ThreadWorker(EngineWorker):
 
     async def memory(self) -> dict[str, Any]:
         return engine_memory(self._engine, self.info)
+
+    async def graphs(self) -> str | None:
+        return self._engine.graph_progress() if self._engine is not None else None
 
     async def metrics_text(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,6 +2,7 @@
 
 All graphs of one backend share one memory pool and one side stream. Rungs are captured largest first,
 so each smaller graph reuses the blocks the larger one freed: pool memory stays near the top rung's.
+Captures are thread-local, so a background capture and eager calls on other threads can share a device.
 """
 
 from __future__ import annotations
@@ -70,7 +71,12 @@ class CudaBackend:
         graph = torch.cuda.CUDAGraph()
         previous_stream = torch.cuda.current_stream(self.device)
         try:
-            with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
+            # thread_local: a background capture (runner.py) runs while other threads launch eager work
+            # on this device; their calls must neither be captured nor invalidate this capture. This
+            # thread's own unsafe calls (a host sync, an allocation outside the pool) still raise.
+            with torch.cuda.graph(
+                graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"
+            ):
                 body()
         except BaseException:
             _recover_after_failed_capture(self.device, previous_stream, self._pool)
