@@ -4,9 +4,16 @@ Pure bookkeeping (no tensors), so the scheduler is testable on CPU. Block 0 is r
 block and never handed out: padded block-table entries point at it (harmless: reads past context_lens
 are masked) and padded rows of a captured decode batch write their K/V to slot `PAD_SLOT` inside it,
 so padding can never overwrite a live sequence's cache.
+
+Blocks are reference-counted: the choices of one prompt (n > 1, choices.py) share the blocks their
+prompt fills completely, and a block returns to the free list when its last holder frees it. A shared
+block is never written again (every holder writes only positions past the shared ones), so sharing needs
+no copy-on-write hook; the block a fork would share partially is copied instead (`fork`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from graphrun.errors import ConfigError, GraphrunError
 from graphrun.llm.sequence import Sequence
@@ -18,6 +25,14 @@ NUM_RESERVED_BLOCKS = 1
 
 class OutOfBlocksError(GraphrunError, RuntimeError):
     """allocate() was asked for more blocks than are free (the scheduler checks first; this is a bug)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockCopy:
+    """A block whose K/V must be copied on the device (src -> dst) before the next step reads dst."""
+
+    src: int
+    dst: int
 
 
 class BlockManager:
@@ -35,7 +50,7 @@ class BlockManager:
         self.block_size = block_size
         # a stack: pop() hands out low ids first and reuses recently freed blocks first
         self._free: list[int] = list(range(num_blocks - 1, NUM_RESERVED_BLOCKS - 1, -1))
-        self._used: set[int] = set()
+        self._refs: dict[int, int] = {}  # block -> number of sequences holding it (>= 1)
 
     @property
     def num_usable_blocks(self) -> int:
@@ -49,8 +64,13 @@ class BlockManager:
 
     @property
     def num_used_blocks(self) -> int:
-        """Blocks held by sequences."""
-        return len(self._used)
+        """Blocks held by sequences (a shared block counts once)."""
+        return len(self._refs)
+
+    @property
+    def num_shared_blocks(self) -> int:
+        """Blocks held by more than one sequence."""
+        return sum(1 for refs in self._refs.values() if refs > 1)
 
     def blocks_for_tokens(self, num_tokens: int) -> int:
         """Blocks needed to hold num_tokens tokens from position 0."""
@@ -78,18 +98,42 @@ class BlockManager:
                 f"{len(self._free)} free; check can_allocate() first"
             )
         for _ in range(needed):
-            block = self._free.pop()
-            self._used.add(block)
-            seq.block_ids.append(block)
+            seq.block_ids.append(self._take())
+
+    def _take(self) -> int:
+        block = self._free.pop()
+        self._refs[block] = 1
+        return block
+
+    def fork(self, parent: Sequence, child: Sequence, num_tokens: int) -> tuple[int, BlockCopy | None]:
+        """Give child (holding no blocks) the cache of parent's positions [0, num_tokens).
+
+        The blocks those positions fill completely are shared; the partly filled last one is copied into
+        a new block when one is free (the returned BlockCopy, for the engine to run on the device before
+        child's next step), else left for child to recompute. Returns how many positions child now has
+        in its cache, and the copy (None: nothing to copy).
+        """
+        assert not child.block_ids, f"sequence {child.seq_id} already holds blocks"
+        num_full, rest = divmod(num_tokens, self.block_size)
+        for block in parent.block_ids[:num_full]:
+            self._refs[block] += 1
+            child.block_ids.append(block)
+        if rest == 0 or not self._free:
+            return num_full * self.block_size, None
+        dst = self._take()
+        child.block_ids.append(dst)
+        return num_tokens, BlockCopy(parent.block_ids[num_full], dst)
 
     def free(self, seq: Sequence) -> None:
-        """Return all of seq's blocks to the free list and clear seq.block_ids."""
+        """Drop seq's hold on its blocks (those it held alone go back to the free list); clear block_ids."""
         for block in reversed(seq.block_ids):  # reversed: the stack hands them out again in order
-            assert block in self._used, (
-                f"block {block} of sequence {seq.seq_id} is not allocated (double free)"
-            )
-            self._used.remove(block)
-            self._free.append(block)
+            refs = self._refs.get(block)
+            assert refs is not None, f"block {block} of sequence {seq.seq_id} is not allocated (double free)"
+            if refs > 1:
+                self._refs[block] = refs - 1
+            else:
+                del self._refs[block]
+                self._free.append(block)
         seq.block_ids.clear()
 
     def slot(self, seq: Sequence, position: int) -> int:

@@ -28,7 +28,8 @@ from prometheus_client import CollectorRegistry
 from graphrun.envvars import blocking_sync_enabled
 from graphrun.errors import ConfigError
 from graphrun.graphs.sizes import default_ladder, normalize_ladder
-from graphrun.llm.block_manager import BlockManager
+from graphrun.llm.block_manager import BlockCopy, BlockManager
+from graphrun.llm.choices import choice_params
 from graphrun.llm.decode_graph import (
     FEED_COLUMN,
     NUM_FIXED_INT_COLUMNS,
@@ -230,6 +231,28 @@ class LLMEngine:
         self._next_seq_id += 1
         return seq.seq_id
 
+    def add_choices(self, prompt: str | list[int], params: SamplingParams, n: int) -> list[int]:
+        """Queue n choices of one prompt, prefilled once (choices.py); choice j samples with params.seed + j
+        (no seed: each its own). Returns their seq ids in choice order; raises as add_request does."""
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        first = self._next_seq_id
+        seqs = [
+            Sequence(first + j, ids, choice_params(params, j), base_seed=self.config.seed) for j in range(n)
+        ]
+        self.scheduler.add_choices(seqs)
+        self._next_seq_id += n
+        return [seq.seq_id for seq in seqs]
+
+    @property
+    def num_prefills(self) -> int:
+        """Prefills started (a prompt from position 0, or a preempted sequence's recompute)."""
+        return self.scheduler.num_prefills
+
+    @property
+    def num_forks(self) -> int:
+        """Choices that shared their first choice's prompt cache instead of prefilling it."""
+        return self.scheduler.num_forks
+
     def abort(self, seq_id: int) -> None:
         """Stop a request now and free its KV blocks (a client that went away)."""
         self.scheduler.abort(seq_id)
@@ -266,6 +289,7 @@ class LLMEngine:
         self._last_wait_end = None
         previous = self._launched  # the batch's feed rows point into its tokens
         batch = self.scheduler.schedule()
+        self._copy_blocks(self.scheduler.take_block_copies())
         if batch is not None:
             try:
                 tokens = self._run_prefill(batch) if batch.kind == "prefill" else self._run_decode(batch)
@@ -296,6 +320,17 @@ class LLMEngine:
             self.scheduler.num_running,
         )
         return outputs
+
+    def _copy_blocks(self, copies: list[BlockCopy]) -> None:
+        """The K/V of forked choices' partial prompt blocks, queued on the device before the step that
+        reads them (stream order: after the prefill that wrote them, before any write that reuses src)."""
+        if not copies:
+            return
+        src = to_device([c.src for c in copies], self.device, torch.int64)
+        dst = to_device([c.dst for c in copies], self.device, torch.int64)
+        for k_cache, v_cache in self.kv_caches:  # (num_blocks, block_size, num_kv_heads, head_dim)
+            k_cache.index_copy_(0, dst, k_cache.index_select(0, src))
+            v_cache.index_copy_(0, dst, v_cache.index_select(0, src))
 
     def _to_host(self, advanced: AdvancedBatch, tokens: torch.Tensor) -> _Launched:
         """Queue the copy of a step's sampled tokens (device) into host memory; no wait."""
