@@ -33,7 +33,9 @@ from graphrun.serve.trace import StepTrace
 
 log = logging.getLogger(__name__)
 
-Command = tuple[str, Any]  # ("submit", EngineRequest) | ("abort", key) | ("abort_all", None) | ("stop", None)
+# ("submit", EngineRequest) | ("submit_choices", [EngineRequest, ...]) (the n choices of one prompt) |
+# ("abort", key) | ("abort_all", None) | ("stop", None)
+Command = tuple[str, Any]
 
 
 class Outbox(Protocol):
@@ -83,6 +85,9 @@ class EngineLoop:
         for command, payload in self._commands(block=False):  # submitted after the last loop: refuse
             if command == "submit":
                 self.outbox.admitted(payload, gone())
+            elif command == "submit_choices":
+                for request in payload:
+                    self.outbox.admitted(request, gone())
         return clean
 
     def _loop(self) -> None:
@@ -93,6 +98,8 @@ class EngineLoop:
                     return
                 if command == "submit":
                     self._add(payload)
+                elif command == "submit_choices":
+                    self._add_choices(payload)
                 elif command == "abort":
                     request = self._by_key.get(payload)
                     if request is not None:
@@ -125,6 +132,22 @@ class EngineLoop:
         self._by_key[request.key] = request
         self.metrics.prompt_tokens.inc(len(request.prompt_ids))
         self.outbox.admitted(request, seq_id)
+
+    def _add_choices(self, requests: list[EngineRequest]) -> None:
+        """The n choices of one prompt: one group in the engine (one prefill); all admitted or all refused."""
+        first = requests[0]
+        try:
+            seq_ids = self.engine.add_choices(first.prompt_ids, first.params, len(requests))
+        except Exception as exc:
+            for request in requests:
+                self.outbox.admitted(request, exc)
+            return
+        self.metrics.prompt_tokens.inc(len(first.prompt_ids))
+        for request, seq_id in zip(requests, seq_ids, strict=True):
+            request.seq_id = seq_id
+            self._by_seq[seq_id] = request
+            self._by_key[request.key] = request
+            self.outbox.admitted(request, seq_id)
 
     def _forget(self, request: EngineRequest) -> None:
         assert request.seq_id is not None

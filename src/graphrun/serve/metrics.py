@@ -61,6 +61,15 @@ class EngineMetrics:
         self.requests_running = Gauge(
             "graphrun_requests_running", "Requests admitted to the engine", registry=registry
         )
+        self.prefills = Counter(
+            "graphrun_prefills",
+            "Prefills started (prompts, and recomputes after preemption)",
+            registry=registry,
+        )
+        self.forks = Counter(
+            "graphrun_choice_forks", "Choices (n > 1) that shared their prompt's prefill", registry=registry
+        )
+        self._seen = (0, 0)  # the scheduler's (num_prefills, num_forks) at the last publish
 
     def observe_token(self, first: bool, seconds: float) -> None:
         """A token arrived `seconds` after submission (first) or after the request's previous token."""
@@ -71,3 +80,7 @@ class EngineMetrics:
         self.queue_depth.set(scheduler.num_waiting + num_unsubmitted)
         self.kv_blocks_in_use.set(scheduler.block_manager.num_used_blocks)
         self.requests_running.set(scheduler.num_running)
+        prefills, forks = scheduler.num_prefills, scheduler.num_forks
+        self.prefills.inc(prefills - self._seen[0])
+        self.forks.inc(forks - self._seen[1])
+        self._seen = (prefills, forks)

@@ -83,8 +83,10 @@ class RequestHandle:
         stop: tuple[str, ...],
         loop: asyncio.AbstractEventLoop,
         on_done: Callable[[RequestHandle], None] | None = None,
+        choice: int = 0,
     ) -> None:
         self.request_id = request_id
+        self.choice = choice  # its index among the n choices of its prompt
         self.prompt_ids = prompt_ids
         self.params = params
         self.stop = stop
