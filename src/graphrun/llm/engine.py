@@ -162,7 +162,8 @@ class LLMEngine:
             max_mixed_rows=self._max_mixed_rows(),
         )
         eos = self.model_config.eos_token_ids or self.tokenizer.eos_token_ids
-        self.scheduler = Scheduler(sched, BlockManager(self.num_blocks, cfg.block_size), eos)
+        blocks = BlockManager(self.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.scheduler = Scheduler(sched, blocks, eos)
         self.max_blocks_per_seq = sched.max_blocks_per_seq
 
     def _max_mixed_rows(self) -> int | None:
@@ -245,7 +246,8 @@ class LLMEngine:
 
     @property
     def num_prefills(self) -> int:
-        """Prefills started (a prompt from position 0, or a preempted sequence's recompute)."""
+        """Prefills begun: admissions of a prompt (after any prefix-cache hit), or of a preempted sequence's
+        recompute; a choice that forks is not one."""
         return self.scheduler.num_prefills
 
     @property

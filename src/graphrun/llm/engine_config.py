@@ -62,6 +62,9 @@ class EngineConfig:
     # engine's default, for offline batch jobs that want throughput): prefill and decode steps alternate.
     # `graphrun serve` defaults to SERVE_MIXED_PREFILL_TOKENS: streams want a steady inter-token latency
     mixed_prefill_tokens: int = 0
+    # full prompt blocks are found again by their tokens across requests (prefix_cache.py); their
+    # prefill is skipped and the rest of the prompt runs as a continuation chunk (eager)
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         if self.graph_backend not in GRAPH_BACKENDS:

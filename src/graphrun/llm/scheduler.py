@@ -250,8 +250,10 @@ class Scheduler:
         self._groups: dict[int, ChoiceGroup] = {}  # by first choice's seq_id, until the fork
         self._group_of: dict[int, ChoiceGroup] = {}  # a waiting choice's seq_id -> its group
         self._block_copies: list[BlockCopy] = []  # made by forks, for the engine before the next step
-        self.num_prefills = 0  # rows that start a sequence's prefill at position 0 (recomputes too)
+        self.num_prefills = 0  # admissions: prefills begun (from a prefix-cache hit or 0; recomputes too)
         self.num_forks = 0  # choices that forked from their first choice instead of prefilling
+        self.num_prefix_queried_tokens = 0  # prompt tokens admitted with prefix caching on
+        self.num_prefix_hit_tokens = 0  # of those, tokens whose K/V the prefix cache already held
 
     @property
     def num_waiting(self) -> int:
@@ -459,17 +461,35 @@ class Scheduler:
             seq = self._waiting[0]
             if self._seats_taken() + self._seats_for(seq) > self.config.max_num_seqs:
                 break
-            num_new = min(seq.num_uncomputed_tokens, budget)
-            if num_new < seq.num_uncomputed_tokens and rows and not chunk_any:
+            cached = manager.match_prefix(seq)  # [] without prefix caching
+            num_cached = len(cached) * manager.block_size
+            num_left = seq.num_tokens - num_cached
+            num_new = min(num_left, budget)
+            if num_new < num_left and rows and not chunk_any:
                 break  # it fits a later step whole: chunk only what no single step can hold
-            if not manager.can_allocate(num_new, seq):
+            needed = manager.blocks_for_tokens(num_cached + num_new) - len(cached)
+            if needed > manager.num_free_blocks - manager.num_reclaimed(cached):
                 break  # FCFS: nobody overtakes the head
             self._waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self._running.append(seq)
-            manager.allocate(seq, num_new)
+            if cached:
+                manager.take_prefix(seq, cached)
+                seq.num_computed_tokens = num_cached
+            self._count_prefix_hit(seq, num_cached)
+            self.num_prefills += 1
+            manager.allocate(seq, num_cached + num_new)
             rows.append((seq, num_new))
             budget -= num_new
+
+    def _count_prefix_hit(self, seq: Sequence, num_cached: int) -> None:
+        """Prefix-cache counters for an admission (a fresh prompt, or a recompute after preemption)."""
+        if self.block_manager.prefix_cache is None:
+            return
+        if seq.num_preemptions == 0:
+            seq.num_cached_tokens = num_cached
+        self.num_prefix_queried_tokens += seq.num_prompt_tokens
+        self.num_prefix_hit_tokens += num_cached
 
     def _grow(self, seq: Sequence, want: int) -> int:
         """Give running seq blocks for up to `want` more tokens, preempting the newest if none are free.
@@ -514,7 +534,6 @@ class Scheduler:
         sample_rows: list[int] = []
         for row, (seq, num_new) in enumerate(rows):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_new
-            self.num_prefills += start == 0
             input_ids += seq.token_ids(start, end)
             positions += range(start, end)
             slots += self.block_manager.slots(seq, start, end)
@@ -564,6 +583,8 @@ class Scheduler:
                 continue
             assert seq.num_computed_tokens + num_new == batch.context_lens[row]
             seq.num_computed_tokens += num_new
+            if seq.num_computed_tokens - num_new < seq.num_prompt_tokens:  # the chunk covered prompt tokens
+                self.block_manager.cache_prompt_blocks(seq)
             if seq.seq_id in self._groups and seq.num_computed_tokens >= seq.num_prompt_tokens:
                 self._fork(self._groups.pop(seq.seq_id))
             if row in sample_rows:
