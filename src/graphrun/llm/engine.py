@@ -54,12 +54,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class StepOutput:
-    """What one step produced for one request: its new token and, when it finished, why."""
+    """What one step produced for one request: its new token and, when it finished, why; and how many
+    of its prompt tokens the prefix cache held."""
 
     seq_id: int
     new_token_id: int
     finished: bool
     finish_reason: str | None
+    num_cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +356,8 @@ class LLMEngine:
         outputs = []
         for i, seq, _ in launched.advanced.owed():  # after resolve(): tokens a stop just cut off are gone
             done = seq.seq_id in finished
-            outputs.append(StepOutput(seq.seq_id, tokens[i], done, seq.finish_reason if done else None))
+            reason = seq.finish_reason if done else None
+            outputs.append(StepOutput(seq.seq_id, tokens[i], done, reason, seq.num_cached_tokens))
         return outputs
 
     def _feed_rows(self, batch: ScheduledBatch) -> list[int]:

@@ -200,7 +200,9 @@ class _Routes:
         if body.stream:
             every_batch = bool(body.return_token_ids)
             usage = body.include_usage
-            return SSEResponse(self._worker, handles, fmt, watcher, usage, every_batch, body.continuous_usage)
+            caching = self._worker.engine_config.enable_prefix_caching
+            continuous = body.continuous_usage
+            return SSEResponse(self._worker, handles, fmt, watcher, usage, every_batch, continuous, caching)
         try:
             return await self._collect(handles, fmt)
         finally:
@@ -237,7 +239,8 @@ class _Routes:
             ChoiceText("".join(one.texts), handle.finish_reason, one.token_ids)
             for handle, one in zip(handles, collected, strict=True)
         ]
-        answer = fmt.response(choices, choices_usage(handles))
+        usage = choices_usage(handles, self._worker.engine_config.enable_prefix_caching)
+        answer = fmt.response(choices, usage)
         return Response(answer.model_dump_json(), media_type="application/json")
 
     async def models(self) -> ModelList:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from graphrun.llm.engine import LLMEngine, StepTiming
 from graphrun.serve.metrics import EngineMetrics
-from graphrun.serve.request import EngineFailure, EngineRequest, Event, Unavailable
+from graphrun.serve.request import EngineFailure, EngineRequest, Event, PromptCached, Unavailable
 from graphrun.serve.trace import StepTrace
 
 log = logging.getLogger(__name__)
@@ -182,19 +182,22 @@ class EngineLoop:
             self._fail_all(lambda: EngineFailure("the engine step running this request failed (see the log)"))
             return
         now = time.monotonic()
-        held = len(self._pending)
+        num_tokens = 0
         for out in outputs:
             request = self._by_seq.get(out.seq_id)
             if request is None:
                 continue  # aborted while the step ran
             last = request.last_token_time
+            if last is None and out.num_cached_tokens:
+                self._pending.append((request, PromptCached(out.num_cached_tokens)))
+            num_tokens += 1
             self.metrics.observe_token(last is None, now - (request.arrival if last is None else last))
             request.last_token_time = now
             reason = (out.finish_reason or "stop") if out.finished else None
             self._pending.append((request, (out.new_token_id, reason)))
             if out.finished:
                 self._forget(request)
-        self.metrics.generation_tokens.inc(len(self._pending) - held)
+        self.metrics.generation_tokens.inc(num_tokens)
         self._pending_timing = engine.last_step_timing
         if not self.hold:
             self._flush()

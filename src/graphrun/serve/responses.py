@@ -38,27 +38,47 @@ class ChoiceText:
     token_ids: list[int]
 
 
+class PromptTokensDetails(BaseModel):
+    """What the prompt's tokens cost: how many the prefix cache already held."""
+
+    cached_tokens: int
+
+
 class Usage(BaseModel):
-    """Token counts of one request."""
+    """Token counts of one request; prompt_tokens_details (with prefix caching on) is left out when None."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_absent_details(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("prompt_tokens_details") is None:
+            data.pop("prompt_tokens_details", None)
+        return data
 
     @classmethod
-    def of(cls, num_prompt: int, num_completion: int) -> Usage:
-        """Usage from the two counts."""
+    def of(cls, num_prompt: int, num_completion: int, num_cached: int | None = None) -> Usage:
+        """Usage from the counts (num_cached None: no prompt_tokens_details)."""
+        details = None if num_cached is None else PromptTokensDetails(cached_tokens=num_cached)
         return cls(
             prompt_tokens=num_prompt,
             completion_tokens=num_completion,
             total_tokens=num_prompt + num_completion,
+            prompt_tokens_details=details,
         )
 
     def json_text(self) -> str:
         """json_text(model_dump()) written directly (streams write one per chunk with continuous usage)."""
+        details = self.prompt_tokens_details
+        cached = (
+            "" if details is None else f',"prompt_tokens_details":{{"cached_tokens":{details.cached_tokens}}}'
+        )
         return (
             f'{{"prompt_tokens":{self.prompt_tokens},"completion_tokens":{self.completion_tokens},'
-            f'"total_tokens":{self.total_tokens}}}'
+            f'"total_tokens":{self.total_tokens}{cached}}}'
         )
 
 

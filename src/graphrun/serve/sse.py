@@ -44,10 +44,14 @@ def sse_event(data: str) -> str:
 DONE_EVENT = sse_event("[DONE]")
 
 
-def choices_usage(handles: list[RequestHandle]) -> Usage:
-    """Token counts of a request's choices: each prompt once (its first choice's), every choice's output."""
-    num_prompt = sum(len(h.prompt_ids) for h in handles if h.choice == 0)
-    return Usage.of(num_prompt, sum(h.num_output_tokens for h in handles))
+def choices_usage(handles: list[RequestHandle], prefix_caching: bool = False) -> Usage:
+    """Token counts of a request's choices: each prompt once (its first choice's), every choice's output;
+    with prefix caching, the prompt tokens the cache held (prompt_tokens_details.cached_tokens)."""
+    firsts = [h for h in handles if h.choice == 0]
+    num_cached = sum(h.num_cached_tokens for h in firsts) if prefix_caching else None
+    return Usage.of(
+        sum(len(h.prompt_ids) for h in firsts), sum(h.num_output_tokens for h in handles), num_cached
+    )
 
 
 class SSEResponse(Response):
@@ -57,6 +61,7 @@ class SSEResponse(Response):
 
     every_batch (return_token_ids): a chunk per batch of tokens from the engine, even with no text.
     continuous_usage (stream_options.continuous_usage_stats): every chunk carries the counts so far.
+    prefix_caching: the engine caches prefixes, so usage says how many prompt tokens were cached.
     """
 
     media_type = "text/event-stream"
@@ -70,6 +75,7 @@ class SSEResponse(Response):
         include_usage: bool,
         every_batch: bool,
         continuous_usage: bool = False,
+        prefix_caching: bool = False,
     ) -> None:
         self.status_code = 200
         self.background = None
@@ -78,6 +84,7 @@ class SSEResponse(Response):
         self._include_usage, self._continuous_usage = include_usage, continuous_usage
         self._deltas = [worker.deltas(handle, every_batch) for handle in handles]
         self._num_open = len(handles)  # choices not finished yet
+        self._prefix_caching = prefix_caching  # usage reports prompt_tokens_details.cached_tokens
         self._trace = worker.send_trace
         self._writer = _Writer()
         self._status = "aborted"  # unless the stream reaches its end
@@ -132,13 +139,14 @@ class SSEResponse(Response):
         """The counts so far when every chunk carries them (the tokens the deltas have taken), else None."""
         if not self._continuous_usage:
             return None
-        return choices_usage(self._handles)
+        return choices_usage(self._handles, self._prefix_caching)
 
     def _end(self, last_chunk: str) -> None:
         handles = self._handles
         parts = [last_chunk]
         if self._include_usage:
-            parts.append(sse_event(self._fmt.usage_chunk(choices_usage(handles))))
+            usage = choices_usage(handles, self._prefix_caching)
+            parts.append(sse_event(self._fmt.usage_chunk(usage)))
         parts.append(DONE_EVENT)
         aborted = any(handle.finish_reason == "abort" for handle in handles)
         self._status = "aborted" if aborted else "ok"
