@@ -8,7 +8,8 @@ prompt's share of the work: a long prompt and few output tokens is where `n` pay
 
 Through the offline API (`LLM.generate(..., n=...)`, one engine), after a warm-up of each way; every way
 generates the same tokens (checked: the choices are seeded seed + j, the separate requests seed + j),
-so the comparison is of the same work.
+so the comparison is of the same work. Prefix caching is off unless --prefix-caching (with it, every
+repeat would find the prompt cached and the separate requests in turn would share its blocks too).
 
     PYTHONPATH=src python benchmarks/choices.py [--model qwen3-0.6b-shape] [--prompt-tokens 2048]
         [--max-tokens 32] [--n 4] [--repeats 5]
@@ -66,9 +67,19 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--prefix-caching",
+        action="store_true",
+        help="leave prefix caching on (off by default here: repeats would find the prompt cached)",
+    )
     args = parser.parse_args()
     n = args.n
-    llm = LLM(args.model, max_model_len=args.prompt_tokens + args.max_tokens + 16, max_num_seqs=max(8, n))
+    llm = LLM(
+        args.model,
+        max_model_len=args.prompt_tokens + args.max_tokens + 16,
+        max_num_seqs=max(8, n),
+        enable_prefix_caching=args.prefix_caching,
+    )
     vocab = llm.engine.model_config.vocab_size
     prompt = [(7 * i + 3) % (vocab - 10) + 5 for i in range(args.prompt_tokens)]
     params = SamplingParams(temperature=1.0, seed=1234, max_tokens=args.max_tokens, ignore_eos=True)
@@ -104,6 +115,7 @@ def report(args: argparse.Namespace, ways: list[Way]) -> dict:
         "prompt_tokens": args.prompt_tokens,
         "max_tokens": args.max_tokens,
         "n": args.n,
+        "prefix_caching": args.prefix_caching,
         "ways": [asdict(way) for way in ways],
         "throughput_x_together": together.seconds / choices.seconds,
         "throughput_x_in_turn": in_turn.seconds / choices.seconds,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from graphrun.errors import ConfigError, GraphrunError
-from graphrun.llm.prefix_cache import PrefixCache, block_keys
+from graphrun.llm.prefix_cache import BlockKey, PrefixCache, block_keys
 from graphrun.llm.sequence import Sequence
 
 SCRATCH_BLOCK = 0  # never allocated; target of padding
@@ -158,10 +158,8 @@ class BlockManager:
         if cache is None:
             return []
         num_blocks = (seq.num_prompt_tokens - 1) // self.block_size
-        if len(seq.prefix_keys) < num_blocks:
-            seq.prefix_keys = block_keys(seq.prompt_token_ids, self.block_size, num_blocks)
         blocks = []
-        for key in seq.prefix_keys[:num_blocks]:
+        for key in self._prompt_keys(seq)[:num_blocks]:
             block = cache.lookup(key)
             if block is None:
                 break
@@ -189,10 +187,16 @@ class BlockManager:
         if cache is None:
             return
         num_blocks = min(seq.num_computed_tokens, seq.num_prompt_tokens) // self.block_size
-        if len(seq.prefix_keys) < num_blocks:
-            seq.prefix_keys = block_keys(seq.prompt_token_ids, self.block_size, num_blocks)
-        for key, block in zip(seq.prefix_keys[:num_blocks], seq.block_ids, strict=False):
+        for key, block in zip(self._prompt_keys(seq)[:num_blocks], seq.block_ids, strict=False):
             cache.register(key, block)
+
+    def _prompt_keys(self, seq: Sequence) -> list[BlockKey]:
+        """The keys of seq's full prompt blocks, computed on first use and kept on the sequence."""
+        if not seq.prefix_keys:
+            seq.prefix_keys = block_keys(
+                seq.prompt_token_ids, self.block_size, seq.num_prompt_tokens // self.block_size
+            )
+        return seq.prefix_keys
 
     def slot(self, seq: Sequence, position: int) -> int:
         """Flat cache slot of seq's token at position: block_ids[pos // bs] * bs + pos % bs."""
