@@ -35,6 +35,9 @@ Policies, in order of priority:
 - Choices (n > 1, choices.py): a group queues its first choice only, admitted when seats remain for the
   whole group; the rest fork from it in advance() once its prompt is computed, sharing its full prompt
   blocks. The partial block's device copies wait in `take_block_copies()` for the engine.
+- Prefix caching (with a BlockManager that caches, prefix_cache.py): admission first takes the cached
+  blocks that start the prompt, so the sequence's prefill starts after them (a continuation chunk);
+  advance() registers each prompt block once the step computing it is launched.
 """
 
 from __future__ import annotations
