@@ -53,3 +53,10 @@ def test_without_prefix_caching_usage_has_no_details():
         assert "prompt_tokens_details" not in again["usage"]
         assert again["choices"][0]["text"] == first["choices"][0]["text"]
         assert srv.metric("graphrun_prefix_cache_hits_total") == 0
+
+
+def test_cached_tokens_cross_the_engine_process_pipe():
+    with live_server(engine_process=True) as srv:
+        complete(srv, SYSTEM + "piped")
+        again = complete(srv, SYSTEM + "piped")
+        assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == len(SYSTEM) // 16 * 16
