@@ -86,7 +86,8 @@ def test_completion_prompts_text_tokens_and_lists_of_them():
     for prompt in ("hi", ["hi"], [104, 105], [[104, 105]]):
         assert CompletionRequest.model_validate({"prompt": prompt}).prompts_ids(tok, 512) == [[104, 105]]
     for prompt in (["hi", "a"], [[104, 105], [97]]):
-        assert CompletionRequest.model_validate({"prompt": prompt}).prompts_ids(tok, 512) == [[104, 105], [97]]
+        request = CompletionRequest.model_validate({"prompt": prompt})
+        assert request.prompts_ids(tok, 512) == [[104, 105], [97]]
     for prompt in ([1, 512], [[1], [1, 512]]):
         with pytest.raises(APIError):
             CompletionRequest.model_validate({"prompt": prompt}).prompts_ids(tok, 512)
