@@ -101,3 +101,26 @@ def test_reserved_blocks_are_the_lowest_and_come_back():
     assert not set(seq.block_ids) & {1, 2, 3}  # a sequence never gets a reserved block
     bm.release_reserved()
     assert bm.num_free_blocks == 9 - len(seq.block_ids)
+
+
+def test_fork_shares_full_blocks_and_copies_the_partial_one():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    parent, child = seq(0, 10), seq(1, 10)
+    bm.allocate(parent, 10)  # blocks for positions 0-3, 4-7, 8-9
+    num_cached, copy = bm.fork(parent, child, 9)
+    assert num_cached == 9 and child.block_ids[:2] == parent.block_ids[:2]
+    assert copy is not None and copy.src == parent.block_ids[2] and copy.dst == child.block_ids[2]
+    assert bm.num_shared_blocks == 2 and bm.num_used_blocks == 4
+    bm.free(parent)  # the shared blocks stay with the child
+    assert bm.num_used_blocks == 3 and bm.num_shared_blocks == 0
+    bm.free(child)
+    assert bm.num_used_blocks == 0 and bm.num_free_blocks == bm.num_usable_blocks
+
+
+def test_fork_on_a_block_boundary_copies_nothing_and_without_a_free_block_shares_only_full_ones():
+    bm = BlockManager(num_blocks=4, block_size=4)
+    parent, child, other = seq(0, 9), seq(1, 9), seq(2, 9)
+    bm.allocate(parent, 9)  # takes all 3 usable blocks
+    assert bm.fork(parent, child, 8) == (8, None)
+    assert bm.fork(parent, other, 7) == (4, None)  # no free block for a copy: recompute positions 4-6
+    assert other.block_ids == parent.block_ids[:1]

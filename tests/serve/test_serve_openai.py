@@ -114,9 +114,11 @@ def _error(exc_info: pytest.ExceptionInfo) -> dict:
     return body["error"]
 
 
-def test_n_above_one_is_a_400(client):
+def test_n_choices_come_back_indexed_and_n_out_of_range_is_a_400(client):
+    out = client.completions.create(model="tiny", prompt="hi", max_tokens=2, n=2, seed=1)
+    assert [c.index for c in out.choices] == [0, 1]
     with pytest.raises(openai.BadRequestError) as exc:
-        client.completions.create(model="tiny", prompt="hi", max_tokens=2, n=2)
+        client.completions.create(model="tiny", prompt="hi", max_tokens=2, n=17)
     assert _error(exc)["param"] == "n"
 
 
@@ -134,9 +136,11 @@ def test_unsupported_and_unknown_things_get_openai_errors(client, srv):
     with pytest.raises(openai.NotFoundError) as not_found:
         client.completions.create(model="gpt-9", prompt="hi")
     assert _error(not_found)["code"] == "model_not_found"
-    with pytest.raises(openai.BadRequestError) as batch:
-        client.completions.create(model="tiny", prompt=["a", "b"])
-    assert _error(batch)["param"] == "prompt"
+    batch = client.completions.create(model="tiny", prompt=["a", "b"], max_tokens=2)  # a prompt per choice
+    assert [c.index for c in batch.choices] == [0, 1]
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.completions.create(model="tiny", prompt=["a", ""])
+    assert _error(empty)["param"] == "prompt"
     wrong_type = httpx.post(srv.url + "/v1/completions", json={"prompt": 5}, timeout=10)
     assert wrong_type.status_code == 400 and wrong_type.json()["error"]["param"] == "prompt"
     route = httpx.get(srv.url + "/v1/nothing", timeout=10)

@@ -11,7 +11,9 @@ from graphrun.serve.responses import ChatFormat, CompletionFormat, Usage, model_
 texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)  # Cs: lone surrogates
 reasons = st.sampled_from([None, "stop", "length", "abort"])
 ids = st.lists(st.integers(0, 200_000), max_size=5)
-usages = st.none() | st.builds(Usage.of, st.integers(0, 10**6), st.integers(0, 10**6))
+usages = st.none() | st.builds(
+    Usage.of, st.integers(0, 10**6), st.integers(0, 10**6), st.none() | st.integers(0, 10**6)
+)
 
 
 @pytest.mark.parametrize("fmt_type", [CompletionFormat, ChatFormat])
@@ -28,7 +30,12 @@ def test_a_text_built_chunk_is_the_models_json_byte_for_byte(
     assert fast.endswith(',"usage":null}') == (usage is None)
 
 
-@given(num_prompt=st.integers(0, 10**9), num_completion=st.integers(0, 10**9))
-def test_usage_json_text_is_its_models_json(num_prompt, num_completion):
-    usage = Usage.of(num_prompt, num_completion)
+@given(
+    num_prompt=st.integers(0, 10**9),
+    num_completion=st.integers(0, 10**9),
+    num_cached=st.none() | st.integers(0, 10**9),
+)
+def test_usage_json_text_is_its_models_json(num_prompt, num_completion, num_cached):
+    usage = Usage.of(num_prompt, num_completion, num_cached)
     assert usage.json_text() == model_json(usage)
+    assert ("prompt_tokens_details" in usage.json_text()) == (num_cached is not None)

@@ -161,7 +161,7 @@ def _stream(
     handle.admit(request_id)
     watcher = loop.create_task(asyncio.sleep(3600))
     fmt = fmt or CompletionFormat("m")
-    response = SSEResponse(worker, handle, fmt, watcher, True, False)  # type: ignore[arg-type]
+    response = SSEResponse(worker, [handle], fmt, watcher, True, False)  # type: ignore[arg-type]
     return handle, response
 
 

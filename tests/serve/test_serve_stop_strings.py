@@ -111,7 +111,7 @@ async def _streamed(worker: _Worker, token_ids: list[int], stop: tuple[str, ...]
     """The SSE stream's text and last finish reason (events are handed over one by one at attach)."""
     handle, send = _handle(token_ids, stop), _Send()
     watcher = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
-    response = SSEResponse(worker, handle, CompletionFormat("m"), watcher, False, False)  # type: ignore[arg-type]
+    response = SSEResponse(worker, [handle], CompletionFormat("m"), watcher, False, False)  # type: ignore[arg-type]
     await asyncio.wait_for(response({"type": "http"}, None, send), 5)  # type: ignore[arg-type]
     events = [e.removeprefix("data: ") for e in send.body.decode().split("\n\n") if e]
     assert events[-1] == "[DONE]"

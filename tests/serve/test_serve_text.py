@@ -81,12 +81,16 @@ def test_a_template_that_raises_is_a_400(tmp_path):
     assert exc.value.status == 400
 
 
-def test_completion_prompts_text_tokens_and_singleton_lists():
+def test_completion_prompts_text_tokens_and_lists_of_them():
     tok = ByteTokenizer(512)
     for prompt in ("hi", ["hi"], [104, 105], [[104, 105]]):
-        assert CompletionRequest.model_validate({"prompt": prompt}).prompt_ids(tok, 512) == [104, 105]
-    with pytest.raises(APIError):
-        CompletionRequest.model_validate({"prompt": [1, 512]}).prompt_ids(tok, 512)
+        assert CompletionRequest.model_validate({"prompt": prompt}).prompts_ids(tok, 512) == [[104, 105]]
+    for prompt in (["hi", "a"], [[104, 105], [97]]):
+        request = CompletionRequest.model_validate({"prompt": prompt})
+        assert request.prompts_ids(tok, 512) == [[104, 105], [97]]
+    for prompt in ([1, 512], [[1], [1, 512]]):
+        with pytest.raises(APIError):
+            CompletionRequest.model_validate({"prompt": prompt}).prompts_ids(tok, 512)
 
 
 def _reference_pushes(

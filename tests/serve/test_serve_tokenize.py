@@ -124,6 +124,7 @@ def test_continuous_usage_puts_the_running_counts_on_every_chunk(srv, path, prom
             "prompt_tokens": num_prompt,
             "completion_tokens": so_far,
             "total_tokens": num_prompt + so_far,
+            "prompt_tokens_details": chunk["usage"]["prompt_tokens_details"],  # prefix caching: on
         }
     assert so_far == 24 and chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 24
 

@@ -14,12 +14,13 @@ from graphrun.llm.sampling_params import SamplingParams
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """One prompt's result."""
+    """One choice of one prompt's result (index: the choice, 0..n-1)."""
 
     prompt: str | list[int]
     text: str
     token_ids: list[int]
     finish_reason: str | None
+    index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +50,18 @@ class LLM:
         prompts: str | Sequence[str] | Sequence[list[int]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
         progress: bool = False,
+        n: int = 1,
     ) -> list[Completion]:
-        """Generate for every prompt (continuous batching), in prompt order."""
+        """Generate n choices for every prompt (continuous batching), prompt-major: result i * n + j is
+        prompt i's choice j. A prompt's choices share one prefill; choice j samples with seed + j."""
         items: list[str | list[int]] = [prompts] if isinstance(prompts, str) else list(prompts)
         plist = _per_prompt(params, len(items))
         start = time.perf_counter()
-        order = [self.engine.add_request(p, sp) for p, sp in zip(items, plist, strict=True)]
+        groups = [self.engine.add_choices(p, sp, n) for p, sp in zip(items, plist, strict=True)]
+        order = [seq_id for group in groups for seq_id in group]
         tokens: dict[int, list[int]] = {i: [] for i in order}
         reasons: dict[int, str | None] = {}
-        bar = _progress_bar(len(items)) if progress else None
+        bar = _progress_bar(len(order)) if progress else None
         while self.engine.has_unfinished():
             for out in self.engine.step():
                 tokens[out.seq_id].append(out.new_token_id)
@@ -68,11 +72,12 @@ class LLM:
         if bar is not None:
             bar.close()
         self.last_stats = GenerateStats(
-            len(items), sum(map(len, tokens.values())), time.perf_counter() - start
+            len(order), sum(map(len, tokens.values())), time.perf_counter() - start
         )
         return [
-            Completion(p, self.tokenizer.decode(tokens[i]), tokens[i], reasons.get(i))
-            for p, i in zip(items, order, strict=True)
+            Completion(p, self.tokenizer.decode(tokens[i]), tokens[i], reasons.get(i), j)
+            for p, group in zip(items, groups, strict=True)
+            for j, i in enumerate(group)
         ]
 
 

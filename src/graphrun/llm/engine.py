@@ -35,7 +35,8 @@ from graphrun.graphs import GraphRunner
 from graphrun.graphs.options import CaptureWhen
 from graphrun.graphs.sizes import default_ladder, normalize_ladder
 from graphrun.llm.background_graphs import BackgroundGraphs
-from graphrun.llm.block_manager import BlockManager
+from graphrun.llm.block_manager import BlockCopy, BlockManager
+from graphrun.llm.choices import choice_params
 from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape, DecodeStep
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.engine_status import EngineStatus
@@ -57,12 +58,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class StepOutput:
-    """What one step produced for one request: its new token and, when it finished, why."""
+    """What one step produced for one request: its new token and, when it finished, why; and how many
+    of its prompt tokens the prefix cache held."""
 
     seq_id: int
     new_token_id: int
     finished: bool
     finish_reason: str | None
+    num_cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +173,8 @@ class LLMEngine:
             max_mixed_rows=self._max_mixed_rows(),
         )
         eos = self.model_config.eos_token_ids or self.tokenizer.eos_token_ids
-        self.scheduler = Scheduler(sched, BlockManager(self.num_blocks, cfg.block_size), eos)
+        blocks = BlockManager(self.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.scheduler = Scheduler(sched, blocks, eos)
         self.max_blocks_per_seq = sched.max_blocks_per_seq
         # a decode-path step has at most max_num_seqs rows: mixed steps above the top rung run eager
         pinned = self.device.type == "cuda"
@@ -294,6 +298,29 @@ class LLMEngine:
         self._next_seq_id += 1
         return seq.seq_id
 
+    def add_choices(self, prompt: str | list[int], params: SamplingParams, n: int) -> list[int]:
+        """Queue n choices of one prompt, prefilled once (choices.py); choice j samples with params.seed + j
+        (no seed: each its own). Returns their seq ids in choice order; raises as add_request does."""
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        first = self._next_seq_id
+        seqs = [
+            Sequence(first + j, ids, choice_params(params, j), base_seed=self.config.seed) for j in range(n)
+        ]
+        self.scheduler.add_choices(seqs)
+        self._next_seq_id += n
+        return [seq.seq_id for seq in seqs]
+
+    @property
+    def num_prefills(self) -> int:
+        """Prefills begun: admissions of a prompt (after any prefix-cache hit), or of a preempted sequence's
+        recompute; a choice that forks is not one."""
+        return self.scheduler.num_prefills
+
+    @property
+    def num_forks(self) -> int:
+        """Choices that shared their first choice's prompt cache instead of prefilling it."""
+        return self.scheduler.num_forks
+
     def abort(self, seq_id: int) -> None:
         """Stop a request now and free its KV blocks (a client that went away)."""
         self.scheduler.abort(seq_id)
@@ -330,6 +357,7 @@ class LLMEngine:
         self._last_wait_end = None
         previous = self._launched  # the batch's feed rows point into its tokens
         batch = self.scheduler.schedule()
+        self._copy_blocks(self.scheduler.take_block_copies())
         if batch is not None:
             try:
                 tokens = self._run_prefill(batch) if batch.kind == "prefill" else self._run_decode(batch)
@@ -363,6 +391,17 @@ class LLMEngine:
         )
         return outputs
 
+    def _copy_blocks(self, copies: list[BlockCopy]) -> None:
+        """The K/V of forked choices' partial prompt blocks, queued on the device before the step that
+        reads them (stream order: after the prefill that wrote them, before any write that reuses src)."""
+        if not copies:
+            return
+        src = to_device([c.src for c in copies], self.device, torch.int64)
+        dst = to_device([c.dst for c in copies], self.device, torch.int64)
+        for k_cache, v_cache in self.kv_caches:  # (num_blocks, block_size, num_kv_heads, head_dim)
+            k_cache.index_copy_(0, dst, k_cache.index_select(0, src))
+            v_cache.index_copy_(0, dst, v_cache.index_select(0, src))
+
     def _to_host(self, advanced: AdvancedBatch, tokens: torch.Tensor) -> _Launched:
         """Queue the copy of a step's sampled tokens (device) into host memory; no wait."""
         if tokens.device.type != "cuda":
@@ -383,7 +422,8 @@ class LLMEngine:
         outputs = []
         for i, seq, _ in launched.advanced.owed():  # after resolve(): tokens a stop just cut off are gone
             done = seq.seq_id in finished
-            outputs.append(StepOutput(seq.seq_id, tokens[i], done, seq.finish_reason if done else None))
+            reason = seq.finish_reason if done else None
+            outputs.append(StepOutput(seq.seq_id, tokens[i], done, reason, seq.num_cached_tokens))
         return outputs
 
     def _feed_rows(self, batch: ScheduledBatch) -> list[int]:

@@ -71,6 +71,9 @@ class EngineConfig:
     # ends once the KV cache is allocated; the engine captures the rungs between steps, largest first,
     # and each rung replays once captured and verified; eager until then: llm/background_graphs.py)
     capture: str = "now"
+    # full prompt blocks are found again by their tokens across requests (prefix_cache.py); their
+    # prefill is skipped and the rest of the prompt runs as a continuation chunk (eager)
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         if self.capture not in CAPTURE_MODES:

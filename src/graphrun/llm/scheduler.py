@@ -32,6 +32,12 @@ Policies, in order of priority:
   reach the host (placeholders get their values, stop tokens end sequences). Between the two, at most one
   more batch is scheduled; its rows that feed a PLACEHOLDER take the token from the device (engine.py).
   A sequence that stops on a token is thus computed one step too many; that token is dropped.
+- Choices (n > 1, choices.py): a group queues its first choice only, admitted when seats remain for the
+  whole group; the rest fork from it in advance() once its prompt is computed, sharing its full prompt
+  blocks. The partial block's device copies wait in `take_block_copies()` for the engine.
+- Prefix caching (with a BlockManager that caches, prefix_cache.py): admission first takes the cached
+  blocks that start the prompt, so the sequence's prefill starts after them (a continuation chunk);
+  advance() registers each prompt block once the step computing it is launched.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ from typing import Any, Literal
 import torch
 
 from graphrun.errors import ConfigError, GraphrunError
-from graphrun.llm.block_manager import SCRATCH_BLOCK, BlockManager
+from graphrun.llm.block_manager import SCRATCH_BLOCK, BlockCopy, BlockManager
+from graphrun.llm.choices import ChoiceGroup
 from graphrun.llm.layers.attention import AttentionMetadata
 from graphrun.llm.sequence import FinishReason, Sequence, SequenceStatus
 from graphrun.llm.transfer import to_device
@@ -54,8 +61,8 @@ from graphrun.llm.transfer import to_device
 logger = logging.getLogger(__name__)
 
 BatchKind = Literal["prefill", "decode", "mixed"]
-RejectCode = Literal["empty_prompt", "too_long", "exceeds_cache"]
-RejectParam = Literal["prompt", "max_tokens"]  # the request value to change
+RejectCode = Literal["empty_prompt", "too_long", "exceeds_cache", "too_many_choices"]
+RejectParam = Literal["prompt", "max_tokens", "n"]  # the request value to change
 
 PLACEHOLDER = -1  # a sampled token whose value is still on the device (asynchronous scheduling)
 
@@ -243,6 +250,13 @@ class Scheduler:
         self._last_kind: BatchKind | None = None
         self._in_flight: ScheduledBatch | None = None
         self._num_added = 0
+        self._groups: dict[int, ChoiceGroup] = {}  # by first choice's seq_id, until the fork
+        self._group_of: dict[int, ChoiceGroup] = {}  # a waiting choice's seq_id -> its group
+        self._block_copies: list[BlockCopy] = []  # made by forks, for the engine before the next step
+        self.num_prefills = 0  # admissions: prefills begun (from a prefix-cache hit or 0; recomputes too)
+        self.num_forks = 0  # choices that forked from their first choice instead of prefilling
+        self.num_prefix_queried_tokens = 0  # prompt tokens admitted with prefix caching on
+        self.num_prefix_hit_tokens = 0  # of those, tokens whose K/V the prefix cache already held
 
     @property
     def num_waiting(self) -> int:
@@ -271,6 +285,44 @@ class Scheduler:
         self._num_added += 1
         self._waiting.append(seq)
         self._unfinished[seq.seq_id] = seq
+
+    def add_choices(self, seqs: list[Sequence]) -> None:
+        """Queue the choices of one prompt (same prompt and limits): seqs[0] prefills, the rest fork from
+        it. Raises RequestRejected when the group could never run (including more choices than seats)."""
+        first, rest = seqs[0], seqs[1:]
+        if len(seqs) > self.config.max_num_seqs:
+            raise RequestRejected(
+                f"n={len(seqs)} choices cannot run side by side with max_num_seqs="
+                f"{self.config.max_num_seqs}; ask for at most {self.config.max_num_seqs}",
+                "too_many_choices",
+                "n",
+            )
+        self.add(first)
+        if not rest:
+            return
+        group = ChoiceGroup(first, list(rest))
+        self._groups[first.seq_id] = group
+        for seq in rest:
+            seq.arrival = self._num_added
+            self._num_added += 1
+            self._unfinished[seq.seq_id] = seq
+            self._group_of[seq.seq_id] = group
+
+    def take_block_copies(self) -> list[BlockCopy]:
+        """The block copies forks made since the last call; the engine runs them before the next step."""
+        copies, self._block_copies = self._block_copies, []
+        return copies
+
+    def _seats_taken(self) -> int:
+        """Running sequences plus the seats admitted groups keep for the choices that will fork."""
+        reserved = sum(
+            len(g.waiting) for g in self._groups.values() if g.first.status is SequenceStatus.RUNNING
+        )
+        return len(self._running) + reserved
+
+    def _seats_for(self, seq: Sequence) -> int:
+        group = self._groups.get(seq.seq_id)
+        return 1 if group is None else group.num_seats
 
     def _check_fits(self, seq: Sequence) -> None:
         """Reject what no amount of waiting would let run, naming the value to change."""
@@ -408,19 +460,39 @@ class Scheduler:
         chunk_any: a prompt may be cut to the budget in any row (mixed batches), not only the first.
         """
         manager = self.block_manager
-        while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
+        while self._waiting and budget > 0:
             seq = self._waiting[0]
-            num_new = min(seq.num_uncomputed_tokens, budget)
-            if num_new < seq.num_uncomputed_tokens and rows and not chunk_any:
+            if self._seats_taken() + self._seats_for(seq) > self.config.max_num_seqs:
+                break
+            cached = manager.match_prefix(seq)  # [] without prefix caching
+            num_cached = len(cached) * manager.block_size
+            num_left = seq.num_tokens - num_cached
+            num_new = min(num_left, budget)
+            if num_new < num_left and rows and not chunk_any:
                 break  # it fits a later step whole: chunk only what no single step can hold
-            if not manager.can_allocate(num_new, seq):
+            needed = manager.blocks_for_tokens(num_cached + num_new) - len(cached)
+            if needed > manager.num_free_blocks - manager.num_reclaimed(cached):
                 break  # FCFS: nobody overtakes the head
             self._waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self._running.append(seq)
-            manager.allocate(seq, num_new)
+            if cached:
+                manager.take_prefix(seq, cached)
+                seq.num_computed_tokens = num_cached
+            self._count_prefix_hit(seq, num_cached)
+            self.num_prefills += 1
+            manager.allocate(seq, num_cached + num_new)
             rows.append((seq, num_new))
             budget -= num_new
+
+    def _count_prefix_hit(self, seq: Sequence, num_cached: int) -> None:
+        """Prefix-cache counters for an admission (a fresh prompt, or a recompute after preemption)."""
+        if self.block_manager.prefix_cache is None:
+            return
+        if seq.num_preemptions == 0:
+            seq.num_cached_tokens = num_cached
+        self.num_prefix_queried_tokens += seq.num_prompt_tokens
+        self.num_prefix_hit_tokens += num_cached
 
     def _grow(self, seq: Sequence, want: int) -> int:
         """Give running seq blocks for up to `want` more tokens, preempting the newest if none are free.
@@ -514,12 +586,30 @@ class Scheduler:
                 continue
             assert seq.num_computed_tokens + num_new == batch.context_lens[row]
             seq.num_computed_tokens += num_new
+            if seq.num_computed_tokens - num_new < seq.num_prompt_tokens:  # the chunk covered prompt tokens
+                self.block_manager.cache_prompt_blocks(seq)
+            if seq.seq_id in self._groups and seq.num_computed_tokens >= seq.num_prompt_tokens:
+                self._fork(self._groups.pop(seq.seq_id))
             if row in sample_rows:
                 seq.output_token_ids.append(PLACEHOLDER)
                 slots.append((seq, seq.num_output_tokens - 1))
                 if self._length_stop(seq):
                     self._finish(seq, "length")
         return AdvancedBatch(batch, slots)
+
+    def _fork(self, group: ChoiceGroup) -> None:
+        """The first choice's prompt is computed: every waiting choice shares its cache up to the last
+        prompt token (which each recomputes as a decode row, sampling with its own seed)."""
+        first = group.first
+        for seq in group.waiting:
+            del self._group_of[seq.seq_id]
+            num_cached, copy = self.block_manager.fork(first, seq, first.num_prompt_tokens - 1)
+            if copy is not None:
+                self._block_copies.append(copy)
+            seq.num_computed_tokens = num_cached
+            seq.status = SequenceStatus.RUNNING
+            self._running.append(seq)
+        self.num_forks += len(group.waiting)
 
     def resolve(self, advanced: AdvancedBatch, sampled_token_ids: list[int]) -> list[Sequence]:
         """Fill an advanced batch's placeholders with the sampled tokens; returns the sequences it ended.
@@ -545,6 +635,19 @@ class Scheduler:
                 finished.append(seq)  # stopped by a length limit in advance(): reported with its token
         return finished
 
+    def _regroup(self, seq: Sequence) -> None:
+        """seq ends before its choices forked (an abort): the next choice prefills in its place."""
+        group = self._groups.pop(seq.seq_id, None)
+        if group is None or not group.waiting:
+            return
+        successor, *rest = group.waiting
+        del self._group_of[successor.seq_id]
+        if rest:
+            self._groups[successor.seq_id] = regrouped = ChoiceGroup(successor, rest)
+            self._group_of.update((other.seq_id, regrouped) for other in rest)
+        waiting = seq.status is SequenceStatus.WAITING
+        self._waiting.insert(self._waiting.index(seq) if waiting else 0, successor)
+
     def _token_stop(self, seq: Sequence, token: int) -> bool:
         """Whether `token` is one that ends seq (a stop token id, or EOS unless ignored)."""
         params = seq.params
@@ -556,9 +659,14 @@ class Scheduler:
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         """Mark seq finished, take it off its queue and free its blocks at once."""
-        if seq.status is SequenceStatus.WAITING:
+        group = self._group_of.pop(seq.seq_id, None)
+        if group is not None:  # a choice waiting to fork
+            group.waiting.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self._regroup(seq)
             self._waiting.remove(seq)
         else:
+            self._regroup(seq)
             self._running.remove(seq)
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED

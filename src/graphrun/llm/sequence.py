@@ -61,6 +61,10 @@ class Sequence:
     arrival: int = -1  # order of arrival, set by Scheduler.add
     arrival_time: float = field(default_factory=time.monotonic)  # for latency metrics
     rng_seed: int = field(init=False)  # the in-graph sampler's seed: params.seed, or derived from seq_id
+    # prefix caching (prefix_cache.py): the keys of the prompt's full blocks, computed once when needed,
+    # and how many prompt tokens the cache held at admission (usage's cached_tokens)
+    prefix_keys: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
+    num_cached_tokens: int = 0
 
     def __post_init__(self, base_seed: int) -> None:
         self.prompt_token_ids = list(self.prompt_token_ids)

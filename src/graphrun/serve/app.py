@@ -49,8 +49,15 @@ from graphrun.serve.protocol import (
     content_type_error,
 )
 from graphrun.serve.request import RequestHandle
-from graphrun.serve.responses import ChatFormat, CompletionFormat, ModelCard, ModelList, ResponseFormat, Usage
-from graphrun.serve.sse import SSEResponse
+from graphrun.serve.responses import (
+    ChatFormat,
+    ChoiceText,
+    CompletionFormat,
+    ModelCard,
+    ModelList,
+    ResponseFormat,
+)
+from graphrun.serve.sse import SSEResponse, choices_usage
 from graphrun.serve.tokenize import TokenizerRoutes
 from graphrun.serve.worker import EngineWorker, ServedModel
 from graphrun.version import __version__
@@ -145,11 +152,12 @@ class _Routes:
         model = self._model_for(body.model)
         body.check_supported()
         vocab = model.vocab_size
-        ids = body.prompt_ids(model.tokenizer, vocab)
-        max_tokens = body.resolve_max_tokens(len(ids), model.max_model_len)
-        params = body.sampling_params(max_tokens, vocab)
+        prompts = []
+        for ids in body.prompts_ids(model.tokenizer, vocab):
+            max_tokens = body.resolve_max_tokens(len(ids), model.max_model_len)
+            prompts.append((ids, body.sampling_params(max_tokens, vocab)))
         fmt = CompletionFormat(self._config.served_model_name, bool(body.return_token_ids))
-        return await self._generate(request, fmt, ids, params, body.stop_strings(), body)
+        return await self._generate(request, fmt, prompts, body.stop_strings(), body)
 
     async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         model = self._model_for(body.model)
@@ -158,7 +166,7 @@ class _Routes:
         max_tokens = body.resolve_max_tokens(len(ids), model.max_model_len)
         params = body.sampling_params(max_tokens, model.vocab_size)
         fmt = ChatFormat(self._config.served_model_name, bool(body.return_token_ids))
-        return await self._generate(request, fmt, ids, params, body.stop_strings(), body)
+        return await self._generate(request, fmt, [(ids, params)], body.stop_strings(), body)
 
     def _model_for(self, model: str | None) -> ServedModel:
         """The served model, when `model` names it (None: the served model) and the engine is ready."""
@@ -169,44 +177,70 @@ class _Routes:
         self,
         request: Request,
         fmt: ResponseFormat,
-        ids: list[int],
-        params: SamplingParams,
+        prompts: list[tuple[list[int], SamplingParams]],
         stop: tuple[str, ...],
         body: CompletionRequest | ChatCompletionRequest,
     ) -> Response:
-        """Submit, wait for admission, then stream (SSE) or collect the answer."""
-        if not ids:
+        """Submit n choices of every prompt (prompt i's choice j at index i * n + j), wait for their
+        admission, then stream (SSE) or collect the answer."""
+        if any(not ids for ids, _ in prompts):
             raise APIError(400, "the prompt is empty; send at least one token", param=body.prompt_param)
-        handle = self._worker.submit(ids, params, stop)
-        watcher = asyncio.create_task(_abort_on_disconnect(request, self._worker, handle))
+        handles = self._submit(prompts, stop, body.num_choices)
+        watcher = asyncio.create_task(_abort_on_disconnect(request, self._worker, handles))
         try:
-            await handle.admitted
+            results = await asyncio.gather(*(handle.admitted for handle in handles), return_exceptions=True)
+            errors = [result for result in results if isinstance(result, BaseException)]
+            if errors:  # a group is refused whole: its choices share one reason
+                raise errors[0]
         except BaseException:  # rejected, or this handler was cancelled: nothing will read the request
             watcher.cancel()
-            self._worker.abort(handle)
+            for handle in handles:
+                self._worker.abort(handle)
             raise
         if body.stream:
             every_batch = bool(body.return_token_ids)
             usage = body.include_usage
-            return SSEResponse(self._worker, handle, fmt, watcher, usage, every_batch, body.continuous_usage)
+            caching = self._worker.engine_config.enable_prefix_caching
+            continuous = body.continuous_usage
+            return SSEResponse(self._worker, handles, fmt, watcher, usage, every_batch, continuous, caching)
         try:
-            return await self._collect(handle, fmt)
+            return await self._collect(handles, fmt)
         finally:
             watcher.cancel()
 
-    async def _collect(self, handle: RequestHandle, fmt: ResponseFormat) -> Response:
-        collected = Collected(self._worker.deltas(handle))
-        handle.attach(collected.on_event)
+    def _submit(
+        self, prompts: list[tuple[list[int], SamplingParams]], stop: tuple[str, ...], n: int
+    ) -> list[RequestHandle]:
+        """Every prompt's n choices, in index order; a refusal aborts those already submitted."""
+        handles: list[RequestHandle] = []
         try:
-            await collected.done
+            for ids, params in prompts:
+                handles += self._worker.submit_choices(ids, params, stop, n)
+        except BaseException:
+            for handle in handles:
+                self._worker.abort(handle)
+            raise
+        return handles
+
+    async def _collect(self, handles: list[RequestHandle], fmt: ResponseFormat) -> Response:
+        collected = [Collected(self._worker.deltas(handle)) for handle in handles]
+        for handle, one in zip(handles, collected, strict=True):
+            handle.attach(one.on_event)
+        try:
+            await asyncio.gather(*(one.done for one in collected))
         finally:
-            collected.close()
-            if handle.finish_reason is None:
-                self._worker.abort(handle)  # this handler was cancelled: nothing reads the request now
-        reason = handle.finish_reason
-        self._worker.metrics.count("aborted" if reason == "abort" else "ok")
-        usage = Usage.of(len(handle.prompt_ids), handle.num_output_tokens)
-        answer = fmt.response("".join(collected.texts), reason, usage, collected.token_ids)
+            for handle, one in zip(handles, collected, strict=True):
+                one.close()
+                if handle.finish_reason is None:
+                    self._worker.abort(handle)  # cancelled or failed: nothing reads the request now
+        aborted = any(handle.finish_reason == "abort" for handle in handles)
+        self._worker.metrics.count("aborted" if aborted else "ok")
+        choices = [
+            ChoiceText("".join(one.texts), handle.finish_reason, one.token_ids)
+            for handle, one in zip(handles, collected, strict=True)
+        ]
+        usage = choices_usage(handles, self._worker.engine_config.enable_prefix_caching)
+        answer = fmt.response(choices, usage)
         return Response(answer.model_dump_json(), media_type="application/json")
 
     async def models(self) -> ModelList:
@@ -250,11 +284,12 @@ class _Routes:
         return Response(await self._worker.metrics_text(), media_type=PROMETHEUS_TEXT)
 
 
-async def _abort_on_disconnect(request: Request, worker: EngineWorker, handle: RequestHandle) -> None:
-    """Abort the request when the client disconnects (the body was read already, so this only waits)."""
+async def _abort_on_disconnect(request: Request, worker: EngineWorker, handles: list[RequestHandle]) -> None:
+    """Abort the request's choices when the client disconnects (the body was read already: this waits)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-    worker.abort(handle)
+    for handle in handles:
+        worker.abort(handle)
 
 
 def _status_label(status: int) -> str:

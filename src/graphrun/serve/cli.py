@@ -96,6 +96,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         help="finish each step before scheduling the next (default: overlap host scheduling with the GPU)",
     )
     p.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=eng.enable_prefix_caching,
+        help="reuse the KV blocks of prompt starts seen before (default on, as vLLM); "
+        "--no-enable-prefix-caching: every prompt prefills whole",
+    )
+    p.add_argument(
         "--graph-backend",
         default=eng.graph_backend,
         choices=GRAPH_BACKENDS,
@@ -189,6 +196,7 @@ def _configs(args: argparse.Namespace, model: str) -> tuple[EngineConfig, ServeC
         cuda_graph_sizes=args.cuda_graph_sizes,
         cuda_graph_max_prefill_tokens=args.cuda_graph_max_prefill_tokens,
         async_scheduling=args.async_scheduling,
+        enable_prefix_caching=args.enable_prefix_caching,
         mixed_prefill_tokens=args.mixed_prefill_tokens,
         graph_backend=args.graph_backend,
         compile=args.compile,

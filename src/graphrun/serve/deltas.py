@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 
 from graphrun.llm.tokenizer import Tokenizer
-from graphrun.serve.request import Delta, Event, RequestHandle
+from graphrun.serve.request import Delta, Event, PromptCached, RequestHandle
 from graphrun.serve.text import TextStream
 
 
@@ -43,6 +43,8 @@ class Deltas:
         """push() for one event from the engine; an error event is raised."""
         if isinstance(event, Exception):
             raise event
+        if isinstance(event, PromptCached):  # RequestHandle.put keeps these; never a delta
+            return None
         token, reason = event
         return self.push([] if token is None else [token], reason)
 

@@ -33,12 +33,14 @@ from typing import Any, Protocol
 
 from graphrun.llm.engine import LLMEngine, StepTiming
 from graphrun.serve.metrics import EngineMetrics
-from graphrun.serve.request import EngineFailure, EngineRequest, Event, Unavailable
+from graphrun.serve.request import EngineFailure, EngineRequest, Event, PromptCached, Unavailable
 from graphrun.serve.trace import StepTrace
 
 log = logging.getLogger(__name__)
 
-Command = tuple[str, Any]  # ("submit", EngineRequest) | ("abort", key) | ("abort_all", None) | ("stop", None)
+# ("submit", EngineRequest) | ("submit_choices", [EngineRequest, ...]) (the n choices of one prompt) |
+# ("abort", key) | ("abort_all", None) | ("stop", None)
+Command = tuple[str, Any]
 
 
 class Outbox(Protocol):
@@ -88,6 +90,9 @@ class EngineLoop:
         for command, payload in self._commands(block=False):  # submitted after the last loop: refuse
             if command == "submit":
                 self.outbox.admitted(payload, gone())
+            elif command == "submit_choices":
+                for request in payload:
+                    self.outbox.admitted(request, gone())
         return clean
 
     def _loop(self) -> None:
@@ -99,6 +104,8 @@ class EngineLoop:
                     return
                 if command == "submit":
                     self._add(payload)
+                elif command == "submit_choices":
+                    self._add_choices(payload)
                 elif command == "abort":
                     request = self._by_key.get(payload)
                     if request is not None:
@@ -134,6 +141,22 @@ class EngineLoop:
         self.metrics.prompt_tokens.inc(len(request.prompt_ids))
         self.outbox.admitted(request, seq_id)
 
+    def _add_choices(self, requests: list[EngineRequest]) -> None:
+        """The n choices of one prompt: one group in the engine (one prefill); all admitted or all refused."""
+        first = requests[0]
+        try:
+            seq_ids = self.engine.add_choices(first.prompt_ids, first.params, len(requests))
+        except Exception as exc:
+            for request in requests:
+                self.outbox.admitted(request, exc)
+            return
+        self.metrics.prompt_tokens.inc(len(first.prompt_ids))
+        for request, seq_id in zip(requests, seq_ids, strict=True):
+            request.seq_id = seq_id
+            self._by_seq[seq_id] = request
+            self._by_key[request.key] = request
+            self.outbox.admitted(request, seq_id)
+
     def _forget(self, request: EngineRequest) -> None:
         assert request.seq_id is not None
         del self._by_seq[request.seq_id]
@@ -167,19 +190,22 @@ class EngineLoop:
             self._fail_all(lambda: EngineFailure("the engine step running this request failed (see the log)"))
             return
         now = time.monotonic()
-        held = len(self._pending)
+        num_tokens = 0
         for out in outputs:
             request = self._by_seq.get(out.seq_id)
             if request is None:
                 continue  # aborted while the step ran
             last = request.last_token_time
+            if last is None and out.num_cached_tokens:
+                self._pending.append((request, PromptCached(out.num_cached_tokens)))
+            num_tokens += 1
             self.metrics.observe_token(last is None, now - (request.arrival if last is None else last))
             request.last_token_time = now
             reason = (out.finish_reason or "stop") if out.finished else None
             self._pending.append((request, (out.new_token_id, reason)))
             if out.finished:
                 self._forget(request)
-        self.metrics.generation_tokens.inc(len(self._pending) - held)
+        self.metrics.generation_tokens.inc(num_tokens)
         self._pending_timing = engine.last_step_timing
         if not self.hold:
             self._flush()

@@ -6,7 +6,8 @@ engine process runs the engine loop (engine_loop.py) on its main thread with the
 server process keeps HTTP, tokenization and detokenization.
 
 The pipe (multiprocessing, spawn: CUDA is initialized in the engine process only) carries pickled tuples:
-- server -> engine: ("submit", (request id, prompt ids, params, arrival)), ("abort", request id),
+- server -> engine: ("submit", (request id, prompt ids, params, arrival)), ("submit_choices", (request
+  ids, prompt ids, params, arrival)) for the n choices of one prompt, ("abort", request id),
   ("abort_all", None), ("stop", None), ("call", call id, "metrics" | "memory" | "graphs"),
   ("delivered", trace index, perf_counter) when tracing;
 - engine -> server: ("ready", info, tokenizer) or ("failed", message), then ("admitted", request id,
@@ -144,6 +145,10 @@ class _EngineProcess:
             if kind == "submit":
                 request_id, prompt_ids, params, arrival = message[1]
                 self.inbox.put(("submit", EngineRequest(request_id, prompt_ids, params, arrival)))
+            elif kind == "submit_choices":
+                request_ids, prompt_ids, params, arrival = message[1]
+                group = [EngineRequest(i, prompt_ids, params, arrival) for i in request_ids]
+                self.inbox.put(("submit_choices", group))
             elif kind == "call":
                 self.send(("reply", message[1], self._answer(message[2])))
             elif kind == "delivered":
@@ -254,6 +259,13 @@ class ProcessWorker(EngineWorker):
         else:
             payload = handle.request_id if handle is not None else None
         self._post((command, payload))
+
+    def _send_choices(self, handles: list[RequestHandle]) -> None:
+        for handle in handles:
+            self._handles[handle.request_id] = handle
+        first = handles[0]
+        request_ids = [h.request_id for h in handles]
+        self._post(("submit_choices", (request_ids, first.prompt_ids, first.params, first.arrival)))
 
     def _post(self, message: tuple[Any, ...]) -> None:
         """Send to the engine process (any thread); one that is gone is noticed by the reader."""

@@ -61,6 +61,26 @@ class EngineMetrics:
         self.requests_running = Gauge(
             "graphrun_requests_running", "Requests admitted to the engine", registry=registry
         )
+        self.prefills = Counter(
+            "graphrun_prefills",
+            "Prefills started (prompts, and recomputes after preemption)",
+            registry=registry,
+        )
+        self.forks = Counter(
+            "graphrun_choice_forks", "Choices (n > 1) that shared their prompt's prefill", registry=registry
+        )
+        self.prefix_queries = Counter(
+            "graphrun_prefix_cache_queries", "Prompt tokens looked up in the prefix cache", registry=registry
+        )
+        self.prefix_hits = Counter(
+            "graphrun_prefix_cache_hits", "Prompt tokens the prefix cache held", registry=registry
+        )
+        self.prefix_hit_rate = Gauge(
+            "graphrun_prefix_cache_hit_rate",
+            "Prefix-cache hits / queries, in tokens, since start",
+            registry=registry,
+        )
+        self._seen = (0, 0, 0, 0)  # the scheduler's counters at the last publish
 
     def observe_token(self, first: bool, seconds: float) -> None:
         """A token arrived `seconds` after submission (first) or after the request's previous token."""
@@ -71,3 +91,16 @@ class EngineMetrics:
         self.queue_depth.set(scheduler.num_waiting + num_unsubmitted)
         self.kv_blocks_in_use.set(scheduler.block_manager.num_used_blocks)
         self.requests_running.set(scheduler.num_running)
+        now = (
+            scheduler.num_prefills,
+            scheduler.num_forks,
+            scheduler.num_prefix_queried_tokens,
+            scheduler.num_prefix_hit_tokens,
+        )
+        for counter, value, seen in zip(
+            (self.prefills, self.forks, self.prefix_queries, self.prefix_hits), now, self._seen, strict=True
+        ):
+            counter.inc(value - seen)
+        self._seen = now
+        if now[2]:
+            self.prefix_hit_rate.set(now[3] / now[2])

@@ -2,9 +2,14 @@
 
 Pydantic lives at the HTTP boundary only. Requests validate strictly (a string is not a number, NaN is
 not a temperature) and become token ids plus a `SamplingParams`. What graphrun does not implement is a
-400 that says so, never silently ignored: n != 1, logprobs, echo, best_of, suffix, penalties,
-logit_bias, tools, non-text response formats, several prompts in one request. Unknown fields are
-ignored, as OpenAI-compatible servers do, so newer clients keep working.
+400 that says so, never silently ignored: logprobs, echo, best_of other than n, suffix, penalties,
+logit_bias, tools, non-text response formats. Unknown fields are ignored, as OpenAI-compatible servers
+do, so newer clients keep working.
+
+Choices: `n` (1..MAX_CHOICES) choices of a prompt share one prefill in the engine (llm/choices.py);
+choice j samples with seed + j when a seed is given. Completions also take several prompts (a list of
+strings or of token lists): prompt i's choice j has index i * n + j. best_of equal to n is the same
+request; best_of > n would rank candidates by log probability, which graphrun does not compute (400).
 
 Extensions, named as in vLLM: top_k (0 or -1: off), ignore_eos, stop_token_ids, return_token_ids (each
 choice carries the output's token ids; a stream sends a chunk for every batch of tokens the engine
@@ -33,6 +38,8 @@ from graphrun.serve.request import EngineFailure, QueueFull, Unavailable
 from graphrun.serve.responses import json_text
 
 MAX_STOP_STRINGS = 16
+MAX_CHOICES = 16  # n: choices per prompt
+MAX_PROMPTS = 64  # prompts in one completions request
 _REQUEST = ConfigDict(strict=True, extra="ignore")
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -143,10 +150,15 @@ class _GenerationRequest(BaseModel):
     frequency_penalty: Annotated[float, Field(allow_inf_nan=False)] | None = None
     logit_bias: dict[str, float] | None = None
 
+    @property
+    def num_choices(self) -> int:
+        """n: the choices per prompt."""
+        return 1 if self.n is None else self.n
+
     def check_supported(self) -> None:
-        """Raise a 400 for parameters with no neutral value."""
-        if self.n not in (None, 1):
-            raise unsupported("n", f"n={self.n} (only one choice per request)")
+        """Raise a 400 for parameters with no neutral value, and for n out of range."""
+        if not 1 <= self.num_choices <= MAX_CHOICES:
+            raise APIError(400, f"n must be in [1, {MAX_CHOICES}], got {self.n}", param="n")
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name) not in (None, 0):
                 raise unsupported(name, "a non-zero penalty")
@@ -253,21 +265,33 @@ class CompletionRequest(_GenerationRequest):
             raise unsupported("logprobs", "logprobs")
         if self.echo:
             raise unsupported("echo", "echo")
-        if self.best_of not in (None, 1):
-            raise unsupported("best_of", f"best_of={self.best_of}")
+        if self.best_of is not None and self.best_of < self.num_choices:
+            raise APIError(
+                400, f"best_of must be >= n ({self.num_choices}), got {self.best_of}", param="best_of"
+            )
+        if self.best_of is not None and self.best_of > self.num_choices:
+            raise unsupported("best_of", f"best_of > n (ranking {self.best_of} candidates needs logprobs)")
         if self.suffix:
             raise unsupported("suffix", "suffix")
 
-    def prompt_ids(self, tokenizer: Tokenizer, vocab_size: int) -> list[int]:
-        """Token ids of the single prompt; ids must lie inside the model's vocabulary."""
+    def prompts_ids(self, tokenizer: Tokenizer, vocab_size: int) -> list[list[int]]:
+        """Token ids of each prompt (one, or a list of strings or token lists), in order."""
         prompt = self.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
-            if len(prompt) != 1:
-                raise unsupported("prompt", f"a batch of {len(prompt)} prompts (send one per request)")
-            prompt = prompt[0]
+            if len(prompt) > MAX_PROMPTS:
+                raise APIError(
+                    400, f"prompt takes at most {MAX_PROMPTS} prompts, got {len(prompt)}", param="prompt"
+                )
+            items = cast(list[str | list[int]], prompt)
+            return [self._ids(item, tokenizer, vocab_size) for item in items]
+        return [self._ids(cast(str | list[int], prompt), tokenizer, vocab_size)]
+
+    @staticmethod
+    def _ids(prompt: str | list[int], tokenizer: Tokenizer, vocab_size: int) -> list[int]:
+        """Token ids of one prompt; ids must lie inside the model's vocabulary."""
         if isinstance(prompt, str):
             return encode_text(tokenizer, prompt, "prompt")
-        ids = list(cast(list[int], prompt))  # the union and the branch above leave only list[int]
+        ids = list(prompt)
         bad = [i for i in ids if not 0 <= i < vocab_size]
         if bad:
             raise APIError(

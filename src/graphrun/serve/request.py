@@ -19,7 +19,16 @@ from typing import Any
 from graphrun.errors import GraphrunError
 from graphrun.llm.sampling_params import SamplingParams
 
-Event = tuple[int | None, str | None] | Exception  # (token id, finish reason), or why the request failed
+
+@dataclass(frozen=True, slots=True)
+class PromptCached:
+    """How many prompt tokens the engine's prefix cache held for the request (before its first token)."""
+
+    num_tokens: int
+
+
+# (token id, finish reason), or why the request failed, or the prefix-cache hit (never terminal)
+Event = tuple[int | None, str | None] | Exception | PromptCached
 
 
 class Unavailable(GraphrunError, RuntimeError):
@@ -64,6 +73,8 @@ class EngineRequest:
 
 def is_terminal(event: Event) -> bool:
     """True for the event that ends a request: an error or a finish reason."""
+    if isinstance(event, PromptCached):
+        return False
     return isinstance(event, Exception) or event[1] is not None
 
 
@@ -83,8 +94,10 @@ class RequestHandle:
         stop: tuple[str, ...],
         loop: asyncio.AbstractEventLoop,
         on_done: Callable[[RequestHandle], None] | None = None,
+        choice: int = 0,
     ) -> None:
         self.request_id = request_id
+        self.choice = choice  # its index among the n choices of its prompt
         self.prompt_ids = prompt_ids
         self.params = params
         self.stop = stop
@@ -92,6 +105,7 @@ class RequestHandle:
         self.arrival = time.monotonic()
         self.admitted: asyncio.Future[int] = loop.create_future()
         self.num_output_tokens = 0  # counted by the reader (deltas.py)
+        self.num_cached_tokens = 0  # prompt tokens the prefix cache held (a PromptCached event)
         self.finish_reason: str | None = None  # set by the reader once the request is over
         self.done = False  # its terminal event has arrived (set on the event loop)
         self._events: list[Event] = []  # delivered before attach()
@@ -119,7 +133,10 @@ class RequestHandle:
             self._finish()
 
     def put(self, event: Event) -> None:
-        """One event from the engine."""
+        """One event from the engine (a PromptCached one is kept here, not passed on)."""
+        if isinstance(event, PromptCached):
+            self.num_cached_tokens = event.num_tokens
+            return
         if self._sink is not None:
             self._sink(event)
         else:

@@ -13,6 +13,9 @@ fixed prefix (~10x cheaper on the event loop every stream shares) and is byte fo
 (tested). With stream_options.continuous_usage_stats every chunk carries `usage`, the counts so far
 (vLLM's extension); without it (the default) a chunk's usage is the constant `null`, no work per step.
 An error event's body is `json_text` too (protocol.APIError); sse.py frames every event.
+
+Several choices (n > 1, or several prompts of one completions request) share the response id; a chunk
+carries one choice's delta under its `index`, and a whole answer lists every choice in index order.
 """
 
 from __future__ import annotations
@@ -20,32 +23,62 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_serializer, model_serializer
 
 
+@dataclass(frozen=True, slots=True)
+class ChoiceText:
+    """One choice of a whole (non-streamed) answer: its text, finish reason and output ids."""
+
+    text: str
+    finish_reason: str | None
+    token_ids: list[int]
+
+
+class PromptTokensDetails(BaseModel):
+    """What the prompt's tokens cost: how many the prefix cache already held."""
+
+    cached_tokens: int
+
+
 class Usage(BaseModel):
-    """Token counts of one request."""
+    """Token counts of one request; prompt_tokens_details (with prefix caching on) is left out when None."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_absent_details(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("prompt_tokens_details") is None:
+            data.pop("prompt_tokens_details", None)
+        return data
 
     @classmethod
-    def of(cls, num_prompt: int, num_completion: int) -> Usage:
-        """Usage from the two counts."""
+    def of(cls, num_prompt: int, num_completion: int, num_cached: int | None = None) -> Usage:
+        """Usage from the counts (num_cached None: no prompt_tokens_details)."""
+        details = None if num_cached is None else PromptTokensDetails(cached_tokens=num_cached)
         return cls(
             prompt_tokens=num_prompt,
             completion_tokens=num_completion,
             total_tokens=num_prompt + num_completion,
+            prompt_tokens_details=details,
         )
 
     def json_text(self) -> str:
         """json_text(model_dump()) written directly (streams write one per chunk with continuous usage)."""
+        details = self.prompt_tokens_details
+        cached = (
+            "" if details is None else f',"prompt_tokens_details":{{"cached_tokens":{details.cached_tokens}}}'
+        )
         return (
             f'{{"prompt_tokens":{self.prompt_tokens},"completion_tokens":{self.completion_tokens},'
-            f'"total_tokens":{self.total_tokens}}}'
+            f'"total_tokens":{self.total_tokens}{cached}}}'
         )
 
 
@@ -194,13 +227,18 @@ class ResponseFormat(Protocol):
 
     id: str  # the response id, the same on every chunk
 
-    def opening(self, usage: Usage | None = None) -> list[str]:
-        """The JSON of the chunks a stream starts with (chat: the assistant role); usage: the counts so
-        far (continuous usage stats), else null."""
+    def opening(self, usage: Usage | None = None, index: int = 0) -> list[str]:
+        """The JSON of the chunks a stream starts with for choice `index` (chat: the assistant role);
+        usage: the counts so far (continuous usage stats), else null."""
         ...
 
     def chunk(
-        self, text: str, finish_reason: str | None, token_ids: list[int], usage: Usage | None = None
+        self,
+        text: str,
+        finish_reason: str | None,
+        token_ids: list[int],
+        usage: Usage | None = None,
+        index: int = 0,
     ) -> str:
         """One streamed piece of text and the ids it came from, as JSON; the last one has the finish reason.
         usage: the counts so far (continuous usage stats), else null.
@@ -212,7 +250,12 @@ class ResponseFormat(Protocol):
         ...
 
     def chunk_model(
-        self, text: str, finish_reason: str | None, token_ids: list[int], usage: Usage | None = None
+        self,
+        text: str,
+        finish_reason: str | None,
+        token_ids: list[int],
+        usage: Usage | None = None,
+        index: int = 0,
     ) -> BaseModel:
         """The same chunk as a pydantic model (the schema `chunk` follows)."""
         ...
@@ -221,8 +264,8 @@ class ResponseFormat(Protocol):
         """The JSON of the chunk with token counts that stream_options.include_usage asks for."""
         ...
 
-    def response(self, text: str, finish_reason: str | None, usage: Usage, token_ids: list[int]) -> BaseModel:
-        """The whole answer of a non-streamed request."""
+    def response(self, choices: list[ChoiceText], usage: Usage) -> BaseModel:
+        """The whole answer of a non-streamed request: choice i at index i."""
         ...
 
 
@@ -238,13 +281,22 @@ class _Format:
         self.id, self.model, self.return_token_ids = new_id(self.id_prefix), model, return_token_ids
         self.created = int(time.time())  # one value for every chunk of the stream, as OpenAI sends
         head = {"id": self.id, "object": self.chunk_object, "created": self.created, "model": model}
-        self._prefix = json_text(head)[:-1] + ',"choices":[{"index":0,' + self.text_opening
+        self._head = json_text(head)[:-1] + ',"choices":[{"index":'
+        self._prefixes: dict[int, str] = {}  # per choice index: the chunk's text up to the text
 
     def chunk(
-        self, text: str, finish_reason: str | None, token_ids: list[int], usage: Usage | None = None
+        self,
+        text: str,
+        finish_reason: str | None,
+        token_ids: list[int],
+        usage: Usage | None = None,
+        index: int = 0,
     ) -> str:
+        prefix = self._prefixes.get(index)
+        if prefix is None:
+            prefix = self._prefixes[index] = f"{self._head}{index},{self.text_opening}"
         ids = self._ids(token_ids)
-        return _chunk_json(self._prefix, text, self.text_closing, finish_reason, ids, usage)
+        return _chunk_json(prefix, text, self.text_closing, finish_reason, ids, usage)
 
     def _ids(self, token_ids: list[int]) -> list[int] | None:
         return token_ids if self.return_token_ids else None
@@ -255,13 +307,20 @@ class CompletionFormat(_Format):
 
     id_prefix, chunk_object, text_opening = "cmpl", "text_completion", '"text":'
 
-    def opening(self, usage: Usage | None = None) -> list[str]:
+    def opening(self, usage: Usage | None = None, index: int = 0) -> list[str]:
         return []
 
     def chunk_model(
-        self, text: str, finish_reason: str | None, token_ids: list[int], usage: Usage | None = None
+        self,
+        text: str,
+        finish_reason: str | None,
+        token_ids: list[int],
+        usage: Usage | None = None,
+        index: int = 0,
     ) -> BaseModel:
-        choice = CompletionChoice(text=text, finish_reason=finish_reason, token_ids=self._ids(token_ids))
+        choice = CompletionChoice(
+            index=index, text=text, finish_reason=finish_reason, token_ids=self._ids(token_ids)
+        )
         return CompletionResponse(
             id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
         )
@@ -272,8 +331,16 @@ class CompletionFormat(_Format):
         )
         return model_json(chunk)
 
-    def response(self, text: str, finish_reason: str | None, usage: Usage, token_ids: list[int]) -> BaseModel:
-        return self.chunk_model(text, finish_reason, token_ids, usage)  # the same text_completion object
+    def response(self, choices: list[ChoiceText], usage: Usage) -> BaseModel:
+        items = [
+            CompletionChoice(
+                index=i, text=c.text, finish_reason=c.finish_reason, token_ids=self._ids(c.token_ids)
+            )
+            for i, c in enumerate(choices)
+        ]  # the chunks' text_completion object, every choice in it
+        return CompletionResponse(
+            id=self.id, created=self.created, model=self.model, choices=items, usage=usage
+        )
 
 
 class ChatFormat(_Format):
@@ -282,19 +349,25 @@ class ChatFormat(_Format):
     id_prefix, chunk_object = "chatcmpl", "chat.completion.chunk"
     text_opening, text_closing = '"delta":{"content":', "}"
 
-    def opening(self, usage: Usage | None = None) -> list[str]:
+    def opening(self, usage: Usage | None = None, index: int = 0) -> list[str]:
         delta = ChatDelta(role="assistant", content="")
-        choice = ChatChunkChoice(delta=delta, token_ids=self._ids([]))
+        choice = ChatChunkChoice(index=index, delta=delta, token_ids=self._ids([]))
         chunk = ChatCompletionChunk(
             id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
         )
         return [model_json(chunk)]
 
     def chunk_model(
-        self, text: str, finish_reason: str | None, token_ids: list[int], usage: Usage | None = None
+        self,
+        text: str,
+        finish_reason: str | None,
+        token_ids: list[int],
+        usage: Usage | None = None,
+        index: int = 0,
     ) -> BaseModel:
         delta = ChatDelta(content=text)
-        choice = ChatChunkChoice(delta=delta, finish_reason=finish_reason, token_ids=self._ids(token_ids))
+        ids = self._ids(token_ids)
+        choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason, token_ids=ids)
         return ChatCompletionChunk(
             id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
         )
@@ -305,9 +378,16 @@ class ChatFormat(_Format):
         )
         return model_json(chunk)
 
-    def response(self, text: str, finish_reason: str | None, usage: Usage, token_ids: list[int]) -> BaseModel:
-        message = AssistantMessage(content=text)
-        choice = ChatChoice(message=message, finish_reason=finish_reason, token_ids=self._ids(token_ids))
+    def response(self, choices: list[ChoiceText], usage: Usage) -> BaseModel:
+        items = [
+            ChatChoice(
+                index=i,
+                message=AssistantMessage(content=c.text),
+                finish_reason=c.finish_reason,
+                token_ids=self._ids(c.token_ids),
+            )
+            for i, c in enumerate(choices)
+        ]
         return ChatCompletionResponse(
-            id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
+            id=self.id, created=self.created, model=self.model, choices=items, usage=usage
         )

@@ -11,6 +11,9 @@ The ASGI send is a coroutine, driven here by hand (`coro.send(None)`) as an eage
 uvicorn's finishes without suspending unless the socket's buffer is full (a client that stopped
 reading). Then the half-run send moves to a task of this stream's own and later chunks wait in its
 backlog, so a slow client delays only itself.
+
+A request with several choices (n > 1, several prompts) is one stream: each choice's handle calls back
+with its index, each chunk carries that index, and the stream ends once every choice has finished.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Coroutine
+from functools import partial
 from typing import Any, cast
 
 from starlette.responses import Response
@@ -40,12 +44,24 @@ def sse_event(data: str) -> str:
 DONE_EVENT = sse_event("[DONE]")
 
 
+def choices_usage(handles: list[RequestHandle], prefix_caching: bool = False) -> Usage:
+    """Token counts of a request's choices: each prompt once (its first choice's), every choice's output;
+    with prefix caching, the prompt tokens the cache held (prompt_tokens_details.cached_tokens)."""
+    firsts = [h for h in handles if h.choice == 0]
+    num_cached = sum(h.num_cached_tokens for h in firsts) if prefix_caching else None
+    return Usage.of(
+        sum(len(h.prompt_ids) for h in firsts), sum(h.num_output_tokens for h in handles), num_cached
+    )
+
+
 class SSEResponse(Response):
-    """`data: {chunk}` events of one admitted request, then `data: [DONE]`; a failure after the headers
-    is a last `data: {"error": ...}` event. Counts the request's outcome in the worker's metrics.
+    """`data: {chunk}` events of the admitted choices (handles[i] at index i), then `data: [DONE]`; a
+    failure after the headers is a last `data: {"error": ...}` event. Counts the request's outcome in the
+    worker's metrics.
 
     every_batch (return_token_ids): a chunk per batch of tokens from the engine, even with no text.
     continuous_usage (stream_options.continuous_usage_stats): every chunk carries the counts so far.
+    prefix_caching: the engine caches prefixes, so usage says how many prompt tokens were cached.
     """
 
     media_type = "text/event-stream"
@@ -53,60 +69,69 @@ class SSEResponse(Response):
     def __init__(
         self,
         worker: EngineWorker,
-        handle: RequestHandle,
+        handles: list[RequestHandle],
         fmt: ResponseFormat,
         watcher: asyncio.Task[None],
         include_usage: bool,
         every_batch: bool,
         continuous_usage: bool = False,
+        prefix_caching: bool = False,
     ) -> None:
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self._worker, self._handle, self._fmt, self._watcher = worker, handle, fmt, watcher
+        self._worker, self._handles, self._fmt, self._watcher = worker, handles, fmt, watcher
         self._include_usage, self._continuous_usage = include_usage, continuous_usage
-        self._deltas = worker.deltas(handle, every_batch)
+        self._deltas = [worker.deltas(handle, every_batch) for handle in handles]
+        self._num_open = len(handles)  # choices not finished yet
+        self._prefix_caching = prefix_caching  # usage reports prompt_tokens_details.cached_tokens
         self._trace = worker.send_trace
         self._writer = _Writer()
         self._status = "aborted"  # unless the stream reaches its end
         self._over = False  # the last event is written (or on its way): nothing more is taken
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handle, worker = self._handle, self._worker
+        handles, worker = self._handles, self._worker
         try:
             start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             await send(start)
             closed = self._writer.open(send)
-            opening = "".join(sse_event(chunk) for chunk in self._fmt.opening(self._usage_so_far()))
-            if opening:
-                self._writer.write(opening.encode())
-            handle.attach(self._on_event)
+            usage = self._usage_so_far()
+            chunks = [chunk for index in range(len(handles)) for chunk in self._fmt.opening(usage, index)]
+            if chunks:
+                self._writer.write("".join(sse_event(chunk) for chunk in chunks).encode())
+            for index, handle in enumerate(handles):
+                handle.attach(partial(self._on_event, index))
             await closed
         finally:
             self._over = True
             self._writer.cancel()  # cancelled (the server is stopping): no write outlives the response
             self._watcher.cancel()
-            if handle.finish_reason is None:
-                worker.abort(handle)  # the client went away, or the server is stopping
+            for handle in handles:
+                if handle.finish_reason is None:
+                    worker.abort(handle)  # the client went away, or the server is stopping
             worker.metrics.count(self._status)
 
-    def _on_event(self, event: Event) -> None:
-        """(event loop, from the handle) One event of this request: write its chunk, or the end."""
+    def _on_event(self, index: int, event: Event) -> None:
+        """(event loop, from handle `index`) One event of that choice: write its chunk, or the end."""
         if self._over:
             return
         try:
-            delta = self._deltas.push_event(event)
+            delta = self._deltas[index].push_event(event)
             if delta is None:
                 return
             fmt = self._fmt
             usage = self._usage_so_far() if self._continuous_usage else None  # off: no call per chunk
-            text = sse_event(fmt.chunk(delta.text, delta.finish_reason, list(delta.token_ids), usage))
-            if delta.finish_reason is None:
+            ids = list(delta.token_ids)
+            text = sse_event(fmt.chunk(delta.text, delta.finish_reason, ids, usage, index))
+            if delta.finish_reason is not None:
+                self._num_open -= 1
+            if self._num_open:
                 self._writer.write(text.encode())
             else:
                 self._end(text)
             if self._trace is not None:
-                self._trace.sent(self._handle.request_id)
+                self._trace.sent(self._handles[index].request_id)
         except Exception as exc:
             self._fail(exc)
 
@@ -114,16 +139,17 @@ class SSEResponse(Response):
         """The counts so far when every chunk carries them (the tokens the deltas have taken), else None."""
         if not self._continuous_usage:
             return None
-        return Usage.of(len(self._handle.prompt_ids), self._handle.num_output_tokens)
+        return choices_usage(self._handles, self._prefix_caching)
 
     def _end(self, last_chunk: str) -> None:
-        handle = self._handle
+        handles = self._handles
         parts = [last_chunk]
         if self._include_usage:
-            usage = Usage.of(len(handle.prompt_ids), handle.num_output_tokens)
+            usage = choices_usage(handles, self._prefix_caching)
             parts.append(sse_event(self._fmt.usage_chunk(usage)))
         parts.append(DONE_EVENT)
-        self._status = "aborted" if handle.finish_reason == "abort" else "ok"
+        aborted = any(handle.finish_reason == "abort" for handle in handles)
+        self._status = "aborted" if aborted else "ok"
         self._over = True
         self._writer.write("".join(parts).encode(), last=True)
 

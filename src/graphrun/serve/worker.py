@@ -184,6 +184,10 @@ class EngineWorker(ABC):
         """Pass a command to the engine loop: submit, abort (the handle's request), abort_all, stop."""
 
     @abstractmethod
+    def _send_choices(self, handles: list[RequestHandle]) -> None:
+        """Pass the choices of one prompt to the engine loop as one group (one prefill)."""
+
+    @abstractmethod
     async def memory(self) -> dict[str, Any]:
         """Memory now where the engine runs (engine_memory), for /health."""
 
@@ -254,17 +258,31 @@ class EngineWorker(ABC):
         self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...] = ()
     ) -> RequestHandle:
         """Queue a request for the engine; raises Unavailable (503) or QueueFull (429)."""
+        return self.submit_choices(prompt_ids, params, stop, 1)[0]
+
+    def submit_choices(
+        self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...], n: int
+    ) -> list[RequestHandle]:
+        """Queue n choices of one prompt (one prefill; choice j seeded seed + j), each its own handle and
+        each counted in flight; raises Unavailable (503) or QueueFull (429)."""
         if self._state != "ready":
             raise Unavailable(self._state, f"the server is {self._state}; retry shortly")
         limit = self.engine_config.max_num_seqs + self.serve_config.max_queue
         with self._cond:
-            if self._num_in_flight >= limit:
-                raise QueueFull(f"{self._num_in_flight} requests in flight (limit {limit}); retry shortly")
-            self._num_in_flight += 1
+            if self._num_in_flight + n > limit:
+                message = f"{self._num_in_flight} requests in flight, {n} more asked (limit {limit})"
+                raise QueueFull(message + "; retry shortly")
+            self._num_in_flight += n
         loop = asyncio.get_running_loop()
-        handle = RequestHandle(next(self._request_ids), prompt_ids, params, stop, loop, self._on_done)
-        self._send("submit", handle)
-        return handle
+        handles = [
+            RequestHandle(next(self._request_ids), prompt_ids, params, stop, loop, self._on_done, j)
+            for j in range(n)
+        ]
+        if n == 1:
+            self._send("submit", handles[0])
+        else:
+            self._send_choices(handles)
+        return handles
 
     def abort(self, handle: RequestHandle) -> None:
         """Stop a request and free its KV blocks (a request that is over is left alone)."""
@@ -314,6 +332,10 @@ class ThreadWorker(EngineWorker):
         elif command == "abort":
             payload = handle
         self._inbox.put((command, payload))
+
+    def _send_choices(self, handles: list[RequestHandle]) -> None:
+        requests = [EngineRequest(h, h.prompt_ids, h.params, h.arrival) for h in handles]
+        self._inbox.put(("submit_choices", requests))
 
     async def memory(self) -> dict[str, Any]:
         return engine_memory(self._engine, self.info)
