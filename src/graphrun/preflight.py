@@ -26,6 +26,7 @@ _OFF_BECAUSE = {
     GraphsOff.ENFORCE_EAGER: "--enforce-eager is set",
     GraphsOff.MAX_BS_ZERO: "--cuda-graph-max-bs is 0",
     GraphsOff.NO_CUDA_DEVICE: "no CUDA device (--graph-backend auto; --graph-backend sim simulates graphs)",
+    GraphsOff.MODE_NONE: "--cuda-graph-mode is none",
 }
 
 
@@ -35,9 +36,15 @@ def check_engine_model(engine: EngineConfig) -> None:
 
 
 def idle_graph_flags(engine: EngineConfig, off: GraphsOff | None) -> list[str]:
-    """One line per graph flag that was set but does nothing, because decode graphs are off."""
+    """One line per graph flag that was set but does nothing, because decode graphs are off (or, in
+    --cuda-graph-mode piecewise, because there is no FULL decode ladder)."""
     if off is None:
-        return []
+        if engine.cuda_graph_mode != "piecewise" or not engine.cuda_graph_sizes:
+            return []
+        return [
+            f"--cuda-graph-sizes {','.join(map(str, engine.cuda_graph_sizes))} does nothing: "
+            "--cuda-graph-mode piecewise captures no FULL decode graphs (full_and_piecewise does)"
+        ]
     given = {
         "--cuda-graph-sizes": ",".join(map(str, engine.cuda_graph_sizes))
         if engine.cuda_graph_sizes
