@@ -93,7 +93,7 @@ def test_every_mode_gives_eager_greedy_tokens(mode, workload, eager_tokens):
 
 
 def test_mixed_steps_replay_piecewise_graphs_and_decode_replays_full():
-    engine = make_engine("full_and_piecewise", 16)
+    engine = make_engine("full_and_piecewise", 100)  # a prompt budget above the top piecewise rung (64)
     recorder = Recorder(engine)
     run_all(engine)
     mixed = [b for b in recorder.piecewise if b.kind == "mixed"]
@@ -101,9 +101,9 @@ def test_mixed_steps_replay_piecewise_graphs_and_decode_replays_full():
     stats = engine.piecewise_graphs.runner.stats
     assert stats.num_replayed >= len(mixed) and stats.eager_fallback == {}
     assert engine.decode_graphs.runners["greedy"].stats.num_replayed > 0
-    # no cap at the top decode rung (4): a mixed step carries the decode rows and up to 16 prompt tokens
-    assert engine.scheduler.config.max_mixed_rows is None
-    assert max(b.num_tokens for b in mixed) > 4
+    # capped at the top piecewise rung (64), not at the top decode rung (4): every step has a graph
+    assert engine.scheduler.config.max_mixed_rows == 64
+    assert 4 < max(b.num_tokens for b in mixed) <= 64
 
 
 def test_piecewise_runner_has_one_segment_per_layer_and_shows_in_status():

@@ -183,9 +183,11 @@ class LLMEngine:
         above the rung run eager, their prompt chunks by varlen attention (_run_mixed_eager). Eager steps
         are host-bound (22-65 ms for 560 tokens on an H200, benchmarks/profile_mixed_step.py), so a larger
         budget trades inter-token latency for time to first token. Graphs on or off, the same rule -
-        except with piecewise graphs, which replay mixed steps of any size up to their top rung."""
-        if self.config.piecewise_graphs(self.device) and self.piecewise_capture_sizes():
-            return None
+        except with piecewise graphs, which replay mixed steps of any size: then the rows stay within
+        their top rung, so every mixed step has a graph."""
+        pieces = self.piecewise_capture_sizes() if self.config.piecewise_graphs(self.device) else ()
+        if pieces:
+            return max(pieces)
         if self.config.mixed_prefill_tokens <= self._mixed_graph_rows:
             return self._mixed_graph_rows or None
         return None
