@@ -169,3 +169,17 @@ def test_piecewise_ladder():
     assert piecewise_ladder(2048) == (16, 32, 64, 128, 256, 512, 1024, 2048)
     assert piecewise_ladder(100) == (16, 32, 64, 100)
     assert piecewise_ladder(0) == ()
+
+
+def test_serve_and_generate_take_the_flag_in_any_spelling():
+    from graphrun.cli import build_parser
+    from graphrun.serve.cli import _configs
+
+    parser = build_parser()
+    serve = parser.parse_args(["serve", "--cuda-graph-mode", "PIECEWISE"])
+    assert _configs(serve, "tiny")[0].cuda_graph_mode == "piecewise"
+    assert _configs(parser.parse_args(["serve"]), "tiny")[0].cuda_graph_mode == "full_and_piecewise"
+    generate = parser.parse_args(["generate", "--prompt", "x", "--cuda-graph-mode", "full-and-piecewise"])
+    assert generate.cuda_graph_mode == "full_and_piecewise"
+    with pytest.raises(SystemExit):  # argparse: "invalid cuda_graph_mode_name value", exit status 2
+        parser.parse_args(["serve", "--cuda-graph-mode", "partial"])

@@ -520,6 +520,12 @@ class LLMEngine:
             tuple(r.status() for r in runners),
         )  # fmt: skip
 
+    def _graph_pool_bytes(self) -> int:
+        """Bytes the graphs' one shared pool holds (the decode graphs' backend, else the piecewise one)."""
+        if self.decode_graphs is not None:
+            return self.decode_graphs.backend.pool_bytes()
+        return self.piecewise_graphs.runner.backend.pool_bytes() if self.piecewise_graphs is not None else 0
+
     def describe(self) -> dict[str, Any]:
         """Start-up facts for logs, /health and benchmarks."""
         graphs = self.decode_graphs
@@ -535,7 +541,7 @@ class LLMEngine:
             "capture_seconds": graphs.capture_seconds if graphs is not None else 0.0,
             "prefill_capture_sizes": list(self.prefill_graphs.sizes) if self.prefill_graphs else [],
             "prefill_capture_seconds": self.prefill_graphs.capture_seconds if self.prefill_graphs else 0.0,
-            "graph_pool_mib": graphs.backend.pool_bytes() / 2**20 if graphs is not None else 0.0,
+            "graph_pool_mib": self._graph_pool_bytes() / 2**20,
             "cuda_graph_mode": self.config.cuda_graph_mode,
             "piecewise_capture_sizes": list(pw.sizes) if (pw := self.piecewise_graphs) else [],
             "piecewise_capture_seconds": pw.capture_seconds if (pw := self.piecewise_graphs) else 0.0,
