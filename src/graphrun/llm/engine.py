@@ -10,7 +10,8 @@ The cuda graph mode (EngineConfig.cuda_graph_mode) routes each step: FULL is the
 every step through the piecewise graphs of the model body (piecewise_graph.py: captured per token rung,
 attention eager between segments); FULL_AND_PIECEWISE (the default) keeps uniform decode batches and
 single fresh prompts on their FULL graphs and sends prefill batches of several prompts, continuation
-chunks and mixed steps through the piecewise graphs, so mixed steps need no cap at the top decode rung.
+chunks and mixed steps through the piecewise graphs, so mixed steps grow to the top piecewise rung instead
+of the top decode rung.
 
 Asynchronous scheduling (the default): step() launches batch n+1 before it waits for batch n's tokens,
 so the host's scheduling, packing and output handling overlap the device's work instead of leaving it
