@@ -39,12 +39,7 @@ def idle_graph_flags(engine: EngineConfig, off: GraphsOff | None) -> list[str]:
     """One line per graph flag that was set but does nothing, because decode graphs are off (or, in
     --cuda-graph-mode piecewise, because there is no FULL decode ladder)."""
     if off is None:
-        if engine.cuda_graph_mode != "piecewise" or not engine.cuda_graph_sizes:
-            return []
-        return [
-            f"--cuda-graph-sizes {','.join(map(str, engine.cuda_graph_sizes))} does nothing: "
-            "--cuda-graph-mode piecewise captures no FULL decode graphs (full_and_piecewise does)"
-        ]
+        return _idle_in_piecewise_mode(engine) if engine.cuda_graph_mode == "piecewise" else []
     given = {
         "--cuda-graph-sizes": ",".join(map(str, engine.cuda_graph_sizes))
         if engine.cuda_graph_sizes
@@ -57,6 +52,21 @@ def idle_graph_flags(engine: EngineConfig, off: GraphsOff | None) -> list[str]:
     return [
         f"{flag}{f' {value}' if value != '' else ''} does nothing: "
         f"decode graphs are off ({_OFF_BECAUSE[off]})"
+        for flag, value in given.items()
+        if value is not None
+    ]
+
+
+def _idle_in_piecewise_mode(engine: EngineConfig) -> list[str]:
+    """The FULL-graph flags set with --cuda-graph-mode piecewise, which captures no FULL graphs."""
+    sizes = ",".join(map(str, engine.cuda_graph_sizes))
+    given = {
+        "--cuda-graph-sizes": sizes or None,
+        "--compile": "" if engine.compile else None,  # piecewise segments are not compiled
+    }
+    return [
+        f"{flag}{f' {value}' if value else ''} does nothing: --cuda-graph-mode piecewise captures no FULL "
+        "graphs (full_and_piecewise does)"
         for flag, value in given.items()
         if value is not None
     ]

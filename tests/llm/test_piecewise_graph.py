@@ -163,6 +163,8 @@ def test_piecewise_mode_warns_that_decode_sizes_do_nothing():
     (note,) = idle_graph_flags(config, None)
     assert note.startswith("--cuda-graph-sizes 1,2 does nothing")
     assert idle_graph_flags(EngineConfig(cuda_graph_sizes=(1, 2)), None) == []
+    (note,) = idle_graph_flags(EngineConfig(compile=True, cuda_graph_mode="piecewise"), None)
+    assert note.startswith("--compile does nothing: --cuda-graph-mode piecewise")
 
 
 def test_piecewise_ladder():
