@@ -32,17 +32,8 @@ SHAPES = {  # model -> (layers, {projection: (out features, in features)})
                             "down": (4096, 12288)}),
 }  # fmt: skip
 ROWS = (1, 2, 4, 8)
-CONFIGS = [
-    (4, 256, 4),
-    (4, 512, 4),
-    (8, 256, 4),
-    (8, 512, 8),
-    (16, 128, 4),
-    (16, 256, 8),
-    (32, 128, 8),
-    (2, 512, 2),
-    (1, 1024, 4),
-]  # fmt: skip  (block_n, block_k, num_warps)
+CONFIGS = [(4, 256, 4), (4, 512, 4), (8, 256, 4), (8, 512, 8), (16, 128, 4), (16, 256, 8), (32, 128, 8),
+           (2, 512, 2), (1, 1024, 4)]  # fmt: skip  (block_n, block_k, num_warps)
 MAX_TILE = 8192  # rows x block_n x block_k elements held by one program
 
 
@@ -86,9 +77,9 @@ def sweep(model: str) -> list[dict]:
             row = {"model": model, "proj": name, "n": n, "k": k, "m": m, "cublas_us": cublas * 1e3}
             row["gemv"] = []
             if name == "gate_up":
-                row["cublas_silu_us"] = (
-                    1e3 * chain_ms([partial(_linear_silu, x, w) for w in weights]) / layers
-                )
+                row["cublas_silu_us"] = 1e3 * chain_ms(
+                    [partial(_linear_silu, x, w) for w in weights]
+                ) / layers
             for bn, bk, warps in CONFIGS:
                 if triton.next_power_of_2(m) * bn * bk > MAX_TILE or k % bk:
                     continue
@@ -97,11 +88,9 @@ def sweep(model: str) -> list[dict]:
                 us = 1e3 * chain_ms([partial(kernels.gemv, x, w, **opts) for w in weights]) / layers
                 point = {"block_n": bn, "block_k": bk, "num_warps": warps, "us": us, "rel_err": err}
                 if name == "gate_up":
-                    point["silu_us"] = (
-                        1e3
-                        * chain_ms([partial(kernels.gemv_silu_mul, x, w, **opts) for w in weights])
-                        / layers
-                    )
+                    point["silu_us"] = 1e3 * chain_ms(
+                        [partial(kernels.gemv_silu_mul, x, w, **opts) for w in weights]
+                    ) / layers
                 row["gemv"].append(point)
             best = min(row["gemv"], key=lambda p: p["us"])
             row["best"] = best
