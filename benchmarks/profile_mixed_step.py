@@ -1,7 +1,9 @@
-"""Where an eager mixed step (decode rows + prompt chunks, engine._run_mixed_eager) spends its time (GPU).
+"""Where a mixed step (decode rows + prompt chunks) spends its time (GPU): eager (engine._run_mixed_eager,
+cuda graph mode full) or through the piecewise graphs (modes piecewise, full_and_piecewise).
 
-`PYTHONPATH=src python3 benchmarks/profile_mixed_step.py [MIXED_TOKENS]`: builds qwen3-0.6b-shape with
-mixed_prefill_tokens=MIXED_TOKENS (default 512), starts 48 streams decoding (64-token prompts), then
+`PYTHONPATH=src python3 benchmarks/profile_mixed_step.py [MIXED_TOKENS] [CUDA_GRAPH_MODE]`: builds
+qwen3-0.6b-shape with mixed_prefill_tokens=MIXED_TOKENS (default 512) and the cuda graph mode (default
+full: mixed steps above the top decode rung run eager), starts 48 streams decoding (64-token prompts), then
 queues 8 prompts of 1,000 random tokens so the following steps are mixed. Prints each step's wall time
 (synchronised) with its kind and token count, then torch.profiler's top ops by host and device time over
 three mixed steps. A diagnostic: nothing is written or committed.
@@ -20,9 +22,15 @@ from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
 
 
-def main(mixed: int) -> None:
+def main(mixed: int, mode: str) -> None:
     engine = LLMEngine(
-        EngineConfig(model="qwen3-0.6b-shape", mixed_prefill_tokens=mixed, max_num_seqs=64, seed=0)
+        EngineConfig(
+            model="qwen3-0.6b-shape",
+            mixed_prefill_tokens=mixed,
+            max_num_seqs=64,
+            seed=0,
+            cuda_graph_mode=mode,
+        )
     )
     gen = torch.Generator().manual_seed(0)
     vocab = engine.model_config.vocab_size
@@ -63,4 +71,4 @@ def main(mixed: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 512)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 512, sys.argv[2] if len(sys.argv) > 2 else "full")

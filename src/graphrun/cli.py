@@ -15,6 +15,7 @@ from pathlib import Path
 
 from graphrun.errors import GraphrunError
 from graphrun.generate_cli import add_generate_parser, run_generate
+from graphrun.llm.engine_config import cuda_graph_mode_name
 from graphrun.preflight import check_model, check_out_dir, check_port_free
 from graphrun.serve.cli import add_serve_parser, run_serve
 
@@ -77,6 +78,12 @@ def _add_decode_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
     decode.add_argument(
         "--peer-batch-sizes", default=None, help="batch sizes for the peers (default: --batch-sizes)"
     )
+    decode.add_argument(
+        "--cuda-graph-mode",
+        type=cuda_graph_mode_name,
+        default="full_and_piecewise",
+        help="the graph path's engine mode (full, piecewise, full_and_piecewise, none); eager: the baseline",
+    )
     decode.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
 
 
@@ -88,7 +95,18 @@ def _add_serve_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--model", default=None, help="preset or HF folder (default: qwen3-0.6b-shape with CUDA, else tiny)"
     )
-    serve.add_argument("--modes", default="graph,eager", help="comma-separated: graph, eager")
+    serve.add_argument(
+        "--modes",
+        default="graph,eager",
+        help="comma-separated: graph (the server's default graphs, or --cuda-graph-mode), eager, and the "
+        "cuda graph modes full, piecewise, full_and_piecewise (each a server with that --cuda-graph-mode)",
+    )
+    serve.add_argument(
+        "--cuda-graph-mode",
+        type=cuda_graph_mode_name,
+        default=None,
+        help="passed to the server of mode graph (default: the server's own, full_and_piecewise)",
+    )
     serve.add_argument("--num-requests", type=int, default=200, help="timed requests per mode")
     serve.add_argument("--concurrency", type=int, default=16, help="requests in flight (closed loop)")
     serve.add_argument("--prompt-len-median", type=int, default=256, help="log-normal median, tokens")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from graphrun.compile_flags import add_compile_flags
+from graphrun.compile_flags import add_compile_flags, add_cuda_graph_mode_flag
 from graphrun.errors import ConfigError, GraphrunError
 from graphrun.llm.engine_config import DTYPES, EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
@@ -36,6 +36,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=defaults.dtype, choices=DTYPES)
     p.add_argument("--json", action="store_true", help="one JSON object per prompt instead of text")
     add_compile_flags(p)
+    add_cuda_graph_mode_flag(p)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -57,6 +58,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "dtype": args.dtype,
             "compile": args.compile,
             "compile_cache_dir": args.compile_cache_dir,
+            "cuda_graph_mode": args.cuda_graph_mode,
         }
         check_engine_model(EngineConfig(model=args.model, **options))
     except GraphrunError as exc:

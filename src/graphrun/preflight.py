@@ -26,6 +26,7 @@ _OFF_BECAUSE = {
     GraphsOff.ENFORCE_EAGER: "--enforce-eager is set",
     GraphsOff.MAX_BS_ZERO: "--cuda-graph-max-bs is 0",
     GraphsOff.NO_CUDA_DEVICE: "no CUDA device (--graph-backend auto; --graph-backend sim simulates graphs)",
+    GraphsOff.MODE_NONE: "--cuda-graph-mode is none",
 }
 
 
@@ -35,9 +36,10 @@ def check_engine_model(engine: EngineConfig) -> None:
 
 
 def idle_graph_flags(engine: EngineConfig, off: GraphsOff | None) -> list[str]:
-    """One line per graph flag that was set but does nothing, because decode graphs are off."""
+    """One line per graph flag that was set but does nothing, because decode graphs are off (or, in
+    --cuda-graph-mode piecewise, because there is no FULL decode ladder)."""
     if off is None:
-        return []
+        return _idle_in_piecewise_mode(engine) if engine.cuda_graph_mode == "piecewise" else []
     given = {
         "--cuda-graph-sizes": ",".join(map(str, engine.cuda_graph_sizes))
         if engine.cuda_graph_sizes
@@ -51,6 +53,21 @@ def idle_graph_flags(engine: EngineConfig, off: GraphsOff | None) -> list[str]:
     return [
         f"{flag}{f' {value}' if value != '' else ''} does nothing: "
         f"decode graphs are off ({_OFF_BECAUSE[off]})"
+        for flag, value in given.items()
+        if value is not None
+    ]
+
+
+def _idle_in_piecewise_mode(engine: EngineConfig) -> list[str]:
+    """The FULL-graph flags set with --cuda-graph-mode piecewise, which captures no FULL graphs."""
+    sizes = ",".join(map(str, engine.cuda_graph_sizes))
+    given = {
+        "--cuda-graph-sizes": sizes or None,
+        "--compile": "" if engine.compile else None,  # piecewise segments are not compiled
+    }
+    return [
+        f"{flag}{f' {value}' if value else ''} does nothing: --cuda-graph-mode piecewise captures no FULL "
+        "graphs (full_and_piecewise does)"
         for flag, value in given.items()
         if value is not None
     ]

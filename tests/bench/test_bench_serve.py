@@ -261,3 +261,18 @@ def test_the_benchmarks_own_servers_do_not_inherit_the_operators_api_key(monkeyp
     monkeypatch.setenv("GRAPHRUN_GIT_COMMIT", "abc")
     env = _server_env()
     assert "GRAPHRUN_API_KEY" not in env and env["GRAPHRUN_GIT_COMMIT"] == "abc"
+
+
+def test_cuda_graph_modes_are_a_mode_axis_and_a_flag_for_mode_graph():
+    args = build_parser().parse_args(
+        ["bench", "serve", "--modes", "graph,piecewise,full", "--cuda-graph-mode", "FULL-and-piecewise"]
+    )
+    setup = ServeBenchSetup.from_args(args)
+    assert setup.modes == ("graph", "piecewise", "full")
+    graph, piecewise = setup.server_argv("graph", 8123), setup.server_argv("piecewise", 8123)
+    assert graph[graph.index("--cuda-graph-mode") + 1] == "full_and_piecewise"
+    assert piecewise[piecewise.index("--cuda-graph-mode") + 1] == "piecewise"
+    assert "--cuda-graph-mode" not in setup.server_argv("eager", 8123)
+    assert setup.settings()["cuda_graph_mode"] == "full_and_piecewise"
+    plain = ServeBenchSetup.from_args(build_parser().parse_args(["bench", "serve"]))
+    assert "--cuda-graph-mode" not in plain.server_argv("graph", 8123)  # the server's default

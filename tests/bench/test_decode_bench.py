@@ -228,3 +228,22 @@ def test_peers_without_transformers_say_which_extra_brings_it(monkeypatch):
     error = peers.try_build_hf_model(_graphrun_model(preset_config("tiny")), torch.float32, "cpu")
     assert isinstance(error, str) and "No module named 'transformers'" in error
     assert "pip install 'graphrun[bench]'" in error
+
+
+def test_piecewise_mode_times_decode_steps_through_the_piecewise_graphs(tmp_path, monkeypatch, capsys):
+    engines = []
+
+    def build(setup):
+        engines.append(build_engine(setup))
+        return engines[-1]
+
+    build_engine = decode.build_engine
+    monkeypatch.setattr(decode, "build_engine", build)
+    saved = run_decode_bench(tiny_setup(tmp_path, batch_sizes=(2,), cuda_graph_mode="piecewise"))
+    assert saved["ok"] and saved["settings"]["cuda_graph_mode"] == "piecewise"
+    assert all(row["tokens_match"] for row in saved["results"])
+    engine = engines[0]
+    assert engine.decode_graphs is None
+    assert engine.piecewise_graphs.runner.stats.num_replayed >= 2 * STEPS  # the graph path replayed them
+    args = build_parser().parse_args(["bench", "decode", "--cuda-graph-mode", "PIECEWISE"])
+    assert args.cuda_graph_mode == "piecewise"

@@ -10,7 +10,7 @@ from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
 
 LADDER = (1, 2, 4, 8)
-GREEDY = SamplingParams(temperature=0.0, max_tokens=14, ignore_eos=True)
+GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)  # more steps than rungs
 
 
 def engine(**kw):
@@ -38,7 +38,7 @@ def test_greedy_tokens_match_eager_while_the_rungs_switch(monkeypatch, async_sch
     kw = {"async_scheduling": async_scheduling, "mixed_prefill_tokens": mixed_prefill}
     bg = engine(graph_backend="sim", cuda_graph_sizes=LADDER, capture="background", **kw)
     eager = engine(enforce_eager=True, **kw)
-    total = 2 * len(LADDER) + len(bg.prefill_capture_sizes())
+    total = 2 * len(LADDER) + len(bg.prefill_capture_sizes()) + len(bg.piecewise_capture_sizes())
     assert bg.graph_progress() == f"capturing 0/{total}"  # start-up captured nothing
     prompts = [f"request {i} asks about item {i * 7}" for i in range(6)]
     got, progress = run_all(bg, prompts)
@@ -57,23 +57,26 @@ def test_under_load_capture_takes_a_share_of_the_time_not_every_step():
     prompts = [f"request {i} asks about item {i * 7}" for i in range(6)]
     got, progress = run_all(bg, prompts)
     assert got == run_all(eager, prompts)[0]
-    steps_with_a_rung = sum(a != b for a, b in zip(["capturing 0/13", *progress], progress, strict=False))
+    total = 2 * len(LADDER) + len(bg.prefill_capture_sizes()) + len(bg.piecewise_capture_sizes())
+    first = f"capturing 0/{total}"
+    steps_with_a_rung = sum(a != b for a, b in zip([first, *progress], progress, strict=False))
     assert 1 <= steps_with_a_rung < len(progress) / 2  # rungs land, with steps in between
     while bg.capture_step():  # idle: back to back
         pass
-    assert bg.graph_progress() == "captured 13/13"
+    assert bg.graph_progress() == f"captured {total}/{total}"
 
 
 def test_blocks_held_for_prefill_capture_return_when_it_ends():
     bg = engine(graph_backend="sim", cuda_graph_sizes=LADDER, capture="background")
     manager = bg.scheduler.block_manager
-    held = manager.blocks_for_tokens(max(bg.prefill_capture_sizes()))
+    held = manager.blocks_for_tokens(max(*bg.prefill_capture_sizes(), *bg.piecewise_capture_sizes()))
     assert manager.num_free_blocks == manager.num_usable_blocks - held
     while bg.capture_step():
         pass
     assert manager.num_free_blocks == manager.num_usable_blocks
     assert all(s.captured for r in bg.status().runners for s in r)
-    assert bg.describe()["graphs"] == bg.graph_progress() == "captured 13/13"
+    total = 2 * len(LADDER) + len(bg.prefill_capture_sizes()) + len(bg.piecewise_capture_sizes())
+    assert bg.describe()["graphs"] == bg.graph_progress() == f"captured {total}/{total}"
 
 
 def test_now_is_the_default_and_a_bad_mode_is_refused():

@@ -69,7 +69,8 @@ def test_engine_status_prints_as_tables(engines):
     assert "model     tiny" in text and "KV cache" in text
     for name in ("decode-sampling", "decode-greedy", "prefill"):
         assert f"runner {name} (sim): " in text
-    assert [r.runner for r in graph.status().runners] == ["decode-sampling", "decode-greedy", "prefill"]
+    runners = ["decode-sampling", "decode-greedy", "prefill", "piecewise"]
+    assert [r.runner for r in graph.status().runners] == runners
     assert "RungStatus(" not in text and "size  graph" in text
     off = eager.status()
     assert off.runners == () and "graphs    off (--enforce-eager)" in str(off)

@@ -153,6 +153,7 @@ def engine(mixed, **kw):
     kw.setdefault("graph_backend", "sim")
     if kw["graph_backend"] == "sim":
         kw.setdefault("cuda_graph_sizes", (1, 2, 4, 8))
+        kw.setdefault("cuda_graph_max_prefill_tokens", 128)  # prefill and piecewise ladders up to 128
     return LLMEngine(EngineConfig(model="tiny", mixed_prefill_tokens=mixed, **kw))
 
 
@@ -223,8 +224,9 @@ def test_engine_mixing_with_sync_scheduling_and_preemption():
 @pytest.mark.parametrize("backend", ["sim", "eager"])
 def test_a_mixed_step_above_the_top_rung_runs_eager_with_varlen_attention(backend):
     """A prompt budget larger than the top decode rung: such steps take the eager path (decode rows in one
-    decode-kernel call, prompt chunks by varlen attention) and every token equals the alternating engine's."""
-    kw = {"enforce_eager": True} if backend == "eager" else {}
+    decode-kernel call, prompt chunks by varlen attention) and every token equals the alternating engine's.
+    Mode full: with piecewise graphs (test_piecewise_graph.py) such steps replay those instead."""
+    kw = {"enforce_eager": True} if backend == "eager" else {"cuda_graph_mode": "full"}
     kw["max_model_len"] = 192
     mixing, plain = engine(32, **kw), engine(0, **kw)
     calls = []

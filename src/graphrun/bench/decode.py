@@ -36,7 +36,7 @@ from graphrun.bench.report import written
 from graphrun.bench.timing import release_memory, summarize, time_calls, time_interleaved
 from graphrun.errors import ConfigError
 from graphrun.llm.engine import LLMEngine
-from graphrun.llm.engine_config import EngineConfig
+from graphrun.llm.engine_config import EngineConfig, cuda_graph_mode_name
 from graphrun.llm.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,10 @@ class DecodeSetup:
     out: Path
     copy_bytes: int = 2**30  # device copy size for the bandwidth measurement
     seed: int = 0
+    cuda_graph_mode: str = "full_and_piecewise"  # the "graph" path's EngineConfig.cuda_graph_mode
 
     def __post_init__(self) -> None:
+        cuda_graph_mode_name(self.cuda_graph_mode)  # raises ConfigError naming the valid modes
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ConfigError(f"--batch-sizes must be positive integers, got {list(self.batch_sizes)}")
         if min(self.context, self.steps) < 1 or self.warmup < 0:
@@ -105,9 +107,11 @@ class DecodeSetup:
     def from_args(cls, args: argparse.Namespace) -> DecodeSetup:
         """The flags on a GPU; without CUDA the tiny preset at tiny sizes (only --peers and --out count)."""
         out = Path(args.out)
+        mode = cuda_graph_mode_name(getattr(args, "cuda_graph_mode", None) or "full_and_piecewise")
         if not torch.cuda.is_available():
             # model, batch sizes, context, new tokens, steps, warm-up, dtype, device, peers, peer sizes, out
-            return cls("tiny", (1, 2), 16, 8, 3, 0, "float32", "cpu", args.peers, (1, 2), out)
+            tiny = ("tiny", (1, 2), 16, 8, 3, 0, "float32", "cpu", args.peers, (1, 2), out)
+            return cls(*tiny, cuda_graph_mode=mode)
         batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
         peer_sizes = args.peer_batch_sizes
         return cls(
@@ -122,6 +126,7 @@ class DecodeSetup:
             peers=args.peers,
             peer_batch_sizes=_int_list(peer_sizes, "--peer-batch-sizes") if peer_sizes else batch_sizes,
             out=out,
+            cuda_graph_mode=mode,
         )
 
     def sync(self) -> None:
@@ -152,6 +157,7 @@ def build_engine(setup: DecodeSetup) -> LLMEngine:
             graph_backend="cuda" if setup.cuda else "sim",
             seed=setup.seed,
             async_scheduling=False,  # per-step timing: each step() runs and returns its own batch
+            cuda_graph_mode=setup.cuda_graph_mode,
         )
     )
 
@@ -183,16 +189,19 @@ def _checked_step(engine: LLMEngine, num_seqs: int) -> None:
 def _graphs_off(engine: LLMEngine) -> Iterator[None]:
     """Decode eager for the duration (the engine's own fallback when it has no graphs)."""
     graphs, engine.decode_graphs = engine.decode_graphs, None
+    pieces, engine.piecewise_graphs = engine.piecewise_graphs, None
     try:
         yield
     finally:
-        engine.decode_graphs = graphs
+        engine.decode_graphs, engine.piecewise_graphs = graphs, pieces
 
 
 def _probe(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, Any]:
-    """One decode step run both ways on the same packed inputs, then the greedy graph replayed alone."""
+    """One decode step run both ways on the same packed inputs, then the greedy graph replayed alone
+    (without FULL decode graphs, --cuda-graph-mode piecewise or none: the whole step timed instead)."""
     graphs, scheduler = engine.decode_graphs, engine.scheduler
-    assert graphs is not None, "the benchmark engine always captures decode graphs"
+    if graphs is None:
+        return _probe_step(engine, num_seqs, setup)
     batch = scheduler.schedule()
     if batch is None or batch.kind != "decode" or len(batch.seqs) != num_seqs:
         raise RuntimeError(f"expected a decode batch of {num_seqs}, got {batch and batch.kind}")
@@ -208,6 +217,25 @@ def _probe(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, An
         scheduler.discard(batch)
         raise
     scheduler.update(batch, graph)  # replays rewrote the same cache slots with the same values
+    return {"tokens_match": graph == eager, "replay": summarize(replay)}
+
+
+def _probe_step(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, Any]:
+    """_probe for an engine without FULL decode graphs: the step eager and on the engine's own path."""
+    scheduler = engine.scheduler
+    batch = scheduler.schedule()
+    if batch is None or batch.kind != "decode" or len(batch.seqs) != num_seqs:
+        raise RuntimeError(f"expected a decode batch of {num_seqs}, got {batch and batch.kind}")
+    try:
+        with _graphs_off(engine):
+            eager = engine._run_decode(batch).tolist()
+        graph = engine._run_decode(batch).tolist()  # rewrites the same cache slots with the same values
+        mode = "events" if setup.cuda else "host"
+        replay = time_calls(lambda: engine._run_decode(batch), setup.steps, 2, setup.sync, mode=mode)
+    except Exception:
+        scheduler.discard(batch)
+        raise
+    scheduler.update(batch, graph)
     return {"tokens_match": graph == eager, "replay": summarize(replay)}
 
 

@@ -218,6 +218,7 @@ def decode_payload(
             "warmup": setup.warmup,
             "peers": setup.peers,
             "peer_batch_sizes": list(setup.peer_batch_sizes) if setup.peers else [],
+            "cuda_graph_mode": setup.cuda_graph_mode,
         },
         "copy_bandwidth_gbs": measured["copy_bandwidth_gbs"],
         "model_config": measured["model_config"],

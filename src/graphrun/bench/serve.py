@@ -46,10 +46,14 @@ from graphrun.bench.serve_report import (
 from graphrun.bench.serve_workload import RequestSpec, Workload, plan_requests
 from graphrun.bench.wakeup import measure_wakeup
 from graphrun.errors import ConfigError
+from graphrun.llm.engine_config import CUDA_GRAPH_MODES
 
 log = logging.getLogger(__name__)
 
-MODES = ("graph", "eager")
+# graph: the server's default graphs (or --cuda-graph-mode); eager: --enforce-eager; the cuda graph modes:
+# one server each with that --cuda-graph-mode (a mode axis: full vs piecewise vs full_and_piecewise)
+GRAPH_MODES = tuple(m for m in CUDA_GRAPH_MODES if m != "none")
+MODES = ("graph", "eager", *GRAPH_MODES)
 STOP_TIMEOUT_SECONDS = 60.0  # SIGTERM -> exit; the server's own drain wait is 30 s by default
 MIB = 2**20
 WAKEUP_PROBES = 1000  # pipe messages 2 ms apart for the machine's wake-up latency (about 2 s)
@@ -74,6 +78,7 @@ class ServeBenchSetup:
     log_level: str = "INFO"  # the server's, into its log file
     client_processes: int = 1  # processes the client's streams are spread over (serve_client.run_load)
     http_client: str = "raw"  # how the client reads streams: serve_client.StreamConnection, or httpx
+    cuda_graph_mode: str | None = None  # mode graph's --cuda-graph-mode (None: the server's default)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -125,6 +130,7 @@ class ServeBenchSetup:
                 else default_client_processes(args.concurrency)
             ),
             http_client=getattr(args, "http_client", "raw"),
+            cuda_graph_mode=getattr(args, "cuda_graph_mode", None),
         )
 
     def server_argv(self, mode: str, port: int) -> list[str]:
@@ -135,6 +141,9 @@ class ServeBenchSetup:
             argv.append("--enforce-eager")
         elif not self.cuda:
             argv += ["--graph-backend", "sim"]  # the graph path, simulated on the CPU
+        graph_mode = mode if mode in GRAPH_MODES else self.cuda_graph_mode if mode == "graph" else None
+        if graph_mode is not None:
+            argv += ["--cuda-graph-mode", graph_mode]
         if self.max_num_seqs is not None:
             argv += ["--max-num-seqs", str(self.max_num_seqs)]
         return argv + list(self.server_args)
@@ -163,6 +172,7 @@ class ServeBenchSetup:
             "concurrency": self.concurrency,
             "client_processes": self.client_processes,
             "http_client": self.http_client,
+            "cuda_graph_mode": self.cuda_graph_mode,
             "warmup_requests": self.warmup_requests,
             "max_num_seqs": self.max_num_seqs,
             "server_args": list(self.server_args),

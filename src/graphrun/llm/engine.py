@@ -6,6 +6,13 @@ or when the batch has no captured rung); in prefill batches each fresh prompt re
 and the other rows (continuation chunks) run eager. The host reads the sampled tokens back once per
 step to apply stop conditions.
 
+The cuda graph mode (EngineConfig.cuda_graph_mode) routes each step: FULL is the above; PIECEWISE sends
+every step through the piecewise graphs of the model body (piecewise_graph.py: captured per token rung,
+attention eager between segments); FULL_AND_PIECEWISE (the default) keeps uniform decode batches and
+single fresh prompts on their FULL graphs and sends prefill batches of several prompts, continuation
+chunks and mixed steps through the piecewise graphs, so mixed steps grow to the top piecewise rung instead
+of the top decode rung.
+
 Asynchronous scheduling (the default): step() launches batch n+1 before it waits for batch n's tokens,
 so the host's scheduling, packing and output handling overlap the device's work instead of leaving it
 idle between steps. Step n's tokens reach step n+1 on the device (`last_tokens`, decode_graph.py), and
@@ -32,6 +39,7 @@ from prometheus_client import CollectorRegistry
 from graphrun.envvars import blocking_sync_enabled
 from graphrun.errors import ConfigError
 from graphrun.graphs import GraphRunner
+from graphrun.graphs.backends import Backend, make_backend
 from graphrun.graphs.options import CaptureWhen
 from graphrun.graphs.sizes import default_ladder, normalize_ladder
 from graphrun.llm.background_graphs import BackgroundGraphs
@@ -42,7 +50,9 @@ from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.engine_status import EngineStatus
 from graphrun.llm.graph_state import publish_graph_state
 from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache, gpu_kv_budget, num_blocks_for_budget
+from graphrun.llm.layers.attention import AttentionMetadata
 from graphrun.llm.layers.attention_backend import select_attention_backend
+from graphrun.llm.piecewise_graph import PiecewiseGraphs, piecewise_ladder
 from graphrun.llm.prefill_graph import PrefillGraphs, prefill_ladder
 from graphrun.llm.presets import load_model
 from graphrun.llm.sampler import SamplingTensors, sample
@@ -119,6 +129,7 @@ class LLMEngine:
         self.decode_graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
         self._background: BackgroundGraphs | None = None  # capture="background": the pass under way
+        self.piecewise_graphs: PiecewiseGraphs | None = None
         self._eager_decode = {
             g: DecodeStep(self.model, self.kv_caches, greedy=g, last_tokens=self.last_tokens)
             for g in (True, False)
@@ -185,7 +196,12 @@ class LLMEngine:
         rung - unless the prompt budget is larger than that rung: then steps grow to the budget and those
         above the rung run eager, their prompt chunks by varlen attention (_run_mixed_eager). Eager steps
         are host-bound (22-65 ms for 560 tokens on an H200, benchmarks/profile_mixed_step.py), so a larger
-        budget trades inter-token latency for time to first token. Graphs on or off, the same rule."""
+        budget trades inter-token latency for time to first token. Graphs on or off, the same rule -
+        except with piecewise graphs, which replay mixed steps of any size: then the rows stay within
+        their top rung, so every mixed step has a graph."""
+        pieces = self.piecewise_capture_sizes() if self.config.piecewise_graphs(self.device) else ()
+        if pieces:
+            return max(pieces)
         if self.config.mixed_prefill_tokens <= self._mixed_graph_rows:
             return self._mixed_graph_rows or None
         return None
@@ -201,12 +217,32 @@ class LLMEngine:
     def _capture_graphs(self, registry: CollectorRegistry) -> None:
         backend = self.config.graph_backend_for(self.device)
         if backend is not None:
-            self._capture_decode_and_prefill(registry, backend)
+            background = self.config.capture == "background"
+            # background capture writes its random prompts' K/V only into blocks held back for it
+            num_slots = self._reserve_capture_blocks(self._capture_tokens()) if background else None
+            if self.config.full_graphs(self.device):
+                self._capture_decode_and_prefill(registry, backend, num_slots)
+            if self.config.piecewise_graphs(self.device):
+                shared = self.decode_graphs.backend if self.decode_graphs is not None else None
+                self._capture_piecewise(registry, shared or make_backend(backend, self.device), num_slots)
+            if background:
+                self._start_background_capture()
         else:
             log.info("decode graphs: off (%s); decode runs eager", self.config.why_eager(self.device))
         publish_graph_state(registry, backend, self.config.graphs_off(self.device))
 
-    def _capture_decode_and_prefill(self, registry: CollectorRegistry, backend: str) -> None:
+    def _capture_tokens(self) -> int:
+        """The most tokens one capture writes to the KV cache: the top prefill or piecewise rung."""
+        sizes = [0]
+        if self.config.full_graphs(self.device):
+            sizes += self.prefill_capture_sizes()
+        if self.config.piecewise_graphs(self.device):
+            sizes += self.piecewise_capture_sizes()
+        return max(sizes)
+
+    def _capture_decode_and_prefill(
+        self, registry: CollectorRegistry, backend: str, num_slots: int | None
+    ) -> None:
         shape = DecodeShape(
             self.config.max_num_seqs,
             self.max_blocks_per_seq,
@@ -234,10 +270,8 @@ class LLMEngine:
                     compile=self.config.compile,
                     compile_cache_dir=self.config.compile_cache_dir,
                     capture=when,
-                    num_slots=self._reserve_capture_blocks(max(sizes)) if background else None,
+                    num_slots=num_slots,
                 )
-        if background:
-            self._start_background_capture()
 
     def _reserve_capture_blocks(self, num_tokens: int) -> int:
         """Hold enough KV blocks for the largest prefill capture (each token its own slot) until background
@@ -248,7 +282,6 @@ class LLMEngine:
         return blocks.stop * self.config.block_size
 
     def _start_background_capture(self) -> None:
-        assert self.decode_graphs is not None
         self._background = BackgroundGraphs(self._runners(), self.last_tokens, self.scheduler.block_manager)
         log.info("graphs: %s in the background, between steps", self.graph_progress())
 
@@ -280,7 +313,30 @@ class LLMEngine:
         runners = [*self.decode_graphs.runners.values()] if self.decode_graphs is not None else []
         if self.prefill_graphs is not None:
             runners.append(self.prefill_graphs.runner)
+        if self.piecewise_graphs is not None:
+            runners.append(self.piecewise_graphs.runner)
         return runners
+
+    def _capture_piecewise(
+        self, registry: CollectorRegistry, backend: Backend, num_slots: int | None
+    ) -> None:
+        sizes = self.piecewise_capture_sizes()
+        if not sizes:
+            log.info("piecewise graphs: off (--cuda-graph-max-prefill-tokens 0); prefill, mixed steps eager")
+            return
+        with torch.inference_mode():
+            when = CaptureWhen.LATER if num_slots is not None else CaptureWhen.NOW
+            self.piecewise_graphs = PiecewiseGraphs(
+                self.model, self.kv_caches, sizes, backend, registry, capture=when, num_slots=num_slots
+            )
+
+    def piecewise_capture_sizes(self) -> tuple[int, ...]:
+        """The token ladder of the piecewise graphs: up to the step token budget and the KV cache's slots
+        (a step's tokens all write one), at most 2048 (or cuda_graph_max_prefill_tokens); empty: none."""
+        cfg = self.config
+        top = 2048 if cfg.cuda_graph_max_prefill_tokens is None else cfg.cuda_graph_max_prefill_tokens
+        slots = (self.num_blocks - 1) * cfg.block_size  # block 0 is the scratch block
+        return piecewise_ladder(min(top, cfg.max_num_batched_tokens, slots))
 
     def prefill_capture_sizes(self) -> tuple[int, ...]:
         """The token ladder of the fresh-prefill graphs (empty: prefill runs eager)."""
@@ -447,6 +503,8 @@ class LLMEngine:
         Every sample row's token lands in last_tokens[its index among the sample rows]; the step's
         tokens are that prefix.
         """
+        if self._takes_piecewise(batch):
+            return self._run_piecewise(batch)
         graphs = self.prefill_graphs
         sample_index = {row: i for i, row in enumerate(batch.sample_rows)}
         starts = batch.query_start
@@ -468,15 +526,46 @@ class LLMEngine:
             graphs.run(pack_prefill(batch, row, sample_index.get(row, dummy)))
         return self.last_tokens[: len(batch.sample_rows)]
 
-    def _prefill_eager(self, batch: ScheduledBatch, out_rows: list[int]) -> None:
-        """One eager forward over the batch; its sampled tokens go to last_tokens[out_rows]."""
+    def _takes_piecewise(self, batch: ScheduledBatch) -> bool:
+        """Whether a step runs on the piecewise graphs: every step in mode piecewise; in
+        full_and_piecewise every step but a decode batch with a FULL rung and one fresh prompt that
+        fits a prefill graph."""
+        if self.piecewise_graphs is None:
+            return False
+        decode, prefill = self.decode_graphs, self.prefill_graphs
+        if batch.kind == "decode":
+            return decode is None or decode.runners["greedy"].rung_for(batch.num_tokens) is None
+        if batch.kind == "mixed" or prefill is None or len(batch.seqs) > 1:
+            return True
+        fresh = batch.positions[0] == 0 and batch.num_tokens <= prefill.top
+        return not fresh or PLACEHOLDER in batch.input_ids
+
+    def _run_piecewise(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Any step through the piecewise graphs, sampled eagerly after; its sample rows' tokens land at
+        the front of last_tokens (where the next step's feed rows look for them)."""
+        num_samples = len(batch.sample_rows)
+        self._prefill_eager(batch, list(range(num_samples)), piecewise=True)
+        return self.last_tokens[:num_samples]
+
+    def _forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, piecewise: bool
+    ) -> torch.Tensor:
+        """Hidden states of a step's tokens, from the piecewise graphs or the eager model."""
+        if piecewise and self.piecewise_graphs is not None:
+            return self.piecewise_graphs.forward(input_ids, positions, meta)
+        hidden: torch.Tensor = self.model(input_ids, positions, meta, self.kv_caches)
+        return hidden
+
+    def _prefill_eager(self, batch: ScheduledBatch, out_rows: list[int], piecewise: bool = False) -> None:
+        """One forward over the batch (eager, or the piecewise graphs); its sampled tokens go to
+        last_tokens[out_rows]."""
         tensors = batch.to_metadata(self.device, self.max_blocks_per_seq)
         input_ids = tensors.input_ids
         feed = self._feed_rows(batch)
         if any(f >= 0 for f in feed):  # a recomputed sequence whose newest token is still on the device
             rows = to_device(feed, self.device, torch.int64)
             input_ids = torch.where(rows >= 0, self.last_tokens[rows.clamp(min=0)], input_ids)
-        hidden = self.model(input_ids, tensors.positions, tensors.attn, self.kv_caches)
+        hidden = self._forward(input_ids, tensors.positions, tensors.attn, piecewise)
         if not batch.sample_rows:
             return
         logits = self.model.compute_logits(hidden[tensors.sample_indices])
@@ -494,6 +583,8 @@ class LLMEngine:
         chunk samples only its last token, and only when it completes the prompt) and written to the
         front of last_tokens, where the next step's feed rows look for them.
         """
+        if self._takes_piecewise(batch):
+            return self._run_piecewise(batch)
         if batch.kind == "mixed" and batch.num_tokens > self._mixed_graph_rows:
             return self._run_mixed_eager(batch)
         step = self._pack_decode(batch)
@@ -538,12 +629,19 @@ class LLMEngine:
     def status(self) -> EngineStatus:
         """Start-up facts and every graph runner's per-size status; print it for tables."""
         runners = self._runners()
-        off = None if self.decode_graphs is not None else self.config.why_eager(self.device)
+        any_graphs = self.decode_graphs is not None or self.piecewise_graphs is not None
+        off = None if any_graphs else self.config.why_eager(self.device)
         dtype = str(self.dtype).removeprefix("torch.")
         return EngineStatus(
             self.config.model, str(self.device), dtype, self.num_blocks, self.config.block_size, off,
             tuple(r.status() for r in runners),
         )  # fmt: skip
+
+    def _graph_pool_bytes(self) -> int:
+        """Bytes the graphs' one shared pool holds (the decode graphs' backend, else the piecewise one)."""
+        if self.decode_graphs is not None:
+            return self.decode_graphs.backend.pool_bytes()
+        return self.piecewise_graphs.runner.backend.pool_bytes() if self.piecewise_graphs is not None else 0
 
     def describe(self) -> dict[str, Any]:
         """Start-up facts for logs, /health and benchmarks."""
@@ -560,7 +658,10 @@ class LLMEngine:
             "capture_seconds": graphs.capture_seconds if graphs is not None else 0.0,
             "prefill_capture_sizes": list(self.prefill_graphs.sizes) if self.prefill_graphs else [],
             "prefill_capture_seconds": self.prefill_graphs.capture_seconds if self.prefill_graphs else 0.0,
-            "graph_pool_mib": graphs.backend.pool_bytes() / 2**20 if graphs is not None else 0.0,
+            "graph_pool_mib": self._graph_pool_bytes() / 2**20,
             "capture": self.config.capture,
             "graphs": self.graph_progress(),
+            "cuda_graph_mode": self.config.cuda_graph_mode,
+            "piecewise_capture_sizes": list(pw.sizes) if (pw := self.piecewise_graphs) else [],
+            "piecewise_capture_seconds": pw.capture_seconds if (pw := self.piecewise_graphs) else 0.0,
         }

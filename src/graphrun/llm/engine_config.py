@@ -18,10 +18,22 @@ if TYPE_CHECKING:
     import torch
 
 GRAPH_BACKENDS = ("auto", "cuda", "sim")
+# graphs.modes.CudaGraphMode's values, spelled here so that this module imports no torch (a test checks)
+CUDA_GRAPH_MODES = ("none", "full", "piecewise", "full_and_piecewise")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 CAPTURE_MODES = ("now", "background")
 MIB = 2**20
 SERVE_MIXED_PREFILL_TOKENS = 64  # the server's default; a mixed step never exceeds the top decode rung
+
+
+def cuda_graph_mode_name(text: str) -> str:
+    """A --cuda-graph-mode value in EngineConfig's spelling: any case, '-' or '_' ("FULL_AND_PIECEWISE",
+    "full-and-piecewise"); a bad one raises ConfigError (a ValueError: argparse reports it) naming the valid
+    ones."""
+    name = text.strip().lower().replace("-", "_")
+    if name not in CUDA_GRAPH_MODES:
+        raise ConfigError(f"cuda graph mode must be one of {', '.join(CUDA_GRAPH_MODES)}, got {text!r}")
+    return name
 
 
 class GraphsOff(StrEnum):
@@ -30,6 +42,7 @@ class GraphsOff(StrEnum):
     ENFORCE_EAGER = "enforce_eager"
     MAX_BS_ZERO = "cuda_graph_max_bs_0"
     NO_CUDA_DEVICE = "no_cuda_device"  # graph_backend "auto" on a device without CUDA graphs
+    MODE_NONE = "cuda_graph_mode_none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +88,20 @@ class EngineConfig:
     # prefill is skipped and the rest of the prompt runs as a continuation chunk (eager)
     enable_prefix_caching: bool = True
 
+    # which graphs the engine captures (graphs/modes.py): "full": decode graphs (uniform decode) and
+    # one-prompt fresh prefill graphs, the rest eager; "piecewise": the model body per token rung with
+    # attention eager between the segments (llm/piecewise_graph.py) for every step;
+    # "full_and_piecewise": FULL for uniform decode and single fresh prompts, PIECEWISE for prefill
+    # batches, continuation chunks and mixed steps (no longer capped at the top decode rung); "none": eager
+    cuda_graph_mode: str = "full_and_piecewise"
+
     def __post_init__(self) -> None:
         if self.capture not in CAPTURE_MODES:
             raise ConfigError(f"capture must be one of {CAPTURE_MODES}, got {self.capture!r}")
+        if self.cuda_graph_mode not in CUDA_GRAPH_MODES:
+            raise ConfigError(
+                f"cuda_graph_mode must be one of {CUDA_GRAPH_MODES}, got {self.cuda_graph_mode!r}"
+            )
         if self.graph_backend not in GRAPH_BACKENDS:
             raise ConfigError(f"graph_backend must be one of {GRAPH_BACKENDS}, got {self.graph_backend!r}")
         if self.dtype not in DTYPES:
@@ -137,7 +161,7 @@ class EngineConfig:
         """
         from graphrun.graphs.backends import resolve_backend_name
 
-        if self.enforce_eager or self.cuda_graph_max_bs == 0:
+        if self.enforce_eager or self.cuda_graph_max_bs == 0 or self.cuda_graph_mode == "none":
             return None
         if self.graph_backend == "auto":
             resolved = resolve_backend_name("auto", device)
@@ -154,6 +178,8 @@ class EngineConfig:
             return GraphsOff.ENFORCE_EAGER
         if self.cuda_graph_max_bs == 0:
             return GraphsOff.MAX_BS_ZERO
+        if self.cuda_graph_mode == "none":
+            return GraphsOff.MODE_NONE
         return GraphsOff.NO_CUDA_DEVICE if self.graph_backend_for(device) is None else None
 
     def why_eager(self, device: torch.device) -> str:
@@ -161,9 +187,18 @@ class EngineConfig:
         reason = self.graphs_off(device)
         return _GRAPHS_OFF_TEXT[reason] if reason is not None else "graphs disabled"
 
+    def piecewise_graphs(self, device: torch.device) -> bool:
+        """Whether the engine captures PIECEWISE graphs of the model body on `device`."""
+        return "piecewise" in self.cuda_graph_mode and self.graph_backend_for(device) is not None
+
+    def full_graphs(self, device: torch.device) -> bool:
+        """Whether the engine captures FULL decode (and fresh-prefill) graphs on `device`."""
+        return "full" in self.cuda_graph_mode and self.graph_backend_for(device) is not None
+
 
 _GRAPHS_OFF_TEXT = {
     GraphsOff.ENFORCE_EAGER: "--enforce-eager",
     GraphsOff.MAX_BS_ZERO: "--cuda-graph-max-bs 0",
     GraphsOff.NO_CUDA_DEVICE: "no CUDA device",
+    GraphsOff.MODE_NONE: "--cuda-graph-mode none",
 }

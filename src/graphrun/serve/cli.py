@@ -20,7 +20,7 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from graphrun.compile_flags import add_compile_flags
+from graphrun.compile_flags import add_compile_flags, add_cuda_graph_mode_flag
 from graphrun.envvars import api_keys, switch_interval_seconds
 from graphrun.errors import GraphrunError
 from graphrun.llm.engine_config import (
@@ -81,13 +81,15 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "(between engine steps, largest first)",
     )
     add_compile_flags(p)
+    add_cuda_graph_mode_flag(p)
     p.add_argument(
         "--mixed-prefill-tokens",
         type=int,
         default=SERVE_MIXED_PREFILL_TOKENS,
         help="prompt tokens a decode step may carry, so streams keep pace while prompts prefill "
-        f"(default {SERVE_MIXED_PREFILL_TOKENS}; up to the top capture size a mixed step replays the decode "
-        "graph, a larger budget makes larger steps that run eager; 0: prefill and decode steps alternate)",
+        f"(default {SERVE_MIXED_PREFILL_TOKENS}; with --cuda-graph-mode full a mixed step up to the top "
+        "capture size replays the decode graph and a larger budget makes larger steps that run eager; with "
+        "piecewise graphs mixed steps replay those; 0: prefill and decode steps alternate)",
     )
     p.add_argument(
         "--no-async-scheduling",
@@ -202,6 +204,7 @@ def _configs(args: argparse.Namespace, model: str) -> tuple[EngineConfig, ServeC
         compile=args.compile,
         compile_cache_dir=args.compile_cache_dir,
         capture=args.capture,
+        cuda_graph_mode=args.cuda_graph_mode,
     )
     serve_config = ServeConfig(
         host=args.host,

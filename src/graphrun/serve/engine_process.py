@@ -233,6 +233,10 @@ class ProcessWorker(EngineWorker):
         theirs.close()  # else this process holds the engine's end open and never sees it die
         self._conn = ours
         self._loop.add_reader(ours.fileno(), self._on_readable)
+        # uvloop (libuv) makes a polled fd non-blocking; a message over 16 KiB (a /metrics reply) comes in two
+        # writes, and recv() between them would raise BlockingIOError, read here as the engine gone. Blocking,
+        # recv() waits for the rest of a message already being written; readiness still wakes the loop
+        os.set_blocking(ours.fileno(), True)
         log.info("engine process started (pid %d)", self._process.pid)
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -56,8 +56,18 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         """qkv_proj's output (num_tokens, q_size + 2 * kv_size) -> (num_tokens, hidden); writes this
         step's K/V into kv_cache. The caller projects, so that it can fuse the norm into the product."""
-        q, k, v = self.backend.store_qkv(qkv, self.heads, self.norms, rope, meta.slot_mapping, kv_cache)
+        q, k, v = self.store(qkv, rope, meta.slot_mapping, kv_cache)
         out = self.attn(q, k, v, kv_cache, meta)  # (num_tokens, num_heads, head_dim)
+        return self.project_out(out)
+
+    def store(
+        self, qkv: torch.Tensor, rope: Rope, slot_mapping: torch.Tensor, kv_cache: KVCache
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(q, k, v) normed and rotated, k and v written to their cache slots (the part before attention)."""
+        return self.backend.store_qkv(qkv, self.heads, self.norms, rope, slot_mapping, kv_cache)
+
+    def project_out(self, out: torch.Tensor) -> torch.Tensor:
+        """Attention output (num_tokens, num_heads, head_dim) -> (num_tokens, hidden)."""
         return linear(out.reshape(-1, self.q_size), self.o_proj)
 
 
@@ -80,8 +90,27 @@ class DecoderLayer(nn.Module):
         kv_cache: KVCache,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (this block's MLP output, residual stream before it); the caller adds the two."""
+        q, k, v, residual = self.before_attention(hidden, residual, rope, meta.slot_mapping, kv_cache)
+        out = self.self_attn.attn(q, k, v, kv_cache, meta)  # (num_tokens, num_heads, head_dim)
+        return self.after_attention(out, residual)
+
+    def before_attention(
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        rope: Rope,
+        slot_mapping: torch.Tensor,
+        kv_cache: KVCache,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """Norm, QKV projection, K/V store: (q, k, v, residual). Reads no per-step host metadata, so a
+        PIECEWISE capture records it (llm/piecewise_model.py)."""
         qkv, residual = self._normed_linear(hidden, residual, self.input_layernorm, self.self_attn.qkv_proj)
-        hidden = self.self_attn(qkv, rope, meta, kv_cache)
+        q, k, v = self.self_attn.store(qkv, rope, slot_mapping, kv_cache)
+        return q, k, v, residual
+
+    def after_attention(self, out: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output projection, norm, MLP: (this block's MLP output, residual stream before it)."""
+        hidden = self.self_attn.project_out(out)
         act, residual = self._normed_linear(
             hidden, residual, self.post_attention_layernorm, self.mlp.gate_up_proj, silu_mul=True
         )
