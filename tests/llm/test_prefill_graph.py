@@ -34,7 +34,11 @@ def test_the_default_ladder_tops_out_at_the_limit():
 
 @pytest.fixture(scope="module")
 def pair():
-    graph = engine(graph_backend="sim", cuda_graph_sizes=(1, 2, 4), max_num_batched_tokens=32)
+    # mode full: every fresh prompt replays a FULL prefill graph (full_and_piecewise sends a step of
+    # several prompts to the piecewise graphs, tested in test_piecewise_graph.py)
+    graph = engine(
+        graph_backend="sim", cuda_graph_sizes=(1, 2, 4), max_num_batched_tokens=32, cuda_graph_mode="full"
+    )
     eager = engine(enforce_eager=True, max_num_batched_tokens=32)
     return graph, eager
 
