@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from graphrun.bench.decode_setup import BLOCK_STEPS
 from graphrun.bench.report import (
     bar_chart,
     device_slug,
@@ -33,7 +34,7 @@ from graphrun.bench.timing import release_memory, time_calls
 from graphrun.envvars import triton_disabled
 
 if TYPE_CHECKING:
-    from graphrun.bench.decode import DecodeSetup
+    from graphrun.bench.decode_setup import DecodeSetup
     from graphrun.llm.config import ModelConfig
 
 PEER_LABELS = {  # peers.py mode -> what it is
@@ -127,8 +128,6 @@ def _copy_seconds(device: str, nbytes: int, sync: Callable[[], None]) -> float:
 
 
 def _block_steps() -> int:
-    from graphrun.bench.decode import BLOCK_STEPS
-
     return BLOCK_STEPS
 
 
