@@ -119,6 +119,8 @@ def test_piecewise_runner_has_one_segment_per_layer_and_shows_in_status():
     described = engine.describe()
     assert described["cuda_graph_mode"] == "piecewise"
     assert described["piecewise_capture_sizes"] == [16, 32, 64]
+    runner = engine.piecewise_graphs.runner  # labelled by what it records, not by its dispatch
+    assert runner.status().mode == runner.stats.mode == "piecewise"
 
 
 def test_a_step_above_the_top_rung_runs_eager_counted():

@@ -40,6 +40,7 @@ from graphrun.graphs.metrics import register_runner
 from graphrun.graphs.mode_plan import plan_mode
 from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode, Dispatcher, Route, RouteKind
 from graphrun.graphs.options import CaptureWhen, RunnerKeywords, RunnerOptions, resolve_options
+from graphrun.graphs.piecewise.backend import PiecewiseBackend
 from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe
 from graphrun.graphs.sizes import rung_for
 from graphrun.graphs.spec import CaptureResult, CaptureSpec
@@ -125,7 +126,10 @@ class GraphRunner:
         register = getattr(self.backend, "register_static", None)
         if register is not None:
             register(inputs.static_buffers())
-        self.stats = RunnerStats(mode=self.mode.value)
+        # the label says what the graphs are: a runner handed a PiecewiseBackend (the engine's, which
+        # cuts its model by hand) records piecewise graphs whatever its dispatch mode
+        label = CudaGraphMode.PIECEWISE if isinstance(plan.backend, PiecewiseBackend) else self.mode
+        self.stats = RunnerStats(mode=label.value)
         self.name = register_runner(self, fn, options.name, options.registry, self.stats)
         captured_fn = plan.fn
         if options.compile and self.mode is not CudaGraphMode.PIECEWISE:
@@ -422,7 +426,7 @@ class GraphRunner:
             self.backend.name,
             rungs,
             self._compile_report,
-            self.mode.value,
+            self.stats.mode,
             splits,
             tuple(self._pending),
         )
