@@ -251,3 +251,29 @@ def test_piecewise_hf_bert_equals_eager_on_cuda():
             args = make(n)
             torch.testing.assert_close(run(*args), model(*args), rtol=1e-4, atol=1e-4)
     assert run.stats.num_replayed == 4
+
+
+def test_compiled_piecewise_segments_equal_eager_on_the_device():
+    from graphrun import mark_uncapturable
+    from graphrun.graphs.piecewise import unmark_uncapturable
+    from graphrun.graphs.status import CompileOutcome
+
+    class Sync(torch.nn.Module):  # a host read between two halves: FULL cannot capture it
+        def forward(self, x):
+            return x * (1.0 + 0.0 * float(x.sum()))
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), Sync(), torch.nn.Linear(64, 64))
+    net = net.cuda().eval()
+    mark_uncapturable(Sync)
+    try:
+        r = GraphRunner(net, (torch.randn(4, 64, device="cuda"),), sizes=[1, 2, 4], mode="piecewise",
+                        compile=True, registry=CollectorRegistry())  # fmt: skip
+        assert r.status().compile.outcome is CompileOutcome.COMPILED, r.status().compile
+        assert all(s.captured for s in r.status()), str(r.status())
+        with torch.no_grad():
+            for n in (1, 3, 4):
+                x = torch.randn(n, 64, device="cuda")
+                torch.testing.assert_close(r(x), net(x), rtol=1e-4, atol=1e-4)
+    finally:
+        unmark_uncapturable(Sync)

@@ -232,3 +232,23 @@ def test_keyword_inputs_reach_the_traced_graph(marked):
 def test_piecewise_without_a_graph_backend_runs_eager():
     run = runner(GatedMLP().eval(), torch.randn(4, 8), backend="auto")  # CPU tensors: no graphs
     assert {r.reason for r in run.status()} == {CaptureFailure.NO_GRAPH_BACKEND}
+
+
+def test_compile_compiles_the_segments_and_leaves_the_split_eager(marked):
+    from torch._dynamo.utils import counters
+
+    from graphrun.graphs.status import CompileOutcome
+
+    marked(Gate)
+    torch.manual_seed(0)
+    model = GatedMLP().eval()
+    frames = counters["frames"]["ok"]
+    run = runner(model, torch.randn(4, 8), compile=True)
+    assert counters["frames"]["ok"] > frames  # dynamo compiled the segments' code
+    report = run.status().compile
+    assert report is not None and report.outcome is CompileOutcome.COMPILED, report
+    segments = run.spec.fn.fn.segments  # CompiledFn -> the piecewise callable
+    assert segments and all(s.compiled is not None and not s.use_compiled for s in segments)
+    assert all(r.captured for r in run.status()), str(run.status())
+    with torch.no_grad():
+        check_equals_eager(run, model, lambda n: (torch.randn(n, 8),))

@@ -48,8 +48,18 @@ class CompiledFn:
         name: str,
         cache_dir: str | None,
         tolerance: tuple[float, float] | None,
+        *,
+        compile_with: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
+        identity: Callable[..., Any] | None = None,
+        key_extra: str = "",
     ) -> None:
+        """compile_with(fn) -> the compiled callable (default: torch.compile with inductor; a piecewise
+        callable compiles its segments instead); identity: what the cache key names (default fn, e.g.
+        the user's module when fn is graphrun's split of it); key_extra: more text for the key."""
         self.fn = fn
+        self._compile_with = compile_with or _inductor
+        self._identity = fn if identity is None else identity
+        self._key_extra = key_extra
         self._name = name
         self._cache = CompileCache(cache_dir) if cache_dir is not None else None
         self._tolerance = tolerance
@@ -68,12 +78,14 @@ class CompiledFn:
         """
         if self.report is not None:
             return self.report
-        key = cache_key(self.fn, rungs, device_name(rungs[-1])) if self._cache is not None else ""
+        key = ""
+        if self._cache is not None:
+            key = cache_key(self._identity, rungs, device_name(rungs[-1]), self._key_extra)
         cache = CacheUse.OFF
         if self._cache is not None:
             cache = CacheUse.HIT if self._cache.load(key) else CacheUse.MISS
         start = time.perf_counter()
-        compiled = torch.compile(self.fn, backend="inductor", mode="default")
+        compiled = self._compile_with(self.fn)
         try:
             self.report = self._compile_rungs(compiled, call_at, sizes, cache, start)
         except Exception as exc:
@@ -123,6 +135,11 @@ class CompiledFn:
             "runner %s: runs uncompiled for the life of the process: compile %s (%s)",
             self._name, report.outcome, report.detail,
         )  # fmt: skip
+
+
+def _inductor(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """torch.compile with inductor, its own CUDA graphs off (mode "default"): graphrun captures."""
+    return torch.compile(fn, backend="inductor", mode="default")
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> str | None:

@@ -48,10 +48,13 @@ def leaf_signature(leaf: Any) -> str:
     return repr(leaf)
 
 
-def cache_key(fn: Callable[..., Any], rung_leaves: Sequence[Sequence[Any]], device: str) -> str:
-    """The file name (without folder) a compile of `fn` at these rungs' inputs is stored under."""
+def cache_key(
+    fn: Callable[..., Any], rung_leaves: Sequence[Sequence[Any]], device: str, extra: str = ""
+) -> str:
+    """The file name (without folder) a compile of `fn` at these rungs' inputs is stored under; extra:
+    anything else the compiled code depends on (a piecewise runner's split points)."""
     digest = hashlib.sha256()
-    for part in (callable_identity(fn), device, torch.__version__, __version__):
+    for part in (callable_identity(fn), device, torch.__version__, __version__, extra):
         digest.update(part.encode())
         digest.update(b"\0")
     for leaves in rung_leaves:

@@ -37,10 +37,11 @@ from graphrun.graphs.compile import CompiledFn
 from graphrun.graphs.failure import DynamicInputError
 from graphrun.graphs.inputs import InputLayout
 from graphrun.graphs.metrics import register_runner
-from graphrun.graphs.mode_plan import plan_mode
+from graphrun.graphs.mode_plan import ModePlan, plan_mode
 from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode, Dispatcher, Route, RouteKind
 from graphrun.graphs.options import CaptureWhen, RunnerKeywords, RunnerOptions, resolve_options
 from graphrun.graphs.piecewise.backend import PiecewiseBackend
+from graphrun.graphs.piecewise.plan import PiecewiseCallable
 from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe
 from graphrun.graphs.sizes import rung_for
 from graphrun.graphs.spec import CaptureResult, CaptureSpec
@@ -132,10 +133,8 @@ class GraphRunner:
         self.stats = RunnerStats(mode=label.value)
         self.name = register_runner(self, fn, options.name, options.registry, self.stats)
         captured_fn = plan.fn
-        if options.compile and self.mode is not CudaGraphMode.PIECEWISE:
-            # FULL graphs record the compiled code; eager fallbacks run `fn` itself. Piecewise segments
-            # are not compiled yet (their split callable is graphrun's own executor, see README)
-            captured_fn = CompiledFn(plan.fn, self.name, options.compile_cache_dir, options.tolerance)
+        if options.compile:  # graphs record the compiled code; eager fallbacks run `fn` itself
+            captured_fn = _compiled(plan, fn, self.name, options)
         self.spec = CaptureSpec(captured_fn, inputs, options, self.backend, self.name)
         self._capturer = RungCapturer(self.spec)
         self._bind_call_path(fn, inputs, options)
@@ -629,6 +628,27 @@ _ALL_EAGER_CALLS = {
     CaptureFailure.MODE_NONE: CallFallback.MODE_NONE,
     CaptureFailure.UNTRACEABLE: CallFallback.UNTRACEABLE,
 }
+
+
+def _compiled(plan: ModePlan, fn: Callable[..., Any], name: str, options: RunnerOptions) -> CompiledFn:
+    """What a compile=True runner captures: the callable compiled whole (FULL), or the piecewise split
+    with each segment compiled and the eager splits as they are (PIECEWISE); keyed by the user's `fn`."""
+    compile_with = None
+    split = plan.fn
+    if isinstance(split, PiecewiseCallable):
+
+        def compile_with(_: Callable[..., Any]) -> Callable[..., Any]:
+            return split.compiled()
+
+    return CompiledFn(
+        plan.fn,
+        name,
+        options.compile_cache_dir,
+        options.tolerance,
+        compile_with=compile_with,
+        identity=fn,
+        key_extra=";".join(plan.splits),
+    )
 
 
 def _no_outputs(leaves: Any) -> Any:

@@ -35,9 +35,36 @@ class PiecewiseCallable:
         self._traced = traced
         self.parent = parent
         self.__name__ = name
+        self.segments = [m for m in parent.children() if isinstance(m, Segment)]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return call_traced(self._traced, self.parent, args, kwargs)
+
+    def compiled(self) -> Callable[..., Any]:
+        """This callable with every segment's submodule compiled (torch.compile, inductor) and the eager
+        splits as they are: what compile=True captures in piecewise mode (graphs/compile.py)."""
+        for segment in self.segments:
+            if segment.compiled is None:
+                segment.compiled = torch.compile(segment.module, backend="inductor", mode="default")
+        return _CompiledSegments(self)
+
+
+class _CompiledSegments:
+    """Calls a PiecewiseCallable with its segments' compiled twins in use (only during the call)."""
+
+    def __init__(self, fn: PiecewiseCallable) -> None:
+        self._fn = fn
+        self.__name__ = f"{fn.__name__}-compiled"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        segments = self._fn.segments
+        for segment in segments:
+            segment.use_compiled = True
+        try:
+            return self._fn(*args, **kwargs)
+        finally:
+            for segment in segments:
+                segment.use_compiled = False
 
 
 @dataclass(frozen=True, slots=True)

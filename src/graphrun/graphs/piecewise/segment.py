@@ -71,17 +71,27 @@ class Segment(torch.nn.Module):
         self.module = module
         self.label = label
         self._backend = backend
+        # compile=True: the submodule compiled by torch.compile (PiecewiseCallable.compiled()), run
+        # instead of it while use_compiled is set (the compile phase, warm-up and capture of a rung)
+        self.compiled: Any = None
+        self.use_compiled = False
+
+    def run(self, *args: Any) -> Any:
+        """The submodule, or its compiled twin while that is in use."""
+        if self.use_compiled and self.compiled is not None:
+            return self.compiled(*args)
+        return self.module(*args)
 
     def forward(self, *args: Any) -> Any:
         state = self._backend.state
         if state is None:
-            return self.module(*args)
+            return self.run(*args)
         if state.recording:
             graph = self._capture(args)
             state.segments.append(graph)
             return graph.outputs
         segment = state.next_segment()
-        return self.module(*args) if segment.graph is None else _replay(segment, args)
+        return self.run(*args) if segment.graph is None else _replay(segment, args)
 
     def _capture(self, args: tuple[Any, ...]) -> SegmentGraph:
         backend = self._backend
@@ -90,7 +100,7 @@ class Segment(torch.nn.Module):
 
         def body() -> None:
             holder.clear()
-            holder.append(self.module(*inputs))
+            holder.append(self.run(*inputs))
 
         try:
             graph = backend.inner.capture(body, f"{backend.label}:{self.label}")
@@ -110,7 +120,7 @@ class Segment(torch.nn.Module):
             "piecewise: segment %s runs eager at this size: %s (%s)", self.label, reason.value, detail
         )
         self._backend.note_eager_segment(self.label, reason.value)
-        return SegmentGraph(None, [], self.module(*args))
+        return SegmentGraph(None, [], self.run(*args))
 
 
 def _static_input(arg: Any, static: bool) -> Any:
