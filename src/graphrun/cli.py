@@ -114,6 +114,13 @@ def _add_serve_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--output-len-median", type=int, default=128, help="log-normal median, tokens")
     serve.add_argument("--output-len-max", type=int, default=512)
     serve.add_argument("--min-len", type=int, default=4, help="shortest prompt and output")
+    serve.add_argument(
+        "--shared-prefix-len",
+        type=int,
+        default=0,
+        help="tokens every prompt starts with (a shared system prompt: compare the server with "
+        "--server-arg=--no-enable-prefix-caching)",
+    )
     serve.add_argument("--seed", type=int, default=0, help="lengths and prompt ids")
     serve.add_argument("--warmup-requests", type=int, default=8, help="untimed, not counted")
     serve.add_argument("--max-num-seqs", type=int, default=None, help="passed to the server")

@@ -57,6 +57,21 @@ def test_plans_are_deterministic_fit_the_context_and_keep_warmup_apart():
     assert [s.max_tokens for s in roomy] == [s.max_tokens for s in timed]  # outputs are kept
 
 
+def test_a_shared_prefix_starts_every_prompt_warm_up_included():
+    workload = Workload(prompt_len_median=20, prompt_len_max=40, output_len_median=8, output_len_max=16,
+                        shared_prefix_len=32)  # fmt: skip
+    timed = plan_requests(workload, 20, vocab_size=512, max_model_len=4096, label="timed")
+    warmup = plan_requests(workload, 4, vocab_size=512, max_model_len=4096, label="warmup")
+    prefix = timed[0].prompt_ids[:32]
+    assert all(s.prompt_ids[:32] == prefix for s in timed + warmup)
+    assert all(len(s.prompt_ids) > 32 and not s.clipped for s in timed)
+    assert len({tuple(s.prompt_ids[32:]) for s in timed}) == len(timed)  # the rest is each request's own
+    tight = plan_requests(workload, 20, vocab_size=512, max_model_len=40, label="timed")
+    assert all(len(s.prompt_ids) + s.max_tokens <= 40 for s in tight) and any(s.clipped for s in tight)
+    with pytest.raises(ConfigError, match="--shared-prefix-len"):
+        Workload(shared_prefix_len=-1)
+
+
 def test_workload_and_setup_reject_bad_flags():
     with pytest.raises(ConfigError, match="--output-len-median"):
         Workload(output_len_median=600, output_len_max=512)

@@ -109,6 +109,7 @@ class ServeBenchSetup:
             output_len_max=args.output_len_max,
             min_len=args.min_len,
             seed=args.seed,
+            shared_prefix_len=args.shared_prefix_len,
         )
         return cls(
             model=args.model or ("qwen3-0.6b-shape" if cuda else "tiny"),

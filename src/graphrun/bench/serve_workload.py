@@ -5,6 +5,9 @@ full the batch stays. Lengths are log-normal around a median (sigma ~0.8: p90 ~2
 to [min_len, max]. Prompts are random token ids, so the server's tokenizer is never on the path and the
 prompt length is exact. Every draw comes from a generator named by (seed, label, what), so graph and
 eager modes get the very same requests, and warm-up requests never shift the timed ones.
+
+`shared_prefix_len` puts the same random tokens (a system prompt, say) in front of every prompt, warm-up
+ones included, so a server with prefix caching finds them cached; the drawn part follows it.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ class Workload:
     min_len: int = 4
     sigma: float = 0.8
     seed: int = 0
+    shared_prefix_len: int = 0  # tokens every prompt starts with (a shared system prompt)
 
     def __post_init__(self) -> None:
+        if self.shared_prefix_len < 0:
+            raise ConfigError(f"--shared-prefix-len must be >= 0, got {self.shared_prefix_len}")
         if self.num_requests < 1:
             raise ConfigError(f"--num-requests must be >= 1, got {self.num_requests}")
         if self.min_len < 1:
@@ -79,10 +85,13 @@ def plan_requests(
         num, w.output_len_median, w.sigma, w.min_len, w.output_len_max, f"{w.seed}:{label}:output"
     )
     ids = random.Random(f"{w.seed}:{label}:ids")
+    shared = random.Random(f"{w.seed}:shared").choices(range(vocab_size), k=w.shared_prefix_len)
     specs = []
     for index, (prompt_len, output_len) in enumerate(zip(prompt_lens, output_lens, strict=True)):
         max_tokens = min(output_len, max_model_len - 1)
-        fitted = max(1, min(prompt_len, max_model_len - max_tokens))
-        prompt_ids = [ids.randrange(vocab_size) for _ in range(fitted)]
-        specs.append(RequestSpec(index, prompt_ids, max_tokens, clipped=fitted < prompt_len))
+        wanted = len(shared) + prompt_len
+        fitted = max(1, min(wanted, max_model_len - max_tokens))
+        own = [ids.randrange(vocab_size) for _ in range(max(0, fitted - len(shared)))]
+        prompt_ids = (shared + own)[:fitted]
+        specs.append(RequestSpec(index, prompt_ids, max_tokens, clipped=fitted < wanted))
     return specs
