@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import CausalBias, causal_lower_right
+
+if TYPE_CHECKING:
+    from torch.nn.attention.bias import CausalBias
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +141,17 @@ def prefill_attention_reference(
             continue
         # query j sits at position ctx - q_len + j and sees keys 0..that position: causal, aligned to the
         # bottom right, which the fused SDPA kernels take without a materialised mask
-        mask = causal_lower_right(q_len, ctx)
+        mask = _lower_right(q_len, ctx)
         out[start:end] = _sdpa(q[start:end], k, v, mask, scale, num_heads // kv_heads)
     return out
+
+
+def _lower_right(q_len: int, ctx: int) -> CausalBias:
+    """torch's lower-right causal bias (a CausalBias), imported on first use: its module imports Triton,
+    which a CPU-only process need not load (nor report leaks of at exit)."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    return causal_lower_right(q_len, ctx)
 
 
 def varlen_attention(

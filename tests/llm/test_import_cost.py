@@ -1,0 +1,13 @@
+"""Importing the engine loads no Triton: a CPU-only process should not pay for it (nor print its
+nanobind leak report at exit)."""
+
+import subprocess
+import sys
+
+
+def test_importing_the_engine_and_server_loads_no_triton():
+    code = "import sys, graphrun.llm.engine, graphrun.serve.app; print('triton' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
+    assert "nanobind" not in done.stderr
