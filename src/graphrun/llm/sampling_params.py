@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphrun.errors import ConfigError
+from graphrun.llm.logprobs import MAX_LOGPROBS
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds travel to the sampler in an int64 tensor
 
@@ -32,7 +33,8 @@ class SamplingParams:
     temperature 0 means greedy; top_k 0 and top_p 1.0 mean off. seed None means the sequence gets a seed
     derived from its id (see `Sequence.rng_seed`), so sampling is reproducible per request either way.
     ignore_eos keeps generating past the model's end-of-sequence tokens (benchmarks); stop_token_ids stop
-    the request even then.
+    the request even then. logprobs k (0..20) returns each sampled token's logprob and the k most likely
+    tokens' (logprobs.py).
     """
 
     temperature: float = 1.0
@@ -42,6 +44,7 @@ class SamplingParams:
     max_tokens: int = 16
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k: the sampled token's logprob and the k most likely
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:  # also rejects NaN
@@ -57,6 +60,12 @@ class SamplingParams:
             if self.seed > INT64_MAX:
                 raise SamplingParamsError(
                     f"seed must fit in 64 bits (<= {INT64_MAX}), got {self.seed}", "seed"
+                )
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, 0, f"alternatives per token, at most {MAX_LOGPROBS}")
+            if self.logprobs > MAX_LOGPROBS:
+                raise SamplingParamsError(
+                    f"logprobs must be <= {MAX_LOGPROBS}, got {self.logprobs}", "logprobs"
                 )
         if not isinstance(self.stop_token_ids, tuple):
             raise SamplingParamsError(
