@@ -39,6 +39,7 @@ from graphrun.serve.body_limit import BodyLimit, BodyTooLarge
 from graphrun.serve.chat_template import ChatTemplate
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.deltas import Collected
+from graphrun.serve.logprobs import LogprobsShape
 from graphrun.serve.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from graphrun.serve.protocol import (
     APIError,
@@ -156,7 +157,8 @@ class _Routes:
         for ids in body.prompts_ids(model.tokenizer, vocab):
             max_tokens = body.resolve_max_tokens(len(ids), model.max_model_len)
             prompts.append((ids, body.sampling_params(max_tokens, vocab)))
-        fmt = CompletionFormat(self._config.served_model_name, bool(body.return_token_ids))
+        shape = LogprobsShape(model.tokenizer, chat=False) if body.logprobs is not None else None
+        fmt = CompletionFormat(self._config.served_model_name, bool(body.return_token_ids), shape)
         return await self._generate(request, fmt, prompts, body.stop_strings(), body)
 
     async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
@@ -165,7 +167,8 @@ class _Routes:
         ids = self._template.prompt_ids(body.messages, model.tokenizer)
         max_tokens = body.resolve_max_tokens(len(ids), model.max_model_len)
         params = body.sampling_params(max_tokens, model.vocab_size)
-        fmt = ChatFormat(self._config.served_model_name, bool(body.return_token_ids))
+        shape = LogprobsShape(model.tokenizer, chat=True) if body.logprobs else None
+        fmt = ChatFormat(self._config.served_model_name, bool(body.return_token_ids), shape)
         return await self._generate(request, fmt, [(ids, params)], body.stop_strings(), body)
 
     def _model_for(self, model: str | None) -> ServedModel:
@@ -236,7 +239,7 @@ class _Routes:
         aborted = any(handle.finish_reason == "abort" for handle in handles)
         self._worker.metrics.count("aborted" if aborted else "ok")
         choices = [
-            ChoiceText("".join(one.texts), handle.finish_reason, one.token_ids)
+            ChoiceText("".join(one.texts), handle.finish_reason, one.token_ids, tuple(one.logprobs))
             for handle, one in zip(handles, collected, strict=True)
         ]
         usage = choices_usage(handles, self._worker.engine_config.enable_prefix_caching)

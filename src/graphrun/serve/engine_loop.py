@@ -202,6 +202,8 @@ class EngineLoop:
             self.metrics.observe_token(last is None, now - (request.arrival if last is None else last))
             request.last_token_time = now
             reason = (out.finish_reason or "stop") if out.finished else None
+            if out.logprobs is not None:  # just before its token's event (deltas.py pairs them)
+                self._pending.append((request, out.logprobs))
             self._pending.append((request, (out.new_token_id, reason)))
             if out.finished:
                 self._forget(request)

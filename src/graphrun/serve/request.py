@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphrun.errors import GraphrunError
+from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.sampling_params import SamplingParams
 
 
@@ -27,8 +28,9 @@ class PromptCached:
     num_tokens: int
 
 
-# (token id, finish reason), or why the request failed, or the prefix-cache hit (never terminal)
-Event = tuple[int | None, str | None] | Exception | PromptCached
+# (token id, finish reason), or why the request failed, or the prefix-cache hit, or the logprobs of the
+# token whose event comes next (neither of the last two is ever terminal)
+Event = tuple[int | None, str | None] | Exception | PromptCached | TokenLogprobs
 
 
 class Unavailable(GraphrunError, RuntimeError):
@@ -57,6 +59,7 @@ class Delta:
     text: str
     finish_reason: str | None
     token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprobs, ...] = ()  # one per token id when the request asked for them
 
 
 @dataclass(slots=True)
@@ -73,7 +76,7 @@ class EngineRequest:
 
 def is_terminal(event: Event) -> bool:
     """True for the event that ends a request: an error or a finish reason."""
-    if isinstance(event, PromptCached):
+    if isinstance(event, PromptCached | TokenLogprobs):
         return False
     return isinstance(event, Exception) or event[1] is not None
 
