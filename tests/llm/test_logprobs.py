@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from graphrun.graphs.status import CallFallback
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.layers.attention import AttentionMetadata
@@ -121,6 +122,31 @@ def test_piecewise_mode_reports_the_same_logprobs():
     params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, logprobs=3)
     (outs,) = run_all(eng, ["piecewise logprobs"], params)
     check_against_reference(eng, "piecewise logprobs", outs, 3)
+
+
+def test_full_mode_prefill_runs_eager_counted_and_mixed_steps_gather_logprobs():
+    eng = engine(
+        graph_backend="sim", cuda_graph_mode="full", cuda_graph_sizes=(1, 2, 4, 8), mixed_prefill_tokens=8
+    )
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=2)
+    first = eng.add_request("the first request decodes", params)
+    outs: dict[int, list] = {first: []}
+    for _ in range(3):
+        for o in eng.step():
+            outs[o.seq_id].append(o)
+    second = eng.add_request("a second prompt arrives while the first decodes", params)
+    outs[second] = []
+    kinds = set()
+    while eng.has_unfinished():
+        for o in eng.step():
+            outs[o.seq_id].append(o)
+        kinds.add(eng.last_step_timing.kind)
+    assert "mixed" in kinds  # the second prompt's chunk rode with the first's decode (the decode graph)
+    check_against_reference(eng, "the first request decodes", outs[first], 2)
+    check_against_reference(eng, "a second prompt arrives while the first decodes", outs[second], 2)
+    fallbacks = eng.prefill_graphs.runner.stats.eager_fallback
+    assert fallbacks[CallFallback.NEEDS_OTHER_OUTPUT] == 1  # the first prompt, alone: no prefill graph
+    assert eng.decode_graphs.runners["logprobs"].stats.num_replayed > 0
 
 
 def test_compute_logprobs_takes_the_sampled_token_and_sorted_top_k():

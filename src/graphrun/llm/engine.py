@@ -42,6 +42,7 @@ from graphrun.graphs import GraphRunner
 from graphrun.graphs.backends import Backend, make_backend
 from graphrun.graphs.options import CaptureWhen
 from graphrun.graphs.sizes import default_ladder, normalize_ladder
+from graphrun.graphs.status import CallFallback
 from graphrun.llm.background_graphs import BackgroundGraphs
 from graphrun.llm.block_manager import BlockCopy, BlockManager
 from graphrun.llm.choices import choice_params
@@ -527,19 +528,7 @@ class LLMEngine:
             return self._run_piecewise(batch)
         graphs = self.prefill_graphs
         sample_index = {row: i for i, row in enumerate(batch.sample_rows)}
-        starts = batch.query_start
-        graph_rows = []
-        if graphs is not None:
-            for row in range(len(batch.seqs)):
-                a, b = starts[row], starts[row + 1]
-                fresh = batch.positions[a] == 0 and b - a <= graphs.top
-                # the prefill graph samples without logprobs: a row that wants them runs eager
-                if (
-                    fresh
-                    and PLACEHOLDER not in batch.input_ids[a:b]
-                    and batch.seqs[row].params.logprobs is None
-                ):
-                    graph_rows.append(row)
+        graph_rows = self._prefill_graph_rows(batch, graphs) if graphs is not None else []
         if len(graph_rows) < len(batch.seqs):
             in_graph = set(graph_rows)
             eager_rows = [r for r in range(len(batch.seqs)) if r not in in_graph]
@@ -551,10 +540,27 @@ class LLMEngine:
             graphs.run(pack_prefill(batch, row, sample_index.get(row, dummy)))
         return self.last_tokens[: len(batch.sample_rows)]
 
+    def _prefill_graph_rows(self, batch: ScheduledBatch, graphs: PrefillGraphs) -> list[int]:
+        """The rows of a prefill batch that replay a prefill graph: fresh prompts that fit one, whose
+        tokens are all on the host; and whose request wants no logprobs (the graph samples without them:
+        such a prompt runs eager, counted as a fallback of the prefill runner)."""
+        rows = []
+        starts = batch.query_start
+        for row, seq in enumerate(batch.seqs):
+            a, b = starts[row], starts[row + 1]
+            if batch.positions[a] != 0 or b - a > graphs.top or PLACEHOLDER in batch.input_ids[a:b]:
+                continue
+            if seq.params.logprobs is None:
+                rows.append(row)
+            else:
+                graphs.runner.stats.count_fallback(CallFallback.NEEDS_OTHER_OUTPUT)
+                log.debug("prefill of seq %d eager: its request wants logprobs", seq.seq_id)
+        return rows
+
     def _takes_piecewise(self, batch: ScheduledBatch) -> bool:
         """Whether a step runs on the piecewise graphs: every step in mode piecewise; in
         full_and_piecewise every step but a decode batch with a FULL rung and one fresh prompt that
-        fits a prefill graph."""
+        fits a prefill graph and wants no logprobs."""
         if self.piecewise_graphs is None:
             return False
         decode, prefill = self.decode_graphs, self.prefill_graphs
@@ -563,7 +569,8 @@ class LLMEngine:
         if batch.kind == "mixed" or prefill is None or len(batch.seqs) > 1:
             return True
         fresh = batch.positions[0] == 0 and batch.num_tokens <= prefill.top
-        return not fresh or PLACEHOLDER in batch.input_ids
+        # logprobs: the piecewise graphs leave the LM head eager, where they are computed
+        return not fresh or PLACEHOLDER in batch.input_ids or _wants_logprobs(batch.seqs)
 
     def _run_piecewise(self, batch: ScheduledBatch) -> torch.Tensor:
         """Any step through the piecewise graphs, sampled eagerly after; its sample rows' tokens land at
