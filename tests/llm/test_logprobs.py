@@ -149,6 +149,27 @@ def test_full_mode_prefill_runs_eager_counted_and_mixed_steps_gather_logprobs():
     assert eng.decode_graphs.runners["logprobs"].stats.num_replayed > 0
 
 
+@pytest.mark.parametrize("mode", ["full", "piecewise", "full_and_piecewise", "eager"])
+def test_prompt_logprobs_are_the_models_for_every_prompt_token_but_the_first(mode):
+    kw = {"enforce_eager": True} if mode == "eager" else {"graph_backend": "sim", "cuda_graph_mode": mode}
+    # chunks of 16 tokens: a 40-token prompt is prefilled in three, and the logprobs continue across them
+    eng = engine(
+        max_num_batched_tokens=16, cuda_graph_max_prefill_tokens=16, enable_prefix_caching=True, **kw
+    )
+    prompt = "a prompt long enough to be prefilled in chunks!"
+    ids = eng.tokenizer.encode(prompt)
+    params = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True, prompt_logprobs=3)
+    for _ in range(2):  # the second time, the prefix cache holds the prompt: it must not skip it
+        (outs,) = run_all(eng, [prompt], params)
+        got = outs[0].prompt_logprobs
+        assert got is not None and len(got) == len(ids) - 1 and outs[1].prompt_logprobs is None
+        ref = reference_logprobs(eng.model, ids)
+        for p, lp in enumerate(got):
+            assert math.isclose(lp.logprob, ref[p, ids[p + 1]].item(), abs_tol=ATOL)
+            assert torch.allclose(torch.tensor(lp.top_logprobs), ref[p].topk(3).values, atol=ATOL)
+        assert outs[0].logprobs is None  # sampled-token logprobs were not asked for
+
+
 def test_compute_logprobs_takes_the_sampled_token_and_sorted_top_k():
     logits = torch.tensor([[0.0, 2.0, 1.0, -1.0]])
     values, ids = compute_logprobs(logits, torch.tensor([2]), 2)

@@ -57,6 +57,7 @@ from graphrun.llm.logprobs import LogprobBuffers, TokenLogprobs, token_logprobs
 from graphrun.llm.piecewise_graph import PiecewiseGraphs, piecewise_ladder
 from graphrun.llm.prefill_graph import PrefillGraphs, prefill_ladder
 from graphrun.llm.presets import load_model
+from graphrun.llm.prompt_logprobs import record_prompt_logprobs, wants_prompt_logprobs
 from graphrun.llm.sampler import SamplingTensors, sample
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.scheduler import PLACEHOLDER, AdvancedBatch, ScheduledBatch, Scheduler, SchedulerConfig
@@ -79,6 +80,8 @@ class StepOutput:
     finish_reason: str | None
     num_cached_tokens: int = 0
     logprobs: TokenLogprobs | None = None  # when the request asked for them (SamplingParams.logprobs)
+    # on a request's first token, when it asked for them: prompt tokens 1, 2, ...'s (prompt_logprobs.py)
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,12 +498,13 @@ class LLMEngine:
         finished = {s.seq_id for s in self.scheduler.resolve(launched.advanced, tokens)}
         values, ids = ([t.tolist() for t in launched.logprobs]) if launched.logprobs else ([], [])
         outputs = []
-        for i, seq, _ in launched.advanced.owed():  # after resolve(): tokens a stop just cut off are gone
+        for i, seq, j in launched.advanced.owed():  # after resolve(): tokens a stop just cut off are gone
             done = seq.seq_id in finished
             reason = seq.finish_reason if done else None
             num_top = seq.params.logprobs
             lp = token_logprobs(values[i], ids[i], num_top) if num_top is not None and values else None
-            outputs.append(StepOutput(seq.seq_id, tokens[i], done, reason, seq.num_cached_tokens, lp))
+            prompt = tuple(seq.prompt_logprobs) if j == 0 and seq.params.prompt_logprobs is not None else None
+            outputs.append(StepOutput(seq.seq_id, tokens[i], done, reason, seq.num_cached_tokens, lp, prompt))
         return outputs
 
     def _feed_rows(self, batch: ScheduledBatch) -> list[int]:
@@ -550,7 +554,7 @@ class LLMEngine:
             a, b = starts[row], starts[row + 1]
             if batch.positions[a] != 0 or b - a > graphs.top or PLACEHOLDER in batch.input_ids[a:b]:
                 continue
-            if seq.params.logprobs is None:
+            if seq.params.logprobs is None and not wants_prompt_logprobs([seq]):
                 rows.append(row)
             else:
                 graphs.runner.stats.count_fallback(CallFallback.NEEDS_OTHER_OUTPUT)
@@ -570,7 +574,8 @@ class LLMEngine:
             return True
         fresh = batch.positions[0] == 0 and batch.num_tokens <= prefill.top
         # logprobs: the piecewise graphs leave the LM head eager, where they are computed
-        return not fresh or PLACEHOLDER in batch.input_ids or _wants_logprobs(batch.seqs)
+        wants = _wants_logprobs(batch.seqs) or wants_prompt_logprobs(batch.seqs)
+        return not fresh or PLACEHOLDER in batch.input_ids or wants
 
     def _run_piecewise(self, batch: ScheduledBatch) -> torch.Tensor:
         """Any step through the piecewise graphs, sampled eagerly after; its sample rows' tokens land at
@@ -598,6 +603,8 @@ class LLMEngine:
             rows = to_device(feed, self.device, torch.int64)
             input_ids = torch.where(rows >= 0, self.last_tokens[rows.clamp(min=0)], input_ids)
         hidden = self._forward(input_ids, tensors.positions, tensors.attn, piecewise)
+        if wants_prompt_logprobs(batch.seqs):
+            record_prompt_logprobs(batch, hidden, self.model.compute_logits)
         if not batch.sample_rows:
             return
         logits = self.model.compute_logits(hidden[tensors.sample_indices])
@@ -619,7 +626,9 @@ class LLMEngine:
         """
         if self._takes_piecewise(batch):
             return self._run_piecewise(batch)
-        if batch.kind == "mixed" and batch.num_tokens > self._mixed_graph_rows:
+        if batch.kind == "mixed" and (
+            batch.num_tokens > self._mixed_graph_rows or wants_prompt_logprobs(batch.seqs)
+        ):  # the decode graph computes no prompt logprobs
             return self._run_mixed_eager(batch)
         step = self._pack_decode(batch)
         greedy = all(seq.params.temperature == 0 for seq in batch.seqs)
