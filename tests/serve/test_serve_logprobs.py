@@ -92,7 +92,35 @@ def test_sampled_tokens_logprobs_match_with_several_choices(srv):
         lp = choice["logprobs"]
         assert len(lp["token_logprobs"]) == len(choice["token_ids"])
         for token, value, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=True):
-            assert top[token] == value
+            assert top[token] == value or token == "\ufffd"  # a key lone bytes share keeps the larger
+
+
+def test_echo_with_logprobs_lists_the_prompt_first_with_a_null_first_logprob(srv):
+    prompt = "echo this prompt"
+    body = {**GREEDY, "prompt": prompt, "echo": True, "logprobs": 2, "max_tokens": 3}
+    out = ok(srv, C, body)
+    choice = out["choices"][0]
+    lp = choice["logprobs"]
+    num_prompt = out["usage"]["prompt_tokens"]
+    assert choice["text"].startswith(prompt) and len(lp["tokens"]) == num_prompt + 3
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert lp["text_offset"][num_prompt] == len(prompt)  # the completion's tokens follow the prompt's
+    for i in (1, num_prompt // 2, num_prompt - 1):  # prompt token i's alternatives: the logits after i tokens
+        alone = ok(srv, C, {**GREEDY, "prompt": prompt[:i], "max_tokens": 1, "logprobs": 0})["choices"][0]
+        greedy_logprob = alone["logprobs"]["token_logprobs"][0]  # the most likely token's
+        assert math.isclose(max(lp["top_logprobs"][i].values()), greedy_logprob, abs_tol=1e-4)
+        assert lp["token_logprobs"][i] <= greedy_logprob + 1e-4
+        assert lp["tokens"][i] == prompt[i]
+
+
+def test_echo_with_max_tokens_0_returns_the_prompt_alone(srv):
+    prompt = "only the prompt"
+    out = ok(srv, C, {"model": "tiny", "prompt": prompt, "echo": True, "max_tokens": 0, "logprobs": 1})
+    choice = out["choices"][0]
+    assert choice["text"] == prompt and choice["finish_reason"] == "length"
+    assert out["usage"]["completion_tokens"] == 0 and len(choice["logprobs"]["tokens"]) == len(prompt)
+    plain = ok(srv, C, {**GREEDY, "prompt": prompt, "echo": True, "max_tokens": 2})["choices"][0]
+    assert plain["text"].startswith(prompt) and len(plain["text"]) > len(prompt) and plain["logprobs"] is None
 
 
 @pytest.mark.parametrize(
@@ -100,7 +128,10 @@ def test_sampled_tokens_logprobs_match_with_several_choices(srv):
     [
         (C, {"prompt": "x", "logprobs": 21}, "logprobs"),
         (C, {"prompt": "x", "logprobs": -1}, "logprobs"),
-        (C, {"prompt": "x", "logprobs": 1, "echo": True}, "echo"),
+        (C, {"prompt": "x", "logprobs": 1, "echo": True, "stream": True}, "echo"),
+        (C, {"prompt": "x", "logprobs": 1, "echo": True, "n": 2}, "echo"),
+        (C, {"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        (CHAT, {"messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
         (CHAT, {"messages": MESSAGES, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         (CHAT, {"messages": MESSAGES, "top_logprobs": 2}, "top_logprobs"),
     ],

@@ -131,7 +131,7 @@ def test_prompt_plus_max_tokens_beyond_the_context_is_a_400(client, prompt, max_
 
 def test_unsupported_and_unknown_things_get_openai_errors(client, srv):
     with pytest.raises(openai.BadRequestError) as exc:
-        client.completions.create(model="tiny", prompt="hi", echo=True)
+        client.completions.create(model="tiny", prompt="hi", echo=True, stream=True)
     assert _error(exc)["code"] == "unsupported" and _error(exc)["param"] == "echo"
     with pytest.raises(openai.NotFoundError) as not_found:
         client.completions.create(model="gpt-9", prompt="hi")

@@ -54,6 +54,7 @@ from graphrun.serve.responses import (
     ChatFormat,
     ChoiceText,
     CompletionFormat,
+    EchoedPrompt,
     ModelCard,
     ModelList,
     ResponseFormat,
@@ -207,7 +208,7 @@ class _Routes:
             continuous = body.continuous_usage
             return SSEResponse(self._worker, handles, fmt, watcher, usage, every_batch, continuous, caching)
         try:
-            return await self._collect(handles, fmt)
+            return await self._collect(handles, fmt, body)
         finally:
             watcher.cancel()
 
@@ -225,7 +226,12 @@ class _Routes:
             raise
         return handles
 
-    async def _collect(self, handles: list[RequestHandle], fmt: ResponseFormat) -> Response:
+    async def _collect(
+        self,
+        handles: list[RequestHandle],
+        fmt: ResponseFormat,
+        body: CompletionRequest | ChatCompletionRequest,
+    ) -> Response:
         collected = [Collected(self._worker.deltas(handle)) for handle in handles]
         for handle, one in zip(handles, collected, strict=True):
             handle.attach(one.on_event)
@@ -238,13 +244,26 @@ class _Routes:
                     self._worker.abort(handle)  # cancelled or failed: nothing reads the request now
         aborted = any(handle.finish_reason == "abort" for handle in handles)
         self._worker.metrics.count("aborted" if aborted else "ok")
-        choices = [
-            ChoiceText("".join(one.texts), handle.finish_reason, one.token_ids, tuple(one.logprobs))
-            for handle, one in zip(handles, collected, strict=True)
-        ]
+        choices = [self._choice(handle, one, body) for handle, one in zip(handles, collected, strict=True)]
         usage = choices_usage(handles, self._worker.engine_config.enable_prefix_caching)
         answer = fmt.response(choices, usage)
         return Response(answer.model_dump_json(), media_type="application/json")
+
+    def _choice(
+        self, handle: RequestHandle, one: Collected, body: CompletionRequest | ChatCompletionRequest
+    ) -> ChoiceText:
+        """A collected choice; with echo, its prompt first, and with max_tokens 0 nothing else (the one
+        token the engine generated is left out, and out of usage)."""
+        text, ids, logprobs = "".join(one.texts), one.token_ids, tuple(one.logprobs)
+        if not body.echoes:
+            return ChoiceText(text, handle.finish_reason, ids, logprobs)
+        reason = handle.finish_reason
+        if body.max_tokens == 0:
+            text, ids, logprobs, reason = "", [], (), "length"
+            handle.num_output_tokens = 0
+        prompt_text = self._worker.model.tokenizer.decode(handle.prompt_ids)
+        echo = EchoedPrompt(prompt_text, handle.prompt_ids, one.prompt_logprobs)
+        return ChoiceText(text, reason, ids, logprobs, echo)
 
     async def models(self) -> ModelList:
         """GET /v1/models: the one served model."""

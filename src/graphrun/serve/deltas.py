@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.tokenizer import Tokenizer
-from graphrun.serve.request import Delta, Event, PromptCached, RequestHandle
+from graphrun.serve.request import Delta, Event, PromptCached, PromptLogprobs, RequestHandle
 from graphrun.serve.text import TextStream
 
 
@@ -45,7 +45,7 @@ class Deltas:
         """push() for one event from the engine; an error event is raised."""
         if isinstance(event, Exception):
             raise event
-        if isinstance(event, PromptCached):  # RequestHandle.put keeps these; never a delta
+        if isinstance(event, PromptCached | PromptLogprobs):  # never a delta (Collected keeps the latter)
             return None
         if isinstance(event, TokenLogprobs):  # the next token's: it travels with that token
             if not self.over:
@@ -83,12 +83,16 @@ class Collected:
         self.texts: list[str] = []
         self.token_ids: list[int] = []
         self.logprobs: list[TokenLogprobs] = []
+        self.prompt_logprobs: tuple[TokenLogprobs, ...] = ()  # echo with logprobs: the prompt's
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_event(self, event: Event) -> None:
         """The handle's sink: one event of the request."""
         if self.done.done():
             return  # over, or the reader left (close)
+        if isinstance(event, PromptLogprobs):
+            self.prompt_logprobs = event.items
+            return
         try:
             delta = self._deltas.push_event(event)
         except Exception as exc:

@@ -134,7 +134,7 @@ class _GenerationRequest(BaseModel):
     prompt_param: ClassVar[str] = "prompt"  # the field the prompt comes from
     default_max_tokens: ClassVar[int | None] = None  # None: the rest of the context
     model: str | None = None
-    max_tokens: PositiveInt | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = None  # 0: only with echo (completions)
     temperature: NonNegFloat | None = None
     top_p: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
     top_k: Annotated[int, Field(ge=-1)] | None = None
@@ -165,6 +165,10 @@ class _GenerationRequest(BaseModel):
                 raise unsupported(name, "a non-zero penalty")
         if self.logit_bias:
             raise unsupported("logit_bias", "logit bias")
+        if self.max_tokens == 0 and not self.echoes:
+            raise APIError(
+                400, "max_tokens must be >= 1 (0 only with echo, on completions)", param="max_tokens"
+            )
 
     def stop_strings(self) -> tuple[str, ...]:
         """The stop strings, validated (non-empty, at most MAX_STOP_STRINGS)."""
@@ -186,6 +190,7 @@ class _GenerationRequest(BaseModel):
                 stop_token_ids=tuple(self.stop_token_ids or ()),
                 ignore_eos=bool(self.ignore_eos),
                 logprobs=self.num_logprobs,
+                prompt_logprobs=self.num_prompt_logprobs,
             )
         except SamplingParamsError as exc:
             raise APIError(400, str(exc), param=self.param_name(exc.param)) from exc
@@ -194,6 +199,16 @@ class _GenerationRequest(BaseModel):
     def num_logprobs(self) -> int | None:
         """The alternatives per token the engine reports (None: no logprobs)."""
         return None
+
+    @property
+    def num_prompt_logprobs(self) -> int | None:
+        """The alternatives per prompt token the engine reports (None: no prompt logprobs)."""
+        return None
+
+    @property
+    def echoes(self) -> bool:
+        """Whether the answer starts with the prompt (completions' echo)."""
+        return False
 
     @property
     def include_usage(self) -> bool:
@@ -266,10 +281,13 @@ class CompletionRequest(_GenerationRequest):
     suffix: str | None = None
 
     def check_supported(self) -> None:
-        """Also reject echo, best_of and suffix (logprobs out of [0, 20] is a 400 from SamplingParams)."""
+        """Also reject echo with stream, or with logprobs and n > 1; best_of other than n; and suffix
+        (logprobs out of [0, 20] is a 400 from SamplingParams)."""
         super().check_supported()
-        if self.echo:
-            raise unsupported("echo", "echo")
+        if self.echo and self.stream:
+            raise unsupported("echo", "echo with stream")
+        if self.echo and self.logprobs is not None and self.num_choices > 1:
+            raise unsupported("echo", "echo with logprobs and n > 1")
         if self.best_of is not None and self.best_of < self.num_choices:
             raise APIError(
                 400, f"best_of must be >= n ({self.num_choices}), got {self.best_of}", param="best_of"
@@ -282,6 +300,19 @@ class CompletionRequest(_GenerationRequest):
     @property
     def num_logprobs(self) -> int | None:
         return self.logprobs
+
+    @property
+    def num_prompt_logprobs(self) -> int | None:
+        return self.logprobs if self.echo else None
+
+    @property
+    def echoes(self) -> bool:
+        return bool(self.echo)
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        """max_tokens; 0 (echo only) asks the engine for one token that the answer leaves out."""
+        return 1 if self.max_tokens == 0 else self.max_tokens
 
     def prompts_ids(self, tokenizer: Tokenizer, vocab_size: int) -> list[list[int]]:
         """Token ids of each prompt (one, or a list of strings or token lists), in order."""

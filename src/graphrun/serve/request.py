@@ -28,9 +28,16 @@ class PromptCached:
     num_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class PromptLogprobs:
+    """The logprobs of the prompt's tokens but the first (echo with logprobs), before the first token."""
+
+    items: tuple[TokenLogprobs, ...]
+
+
 # (token id, finish reason), or why the request failed, or the prefix-cache hit, or the logprobs of the
-# token whose event comes next (neither of the last two is ever terminal)
-Event = tuple[int | None, str | None] | Exception | PromptCached | TokenLogprobs
+# token whose event comes next, or the prompt's (none of the last three is ever terminal)
+Event = tuple[int | None, str | None] | Exception | PromptCached | TokenLogprobs | PromptLogprobs
 
 
 class Unavailable(GraphrunError, RuntimeError):
@@ -76,7 +83,7 @@ class EngineRequest:
 
 def is_terminal(event: Event) -> bool:
     """True for the event that ends a request: an error or a finish reason."""
-    if isinstance(event, PromptCached | TokenLogprobs):
+    if isinstance(event, PromptCached | TokenLogprobs | PromptLogprobs):
         return False
     return isinstance(event, Exception) or event[1] is not None
 

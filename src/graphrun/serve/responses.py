@@ -35,6 +35,16 @@ from graphrun.serve.logprobs import ChatLogprobs, CompletionLogprobs, LogprobsSh
 
 
 @dataclass(frozen=True, slots=True)
+class EchoedPrompt:
+    """Completions' echo: the prompt a choice's text starts with, and the logprobs of all its tokens but
+    the first (empty unless logprobs were asked for)."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: tuple[TokenLogprobs, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ChoiceText:
     """One choice of a whole (non-streamed) answer: its text, finish reason and output ids."""
 
@@ -42,6 +52,7 @@ class ChoiceText:
     finish_reason: str | None
     token_ids: list[int]
     logprobs: tuple[TokenLogprobs, ...] = ()  # one per token id, when the request asked for them
+    echo: EchoedPrompt | None = None  # completions' echo: the prompt, before the text
 
 
 class PromptTokensDetails(BaseModel):
@@ -353,6 +364,13 @@ class CompletionFormat(_Format):
             id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
         )
 
+    def _echoed_values(self, choice: ChoiceText, index: int) -> Any:
+        """A whole answer's logprobs, the echoed prompt's first (None: no logprobs were asked for)."""
+        if self._logprobs is None or choice.echo is None:
+            return self._values(choice.token_ids, choice.logprobs, index)
+        prompt = (choice.echo.token_ids, choice.echo.logprobs)
+        return self._logprobs.build(choice.token_ids, choice.logprobs, index, prompt)
+
     def usage_chunk(self, usage: Usage) -> str:
         chunk = CompletionResponse(
             id=self.id, created=self.created, model=self.model, choices=[], usage=usage
@@ -363,8 +381,8 @@ class CompletionFormat(_Format):
         items = [
             CompletionChoice(
                 index=i,
-                text=c.text,
-                logprobs=self._values(c.token_ids, c.logprobs, i),
+                text=c.text if c.echo is None else c.echo.text + c.text,
+                logprobs=self._echoed_values(c, i),
                 finish_reason=c.finish_reason,
                 token_ids=self._ids(c.token_ids),
             )
