@@ -158,6 +158,9 @@ def test_logprobs_reach_the_client_across_the_engine_process(client):
     )
     content = chat.choices[0].logprobs.content
     assert len(content) == 3 and all(len(item.top_logprobs) == 2 for item in content)
+    echo = client.completions.create(model="tiny", prompt="hi", echo=True, logprobs=1, max_tokens=0)
+    assert echo.choices[0].text == "hi" and echo.choices[0].logprobs.token_logprobs[0] is None
+    assert echo.choices[0].logprobs.token_logprobs[1] <= 0 and echo.usage.completion_tokens == 0
 
 
 def test_token_id_prompts_are_accepted_and_checked(client):
