@@ -26,6 +26,7 @@ ROW_KEYS = {
     "eager_sync",
     "graph_sync_over_floor",
     "replay",
+    "replay_by_kind",
     "speedup",
     "floor_bytes",
     "floor_ms",
@@ -79,9 +80,9 @@ def test_tiny_cpu_run_writes_its_json_and_times_both_paths(tmp_path, monkeypatch
 
     def build(setup):
         engine = build_engine(setup)
-        greedy = engine._eager_decode[True]
+        greedy = engine._eager_decode["greedy"]
         calls = []
-        engine._eager_decode[True] = lambda *args: calls.append(1) or greedy(*args)
+        engine._eager_decode["greedy"] = lambda *args: calls.append(1) or greedy(*args)
         engines.append((engine, calls))
         return engine
 

@@ -67,9 +67,9 @@ def test_engine_status_prints_as_tables(engines):
     graph, eager = engines
     text = str(graph.status())
     assert "model     tiny" in text and "KV cache" in text
-    for name in ("decode-sampling", "decode-greedy", "prefill"):
+    for name in ("decode-sampling", "decode-greedy", "decode-logprobs", "prefill"):
         assert f"runner {name} (sim): " in text
-    runners = ["decode-sampling", "decode-greedy", "prefill", "piecewise"]
+    runners = ["decode-sampling", "decode-greedy", "decode-logprobs", "prefill", "piecewise"]
     assert [r.runner for r in graph.status().runners] == runners
     assert "RungStatus(" not in text and "size  graph" in text
     off = eager.status()

@@ -75,6 +75,6 @@ def test_an_engine_process_reports_graph_progress_on_health():
     engine["cuda_graph_mode"] = "full"  # the FULL runners' 9 rungs (the piecewise ladder would add more)
     with live_server(engine=engine, engine_process=True) as srv:
         body = httpx.get(srv.url + "/health", timeout=60).json()
-        assert body["status"] == "ok" and re.fullmatch(r"(capturing|captured) \d+/9", body["graphs"])
-        assert wait_until(lambda: httpx.get(srv.url + "/health").json()["graphs"] == "captured 9/9", 120)
+        assert body["status"] == "ok" and re.fullmatch(r"(capturing|captured) \d+/13", body["graphs"])
+        assert wait_until(lambda: httpx.get(srv.url + "/health").json()["graphs"] == "captured 13/13", 120)
         assert complete(srv.url, PROMPTS[0]).status_code == 200

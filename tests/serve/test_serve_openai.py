@@ -131,8 +131,8 @@ def test_prompt_plus_max_tokens_beyond_the_context_is_a_400(client, prompt, max_
 
 def test_unsupported_and_unknown_things_get_openai_errors(client, srv):
     with pytest.raises(openai.BadRequestError) as exc:
-        client.completions.create(model="tiny", prompt="hi", logprobs=2)
-    assert _error(exc)["code"] == "unsupported"
+        client.completions.create(model="tiny", prompt="hi", echo=True, stream=True)
+    assert _error(exc)["code"] == "unsupported" and _error(exc)["param"] == "echo"
     with pytest.raises(openai.NotFoundError) as not_found:
         client.completions.create(model="gpt-9", prompt="hi")
     assert _error(not_found)["code"] == "model_not_found"
@@ -145,6 +145,22 @@ def test_unsupported_and_unknown_things_get_openai_errors(client, srv):
     assert wrong_type.status_code == 400 and wrong_type.json()["error"]["param"] == "prompt"
     route = httpx.get(srv.url + "/v1/nothing", timeout=10)
     assert route.status_code == 404 and route.json()["error"]["type"] == "not_found_error"
+
+
+def test_logprobs_reach_the_client_across_the_engine_process(client):
+    out = client.completions.create(model="tiny", prompt="hi", logprobs=2, max_tokens=3, **GREEDY)
+    lp = out.choices[0].logprobs
+    assert len(lp.token_logprobs) == len(lp.tokens) == len(lp.text_offset) == 3
+    assert all(value <= 0 for value in lp.token_logprobs)
+    messages = [{"role": "user", "content": "hi"}]
+    chat = client.chat.completions.create(
+        model="tiny", messages=messages, logprobs=True, top_logprobs=2, max_tokens=3, **GREEDY
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 3 and all(len(item.top_logprobs) == 2 for item in content)
+    echo = client.completions.create(model="tiny", prompt="hi", echo=True, logprobs=1, max_tokens=0)
+    assert echo.choices[0].text == "hi" and echo.choices[0].logprobs.token_logprobs[0] is None
+    assert echo.choices[0].logprobs.token_logprobs[1] <= 0 and echo.usage.completion_tokens == 0
 
 
 def test_token_id_prompts_are_accepted_and_checked(client):

@@ -33,9 +33,11 @@ from graphrun.bench.decode_report import copy_bandwidth, decode_payload, print_d
 from graphrun.bench.decode_setup import BLOCK_STEPS, DecodeSetup
 from graphrun.bench.report import written
 from graphrun.bench.timing import release_memory, summarize, time_calls, time_interleaved
+from graphrun.llm.decode_graph import DecodeGraphs
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
+from graphrun.llm.step_inputs import DecodeInputs
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +107,24 @@ def _probe(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, An
         raise RuntimeError(f"expected a decode batch of {num_seqs}, got {batch and batch.kind}")
     try:
         step = engine._pack_decode(batch)
-        eager = engine._eager_decode[True](*step.to(engine.device).packed()).tolist()
-        graph = graphs.run(step, True).tolist()  # leaves the inputs in the rung's static buffers
-        runner = graphs.runners["greedy"]
-        args, kwargs = runner.static_inputs(num_seqs)
-        mode = "events" if setup.cuda else "host"
-        replay = time_calls(lambda: runner(*args, **kwargs), setup.steps, 2, setup.sync, mode=mode)
+        eager = engine._eager_decode["greedy"](*step.to(engine.device).packed()).tolist()
+        by_kind = {kind: _replay(graphs, kind, step, setup) for kind in ("logprobs", "sampling", "greedy")}
+        graph = graphs.run(step, True).tolist()  # the greedy graph last: last_tokens holds its tokens
     except Exception:
         scheduler.discard(batch)
         raise
     scheduler.update(batch, graph)  # replays rewrote the same cache slots with the same values
-    return {"tokens_match": graph == eager, "replay": summarize(replay)}
+    return {"tokens_match": graph == eager, "replay": by_kind["greedy"], "replay_by_kind": by_kind}
+
+
+def _replay(graphs: DecodeGraphs, kind: str, step: DecodeInputs, setup: DecodeSetup) -> dict[str, Any]:
+    """One decode runner's replay times at the step's rung (the batch is greedy, so every kind samples
+    the same tokens): the logprobs graph's cost over the sampling one's is what logprobs add to a step."""
+    graphs.run(step, kind == "greedy", kind == "logprobs")  # leaves the inputs in the rung's static buffers
+    runner = graphs.runners[kind]
+    args, kwargs = runner.static_inputs(step.num_rows)
+    mode = "events" if setup.cuda else "host"
+    return summarize(time_calls(lambda: runner(*args, **kwargs), setup.steps, 2, setup.sync, mode=mode))
 
 
 def _probe_step(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, Any]:
@@ -179,6 +188,8 @@ def bench_batch(engine: LLMEngine, num_seqs: int, setup: DecodeSetup, bandwidth:
         "graph_sync": graph_sync,
         "eager_sync": eager_sync,
         "replay": probe["replay"],
+        # per decode graph kind where FULL graphs run: logprobs vs sampling is what logprobs cost a step
+        "replay_by_kind": probe.get("replay_by_kind", {}),
         "speedup": eager["median_ms"] / graph["median_ms"],
         **floor.against(graph["median_ms"]),
         "sync_context_mean": sync_context_mean,

@@ -51,6 +51,9 @@ class CallFallback(StrEnum):
     DYNAMIC_SHAPE = (
         "dynamic_shape"  # piecewise: an eager split's output changed shape (or value) since capture
     )
+    # the caller needs an output the graph does not compute (the LLM engine: a prompt whose request wants
+    # logprobs, which the prefill graph does not produce); counted by the caller
+    NEEDS_OTHER_OUTPUT = "needs_other_output"
 
 
 class CompileOutcome(StrEnum):

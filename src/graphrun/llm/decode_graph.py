@@ -8,8 +8,9 @@ The graph unpacks them with views and casts, runs the model, samples in-graph an
 ids. Every step (graph or eager, decode or prefill) also leaves its sampled tokens in one persistent
 device tensor, `last_tokens`; a row whose feed row is >= 0 takes its input token from there instead of
 its token id field. That is how asynchronous scheduling feeds step n's tokens to step n+1 before the
-host has seen them. Greedy-only batches replay a cheaper graph (argmax only); any other batch replays
-the sampling one.
+host has seen them. Greedy-only batches replay a cheaper graph (argmax only); a batch in which some row
+wants logprobs replays the logprobs one (sampling, then a log-softmax and a top-k into LogprobBuffers);
+any other batch replays the sampling one. So logprobs cost nothing to the batches that want none.
 The ladder comes from max_num_seqs, so every decode batch has a rung.
 """
 
@@ -27,6 +28,7 @@ from graphrun.graphs import GraphRunner, make_backend
 from graphrun.graphs.backends import Backend
 from graphrun.graphs.options import CaptureWhen
 from graphrun.llm.layers.attention import AttentionMetadata
+from graphrun.llm.logprobs import LogprobBuffers
 from graphrun.llm.models import DecoderLM
 from graphrun.llm.sampler import SamplingTensors, greedy_sample, sample
 from graphrun.llm.step_inputs import DecodeInputs
@@ -55,16 +57,19 @@ class DecodeStep:
         kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]],
         greedy: bool,
         last_tokens: torch.Tensor,
+        logprobs: LogprobBuffers | None = None,
     ) -> None:
         self._model = model
         self._kv_caches = kv_caches
         self._greedy = greedy
         self._last_tokens = last_tokens
+        self._logprobs = logprobs  # given: the "logprobs" kind, which also writes them (logprobs.py)
 
     def __call__(self, ints: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
         """A DecodeInputs' packed tensors (num_seqs rows) -> (num_seqs,) int64 next token ids.
 
-        Side effect: the sampled tokens land in last_tokens[:num_seqs] (read by the next step's feed).
+        Side effect: the sampled tokens land in last_tokens[:num_seqs] (read by the next step's feed); in
+        the logprobs kind, their logprobs land in the LogprobBuffers' rows [:num_seqs].
         """
         step = DecodeInputs.over(ints, floats)
         feed, positions = step.feed_rows, step.positions
@@ -87,6 +92,8 @@ class DecodeStep:
             )
             tokens = sample(logits, params, positions)
         self._last_tokens[: tokens.shape[0]].copy_(tokens)
+        if self._logprobs is not None:
+            self._logprobs.write_prefix(logits, tokens)
         return tokens
 
 
@@ -117,7 +124,9 @@ def random_inputs(shape: DecodeShape, n: int, gen: torch.Generator, device: torc
 
 
 class DecodeGraphs:
-    """The greedy and sampling decode runners, captured at start-up over one ladder and one pool."""
+    """The sampling, greedy and logprobs decode runners, captured at start-up over one ladder and one pool."""
+
+    KINDS = ("sampling", "greedy", "logprobs")
 
     def __init__(
         self,
@@ -132,6 +141,7 @@ class DecodeGraphs:
         compile: bool = False,
         compile_cache_dir: str | None = None,
         capture: CaptureWhen = CaptureWhen.NOW,
+        logprobs: LogprobBuffers | None = None,
     ) -> None:
         device = kv_caches[0][0].device
         self._device = device
@@ -140,9 +150,15 @@ class DecodeGraphs:
         example = random_inputs(shape, shape.max_num_seqs, torch.Generator().manual_seed(0), device)
         start = time.perf_counter()
         self.runners: dict[str, GraphRunner] = {}
-        for kind in ("sampling", "greedy"):  # the larger graph first, so the greedy one reuses its pool
+        kinds = self.KINDS if logprobs is not None else self.KINDS[:2]
+        # sampling before greedy, so the greedy graph reuses its pool; logprobs last: rarely replayed, so
+        # background capture reaches it last
+        for kind in kinds:
+            buffers = logprobs if kind == "logprobs" else None
             self.runners[kind] = GraphRunner(
-                DecodeStep(model, kv_caches, greedy=kind == "greedy", last_tokens=last_tokens),
+                DecodeStep(
+                    model, kv_caches, greedy=kind == "greedy", last_tokens=last_tokens, logprobs=buffers
+                ),
                 example.packed(),
                 sizes=list(sizes),
                 backend=shared,
@@ -159,15 +175,16 @@ class DecodeGraphs:
         self._non_blocking = device.type == "cuda"  # callers stage in pinned memory (HostStaging)
         self.pool_bytes = shared.pool_bytes()
         if capture is not CaptureWhen.NOW:
-            log.info("decode graphs: %d sizes x 2 kinds, captured later", len(sizes))
+            log.info("decode graphs: %d sizes x %d kinds, captured later", len(sizes), len(kinds))
             return
         captured = sum(st.captured for r in self.runners.values() for st in r.status())
         log.info(
-            "decode graphs: %d of %d captured (%d sizes x 2 kinds) in %.2f s, pool %.1f MiB",
-            captured, 2 * len(sizes), len(sizes), self.capture_seconds, self.pool_bytes / 2**20,
+            "decode graphs: %d of %d captured (%d sizes x %d kinds) in %.2f s, pool %.1f MiB",
+            captured, len(kinds) * len(sizes), len(sizes), len(kinds), self.capture_seconds,
+            self.pool_bytes / 2**20,
         )  # fmt: skip
 
-    def run(self, step: DecodeInputs, greedy: bool) -> torch.Tensor:
+    def run(self, step: DecodeInputs, greedy: bool, logprobs: bool = False) -> torch.Tensor:
         """One decode step from inputs on the host (n rows) -> (n,) next token ids (a view).
 
         The inputs, staged in pinned memory by the caller (step_inputs.HostStaging), go straight into the
@@ -175,7 +192,7 @@ class DecodeGraphs:
         tensor, no device-side copy-in. A batch without a captured rung runs eager inside the runner
         (counted).
         """
-        runner = self.runners["greedy" if greedy else "sampling"]
+        runner = self.runners["logprobs" if logprobs else "greedy" if greedy else "sampling"]
         n = step.num_rows
         if runner.rung_for(n) is None:
             return runner(*step.to(self._device).packed())

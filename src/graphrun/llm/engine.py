@@ -42,6 +42,7 @@ from graphrun.graphs import GraphRunner
 from graphrun.graphs.backends import Backend, make_backend
 from graphrun.graphs.options import CaptureWhen
 from graphrun.graphs.sizes import default_ladder, normalize_ladder
+from graphrun.graphs.status import CallFallback
 from graphrun.llm.background_graphs import BackgroundGraphs
 from graphrun.llm.block_manager import BlockCopy, BlockManager
 from graphrun.llm.choices import choice_params
@@ -52,9 +53,11 @@ from graphrun.llm.graph_state import publish_graph_state
 from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache, gpu_kv_budget, num_blocks_for_budget
 from graphrun.llm.layers.attention import AttentionMetadata
 from graphrun.llm.layers.attention_backend import select_attention_backend
+from graphrun.llm.logprobs import LogprobBuffers, TokenLogprobs, token_logprobs
 from graphrun.llm.piecewise_graph import PiecewiseGraphs, piecewise_ladder
 from graphrun.llm.prefill_graph import PrefillGraphs, prefill_ladder
 from graphrun.llm.presets import load_model
+from graphrun.llm.prompt_logprobs import record_prompt_logprobs, wants_prompt_logprobs
 from graphrun.llm.sampler import SamplingTensors, sample
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.scheduler import PLACEHOLDER, AdvancedBatch, ScheduledBatch, Scheduler, SchedulerConfig
@@ -69,13 +72,16 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class StepOutput:
     """What one step produced for one request: its new token and, when it finished, why; and how many
-    of its prompt tokens the prefix cache held."""
+    of its prompt tokens the prefix cache held; and the new token's logprobs when asked."""
 
     seq_id: int
     new_token_id: int
     finished: bool
     finish_reason: str | None
     num_cached_tokens: int = 0
+    logprobs: TokenLogprobs | None = None  # when the request asked for them (SamplingParams.logprobs)
+    # on a request's first token, when it asked for them: prompt tokens 1, 2, ...'s (prompt_logprobs.py)
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,7 @@ class _Launched:
     advanced: AdvancedBatch
     tokens: torch.Tensor  # (num_sample_rows,) int64 on the host, valid once `ready` has completed
     ready: torch.cuda.Event | None  # None: the copy was synchronous (CPU)
+    logprobs: tuple[torch.Tensor, torch.Tensor] | None = None  # on the host: LogprobBuffers.prefix()
 
 
 class LLMEngine:
@@ -126,13 +133,20 @@ class LLMEngine:
         # chunks that sample nothing
         rows = config.max_num_seqs + config.mixed_prefill_tokens + 1
         self.last_tokens = torch.zeros(rows, dtype=torch.int64, device=self.device)
+        self.logprob_buffers = LogprobBuffers(rows, self.model_config.vocab_size, self.device)
         self.decode_graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
         self._background: BackgroundGraphs | None = None  # capture="background": the pass under way
         self.piecewise_graphs: PiecewiseGraphs | None = None
         self._eager_decode = {
-            g: DecodeStep(self.model, self.kv_caches, greedy=g, last_tokens=self.last_tokens)
-            for g in (True, False)
+            kind: DecodeStep(
+                self.model,
+                self.kv_caches,
+                greedy=kind == "greedy",
+                last_tokens=self.last_tokens,
+                logprobs=self.logprob_buffers if kind == "logprobs" else None,
+            )
+            for kind in DecodeGraphs.KINDS
         }
         self._capture_graphs(self.registry)
         self._next_seq_id = 0
@@ -257,6 +271,7 @@ class LLMEngine:
             self.decode_graphs = DecodeGraphs(
                 self.model, self.kv_caches, self.last_tokens, shape, self.capture_sizes(), backend, registry,
                 compile=self.config.compile, compile_cache_dir=self.config.compile_cache_dir, capture=when,
+                logprobs=self.logprob_buffers,
             )  # fmt: skip
             sizes = self.prefill_capture_sizes()
             if sizes:
@@ -420,7 +435,7 @@ class LLMEngine:
             except Exception:
                 self.scheduler.discard(batch)  # `previous` stays launched: the next step() returns it
                 raise
-            self._launched = self._to_host(self.scheduler.advance(batch), tokens)
+            self._launched = self._to_host(self.scheduler.advance(batch), tokens, _wants_logprobs(batch.seqs))
         else:
             self._launched = None
         launched = time.perf_counter()
@@ -458,15 +473,21 @@ class LLMEngine:
             k_cache.index_copy_(0, dst, k_cache.index_select(0, src))
             v_cache.index_copy_(0, dst, v_cache.index_select(0, src))
 
-    def _to_host(self, advanced: AdvancedBatch, tokens: torch.Tensor) -> _Launched:
-        """Queue the copy of a step's sampled tokens (device) into host memory; no wait."""
+    def _to_host(self, advanced: AdvancedBatch, tokens: torch.Tensor, logprobs: bool) -> _Launched:
+        """Queue the copy of a step's sampled tokens (device), and their logprobs when some row wants
+        them, into host memory; no wait."""
+        values = self.logprob_buffers.prefix(tokens.shape[0]) if logprobs else ()
         if tokens.device.type != "cuda":
-            return _Launched(advanced, tokens.clone(), None)
-        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-        host.copy_(tokens, non_blocking=True)
+            host_values = tuple(v.clone() for v in values)
+            return _Launched(advanced, tokens.clone(), None, _pair(host_values))
+        copies = []
+        for t in (tokens, *values):
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            copies.append(host)
         ready = torch.cuda.Event(blocking=self._blocking_sync)
         ready.record()
-        return _Launched(advanced, host, ready)
+        return _Launched(advanced, copies[0], ready, _pair(tuple(copies[1:])))
 
     def _resolve(self, launched: _Launched) -> list[StepOutput]:
         """Wait for a launched step's tokens, hand them to the scheduler, build the step's outputs."""
@@ -475,11 +496,15 @@ class LLMEngine:
         self._last_wait_end = time.perf_counter()
         tokens = launched.tokens.tolist()
         finished = {s.seq_id for s in self.scheduler.resolve(launched.advanced, tokens)}
+        values, ids = ([t.tolist() for t in launched.logprobs]) if launched.logprobs else ([], [])
         outputs = []
-        for i, seq, _ in launched.advanced.owed():  # after resolve(): tokens a stop just cut off are gone
+        for i, seq, j in launched.advanced.owed():  # after resolve(): tokens a stop just cut off are gone
             done = seq.seq_id in finished
             reason = seq.finish_reason if done else None
-            outputs.append(StepOutput(seq.seq_id, tokens[i], done, reason, seq.num_cached_tokens))
+            num_top = seq.params.logprobs
+            lp = token_logprobs(values[i], ids[i], num_top) if num_top is not None and values else None
+            prompt = tuple(seq.prompt_logprobs) if j == 0 and seq.params.prompt_logprobs is not None else None
+            outputs.append(StepOutput(seq.seq_id, tokens[i], done, reason, seq.num_cached_tokens, lp, prompt))
         return outputs
 
     def _feed_rows(self, batch: ScheduledBatch) -> list[int]:
@@ -507,14 +532,7 @@ class LLMEngine:
             return self._run_piecewise(batch)
         graphs = self.prefill_graphs
         sample_index = {row: i for i, row in enumerate(batch.sample_rows)}
-        starts = batch.query_start
-        graph_rows = []
-        if graphs is not None:
-            for row in range(len(batch.seqs)):
-                a, b = starts[row], starts[row + 1]
-                fresh = batch.positions[a] == 0 and b - a <= graphs.top
-                if fresh and PLACEHOLDER not in batch.input_ids[a:b]:
-                    graph_rows.append(row)
+        graph_rows = self._prefill_graph_rows(batch, graphs) if graphs is not None else []
         if len(graph_rows) < len(batch.seqs):
             in_graph = set(graph_rows)
             eager_rows = [r for r in range(len(batch.seqs)) if r not in in_graph]
@@ -526,10 +544,27 @@ class LLMEngine:
             graphs.run(pack_prefill(batch, row, sample_index.get(row, dummy)))
         return self.last_tokens[: len(batch.sample_rows)]
 
+    def _prefill_graph_rows(self, batch: ScheduledBatch, graphs: PrefillGraphs) -> list[int]:
+        """The rows of a prefill batch that replay a prefill graph: fresh prompts that fit one, whose
+        tokens are all on the host; and whose request wants no logprobs (the graph samples without them:
+        such a prompt runs eager, counted as a fallback of the prefill runner)."""
+        rows = []
+        starts = batch.query_start
+        for row, seq in enumerate(batch.seqs):
+            a, b = starts[row], starts[row + 1]
+            if batch.positions[a] != 0 or b - a > graphs.top or PLACEHOLDER in batch.input_ids[a:b]:
+                continue
+            if seq.params.logprobs is None and not wants_prompt_logprobs([seq]):
+                rows.append(row)
+            else:
+                graphs.runner.stats.count_fallback(CallFallback.NEEDS_OTHER_OUTPUT)
+                log.debug("prefill of seq %d eager: its request wants logprobs", seq.seq_id)
+        return rows
+
     def _takes_piecewise(self, batch: ScheduledBatch) -> bool:
         """Whether a step runs on the piecewise graphs: every step in mode piecewise; in
         full_and_piecewise every step but a decode batch with a FULL rung and one fresh prompt that
-        fits a prefill graph."""
+        fits a prefill graph and wants no logprobs."""
         if self.piecewise_graphs is None:
             return False
         decode, prefill = self.decode_graphs, self.prefill_graphs
@@ -538,7 +573,9 @@ class LLMEngine:
         if batch.kind == "mixed" or prefill is None or len(batch.seqs) > 1:
             return True
         fresh = batch.positions[0] == 0 and batch.num_tokens <= prefill.top
-        return not fresh or PLACEHOLDER in batch.input_ids
+        # logprobs: the piecewise graphs leave the LM head eager, where they are computed
+        wants = _wants_logprobs(batch.seqs) or wants_prompt_logprobs(batch.seqs)
+        return not fresh or PLACEHOLDER in batch.input_ids or wants
 
     def _run_piecewise(self, batch: ScheduledBatch) -> torch.Tensor:
         """Any step through the piecewise graphs, sampled eagerly after; its sample rows' tokens land at
@@ -566,6 +603,8 @@ class LLMEngine:
             rows = to_device(feed, self.device, torch.int64)
             input_ids = torch.where(rows >= 0, self.last_tokens[rows.clamp(min=0)], input_ids)
         hidden = self._forward(input_ids, tensors.positions, tensors.attn, piecewise)
+        if wants_prompt_logprobs(batch.seqs):
+            record_prompt_logprobs(batch, hidden, self.model.compute_logits)
         if not batch.sample_rows:
             return
         logits = self.model.compute_logits(hidden[tensors.sample_indices])
@@ -575,6 +614,8 @@ class LLMEngine:
         tokens = sample(logits, params, positions)
         index = to_device(out_rows, self.device, torch.int64)
         self.last_tokens.index_copy_(0, index, tokens)
+        if _wants_logprobs(seqs):
+            self.logprob_buffers.write_rows(index, logits, tokens)
 
     def _run_decode(self, batch: ScheduledBatch) -> torch.Tensor:
         """A decode or mixed batch through the decode graph (or eager): one row per token.
@@ -585,20 +626,26 @@ class LLMEngine:
         """
         if self._takes_piecewise(batch):
             return self._run_piecewise(batch)
-        if batch.kind == "mixed" and batch.num_tokens > self._mixed_graph_rows:
+        if batch.kind == "mixed" and (
+            batch.num_tokens > self._mixed_graph_rows or wants_prompt_logprobs(batch.seqs)
+        ):  # the decode graph computes no prompt logprobs
             return self._run_mixed_eager(batch)
         step = self._pack_decode(batch)
         greedy = all(seq.params.temperature == 0 for seq in batch.seqs)
+        logprobs = _wants_logprobs(batch.seqs)
         graphs = self.decode_graphs
         if graphs is not None:
-            tokens = graphs.run(step, greedy)
+            tokens = graphs.run(step, greedy, logprobs)
         else:
-            tokens = self._eager_decode[greedy](*(to_device(t, self.device) for t in step.packed()))
+            kind = "logprobs" if logprobs else "greedy" if greedy else "sampling"
+            tokens = self._eager_decode[kind](*(to_device(t, self.device) for t in step.packed()))
         if batch.kind == "decode":
             return tokens
         index = to_device(batch.sample_token_indices, self.device, torch.int64)
         sampled = tokens.index_select(0, index)
         self.last_tokens[: sampled.shape[0]].copy_(sampled)
+        if logprobs:
+            self.logprob_buffers.gather_to_front(index)
         return sampled
 
     def _run_mixed_eager(self, batch: ScheduledBatch) -> torch.Tensor:
@@ -665,3 +712,13 @@ class LLMEngine:
             "piecewise_capture_sizes": list(pw.sizes) if (pw := self.piecewise_graphs) else [],
             "piecewise_capture_seconds": pw.capture_seconds if (pw := self.piecewise_graphs) else 0.0,
         }
+
+
+def _wants_logprobs(seqs: list[Sequence]) -> bool:
+    """Whether some sequence of a step asked for logprobs (then the step computes them for every row)."""
+    return any(seq.params.logprobs is not None for seq in seqs)
+
+
+def _pair(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(values, ids) from LogprobBuffers.prefix() copied, or None when the step computed none."""
+    return (tensors[0], tensors[1]) if tensors else None

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphrun.errors import ConfigError
+from graphrun.llm.logprobs import MAX_LOGPROBS
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds travel to the sampler in an int64 tensor
 
@@ -32,7 +33,9 @@ class SamplingParams:
     temperature 0 means greedy; top_k 0 and top_p 1.0 mean off. seed None means the sequence gets a seed
     derived from its id (see `Sequence.rng_seed`), so sampling is reproducible per request either way.
     ignore_eos keeps generating past the model's end-of-sequence tokens (benchmarks); stop_token_ids stop
-    the request even then.
+    the request even then. logprobs k (0..20) returns each sampled token's logprob and the k most likely
+    tokens' (logprobs.py); prompt_logprobs k the same for every prompt token but the first (computed
+    eagerly at prefill, with no prefix-cache hit).
     """
 
     temperature: float = 1.0
@@ -42,6 +45,8 @@ class SamplingParams:
     max_tokens: int = 16
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k: the sampled token's logprob and the k most likely
+    prompt_logprobs: int | None = None  # None: none; k: each prompt token's (but the first) and k more
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:  # also rejects NaN
@@ -58,6 +63,8 @@ class SamplingParams:
                 raise SamplingParamsError(
                     f"seed must fit in 64 bits (<= {INT64_MAX}), got {self.seed}", "seed"
                 )
+        for name in ("logprobs", "prompt_logprobs"):
+            _check_logprobs(name, getattr(self, name))
         if not isinstance(self.stop_token_ids, tuple):
             raise SamplingParamsError(
                 f"stop_token_ids must be a tuple of ints, got {type(self.stop_token_ids).__name__}; "
@@ -74,6 +81,15 @@ class SamplingParams:
     def is_greedy(self) -> bool:
         """True when sampling reduces to argmax (temperature 0 or top_k 1)."""
         return self.temperature == 0 or self.top_k == 1
+
+
+def _check_logprobs(name: str, value: int | None) -> None:
+    """Raise SamplingParamsError unless value is None or an int in [0, MAX_LOGPROBS]."""
+    if value is None:
+        return
+    _check_int(name, value, 0, f"alternatives per token, at most {MAX_LOGPROBS}")
+    if value > MAX_LOGPROBS:
+        raise SamplingParamsError(f"{name} must be <= {MAX_LOGPROBS}, got {value}", name)
 
 
 def _check_int(name: str, value: object, minimum: int, meaning: str) -> None:

@@ -464,7 +464,8 @@ class Scheduler:
             seq = self._waiting[0]
             if self._seats_taken() + self._seats_for(seq) > self.config.max_num_seqs:
                 break
-            cached = manager.match_prefix(seq)  # [] without prefix caching
+            # [] without prefix caching, and for prompt logprobs (every prompt token's logits are needed)
+            cached = manager.match_prefix(seq) if seq.params.prompt_logprobs is None else []
             num_cached = len(cached) * manager.block_size
             num_left = seq.num_tokens - num_cached
             num_new = min(num_left, budget)

@@ -14,6 +14,7 @@ import time
 from dataclasses import InitVar, dataclass, field
 from typing import Literal
 
+from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.sampling_params import SamplingParams
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -65,6 +66,8 @@ class Sequence:
     # and how many prompt tokens the cache held at admission (usage's cached_tokens)
     prefix_keys: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
     num_cached_tokens: int = 0
+    # params.prompt_logprobs: the logprobs of prompt tokens 1, 2, ... as prefill chunks compute them
+    prompt_logprobs: list[TokenLogprobs] = field(default_factory=list)
 
     def __post_init__(self, base_seed: int) -> None:
         self.prompt_token_ids = list(self.prompt_token_ids)

@@ -39,6 +39,7 @@ from graphrun.serve.body_limit import BodyLimit, BodyTooLarge
 from graphrun.serve.chat_template import ChatTemplate
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.deltas import Collected
+from graphrun.serve.logprobs import LogprobsShape
 from graphrun.serve.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from graphrun.serve.protocol import (
     APIError,
@@ -53,6 +54,7 @@ from graphrun.serve.responses import (
     ChatFormat,
     ChoiceText,
     CompletionFormat,
+    EchoedPrompt,
     ModelCard,
     ModelList,
     ResponseFormat,
@@ -156,7 +158,8 @@ class _Routes:
         for ids in body.prompts_ids(model.tokenizer, vocab):
             max_tokens = body.resolve_max_tokens(len(ids), model.max_model_len)
             prompts.append((ids, body.sampling_params(max_tokens, vocab)))
-        fmt = CompletionFormat(self._config.served_model_name, bool(body.return_token_ids))
+        shape = LogprobsShape(model.tokenizer, chat=False) if body.logprobs is not None else None
+        fmt = CompletionFormat(self._config.served_model_name, bool(body.return_token_ids), shape)
         return await self._generate(request, fmt, prompts, body.stop_strings(), body)
 
     async def _chat(self, body: ChatCompletionRequest, request: Request) -> Response:
@@ -165,7 +168,8 @@ class _Routes:
         ids = self._template.prompt_ids(body.messages, model.tokenizer)
         max_tokens = body.resolve_max_tokens(len(ids), model.max_model_len)
         params = body.sampling_params(max_tokens, model.vocab_size)
-        fmt = ChatFormat(self._config.served_model_name, bool(body.return_token_ids))
+        shape = LogprobsShape(model.tokenizer, chat=True) if body.logprobs else None
+        fmt = ChatFormat(self._config.served_model_name, bool(body.return_token_ids), shape)
         return await self._generate(request, fmt, [(ids, params)], body.stop_strings(), body)
 
     def _model_for(self, model: str | None) -> ServedModel:
@@ -204,7 +208,7 @@ class _Routes:
             continuous = body.continuous_usage
             return SSEResponse(self._worker, handles, fmt, watcher, usage, every_batch, continuous, caching)
         try:
-            return await self._collect(handles, fmt)
+            return await self._collect(handles, fmt, body)
         finally:
             watcher.cancel()
 
@@ -222,7 +226,12 @@ class _Routes:
             raise
         return handles
 
-    async def _collect(self, handles: list[RequestHandle], fmt: ResponseFormat) -> Response:
+    async def _collect(
+        self,
+        handles: list[RequestHandle],
+        fmt: ResponseFormat,
+        body: CompletionRequest | ChatCompletionRequest,
+    ) -> Response:
         collected = [Collected(self._worker.deltas(handle)) for handle in handles]
         for handle, one in zip(handles, collected, strict=True):
             handle.attach(one.on_event)
@@ -235,13 +244,26 @@ class _Routes:
                     self._worker.abort(handle)  # cancelled or failed: nothing reads the request now
         aborted = any(handle.finish_reason == "abort" for handle in handles)
         self._worker.metrics.count("aborted" if aborted else "ok")
-        choices = [
-            ChoiceText("".join(one.texts), handle.finish_reason, one.token_ids)
-            for handle, one in zip(handles, collected, strict=True)
-        ]
+        choices = [self._choice(handle, one, body) for handle, one in zip(handles, collected, strict=True)]
         usage = choices_usage(handles, self._worker.engine_config.enable_prefix_caching)
         answer = fmt.response(choices, usage)
         return Response(answer.model_dump_json(), media_type="application/json")
+
+    def _choice(
+        self, handle: RequestHandle, one: Collected, body: CompletionRequest | ChatCompletionRequest
+    ) -> ChoiceText:
+        """A collected choice; with echo, its prompt first, and with max_tokens 0 nothing else (the one
+        token the engine generated is left out, and out of usage)."""
+        text, ids, logprobs = "".join(one.texts), one.token_ids, tuple(one.logprobs)
+        if not body.echoes:
+            return ChoiceText(text, handle.finish_reason, ids, logprobs)
+        reason = handle.finish_reason
+        if body.max_tokens == 0:
+            text, ids, logprobs, reason = "", [], (), "length"
+            handle.num_output_tokens = 0
+        prompt_text = self._worker.model.tokenizer.decode(handle.prompt_ids)
+        echo = EchoedPrompt(prompt_text, handle.prompt_ids, one.prompt_logprobs)
+        return ChoiceText(text, reason, ids, logprobs, echo)
 
     async def models(self) -> ModelList:
         """GET /v1/models: the one served model."""

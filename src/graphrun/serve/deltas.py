@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.tokenizer import Tokenizer
-from graphrun.serve.request import Delta, Event, PromptCached, RequestHandle
+from graphrun.serve.request import Delta, Event, PromptCached, PromptLogprobs, RequestHandle
 from graphrun.serve.text import TextStream
 
 
@@ -33,6 +34,7 @@ class Deltas:
         self._text = TextStream(tokenizer, handle.stop)
         self._handle, self._abort, self._every_batch = handle, abort, every_batch
         self._pending: list[int] = []  # ids not yet carried by a delta
+        self._pending_logprobs: list[TokenLogprobs] = []  # their logprobs (when the request asked)
 
     @property
     def over(self) -> bool:
@@ -43,7 +45,11 @@ class Deltas:
         """push() for one event from the engine; an error event is raised."""
         if isinstance(event, Exception):
             raise event
-        if isinstance(event, PromptCached):  # RequestHandle.put keeps these; never a delta
+        if isinstance(event, PromptCached | PromptLogprobs):  # never a delta (Collected keeps the latter)
+            return None
+        if isinstance(event, TokenLogprobs):  # the next token's: it travels with that token
+            if not self.over:
+                self._pending_logprobs.append(event)
             return None
         token, reason = event
         return self.push([] if token is None else [token], reason)
@@ -63,8 +69,8 @@ class Deltas:
         handle.finish_reason = reason
         if not (text or reason is not None or (self._every_batch and token_ids)):
             return None
-        delta = Delta(text, reason, tuple(self._pending))
-        self._pending = []
+        delta = Delta(text, reason, tuple(self._pending), tuple(self._pending_logprobs))
+        self._pending, self._pending_logprobs = [], []
         return delta
 
 
@@ -76,12 +82,17 @@ class Collected:
         self._deltas = deltas
         self.texts: list[str] = []
         self.token_ids: list[int] = []
+        self.logprobs: list[TokenLogprobs] = []
+        self.prompt_logprobs: tuple[TokenLogprobs, ...] = ()  # echo with logprobs: the prompt's
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_event(self, event: Event) -> None:
         """The handle's sink: one event of the request."""
         if self.done.done():
             return  # over, or the reader left (close)
+        if isinstance(event, PromptLogprobs):
+            self.prompt_logprobs = event.items
+            return
         try:
             delta = self._deltas.push_event(event)
         except Exception as exc:
@@ -90,6 +101,7 @@ class Collected:
         if delta is not None:
             self.texts.append(delta.text)
             self.token_ids += delta.token_ids
+            self.logprobs += delta.logprobs
         if self._deltas.over:
             self.done.set_result(None)
 

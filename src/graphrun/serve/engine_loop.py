@@ -33,7 +33,14 @@ from typing import Any, Protocol
 
 from graphrun.llm.engine import LLMEngine, StepTiming
 from graphrun.serve.metrics import EngineMetrics
-from graphrun.serve.request import EngineFailure, EngineRequest, Event, PromptCached, Unavailable
+from graphrun.serve.request import (
+    EngineFailure,
+    EngineRequest,
+    Event,
+    PromptCached,
+    PromptLogprobs,
+    Unavailable,
+)
 from graphrun.serve.trace import StepTrace
 
 log = logging.getLogger(__name__)
@@ -202,6 +209,10 @@ class EngineLoop:
             self.metrics.observe_token(last is None, now - (request.arrival if last is None else last))
             request.last_token_time = now
             reason = (out.finish_reason or "stop") if out.finished else None
+            if out.prompt_logprobs is not None:
+                self._pending.append((request, PromptLogprobs(out.prompt_logprobs)))
+            if out.logprobs is not None:  # just before its token's event (deltas.py pairs them)
+                self._pending.append((request, out.logprobs))
             self._pending.append((request, (out.new_token_id, reason)))
             if out.finished:
                 self._forget(request)

@@ -2,14 +2,15 @@
 
 Pydantic lives at the HTTP boundary only. Requests validate strictly (a string is not a number, NaN is
 not a temperature) and become token ids plus a `SamplingParams`. What graphrun does not implement is a
-400 that says so, never silently ignored: logprobs, echo, best_of other than n, suffix, penalties,
-logit_bias, tools, non-text response formats. Unknown fields are ignored, as OpenAI-compatible servers
-do, so newer clients keep working.
+400 that names the parameter, never silently ignored: echo, best_of other than n, suffix, penalties,
+logit_bias, tools, non-text response formats. Logprobs (completions' logprobs, chat's logprobs and
+top_logprobs, up to 20 alternatives) become SamplingParams.logprobs. Unknown fields are ignored, as
+OpenAI-compatible servers do, so newer clients keep working.
 
 Choices: `n` (1..MAX_CHOICES) choices of a prompt share one prefill in the engine (llm/choices.py);
 choice j samples with seed + j when a seed is given. Completions also take several prompts (a list of
 strings or of token lists): prompt i's choice j has index i * n + j. best_of equal to n is the same
-request; best_of > n would rank candidates by log probability, which graphrun does not compute (400).
+request; best_of > n would rank candidates by their log probability, which graphrun does not do (400).
 
 Extensions, named as in vLLM: top_k (0 or -1: off), ignore_eos, stop_token_ids, return_token_ids (each
 choice carries the output's token ids; a stream sends a chunk for every batch of tokens the engine
@@ -133,7 +134,7 @@ class _GenerationRequest(BaseModel):
     prompt_param: ClassVar[str] = "prompt"  # the field the prompt comes from
     default_max_tokens: ClassVar[int | None] = None  # None: the rest of the context
     model: str | None = None
-    max_tokens: PositiveInt | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = None  # 0: only with echo (completions)
     temperature: NonNegFloat | None = None
     top_p: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
     top_k: Annotated[int, Field(ge=-1)] | None = None
@@ -164,6 +165,10 @@ class _GenerationRequest(BaseModel):
                 raise unsupported(name, "a non-zero penalty")
         if self.logit_bias:
             raise unsupported("logit_bias", "logit bias")
+        if self.max_tokens == 0 and not self.echoes:
+            raise APIError(
+                400, "max_tokens must be >= 1 (0 only with echo, on completions)", param="max_tokens"
+            )
 
     def stop_strings(self) -> tuple[str, ...]:
         """The stop strings, validated (non-empty, at most MAX_STOP_STRINGS)."""
@@ -184,9 +189,26 @@ class _GenerationRequest(BaseModel):
                 max_tokens=max_tokens,
                 stop_token_ids=tuple(self.stop_token_ids or ()),
                 ignore_eos=bool(self.ignore_eos),
+                logprobs=self.num_logprobs,
+                prompt_logprobs=self.num_prompt_logprobs,
             )
         except SamplingParamsError as exc:
             raise APIError(400, str(exc), param=self.param_name(exc.param)) from exc
+
+    @property
+    def num_logprobs(self) -> int | None:
+        """The alternatives per token the engine reports (None: no logprobs)."""
+        return None
+
+    @property
+    def num_prompt_logprobs(self) -> int | None:
+        """The alternatives per prompt token the engine reports (None: no prompt logprobs)."""
+        return None
+
+    @property
+    def echoes(self) -> bool:
+        """Whether the answer starts with the prompt (completions' echo)."""
+        return False
 
     @property
     def include_usage(self) -> bool:
@@ -259,12 +281,13 @@ class CompletionRequest(_GenerationRequest):
     suffix: str | None = None
 
     def check_supported(self) -> None:
-        """Also reject logprobs, echo, best_of and suffix."""
+        """Also reject echo with stream, or with logprobs and n > 1; best_of other than n; and suffix
+        (logprobs out of [0, 20] is a 400 from SamplingParams)."""
         super().check_supported()
-        if self.logprobs is not None:
-            raise unsupported("logprobs", "logprobs")
-        if self.echo:
-            raise unsupported("echo", "echo")
+        if self.echo and self.stream:
+            raise unsupported("echo", "echo with stream")
+        if self.echo and self.logprobs is not None and self.num_choices > 1:
+            raise unsupported("echo", "echo with logprobs and n > 1")
         if self.best_of is not None and self.best_of < self.num_choices:
             raise APIError(
                 400, f"best_of must be >= n ({self.num_choices}), got {self.best_of}", param="best_of"
@@ -273,6 +296,23 @@ class CompletionRequest(_GenerationRequest):
             raise unsupported("best_of", f"best_of > n (ranking {self.best_of} candidates needs logprobs)")
         if self.suffix:
             raise unsupported("suffix", "suffix")
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
+
+    @property
+    def num_prompt_logprobs(self) -> int | None:
+        return self.logprobs if self.echo else None
+
+    @property
+    def echoes(self) -> bool:
+        return bool(self.echo)
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        """max_tokens; 0 (echo only) asks the engine for one token that the answer leaves out."""
+        return 1 if self.max_tokens == 0 else self.max_tokens
 
     def prompts_ids(self, tokenizer: Tokenizer, vocab_size: int) -> list[list[int]]:
         """Token ids of each prompt (one, or a list of strings or token lists), in order."""
@@ -335,14 +375,22 @@ class ChatCompletionRequest(_GenerationRequest):
     response_format: dict[str, Any] | None = None
 
     def check_supported(self) -> None:
-        """Also reject logprobs, tools and structured output."""
+        """Also reject tools and structured output, and top_logprobs without logprobs."""
         super().check_supported()
-        if self.logprobs or self.top_logprobs is not None:
-            raise unsupported("logprobs", "logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
         if self.tools:
             raise unsupported("tools", "tool calling")
         if self.response_format is not None and self.response_format.get("type", "text") != "text":
             raise unsupported("response_format", "structured output")
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def param_name(self, engine_param: str) -> str:
+        """As the base's, and the engine's logprobs (how many alternatives) is chat's top_logprobs."""
+        return "top_logprobs" if engine_param == "logprobs" else super().param_name(engine_param)
 
     @property
     def requested_max_tokens(self) -> int | None:

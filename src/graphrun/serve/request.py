@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphrun.errors import GraphrunError
+from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.sampling_params import SamplingParams
 
 
@@ -27,8 +28,16 @@ class PromptCached:
     num_tokens: int
 
 
-# (token id, finish reason), or why the request failed, or the prefix-cache hit (never terminal)
-Event = tuple[int | None, str | None] | Exception | PromptCached
+@dataclass(frozen=True, slots=True)
+class PromptLogprobs:
+    """The logprobs of the prompt's tokens but the first (echo with logprobs), before the first token."""
+
+    items: tuple[TokenLogprobs, ...]
+
+
+# (token id, finish reason), or why the request failed, or the prefix-cache hit, or the logprobs of the
+# token whose event comes next, or the prompt's (none of the last three is ever terminal)
+Event = tuple[int | None, str | None] | Exception | PromptCached | TokenLogprobs | PromptLogprobs
 
 
 class Unavailable(GraphrunError, RuntimeError):
@@ -57,6 +66,7 @@ class Delta:
     text: str
     finish_reason: str | None
     token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprobs, ...] = ()  # one per token id when the request asked for them
 
 
 @dataclass(slots=True)
@@ -73,7 +83,7 @@ class EngineRequest:
 
 def is_terminal(event: Event) -> bool:
     """True for the event that ends a request: an error or a finish reason."""
-    if isinstance(event, PromptCached):
+    if isinstance(event, PromptCached | TokenLogprobs | PromptLogprobs):
         return False
     return isinstance(event, Exception) or event[1] is not None
 

@@ -4,6 +4,7 @@
 serving code streams or collects without knowing which endpoint it serves. With the return_token_ids
 extension (vLLM's name) each choice also carries `token_ids`: a chunk's the ids it delivers, a whole
 answer's every output id; without it the field is left out, so default answers keep OpenAI's shape.
+A request that asks for logprobs gets them on each choice and chunk (serve/logprobs.py); else null.
 
 Every stream chunk is serialised one way, `json_text` of its pydantic model's fields: compact, and
 ASCII (non-ASCII escaped), so no event carries a character that a client splitting lines too eagerly
@@ -23,10 +24,24 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_serializer, model_serializer
+
+from graphrun.llm.logprobs import TokenLogprobs
+from graphrun.serve.logprobs import ChatLogprobs, CompletionLogprobs, LogprobsShape
+
+
+@dataclass(frozen=True, slots=True)
+class EchoedPrompt:
+    """Completions' echo: the prompt a choice's text starts with, and the logprobs of all its tokens but
+    the first (empty unless logprobs were asked for)."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: tuple[TokenLogprobs, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +51,8 @@ class ChoiceText:
     text: str
     finish_reason: str | None
     token_ids: list[int]
+    logprobs: tuple[TokenLogprobs, ...] = ()  # one per token id, when the request asked for them
+    echo: EchoedPrompt | None = None  # completions' echo: the prompt, before the text
 
 
 class PromptTokensDetails(BaseModel):
@@ -101,7 +118,7 @@ class CompletionChoice(_TokenIdsChoice):
 
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -135,7 +152,7 @@ class ChatChoice(_TokenIdsChoice):
 
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
 
@@ -144,7 +161,7 @@ class ChatChunkChoice(_TokenIdsChoice):
 
     index: int = 0
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
     @field_serializer("delta")
@@ -191,11 +208,13 @@ def _chunk_json(
     finish_reason: str | None,
     token_ids: list[int] | None,
     usage: Usage | None,
+    logprobs: BaseModel | None = None,
 ) -> str:
     """A stream chunk's JSON: the fixed prefix up to the text, the text, then the choice's other fields."""
     ids = "" if token_ids is None else f',"token_ids":{json_text(token_ids)}'
     counts = "null" if usage is None else usage.json_text()
-    tail = f',"logprobs":null,"finish_reason":{json_text(finish_reason)}{ids}}}],"usage":{counts}}}'
+    values = "null" if logprobs is None else model_json(logprobs)
+    tail = f',"logprobs":{values},"finish_reason":{json_text(finish_reason)}{ids}}}],"usage":{counts}}}'
     return prefix + json_text(text) + close_text + tail
 
 
@@ -239,9 +258,11 @@ class ResponseFormat(Protocol):
         token_ids: list[int],
         usage: Usage | None = None,
         index: int = 0,
+        logprobs: Sequence[TokenLogprobs] = (),
     ) -> str:
         """One streamed piece of text and the ids it came from, as JSON; the last one has the finish reason.
-        usage: the counts so far (continuous usage stats), else null.
+        usage: the counts so far (continuous usage stats), else null; logprobs: one per token id (when
+        the request asked for them, else empty).
 
         Built as text around a fixed prefix, not through pydantic: a server writes one per stream per
         step (thousands a second) on the event loop, and this is ~10x cheaper. It is byte for byte
@@ -256,6 +277,7 @@ class ResponseFormat(Protocol):
         token_ids: list[int],
         usage: Usage | None = None,
         index: int = 0,
+        logprobs: Sequence[TokenLogprobs] = (),
     ) -> BaseModel:
         """The same chunk as a pydantic model (the schema `chunk` follows)."""
         ...
@@ -277,8 +299,11 @@ class _Format:
     text_opening = ""  # the JSON of a chunk's choice up to its text
     text_closing = ""  # what closes the text's object, if any
 
-    def __init__(self, model: str, return_token_ids: bool = False) -> None:
+    def __init__(
+        self, model: str, return_token_ids: bool = False, logprobs: LogprobsShape | None = None
+    ) -> None:
         self.id, self.model, self.return_token_ids = new_id(self.id_prefix), model, return_token_ids
+        self._logprobs = logprobs  # None: the request asked for no logprobs (the field is null)
         self.created = int(time.time())  # one value for every chunk of the stream, as OpenAI sends
         head = {"id": self.id, "object": self.chunk_object, "created": self.created, "model": model}
         self._head = json_text(head)[:-1] + ',"choices":[{"index":'
@@ -291,15 +316,23 @@ class _Format:
         token_ids: list[int],
         usage: Usage | None = None,
         index: int = 0,
+        logprobs: Sequence[TokenLogprobs] = (),
     ) -> str:
         prefix = self._prefixes.get(index)
         if prefix is None:
             prefix = self._prefixes[index] = f"{self._head}{index},{self.text_opening}"
         ids = self._ids(token_ids)
-        return _chunk_json(prefix, text, self.text_closing, finish_reason, ids, usage)
+        values = self._values(token_ids, logprobs, index)
+        return _chunk_json(prefix, text, self.text_closing, finish_reason, ids, usage, values)
 
     def _ids(self, token_ids: list[int]) -> list[int] | None:
         return token_ids if self.return_token_ids else None
+
+    def _values(self, token_ids: list[int], logprobs: Sequence[TokenLogprobs], index: int) -> Any:
+        """The choice's logprobs model for these tokens (None: the request asked for none)."""
+        if self._logprobs is None:
+            return None
+        return self._logprobs.build(token_ids, logprobs, index)
 
 
 class CompletionFormat(_Format):
@@ -317,13 +350,26 @@ class CompletionFormat(_Format):
         token_ids: list[int],
         usage: Usage | None = None,
         index: int = 0,
+        logprobs: Sequence[TokenLogprobs] = (),
     ) -> BaseModel:
+        values = self._values(token_ids, logprobs, index)
         choice = CompletionChoice(
-            index=index, text=text, finish_reason=finish_reason, token_ids=self._ids(token_ids)
+            index=index,
+            text=text,
+            logprobs=values,
+            finish_reason=finish_reason,
+            token_ids=self._ids(token_ids),
         )
         return CompletionResponse(
             id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
         )
+
+    def _echoed_values(self, choice: ChoiceText, index: int) -> Any:
+        """A whole answer's logprobs, the echoed prompt's first (None: no logprobs were asked for)."""
+        if self._logprobs is None or choice.echo is None:
+            return self._values(choice.token_ids, choice.logprobs, index)
+        prompt = (choice.echo.token_ids, choice.echo.logprobs)
+        return self._logprobs.build(choice.token_ids, choice.logprobs, index, prompt)
 
     def usage_chunk(self, usage: Usage) -> str:
         chunk = CompletionResponse(
@@ -334,7 +380,11 @@ class CompletionFormat(_Format):
     def response(self, choices: list[ChoiceText], usage: Usage) -> BaseModel:
         items = [
             CompletionChoice(
-                index=i, text=c.text, finish_reason=c.finish_reason, token_ids=self._ids(c.token_ids)
+                index=i,
+                text=c.text if c.echo is None else c.echo.text + c.text,
+                logprobs=self._echoed_values(c, i),
+                finish_reason=c.finish_reason,
+                token_ids=self._ids(c.token_ids),
             )
             for i, c in enumerate(choices)
         ]  # the chunks' text_completion object, every choice in it
@@ -364,10 +414,14 @@ class ChatFormat(_Format):
         token_ids: list[int],
         usage: Usage | None = None,
         index: int = 0,
+        logprobs: Sequence[TokenLogprobs] = (),
     ) -> BaseModel:
         delta = ChatDelta(content=text)
         ids = self._ids(token_ids)
-        choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason, token_ids=ids)
+        values = self._values(token_ids, logprobs, index)
+        choice = ChatChunkChoice(
+            index=index, delta=delta, logprobs=values, finish_reason=finish_reason, token_ids=ids
+        )
         return ChatCompletionChunk(
             id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
         )
@@ -383,6 +437,7 @@ class ChatFormat(_Format):
             ChatChoice(
                 index=i,
                 message=AssistantMessage(content=c.text),
+                logprobs=self._values(c.token_ids, c.logprobs, i),
                 finish_reason=c.finish_reason,
                 token_ids=self._ids(c.token_ids),
             )

@@ -123,7 +123,7 @@ class SSEResponse(Response):
             fmt = self._fmt
             usage = self._usage_so_far() if self._continuous_usage else None  # off: no call per chunk
             ids = list(delta.token_ids)
-            text = sse_event(fmt.chunk(delta.text, delta.finish_reason, ids, usage, index))
+            text = sse_event(fmt.chunk(delta.text, delta.finish_reason, ids, usage, index, delta.logprobs))
             if delta.finish_reason is not None:
                 self._num_open -= 1
             if self._num_open:

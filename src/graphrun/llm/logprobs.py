@@ -1,0 +1,70 @@
+"""Log-probabilities of sampled tokens and their top alternatives, computed on the device with no sync.
+
+A step that some row wants logprobs for (SamplingParams.logprobs) computes, for each sample row, a
+log-softmax over the raw logits (before temperature, top-k and top-p, as OpenAI reports them) and a
+top-k of MAX_LOGPROBS, and leaves them in `LogprobBuffers`: persistent device tensors indexed like
+`last_tokens`, so graph and eager steps write them the same way and the host copies the step's prefix
+with its tokens. Only the decode graph of kind "logprobs" computes them, so the greedy and sampling
+graphs stay as cheap as before; prefill rows that want logprobs run eager (engine.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MAX_LOGPROBS = 20  # OpenAI's limit on top_logprobs (and on completions' logprobs)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """One sampled token's logprob and its request's top alternatives, most likely first."""
+
+    logprob: float
+    top_ids: tuple[int, ...]
+    top_logprobs: tuple[float, ...]
+
+
+def compute_logprobs(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, vocab) logits, (n,) sampled tokens -> (n, 1 + k) float32 [sampled, top-k...], (n, k) int64 ids."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    top_values, top_ids = logp.topk(k, dim=-1)  # sorted, most likely first
+    sampled = logp.gather(1, tokens.long()[:, None])
+    return torch.cat([sampled, top_values], dim=1), top_ids
+
+
+class LogprobBuffers:
+    """The newest step's logprobs on the device, one row per row of last_tokens."""
+
+    def __init__(self, rows: int, vocab_size: int, device: torch.device) -> None:
+        self.k = min(MAX_LOGPROBS, vocab_size)
+        self.values = torch.zeros(rows, 1 + self.k, dtype=torch.float32, device=device)  # (rows, 1 + k)
+        self.top_ids = torch.zeros(rows, self.k, dtype=torch.int64, device=device)  # (rows, k)
+
+    def write_prefix(self, logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Rows [0, n) from n rows of logits and their sampled tokens (graph-safe: no sync)."""
+        values, ids = compute_logprobs(logits, tokens, self.k)
+        self.values[: values.shape[0]].copy_(values)
+        self.top_ids[: ids.shape[0]].copy_(ids)
+
+    def write_rows(self, index: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Rows `index` (n,) from n rows of logits and their sampled tokens."""
+        values, ids = compute_logprobs(logits, tokens, self.k)
+        self.values.index_copy_(0, index, values)
+        self.top_ids.index_copy_(0, index, ids)
+
+    def gather_to_front(self, index: torch.Tensor) -> None:
+        """Move rows `index` (n,) to rows [0, n) (a mixed step's sample rows, as its tokens)."""
+        values, ids = self.values.index_select(0, index), self.top_ids.index_select(0, index)
+        self.values[: values.shape[0]].copy_(values)
+        self.top_ids[: ids.shape[0]].copy_(ids)
+
+    def prefix(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [0, n): the values and ids of a step's n sample rows."""
+        return self.values[:n], self.top_ids[:n]
+
+
+def token_logprobs(values: list[float], ids: list[int], num_top: int) -> TokenLogprobs:
+    """One row read back on the host ([sampled, top-k...], top ids) -> its request's num_top alternatives."""
+    return TokenLogprobs(values[0], tuple(ids[:num_top]), tuple(values[1 : 1 + num_top]))

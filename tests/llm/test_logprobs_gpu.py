@@ -1,0 +1,59 @@
+"""Logprobs on a real GPU: the decode-logprobs CUDA graph equals eager, with async scheduling (needs CUDA)."""
+
+import math
+
+import pytest
+import torch
+
+from graphrun.llm.engine import LLMEngine
+from graphrun.llm.engine_config import EngineConfig
+from graphrun.llm.sampling_params import SamplingParams
+
+pytestmark = pytest.mark.gpu
+
+
+def engine(utilization, **kw):
+    return LLMEngine(
+        EngineConfig(
+            model="tiny",
+            device="cuda",
+            dtype="float32",
+            max_num_seqs=8,
+            max_model_len=160,
+            gpu_memory_utilization=utilization,
+            mixed_prefill_tokens=4,
+            **kw,
+        )
+    )
+
+
+def run_all(eng, prompts, params):
+    ids = [eng.add_request(p, params) for p in prompts]
+    out = {i: [] for i in ids}
+    while eng.has_unfinished():
+        for o in eng.step():
+            out[o.seq_id].append(o)
+    return [out[i] for i in ids]
+
+
+@pytest.fixture(scope="module")
+def engines():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    graph = engine(0.3)  # a second engine needs a higher cap: gpu_memory_utilization caps the process
+    return graph, engine(0.6, enforce_eager=True)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_cuda_logprobs_graph_equals_eager(engines, temperature):
+    graph, eager = engines
+    params = SamplingParams(temperature=temperature, max_tokens=12, ignore_eos=True, seed=1, logprobs=20)
+    prompts = [f"gpu logprobs prompt {i}" for i in range(5)]
+    got, want = run_all(graph, prompts, params), run_all(eager, prompts, params)
+    assert graph.decode_graphs.runners["logprobs"].stats.num_replayed > 0
+    for xs, ys in zip(got, want, strict=True):
+        assert [x.new_token_id for x in xs] == [y.new_token_id for y in ys]
+        for x, y in zip(xs, ys, strict=True):
+            assert math.isclose(x.logprobs.logprob, y.logprobs.logprob, abs_tol=1e-4)
+            assert len(x.logprobs.top_ids) == 20
+            assert list(x.logprobs.top_logprobs) == sorted(x.logprobs.top_logprobs, reverse=True)
