@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-MAX_LOGPROBS = 20  # OpenAI's limit on top_logprobs (and on completions' logprobs)
+from graphrun.llm.sampling_params import MAX_LOGPROBS
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphrun.errors import ConfigError
-from graphrun.llm.logprobs import MAX_LOGPROBS
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds travel to the sampler in an int64 tensor
 
@@ -24,6 +23,9 @@ class SamplingParamsError(ConfigError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.param))  # pickled to the server process with its param
+
+
+MAX_LOGPROBS = 20  # OpenAI's limit on top_logprobs (and on completions' logprobs)
 
 
 @dataclass(frozen=True, slots=True)
