@@ -22,6 +22,9 @@ import pytest
 from serve_harness import START_TIMEOUT, wait_until
 
 MAX_TOKENS = 600  # a few seconds of eager decode on a CPU: the drain has something to wait for
+# the cut test needs both requests in the engine at once: the stream must outlast the second request's
+# arrival even on a loaded 2-core CI machine (it is cut by the drain, so its length costs nothing)
+CUT_TOKENS = 1000
 PATIENCE = 120.0  # the bound on each wait for a running server (a stream's next line, an exit, a status)
 NEVER = 3600.0  # a drain deadline no test reaches: the request in flight always finishes
 
@@ -72,8 +75,8 @@ def server(start_server: Callable[[float], Server]) -> Server:
     return start_server(NEVER)
 
 
-def _long_stream(http: httpx.Client, url: str) -> httpx.Response:
-    body = {"prompt": "drain me", "max_tokens": MAX_TOKENS, "stream": True, "ignore_eos": True,
+def _long_stream(http: httpx.Client, url: str, max_tokens: int = MAX_TOKENS) -> httpx.Response:
+    body = {"prompt": "drain me", "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
             "temperature": 0, "stream_options": {"include_usage": True}}  # fmt: skip
     return http.stream("POST", url + "/v1/completions", json=body)
 
@@ -149,10 +152,10 @@ def test_a_drain_deadline_that_cuts_requests_ends_them_with_errors_the_clients_s
     finish_reason, no [DONE]) and the collected answer is a 503, never a short answer that looks done."""
     proc, url, log_path = start_server(0)
     answers: list[httpx.Response] = []
-    body = {"prompt": "cut me", "max_tokens": MAX_TOKENS, "ignore_eos": True, "temperature": 0}
+    body = {"prompt": "cut me", "max_tokens": CUT_TOKENS, "ignore_eos": True, "temperature": 0}
     post = lambda: answers.append(httpx.post(url + "/v1/completions", json=body, timeout=PATIENCE))  # noqa: E731
     collected = threading.Thread(target=post)
-    with httpx.Client(timeout=PATIENCE) as http, _long_stream(http, url) as response:
+    with httpx.Client(timeout=PATIENCE) as http, _long_stream(http, url, CUT_TOKENS) as response:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
         collected.start()
@@ -165,7 +168,7 @@ def test_a_drain_deadline_that_cuts_requests_ends_them_with_errors_the_clients_s
     assert (error["type"], error["code"]) == ("service_unavailable", "draining")
     assert "drain deadline" in error["message"]
     chunks = [json.loads(e) for e in events[:-1]]
-    assert 0 < len(chunks) < MAX_TOKENS and "[DONE]" not in events
+    assert 0 < len(chunks) < CUT_TOKENS and "[DONE]" not in events
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
     assert answers[0].status_code == 503 and answers[0].json()["error"]["code"] == "draining"
     assert proc.wait(timeout=PATIENCE) == 0
