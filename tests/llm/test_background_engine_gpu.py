@@ -2,6 +2,7 @@
 change no greedy token (needs CUDA)."""
 
 import pytest
+from engine_runs import run_all
 
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
@@ -26,18 +27,10 @@ def test_an_engine_capturing_in_the_background_gives_the_tokens_it_gives_once_ca
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     prompts = [f"prompt {i} about graphs" for i in range(5)]
 
-    def run_all():
-        ids = [eng.add_request(p, params) for p in prompts]
-        out = {i: [] for i in ids}
-        while eng.has_unfinished():
-            for o in eng.step():
-                out[o.seq_id].append(o.new_token_id)
-        return [out[i] for i in ids]
-
     assert eng.capture_pending
-    during = run_all()
+    during = run_all(eng, prompts, params)
     while eng.capture_step():
         pass
     assert eng.graph_progress().startswith("captured") and not eng.capture_pending
-    assert run_all() == during
+    assert run_all(eng, prompts, params) == during
     assert eng.decode_graphs is not None and eng.decode_graphs.runners["greedy"].stats.num_replayed > 0

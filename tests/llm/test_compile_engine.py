@@ -1,6 +1,8 @@
 """--compile in the engine: the decode graphs record inductor's code (CPU inductor, simulator) and greedy
 tokens stay those of eager decode."""
 
+from engine_runs import run_all
+
 from graphrun.graphs.status import CompileOutcome
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
@@ -17,14 +19,5 @@ def test_compiled_decode_graphs_give_eager_greedy_tokens():
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     prompts = ["compiled decode", "and a second prompt"]
     before = greedy.stats.num_replayed
-    assert _generate(compiled, prompts, params) == _generate(eager, prompts, params)
+    assert run_all(compiled, prompts, params) == run_all(eager, prompts, params)
     assert greedy.stats.num_replayed > before
-
-
-def _generate(engine, prompts, params):
-    ids = [engine.add_request(p, params) for p in prompts]
-    tokens = {i: [] for i in ids}
-    while engine.has_unfinished():
-        for out in engine.step():
-            tokens[out.seq_id].append(out.new_token_id)
-    return [tokens[i] for i in ids]

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from engine_runs import run_all
 
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
@@ -24,15 +25,6 @@ def engine(utilization, **kw):
             **kw,
         )
     )
-
-
-def run_all(eng, prompts, params):
-    ids = [eng.add_request(p, params) for p in prompts]
-    out = {i: [] for i in ids}
-    while eng.has_unfinished():
-        for o in eng.step():
-            out[o.seq_id].append(o.new_token_id)
-    return [out[i] for i in ids]
 
 
 @pytest.fixture(scope="module")

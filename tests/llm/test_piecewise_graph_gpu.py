@@ -8,6 +8,7 @@ to 8 decode rows + 48 prompt tokens (above the top decode rung, 8).
 
 import pytest
 import torch
+from engine_runs import run_all
 
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
@@ -35,14 +36,8 @@ def engine(mode: str) -> LLMEngine:
     )
 
 
-def run_all(eng: LLMEngine, prompts: list[list[int]]) -> list[list[int]]:
-    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
-    ids = [eng.add_request(p, params) for p in prompts]
-    out: dict[int, list[int]] = {i: [] for i in ids}
-    while eng.has_unfinished():
-        for o in eng.step():
-            out[o.seq_id].append(o.new_token_id)
-    return [out[i] for i in ids]
+def greedy_tokens(eng: LLMEngine, prompts: list[list[int]]) -> list[list[int]]:
+    return run_all(eng, prompts, SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True))
 
 
 PROMPTS = [[(11 * i + j) % 200 + 3 for j in range(n)] for i, n in enumerate((7, 300, 45, 130, 3, 64, 19, 90))]
@@ -57,9 +52,9 @@ def engines():
 
 @pytest.mark.parametrize("mode", ["full", "piecewise", "full_and_piecewise"])
 def test_every_mode_gives_eager_greedy_tokens_on_the_gpu(engines, mode):
-    eager = run_all(engines["none"], PROMPTS)
+    eager = greedy_tokens(engines["none"], PROMPTS)
     eng = engines[mode]
-    assert run_all(eng, PROMPTS) == eager
+    assert greedy_tokens(eng, PROMPTS) == eager
     if mode != "full":
         runner = eng.piecewise_graphs.runner
         assert all(st.captured for st in runner.status())

@@ -1,6 +1,7 @@
 """Fresh-prefill graphs (through the simulator): same tokens as eager prefill, chunks and mixes included."""
 
 import pytest
+from engine_runs import run_all
 
 from graphrun.errors import ConfigError
 from graphrun.llm.engine import LLMEngine
@@ -14,15 +15,6 @@ def engine(**kw):
     kw.setdefault("max_model_len", 96)
     kw.setdefault("mixed_prefill_tokens", 0)  # every prompt prefills in a prefill step (see test_mixed.py)
     return LLMEngine(EngineConfig(model="tiny", **kw))
-
-
-def run_all(eng, prompts, params):
-    ids = [eng.add_request(p, params) for p in prompts]
-    out = {i: [] for i in ids}
-    while eng.has_unfinished():
-        for o in eng.step():
-            out[o.seq_id].append(o.new_token_id)
-    return [out[i] for i in ids]
 
 
 def test_the_default_ladder_tops_out_at_the_limit():

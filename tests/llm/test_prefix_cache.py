@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import pytest
+from engine_runs import run_all
 
 from graphrun.llm.block_manager import BlockManager
 from graphrun.llm.engine import LLMEngine
@@ -68,12 +69,7 @@ def engine(**kw):
 
 
 def run(eng, prompts, params=SEEDED):
-    ids = [eng.add_request(p, params) for p in prompts]
-    out = {i: [] for i in ids}
-    while eng.has_unfinished():
-        for o in eng.step():
-            out[o.seq_id].append(o.new_token_id)
-    return [out[i] for i in ids]
+    return run_all(eng, prompts, params)
 
 
 SYSTEM = list(range(40, 90))  # 50 tokens: 3 full blocks of 16

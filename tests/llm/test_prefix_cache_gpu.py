@@ -3,6 +3,7 @@ scheduling; a hit gives the tokens of a miss (needs CUDA)."""
 
 import pytest
 import torch
+from engine_runs import run_all
 
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
@@ -21,15 +22,6 @@ def engine(caching):
     )  # fmt: skip
 
 
-def run(eng, prompts, params):
-    ids = [eng.add_request(p, params) for p in prompts]
-    out = {i: [] for i in ids}
-    while eng.has_unfinished():
-        for o in eng.step():
-            out[o.seq_id].append(o.new_token_id)
-    return [out[i] for i in ids]
-
-
 def test_prefix_hits_on_cuda_give_the_tokens_of_misses():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
@@ -39,7 +31,7 @@ def test_prefix_hits_on_cuda_give_the_tokens_of_misses():
     greedy = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
     sampled = SamplingParams(temperature=0.8, top_p=0.9, seed=3, max_tokens=20, ignore_eos=True)
     for params in (greedy, sampled):
-        want = [run(cold, [p], params)[0] for p in prompts]
-        assert [run(warm, [p], params)[0] for p in prompts] == want
-        assert run(warm, prompts, params) == want
+        want = [run_all(cold, [p], params)[0] for p in prompts]
+        assert [run_all(warm, [p], params)[0] for p in prompts] == want
+        assert run_all(warm, prompts, params) == want
     assert warm.scheduler.num_prefix_hit_tokens >= 64 * 10
