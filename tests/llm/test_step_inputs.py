@@ -108,6 +108,15 @@ def test_pack_prefill_takes_one_rows_prompt():
     assert step.temperature.tolist() == [1.0] and step.top_k.tolist() == [0.0]
 
 
+def test_a_temperature_beyond_float32_packs_as_inf_in_both_steps():
+    batch = _mixed_batch()
+    huge = _seq(2, 1e300, seed=13)  # finite for Python, not for float32: a fuzzed request sent one
+    batch.seqs[2] = huge
+    assert pack_prefill(batch, 2, out_row=4).temperature.tolist() == [float("inf")]
+    step = pack_decode(batch, [-1, 3, -1, -1, -1], DecodeInputs.empty(5, 3))
+    assert step.temperature.tolist()[2:] == [float("inf")] * 3
+
+
 def test_host_staging_alternates_two_sets():
     staging = HostStaging(4, 2, pin_memory=False)
     first, second, third = staging.next(3), staging.next(3), staging.next(2)

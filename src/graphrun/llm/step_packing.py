@@ -40,7 +40,8 @@ def pack_decode(batch: ScheduledBatch, feed_rows: list[int], out: DecodeInputs) 
         params = seq.params
         seeds[a:b] = seq.rng_seed
         tables[a:b, : len(table)] = table
-        temperature[a:b], top_p[a:b], top_k[a:b] = params.temperature, params.top_p, params.top_k
+        with np.errstate(over="ignore"):  # a temperature beyond float32's range is inf, as in prefill
+            temperature[a:b], top_p[a:b], top_k[a:b] = params.temperature, params.top_p, params.top_k
     return out
 
 
@@ -57,7 +58,10 @@ def pack_prefill(batch: ScheduledBatch, row: int, out_row: int) -> PrefillInputs
     inputs.sample_row.fill_(b - a - 1)  # the last token's logits give the next token
     inputs.seed.fill_(seq.rng_seed)
     inputs.out_row.fill_(out_row)
-    inputs.temperature.fill_(params.temperature)
-    inputs.top_p.fill_(params.top_p)
-    inputs.top_k.fill_(float(params.top_k))
+    # through a float32 tensor, as pack_decode's numpy views do: a temperature beyond float32's range
+    # becomes inf (sampling then draws uniformly) where fill_ would raise
+    sampling = torch.tensor([params.temperature, params.top_p, float(params.top_k)], dtype=torch.float32)
+    inputs.temperature.copy_(sampling[0])
+    inputs.top_p.copy_(sampling[1])
+    inputs.top_k.copy_(sampling[2])
     return inputs
