@@ -131,6 +131,20 @@ def test_hf_bert_that_full_capture_cannot_take(marked, mark_attention):
         check_equals_eager(run, model, make)
 
 
+def test_a_batch_of_one_example_still_traces_with_a_dynamic_batch(marked):
+    """export specializes a size-1 dim: an example of batch 1 is traced on the top rung's buffers instead."""
+    torch.manual_seed(0)
+    model = HFEncoder()
+
+    def make(n):
+        return torch.randint(0, 64, (n, 8)), torch.ones(n, 8, dtype=torch.long)
+
+    run = runner(model, make(1), sizes=[1, 2, 4])
+    assert all(r.captured for r in run.status()), str(run.status())
+    with torch.no_grad():
+        check_equals_eager(run, model, make)
+
+
 def test_an_untraceable_call_falls_back_with_its_reason():
     run = runner(untraceable, torch.randn(4, 8))
     status = run.status()

@@ -19,7 +19,7 @@ def test_an_engine_capturing_in_the_background_gives_the_tokens_it_gives_once_ca
             dtype="float32",
             max_num_seqs=8,
             max_model_len=160,
-            gpu_memory_utilization=0.9,
+            gpu_memory_utilization=0.3,
             mixed_prefill_tokens=4,
             capture="background",
         )

@@ -8,6 +8,7 @@ head_dim). The block count is measured here and lives on the objects built from 
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 
@@ -85,7 +86,10 @@ def gpu_kv_budget(gpu_memory_utilization: float, device: torch.device | str | in
     Call it after the model weights are loaded (and, ideally, after one profiling forward at the largest
     batch), so that weights, activation peaks and other processes' memory count as already used; the
     cache then takes what is left under the utilization cap. Cached-but-free allocator blocks are
-    released first (empty_cache) so they are not mistaken for memory in use. Negative when the model
+    released first (empty_cache) so they are not mistaken for memory in use, after a garbage collection:
+    an engine dropped by its owner but still in a reference cycle would otherwise keep its cache and graph
+    pools until the collector happened to run (two engines made in turn, as tests and notebooks do, saw
+    the first one's 90% as used). Negative when the model
     alone exceeds the cap; `num_blocks_for_budget` turns that into a clear error.
     """
     if not 0 < gpu_memory_utilization <= 1:
@@ -95,6 +99,7 @@ def gpu_kv_budget(gpu_memory_utilization: float, device: torch.device | str | in
         raise BackendUnavailableError(
             f"gpu_kv_budget measures CUDA memory; device {device} is not a CUDA device"
         )
+    gc.collect()
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)
