@@ -5,6 +5,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from graphrun import CallFallback, CaptureFailure, GraphRunner
+from graphrun.graphs.backends.cuda import CudaBackend
 
 pytestmark = pytest.mark.gpu
 
@@ -103,15 +104,29 @@ def test_verification_catches_control_flow_frozen_on_host_data():
     assert not status.captured and status.reason is CaptureFailure.VERIFICATION, status
 
 
-def test_replay_error_falls_back_for_that_call(monkeypatch):
+class BrokenReplays(CudaBackend):
+    """Real CUDA captures whose replays raise, as a graph broken after capture would."""
+
+    def capture(self, body, label=""):
+        graph = super().capture(body, label)
+
+        def broken() -> None:
+            raise RuntimeError("injected replay failure")
+
+        graph.replay = broken
+        return graph
+
+
+def test_replay_error_falls_back_for_that_call():
     r = GraphRunner(
-        lambda t: t + 1, (torch.randn(2, 8, device="cuda"),), sizes=[2], registry=CollectorRegistry()
+        lambda t: t + 1,
+        (torch.randn(2, 8, device="cuda"),),
+        sizes=[2],
+        backend=BrokenReplays(),
+        verify=False,  # verification would replay the broken graph and leave the rung eager
+        registry=CollectorRegistry(),
     )
-
-    def broken() -> None:
-        raise RuntimeError("injected replay failure")
-
-    monkeypatch.setitem(r._replays, 2, broken)
+    assert r.status()[0].captured
     x = torch.randn(2, 8, device="cuda")
     torch.testing.assert_close(r(x), x + 1)
     assert r.stats.eager_fallback == {CallFallback.REPLAY_ERROR: 1}

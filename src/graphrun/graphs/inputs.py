@@ -2,20 +2,28 @@
 
 Built once from the example inputs and the options. The input structure, the slots (static buffers sized
 at the top rung, with a leading-row view per rung) and the pad policy never change afterwards; only the
-buffers' contents do. The runner's call path, capture and verification all copy rows in through here,
-so a verified padded replay pads exactly as a real call does.
+buffers' contents do. The runner's call path, capture and verification all copy rows in with the
+operations built here (copy_ops, fill_ops, pad_ops), so a verified padded replay pads exactly as a real
+call does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from graphrun.errors import ConfigError
-from graphrun.graphs.buffers import Kind, Slot, make_input_slot, pad_rows
+from graphrun.errors import ConfigError, GraphInputError
+from graphrun.graphs.buffers import (
+    Kind,
+    Slot,
+    check_scalar,
+    check_static,
+    check_tensor,
+    make_input_slot,
+)
 from graphrun.graphs.layout import leaf_batch_dims, leaf_paths
 from graphrun.graphs.options import RunnerOptions
 from graphrun.graphs.pytree import TreeSpec, spec_of
@@ -83,30 +91,114 @@ class InputLayout:
             for s in self.slots
         ]
 
+    def call_leaves(self, rung: int, n: int) -> list[Any]:
+        """The leaves of a call of n rows whose tensors are the static buffers of `rung` (zero-copy calls)."""
+        leaves: list[Any] = []
+        for slot in self.slots:
+            if slot.kind is Kind.BATCHED:
+                assert slot.dim is not None
+                leaves.append(slot.views[rung].narrow(slot.dim, 0, n))
+            elif slot.kind is Kind.SHARED:
+                leaves.append(slot.buffer)
+            elif slot.kind is Kind.STATIC:
+                leaves.append(slot.value)
+            else:  # a dynamic scalar: its current value, of its Python type
+                assert slot.buffer is not None
+                leaves.append(slot.value(slot.buffer.item()))
+        return leaves
+
+    def validate(self, leaves: Sequence[Any]) -> int:
+        """A call's batch size, after checking every leaf against its slot; raise GraphInputError (or
+        StaticValueError) naming the first leaf that does not fit."""
+        first = self.batched[0]
+        leaf = leaves[first.index]
+        if not isinstance(leaf, torch.Tensor) or leaf.dim() != first.ndim:
+            check_tensor(first, leaf, -1)
+        n = int(leaf.shape[first.dim])
+        if n == 0:
+            raise GraphInputError(f"{first.path}: batch size is 0; call with at least one row")
+        in_ladder = n < len(first.shape_for)
+        for slot in self.batched:
+            if not (in_ladder and _fits(leaves[slot.index], slot, slot.shape_for[n] if in_ladder else None)):
+                check_tensor(slot, leaves[slot.index], n)  # raises, or passes: n above the ladder
+        for slot in self.shared:
+            if not _fits(leaves[slot.index], slot, slot.shape):
+                check_tensor(slot, leaves[slot.index], n)
+        for slot in self.static_slots:
+            check_static(slot, leaves[slot.index])
+        for slot in self.scalar_slots:
+            check_scalar(slot, leaves[slot.index])
+        return n
+
+    def copy_ops(self, n: int, rung: int) -> tuple[CopyOp, ...]:
+        """(leaf index, destination, its data_ptr() or SHARED_PTR) per tensor leaf: a batched leaf goes
+        to rows [0, n) of its rung's view, a shared one to its whole buffer."""
+        ops: list[CopyOp] = []
+        for slot in self.batched:
+            assert slot.dim is not None
+            view = slot.views[rung]
+            ops.append((slot.index, view if n == rung else view.narrow(slot.dim, 0, n), slot.view_ptrs[rung]))
+        for slot in self.shared:
+            assert slot.buffer is not None
+            ops.append((slot.index, slot.buffer, SHARED_PTR))
+        return tuple(ops)
+
+    def fill_ops(self) -> tuple[FillOp, ...]:
+        """(leaf index, the 0-d buffer's fill_) per dynamic scalar."""
+        return tuple((s.index, s.buffer.fill_) for s in self.scalar_slots)  # type: ignore[union-attr]
+
+    def pad_ops(self, n: int, rung: int) -> tuple[PadOp, ...]:
+        """(method, argument) filling rows [n, rung) of each batched buffer: a copy of row n-1 ("repeat"),
+        a fill value; nothing for pad=None or n == rung."""
+        pad = self.pad
+        if pad is None or n == rung:
+            return ()
+        ops: list[PadOp] = []
+        for slot in self.batched:
+            assert slot.dim is not None
+            view = slot.views[rung]
+            rest = view.narrow(slot.dim, n, rung - n)
+            if isinstance(pad, str):  # "repeat" ("forbid" never pads: no batch is served by a larger rung)
+                ops.append((rest.copy_, view.narrow(slot.dim, n - 1, 1).expand_as(rest)))
+            else:
+                ops.append((rest.fill_, pad))
+        return tuple(ops)
+
     def copy_in(self, leaves: Sequence[Any], n: int, rung: int) -> None:
         """Copy a call's leaves of batch n into the static buffers of `rung` and pad rows n..rung.
 
-        On the call path: a leaf that already is the static view (zero-copy calls) is not copied.
+        The same operations a runner's call runs (it keeps them ready per batch size: call_plan.py).
         """
-        pad = self.pad
-        for slot in self.batched:
-            view = slot.views[rung]
-            leaf = leaves[slot.index]
-            if leaf is not view and leaf.data_ptr() != slot.view_ptrs[rung]:
-                if leaf.requires_grad:  # copy the values only: a static buffer records no history
-                    leaf = leaf.detach()
-                if n == rung:
-                    view.copy_(leaf)
-                else:
-                    view.narrow(slot.dim, 0, n).copy_(leaf)  # type: ignore[arg-type]
-            if n != rung:
-                pad_rows(view, slot.dim, n, pad)  # type: ignore[arg-type]
-        for slot in self.shared:
-            leaf = leaves[slot.index]
-            if leaf is not slot.buffer:
-                slot.buffer.copy_(leaf.detach() if leaf.requires_grad else leaf)  # type: ignore[union-attr]
-        for slot in self.scalar_slots:
-            slot.buffer.fill_(leaves[slot.index])  # type: ignore[union-attr]
+        write_inputs(leaves, self.copy_ops(n, rung), self.fill_ops(), self.pad_ops(n, rung))
+
+
+CopyOp = tuple[int, torch.Tensor, int]
+FillOp = tuple[int, Callable[[Any], object]]
+PadOp = tuple[Callable[[Any], object], Any]
+SHARED_PTR = -1  # a shared leaf is copied unless it is the buffer itself (no data_ptr() equals this)
+
+
+def write_inputs(
+    leaves: Sequence[Any], copies: Sequence[CopyOp], fills: Sequence[FillOp], pads: Sequence[PadOp]
+) -> None:
+    """Run a call's copy-in: copy each leaf unless it already is its destination (a zero-copy call),
+    fill the scalars, pad. Values only: a static buffer records no autograd history."""
+    for i, dst, ptr in copies:
+        leaf = leaves[i]
+        if leaf is not dst and leaf.data_ptr() != ptr:
+            dst.copy_(leaf.detach() if leaf.requires_grad else leaf)
+    for i, fill in fills:
+        fill(leaves[i])
+    for write, arg in pads:
+        write(arg)
+
+
+def _fits(leaf: Any, slot: Slot, shape: Any) -> bool:
+    """Whether a leaf is a tensor of the slot's dtype and device and of `shape`."""
+    try:
+        return bool(leaf.dtype is slot.dtype and leaf.device == slot.device and leaf.shape == shape)
+    except AttributeError:
+        return False
 
 
 def _example_batch(leaves: tuple[Any, ...], dims: list[int | None], paths: list[str]) -> int:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphrun.graphs.backends import Backend, EagerBackend
+from graphrun.graphs.compile import CompiledFn
 from graphrun.graphs.inputs import InputLayout
 from graphrun.graphs.modes import CudaGraphMode
 from graphrun.graphs.options import RunnerOptions
 from graphrun.graphs.piecewise import Untraceable, build_plan
+from graphrun.graphs.piecewise.plan import PiecewiseCallable
 from graphrun.graphs.status import CaptureFailure
 
 
@@ -31,6 +33,29 @@ class ModePlan:
     mode: CudaGraphMode
     all_eager: tuple[CaptureFailure, str] | None = None
     splits: tuple[str, ...] = ()
+
+    def capture_fn(self, fn: Callable[..., Any], name: str, options: RunnerOptions) -> Callable[..., Any]:
+        """What capture records: the planned callable, or with compile=True that callable compiled whole
+        (FULL) or the piecewise split with each segment compiled and the eager splits as they are
+        (PIECEWISE), keyed by the user's `fn`. Eager fallbacks run `fn` itself either way."""
+        if not options.compile:
+            return self.fn
+        compile_with = None
+        split = self.fn
+        if isinstance(split, PiecewiseCallable):
+
+            def compile_with(_: Callable[..., Any]) -> Callable[..., Any]:
+                return split.compiled()
+
+        return CompiledFn(
+            self.fn,
+            name,
+            options.compile_cache_dir,
+            options.tolerance,
+            compile_with=compile_with,
+            identity=fn,
+            key_extra=";".join(self.splits),
+        )
 
 
 def plan_mode(

@@ -4,24 +4,24 @@ A call is validated against the example's structure, copied into the static buff
 captured rung that fits, padded, replayed, and answered with views of the static outputs sliced to the
 real batch. Anything that cannot replay runs eager and is counted; nothing falls back silently.
 
-Padding assumes the rows of a batch are independent. Capture verifies it per rung (verify.py); a rung
-that fails replays exact-size calls only. Which rung serves each batch size is decided then, into one
-list, so a call pays one index for dispatch whatever the verification found.
+The runner composes the pieces, one concept per file: the input layout and its copy-in (inputs.py), the
+capture machinery (capture.py, reading one immutable CaptureSpec: spec.py), the installed rungs and which
+batch size each serves (rung_table.py), the calls (call_path.py, executing one CallPlan per batch size:
+call_plan.py), and background capture (background.py). The runner itself is construction, capture
+passes, status and dispatch between modes. Padding assumes the rows of a batch are independent; capture
+verifies it per rung (verify.py) and a rung that fails replays exact-size calls only.
 
-Background capture (capture="background") captures the rungs one by one on a thread (background.py),
-largest first, while calls run: each step takes the call lock (capture writes the static buffers replays
-read), captures and verifies one rung, installs it and rebuilds the dispatch list, so the next call of
-that size replays. A call that finds the lock held by a capture runs eager (counted as `capturing`)
-instead of waiting; calls whose rung is not captured yet run eager beside the capture, unlocked.
+Background capture (capture="background") captures the rungs one by one, largest first, while calls
+run: each step takes the call lock (capture writes the static buffers replays read), captures and
+verifies one rung, installs it and rebuilds the table, so the next call of that size replays. A call
+that finds the lock held by a capture runs eager (counted as `capturing`) instead of waiting; calls
+whose rung is not captured yet run eager beside the capture, unlocked.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-import time
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Unpack
@@ -29,36 +29,23 @@ from typing import Any, Unpack
 import torch
 
 from graphrun.errors import GraphInputError
-from graphrun.graphs.backends import CapturedGraph, make_backend
-from graphrun.graphs.background import BackgroundCapture
-from graphrun.graphs.buffers import Kind, Slot, check_scalar, check_static, check_tensor, pad_rows
-from graphrun.graphs.capture import RungCapturer, classify
-from graphrun.graphs.compile import CompiledFn
-from graphrun.graphs.failure import DynamicInputError
+from graphrun.graphs.backends import make_backend
+from graphrun.graphs.background import BackgroundCapture, BackgroundPass
+from graphrun.graphs.buffers import Slot
+from graphrun.graphs.call_path import CallPath
+from graphrun.graphs.capture import RungCapturer
 from graphrun.graphs.inputs import InputLayout
 from graphrun.graphs.metrics import register_runner
-from graphrun.graphs.mode_plan import ModePlan, plan_mode
+from graphrun.graphs.mode_plan import plan_mode
 from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode, Dispatcher, Route, RouteKind
 from graphrun.graphs.options import CaptureWhen, RunnerKeywords, RunnerOptions, resolve_options
 from graphrun.graphs.piecewise.backend import PiecewiseBackend
-from graphrun.graphs.piecewise.plan import PiecewiseCallable
-from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe
-from graphrun.graphs.sizes import rung_for
-from graphrun.graphs.spec import CaptureResult, CaptureSpec
-from graphrun.graphs.status import (
-    REPLAY_BUCKETS,
-    CacheUse,
-    CallFallback,
-    CaptureFailure,
-    CompileReport,
-    RungStatus,
-    RunnerStats,
-    RunnerStatus,
-)
+from graphrun.graphs.pytree import TreeSpec
+from graphrun.graphs.rung_table import RungTable
+from graphrun.graphs.spec import CaptureSpec
+from graphrun.graphs.status import RunnerStats, RunnerStatus
 
 log = logging.getLogger(__name__)
-
-_FLATTEN_ERRORS = (StructureMismatch, KeyError, IndexError, TypeError)
 
 
 class GraphRunner:
@@ -132,13 +119,14 @@ class GraphRunner:
         label = CudaGraphMode.PIECEWISE if isinstance(plan.backend, PiecewiseBackend) else self.mode
         self.stats = RunnerStats(mode=label.value)
         self.name = register_runner(self, fn, options.name, options.registry, self.stats)
-        captured_fn = plan.fn
-        if options.compile:  # graphs record the compiled code; eager fallbacks run `fn` itself
-            captured_fn = _compiled(plan, fn, self.name, options)
-        self.spec = CaptureSpec(captured_fn, inputs, options, self.backend, self.name)
+        self.spec = CaptureSpec(
+            plan.capture_fn(fn, self.name, options), inputs, options, self.backend, self.name
+        )
         self._capturer = RungCapturer(self.spec)
+        self._rungs = RungTable(inputs.sizes, plan.all_eager)
         self._bind_call_path(fn, inputs, options)
         self._piecewise = self._piecewise_runner(fn, args, kwargs)
+        self._calls.piecewise = self._piecewise
         self._dispatcher = Dispatcher(
             self.mode,
             self.rung_for if self.mode.full else None,
@@ -163,48 +151,24 @@ class GraphRunner:
         return GraphRunner(fn, args, kwargs, options=options)
 
     def _bind_call_path(self, fn: Callable[..., Any], inputs: InputLayout, options: RunnerOptions) -> None:
-        """Everything a call reads, as plain attributes: the hot path does no lookups through the spec."""
+        """The call path (call_path.py) and the state capture shares with it."""
         self._fn = fn
-        self._clone_outputs = options.clone_outputs
-        self._pad = options.pad
-        self._inference_mode = options.inference_mode
-        self._lock = threading.Lock()
-        self._in_spec: TreeSpec = inputs.in_spec
-        self._flatten = inputs.in_spec.flatten
-        self._slots = inputs.slots
-        self._batched = inputs.batched
-        self._shared = inputs.shared
-        self._scalar_slots = inputs.scalar_slots
-        self._static_slots = inputs.static_slots
-        self._first = inputs.batched[0]
-        self._only_batched = len(inputs.slots) == 1  # one batched tensor, nothing else: the inlined path
-        self._copy_in = inputs.copy_in
-        self._graphs: dict[int, CapturedGraph] = {}
-        self._replays: dict[int, Callable[[], None]] = {}
-        self._dispatch: list[int | None] = [None] * (self.sizes[-1] + 1)
-        self._dispatch_len = len(self._dispatch)
-        self._eager_reasons = [CallFallback.NOT_CAPTURED_YET] * self._dispatch_len
-        # rung -> the static output leaves a replay of it writes; what n < rung rows narrow; the rebuild
-        self._out_leaves: dict[int, list[Any]] = {}
-        self._out_batched: Sequence[tuple[int, int]] = ()
-        self._out_unflatten: Callable[[Any], Any] = _no_outputs
-        # rung -> the finished output object when a call fills the whole rung (tuple or single tensor
-        # outputs only: a dict or list could be mutated by the caller, so those are rebuilt per call)
-        self._out_whole: dict[int, Any] = {}
-        self._status: dict[int, RungStatus] = {}
-        self._captured_once = False
-        self._compile_report: CompileReport | None = None
-        # background capture: rungs still to capture (largest first), whether begin() ran, whether a
-        # capture holds the call lock now (calls then run eager instead of waiting), and the thread
-        self._pending: list[int] = []
-        self._begun = False
-        self._capturing = False
+        self._inputs = inputs
+        self._calls = CallPath(
+            fn,
+            inputs,
+            self._rungs,
+            self.stats,
+            self.name,
+            clone_outputs=options.clone_outputs,
+            inference_mode=options.inference_mode,
+        )
+        self._lock = self._calls.lock  # replays and capture steps take it in turn
         self._step_lock = threading.Lock()  # one capture_step at a time
         self._all_captured = threading.Event()
         self._all_captured.set()
         self._background: BackgroundCapture | None = None
-        self._pass_start = 0.0
-        self._example_buffers: list[torch.Tensor] = []  # the static inputs as the example left them
+        self._pass: BackgroundPass | None = None
 
     # ----- capture ------------------------------------------------------------------------------------
 
@@ -213,17 +177,22 @@ class GraphRunner:
 
         A background capture in progress is stopped first (its rungs are captured again here)."""
         self._stop_background()
-        self._release_graphs()
-        self._status.clear()
-        if self._plan.all_eager is not None:  # mode none, untraceable, or no graph backend
-            self._mark_all_eager(*self._plan.all_eager)
+        self._rungs.reset()
+        self._refresh()
+        if self._rungs.all_eager is not None:  # mode none, untraceable, or no graph backend
+            self._rungs.mark_all_eager(self.stats, self.name)
         else:
-            self._install(self._capturer.capture_all())
-        self._captured_once = True
-        self._rebuild_dispatch()
+            self._rungs.install(self._capturer.capture_all(), self.stats)
+        self._rungs.captured_once = True
+        self._refresh()
         if self._piecewise is not None:
             self._piecewise.capture()
         return self.status()
+
+    def _refresh(self) -> None:
+        """After the rungs changed: rebuild the table, and drop the call plans (made again on first use)."""
+        self._rungs.rebuild(self.pending_rungs)
+        self._calls.drop_plans()
 
     # ----- background capture ---------------------------------------------------------------------------
 
@@ -235,26 +204,22 @@ class GraphRunner:
         """
         self._stop_background()
         with self._lock:  # no replay is running while its graph goes
-            self._release_graphs()
-            self._status.clear()
-        self._begun, self._captured_once = False, True
-        if self._plan.all_eager is not None:
-            self._mark_all_eager(*self._plan.all_eager)
-            self._pending = []
+            self._rungs.reset()
+            self._refresh()
+        self._rungs.captured_once = True
+        if self._rungs.all_eager is not None:
+            self._rungs.mark_all_eager(self.stats, self.name)
         else:
-            self._pending = sorted(self.sizes, reverse=True)
+            self._pass = BackgroundPass(self._capturer, self._inputs, self.name)
             self._all_captured.clear()
-            with torch.inference_mode():
-                self._example_buffers = [t.clone() for t in self.spec.inputs.static_buffers()]
-        self.stats.num_pending = len(self._pending)
-        self._pass_start = time.perf_counter()
-        self._rebuild_dispatch()
+        self.stats.num_pending = len(self.pending_rungs)
+        self._refresh()
         if self._piecewise is not None:
             self._piecewise.start_background_capture(thread=False)
             self._all_captured.clear()
-        if self._pending:
+        if self._pass is not None:
             log.info("runner %s: capturing %d sizes in the background; calls run eager until then",
-                     self.name, len(self._pending))  # fmt: skip
+                     self.name, len(self._pass.pending))  # fmt: skip
         if thread and not self._all_captured.is_set():
             self._background = BackgroundCapture(self.capture_step, self.name)
 
@@ -265,50 +230,22 @@ class GraphRunner:
         With FULL_AND_PIECEWISE, the piecewise rungs follow the FULL ones.
         """
         with self._step_lock:
-            if not self._pending:
+            step = self._pass
+            if step is None or not step.pending:
                 return self._piecewise_step()
-            rung = self._pending[0]
             with self._lock:
-                self._capturing = True
+                self._calls.capturing = True
                 try:
-                    self._install(self._capture_pending_rung(rung))
-                    self._pending.pop(0)
-                    self.stats.num_pending = len(self._pending)
-                    self._rebuild_dispatch()
+                    for result in step.capture_next():
+                        self._rungs.install(result, self.stats)
+                    self.stats.num_pending = len(step.pending)
+                    self._refresh()
                 finally:
-                    self._capturing = False
-            if not self._pending:
-                self._example_buffers = []
-                self._log_background_done()
+                    self._calls.capturing = False
+            if not step.pending:
+                step.log_done(self._rungs.statuses.values())
                 self._piecewise_step()
             return True
-
-    def _capture_pending_rung(self, rung: int) -> CaptureResult:
-        """One rung of the pass (the pass's first step also learns the outputs and compiles). A rung the
-        capture machinery could not even attempt (an error it does not classify) is recorded as eager
-        rather than left pending forever, and the pass goes on."""
-        self._restore_example_inputs()
-        try:
-            if not self._begun:
-                self._install(self._capturer.begin())
-                self._begun = True
-            return self._capturer.capture_one(rung)
-        except Exception as exc:
-            self._capturer.discard(rung)
-            log.warning("runner %s: background capture of batch size %d failed: %s", self.name, rung, exc)
-            status = RungStatus(rung, False, reason=classify(exc), detail=str(exc).strip()[:300])
-            return CaptureResult({}, {rung: status}, None)
-
-    def _restore_example_inputs(self) -> None:
-        """Put the example back into the static inputs before a rung is captured on them.
-
-        Calls replayed since the pass began left their own rows there, and warm-up and capture run the
-        callable on those: a callable with side effects (a KV-cache write at a slot the input names)
-        would redo a live call's effects with other values. The example is what capture="now" sees.
-        """
-        with torch.inference_mode():
-            for buffer, example in zip(self.spec.inputs.static_buffers(), self._example_buffers, strict=True):
-                buffer.copy_(example)
 
     def _piecewise_step(self) -> bool:
         """One piecewise rung of a FULL_AND_PIECEWISE background pass; marks the pass done at the end."""
@@ -316,14 +253,6 @@ class GraphRunner:
             return True
         self._all_captured.set()
         return False
-
-    def _log_background_done(self) -> None:
-        captured = [r.size for r in self._status.values() if r.captured]
-        log.info(
-            "runner %s: background capture done: %d/%d sizes captured %s in %.2f s",
-            self.name, len(captured), len(self.sizes), sorted(captured),
-            time.perf_counter() - self._pass_start,
-        )  # fmt: skip
 
     def wait_captured(self, timeout: float | None = None) -> bool:
         """Wait until a background capture has reached every rung; False if `timeout` seconds passed first.
@@ -334,100 +263,42 @@ class GraphRunner:
     @property
     def pending_rungs(self) -> tuple[int, ...]:
         """Rungs a background capture has still to capture, in the order it takes them."""
-        return tuple(self._pending)
+        return tuple(self._pass.pending) if self._pass is not None else ()
 
     def _stop_background(self) -> None:
         if self._background is not None:
             self._background.stop()
             self._background = None
-        self._pending = []
+        self._pass = None
         self.stats.num_pending = 0
         self._all_captured.set()
 
-    def _install(self, result: CaptureResult) -> None:
-        """Take one capture pass's graphs, statuses and counts; precompute the whole-rung outputs."""
-        stats = self.stats
-        stats.num_captured += result.num_captured
-        stats.capture_seconds += result.capture_seconds
-        if result.compile is not None:
-            self._compile_report = result.compile
-            stats.compile_seconds = result.compile.seconds
-            stats.compile_cache_hit = result.compile.cache is CacheUse.HIT
-        for reason, count in result.failures().items():
-            stats.capture_failed[reason] = stats.capture_failed.get(reason, 0) + count
-        self._status.update(result.statuses)
-        outputs = result.outputs
-        if outputs is None:  # no rung ran at all, so none holds a graph
-            return
-        self._out_batched = outputs.batched
-        self._out_unflatten = outputs.spec.unflatten
-        for rung, graph in result.graphs.items():
-            self._graphs[rung] = graph
-            self._replays[rung] = graph.replay
-            self._out_leaves[rung] = outputs.rung_outputs(rung)
-            if self._clone_outputs is False and outputs.immutable:
-                self._out_whole[rung] = self._outputs(rung, rung)
-
-    def _release_graphs(self) -> None:
-        for graph in self._graphs.values():
-            graph.release()
-        self._graphs.clear()
-        self._replays.clear()
-        self._out_leaves.clear()
-        self._out_whole.clear()
-
-    def _mark_all_eager(self, reason: CaptureFailure, why: str) -> None:
-        for size in self.sizes:
-            self._status[size] = RungStatus(size, False, reason=reason, detail=why)
-        self.stats.capture_failed[reason] = len(self.sizes)
-        log.info("runner %s: no graphs, every call runs eager: %s (%s)", self.name, reason.value, why)
-
-    def _rebuild_dispatch(self) -> None:
-        """Per batch size: its own rung if captured, else the smallest captured rung that accepts padding."""
-        captured = sorted(self._graphs)
-        padded = [r for r in captured if self._status[r].padded]
-        for n in range(1, self.sizes[-1] + 1):
-            self._dispatch[n] = n if n in self._graphs else rung_for(padded, n)
-            self._eager_reasons[n] = self._eager_reason(n, captured)
-
-    def _eager_reason(self, n: int, captured: list[int]) -> CallFallback:
-        """Why batch n has no rung: none captured that fits, or those that fit replay exact sizes only."""
-        if any(r >= n for r in self._pending):
-            return CallFallback.CAPTURING
-        if not self._captured_once:
-            return CallFallback.NOT_CAPTURED_YET
-        if self._plan.all_eager is not None and self._plan.all_eager[0] in _ALL_EAGER_CALLS:
-            return _ALL_EAGER_CALLS[self._plan.all_eager[0]]
-        fits = [self._status[r] for r in captured if r >= n]
-        if not fits:
-            return CallFallback.RUNG_NOT_CAPTURED
-        if any(s.reason is CaptureFailure.PADDING_MISMATCH for s in fits):
-            return CallFallback.PADDING_MISMATCH
-        return CallFallback.PADDING_FORBIDDEN
+    # ----- status and dispatch ----------------------------------------------------------------------------
 
     def rung_for(self, batch_size: int) -> int | None:
         """The captured rung a call of `batch_size` replays, or None when it would run eager."""
-        return self._dispatch[batch_size] if 0 < batch_size < len(self._dispatch) else None
+        return self._rungs.rung_for(batch_size)
 
     def status(self) -> RunnerStatus:
         """Per rung, smallest first: captured (bytes, seconds, padded or exact-size) or eager (reason).
 
         Indexes and iterates like a tuple of RungStatus; str() is a table.
         """
-        rungs = tuple(self._status[r] for r in self.sizes if r in self._status)
         failed: dict[str, str] = getattr(self.backend, "eager_segments", {})
         splits = (
             *self._plan.splits,
             *(f"{label} (segment failed to capture: {why})" for label, why in failed.items()),
         )
+        rungs = self._rungs
+        mode = self.stats.mode
         return RunnerStatus(
             self.name,
             self.backend.name,
-            rungs,
-            self._compile_report,
-            self.stats.mode,
+            rungs.rung_statuses(),
+            rungs.compile_report,
+            mode,
             splits,
-            tuple(self._pending),
+            self.pending_rungs,
         )
 
     @property
@@ -443,7 +314,7 @@ class GraphRunner:
         """Run one call the way route(batch) says (a non-uniform batch never takes a FULL graph)."""
         route = self.route(batch)
         if route.kind is RouteKind.EAGER:
-            return self._eager(self._why_eager(batch.num_tokens), args, kwargs)
+            return self._calls.eager(self._rungs.why_eager(batch.num_tokens), args, kwargs)
         if route.kind is RouteKind.PIECEWISE and self._piecewise is not None:
             return self._piecewise(*args, **kwargs)
         return self(*args, **kwargs)
@@ -451,81 +322,27 @@ class GraphRunner:
     @property
     def pads(self) -> bool:
         """False when the runner replays exact-size calls only (pad='forbid')."""
-        return self._pad != "forbid"
+        return self.options.pads
 
     @property
     def pad_policy(self) -> str | float | int | None:
         """How a call's rows are padded up to its rung: "repeat", a fill value, None or "forbid"."""
-        return self._pad
+        return self.options.pad
 
     def close(self) -> None:
         """Release every graph; later calls run eager (counted as not_captured_yet)."""
         self._stop_background()
         if self._piecewise is not None:
             self._piecewise.close()
-        self._release_graphs()
-        self._captured_once = False
-        self._rebuild_dispatch()
-
-    def _eager_mode(self) -> contextlib.AbstractContextManager[Any]:
-        # no_grad, not inference_mode: an eager result must be an ordinary tensor, like a replay's outputs
-        return torch.no_grad() if self._inference_mode else contextlib.nullcontext()
+        self._rungs.release()
+        self._rungs.captured_once = False
+        self._refresh()
 
     # ----- calls --------------------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run one batch: replay the smallest captured rung that fits, else eager (counted).
-
-        Hot path: every step below was measured; it is kept to one method with locals on purpose.
-        """
-        try:
-            leaves = self._flatten((args, kwargs))
-        except _FLATTEN_ERRORS:
-            raise GraphInputError(
-                f"inputs have structure {describe((args, kwargs))}; the runner was built for "
-                f"{self._in_spec.describe()}"
-            ) from None
-        n = self._validate(leaves)
-        rung = self._dispatch[n] if n < self._dispatch_len else None
-        if rung is None:
-            if self._piecewise is not None and self._piecewise.rung_for(n) is not None:
-                return self._piecewise(*args, **kwargs)
-            return self._eager(self._why_eager(n), args, kwargs)
-        if self._capturing:  # a background capture holds the static buffers: run eager, do not wait
-            return self._eager(CallFallback.CAPTURING, args, kwargs)
-        with self._lock:
-            start = time.perf_counter()
-            if self._only_batched:
-                slot = self._first
-                view = slot.views[rung]
-                leaf = leaves[slot.index]
-                if leaf is not view and leaf.data_ptr() != slot.view_ptrs[rung]:
-                    if leaf.requires_grad:  # copy the values only: a static buffer records no history
-                        leaf = leaf.detach()
-                    (view if n == rung else view.narrow(slot.dim, 0, n)).copy_(leaf)  # type: ignore[arg-type]
-                if n != rung:
-                    pad_rows(view, slot.dim, n, self._pad)  # type: ignore[arg-type]
-            else:
-                self._copy_in(leaves, n, rung)
-            try:
-                self._replays[rung]()
-            except DynamicInputError as exc:  # piecewise: a split's output no longer fits its segment
-                log.debug("runner %s: rung %d cannot replay this call: %s", self.name, rung, exc)
-                return self._eager(CallFallback.DYNAMIC_SHAPE, args, kwargs)
-            except Exception as exc:  # a broken replay must not fail the call: run eager, count, say so
-                log.warning(
-                    "runner %s: replay of rung %d failed (%s); running this call eager", self.name, rung, exc
-                )
-                return self._eager(CallFallback.REPLAY_ERROR, args, kwargs)
-            out = self._out_whole[rung] if n == rung and self._out_whole else self._outputs(n, rung)
-            stats = self.stats
-            stats.num_replayed += 1
-            stats.num_graph_rows += n
-            stats.num_padded_rows += rung - n
-            seconds = time.perf_counter() - start
-            stats.replay_bucket_counts[bisect_left(REPLAY_BUCKETS, seconds)] += 1
-            stats.replay_seconds_sum += seconds
-        return out
+        """Run one batch: replay the smallest captured rung that fits, else eager (counted)."""
+        return self._calls(args, kwargs)
 
     def static_inputs(self, batch_size: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """(args, kwargs) whose tensors are the static buffers' rows for `batch_size`.
@@ -537,74 +354,12 @@ class GraphRunner:
         rung = self.rung_for(batch_size)
         if rung is None:
             raise GraphInputError(
-                f"batch_size={batch_size} has no captured rung ({self._why_eager(batch_size)}; captured: "
-                f"{sorted(self._graphs)}); call the runner with ordinary tensors instead (it runs eager)"
+                f"batch_size={batch_size} has no captured rung ({self._rungs.why_eager(batch_size)}; "
+                f"captured: {sorted(self._rungs.graphs)}); call the runner with ordinary tensors instead "
+                "(it runs eager)"
             )
-        leaves: list[Any] = []
-        for slot in self._slots:
-            if slot.kind is Kind.BATCHED:
-                assert slot.dim is not None
-                leaves.append(slot.views[rung].narrow(slot.dim, 0, batch_size))
-            elif slot.kind is Kind.SHARED:
-                leaves.append(slot.buffer)
-            else:
-                leaves.append(slot.value if slot.kind is Kind.STATIC else slot.value(slot.buffer.item()))  # type: ignore[union-attr]
-        args, kwargs = self._in_spec.unflatten(leaves)
+        args, kwargs = self._inputs.in_spec.unflatten(self._inputs.call_leaves(rung, batch_size))
         return args, kwargs
-
-    def _validate(self, leaves: tuple[Any, ...]) -> int:
-        first = self._first
-        leaf = leaves[first.index]
-        if not isinstance(leaf, torch.Tensor) or leaf.dim() != first.ndim:
-            check_tensor(first, leaf, -1)
-        n = leaf.shape[first.dim]
-        if n == 0:
-            raise GraphInputError(f"{first.path}: batch size is 0; call with at least one row")
-        in_ladder = n < len(first.shape_for)
-        for slot in self._batched:
-            t = leaves[slot.index]
-            try:
-                ok = (
-                    in_ladder
-                    and t.dtype is slot.dtype
-                    and t.device == slot.device
-                    and t.shape == slot.shape_for[n]
-                )
-            except AttributeError:
-                ok = False
-            if not ok:
-                check_tensor(slot, t, n)  # raises with a precise message (or passes: n above the ladder)
-        for slot in self._shared:
-            t = leaves[slot.index]
-            try:
-                ok = t.dtype is slot.dtype and t.device == slot.device and t.shape == slot.shape
-            except AttributeError:
-                ok = False
-            if not ok:
-                check_tensor(slot, t, n)
-        for slot in self._static_slots:
-            check_static(slot, leaves[slot.index])
-        for slot in self._scalar_slots:
-            check_scalar(slot, leaves[slot.index])
-        return int(n)
-
-    def _outputs(self, n: int, rung: int) -> Any:
-        leaves = list(self._out_leaves[rung])
-        if n != rung:
-            for i, dim in self._out_batched:
-                leaves[i] = leaves[i].narrow(dim, 0, n)
-        if self._clone_outputs:
-            leaves = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
-        return self._out_unflatten(leaves)
-
-    def _why_eager(self, n: int) -> CallFallback:
-        return CallFallback.ABOVE_TOP_RUNG if n >= self._dispatch_len else self._eager_reasons[n]
-
-    def _eager(self, reason: CallFallback, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        self.stats.count_fallback(reason)
-        log.debug("runner %s: eager call (%s)", self.name, reason)
-        with self._eager_mode():
-            return self._fn(*args, **kwargs)
 
     # ----- introspection ------------------------------------------------------------------------------
 
@@ -616,40 +371,9 @@ class GraphRunner:
     @property
     def slots(self) -> tuple[Slot, ...]:
         """Input slots, in flatten order."""
-        return self._slots
+        return self._inputs.slots
 
     @property
     def in_spec(self) -> TreeSpec:
         """Structure of (args, kwargs)."""
-        return self._in_spec
-
-
-_ALL_EAGER_CALLS = {
-    CaptureFailure.MODE_NONE: CallFallback.MODE_NONE,
-    CaptureFailure.UNTRACEABLE: CallFallback.UNTRACEABLE,
-}
-
-
-def _compiled(plan: ModePlan, fn: Callable[..., Any], name: str, options: RunnerOptions) -> CompiledFn:
-    """What a compile=True runner captures: the callable compiled whole (FULL), or the piecewise split
-    with each segment compiled and the eager splits as they are (PIECEWISE); keyed by the user's `fn`."""
-    compile_with = None
-    split = plan.fn
-    if isinstance(split, PiecewiseCallable):
-
-        def compile_with(_: Callable[..., Any]) -> Callable[..., Any]:
-            return split.compiled()
-
-    return CompiledFn(
-        plan.fn,
-        name,
-        options.compile_cache_dir,
-        options.tolerance,
-        compile_with=compile_with,
-        identity=fn,
-        key_extra=";".join(plan.splits),
-    )
-
-
-def _no_outputs(leaves: Any) -> Any:
-    raise AssertionError("no rung is captured, so no call replays and no output is rebuilt")
+        return self._inputs.in_spec
