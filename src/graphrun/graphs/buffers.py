@@ -1,7 +1,8 @@
 """Static input and output buffers: one set at the top rung, shared by every rung as leading views.
 
 Memory is O(top rung), not O(sum of rungs). A call copies its rows into the rung's view, pads the rows
-up to the rung, and gets back views of the static outputs sliced to its batch. Hazard: those views alias
+up to the rung (inputs.py has the operations), and gets back views of the static outputs sliced to its
+batch. Hazard: those views alias
 the static outputs and are overwritten by the next call (clone_outputs=True copies them).
 """
 
@@ -118,13 +119,3 @@ def check_scalar(slot: Slot, leaf: Any) -> None:
     if type(leaf) is not slot.value:
         raise GraphInputError(f"{slot.path}: expected a {slot.value.__name__}, got {type(leaf).__name__}")
 
-
-def pad_rows(view: torch.Tensor, dim: int, n: int, pad: str | float | int | None) -> None:
-    """Fill rows [n, rung) of `view`: repeat row n-1, fill a value, or (None) leave last call's rows."""
-    if pad is None:
-        return
-    rest = view.narrow(dim, n, view.shape[dim] - n)
-    if isinstance(pad, str):  # "repeat", the only string mode (validated at construction)
-        rest.copy_(view.narrow(dim, n - 1, 1).expand_as(rest))
-    else:
-        rest.fill_(pad)
