@@ -261,9 +261,9 @@ def main() -> None:
         "timing": f"median over {args.rounds} rounds of the mean of {args.calls} calls; replay is a no-op",
         "results": rows,
     }
-    print(json.dumps(payload))
     if args.out:
         write_json(Path(args.out), payload)
+    print(json.dumps(payload))
 
 
 if __name__ == "__main__":
