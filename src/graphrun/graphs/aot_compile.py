@@ -152,6 +152,9 @@ def compile_packages(fn: Callable[..., Any], layout: CallLayout, stem: Path) -> 
         if len(layout.sizes) == 1 or all(d is None for d in layout.batch_dims):
             raise
         programs = {size: _export(wrapper, _rows(top, layout, size), None) for size in layout.sizes}
+    live = wrapper.live_constants()
+    for program in programs.values():
+        _check_constants([spec.target for spec in program.graph_signature.input_specs], live)
     paths = package_paths(stem, layout, None in programs)
     stem.parent.mkdir(parents=True, exist_ok=True)
     for size, program in programs.items():
@@ -220,15 +223,20 @@ def _load(path: Path, live: dict[str, torch.Tensor], device_index: int) -> _Mode
     """
     loader = torch._C._aoti.AOTIModelPackageLoader(str(path), MODEL_NAME, True, 1, device_index)
     names = loader.get_constant_fqns()
-    unknown = [n for n in names if n not in live]
-    if unknown:
-        raise AotRefused(
-            f"compiled constant {unknown[0]!r} is no parameter or buffer of the callable's modules "
-            "(a tensor from a closure or built in forward): its value could go stale"
-        )
+    _check_constants(names, live)
     # (constants, use_inactive, check_full_update, user_managed): point at the live tensors, no copy
     loader.load_constants({n: live[n] for n in names}, False, True, True)
     return _Model(loader)
+
+
+def _check_constants(names: Sequence[str | None], live: dict[str, torch.Tensor]) -> None:
+    """Refuse a program or package that reads a tensor the live modules do not hold (None: a user input)."""
+    unknown = [n for n in names if n is not None and n not in live]
+    if unknown:
+        raise AotRefused(
+            f"constant {unknown[0]!r} is no parameter or buffer of the callable's modules "
+            "(a tensor from a closure or built in forward): a stored package could run it stale"
+        )
 
 
 class _Model:

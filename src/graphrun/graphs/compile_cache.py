@@ -22,10 +22,10 @@ import contextlib
 import hashlib
 import inspect
 import logging
-import marshal
 import os
 import platform
 import sys
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,13 +52,33 @@ def callable_identity(fn: Callable[..., Any]) -> str:
         return _module_identity(fn)
     inner = getattr(fn, "__func__", fn)
     code = getattr(inner, "__code__", None)
-    body = hashlib.sha256(marshal.dumps(code)).hexdigest()[:16] if code is not None else repr(type(fn))
+    body = _code_digest(code) if code is not None else repr(type(fn))
     parts = [f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', '?')}|{body}"]
     parts.append(_source_digest({getattr(inner, "__module__", "")}))
     bound = getattr(fn, "__self__", None)
     cells = [c.cell_contents for c in getattr(inner, "__closure__", None) or () if _filled(c)]
     parts += [_module_identity(m) for m in (bound, *cells) if isinstance(m, torch.nn.Module)]
     return "|".join(parts)
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """A function's bytecode, names and constants (nested functions' too); stable across processes,
+    unlike marshal, whose bytes follow reference counts."""
+    digest = hashlib.sha256()
+
+    def walk(c: types.CodeType) -> None:
+        digest.update(c.co_code)
+        digest.update(repr(c.co_names).encode())
+        for const in c.co_consts:
+            if isinstance(const, types.CodeType):
+                walk(const)
+            elif isinstance(const, frozenset):  # `x in {"a", "b"}`: its repr order follows string hashes
+                digest.update(repr(sorted(map(repr, const))).encode())
+            else:
+                digest.update(repr(const).encode())
+
+    walk(code)
+    return digest.hexdigest()[:16]
 
 
 def _module_identity(module: torch.nn.Module) -> str:
