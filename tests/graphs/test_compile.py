@@ -247,3 +247,19 @@ def test_the_compile_check_allows_rounding_but_not_a_wrong_result():
     assert relative_error(rounded, want) is None
     assert "relative error" in relative_error(want.flip(0), want)
     assert relative_error(torch.tensor([1, 2]), torch.tensor([1, 3])) is not None
+
+
+def test_a_batch_dim_export_cannot_keep_dynamic_gets_one_package_per_size(registry, tmp_path):
+    def branchy(x):  # a branch on the batch size: one dynamic export cannot hold both sides
+        return x * 2 if x.shape[0] > 2 else x * 3
+
+    r = GraphRunner(
+        branchy, (torch.randn(2, 3),), backend="sim", sizes=[2, 4], compile=True,
+        compile_cache_dir=str(tmp_path), registry=registry,
+    )  # fmt: skip
+    report = r.status().compile
+    assert report.backend is CompileBackend.AOT_INDUCTOR and report.outcome is CompileOutcome.COMPILED, report
+    assert sorted(p.name.split(".", 1)[1] for p in tmp_path.glob("*.pt2")) == ["b2.pt2", "b4.pt2"]
+    for n in (2, 4):
+        x = torch.randn(n, 3)
+        torch.testing.assert_close(r.spec.fn(x), branchy(x))
