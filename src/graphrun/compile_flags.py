@@ -13,14 +13,14 @@ def add_compile_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="compile each graph's step with torch.compile (inductor) before capturing it; start-up logs "
-        "compile and capture seconds apart (a compile that fails or differs runs uncompiled, logged)",
+        help="compile each graph's step before capturing it (AOTInductor, else torch.compile); start-up "
+        "logs compile and capture seconds apart (a compile that fails or differs runs uncompiled, logged)",
     )
     parser.add_argument(
         "--compile-cache-dir",
         default=None,
         help="with --compile: a folder keeping the compiled artifacts per model, shapes, dtype, device and "
-        "torch version, so a restart reuses them",
+        "torch version, so a restart reuses them (weights are read from the model at every start)",
     )
 
 

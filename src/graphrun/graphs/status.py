@@ -72,18 +72,30 @@ class CacheUse(StrEnum):
     MISS = "miss"  # none stored: compiled from scratch, then saved
 
 
+class CompileBackend(StrEnum):
+    """What compiled the callable."""
+
+    AOT_INDUCTOR = "aot_inductor"  # torch.export + AOTInductor, a .pt2 package loaded without dynamo
+    TORCH_COMPILE = "torch_compile"  # dynamo + inductor: where export cannot take the callable
+
+
 @dataclass(frozen=True, slots=True)
 class CompileReport:
-    """One compile phase: outcome, seconds, cache use, and the reason when it ended uncompiled."""
+    """One compile phase: outcome, seconds (everything the phase took, a refused AOTInductor attempt
+    included), cache use, the reason when it ended uncompiled, the backend that compiled (or tried
+    last), and why AOTInductor was not used when it was not (`aot_refused`)."""
 
     outcome: CompileOutcome
     seconds: float
     cache: CacheUse = CacheUse.OFF
     detail: str = ""
+    backend: CompileBackend = CompileBackend.TORCH_COMPILE
+    aot_refused: str = ""
 
     def __str__(self) -> str:
-        text = f"compile: {self.outcome} in {self.seconds:.2f} s, cache {self.cache}"
-        return f"{text} ({self.detail})" if self.detail else text
+        text = f"compile: {self.outcome} in {self.seconds:.2f} s by {self.backend}, cache {self.cache}"
+        text = f"{text} ({self.detail})" if self.detail else text
+        return f"{text}; aot_inductor refused: {self.aot_refused}" if self.aot_refused else text
 
 
 @dataclass(frozen=True, slots=True)

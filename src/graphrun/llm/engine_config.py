@@ -76,7 +76,7 @@ class EngineConfig:
     # engine's default, for offline batch jobs that want throughput): prefill and decode steps alternate.
     # `graphrun serve` defaults to SERVE_MIXED_PREFILL_TOKENS: streams want a steady inter-token latency
     mixed_prefill_tokens: int = 0
-    # compile each graph's callable with torch.compile (inductor) before capture (graphs/compile.py);
+    # compile each graph's callable (AOTInductor, else torch.compile) before capture (graphs/compile.py);
     # compile_cache_dir: a folder that keeps the compiled artifacts so a restart reuses them
     compile: bool = False
     compile_cache_dir: str | None = None
