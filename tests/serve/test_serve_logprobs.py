@@ -123,13 +123,77 @@ def test_echo_with_max_tokens_0_returns_the_prompt_alone(srv):
     assert plain["text"].startswith(prompt) and len(plain["text"]) > len(prompt) and plain["logprobs"] is None
 
 
+def _merged(chunks: list[dict], index: int = 0) -> tuple[str, dict | None]:
+    """A streamed choice's text and logprobs lists, the chunks joined (logprobs None: none asked)."""
+    mine = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == index]
+    text = "".join(c["text"] for c in mine)
+    if mine[0]["logprobs"] is None:
+        return text, None
+    return text, {key: [x for c in mine for x in c["logprobs"][key]] for key in mine[0]["logprobs"]}
+
+
+@pytest.mark.parametrize("logprobs", [None, 2])
+def test_streamed_echo_sends_the_prompt_first_then_what_a_whole_answer_holds(srv, logprobs):
+    prompt = "a streamed echo"
+    body = {**GREEDY, "prompt": prompt, "echo": True, "logprobs": logprobs, "max_tokens": 4}
+    whole = ok(srv, C, body)
+    chunks = stream_chunks(srv, C, {**body, "stream_options": {"include_usage": True}})
+    first = chunks[0]["choices"][0]
+    assert first["text"] == prompt and first["finish_reason"] is None and first["token_ids"] == []
+    text, merged = _merged(chunks)
+    choice = whole["choices"][0]
+    assert text == choice["text"] and text.startswith(prompt) and len(text) > len(prompt)
+    assert [i for c in chunks if c["choices"] for i in c["choices"][0]["token_ids"]] == choice["token_ids"]
+    assert chunks[-1]["usage"] == whole["usage"]
+    if logprobs is None:
+        assert merged is None and choice["logprobs"] is None
+        return
+    num_prompt = whole["usage"]["prompt_tokens"]
+    assert len(first["logprobs"]["tokens"]) == num_prompt and first["logprobs"]["token_logprobs"][0] is None
+    assert merged["tokens"] == choice["logprobs"]["tokens"]
+    assert merged["text_offset"] == choice["logprobs"]["text_offset"]  # the output's continue the prompt's
+    assert merged["top_logprobs"][0] is None and choice["logprobs"]["top_logprobs"][0] is None
+    for a, b in zip(merged["token_logprobs"][1:], choice["logprobs"]["token_logprobs"][1:], strict=True):
+        assert math.isclose(a, b, abs_tol=1e-5)
+
+
+def test_streamed_echo_with_max_tokens_0_is_one_prompt_chunk_per_choice(srv):
+    prompt = "prompt alone"
+    body = {"model": "tiny", "prompt": [prompt, "two"], "echo": True, "max_tokens": 0, "logprobs": 1, "n": 2}
+    whole = ok(srv, C, body)
+    chunks = stream_chunks(srv, C, {**body, "stream_options": {"include_usage": True}})
+    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    assert sorted(c["index"] for c in choices) == [0, 1, 2, 3]  # one chunk each: the prompt, the end
+    for c in choices:
+        assert c["finish_reason"] == "length"
+        assert c["text"] == whole["choices"][c["index"]]["text"] == (prompt if c["index"] < 2 else "two")
+        assert c["logprobs"]["tokens"] == whole["choices"][c["index"]]["logprobs"]["tokens"]
+    assert chunks[-1]["usage"]["completion_tokens"] == 0 == whole["usage"]["completion_tokens"]
+    assert chunks[-1]["usage"]["prompt_tokens"] == whole["usage"]["prompt_tokens"] == len(prompt) + 3
+
+
+def test_echo_with_logprobs_and_several_choices_gives_every_choice_the_prompts_logprobs(srv):
+    body = {**GREEDY, "temperature": 1.0, "seed": 3, "prompt": "n choices echo", "echo": True, "logprobs": 1}
+    out = ok(srv, C, {**body, "n": 3})
+    prompt_lists = [c["logprobs"]["token_logprobs"][: len("n choices echo")] for c in out["choices"]]
+    assert prompt_lists[0][0] is None and all(p == prompt_lists[0] for p in prompt_lists)
+    alone = ok(srv, C, body)["choices"][0]["logprobs"]["token_logprobs"][: len("n choices echo")]
+    for a, b in zip(prompt_lists[0][1:], alone[1:], strict=True):
+        assert math.isclose(a, b, abs_tol=1e-5)
+    streamed = stream_chunks(srv, C, {**body, "n": 3})
+    for index in range(3):
+        first = next(c["choices"][0] for c in streamed if c["choices"][0]["index"] == index)
+        assert (
+            first["text"] == "n choices echo"
+            and first["logprobs"]["token_logprobs"][1:] == prompt_lists[0][1:]
+        )
+
+
 @pytest.mark.parametrize(
     ("path", "extra", "param"),
     [
         (C, {"prompt": "x", "logprobs": 21}, "logprobs"),
         (C, {"prompt": "x", "logprobs": -1}, "logprobs"),
-        (C, {"prompt": "x", "logprobs": 1, "echo": True, "stream": True}, "echo"),
-        (C, {"prompt": "x", "logprobs": 1, "echo": True, "n": 2}, "echo"),
         (C, {"prompt": "x", "max_tokens": 0}, "max_tokens"),
         (CHAT, {"messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
         (CHAT, {"messages": MESSAGES, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),

@@ -131,8 +131,12 @@ def test_prompt_plus_max_tokens_beyond_the_context_is_a_400(client, prompt, max_
 
 def test_unsupported_and_unknown_things_get_openai_errors(client, srv):
     with pytest.raises(openai.BadRequestError) as exc:
-        client.completions.create(model="tiny", prompt="hi", echo=True, stream=True)
-    assert _error(exc)["code"] == "unsupported" and _error(exc)["param"] == "echo"
+        client.completions.create(model="tiny", prompt="hi", suffix="!")
+    assert _error(exc)["code"] == "unsupported" and _error(exc)["param"] == "suffix"
+    streamed = list(
+        client.completions.create(model="tiny", prompt="hi", echo=True, stream=True, max_tokens=2)
+    )
+    assert streamed[0].choices[0].text == "hi"  # echo: the prompt comes first
     with pytest.raises(openai.NotFoundError) as not_found:
         client.completions.create(model="gpt-9", prompt="hi")
     assert _error(not_found)["code"] == "model_not_found"

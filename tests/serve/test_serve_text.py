@@ -186,3 +186,23 @@ def test_byte_level_bpe_finds_multi_byte_stop_strings_split_across_tokens(byte_l
         if hit:
             break
     assert hit and got == text[: text.index(stop)]
+
+
+def _word_tokenizer() -> HFTokenizer:
+    """Words w3.. w9 joined by spaces on decode, and <s> (id 1), a special token decode leaves out."""
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    vocab = {"[UNK]": 0, "<s>": 1, **{f"w{i}": i for i in range(3, 10)}}
+    rust = RustTokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    rust.pre_tokenizer = Whitespace()
+    rust.add_special_tokens(["<s>"])
+    return HFTokenizer(rust, 1, ())
+
+
+@pytest.mark.parametrize("batches", [[[5], [1], [6], [7]], [[5, 1], [6, 7]], [[5], [1], [1], [6, 7]]])
+def test_a_token_that_decodes_to_nothing_keeps_the_space_before_the_next_word(batches):
+    tokenizer = _word_tokenizer()
+    stream = TextStream(tokenizer)
+    text = "".join(stream.push(ids, final=False)[0] for ids in batches) + stream.push([], final=True)[0]
+    assert text == tokenizer.decode([i for ids in batches for i in ids]) == "w5 w6 w7"

@@ -1,26 +1,38 @@
-"""The offline API: `LLM(model).generate(prompts, SamplingParams(...))`, with a progress bar on request."""
+"""The offline API: `LLM(model).generate(prompts, SamplingParams(...))`, with a progress bar on request.
+
+Logprobs come as the engine computes them (llm/logprobs.py): with SamplingParams.logprobs k, each output
+token's `TokenLogprobs` (its logprob under the model's raw logits and the k most likely alternatives);
+with prompt_logprobs k, the same for every prompt token but the first (which has no context to score it).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from graphrun.llm.engine import LLMEngine
+from graphrun.llm.engine import LLMEngine, StepOutput
 from graphrun.llm.engine_config import EngineConfig
+from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.sampling_params import SamplingParams
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """One choice of one prompt's result (index: the choice, 0..n-1)."""
+    """One choice of one prompt's result (index: the choice, 0..n-1).
+
+    logprobs: one per token id when SamplingParams.logprobs asked (else None); prompt_logprobs: one per
+    prompt token but the first when SamplingParams.prompt_logprobs asked (else None).
+    """
 
     prompt: str | list[int]
     text: str
     token_ids: list[int]
     finish_reason: str | None
     index: int = 0
+    logprobs: tuple[TokenLogprobs, ...] | None = None
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,26 +71,50 @@ class LLM:
         start = time.perf_counter()
         groups = [self.engine.add_choices(p, sp, n) for p, sp in zip(items, plist, strict=True)]
         order = [seq_id for group in groups for seq_id in group]
-        tokens: dict[int, list[int]] = {i: [] for i in order}
-        reasons: dict[int, str | None] = {}
+        outs = {seq_id: _Gathered() for seq_id in order}
         bar = _progress_bar(len(order)) if progress else None
         while self.engine.has_unfinished():
             for out in self.engine.step():
-                tokens[out.seq_id].append(out.new_token_id)
-                if out.finished:
-                    reasons[out.seq_id] = out.finish_reason
-                    if bar is not None:
-                        bar.update(1)
+                one = outs[out.seq_id]
+                one.add(out)
+                if out.finished and bar is not None:
+                    bar.update(1)
         if bar is not None:
             bar.close()
         self.last_stats = GenerateStats(
-            len(order), sum(map(len, tokens.values())), time.perf_counter() - start
+            len(order), sum(len(one.token_ids) for one in outs.values()), time.perf_counter() - start
         )
         return [
-            Completion(p, self.tokenizer.decode(tokens[i]), tokens[i], reasons.get(i), j)
-            for p, group in zip(items, groups, strict=True)
+            outs[i].completion(p, self.tokenizer.decode(outs[i].token_ids), j, sp)
+            for p, sp, group in zip(items, plist, groups, strict=True)
             for j, i in enumerate(group)
         ]
+
+
+@dataclass(slots=True)
+class _Gathered:
+    """One choice's outputs as the engine delivers them."""
+
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
+    finish_reason: str | None = None
+
+    def add(self, out: StepOutput) -> None:
+        self.token_ids.append(out.new_token_id)
+        if out.logprobs is not None:
+            self.logprobs.append(out.logprobs)
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
+        if out.finished:
+            self.finish_reason = out.finish_reason
+
+    def completion(
+        self, prompt: str | list[int], text: str, index: int, params: SamplingParams
+    ) -> Completion:
+        logprobs = tuple(self.logprobs) if params.logprobs is not None else None
+        prompt_logprobs = self.prompt_logprobs if params.prompt_logprobs is not None else None
+        return Completion(prompt, text, self.token_ids, self.finish_reason, index, logprobs, prompt_logprobs)
 
 
 def _per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:

@@ -600,7 +600,8 @@ class Scheduler:
 
     def _fork(self, group: ChoiceGroup) -> None:
         """The first choice's prompt is computed: every waiting choice shares its cache up to the last
-        prompt token (which each recomputes as a decode row, sampling with its own seed)."""
+        prompt token (which each recomputes as a decode row, sampling with its own seed), and its prompt
+        logprobs when they were asked for (else a fork would want them at every step: no decode graph)."""
         first = group.first
         for seq in group.waiting:
             del self._group_of[seq.seq_id]
@@ -608,6 +609,7 @@ class Scheduler:
             if copy is not None:
                 self._block_copies.append(copy)
             seq.num_computed_tokens = num_cached
+            seq.prompt_logprobs = list(first.prompt_logprobs)  # the same prompt: no step computes them again
             seq.status = SequenceStatus.RUNNING
             self._running.append(seq)
         self.num_forks += len(group.waiting)

@@ -59,7 +59,7 @@ from graphrun.serve.responses import (
     ModelList,
     ResponseFormat,
 )
-from graphrun.serve.sse import SSEResponse, choices_usage
+from graphrun.serve.sse import PromptEcho, SSEResponse, choices_usage
 from graphrun.serve.tokenize import TokenizerRoutes
 from graphrun.serve.worker import EngineWorker, ServedModel
 from graphrun.version import __version__
@@ -206,11 +206,23 @@ class _Routes:
             usage = body.include_usage
             caching = self._worker.engine_config.enable_prefix_caching
             continuous = body.continuous_usage
-            return SSEResponse(self._worker, handles, fmt, watcher, usage, every_batch, continuous, caching)
+            echo = self._prompt_echo(fmt, body)
+            return SSEResponse(
+                self._worker, handles, fmt, watcher, usage, every_batch, continuous, caching, echo
+            )
         try:
             return await self._collect(handles, fmt, body)
         finally:
             watcher.cancel()
+
+    def _prompt_echo(
+        self, fmt: ResponseFormat, body: CompletionRequest | ChatCompletionRequest
+    ) -> PromptEcho | None:
+        """How a stream echoes its prompts (completions' echo), or None."""
+        if not body.echoes:
+            return None
+        assert isinstance(fmt, CompletionFormat)  # only completions echo
+        return PromptEcho(fmt, self._worker.model.tokenizer, prompt_only=body.max_tokens == 0)
 
     def _submit(
         self, prompts: list[tuple[list[int], SamplingParams]], stop: tuple[str, ...], n: int

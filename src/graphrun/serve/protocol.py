@@ -2,10 +2,12 @@
 
 Pydantic lives at the HTTP boundary only. Requests validate strictly (a string is not a number, NaN is
 not a temperature) and become token ids plus a `SamplingParams`. What graphrun does not implement is a
-400 that names the parameter, never silently ignored: echo, best_of other than n, suffix, penalties,
+400 that names the parameter, never silently ignored: best_of other than n, suffix, penalties,
 logit_bias, tools, non-text response formats. Logprobs (completions' logprobs, chat's logprobs and
-top_logprobs, up to 20 alternatives) become SamplingParams.logprobs. Unknown fields are ignored, as
-OpenAI-compatible servers do, so newer clients keep working.
+top_logprobs, up to 20 alternatives) become SamplingParams.logprobs. Completions' echo (streamed or
+not, with any n) starts each choice with its prompt; with logprobs it also asks for the prompt's
+(SamplingParams.prompt_logprobs), and max_tokens 0 is allowed with it (the prompt alone). Unknown
+fields are ignored, as OpenAI-compatible servers do, so newer clients keep working.
 
 Choices: `n` (1..MAX_CHOICES) choices of a prompt share one prefill in the engine (llm/choices.py);
 choice j samples with seed + j when a seed is given. Completions also take several prompts (a list of
@@ -281,13 +283,9 @@ class CompletionRequest(_GenerationRequest):
     suffix: str | None = None
 
     def check_supported(self) -> None:
-        """Also reject echo with stream, or with logprobs and n > 1; best_of other than n; and suffix
-        (logprobs out of [0, 20] is a 400 from SamplingParams)."""
+        """Also reject best_of other than n, and suffix (logprobs out of [0, 20] is a 400 from
+        SamplingParams)."""
         super().check_supported()
-        if self.echo and self.stream:
-            raise unsupported("echo", "echo with stream")
-        if self.echo and self.logprobs is not None and self.num_choices > 1:
-            raise unsupported("echo", "echo with logprobs and n > 1")
         if self.best_of is not None and self.best_of < self.num_choices:
             raise APIError(
                 400, f"best_of must be >= n ({self.num_choices}), got {self.best_of}", param="best_of"

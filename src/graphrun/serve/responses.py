@@ -5,6 +5,8 @@ serving code streams or collects without knowing which endpoint it serves. With 
 extension (vLLM's name) each choice also carries `token_ids`: a chunk's the ids it delivers, a whole
 answer's every output id; without it the field is left out, so default answers keep OpenAI's shape.
 A request that asks for logprobs gets them on each choice and chunk (serve/logprobs.py); else null.
+Completions' echo puts the prompt first: in a whole answer, before each choice's text (and its tokens
+first in the logprobs); in a stream, as each choice's first chunk (`prompt_chunk`), as vLLM streams it.
 
 Every stream chunk is serialised one way, `json_text` of its pydantic model's fields: compact, and
 ASCII (non-ASCII escaped), so no event carries a character that a client splitting lines too eagerly
@@ -363,6 +365,23 @@ class CompletionFormat(_Format):
         return CompletionResponse(
             id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
         )
+
+    def prompt_chunk(
+        self, echo: EchoedPrompt, finish_reason: str | None, usage: Usage | None = None, index: int = 0
+    ) -> str:
+        """The JSON of a streamed choice's first chunk with echo: its prompt, and the prompt's logprobs when
+        the request asked for logprobs (the first token's null); finish_reason "length" when the prompt is
+        all the answer (max_tokens 0). Written once per choice, so through the models."""
+        values: Any = None  # CompletionLogprobs (LogprobsShape builds either shape)
+        if self._logprobs is not None:
+            values = self._logprobs.build([], [], index, (echo.token_ids, echo.logprobs))
+        choice = CompletionChoice(
+            index=index, text=echo.text, logprobs=values, finish_reason=finish_reason, token_ids=self._ids([])
+        )
+        chunk = CompletionResponse(
+            id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
+        )
+        return model_json(chunk)
 
     def _echoed_values(self, choice: ChoiceText, index: int) -> Any:
         """A whole answer's logprobs, the echoed prompt's first (None: no logprobs were asked for)."""

@@ -14,6 +14,11 @@ backlog, so a slow client delays only itself.
 
 A request with several choices (n > 1, several prompts) is one stream: each choice's handle calls back
 with its index, each chunk carries that index, and the stream ends once every choice has finished.
+
+Completions' echo (`PromptEcho`): each choice's first chunk is its prompt, written when its first token
+arrives (the prompt's logprobs, when asked for, come just before it); with max_tokens 0 that chunk is the
+choice's last (finish_reason "length") and the one token the engine generated is left out, as in a whole
+answer (app.py).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
 
@@ -28,9 +34,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from graphrun.errors import GraphrunError
+from graphrun.llm.logprobs import TokenLogprobs
+from graphrun.llm.tokenizer import Tokenizer
 from graphrun.serve.protocol import as_api_error
-from graphrun.serve.request import Event, RequestHandle
-from graphrun.serve.responses import ResponseFormat, Usage
+from graphrun.serve.request import Event, PromptLogprobs, RequestHandle
+from graphrun.serve.responses import CompletionFormat, EchoedPrompt, ResponseFormat, Usage
 from graphrun.serve.worker import EngineWorker
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,16 @@ def choices_usage(handles: list[RequestHandle], prefix_caching: bool = False) ->
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PromptEcho:
+    """How a completions stream echoes its prompts: the format that writes the prompt chunk, the tokenizer
+    that reads the prompt back, and whether the prompt is the whole answer (max_tokens 0)."""
+
+    fmt: CompletionFormat
+    tokenizer: Tokenizer
+    prompt_only: bool
+
+
 class SSEResponse(Response):
     """`data: {chunk}` events of the admitted choices (handles[i] at index i), then `data: [DONE]`; a
     failure after the headers is a last `data: {"error": ...}` event. Counts the request's outcome in the
@@ -62,6 +80,7 @@ class SSEResponse(Response):
     every_batch (return_token_ids): a chunk per batch of tokens from the engine, even with no text.
     continuous_usage (stream_options.continuous_usage_stats): every chunk carries the counts so far.
     prefix_caching: the engine caches prefixes, so usage says how many prompt tokens were cached.
+    echo (completions' echo): each choice's first chunk is its prompt.
     """
 
     media_type = "text/event-stream"
@@ -76,6 +95,7 @@ class SSEResponse(Response):
         every_batch: bool,
         continuous_usage: bool = False,
         prefix_caching: bool = False,
+        echo: PromptEcho | None = None,
     ) -> None:
         self.status_code = 200
         self.background = None
@@ -89,6 +109,11 @@ class SSEResponse(Response):
         self._writer = _Writer()
         self._status = "aborted"  # unless the stream reaches its end
         self._over = False  # the last event is written (or on its way): nothing more is taken
+        self._echo = echo
+        # per choice, with echo: the prompt's logprobs until its prompt chunk is written, then None
+        self._echo_pending: list[tuple[TokenLogprobs, ...] | None] = [
+            () if echo is not None else None for _ in handles
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handles, worker = self._handles, self._worker
@@ -117,23 +142,53 @@ class SSEResponse(Response):
         if self._over:
             return
         try:
+            if self._echo_pending[index] is not None and self._echo_prompt(index, event):
+                return
             delta = self._deltas[index].push_event(event)
             if delta is None:
                 return
             fmt = self._fmt
             usage = self._usage_so_far() if self._continuous_usage else None  # off: no call per chunk
             ids = list(delta.token_ids)
-            text = sse_event(fmt.chunk(delta.text, delta.finish_reason, ids, usage, index, delta.logprobs))
-            if delta.finish_reason is not None:
-                self._num_open -= 1
-            if self._num_open:
-                self._writer.write(text.encode())
-            else:
-                self._end(text)
-            if self._trace is not None:
-                self._trace.sent(self._handles[index].request_id)
+            text = fmt.chunk(delta.text, delta.finish_reason, ids, usage, index, delta.logprobs)
+            self._write(index, sse_event(text), delta.finish_reason is not None)
         except Exception as exc:
             self._fail(exc)
+
+    def _write(self, index: int, event: str, last_of_choice: bool) -> None:
+        """Write one chunk of choice `index` (the stream's end after the last choice's last chunk)."""
+        if last_of_choice:
+            self._num_open -= 1
+        if self._num_open:
+            self._writer.write(event.encode())
+        else:
+            self._end(event)
+        if self._trace is not None:
+            self._trace.sent(self._handles[index].request_id)
+
+    def _echo_prompt(self, index: int, event: Event) -> bool:
+        """(echo, before choice `index`'s prompt chunk) Keep the prompt's logprobs; write the prompt chunk
+        at the first token. True when the event is used up (the logprobs; the token when the prompt is the
+        whole answer: the choice ends there, finish_reason "length", no output token counted)."""
+        if isinstance(event, PromptLogprobs):
+            self._echo_pending[index] = event.items
+            return True
+        if not isinstance(event, tuple):
+            return False  # an error, the cache hit, the token's logprobs: as without echo
+        echo, handle = self._echo, self._handles[index]
+        assert echo is not None
+        prompt = EchoedPrompt(
+            echo.tokenizer.decode(handle.prompt_ids), handle.prompt_ids, self._echo_pending[index] or ()
+        )
+        self._echo_pending[index] = None
+        if echo.prompt_only:
+            handle.finish_reason, handle.num_output_tokens = "length", 0
+            if event[1] is None:
+                self._worker.abort(handle)  # the engine has not ended it (it asked for one token)
+        reason = "length" if echo.prompt_only else None
+        usage = self._usage_so_far()
+        self._write(index, sse_event(echo.fmt.prompt_chunk(prompt, reason, usage, index)), echo.prompt_only)
+        return echo.prompt_only
 
     def _usage_so_far(self) -> Usage | None:
         """The counts so far when every chunk carries them (the tokens the deltas have taken), else None."""

@@ -2,7 +2,9 @@
 
 Decoding is incremental: only a window of the newest tokens is decoded per push, starting one push
 back, so a tokenizer that shapes a token by its neighbour (a leading space) sees it. Once the window's
-text ends in a whole character it is settled and the window moves on. A push therefore costs the same at
+text ends in a whole character it is settled and the window moves on, unless the settled tokens added no
+text (a special token decode leaves out: were it the window's first token, a word-level decoder would
+drop the space before the next word). A push therefore costs the same at
 token 10 as at token 4000 (decoding everything per push made a long stream O(n^2) on the event loop that
 every stream shares). The window's text is trusted when it extends the text of the window's settled
 part, as byte-level BPE and SentencePiece decoders do; when it does not (a decoder that is not local),
@@ -62,7 +64,9 @@ class TextStream:
             return decode(ids)
         text = self._settled + window[len(before) :]
         if not text.endswith(REPLACEMENT_CHAR):
-            self._settled, self._window, self._settled_ids = text, self._settled_ids, len(ids)
+            if text != self._settled:  # the context moves to tokens with text, never to an empty one
+                self._window = self._settled_ids
+            self._settled, self._settled_ids = text, len(ids)
         return text
 
     def _find_stop(self, text: str) -> int | None:
