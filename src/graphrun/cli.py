@@ -121,6 +121,12 @@ def _add_serve_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
         help="tokens every prompt starts with (a shared system prompt: compare the server with "
         "--server-arg=--no-enable-prefix-caching)",
     )
+    serve.add_argument(
+        "--response-format",
+        default="none",
+        choices=("none", "json-schema"),
+        help="json-schema: every request carries a small JSON schema (structured output; compare with none)",
+    )
     serve.add_argument("--seed", type=int, default=0, help="lengths and prompt ids")
     serve.add_argument("--warmup-requests", type=int, default=8, help="untimed, not counted")
     serve.add_argument("--max-num-seqs", type=int, default=None, help="passed to the server")

@@ -67,9 +67,16 @@ def test_engine_status_prints_as_tables(engines):
     graph, eager = engines
     text = str(graph.status())
     assert "model     tiny" in text and "KV cache" in text
-    for name in ("decode-sampling", "decode-greedy", "decode-logprobs", "prefill"):
+    for name in ("decode-sampling", "decode-greedy", "decode-logprobs", "decode-structured", "prefill"):
         assert f"runner {name} (sim): " in text
-    runners = ["decode-sampling", "decode-greedy", "decode-logprobs", "prefill", "piecewise"]
+    runners = [
+        "decode-sampling",
+        "decode-greedy",
+        "decode-logprobs",
+        "decode-structured",
+        "prefill",
+        "piecewise",
+    ]
     assert [r.runner for r in graph.status().runners] == runners
     assert "RungStatus(" not in text and "size  graph" in text
     off = eager.status()

@@ -108,8 +108,9 @@ def _probe(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, An
     try:
         step = engine._pack_decode(batch)
         eager = engine._eager_decode["greedy"](*step.to(engine.device).packed()).tolist()
-        by_kind = {kind: _replay(graphs, kind, step, setup) for kind in ("logprobs", "sampling", "greedy")}
-        graph = graphs.run(step, True).tolist()  # the greedy graph last: last_tokens holds its tokens
+        kinds = [kind for kind in ("structured", "logprobs", "sampling", "greedy") if kind in graphs.runners]
+        by_kind = {kind: _replay(graphs, kind, step, setup) for kind in kinds}
+        graph = graphs.run(step, "greedy").tolist()  # the greedy graph last: last_tokens holds its tokens
     except Exception:
         scheduler.discard(batch)
         raise
@@ -119,8 +120,9 @@ def _probe(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, An
 
 def _replay(graphs: DecodeGraphs, kind: str, step: DecodeInputs, setup: DecodeSetup) -> dict[str, Any]:
     """One decode runner's replay times at the step's rung (the batch is greedy, so every kind samples
-    the same tokens): the logprobs graph's cost over the sampling one's is what logprobs add to a step."""
-    graphs.run(step, kind == "greedy", kind == "logprobs")  # leaves the inputs in the rung's static buffers
+    the same tokens): the logprobs graph's cost over the sampling one's is what logprobs add to a step;
+    the structured graph's (masks all allowed) what a grammar row's masking adds, host work aside."""
+    graphs.run(step, kind)  # leaves the inputs in the rung's static buffers
     runner = graphs.runners[kind]
     args, kwargs = runner.static_inputs(step.num_rows)
     mode = "events" if setup.cuda else "host"

@@ -110,6 +110,7 @@ class ServeBenchSetup:
             min_len=args.min_len,
             seed=args.seed,
             shared_prefix_len=args.shared_prefix_len,
+            response_format=getattr(args, "response_format", "none"),
         )
         return cls(
             model=args.model or ("qwen3-0.6b-shape" if cuda else "tiny"),

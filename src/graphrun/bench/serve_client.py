@@ -96,6 +96,7 @@ class RequestResult:
     status: int | None = None  # HTTP status
     error: str | None = None  # None: ok
     lost: bool = False  # usage, max_tokens and the token ids received disagree
+    structured: bool = False  # a response_format request: a complete grammar may stop it before max_tokens
 
     @property
     def ok(self) -> bool:
@@ -123,12 +124,18 @@ class RequestResult:
             self.fail("the stream ended without [DONE]")
         elif self.num_usage_tokens is None:
             self.fail("no usage chunk (stream_options.include_usage was ignored)")
-        elif not self.num_usage_tokens == self.num_token_ids == self.max_tokens:
+        elif not self.num_usage_tokens == self.num_token_ids == self._expected_tokens():
             self.lost = True
             self.fail(
                 f"lost tokens: usage {self.num_usage_tokens}, token ids received {self.num_token_ids}, "
                 f"max_tokens {self.max_tokens}"
             )
+
+    def _expected_tokens(self) -> int:
+        """max_tokens; for a structured request that stopped, the tokens it says it produced (if fewer)."""
+        if self.structured and self.finish_reason == "stop" and self.num_usage_tokens is not None:
+            return min(self.num_usage_tokens, self.max_tokens)
+        return self.max_tokens
 
     def on_event(self, event: dict[str, Any], seconds: float) -> None:
         """Apply one parsed chunk that arrived `seconds` after the request was sent."""
@@ -148,8 +155,9 @@ class RequestResult:
 
 
 def request_body(spec: RequestSpec, model: str) -> dict[str, Any]:
-    """The streamed, greedy, fixed-length completion request for `spec`."""
-    return {
+    """The streamed, greedy, fixed-length completion request for `spec` (and its response_format)."""
+    structured = {"response_format": spec.response_format} if spec.response_format is not None else {}
+    return structured | {
         "model": model,
         "prompt": spec.prompt_ids,
         "max_tokens": spec.max_tokens,
@@ -177,6 +185,7 @@ async def stream_request(
     """Send one request and read its stream to the end; never raises (failures are in the result)."""
     start = time.perf_counter()
     result = RequestResult(spec.index, len(spec.prompt_ids), spec.max_tokens, start)
+    result.structured = spec.response_format is not None
     try:
         async with (
             asyncio.timeout(timeout),

@@ -15,8 +15,22 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from graphrun.errors import ConfigError
+
+RESPONSE_FORMATS = ("none", "json-schema")
+# a small schema whose strings leave the length open, so random-weight models mostly run to max_tokens
+# (as free requests do) and the comparison is of the same amount of work: what the masks cost
+BENCH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string"},
+        "year": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["title", "year", "tags"],
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +46,13 @@ class Workload:
     sigma: float = 0.8
     seed: int = 0
     shared_prefix_len: int = 0  # tokens every prompt starts with (a shared system prompt)
+    response_format: str = "none"  # "json-schema": every request's output must match BENCH_SCHEMA
 
     def __post_init__(self) -> None:
+        if self.response_format not in RESPONSE_FORMATS:
+            raise ConfigError(
+                f"--response-format takes one of {list(RESPONSE_FORMATS)}, got {self.response_format!r}"
+            )
         if self.shared_prefix_len < 0:
             raise ConfigError(f"--shared-prefix-len must be >= 0, got {self.shared_prefix_len}")
         if self.num_requests < 1:
@@ -60,6 +79,7 @@ class RequestSpec:
     prompt_ids: list[int]
     max_tokens: int
     clipped: bool = False  # the drawn prompt was shortened to fit the context
+    response_format: dict[str, Any] | None = None  # sent as is; None: free text
 
 
 def lognormal_lengths(num: int, median: int, sigma: float, low: int, high: int, seed: int | str) -> list[int]:
@@ -93,5 +113,12 @@ def plan_requests(
         fitted = max(1, min(wanted, max_model_len - max_tokens))
         own = [ids.randrange(vocab_size) for _ in range(max(0, fitted - len(shared)))]
         prompt_ids = (shared + own)[:fitted]
-        specs.append(RequestSpec(index, prompt_ids, max_tokens, clipped=fitted < wanted))
+        specs.append(RequestSpec(index, prompt_ids, max_tokens, fitted < wanted, _response_format(w)))
     return specs
+
+
+def _response_format(workload: Workload) -> dict[str, Any] | None:
+    """The response_format every request of the workload carries (None: free text)."""
+    if workload.response_format == "none":
+        return None
+    return {"type": "json_schema", "json_schema": {"name": "bench", "schema": BENCH_SCHEMA}}

@@ -10,7 +10,10 @@ device tensor, `last_tokens`; a row whose feed row is >= 0 takes its input token
 its token id field. That is how asynchronous scheduling feeds step n's tokens to step n+1 before the
 host has seen them. Greedy-only batches replay a cheaper graph (argmax only); a batch in which some row
 wants logprobs replays the logprobs one (sampling, then a log-softmax and a top-k into LogprobBuffers);
-any other batch replays the sampling one. So logprobs cost nothing to the batches that want none.
+a batch with a structured-output row replays the structured one (the token masks of token_masks.py
+applied to the logits before sampling, and logprobs as in the logprobs kind, so one graph serves any mix
+with a grammar row); any other batch replays the sampling one. So logprobs and masks cost nothing to the
+batches that want none.
 The ladder comes from max_num_seqs, so every decode batch has a rung.
 """
 
@@ -32,6 +35,7 @@ from graphrun.llm.logprobs import LogprobBuffers
 from graphrun.llm.models import DecoderLM
 from graphrun.llm.sampler import SamplingTensors, greedy_sample, sample
 from graphrun.llm.step_inputs import DecodeInputs
+from graphrun.llm.token_masks import apply_token_masks
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +62,14 @@ class DecodeStep:
         greedy: bool,
         last_tokens: torch.Tensor,
         logprobs: LogprobBuffers | None = None,
+        masks: torch.Tensor | None = None,
     ) -> None:
         self._model = model
         self._kv_caches = kv_caches
         self._greedy = greedy
         self._last_tokens = last_tokens
         self._logprobs = logprobs  # given: the "logprobs" kind, which also writes them (logprobs.py)
+        self._masks = masks  # given: the "structured" kind, which reads (rows, words) token masks
 
     def __call__(self, ints: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
         """A DecodeInputs' packed tensors (num_seqs rows) -> (num_seqs,) int64 next token ids.
@@ -81,8 +87,10 @@ class DecodeStep:
         )
         hidden = self._model(input_ids, positions, meta, self._kv_caches)
         logits = self._model.compute_logits(hidden)  # (num_seqs, vocab) float32
+        # logprobs stay those of the raw logits, as in the other kinds; sampling sees the masked ones
+        allowed = logits if self._masks is None else apply_token_masks(logits, self._masks)
         if self._greedy:
-            tokens = greedy_sample(logits)
+            tokens = greedy_sample(allowed)
         else:
             params = SamplingTensors(
                 temperature=step.temperature,
@@ -90,7 +98,7 @@ class DecodeStep:
                 top_k=step.top_k.to(torch.int32),
                 seeds=step.seeds,
             )
-            tokens = sample(logits, params, positions)
+            tokens = sample(allowed, params, positions)
         self._last_tokens[: tokens.shape[0]].copy_(tokens)
         if self._logprobs is not None:
             self._logprobs.write_prefix(logits, tokens)
@@ -124,9 +132,9 @@ def random_inputs(shape: DecodeShape, n: int, gen: torch.Generator, device: torc
 
 
 class DecodeGraphs:
-    """The sampling, greedy and logprobs decode runners, captured at start-up over one ladder and one pool."""
+    """The sampling, greedy, logprobs and structured decode runners, captured over one ladder and one pool."""
 
-    KINDS = ("sampling", "greedy", "logprobs")
+    KINDS = ("sampling", "greedy", "logprobs", "structured")
 
     def __init__(
         self,
@@ -142,6 +150,7 @@ class DecodeGraphs:
         compile_cache_dir: str | None = None,
         capture: CaptureWhen = CaptureWhen.NOW,
         logprobs: LogprobBuffers | None = None,
+        masks: torch.Tensor | None = None,
     ) -> None:
         device = kv_caches[0][0].device
         self._device = device
@@ -150,15 +159,13 @@ class DecodeGraphs:
         example = random_inputs(shape, shape.max_num_seqs, torch.Generator().manual_seed(0), device)
         start = time.perf_counter()
         self.runners: dict[str, GraphRunner] = {}
-        kinds = self.KINDS if logprobs is not None else self.KINDS[:2]
-        # sampling before greedy, so the greedy graph reuses its pool; logprobs last: rarely replayed, so
-        # background capture reaches it last
+        kinds = [k for k in self.KINDS if _has_buffers(k, logprobs, masks)]
+        # sampling before greedy, so the greedy graph reuses its pool; logprobs and structured last: rarely
+        # replayed, so background capture reaches them last
         for kind in kinds:
-            buffers = logprobs if kind == "logprobs" else None
+            step_fn = decode_step(kind, model, kv_caches, last_tokens, logprobs, masks)
             self.runners[kind] = GraphRunner(
-                DecodeStep(
-                    model, kv_caches, greedy=kind == "greedy", last_tokens=last_tokens, logprobs=buffers
-                ),
+                step_fn,
                 example.packed(),
                 sizes=list(sizes),
                 backend=shared,
@@ -184,7 +191,7 @@ class DecodeGraphs:
             self.pool_bytes / 2**20,
         )  # fmt: skip
 
-    def run(self, step: DecodeInputs, greedy: bool, logprobs: bool = False) -> torch.Tensor:
+    def run(self, step: DecodeInputs, kind: str) -> torch.Tensor:
         """One decode step from inputs on the host (n rows) -> (n,) next token ids (a view).
 
         The inputs, staged in pinned memory by the caller (step_inputs.HostStaging), go straight into the
@@ -192,7 +199,7 @@ class DecodeGraphs:
         tensor, no device-side copy-in. A batch without a captured rung runs eager inside the runner
         (counted).
         """
-        runner = self.runners["logprobs" if logprobs else "greedy" if greedy else "sampling"]
+        runner = self.runners[kind]
         n = step.num_rows
         if runner.rung_for(n) is None:
             return runner(*step.to(self._device).packed())
@@ -200,3 +207,34 @@ class DecodeGraphs:
         static_ints.copy_(step.ints, non_blocking=self._non_blocking)
         static_floats.copy_(step.floats, non_blocking=self._non_blocking)
         return runner(static_ints, static_floats)
+
+
+def decode_kind(greedy: bool, logprobs: bool, structured: bool) -> str:
+    """The graph kind a batch replays: structured for any grammar row, then logprobs, greedy, sampling."""
+    return "structured" if structured else "logprobs" if logprobs else "greedy" if greedy else "sampling"
+
+
+def decode_step(
+    kind: str,
+    model: DecoderLM,
+    kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    last_tokens: torch.Tensor,
+    logprobs: LogprobBuffers | None,
+    masks: torch.Tensor | None,
+) -> DecodeStep:
+    """The step function of one kind: the logprobs and structured kinds write logprobs; structured masks."""
+    return DecodeStep(
+        model,
+        kv_caches,
+        greedy=kind == "greedy",
+        last_tokens=last_tokens,
+        logprobs=logprobs if kind in ("logprobs", "structured") else None,
+        masks=masks if kind == "structured" else None,
+    )
+
+
+def _has_buffers(kind: str, logprobs: LogprobBuffers | None, masks: torch.Tensor | None) -> bool:
+    """Whether a kind can be built: logprobs needs its buffers, structured those and the masks."""
+    if kind == "logprobs":
+        return logprobs is not None
+    return kind != "structured" or (logprobs is not None and masks is not None)

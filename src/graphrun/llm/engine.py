@@ -19,6 +19,14 @@ idle between steps. Step n's tokens reach step n+1 on the device (`last_tokens`,
 the host learns them one step later: step() returns the outputs of the step before the one it launched.
 A request that stops on a token costs one extra (discarded) step; length limits stop it on time.
 
+Structured output (grammar.py, token_masks.py): a request with a grammar gets a matcher; each step that
+samples for it fills its mask row on the host and the step samples from the masked logits (the decode
+graph of kind "structured"; an eager prefill). The mask of step n+1 depends on the token of step n, so
+a step that sampled for a grammar request is resolved before the next one is scheduled: while grammar
+requests run, the engine steps synchronously (every request in those steps waits for the host's
+scheduling, as without asynchronous scheduling); requests without one keep the asynchronous pipeline
+and the plain graphs whenever no grammar request shares their step.
+
 Background capture (EngineConfig.capture="background", background_graphs.py): start-up ends once the
 KV cache is allocated; then graph rungs are captured between steps, on the engine thread (per idle turn
 of a serving loop, and under load after a step when capture's share of the time allows), without
@@ -46,9 +54,10 @@ from graphrun.graphs.status import CallFallback
 from graphrun.llm.background_graphs import BackgroundGraphs
 from graphrun.llm.block_manager import BlockCopy, BlockManager
 from graphrun.llm.choices import choice_params
-from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape, DecodeStep
+from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape, decode_kind, decode_step
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.engine_status import EngineStatus
+from graphrun.llm.grammar import GrammarCompiler
 from graphrun.llm.graph_state import publish_graph_state
 from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache, gpu_kv_budget, num_blocks_for_budget
 from graphrun.llm.layers.attention import AttentionMetadata
@@ -64,6 +73,7 @@ from graphrun.llm.scheduler import PLACEHOLDER, AdvancedBatch, ScheduledBatch, S
 from graphrun.llm.sequence import Sequence
 from graphrun.llm.step_inputs import DecodeInputs, HostStaging
 from graphrun.llm.step_packing import pack_decode, pack_prefill
+from graphrun.llm.token_masks import TokenMasks, apply_token_masks
 from graphrun.llm.transfer import to_device
 
 log = logging.getLogger(__name__)
@@ -134,18 +144,17 @@ class LLMEngine:
         rows = config.max_num_seqs + config.mixed_prefill_tokens + 1
         self.last_tokens = torch.zeros(rows, dtype=torch.int64, device=self.device)
         self.logprob_buffers = LogprobBuffers(rows, self.model_config.vocab_size, self.device)
+        # structured output: masks cover every id of the model and of the tokenizer
+        self._mask_vocab_size = max(self.model_config.vocab_size, self.tokenizer.vocab_size)
+        self.token_masks = TokenMasks(rows, self._mask_vocab_size, self.device)
+        self._grammars: GrammarCompiler | None = None  # built at the first structured request
         self.decode_graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
         self._background: BackgroundGraphs | None = None  # capture="background": the pass under way
         self.piecewise_graphs: PiecewiseGraphs | None = None
+        masks = self.token_masks.device_masks
         self._eager_decode = {
-            kind: DecodeStep(
-                self.model,
-                self.kv_caches,
-                greedy=kind == "greedy",
-                last_tokens=self.last_tokens,
-                logprobs=self.logprob_buffers if kind == "logprobs" else None,
-            )
+            kind: decode_step(kind, self.model, self.kv_caches, self.last_tokens, self.logprob_buffers, masks)
             for kind in DecodeGraphs.KINDS
         }
         self._capture_graphs(self.registry)
@@ -271,7 +280,7 @@ class LLMEngine:
             self.decode_graphs = DecodeGraphs(
                 self.model, self.kv_caches, self.last_tokens, shape, self.capture_sizes(), backend, registry,
                 compile=self.config.compile, compile_cache_dir=self.config.compile_cache_dir, capture=when,
-                logprobs=self.logprob_buffers,
+                logprobs=self.logprob_buffers, masks=self.token_masks.device_masks,
             )  # fmt: skip
             sizes = self.prefill_capture_sizes()
             if sizes:
@@ -365,6 +374,7 @@ class LLMEngine:
         """Queue a request; raises RequestRejected when it can never run (too long, empty...)."""
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         seq = Sequence(self._next_seq_id, ids, params, base_seed=self.config.seed)
+        self._attach_grammars([seq])
         self.scheduler.add(seq)
         self._next_seq_id += 1
         return seq.seq_id
@@ -377,9 +387,21 @@ class LLMEngine:
         seqs = [
             Sequence(first + j, ids, choice_params(params, j), base_seed=self.config.seed) for j in range(n)
         ]
+        self._attach_grammars(seqs)
         self.scheduler.add_choices(seqs)
         self._next_seq_id += n
         return [seq.seq_id for seq in seqs]
+
+    def _attach_grammars(self, seqs: list[Sequence]) -> None:
+        """Give each sequence with structured output its own matcher (compiled once per spec); raises
+        SamplingParamsError (param "structured_output") when the constraint does not compile."""
+        for seq in seqs:
+            structured = seq.params.structured_output
+            if structured is None:
+                continue
+            if self._grammars is None:
+                self._grammars = GrammarCompiler(self.tokenizer, self._mask_vocab_size)
+            seq.grammar = self._grammars.matcher(structured)
 
     @property
     def num_prefills(self) -> int:
@@ -427,6 +449,9 @@ class LLMEngine:
         start = time.perf_counter()
         self._last_wait_end = None
         previous = self._launched  # the batch's feed rows point into its tokens
+        outputs = []
+        if previous is not None and _sampled_for_grammar(previous):  # its tokens decide the next masks
+            outputs, previous, self._launched = self._resolve(previous), None, None
         batch = self.scheduler.schedule()
         self._copy_blocks(self.scheduler.take_block_copies())
         if batch is not None:
@@ -442,7 +467,7 @@ class LLMEngine:
         if on_launched is not None:
             on_launched()
         called = time.perf_counter()
-        outputs = self._resolve(previous) if previous is not None else []
+        outputs += self._resolve(previous) if previous is not None else []
         if not self._async and self._launched is not None:
             pending, self._launched = self._launched, None
             outputs += self._resolve(pending)
@@ -554,11 +579,11 @@ class LLMEngine:
             a, b = starts[row], starts[row + 1]
             if batch.positions[a] != 0 or b - a > graphs.top or PLACEHOLDER in batch.input_ids[a:b]:
                 continue
-            if seq.params.logprobs is None and not wants_prompt_logprobs([seq]):
+            if seq.params.logprobs is None and not wants_prompt_logprobs([seq]) and seq.grammar is None:
                 rows.append(row)
             else:
                 graphs.runner.stats.count_fallback(CallFallback.NEEDS_OTHER_OUTPUT)
-                log.debug("prefill of seq %d eager: its request wants logprobs", seq.seq_id)
+                log.debug("prefill of seq %d eager: its request wants logprobs or a grammar", seq.seq_id)
         return rows
 
     def _takes_piecewise(self, batch: ScheduledBatch) -> bool:
@@ -574,7 +599,7 @@ class LLMEngine:
             return True
         fresh = batch.positions[0] == 0 and batch.num_tokens <= prefill.top
         # logprobs: the piecewise graphs leave the LM head eager, where they are computed
-        wants = _wants_logprobs(batch.seqs) or wants_prompt_logprobs(batch.seqs)
+        wants = _wants_logprobs(batch.seqs) or wants_prompt_logprobs(batch.seqs) or _has_grammar(batch.seqs)
         return not fresh or PLACEHOLDER in batch.input_ids or wants
 
     def _run_piecewise(self, batch: ScheduledBatch) -> torch.Tensor:
@@ -611,7 +636,11 @@ class LLMEngine:
         seqs = [batch.seqs[row] for row in batch.sample_rows]
         params = self._sampling_tensors(seqs)
         positions = tensors.positions[tensors.sample_indices]
-        tokens = sample(logits, params, positions)
+        allowed = logits
+        if _has_grammar(seqs):
+            grammars = [(i, seq.grammar) for i, seq in enumerate(seqs) if seq.grammar is not None]
+            allowed = apply_token_masks(logits, self.token_masks.fill(len(seqs), grammars))
+        tokens = sample(allowed, params, positions)
         index = to_device(out_rows, self.device, torch.int64)
         self.last_tokens.index_copy_(0, index, tokens)
         if _wants_logprobs(seqs):
@@ -633,11 +662,14 @@ class LLMEngine:
         step = self._pack_decode(batch)
         greedy = all(seq.params.temperature == 0 for seq in batch.seqs)
         logprobs = _wants_logprobs(batch.seqs)
+        structured = _has_grammar(batch.seqs)
+        if structured:
+            self._fill_masks(batch)
+        kind = decode_kind(greedy, logprobs, structured)
         graphs = self.decode_graphs
         if graphs is not None:
-            tokens = graphs.run(step, greedy, logprobs)
+            tokens = graphs.run(step, kind)
         else:
-            kind = "logprobs" if logprobs else "greedy" if greedy else "sampling"
             tokens = self._eager_decode[kind](*(to_device(t, self.device) for t in step.packed()))
         if batch.kind == "decode":
             return tokens
@@ -647,6 +679,16 @@ class LLMEngine:
         if logprobs:
             self.logprob_buffers.gather_to_front(index)
         return sampled
+
+    def _fill_masks(self, batch: ScheduledBatch) -> None:
+        """The token masks of a decode or mixed batch, one row per token: each grammar sequence's sample
+        row from its matcher (which has taken every token before it: see step()), the rest all allowed."""
+        rows = []
+        for row, token_row in zip(batch.sample_rows, batch.sample_token_indices, strict=True):
+            grammar = batch.seqs[row].grammar
+            if grammar is not None:
+                rows.append((token_row, grammar))
+        self.token_masks.fill(batch.num_tokens, rows)
 
     def _run_mixed_eager(self, batch: ScheduledBatch) -> torch.Tensor:
         """A mixed batch above the top decode rung: one eager forward, the decode rows through the decode
@@ -717,6 +759,16 @@ class LLMEngine:
 def _wants_logprobs(seqs: list[Sequence]) -> bool:
     """Whether some sequence of a step asked for logprobs (then the step computes them for every row)."""
     return any(seq.params.logprobs is not None for seq in seqs)
+
+
+def _has_grammar(seqs: list[Sequence]) -> bool:
+    """Whether some sequence of a step has structured output (then the step masks its logits)."""
+    return any(seq.grammar is not None for seq in seqs)
+
+
+def _sampled_for_grammar(launched: _Launched) -> bool:
+    """Whether a launched step sampled a token some grammar sequence still waits for."""
+    return any(seq.grammar is not None for _, seq, _ in launched.advanced.owed())
 
 
 def _pair(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -16,7 +16,9 @@ from graphrun.graphs.status import RunnerStats
 from graphrun.llm.engine_config import GraphsOff
 
 # every GraphRunner an engine may build (decode_graph.py, prefill_graph.py, piecewise_graph.py)
-ENGINE_RUNNER_NAMES = ("decode-sampling", "decode-greedy", "decode-logprobs", "prefill", "piecewise")
+ENGINE_RUNNER_NAMES = (
+    "decode-sampling", "decode-greedy", "decode-logprobs", "decode-structured", "prefill", "piecewise",
+)  # fmt: skip
 
 
 def publish_graph_state(registry: CollectorRegistry, backend: str | None, off: GraphsOff | None) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphrun.errors import ConfigError
+from graphrun.llm.structured_output import StructuredOutput
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds travel to the sampler in an int64 tensor
 
@@ -37,7 +38,8 @@ class SamplingParams:
     ignore_eos keeps generating past the model's end-of-sequence tokens (benchmarks); stop_token_ids stop
     the request even then. logprobs k (0..20) returns each sampled token's logprob and the k most likely
     tokens' (logprobs.py); prompt_logprobs k the same for every prompt token but the first (computed
-    eagerly at prefill, with no prefix-cache hit).
+    eagerly at prefill, with no prefix-cache hit). structured_output constrains the output to a JSON
+    schema, a regex, a choice or a grammar (grammar.py); the request stops ("stop") when it is complete.
     """
 
     temperature: float = 1.0
@@ -49,6 +51,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; k: the sampled token's logprob and the k most likely
     prompt_logprobs: int | None = None  # None: none; k: each prompt token's (but the first) and k more
+    structured_output: StructuredOutput | None = None  # None: free text
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:  # also rejects NaN
@@ -72,6 +75,11 @@ class SamplingParams:
                 f"stop_token_ids must be a tuple of ints, got {type(self.stop_token_ids).__name__}; "
                 "pass tuple(ids)",
                 "stop_token_ids",
+            )
+        if self.structured_output is not None and not isinstance(self.structured_output, StructuredOutput):
+            raise SamplingParamsError(
+                f"structured_output must be a StructuredOutput, got {type(self.structured_output).__name__}",
+                "structured_output",
             )
         bad = [t for t in self.stop_token_ids if isinstance(t, bool) or not isinstance(t, int) or t < 0]
         if bad:

@@ -32,6 +32,9 @@ Policies, in order of priority:
   reach the host (placeholders get their values, stop tokens end sequences). Between the two, at most one
   more batch is scheduled; its rows that feed a PLACEHOLDER take the token from the device (engine.py).
   A sequence that stops on a token is thus computed one step too many; that token is dropped.
+- Structured output: resolve() advances a sequence's grammar matcher by each token; a complete grammar
+  ends the sequence with "stop". The next token's mask needs that, so the engine resolves a step that
+  sampled for a grammar sequence before it schedules the next one (engine.py).
 - Choices (n > 1, choices.py): a group queues its first choice only, admitted when seats remain for the
   whole group; the rest fork from it in advance() once its prompt is computed, sharing its full prompt
   blocks. The partial block's device copies wait in `take_block_copies()` for the engine.
@@ -627,7 +630,7 @@ class Scheduler:
         for i, seq, index in advanced.owed():  # each sequence appears once: one slot never hides another
             token = int(sampled_token_ids[i])
             seq.output_token_ids[index] = token
-            if self._token_stop(seq, token):
+            if self._token_stop(seq, token) or self._grammar_stop(seq, token):
                 del seq.output_token_ids[index + 1 :]  # later steps' placeholders: never part of the output
                 if seq.status is SequenceStatus.FINISHED:  # a later token hit a length limit in advance()
                     seq.finish_reason = "stop"
@@ -655,6 +658,12 @@ class Scheduler:
         """Whether `token` is one that ends seq (a stop token id, or EOS unless ignored)."""
         params = seq.params
         return token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids)
+
+    @staticmethod
+    def _grammar_stop(seq: Sequence, token: int) -> bool:
+        """Advance seq's grammar (structured output) by `token`; whether the grammar is complete (or
+        rejected it), which ends seq as a stop token would, ignore_eos or not."""
+        return seq.grammar is not None and seq.grammar.advance(token)
 
     def _length_stop(self, seq: Sequence) -> bool:
         """Whether seq reached max_tokens or max_model_len (known on the host before the token is)."""

@@ -12,10 +12,13 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import InitVar, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from graphrun.llm.grammar import GrammarMatcher
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -68,6 +71,8 @@ class Sequence:
     num_cached_tokens: int = 0
     # params.prompt_logprobs: the logprobs of prompt tokens 1, 2, ... as prefill chunks compute them
     prompt_logprobs: list[TokenLogprobs] = field(default_factory=list)
+    # params.structured_output: the matcher that has taken every resolved output token (grammar.py)
+    grammar: GrammarMatcher | None = None
 
     def __post_init__(self, base_seed: int) -> None:
         self.prompt_token_ids = list(self.prompt_token_ids)

@@ -110,6 +110,10 @@ class HFTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=True))
 
+    def to_json(self) -> str:
+        """The tokenizer.json text (structured output hands it to its grammar library)."""
+        return str(self._tokenizer.to_str())
+
 
 def load_tokenizer(folder: str | Path) -> HFTokenizer:
     """The HFTokenizer of a local checkpoint folder (needs tokenizer.json)."""

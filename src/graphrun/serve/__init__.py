@@ -11,6 +11,7 @@ serve_config)` gives the ASGI app. Nothing is imported here, so `graphrun --help
     text.py           token ids -> streamed text, stop strings
     trace.py          GRAPHRUN_SERVE_TRACE: the engine loop's per-step timeline
     protocol.py       OpenAI request bodies -> token ids + SamplingParams; the error answer
+    structured.py     response_format and guided_* -> the request's structured output constraint
     chat_template.py  chat messages -> prompt text (the model's jinja2 template, or a simple one)
     responses.py      OpenAI response bodies, whole and streamed
     tokenize.py       /tokenize, /detokenize, /tokenizer_info (vLLM's routes)

@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from graphrun.errors import GraphrunError
-from graphrun.llm.sampling_params import SamplingParams
+from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
 from graphrun.llm.scheduler import RequestRejected
 from graphrun.serve import openapi
 from graphrun.serve.auth import APIKeyAuth
@@ -142,7 +142,7 @@ class _Routes:
         """Run handler; an unexpected exception becomes a logged 500 for this request alone."""
         try:
             return await handler(body, request)
-        except RequestRejected as exc:  # the engine's names for the values: this body's instead
+        except (RequestRejected, SamplingParamsError) as exc:  # the engine's names: this body's instead
             raise body.rejection_error(exc) from exc
         except (APIError, GraphrunError):
             raise  # answered by the error handlers

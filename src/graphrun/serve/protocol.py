@@ -3,11 +3,12 @@
 Pydantic lives at the HTTP boundary only. Requests validate strictly (a string is not a number, NaN is
 not a temperature) and become token ids plus a `SamplingParams`. What graphrun does not implement is a
 400 that names the parameter, never silently ignored: best_of other than n, suffix, penalties,
-logit_bias, tools, non-text response formats. Logprobs (completions' logprobs, chat's logprobs and
-top_logprobs, up to 20 alternatives) become SamplingParams.logprobs. Completions' echo (streamed or
-not, with any n) starts each choice with its prompt; with logprobs it also asks for the prompt's
-(SamplingParams.prompt_logprobs), and max_tokens 0 is allowed with it (the prompt alone). Unknown
-fields are ignored, as OpenAI-compatible servers do, so newer clients keep working.
+logit_bias, tools. Structured output (response_format json_object/json_schema, guided_json,
+guided_regex, guided_choice, guided_grammar) becomes SamplingParams' grammar (llm/grammar.py).
+Logprobs (completions' logprobs, chat's logprobs and top_logprobs, up to 20 alternatives) become
+SamplingParams.logprobs. Completions' echo (streamed or not, with any n) starts each choice with its
+prompt; with logprobs it also asks for the prompt's (SamplingParams.prompt_logprobs), and max_tokens 0
+is allowed with it (the prompt alone). Unknown fields are ignored, as OpenAI-compatible servers do, so newer clients keep working.
 
 Choices: `n` (1..MAX_CHOICES) choices of a prompt share one prefill in the engine (llm/choices.py);
 choice j samples with seed + j when a seed is given. Completions also take several prompts (a list of
@@ -21,6 +22,10 @@ delivers, even one whose text is held back, so chunks count tokens), stream_opti
 matched on the decoded text (the engine stops on token ids only): the text is cut before the stop
 string and finish_reason is "stop". Chat messages become prompt text in chat_template.py; response
 bodies are in responses.py.
+
+Structured output (structured.py), on completions and chat alike: OpenAI's response_format (json_object,
+json_schema) or vLLM's guided_json, guided_regex, guided_choice and guided_grammar (Lark or GBNF), one
+of them per request; a constraint that does not compile is a 400 naming the field it came in.
 
 An error's `param` is the field the client sent: a prompt too long for the context (or the KV cache) is
 `prompt` (chat: `messages`), too many tokens asked for is `max_tokens` (or `max_completion_tokens`); the
@@ -36,9 +41,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
 from graphrun.llm.scheduler import RequestRejected
+from graphrun.llm.structured_output import StructuredOutput
 from graphrun.llm.tokenizer import Tokenizer
 from graphrun.serve.request import EngineFailure, QueueFull, Unavailable
 from graphrun.serve.responses import json_text
+from graphrun.serve.structured import STRUCTURED_FIELDS, check_constraint, requested_constraint
 
 MAX_STOP_STRINGS = 16
 MAX_CHOICES = 16  # n: choices per prompt
@@ -152,6 +159,11 @@ class _GenerationRequest(BaseModel):
     presence_penalty: Annotated[float, Field(allow_inf_nan=False)] | None = None
     frequency_penalty: Annotated[float, Field(allow_inf_nan=False)] | None = None
     logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     @property
     def num_choices(self) -> int:
@@ -171,6 +183,13 @@ class _GenerationRequest(BaseModel):
             raise APIError(
                 400, "max_tokens must be >= 1 (0 only with echo, on completions)", param="max_tokens"
             )
+        requested = self.requested_constraint()
+        if requested is not None:
+            check_constraint(*requested)
+
+    def requested_constraint(self) -> tuple[str, StructuredOutput] | None:
+        """(the field it came in, the structured output it asks for), or None for free text."""
+        return requested_constraint({name: getattr(self, name) for name in STRUCTURED_FIELDS})
 
     def stop_strings(self) -> tuple[str, ...]:
         """The stop strings, validated (non-empty, at most MAX_STOP_STRINGS)."""
@@ -193,6 +212,7 @@ class _GenerationRequest(BaseModel):
                 ignore_eos=bool(self.ignore_eos),
                 logprobs=self.num_logprobs,
                 prompt_logprobs=self.num_prompt_logprobs,
+                structured_output=requested[1] if (requested := self.requested_constraint()) else None,
             )
         except SamplingParamsError as exc:
             raise APIError(400, str(exc), param=self.param_name(exc.param)) from exc
@@ -233,7 +253,10 @@ class _GenerationRequest(BaseModel):
         return "max_tokens"
 
     def param_name(self, engine_param: str) -> str:
-        """This request's field for a value the engine names (prompt, max_tokens)."""
+        """This request's field for a value the engine names (prompt, max_tokens, structured_output)."""
+        if engine_param == "structured_output":
+            requested = self.requested_constraint()
+            return requested[0] if requested else engine_param
         return {"prompt": self.prompt_param, "max_tokens": self.max_tokens_param}.get(
             engine_param, engine_param
         )
@@ -261,7 +284,7 @@ class _GenerationRequest(BaseModel):
             )
         return max_tokens
 
-    def rejection_error(self, exc: RequestRejected) -> APIError:
+    def rejection_error(self, exc: RequestRejected | SamplingParamsError) -> APIError:
         """The 400 for a request the engine rejects, naming this request's field."""
         error = as_api_error(exc)
         error.param = self.param_name(exc.param)
@@ -370,17 +393,14 @@ class ChatCompletionRequest(_GenerationRequest):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
 
     def check_supported(self) -> None:
-        """Also reject tools and structured output, and top_logprobs without logprobs."""
+        """Also reject tools, and top_logprobs without logprobs."""
         super().check_supported()
         if self.top_logprobs is not None and not self.logprobs:
             raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
         if self.tools:
             raise unsupported("tools", "tool calling")
-        if self.response_format is not None and self.response_format.get("type", "text") != "text":
-            raise unsupported("response_format", "structured output")
 
     @property
     def num_logprobs(self) -> int | None:
