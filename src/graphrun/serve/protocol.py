@@ -8,7 +8,8 @@ guided_regex, guided_choice, guided_grammar) becomes SamplingParams' grammar (ll
 Logprobs (completions' logprobs, chat's logprobs and top_logprobs, up to 20 alternatives) become
 SamplingParams.logprobs. Completions' echo (streamed or not, with any n) starts each choice with its
 prompt; with logprobs it also asks for the prompt's (SamplingParams.prompt_logprobs), and max_tokens 0
-is allowed with it (the prompt alone). Unknown fields are ignored, as OpenAI-compatible servers do, so newer clients keep working.
+is allowed with it (the prompt alone). Unknown fields are ignored,
+as OpenAI-compatible servers do, so newer clients keep working.
 
 Choices: `n` (1..MAX_CHOICES) choices of a prompt share one prefill in the engine (llm/choices.py);
 choice j samples with seed + j when a seed is given. Completions also take several prompts (a list of
