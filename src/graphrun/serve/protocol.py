@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
 from graphrun.llm.scheduler import RequestRejected
 from graphrun.llm.tokenizer import Tokenizer
-from graphrun.serve.request import EngineFailure, QueueFull, Unavailable
+from graphrun.serve.host.messages import EngineFailure, QueueFull, Unavailable
 from graphrun.serve.responses import json_text
 
 MAX_STOP_STRINGS = 16
