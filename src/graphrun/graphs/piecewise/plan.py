@@ -92,9 +92,7 @@ def build_plan(
     """Trace `fn` on the example (args, kwargs), split it, and wrap its segments for capture."""
     args, kwargs = example
     leaves = inputs.in_spec.flatten((args, kwargs))
-    checks = [
-        inputs.in_spec.unflatten(inputs.rung_leaves(r)) for r in sorted({inputs.sizes[0], inputs.sizes[-1]})
-    ]
+    checks = [inputs.in_spec.unflatten(inputs.rung_leaves(r)) for r in sorted({inputs.sizes[0], inputs.sizes[-1]})]
     if inputs.sizes[-1] >= 2 and any(leaves[s.index].shape[s.dim] < 2 for s in inputs.batched):
         # torch.export specializes a dynamic dim whose example size is 1 (its 0/1 rule) and then rejects the
         # dynamic spec: trace on the top rung's buffers instead and check against the example as well
