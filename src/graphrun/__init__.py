@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
     from graphrun.llm.scheduler import RequestRejected
     from graphrun.llm.tokenizer import TokenizerError
-    from graphrun.serve.request import EngineFailure, QueueFull, Unavailable
+    from graphrun.serve.host.messages import EngineFailure, QueueFull, Unavailable
 
 from graphrun.version import __version__
 
@@ -64,9 +64,9 @@ _LAZY = {
     "RequestRejected": "graphrun.llm.scheduler",
     "TokenizerError": "graphrun.llm.tokenizer",
     "UnsupportedModelError": "graphrun.llm.config",
-    "EngineFailure": "graphrun.serve.request",
-    "QueueFull": "graphrun.serve.request",
-    "Unavailable": "graphrun.serve.request",
+    "EngineFailure": "graphrun.serve.host.messages",
+    "QueueFull": "graphrun.serve.host.messages",
+    "Unavailable": "graphrun.serve.host.messages",
 }
 
 __all__ = [

@@ -6,19 +6,8 @@
   reference ops on CUDA too (to compare, or to work around a kernel problem).
 - GRAPHRUN_DISABLE_SKINNY_GEMM: the same for the decode-sized LM head alone: cuBLAS instead of
   skinny_logits (kernels/triton_ops.py), the other fused kernels kept.
-- GRAPHRUN_SERVE_TRACE: a file path; `graphrun serve` records a timeline of its engine steps and
-  writes it there as JSON when it stops (serve/trace.py).
-- GRAPHRUN_GC_FREEZE: "0" stops `graphrun serve` from freezing the objects that exist once start-up
-  is done (gc.freeze(), so the collector never scans them again; serve/worker.py).
-- GRAPHRUN_GC_GEN0_THRESHOLD: an integer; `graphrun serve` sets the collector's youngest-generation
-  threshold to it once start-up is done (gc.set_threshold; Python's default is 700), in the server
-  process and the engine process.
-- GRAPHRUN_ENGINE_CPUS: CPU numbers such as "3" or "2,3"; the engine process pins itself to them
-  (os.sched_setaffinity), away from the server process and other load (Linux only).
-- GRAPHRUN_BLOCKING_SYNC: "1" makes the engine's wait for a step's tokens sleep in the driver
-  (cudaEventBlockingSync) instead of spinning on a CPU core.
-- GRAPHRUN_SWITCH_INTERVAL_US: `graphrun serve` sets Python's thread switch interval to this many
-  microseconds (sys.setswitchinterval; Python's default is 5000).
+- GRAPHRUN_SERVE_TRACE: a file path, used when `graphrun serve` gets no --trace-file: the server records
+  a timeline of its engine steps and writes it there as JSON when it stops (serve/trace.py).
 - GRAPHRUN_API_KEY: the API key(s) `graphrun serve` requires (`Authorization: Bearer <key>`), used when
   no --api-key flag is given. Several keys are separated by commas ("key-a,key-b"; blanks around them
   are dropped), so a key cannot contain a comma. Prefer it to the flag: a command line is visible to
@@ -56,34 +45,6 @@ def serve_trace_path() -> Path | None:
     """GRAPHRUN_SERVE_TRACE as a path, or None when unset or empty."""
     value = _read("GRAPHRUN_SERVE_TRACE")
     return Path(value) if value else None
-
-
-def switch_interval_seconds() -> float | None:
-    """GRAPHRUN_SWITCH_INTERVAL_US in seconds, or None when unset or empty."""
-    value = _read("GRAPHRUN_SWITCH_INTERVAL_US")
-    return float(value) * 1e-6 if value else None
-
-
-def gc_freeze_enabled() -> bool:
-    """False when GRAPHRUN_GC_FREEZE is "0"."""
-    return _read("GRAPHRUN_GC_FREEZE") != "0"
-
-
-def gc_gen0_threshold() -> int | None:
-    """GRAPHRUN_GC_GEN0_THRESHOLD as an integer, or None when unset or empty."""
-    value = _read("GRAPHRUN_GC_GEN0_THRESHOLD")
-    return int(value) if value else None
-
-
-def engine_cpus() -> set[int] | None:
-    """GRAPHRUN_ENGINE_CPUS as a set of CPU numbers, or None when unset or empty."""
-    value = _read("GRAPHRUN_ENGINE_CPUS")
-    return {int(part) for part in value.split(",") if part.strip()} if value else None
-
-
-def blocking_sync_enabled() -> bool:
-    """True when GRAPHRUN_BLOCKING_SYNC is "1"."""
-    return _read("GRAPHRUN_BLOCKING_SYNC") == "1"
 
 
 def api_keys() -> tuple[str, ...]:

@@ -23,7 +23,8 @@ import uvicorn
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.serve.app import build_app
 from graphrun.serve.config import ServeConfig
-from graphrun.serve.worker import EngineWorker, make_worker
+from graphrun.serve.host.client import EngineClient
+from graphrun.serve.llm_model import llm_client
 
 MIB = 2**20
 START_TIMEOUT = 300.0  # the bound on an engine's start-up (a spawned process imports torch and captures)
@@ -42,7 +43,7 @@ class LiveServer:
     """A running server and the objects behind it."""
 
     url: str
-    worker: EngineWorker
+    worker: EngineClient
     server: uvicorn.Server
 
     def metrics(self) -> str:
@@ -80,9 +81,10 @@ def live_server(
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = ServeConfig(port=port, served_model_name="tiny", engine_process=engine_process, **serve)
-    worker = make_worker(EngineConfig(**{**ENGINE_DEFAULTS, **(engine or {})}), config)
+    engine_config = EngineConfig(**{**ENGINE_DEFAULTS, **(engine or {})})
+    worker = llm_client(engine_config, config)
     server = uvicorn.Server(
-        uvicorn.Config(build_app(worker, config), log_config=None, timeout_graceful_shutdown=2)
+        uvicorn.Config(build_app(worker, config, engine_config), log_config=None, timeout_graceful_shutdown=2)
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

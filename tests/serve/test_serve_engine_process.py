@@ -11,15 +11,15 @@ import pytest
 from serve_harness import live_server, wait_until
 
 from graphrun.llm.scheduler import RequestRejected
-from graphrun.serve.engine_process import ProcessWorker, _portable
-from graphrun.serve.request import EngineFailure, Unavailable
+from graphrun.serve.host.messages import EngineFailure, Unavailable
+from graphrun.serve.host.pipe import PipeTransport, portable_error
 
 PATIENCE = 120.0  # the bound on each wait for a running server: only a broken one reaches it
 BODY = {"model": "tiny", "prompt": "pipe", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
 
 
 def test_errors_cross_the_pipe_with_their_fields_or_as_their_kind():
-    rejected = _portable(RequestRejected("too long", "too_long", "prompt"))
+    rejected = portable_error(RequestRejected("too long", "too_long", "prompt"))
     assert isinstance(rejected, RequestRejected) and (rejected.code, rejected.param) == ("too_long", "prompt")
 
     class Unpicklable(ValueError):
@@ -29,19 +29,18 @@ def test_errors_cross_the_pipe_with_their_fields_or_as_their_kind():
     class Local(RuntimeError):  # a class pickle cannot find by name
         pass
 
-    value_error = _portable(Unpicklable(1, 2))
+    value_error = portable_error(Unpicklable(1, 2))
     assert type(value_error) is ValueError and "Unpicklable: 1/2" in str(value_error)  # still a 400
-    assert type(_portable(Local("x"))) is EngineFailure  # still a 500
-    assert _portable((7, None)) == (7, None)
-    gone = _portable(Unavailable("stopped", "bye"))
+    assert type(portable_error(Local("x"))) is EngineFailure  # still a 500
+    gone = portable_error(Unavailable("stopped", "bye"))
     assert isinstance(gone, Unavailable) and gone.reason == "stopped"
 
 
 def test_health_metrics_and_answers_come_from_the_engine_process():
     with live_server(engine_process=True) as srv:
-        assert isinstance(srv.worker, ProcessWorker)
+        assert isinstance(srv.worker.transport, PipeTransport)
         health = httpx.get(srv.url + "/health", timeout=PATIENCE).json()
-        assert health["engine_pid"] == srv.worker.pid != os.getpid()
+        assert health["engine_pid"] == srv.worker.transport.pid != os.getpid()
         assert health["memory"]["max_rss_bytes"] > 2**20 and health["memory"]["server_max_rss_bytes"] > 2**20
         answer = httpx.post(srv.url + "/v1/completions", json=BODY, timeout=PATIENCE).json()
         assert answer["usage"]["completion_tokens"] == 8
@@ -65,8 +64,9 @@ def test_a_dead_engine_process_fails_the_requests_in_flight_and_the_server_says_
         ):
             lines = response.iter_lines()
             assert next(lines).startswith("data: ")
-            assert srv.worker.pid is not None
-            os.kill(srv.worker.pid, signal.SIGKILL)
+            pid = srv.worker.transport.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
             events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
         last = json.loads(events[-1])
         assert last["error"]["type"] == "server_error" and "exit status -9" in last["error"]["message"]

@@ -25,10 +25,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.serve.app import build_app
 from graphrun.serve.config import ServeConfig
+from graphrun.serve.llm_model import llm_client
 from graphrun.serve.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from graphrun.serve.openapi import ErrorResponse
 from graphrun.serve.protocol import APIError
-from graphrun.serve.worker import make_worker
 
 KEY = "openapi-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -65,11 +65,12 @@ def _config(**overrides: Any) -> ServeConfig:
 def app():
     config = _config(api_keys=(KEY,), metrics_require_api_key=True, max_request_bytes=MAX_REQUEST_BYTES)
     engine = {**ENGINE_DEFAULTS, "max_model_len": 32, "enforce_eager": True}  # graphs are not the question
-    worker = make_worker(EngineConfig(**engine), config)
+    engine_config = EngineConfig(**engine)
+    worker = llm_client(engine_config, config)
     worker.start()
     try:
         assert worker.wait_ready(timeout=60), worker.state
-        yield _EngineStartedOutside(build_app(worker, config))
+        yield _EngineStartedOutside(build_app(worker, config, engine_config))
     finally:
         worker.stop()
 
@@ -246,8 +247,9 @@ def test_the_bearer_scheme_is_declared_only_where_a_key_is_needed(document):
 
 
 def _document_for(config: ServeConfig) -> dict[str, Any]:
-    worker = make_worker(EngineConfig(**ENGINE_DEFAULTS), config)  # never started: the document only
-    return build_app(worker, config).openapi()
+    engine_config = EngineConfig(**ENGINE_DEFAULTS)
+    worker = llm_client(engine_config, config)  # never started: the document only
+    return build_app(worker, config, engine_config).openapi()
 
 
 def test_without_keys_no_route_declares_a_401():

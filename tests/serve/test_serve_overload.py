@@ -11,7 +11,7 @@ from serve_harness import live_server
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.serve.app import build_app
 from graphrun.serve.config import ServeConfig
-from graphrun.serve.worker import ThreadWorker
+from graphrun.serve.llm_model import llm_client
 
 NUM_REQUESTS = 12
 
@@ -40,8 +40,11 @@ def test_a_full_queue_answers_429_with_retry_after():
 
 
 def test_everything_is_503_until_the_engine_has_started():
-    config = ServeConfig(retry_after_seconds=2)
-    client = TestClient(build_app(ThreadWorker(EngineConfig(model="tiny"), config), config))
+    config, engine_config = (
+        ServeConfig(retry_after_seconds=2, engine_process=False),
+        EngineConfig(model="tiny"),
+    )
+    client = TestClient(build_app(llm_client(engine_config, config), config, engine_config))
     # no `with`: the lifespan that starts the engine never runs, so the server stays "starting"
     health = client.get("/health")
     assert health.status_code == 503 and health.json()["status"] == "starting"

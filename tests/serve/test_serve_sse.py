@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.tokenizer import ByteTokenizer
 from graphrun.serve.deltas import Collected, Deltas
+from graphrun.serve.host.handle import RequestHandle
+from graphrun.serve.host.messages import EngineFailure
 from graphrun.serve.metrics import RequestMetrics
-from graphrun.serve.request import EngineFailure, RequestHandle
 from graphrun.serve.responses import (
     ChatCompletionChunk,
     ChatFormat,
@@ -139,12 +140,12 @@ def test_resume_hands_a_failure_of_what_the_coroutine_waits_for_to_it():
 
 
 class _Worker:
-    """What SSEResponse uses of an EngineWorker: deltas, abort, metrics, the send trace."""
+    """What SSEResponse uses of an EngineClient: deltas, abort, metrics, the observer."""
 
     def __init__(self) -> None:
         self.aborted: list[int] = []
         self.metrics = RequestMetrics(CollectorRegistry())
-        self.send_trace = None
+        self.observer = None
 
     def deltas(self, handle: RequestHandle, every_batch: bool = False) -> Deltas:
         return Deltas(ByteTokenizer(), handle, partial(self.abort, handle), every_batch)

@@ -21,8 +21,8 @@ from serve_harness import LiveServer, live_server
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.tokenizer import ByteTokenizer
 from graphrun.serve.deltas import Collected, Deltas
+from graphrun.serve.host.handle import RequestHandle
 from graphrun.serve.metrics import RequestMetrics
-from graphrun.serve.request import RequestHandle
 from graphrun.serve.responses import CompletionFormat
 from graphrun.serve.sse import SSEResponse
 from graphrun.serve.text import TextStream
@@ -72,12 +72,12 @@ def _check(got_text: str, got_reason: str | None, text: str, stops: tuple[str, .
 
 
 class _Worker:
-    """What SSEResponse and Collected use of an EngineWorker."""
+    """What SSEResponse and Collected use of an EngineClient."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer, self.aborted = tokenizer, 0
         self.metrics = RequestMetrics(CollectorRegistry())
-        self.send_trace = None
+        self.observer = None
 
     def deltas(self, handle: RequestHandle, every_batch: bool = False) -> Deltas:
         return Deltas(self.tokenizer, handle, partial(self.abort, handle), every_batch)

@@ -49,18 +49,17 @@ def test_records_stop_at_the_bound_without_failing(tmp_path, monkeypatch):
     monkeypatch.setattr("graphrun.serve.trace.MAX_STEPS", 2)
     trace = StepTrace(tmp_path / "t.json")
     timing = StepTiming(0.0, 0.1, 0.2, 0.3, "decode", 1, 1)
-    assert [trace.record(timing, 0.4, [7]) for _ in range(3)] == [0, 1, None]
+    assert [trace.step(timing, 0.4, [7]) for _ in range(3)] == [0, 1, None]
     trace.delivered(1)
-    trace.write()
+    trace.close()
     saved = json.loads((tmp_path / "t.json").read_text())
     assert len(saved["steps"]) == 2 and saved["steps"][1]["delivered"] is not None
 
 
 @pytest.mark.parametrize("engine_process", [False, True])
-def test_a_server_with_the_trace_variable_writes_every_step_on_stop(tmp_path, monkeypatch, engine_process):
+def test_a_server_with_a_trace_file_writes_every_step_on_stop(tmp_path, engine_process):
     path = tmp_path / "trace.json"
-    monkeypatch.setenv("GRAPHRUN_SERVE_TRACE", str(path))
-    with live_server(engine_process=engine_process) as srv:
+    with live_server(engine_process=engine_process, trace_path=path) as srv:
         body = {"model": "tiny", "prompt": [5, 6, 7], "max_tokens": 6, "temperature": 0, "ignore_eos": True}
         assert httpx.post(srv.url + "/v1/completions", json=body, timeout=60).status_code == 200
         streamed = {**body, "stream": True, "return_token_ids": True}  # a chunk per batch of tokens
@@ -75,3 +74,16 @@ def test_a_server_with_the_trace_variable_writes_every_step_on_stop(tmp_path, mo
     sends = json.loads((tmp_path / "trace.sends.json").read_text())  # the HTTP side's writes
     assert len(sends["sends"]) == len(chunks) >= 2  # the streamed request's token chunks
     assert sends["summary"]["send_gap"]["n"] == len(chunks) - 1
+
+
+def test_the_trace_file_flag_wins_over_the_variable_which_is_its_fallback(tmp_path, monkeypatch):
+    from graphrun.cli import build_parser
+    from graphrun.serve.cli import _configs
+
+    parser = build_parser()
+    monkeypatch.setenv("GRAPHRUN_SERVE_TRACE", str(tmp_path / "env.json"))
+    assert _configs(parser.parse_args(["serve"]), "tiny")[1].trace_path == tmp_path / "env.json"
+    flagged = parser.parse_args(["serve", "--trace-file", str(tmp_path / "flag.json")])
+    assert _configs(flagged, "tiny")[1].trace_path == tmp_path / "flag.json"
+    monkeypatch.delenv("GRAPHRUN_SERVE_TRACE")
+    assert _configs(parser.parse_args(["serve"]), "tiny")[1].trace_path is None  # off by default

@@ -44,7 +44,6 @@ from typing import Any
 import torch
 from prometheus_client import CollectorRegistry
 
-from graphrun.envvars import blocking_sync_enabled
 from graphrun.errors import ConfigError
 from graphrun.graphs import GraphRunner
 from graphrun.graphs.backends import Backend, make_backend
@@ -161,7 +160,6 @@ class LLMEngine:
         self._next_seq_id = 0
         self._launched: _Launched | None = None  # at most one step whose tokens the host has not seen
         self._async = config.async_scheduling
-        self._blocking_sync = blocking_sync_enabled()  # sleep, not spin, while waiting for tokens
         self.last_step_timing: StepTiming | None = None  # the newest step()'s host timeline
         self._last_wait_end: float | None = None
 
@@ -510,7 +508,7 @@ class LLMEngine:
             host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
             host.copy_(t, non_blocking=True)
             copies.append(host)
-        ready = torch.cuda.Event(blocking=self._blocking_sync)
+        ready = torch.cuda.Event()
         ready.record()
         return _Launched(advanced, copies[0], ready, _pair(tuple(copies[1:])))
 

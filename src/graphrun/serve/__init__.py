@@ -1,15 +1,16 @@
 """graphrun.serve: the OpenAI-compatible HTTP server (FastAPI + uvicorn) over the LLM engine.
 
-`graphrun serve` is the usual entry; in code, `build_app(make_worker(engine_config, serve_config),
-serve_config)` gives the ASGI app. Nothing is imported here, so `graphrun --help` needs no FastAPI.
+`graphrun serve` is the usual entry; in code, `build_app(llm_client(engine_config, serve_config),
+serve_config, engine_config)` gives the ASGI app. Nothing is imported here, so `graphrun --help` needs
+no FastAPI.
 
-    config.py         ServeConfig: host, port, queue bound, drain time, served model name, API keys
-    worker.py         the HTTP side's engine handle: submit / abort / stream / drain; ThreadWorker
-    engine_process.py ProcessWorker: the engine in a process of its own, and the pipe protocol
-    engine_loop.py    the loop that runs the engine (in that thread or process)
-    request.py        one request as the HTTP side sees it, and as the engine loop does; its errors
+    config.py         ServeConfig: host, port, queue bound, drain time, served model name, API keys, trace
+    host/             the engine host: typed messages, one client, thread or process transport, host loop
+    llm_model.py      the LLM engine as the host's served model; llm_client() wires it up
+    deltas.py         a request's events -> text deltas (streamed or collected)
     text.py           token ids -> streamed text, stop strings
-    trace.py          GRAPHRUN_SERVE_TRACE: the engine loop's per-step timeline
+    sse.py            streamed answers, written as each step is delivered
+    trace.py          --trace-file: the engine host's per-step timeline (its observers)
     protocol.py       OpenAI request bodies -> token ids + SamplingParams; the error answer
     structured.py     response_format and guided_* -> the request's structured output constraint
     chat_template.py  chat messages -> prompt text (the model's jinja2 template, or a simple one)

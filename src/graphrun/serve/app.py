@@ -1,7 +1,8 @@
 """The HTTP front: OpenAI-compatible completions and chat (SSE streaming), models, health, metrics;
 the tokenizer's routes (/tokenize, /detokenize, /tokenizer_info) are tokenize.py's.
 
-`build_app(worker, config)` wires routes to an `EngineWorker`; the app's lifespan starts and stops it.
+`build_app(client, config, engine_config)` wires routes to an `EngineClient` (the engine host's HTTP
+side, host/client.py); the app's lifespan starts and stops it.
 Every error answer has the OpenAI body {"error": {"message", "type", "param", "code"}}: validation
 errors are 400 (not FastAPI's 422), a full queue is 429 and starting or draining is 503 (both with
 Retry-After), and an unexpected exception is a 500 for that request only (logged). Once a stream has
@@ -31,6 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from graphrun.errors import GraphrunError
+from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
 from graphrun.llm.scheduler import RequestRejected
 from graphrun.serve import openapi
@@ -39,6 +41,9 @@ from graphrun.serve.body_limit import BodyLimit, BodyTooLarge
 from graphrun.serve.chat_template import ChatTemplate
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.deltas import Collected
+from graphrun.serve.host.client import EngineClient
+from graphrun.serve.host.handle import RequestHandle
+from graphrun.serve.host.messages import ModelInfo
 from graphrun.serve.logprobs import LogprobsShape
 from graphrun.serve.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from graphrun.serve.protocol import (
@@ -49,7 +54,6 @@ from graphrun.serve.protocol import (
     check_model_name,
     content_type_error,
 )
-from graphrun.serve.request import RequestHandle
 from graphrun.serve.responses import (
     ChatFormat,
     ChoiceText,
@@ -61,7 +65,6 @@ from graphrun.serve.responses import (
 )
 from graphrun.serve.sse import PromptEcho, SSEResponse, choices_usage
 from graphrun.serve.tokenize import TokenizerRoutes
-from graphrun.serve.worker import EngineWorker, ServedModel
 from graphrun.version import __version__
 
 log = logging.getLogger(__name__)
@@ -69,8 +72,8 @@ log = logging.getLogger(__name__)
 _GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 
 
-def build_app(worker: EngineWorker, config: ServeConfig) -> FastAPI:
-    """The FastAPI app serving `worker`'s engine under `config.served_model_name`."""
+def build_app(worker: EngineClient, config: ServeConfig, engine_config: EngineConfig) -> FastAPI:
+    """The FastAPI app serving the LLM engine behind `worker` under `config.served_model_name`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,8 +85,8 @@ def build_app(worker: EngineWorker, config: ServeConfig) -> FastAPI:
 
     app = FastAPI(title="graphrun", version=__version__, lifespan=lifespan)
     _add_error_handlers(app, worker, config)
-    template = ChatTemplate.for_model(worker.engine_config.model)
-    _add_routes(app, _Routes(worker, config, template), config)
+    template = ChatTemplate.for_model(engine_config.model)
+    _add_routes(app, _Routes(worker, config, template, engine_config), config)
     TokenizerRoutes(worker, config, template).add_to(app)
     _add_middleware(app, worker, config)
     openapi.install(app, config)
@@ -104,7 +107,7 @@ def _add_routes(app: FastAPI, routes: _Routes, config: ServeConfig) -> None:
     app.add_api_route("/metrics", routes.metrics, methods=["GET"], response_class=Response, responses=docs)
 
 
-def _add_middleware(app: FastAPI, worker: EngineWorker, config: ServeConfig) -> None:
+def _add_middleware(app: FastAPI, worker: EngineClient, config: ServeConfig) -> None:
     """API keys (outermost: a caller without one costs no body read), then the body limit; refused
     generation requests count in /metrics as the app's own 4xx answers do."""
 
@@ -122,10 +125,13 @@ def _add_middleware(app: FastAPI, worker: EngineWorker, config: ServeConfig) -> 
 
 
 class _Routes:
-    """The endpoints, bound to one worker."""
+    """The endpoints, bound to one engine client."""
 
-    def __init__(self, worker: EngineWorker, config: ServeConfig, template: ChatTemplate) -> None:
+    def __init__(
+        self, worker: EngineClient, config: ServeConfig, template: ChatTemplate, engine_config: EngineConfig
+    ) -> None:
         self._worker, self._config, self._template = worker, config, template
+        self._prefix_caching, self._source = engine_config.enable_prefix_caching, engine_config.model
         self._created = int(time.time())
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
@@ -172,7 +178,7 @@ class _Routes:
         fmt = ChatFormat(self._config.served_model_name, bool(body.return_token_ids), shape)
         return await self._generate(request, fmt, [(ids, params)], body.stop_strings(), body)
 
-    def _model_for(self, model: str | None) -> ServedModel:
+    def _model_for(self, model: str | None) -> ModelInfo:
         """The served model, when `model` names it (None: the served model) and the engine is ready."""
         check_model_name(model, self._config.served_model_name)
         return self._worker.model
@@ -204,7 +210,7 @@ class _Routes:
         if body.stream:
             every_batch = bool(body.return_token_ids)
             usage = body.include_usage
-            caching = self._worker.engine_config.enable_prefix_caching
+            caching = self._prefix_caching
             continuous = body.continuous_usage
             echo = self._prompt_echo(fmt, body)
             return SSEResponse(
@@ -257,7 +263,7 @@ class _Routes:
         aborted = any(handle.finish_reason == "abort" for handle in handles)
         self._worker.metrics.count("aborted" if aborted else "ok")
         choices = [self._choice(handle, one, body) for handle, one in zip(handles, collected, strict=True)]
-        usage = choices_usage(handles, self._worker.engine_config.enable_prefix_caching)
+        usage = choices_usage(handles, self._prefix_caching)
         answer = fmt.response(choices, usage)
         return Response(answer.model_dump_json(), media_type="application/json")
 
@@ -282,7 +288,7 @@ class _Routes:
         card = ModelCard(
             id=self._config.served_model_name,
             created=self._created,
-            root=self._worker.engine_config.model,
+            root=self._source,
             max_model_len=self._worker.info.get("max_model_len"),
         )
         return ModelList(data=[card])
@@ -318,7 +324,7 @@ class _Routes:
         return Response(await self._worker.metrics_text(), media_type=PROMETHEUS_TEXT)
 
 
-async def _abort_on_disconnect(request: Request, worker: EngineWorker, handles: list[RequestHandle]) -> None:
+async def _abort_on_disconnect(request: Request, worker: EngineClient, handles: list[RequestHandle]) -> None:
     """Abort the request's choices when the client disconnects (the body was read already: this waits)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
@@ -331,7 +337,7 @@ def _status_label(status: int) -> str:
     return {429: "overloaded", 503: "unavailable"}.get(status, "error" if status >= 500 else "invalid")
 
 
-def _add_error_handlers(app: FastAPI, worker: EngineWorker, config: ServeConfig) -> None:
+def _add_error_handlers(app: FastAPI, worker: EngineClient, config: ServeConfig) -> None:
     """OpenAI-shaped bodies for every error; generation requests are counted by outcome."""
 
     def answer(request: Request, error: APIError) -> Response:

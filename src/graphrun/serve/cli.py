@@ -17,11 +17,12 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from graphrun.compile_flags import add_compile_flags, add_cuda_graph_mode_flag
-from graphrun.envvars import api_keys, switch_interval_seconds
+from graphrun.envvars import api_keys, serve_trace_path
 from graphrun.errors import GraphrunError
 from graphrun.llm.engine_config import (
     CAPTURE_MODES,
@@ -36,7 +37,7 @@ from graphrun.serve.config import ServeConfig, default_served_model_name
 if TYPE_CHECKING:  # uvicorn and FastAPI are the optional `serve` extra: imported when serving
     import uvicorn
 
-    from graphrun.serve.worker import EngineWorker
+    from graphrun.serve.host.client import EngineClient
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,14 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         default=srv.engine_process,
         help="run the engine in a process of its own, away from HTTP's GIL (default); "
         "--no-engine-process: a thread of the server's process",
+    )
+    p.add_argument(
+        "--trace-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="record every engine step's timeline and write it there as JSON on exit, with the streams' "
+        "sends in <PATH stem>.sends.json (default: GRAPHRUN_SERVE_TRACE; unset: off)",
     )
     _add_access_flags(p, srv)
 
@@ -216,6 +225,7 @@ def _configs(args: argparse.Namespace, model: str) -> tuple[EngineConfig, ServeC
         api_keys=tuple(args.api_keys or ()) or api_keys(),  # the flags replace the variable
         metrics_require_api_key=args.metrics_require_api_key,
         max_request_bytes=args.max_request_bytes,
+        trace_path=args.trace_file or serve_trace_path(),  # the flag replaces the variable
     )
     return engine_config, serve_config
 
@@ -239,27 +249,23 @@ def serve(engine_config: EngineConfig, serve_config: ServeConfig) -> int:
 
     from graphrun.serve.app import build_app
     from graphrun.serve.auth import log_access_policy
-    from graphrun.serve.worker import make_worker
+    from graphrun.serve.llm_model import llm_client
 
-    interval = switch_interval_seconds()
-    if interval is not None:
-        sys.setswitchinterval(interval)
-        log.info("thread switch interval: %g us", interval * 1e6)
     log_access_policy(serve_config)
-    worker = make_worker(engine_config, serve_config)
+    client = llm_client(engine_config, serve_config)
     config = uvicorn.Config(
-        build_app(worker, serve_config),
+        build_app(client, serve_config, engine_config),
         host=serve_config.host,
         port=serve_config.port,
         log_config=None,  # logging is configured by graphrun's CLI; uvicorn's loggers propagate to it
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    draining_server(config, worker, serve_config.drain_seconds).run()
-    return 1 if worker.state == "failed" else 0
+    draining_server(config, client, serve_config.drain_seconds).run()
+    return 1 if client.state == "failed" else 0
 
 
-def draining_server(config: uvicorn.Config, worker: EngineWorker, drain_seconds: float) -> uvicorn.Server:
-    """A uvicorn.Server whose first SIGTERM/SIGINT drains `worker` before shutting down.
+def draining_server(config: uvicorn.Config, client: EngineClient, drain_seconds: float) -> uvicorn.Server:
+    """A uvicorn.Server whose first SIGTERM/SIGINT drains `client` before shutting down.
 
     uvicorn's own handler would stop listening at once and re-raise the signal after shutdown (exit
     status -15); this one keeps answering 503 during the drain and lets the process exit 0.
@@ -280,11 +286,11 @@ def draining_server(config: uvicorn.Config, worker: EngineWorker, drain_seconds:
                 self.should_exit = self.force_exit = True
 
         def drain(self) -> None:
-            worker.drain(drain_seconds)
+            client.drain(drain_seconds)
             self.should_exit = True
 
         async def on_tick(self, counter: int) -> bool:
-            if worker.state == "failed":  # the engine could not start, or its process died
+            if client.state == "failed":  # the engine could not start, or its process died
                 self.should_exit = True
             return await super().on_tick(counter)
 

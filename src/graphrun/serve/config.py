@@ -24,8 +24,9 @@ class ServeConfig:
 
     max_queue bounds the requests accepted beyond the `max_num_seqs` the engine runs at once; past it a
     request gets 429 with Retry-After. drain_seconds is how long SIGTERM waits for in-flight requests
-    before aborting them. engine_process: see worker.py (a process keeps the engine's GIL to itself;
-    a thread is one process, for debugging and for tests that look inside the engine).
+    before aborting them. engine_process: the engine host's transport (host/pipe.py: a process keeps the
+    engine's GIL to itself; host/transport.py: a thread is one process, for debugging and for tests).
+    trace_path: record the engine host's step timeline there (serve/trace.py; None: off).
 
     api_keys: when any is set, every route but /health, /metrics (unless metrics_require_api_key) and the
     API documentation answers 401 unless the request carries `Authorization: Bearer <one of them>`
@@ -42,6 +43,7 @@ class ServeConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: never in a repr or a log
     metrics_require_api_key: bool = False
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    trace_path: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

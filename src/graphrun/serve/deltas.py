@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.tokenizer import Tokenizer
-from graphrun.serve.request import Delta, Event, PromptCached, PromptLogprobs, RequestHandle
+from graphrun.serve.host.handle import RequestHandle
+from graphrun.serve.host.messages import Event, PromptCached, PromptLogprobs
 from graphrun.serve.text import TextStream
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """New text of a request, the token ids that arrived since the last delta, and its finish reason."""
+
+    text: str
+    finish_reason: str | None
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprobs, ...] = ()  # one per token id when the request asked for them
 
 
 class Deltas:

@@ -44,7 +44,7 @@ from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
 from graphrun.llm.scheduler import RequestRejected
 from graphrun.llm.structured_output import StructuredOutput
 from graphrun.llm.tokenizer import Tokenizer
-from graphrun.serve.request import EngineFailure, QueueFull, Unavailable
+from graphrun.serve.host.messages import EngineFailure, QueueFull, Unavailable
 from graphrun.serve.responses import json_text
 from graphrun.serve.structured import STRUCTURED_FIELDS, check_constraint, requested_constraint
 

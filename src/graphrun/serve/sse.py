@@ -36,10 +36,11 @@ from starlette.types import Receive, Scope, Send
 from graphrun.errors import GraphrunError
 from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.tokenizer import Tokenizer
+from graphrun.serve.host.client import EngineClient
+from graphrun.serve.host.handle import RequestHandle
+from graphrun.serve.host.messages import Event, PromptLogprobs
 from graphrun.serve.protocol import as_api_error
-from graphrun.serve.request import Event, PromptLogprobs, RequestHandle
 from graphrun.serve.responses import CompletionFormat, EchoedPrompt, ResponseFormat, Usage
-from graphrun.serve.worker import EngineWorker
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class PromptEcho:
 class SSEResponse(Response):
     """`data: {chunk}` events of the admitted choices (handles[i] at index i), then `data: [DONE]`; a
     failure after the headers is a last `data: {"error": ...}` event. Counts the request's outcome in the
-    worker's metrics.
+    client's metrics.
 
     every_batch (return_token_ids): a chunk per batch of tokens from the engine, even with no text.
     continuous_usage (stream_options.continuous_usage_stats): every chunk carries the counts so far.
@@ -87,7 +88,7 @@ class SSEResponse(Response):
 
     def __init__(
         self,
-        worker: EngineWorker,
+        worker: EngineClient,
         handles: list[RequestHandle],
         fmt: ResponseFormat,
         watcher: asyncio.Task[None],
@@ -105,7 +106,7 @@ class SSEResponse(Response):
         self._deltas = [worker.deltas(handle, every_batch) for handle in handles]
         self._num_open = len(handles)  # choices not finished yet
         self._prefix_caching = prefix_caching  # usage reports prompt_tokens_details.cached_tokens
-        self._trace = worker.send_trace
+        self._observer = worker.observer
         self._writer = _Writer()
         self._status = "aborted"  # unless the stream reaches its end
         self._over = False  # the last event is written (or on its way): nothing more is taken
@@ -163,8 +164,8 @@ class SSEResponse(Response):
             self._writer.write(event.encode())
         else:
             self._end(event)
-        if self._trace is not None:
-            self._trace.sent(self._handles[index].request_id)
+        if self._observer is not None:
+            self._observer.sent(self._handles[index].request_id)
 
     def _echo_prompt(self, index: int, event: Event) -> bool:
         """(echo, before choice `index`'s prompt chunk) Keep the prompt's logprobs; write the prompt chunk
@@ -293,16 +294,18 @@ class _Writer:
 
 async def _resume(coro: Coroutine[Any, Any, None], blocker: Any) -> None:
     """Drive a coroutine that was started by hand and suspended on `blocker` (what it yielded) to its end,
-    as the task running it would have: wait for what it waits for, then resume it."""
+    as the task running it would have: wait until what it waits for is done, then resume it (the
+    coroutine reads the future's result or error itself). Only a future's public API is used: waiting
+    through asyncio.wait leaves the future to the coroutine that yielded it."""
     while True:
         try:
             if blocker is None:
                 await asyncio.sleep(0)  # a bare yield: it only gave way to other tasks
             else:
-                # a future yields itself with this flag set for the task to take (and clear, as here)
-                blocker._asyncio_future_blocking = False
-                await blocker
-        except BaseException as exc:  # it failed, or this task was cancelled: the coroutine sees it
+                await asyncio.wait((blocker,))
+        except BaseException as exc:  # this task was cancelled: the coroutine sees it, as under a task
+            if blocker is not None:
+                blocker.cancel()
             try:
                 blocker = coro.throw(exc)
             except StopIteration:

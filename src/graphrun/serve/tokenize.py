@@ -33,9 +33,10 @@ from graphrun.llm.tokenizer import Tokenizer
 from graphrun.serve import openapi
 from graphrun.serve.chat_template import ChatTemplate
 from graphrun.serve.config import ServeConfig
+from graphrun.serve.host.client import EngineClient
+from graphrun.serve.host.messages import ModelInfo
 from graphrun.serve.protocol import APIError, ChatMessage, check_model_name, encode_text, unsupported
 from graphrun.serve.tokenizer_info import SpecialAffixes, TokenizerInfo, tokenizer_info
-from graphrun.serve.worker import EngineWorker, ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +99,9 @@ class DetokenizeResponse(BaseModel):
 
 
 class TokenizerRoutes:
-    """The three routes, bound to one worker and its chat template."""
+    """The three routes, bound to one engine client and its chat template."""
 
-    def __init__(self, worker: EngineWorker, config: ServeConfig, template: ChatTemplate) -> None:
+    def __init__(self, worker: EngineClient, config: ServeConfig, template: ChatTemplate) -> None:
         self._worker, self._config, self._template = worker, config, template
         self._affixes: SpecialAffixes | None = None  # found on first use (the tokenizer is ready then)
         self._info: TokenizerInfo | None = None
@@ -136,7 +137,7 @@ class TokenizerRoutes:
         """GET /tokenizer_info."""
         model = self._worker.model
         if self._info is None:
-            source = self._worker.engine_config.model
+            source = model.source
             self._info = _guarded(
                 lambda: tokenizer_info(
                     source, model.tokenizer, self._template, model.max_model_len, model.vocab_size
@@ -161,7 +162,7 @@ class TokenizerRoutes:
             self._affixes = SpecialAffixes.of(tokenizer)
         return self._affixes.strip(ids)
 
-    def _model_for(self, model: str | None) -> ServedModel:
+    def _model_for(self, model: str | None) -> ModelInfo:
         """The served model, when `model` names it (None: the served model) and the engine is ready."""
         check_model_name(model, self._config.served_model_name)
         return self._worker.model

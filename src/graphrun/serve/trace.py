@@ -1,8 +1,9 @@
-"""A timeline of the engine loop (thread or process): where a served stream's inter-token gaps come from.
+"""A timeline of the engine host (thread or process): where a served stream's inter-token gaps come from.
 
-With GRAPHRUN_SERVE_TRACE=<path> the worker records, for every engine step, the host times inside
-step() (engine.StepTiming), when the step's tokens were posted to the event loop, when the event loop
-ran that delivery, and which requests got a token; the file is written when the engine loop ends.
+With `graphrun serve --trace-file <path>` (or GRAPHRUN_SERVE_TRACE) the host loop's observer records,
+for every engine step, the host times inside step() (engine.StepTiming), when the step's tokens were
+sent to the HTTP side, when its event loop delivered them, and which requests got a token; the file is
+written when the host loop ends. The client's observer writes when each stream's chunk was sent.
 `summarize_trace` splits a stream's gap into its parts: the engine step (device wait and host work),
 the worker's own work between steps, and the event loop's delay before the tokens reach the stream.
 Times are time.perf_counter() seconds. Tracing costs a few microseconds a step; it is off by default.
@@ -29,8 +30,18 @@ MAX_STEPS = 500_000  # a bound on memory (~200 B a step): a long-running server 
 MAX_SENDS = 1_000_000  # the same for the server process's chunk writes (~100 B each)
 
 
+def step_trace(path: Path | None) -> StepTrace | None:
+    """The host loop's observer when tracing to `path` (None: off)."""
+    return StepTrace(path) if path is not None else None
+
+
+def send_trace(path: Path | None) -> SendTrace | None:
+    """The client's observer when tracing to `path` (None: off): it writes <name>.sends.json beside it."""
+    return SendTrace(path.with_name(path.stem + ".sends.json")) if path is not None else None
+
+
 class StepTrace:
-    """Per-step records, appended by the engine thread; `delivered` is called on the event loop."""
+    """(HostObserver) Per-step records, appended by the host loop; `delivered` comes from any thread."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -39,11 +50,11 @@ class StepTrace:
         self._lock = threading.Lock()
         self._full = False
 
-    def watch_gc(self) -> None:
-        """Record this process's garbage collections (until `write`)."""
+    def serving(self) -> None:
+        """Record this process's garbage collections from now (start-up's are not the question)."""
         self.gc.watch()
 
-    def record(self, timing: StepTiming, posted: float, seq_ids: Sequence[int]) -> int | None:
+    def step(self, timing: StepTiming, posted: float, request_ids: Sequence[int]) -> int | None:
         """Add a step; returns its index (for `delivered`), or None once MAX_STEPS are recorded."""
         with self._lock:
             if len(self.steps) >= MAX_STEPS:
@@ -64,7 +75,7 @@ class StepTrace:
                     "tokens": timing.tokens,
                     "waiting": timing.waiting,
                     "running": timing.running,
-                    "seq_ids": list(seq_ids),
+                    "seq_ids": list(request_ids),  # the requests' ids (one per event)
                 }
             )
             return len(self.steps) - 1
@@ -79,7 +90,7 @@ class StepTrace:
         with self._lock:
             self.steps[index]["delivered"] = when
 
-    def write(self) -> None:
+    def close(self) -> None:
         """Write the steps and their summary as JSON (errors are logged: tracing never fails serving)."""
         collections = self.gc.stop()
         with self._lock:
@@ -91,7 +102,7 @@ class StepTrace:
 
 
 class SendTrace:
-    """(server process) When each stream's chunks were handed to the HTTP layer: the gaps a client sees,
+    """(ClientObserver) When each stream's chunks were handed to the HTTP layer: the gaps a client sees,
     before the network and the client's own work. Written next to the step trace as <name>.sends.json.
     """
 
@@ -100,12 +111,16 @@ class SendTrace:
         self.sends: list[tuple[float, int]] = []  # (perf_counter, request id); appended on the event loop
         self.gc = Collections()
 
+    def serving(self) -> None:
+        """Record this process's garbage collections from now."""
+        self.gc.watch()
+
     def sent(self, request_id: int) -> None:
         """A chunk of `request_id` was just written (recording stops at MAX_SENDS)."""
         if len(self.sends) < MAX_SENDS:
             self.sends.append((time.perf_counter(), request_id))
 
-    def write(self) -> None:
+    def close(self) -> None:
         """Write the sends and their summary as JSON (errors are logged)."""
         collections = self.gc.stop()
         last: dict[int, float] = {}

@@ -1,0 +1,243 @@
+"""The HTTP side's one handle on the engine host, whatever the served model and the transport.
+
+Admission control counts requests in flight (submitted, not yet over): beyond `max_in_flight` a
+submission raises QueueFull (429). Draining refuses new work and waits for the rest. The transport
+calls `_receive` on the engine's thread (thread transport) or on the event loop (pipe); each message's
+work runs on the event loop of its request, posted there from another thread (one post per loop a step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from graphrun.llm.sampling_params import SamplingParams
+from graphrun.serve.deltas import Deltas
+from graphrun.serve.host import messages as m
+from graphrun.serve.host.handle import RequestHandle
+from graphrun.serve.host.host_loop import freeze_startup_objects
+from graphrun.serve.host.observer import ClientObserver
+from graphrun.serve.host.transport import Transport
+from graphrun.serve.memory import max_rss_bytes
+from graphrun.serve.metrics import RequestMetrics
+
+log = logging.getLogger(__name__)
+ASK_TIMEOUT_SECONDS = 5.0  # a /metrics or /health question to the engine side gives up after this
+
+
+class EngineClient:
+    """start / submit / abort / deltas / drain / stop, and the engine side's metrics, memory, progress."""
+
+    def __init__(
+        self, transport: Transport, max_in_flight: int, observer: ClientObserver | None = None
+    ) -> None:
+        self.transport, self.max_in_flight, self.observer = transport, max_in_flight, observer
+        self.registry = CollectorRegistry()  # this side's series (/metrics joins the engine side's)
+        self.metrics = RequestMetrics(self.registry)
+        self.state = "starting"  # ready, draining, stopping, stopped or failed
+        self._model: m.ModelInfo | None = None
+        self._running = False  # the engine side is started and not gone
+        self._ready, self._cond = threading.Event(), threading.Condition()
+        self.num_in_flight = 0
+        self._ids = itertools.count()
+        self._handles: dict[int, RequestHandle] = {}  # submitted, not over
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+
+    def start(self) -> None:
+        """Start the engine side (in the background: /health says 503 until it is ready); idempotent."""
+        if not self._running and self.state == "starting":
+            self._running = True
+            self.transport.start(self._receive, self._gone)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the engine side (requests still in flight fail with 503); any thread."""
+        if self.state in ("ready", "draining"):
+            self.state = "stopping"
+        self.transport.stop(timeout)
+        if self.state != "failed":
+            self.state = "stopped"
+        if self.observer is not None:
+            self.observer.close()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until start-up finished (or failed); True when ready. Not on the event loop."""
+        self._ready.wait(timeout)
+        return self.state in ("ready", "draining")
+
+    @property
+    def model(self) -> m.ModelInfo:
+        """The served model's tokenizer and limits, once the engine is ready."""
+        if self._model is None or self.state not in ("ready", "draining"):
+            raise m.Unavailable(self.state, f"the engine is {self.state}; retry shortly")
+        return self._model
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The engine's start-up facts for /health ({} before it is ready)."""
+        return self._model.facts if self._model is not None else {}
+
+    def drain(self, timeout: float) -> int:
+        """Stop admitting; wait up to `timeout` s for requests in flight; the rest (returned: count) end
+        with a 503 error (a last SSE error event, or a 503 answer), never with a finish reason."""
+        if self.state == "ready":
+            self.state = "draining"
+        log.info("draining: %d requests in flight, waiting up to %.0f s", self.num_in_flight, timeout)
+        with self._cond:
+            self._cond.wait_for(lambda: self.num_in_flight == 0, timeout)
+            left = self.num_in_flight
+        if left:
+            log.warning("drain deadline: ending %d requests with a 503 error", left)
+            self.transport.send(m.AbortAll())
+            with self._cond:
+                self._cond.wait_for(lambda: self.num_in_flight == 0, 5.0)
+        return left
+
+    # ----- requests (event loop)
+
+    def submit_choices(
+        self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...], n: int = 1
+    ) -> list[RequestHandle]:
+        """Queue n choices of one prompt (one prefill; choice j seeded seed + j), each its own handle and
+        each counted in flight; raises Unavailable (503) or QueueFull (429)."""
+        if self.state != "ready":
+            raise m.Unavailable(self.state, f"the server is {self.state}; retry shortly")
+        with self._cond:
+            if self.num_in_flight + n > self.max_in_flight:
+                message = (
+                    f"{self.num_in_flight} requests in flight, {n} more asked (limit {self.max_in_flight})"
+                )
+                raise m.QueueFull(message + "; retry shortly")
+            self.num_in_flight += n
+        loop = asyncio.get_running_loop()
+        handles = [
+            RequestHandle(next(self._ids), prompt_ids, params, stop, loop, self._on_done, j) for j in range(n)
+        ]
+        self._handles.update((handle.request_id, handle) for handle in handles)
+        ids = tuple(handle.request_id for handle in handles)
+        self.transport.send(m.Submit(ids, tuple(prompt_ids), params, handles[0].arrival))
+        return handles
+
+    def abort(self, handle: RequestHandle) -> None:
+        """Stop a request and free what it holds (a request that is over is left alone)."""
+        if not handle.done:
+            self.transport.send(m.Abort(handle.request_id))
+
+    def deltas(self, handle: RequestHandle, every_batch: bool = False) -> Deltas:
+        """What turns an admitted request's tokens into text deltas (stop strings abort it here)."""
+        return Deltas(self.model.tokenizer, handle, partial(self.abort, handle), every_batch)
+
+    def _on_done(self, handle: RequestHandle) -> None:
+        self._handles.pop(handle.request_id, None)
+        with self._cond:
+            self.num_in_flight -= 1
+            self._cond.notify_all()
+
+    # ----- questions (event loop)
+
+    async def memory(self) -> dict[str, Any]:
+        """Memory now where the engine runs, and this process's peak RSS."""
+        engine = await self._ask(m.Question.MEMORY)
+        return {**(engine if isinstance(engine, dict) else {}), "server_max_rss_bytes": max_rss_bytes()}
+
+    async def graphs(self) -> str | None:
+        """The engine's graph progress ("capturing 3/36", "captured 36/36", "off"); None: no engine."""
+        progress = await self._ask(m.Question.PROGRESS)
+        return progress if isinstance(progress, str) else None
+
+    async def metrics_text(self) -> bytes:
+        """The Prometheus text of every series: this side's and the engine side's."""
+        engine = await self._ask(m.Question.METRICS)
+        return generate_latest(self.registry) + (engine if isinstance(engine, bytes) else b"")
+
+    async def _ask(self, question: m.Question) -> Any:
+        """The engine side's answer; None when it is not running or does not answer in time."""
+        if not self._running:
+            return None
+        call_id = next(self._ids)
+        future = self._calls[call_id] = asyncio.get_running_loop().create_future()
+        self.transport.send(m.Ask(question, call_id))
+        try:
+            return await asyncio.wait_for(future, ASK_TIMEOUT_SECONDS)
+        except TimeoutError:
+            log.warning("the engine did not answer %s within %.0f s", question.value, ASK_TIMEOUT_SECONDS)
+            return None
+        finally:
+            self._calls.pop(call_id, None)
+
+    # ----- from the transport
+
+    def _receive(self, message: m.ToClient) -> None:
+        if isinstance(message, m.Events):
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, m.Event]]] = {}
+            for request_id, event in message.batch:
+                if (handle := self._handles.get(request_id)) is not None:
+                    by_loop.setdefault(handle.admitted.get_loop(), []).append((handle, event))
+            trace_index = message.trace_index  # noted by the first delivery
+            for loop, pairs in by_loop.items():
+                _on_loop(loop, self._deliver, pairs, trace_index)
+                trace_index = None
+        elif isinstance(message, m.Admitted):
+            if (handle := self._handles.get(message.request_id)) is not None:
+                _on_loop(handle.admitted.get_loop(), handle.admit, message.result)
+        elif isinstance(message, m.Answer):
+            if (future := self._calls.get(message.call_id)) is not None:
+                _on_loop(future.get_loop(), _resolve, future, message.value)
+        elif isinstance(message, m.Ready):
+            if self.transport.pid != os.getpid():  # the engine side froze its own process's
+                freeze_startup_objects()
+            if self.observer is not None:
+                self.observer.serving()
+            self._model, self.state = message.info, "ready" if self.state == "starting" else self.state
+            self._ready.set()
+        else:
+            log.error("engine start-up failed: %s", message.reason)
+            self.state = "failed"
+            self._ready.set()
+
+    def _deliver(self, pairs: list[tuple[RequestHandle, m.Event]], trace_index: int | None) -> None:
+        for handle, event in pairs:
+            handle.put(event)
+        if trace_index is not None:
+            self.transport.send(m.Delivered(trace_index, time.perf_counter()))
+
+    def _gone(self, why: str) -> None:
+        """(any thread) The engine side ended: fail what is in flight; unless we were stopping, we failed."""
+        self._running = False
+        if self.state in ("stopping", "stopped"):
+            error: Exception = m.Unavailable("stopped", "the server is shutting down")
+        else:
+            log.error("the engine %s; failing %d requests in flight", why, len(self._handles))
+            self.state, error = "failed", m.EngineFailure(f"the engine {why}")
+        for handle in list(self._handles.values()):
+            _on_loop(handle.admitted.get_loop(), handle.fail, error)
+        for future in list(self._calls.values()):
+            _on_loop(future.get_loop(), _resolve, future, None)
+        self._ready.set()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: Any) -> None:
+    """fn(*args) now when this thread runs `loop`, else posted to it (a loop that has closed is ignored)."""
+    try:
+        here = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        here = False
+    if here:
+        fn(*args)
+    else:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(fn, *args)
+
+
+def _resolve(future: asyncio.Future[Any], value: object) -> None:
+    if not future.done():
+        future.set_result(value)

@@ -1,0 +1,167 @@
+"""The engine host: the one loop that runs a served model while serving, in a thread or a process.
+
+A served model is not thread-safe and its step() blocks for a whole forward pass, so it never runs on
+the event loop. `accept` (any thread) answers questions at once and queues commands; the loop applies
+them, steps while there is work and sends what happens (admissions; each step's events). AbortAll ends
+each request with a 503 error, never a finish reason: the client sees that its answer was cut.
+
+When a step's events are sent depends on where the client runs (`hold`). A thread of this process
+(hold=True): right after the next batch is launched (step's on_launched), since waking the event loop
+while the batch is scheduled would delay that launch through the shared GIL. Another process: at once,
+since holding them would add the next launch's host time, and every hiccup in it, to each stream's gap.
+While idle with background work left (graph capture), the loop polls instead of blocking and does a
+slice of it per turn, so a request arriving waits for one slice at most.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from graphrun.serve.host import messages as m
+from graphrun.serve.host.observer import HostObserver
+from graphrun.serve.host.served_model import ServedModel, StepOutcome
+
+log = logging.getLogger(__name__)
+CUT = "the server is shutting down and its drain deadline passed before this request finished; retry it"
+
+
+def no_observer() -> HostObserver | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class HostPlan:
+    """What the engine side builds where it runs (picklable: it crosses to a spawned process)."""
+
+    build_model: Callable[[], ServedModel]
+    build_observer: Callable[[], HostObserver | None] = no_observer
+
+
+def freeze_startup_objects() -> None:
+    """Once start-up is done, in each process: freeze the ~10^6 objects alive (torch, the model, FastAPI).
+    A full collection walks them all holding the GIL for tens of milliseconds, the tail of the
+    inter-token latency; frozen objects are never scanned again."""
+    gc.collect()
+    gc.freeze()
+    log.info("froze %d start-up objects (gc.freeze)", gc.get_freeze_count())
+
+
+class HostLoop:
+    """Runs the model `plan` builds on the commands `accept` queues until Stop; results go to `send`."""
+
+    def __init__(self, plan: HostPlan, send: Callable[[m.ToClient], None], hold: bool) -> None:
+        self.plan, self.send, self.hold = plan, send, hold
+        self.model: ServedModel | None = None
+        self.observer = plan.build_observer()
+        self._inbox: queue.SimpleQueue[m.ToHost] = queue.SimpleQueue()
+        self._pending: list[tuple[int, m.Event]] = []  # the last step's events, until _flush sends them
+        self._pending_outcome: StepOutcome | None = None
+
+    def accept(self, message: m.ToHost) -> None:
+        """(any thread) A message from the client."""
+        if isinstance(message, m.Ask):
+            answer = self.model.answer(message.question) if self.model is not None else None
+            self.send(m.Answer(message.call_id, answer))
+        elif isinstance(message, m.Delivered):
+            if self.observer is not None:
+                self.observer.delivered(message.trace_index, message.when)
+        else:
+            self._inbox.put(message)
+
+    def run(self) -> bool:
+        """Build the model, serve until Stop, fail what is left; False when start-up or the loop failed."""
+        try:
+            model = self.model = self.plan.build_model()
+        except Exception as exc:
+            log.exception("engine start-up failed")
+            self.send(m.StartFailed(f"{type(exc).__name__}: {exc}"))
+            return False
+        freeze_startup_objects()
+        if self.observer is not None:
+            self.observer.serving()  # collections while serving (start-up's are not the question)
+        self.send(m.Ready(model.info()))
+        clean = True
+        try:
+            self._loop(model)
+        except Exception:
+            log.exception("the engine loop crashed; failing every request in flight")
+            clean = False
+        self._flush()
+
+        def gone() -> Exception:
+            return m.Unavailable("stopped", "the server is shutting down")
+
+        self._fail(model.drain(), gone)
+        for message in self._messages(block=False):  # submitted after the last turn: refused
+            if isinstance(message, m.Submit):
+                for request_id in message.request_ids:
+                    self.send(m.Admitted(request_id, gone()))
+        if self.observer is not None:
+            self.observer.close()
+        return clean
+
+    def _loop(self, model: ServedModel) -> None:
+        while True:
+            for message in self._messages(block=not model.busy() and not model.has_idle_work()):
+                if isinstance(message, m.Stop):
+                    return
+                if isinstance(message, m.Submit):
+                    for request_id, result in zip(message.request_ids, model.submit(message), strict=True):
+                        self.send(m.Admitted(request_id, result))
+                elif isinstance(message, m.Abort) and model.abort(message.request_id):
+                    self.send(m.Events(((message.request_id, (None, "abort")),)))
+                elif isinstance(message, m.AbortAll):
+                    self._flush()  # the tokens the requests already have go first
+                    self._fail(model.drain(), lambda: m.Unavailable("draining", CUT))
+            if model.busy():
+                self._step(model)
+            if not model.busy():
+                self._flush()  # no next launch to wait for
+                if model.has_idle_work():
+                    model.idle_work()
+            model.publish(self._inbox.qsize())
+
+    def _messages(self, block: bool) -> list[m.ToHost]:
+        """Everything queued now; with block, wait for at least one message first."""
+        messages = [self._inbox.get()] if block else []
+        while True:
+            try:
+                messages.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return messages
+
+    def _step(self, model: ServedModel) -> None:
+        """One step; its events are sent at once, or (hold) in the next step after its launch."""
+        try:
+            outcome = model.step(on_launched=self._flush)
+        except Exception:
+            self._flush()
+            log.exception("engine step failed; failing the requests in flight")
+            why = "the engine step running this request failed (see the log)"
+            self._fail(model.drain(), lambda: m.EngineFailure(why))
+            return
+        self._pending += outcome.events
+        self._pending_outcome = outcome
+        if not self.hold:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send the held events."""
+        batch, outcome = self._pending, self._pending_outcome
+        if not batch:
+            return
+        self._pending, self._pending_outcome = [], None
+        index = None
+        if self.observer is not None and outcome is not None and outcome.timing is not None:
+            index = self.observer.step(outcome.timing, time.perf_counter(), [rid for rid, _ in batch])
+        self.send(m.Events(tuple(batch), index))
+
+    def _fail(self, request_ids: list[int], make_error: Callable[[], Exception]) -> None:
+        """End each request with an error of its own."""
+        if request_ids:
+            self.send(m.Events(tuple((rid, make_error()) for rid in request_ids)))

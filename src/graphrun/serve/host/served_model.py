@@ -1,0 +1,55 @@
+"""What the engine host drives: any served model (the LLM engine today; a batched runner, a pipeline next).
+
+The host loop owns the threads, the queue and the transport; a served model owns its requests. It is
+called from the host loop's thread only, except `answer`, which must be safe beside a running step
+(it reads counters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from graphrun.llm.engine import StepTiming
+from graphrun.serve.host.messages import Event, ModelInfo, Question, Submit
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """One step's events, in order, and where its host time went (None: not timed)."""
+
+    events: list[tuple[int, Event]]
+    timing: StepTiming | None
+
+
+class ServedModel(Protocol):
+    def info(self) -> ModelInfo:
+        """Start-up facts and what the HTTP side needs (tokenizer, limits)."""
+
+    def submit(self, submit: Submit) -> list[int | Exception]:
+        """Admit the requests (one result per request id: a seq id, or why it was refused)."""
+
+    def abort(self, request_id: int) -> bool:
+        """Stop a request and free what it holds; False when it is unknown or over."""
+
+    def step(self, on_launched: Callable[[], None]) -> StepOutcome:
+        """Run one step (call on_launched once the next batch is on the device)."""
+
+    def drain(self) -> list[int]:
+        """Stop every request at once; the ids that were still running."""
+
+    def busy(self) -> bool:
+        """Some request is unfinished: step() has work."""
+
+    def has_idle_work(self) -> bool:
+        """Background work is left (graph captures): the loop polls instead of blocking while idle."""
+
+    def idle_work(self) -> None:
+        """With nothing to step: one slice of background work."""
+
+    def publish(self, num_queued: int) -> None:
+        """After each turn of the host loop: occupancy gauges (num_queued: messages not yet applied)."""
+
+    def answer(self, question: Question) -> bytes | dict[str, Any] | str | None:
+        """(any thread) The engine side's answer to the HTTP side's question."""
