@@ -2,6 +2,7 @@
 and eager, and requests without a grammar are untouched by those that have one."""
 
 import json
+import pickle
 import re
 
 import pytest
@@ -221,3 +222,10 @@ def test_masks_forbid_exactly_the_cleared_bits():
     out = apply_token_masks(logits, masks)
     assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [1, 3]
     assert torch.isfinite(out[1]).nonzero().flatten().tolist() == list(range(64))
+
+
+def test_a_constraint_crosses_the_engine_process_pipe_intact():
+    params = SamplingParams(structured_output=StructuredOutput.json_schema(SCHEMA))
+    again = pickle.loads(pickle.dumps(params))
+    assert again == params and json.loads(again.structured_output.spec) == SCHEMA
+    assert list(json.loads(again.structured_output.spec)["properties"]) == ["name", "age", "pet", "tags"]
