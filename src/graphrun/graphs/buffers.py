@@ -118,4 +118,3 @@ def check_scalar(slot: Slot, leaf: Any) -> None:
     """A dynamic scalar must stay a number of the captured Python type."""
     if type(leaf) is not slot.value:
         raise GraphInputError(f"{slot.path}: expected a {slot.value.__name__}, got {type(leaf).__name__}")
-
