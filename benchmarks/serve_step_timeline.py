@@ -1,4 +1,4 @@
-"""Where a served request's time goes, from a `graphrun serve` step trace (GRAPHRUN_SERVE_TRACE).
+"""Where a served request's time goes, from a `graphrun serve` step trace (--trace-file).
 
     python benchmarks/serve_step_timeline.py TRACE.json [--json OUT.json]
 
