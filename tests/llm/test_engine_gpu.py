@@ -2,37 +2,19 @@
 
 import pytest
 import torch
-from engine_runs import run_all
+from engine_runs import run_all, tiny_cuda_engine
 
-from graphrun.llm.engine import LLMEngine
-from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.gpu
-
-
-def engine(utilization, **kw):
-    """gpu_memory_utilization caps the whole process, so a second engine needs a higher cap than the first."""
-    return LLMEngine(
-        EngineConfig(
-            model="tiny",
-            device="cuda",
-            dtype="float32",
-            max_num_seqs=8,
-            max_model_len=160,
-            gpu_memory_utilization=utilization,
-            mixed_prefill_tokens=4,  # with <= 4 streams, a mixed step's rows fit the top rung (8) in both
-            **kw,
-        )
-    )
 
 
 @pytest.fixture(scope="module")
 def engines():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    eager = engine(0.3, enforce_eager=True, async_scheduling=False)
-    return engine(0.6), eager
+    eager = tiny_cuda_engine(0.3, enforce_eager=True, async_scheduling=False)
+    return tiny_cuda_engine(0.6), eager
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])

@@ -4,36 +4,19 @@ import math
 
 import pytest
 import torch
-from engine_runs import run_all
+from engine_runs import run_all, tiny_cuda_engine
 
-from graphrun.llm.engine import LLMEngine
-from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.gpu
-
-
-def engine(utilization, **kw):
-    return LLMEngine(
-        EngineConfig(
-            model="tiny",
-            device="cuda",
-            dtype="float32",
-            max_num_seqs=8,
-            max_model_len=160,
-            gpu_memory_utilization=utilization,
-            mixed_prefill_tokens=4,
-            **kw,
-        )
-    )
 
 
 @pytest.fixture(scope="module")
 def engines():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    graph = engine(0.3)  # a second engine needs a higher cap: gpu_memory_utilization caps the process
-    return graph, engine(0.6, enforce_eager=True)
+    graph = tiny_cuda_engine(0.3)  # the second engine needs a higher cap (tiny_cuda_engine)
+    return graph, tiny_cuda_engine(0.6, enforce_eager=True)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
