@@ -8,8 +8,8 @@ import httpx
 import pytest
 from serve_harness import live_server
 
-from graphrun.llm.engine import StepTiming
 from graphrun.serve.trace import StepTrace, summarize_trace
+from graphrun.step_timing import StepTiming
 
 
 def _step(start: float, kind: str, seq_ids: list[int], delivered: float | None) -> dict[str, object]:

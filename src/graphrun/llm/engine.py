@@ -74,6 +74,7 @@ from graphrun.llm.step_inputs import DecodeInputs, HostStaging
 from graphrun.llm.step_packing import pack_decode, pack_prefill
 from graphrun.llm.token_masks import TokenMasks, apply_token_masks
 from graphrun.llm.transfer import to_device
+from graphrun.step_timing import StepTiming
 
 log = logging.getLogger(__name__)
 
@@ -91,27 +92,6 @@ class StepOutput:
     logprobs: TokenLogprobs | None = None  # when the request asked for them (SamplingParams.logprobs)
     # on a request's first token, when it asked for them: prompt tokens 1, 2, ...'s (prompt_logprobs.py)
     prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StepTiming:
-    """Where the host's time in the last step() went (time.perf_counter() seconds), for timelines.
-
-    launched: the next batch is queued on the device (scheduling + packing + launch); waited: the tokens
-    step() returns are on the host (step's on_launched callback, then the wait for the device); end:
-    outputs built. kind/rows/tokens describe the batch launched (kind None: nothing was launched);
-    waiting/running: the scheduler's queue and running set once the batch was scheduled.
-    """
-
-    start: float
-    launched: float
-    waited: float
-    end: float
-    kind: str | None
-    rows: int
-    tokens: int
-    waiting: int = 0
-    running: int = 0
 
 
 @dataclass(slots=True)

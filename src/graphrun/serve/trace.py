@@ -1,9 +1,9 @@
 """A timeline of the engine host (thread or process): where a served stream's inter-token gaps come from.
 
 With `graphrun serve --trace-file <path>` (or GRAPHRUN_SERVE_TRACE) the host loop's observer records,
-for every engine step, the host times inside step() (engine.StepTiming), when the step's tokens were
-sent to the HTTP side, when its event loop delivered them, and which requests got a token; the file is
-written when the host loop ends. The client's observer writes when each stream's chunk was sent.
+for every engine step, the host times inside step() (graphrun.step_timing.StepTiming), when the step's
+tokens were sent to the HTTP side, when its event loop delivered them, and which requests got a token;
+the file is written when the host loop ends. The client's observer writes when each stream's chunk was sent.
 `summarize_trace` splits a stream's gap into its parts: the engine step (device wait and host work),
 the worker's own work between steps, and the event loop's delay before the tokens reach the stream.
 Times are time.perf_counter() seconds. Tracing costs a few microseconds a step; it is off by default.
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from graphrun.llm.engine import StepTiming
 from graphrun.stats import latency_ms
+from graphrun.step_timing import StepTiming
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from graphrun.llm.engine import StepTiming
+from graphrun.step_timing import StepTiming
 
 
 class HostObserver(Protocol):

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from graphrun.llm.engine import StepTiming
 from graphrun.serve.host.messages import Event, ModelInfo, Question, Submit
+from graphrun.step_timing import StepTiming
 
 
 @dataclass(frozen=True, slots=True)
