@@ -2,7 +2,10 @@
 
 from typing import Any
 
-from graphrun.llm.engine import LLMEngine
+import pytest
+import torch
+
+from graphrun.llm.engine import LLMEngine, StepOutput
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
 
@@ -18,11 +21,28 @@ def tiny_cuda_engine(utilization: float, **overrides: Any) -> LLMEngine:
     return LLMEngine(EngineConfig(**{**settings, **overrides}))
 
 
-def run_all(eng: LLMEngine, prompts: list, params: SamplingParams) -> list[list[int]]:
-    """Submit every prompt with `params`, step until none is unfinished; each request's tokens, in order."""
-    ids = [eng.add_request(p, params) for p in prompts]
-    out: dict[int, list[int]] = {i: [] for i in ids}
+def run_outputs(
+    eng: LLMEngine, prompts: list, params: SamplingParams | list[SamplingParams]
+) -> list[list[StepOutput]]:
+    """Submit every prompt with `params` (one for all, or one per prompt), step until none is unfinished;
+    each request's step outputs, in order."""
+    each = params if isinstance(params, list) else [params] * len(prompts)
+    ids = [eng.add_request(p, q) for p, q in zip(prompts, each, strict=True)]
+    out: dict[int, list[StepOutput]] = {i: [] for i in ids}
     while eng.has_unfinished():
         for o in eng.step():
-            out[o.seq_id].append(o.new_token_id)
+            out[o.seq_id].append(o)
     return [out[i] for i in ids]
+
+
+def run_all(eng: LLMEngine, prompts: list, params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
+    """run_outputs' token ids: each request's tokens, in order."""
+    return [[o.new_token_id for o in outs] for outs in run_outputs(eng, prompts, params)]
+
+
+def cuda_graph_and_eager() -> tuple[LLMEngine, LLMEngine]:
+    """The GPU tests' pair: the tiny engine with CUDA graphs, then the same eager (skips without CUDA)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    graph = tiny_cuda_engine(0.3)  # the second engine needs a higher cap (tiny_cuda_engine)
+    return graph, tiny_cuda_engine(0.6, enforce_eager=True)

@@ -4,6 +4,7 @@ import time
 
 import pytest
 import torch
+from engine_runs import run_all
 
 from graphrun.llm.api import LLM
 from graphrun.llm.engine import LLMEngine
@@ -18,17 +19,6 @@ def engine(**kw):
     kw.setdefault("max_num_seqs", 8)
     kw.setdefault("max_model_len", 96)
     return LLMEngine(EngineConfig(model="tiny", **kw))
-
-
-def run_all(eng, prompts, params):
-    ids = [
-        eng.add_request(p, params[i] if isinstance(params, list) else params) for i, p in enumerate(prompts)
-    ]
-    out = {i: [] for i in ids}
-    while eng.has_unfinished():
-        for o in eng.step():
-            out[o.seq_id].append(o.new_token_id)
-    return [out[i] for i in ids]
 
 
 @pytest.fixture(scope="module")

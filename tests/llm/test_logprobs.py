@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from engine_runs import run_outputs
 
 from graphrun.graphs.status import CallFallback
 from graphrun.llm.engine import LLMEngine
@@ -25,17 +26,6 @@ def engine(**kw):
 @pytest.fixture(scope="module")
 def engines():
     return engine(graph_backend="sim", cuda_graph_sizes=(1, 2, 4)), engine(enforce_eager=True)
-
-
-def run_all(eng, prompts, params):
-    ids = [
-        eng.add_request(p, params[i] if isinstance(params, list) else params) for i, p in enumerate(prompts)
-    ]
-    out = {i: [] for i in ids}
-    while eng.has_unfinished():
-        for o in eng.step():
-            out[o.seq_id].append(o)
-    return [out[i] for i in ids]
 
 
 def reference_logprobs(model, ids: list[int]) -> torch.Tensor:
@@ -79,10 +69,10 @@ def test_logprobs_equal_the_models_log_softmax_graph_and_eager(engines, temperat
     prompts = ["logprobs of a prompt", "another one, longer than the first prompt"]
     params = SamplingParams(temperature=temperature, max_tokens=6, ignore_eos=True, seed=3, logprobs=5)
     for eng in engines:
-        for prompt, outs in zip(prompts, run_all(eng, prompts, params), strict=True):
+        for prompt, outs in zip(prompts, run_outputs(eng, prompts, params), strict=True):
             check_against_reference(eng, prompt, outs, 5)
     before = graph.decode_graphs.runners["logprobs"].stats.num_replayed
-    g, e = run_all(graph, prompts, params), run_all(eager, prompts, params)
+    g, e = run_outputs(graph, prompts, params), run_outputs(eager, prompts, params)
     assert graph.decode_graphs.runners["logprobs"].stats.num_replayed > before  # the graph really ran
     assert [[o.new_token_id for o in x] for x in g] == [[o.new_token_id for o in x] for x in e]
     for xs, ys in zip(g, e, strict=True):
@@ -94,7 +84,7 @@ def test_logprobs_equal_the_models_log_softmax_graph_and_eager(engines, temperat
 def test_greedy_tokens_logprob_is_the_top_alternative(engines):
     graph, _ = engines
     params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, logprobs=MAX_LOGPROBS)
-    (outs,) = run_all(graph, ["greedy top"], params)
+    (outs,) = run_outputs(graph, ["greedy top"], params)
     for out in outs:
         assert out.logprobs.top_ids[0] == out.new_token_id
         assert math.isclose(out.logprobs.top_logprobs[0], out.logprobs.logprob, abs_tol=1e-6)
@@ -106,12 +96,12 @@ def test_only_rows_that_ask_get_logprobs_and_the_plain_graphs_stay_in_use(engine
     sampling = graph.decode_graphs.runners["sampling"].stats.num_replayed
     logprobs = graph.decode_graphs.runners["logprobs"].stats.num_replayed
     plain = SamplingParams(temperature=0.7, max_tokens=4, ignore_eos=True)
-    (outs,) = run_all(graph, ["no logprobs here"], plain)
+    (outs,) = run_outputs(graph, ["no logprobs here"], plain)
     assert all(o.logprobs is None for o in outs)
     assert graph.decode_graphs.runners["sampling"].stats.num_replayed > sampling
     assert graph.decode_graphs.runners["logprobs"].stats.num_replayed == logprobs
     asks = SamplingParams(temperature=0.7, max_tokens=4, ignore_eos=True, logprobs=0)
-    mixed = run_all(graph, ["one asks", "one does not"], [asks, plain])
+    mixed = run_outputs(graph, ["one asks", "one does not"], [asks, plain])
     assert all(o.logprobs is not None and o.logprobs.top_ids == () for o in mixed[0])
     assert all(o.logprobs is None for o in mixed[1])
 
@@ -120,7 +110,7 @@ def test_piecewise_mode_reports_the_same_logprobs():
     eng = engine(graph_backend="sim", cuda_graph_mode="piecewise", max_num_batched_tokens=64,
                  cuda_graph_max_prefill_tokens=64)  # fmt: skip
     params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, logprobs=3)
-    (outs,) = run_all(eng, ["piecewise logprobs"], params)
+    (outs,) = run_outputs(eng, ["piecewise logprobs"], params)
     check_against_reference(eng, "piecewise logprobs", outs, 3)
 
 
@@ -160,7 +150,7 @@ def test_prompt_logprobs_are_the_models_for_every_prompt_token_but_the_first(mod
     ids = eng.tokenizer.encode(prompt)
     params = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True, prompt_logprobs=3)
     for _ in range(2):  # the second time, the prefix cache holds the prompt: it must not skip it
-        (outs,) = run_all(eng, [prompt], params)
+        (outs,) = run_outputs(eng, [prompt], params)
         got = outs[0].prompt_logprobs
         assert got is not None and len(got) == len(ids) - 1 and outs[1].prompt_logprobs is None
         ref = reference_logprobs(eng.model, ids)

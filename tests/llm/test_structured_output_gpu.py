@@ -4,8 +4,7 @@ parses and validates, and free requests beside grammar ones keep their tokens (n
 import json
 
 import pytest
-import torch
-from engine_runs import tiny_cuda_engine
+from engine_runs import cuda_graph_and_eager
 from test_structured_output import PROMPTS, SCHEMA, run_all, valid
 
 from graphrun.llm.sampling_params import SamplingParams
@@ -16,10 +15,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def engines():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    graph = tiny_cuda_engine(0.3)  # the second engine needs a higher cap (tiny_cuda_engine)
-    return graph, tiny_cuda_engine(0.6, enforce_eager=True)
+    return cuda_graph_and_eager()
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
