@@ -98,7 +98,9 @@ def test_a_stream_with_several_choices_tags_each_chunk_with_its_index(srv, path)
     [
         ({"n": 0}, "n", None),
         ({"n": 17}, "n", None),
-        ({"n": 2, "best_of": 3}, "best_of", "unsupported"),
+        ({"n": 2, "best_of": 17}, "best_of", None),
+        ({"n": 2, "best_of": 9}, "best_of", "too_many_choices"),
+        ({"n": 2, "best_of": 3, "stream": True}, "best_of", None),
         ({"n": 2, "best_of": 1}, "best_of", None),
         ({"n": 9}, "n", "too_many_choices"),  # more than the engine's max_num_seqs (8)
         ({"prompt": ["fine", ""]}, "prompt", None),
@@ -116,3 +118,23 @@ def test_best_of_equal_to_n_is_the_same_request(srv):
     plain = ok(srv, C, {"prompt": "best", "n": 2, **SEEDED})
     best = ok(srv, C, {"prompt": "best", "n": 2, "best_of": 2, **SEEDED})
     assert [c["token_ids"] for c in best["choices"]] == [c["token_ids"] for c in plain["choices"]]
+
+
+def test_best_of_answers_the_n_candidates_of_highest_cumulative_logprob(srv):
+    """best_of=4, n=2: the answer is the two of the four seeded candidates (the same as n=4) whose
+    generated tokens' logprobs sum highest, best first; usage counts all four candidates' tokens."""
+    body = {"prompt": ["rank these", "and these"], **SEEDED, "logprobs": 0}
+    four = ok(srv, C, {**body, "n": 4})
+    best = ok(srv, C, {**body, "n": 2, "best_of": 4})
+    assert [c["index"] for c in best["choices"]] == [0, 1, 2, 3]
+    for p in range(2):
+        candidates = four["choices"][4 * p : 4 * p + 4]
+        scores = [sum(c["logprobs"]["token_logprobs"]) for c in candidates]
+        order = sorted(range(4), key=lambda i: -scores[i])[:2]
+        got = best["choices"][2 * p : 2 * p + 2]
+        assert [c["token_ids"] for c in got] == [candidates[i]["token_ids"] for i in order]
+    assert best["usage"]["completion_tokens"] == four["usage"]["completion_tokens"] == 8 * 8
+    # without logprobs asked for, the ranking still happens and the answer carries none
+    bare = ok(srv, C, {**body, "logprobs": None, "n": 2, "best_of": 4})
+    assert [c["token_ids"] for c in bare["choices"]] == [c["token_ids"] for c in best["choices"]]
+    assert all(c["logprobs"] is None for c in bare["choices"])

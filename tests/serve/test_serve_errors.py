@@ -70,7 +70,7 @@ CASES = [  # (path, body, status, param, code)
     (C, {"prompt": "hi", "temperature": "hot"}, 400, "temperature", None),
     (C, {"prompt": "hi", "stop_token_ids": [-1]}, 400, "stop_token_ids", None),
     (C, {"prompt": "hi", "n": 17}, 400, "n", None),
-    (C, {"prompt": "hi", "n": 2, "best_of": 4}, 400, "best_of", "unsupported"),
+    (C, {"prompt": "hi", "n": 2, "best_of": 4, "stream": True}, 400, "best_of", None),
     (C, {"prompt": "hi", "model": "gpt-9"}, 404, "model", "model_not_found"),
     (CHAT, {"messages": []}, 400, "messages", None),
     (CHAT, {"messages": _said("\ud800")}, 400, "messages", None),

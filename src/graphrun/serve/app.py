@@ -62,6 +62,7 @@ from graphrun.serve.responses import (
     ModelCard,
     ModelList,
     ResponseFormat,
+    best_choices,
 )
 from graphrun.serve.sse import PromptEcho, SSEResponse, choices_usage
 from graphrun.serve.tokenize import TokenizerRoutes
@@ -195,7 +196,7 @@ class _Routes:
         admission, then stream (SSE) or collect the answer."""
         if any(not ids for ids, _ in prompts):
             raise APIError(400, "the prompt is empty; send at least one token", param=body.prompt_param)
-        handles = self._submit(prompts, stop, body.num_choices)
+        handles = self._submit(prompts, stop, body.num_candidates)
         watcher = asyncio.create_task(_abort_on_disconnect(request, self._worker, handles))
         try:
             results = await asyncio.gather(*(handle.admitted for handle in handles), return_exceptions=True)
@@ -264,6 +265,8 @@ class _Routes:
         self._worker.metrics.count("aborted" if aborted else "ok")
         choices = [self._choice(handle, one, body) for handle, one in zip(handles, collected, strict=True)]
         usage = choices_usage(handles, self._prefix_caching)
+        if body.num_candidates > body.num_choices:
+            choices = best_choices(choices, body.num_candidates, body.num_choices)
         answer = fmt.response(choices, usage)
         return Response(answer.model_dump_json(), media_type="application/json")
 

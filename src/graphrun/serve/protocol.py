@@ -2,7 +2,7 @@
 
 Pydantic lives at the HTTP boundary only. Requests validate strictly (a string is not a number, NaN is
 not a temperature) and become token ids plus a `SamplingParams`. What graphrun does not implement is a
-400 that names the parameter, never silently ignored: best_of other than n, suffix, penalties,
+400 that names the parameter, never silently ignored: best_of below n, suffix, penalties,
 logit_bias, tools. Structured output (response_format json_object/json_schema, guided_json,
 guided_regex, guided_choice, guided_grammar) becomes SamplingParams' grammar (llm/grammar.py).
 Logprobs (completions' logprobs, chat's logprobs and top_logprobs, up to 20 alternatives) become
@@ -14,7 +14,10 @@ as OpenAI-compatible servers do, so newer clients keep working.
 Choices: `n` (1..MAX_CHOICES) choices of a prompt share one prefill in the engine (llm/choices.py);
 choice j samples with seed + j when a seed is given. Completions also take several prompts (a list of
 strings or of token lists): prompt i's choice j has index i * n + j. best_of equal to n is the same
-request; best_of > n would rank candidates by their log probability, which graphrun does not do (400).
+request; best_of > n (completions, not streamed: a stream cannot rank what it has already sent) samples
+best_of candidates of each prompt, sharing its prefill like n does, and answers with the n of highest
+cumulative log probability of their generated tokens (the logprob OpenAI reports: before temperature),
+best first; usage counts every candidate's tokens, as OpenAI bills them.
 
 Extensions, named as in vLLM: top_k (0 or -1: off), ignore_eos, stop_token_ids, return_token_ids (each
 choice carries the output's token ids; a stream sends a chunk for every batch of tokens the engine
@@ -171,6 +174,11 @@ class _GenerationRequest(BaseModel):
         """n: the choices per prompt."""
         return 1 if self.n is None else self.n
 
+    @property
+    def num_candidates(self) -> int:
+        """The choices sampled per prompt (completions' best_of may ask for more than are answered)."""
+        return self.num_choices
+
     def check_supported(self) -> None:
         """Raise a 400 for parameters with no neutral value, and for n out of range."""
         if not 1 <= self.num_choices <= MAX_CHOICES:
@@ -314,14 +322,33 @@ class CompletionRequest(_GenerationRequest):
             raise APIError(
                 400, f"best_of must be >= n ({self.num_choices}), got {self.best_of}", param="best_of"
             )
-        if self.best_of is not None and self.best_of > self.num_choices:
-            raise unsupported("best_of", f"best_of > n (ranking {self.best_of} candidates needs logprobs)")
+        if self.best_of is not None and self.best_of > MAX_CHOICES:
+            raise APIError(400, f"best_of must be in [n, {MAX_CHOICES}], got {self.best_of}", param="best_of")
+        if self.ranks and self.stream:
+            raise APIError(
+                400, "best_of > n cannot be streamed: the best are known at the end only", param="best_of"
+            )
         if self.suffix:
             raise unsupported("suffix", "suffix")
 
+    def param_name(self, engine_param: str) -> str:
+        """As the base's; the engine's n (choices sampled) is best_of when it ranks."""
+        return "best_of" if engine_param == "n" and self.ranks else super().param_name(engine_param)
+
+    @property
+    def ranks(self) -> bool:
+        """best_of > n: more candidates are sampled than answered, the best by cumulative logprob."""
+        return self.best_of is not None and self.best_of > self.num_choices
+
+    @property
+    def num_candidates(self) -> int:
+        """The choices sampled per prompt: best_of when it ranks, else n."""
+        return self.best_of if self.ranks and self.best_of is not None else self.num_choices
+
     @property
     def num_logprobs(self) -> int | None:
-        return self.logprobs
+        """logprobs; 0 when only the ranking needs them (each sampled token's own logprob)."""
+        return 0 if self.logprobs is None and self.ranks else self.logprobs
 
     @property
     def num_prompt_logprobs(self) -> int | None:

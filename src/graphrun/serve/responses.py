@@ -57,6 +57,17 @@ class ChoiceText:
     echo: EchoedPrompt | None = None  # completions' echo: the prompt, before the text
 
 
+def best_choices(choices: list[ChoiceText], per_prompt: int, keep: int) -> list[ChoiceText]:
+    """best_of: of each prompt's `per_prompt` candidates (consecutive in `choices`), the `keep` with the
+    highest cumulative logprob of their generated tokens, best first (ties: the earlier candidate)."""
+    kept: list[ChoiceText] = []
+    for start in range(0, len(choices), per_prompt):
+        group = choices[start : start + per_prompt]
+        ranked = sorted(range(len(group)), key=lambda i: -sum(t.logprob for t in group[i].logprobs))
+        kept += [group[i] for i in ranked[:keep]]
+    return kept
+
+
 class PromptTokensDetails(BaseModel):
     """What the prompt's tokens cost: how many the prefix cache already held."""
 
