@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry
 from graphrun.errors import ConfigError
 from graphrun.graphs import GraphRunner
 from graphrun.graphs.backends import Backend, make_backend
+from graphrun.graphs.backends.faulty import FaultyBackend, ReplayFaults
 from graphrun.graphs.options import CaptureWhen
 from graphrun.graphs.sizes import default_ladder, normalize_ladder
 from graphrun.graphs.status import CallFallback
@@ -130,6 +131,7 @@ class LLMEngine:
         self.decode_graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
         self._background: BackgroundGraphs | None = None  # capture="background": the pass under way
+        self._faults: FaultyBackend | None = None  # --faults replay=RATE: armed once every graph is captured
         self.piecewise_graphs: PiecewiseGraphs | None = None
         masks = self.token_masks.device_masks
         self._eager_decode = {
@@ -216,8 +218,12 @@ class LLMEngine:
         return default_ladder(min(top, cfg.max_num_seqs))
 
     def _capture_graphs(self, registry: CollectorRegistry) -> None:
-        backend = self.config.graph_backend_for(self.device)
-        if backend is not None:
+        backend_name = self.config.graph_backend_for(self.device)
+        if backend_name is not None:
+            backend: str | Backend = backend_name
+            if self.config.replay_fault_rate:  # a fault drill: every graph of the engine on one backend
+                faults = ReplayFaults(self.config.replay_fault_rate, self.config.seed)
+                backend = self._faults = FaultyBackend(make_backend(backend_name, self.device), faults)
             background = self.config.capture == "background"
             # background capture writes its random prompts' K/V only into blocks held back for it
             num_slots = self._reserve_capture_blocks(self._capture_tokens()) if background else None
@@ -230,7 +236,7 @@ class LLMEngine:
                 self._start_background_capture()
         else:
             log.info("decode graphs: off (%s); decode runs eager", self.config.why_eager(self.device))
-        publish_graph_state(registry, backend, self.config.graphs_off(self.device))
+        publish_graph_state(registry, backend_name, self.config.graphs_off(self.device))
 
     def _capture_tokens(self) -> int:
         """The most tokens one capture writes to the KV cache: the top prefill or piecewise rung."""
@@ -242,7 +248,7 @@ class LLMEngine:
         return max(sizes)
 
     def _capture_decode_and_prefill(
-        self, registry: CollectorRegistry, backend: str, num_slots: int | None
+        self, registry: CollectorRegistry, backend: str | Backend, num_slots: int | None
     ) -> None:
         shape = DecodeShape(
             self.config.max_num_seqs,
@@ -425,6 +431,11 @@ class LLMEngine:
         overlaps the device instead of delaying the launch.
         """
         start = time.perf_counter()
+        if self._faults is not None and not self._faults.armed and not self.capture_pending:
+            self._faults.armed = True
+            log.info(
+                "fault drill: %.2f%% of graph replays now fail and run eager", 100 * self._faults.faults.rate
+            )
         self._last_wait_end = None
         previous = self._launched  # the batch's feed rows point into its tokens
         outputs = []

@@ -94,6 +94,9 @@ class EngineConfig:
     # "full_and_piecewise": FULL for uniform decode and single fresh prompts, PIECEWISE for prefill
     # batches, continuation chunks and mixed steps (no longer capped at the top decode rung); "none": eager
     cuda_graph_mode: str = "full_and_piecewise"
+    # a fault drill (graphs/backends/faulty.py): once every graph is captured, this fraction of graph
+    # replays fails and runs eager instead, counted as replay_error fallbacks; 0: none (never in production)
+    replay_fault_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.capture not in CAPTURE_MODES:
@@ -112,6 +115,8 @@ class EngineConfig:
             raise ConfigError(
                 f"compile_cache_dir={self.compile_cache_dir!r} is used only with compile on (--compile)"
             )
+        if not 0.0 <= self.replay_fault_rate <= 1.0:
+            raise ConfigError(f"replay_fault_rate must be in [0, 1], got {self.replay_fault_rate}")
         if self.mixed_prefill_tokens < 0:
             raise ConfigError(
                 f"mixed_prefill_tokens must be >= 0 (0: no mixed steps), got {self.mixed_prefill_tokens}"

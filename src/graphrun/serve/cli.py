@@ -93,6 +93,14 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "piecewise graphs mixed steps replay those; 0: prefill and decode steps alternate)",
     )
     p.add_argument(
+        "--faults",
+        type=_replay_fault_rate,
+        default=0.0,
+        metavar="replay=RATE",
+        help="a fault drill: once every graph is captured, this fraction of graph replays fails and the "
+        "call runs eager, counted as replay_error in /metrics (e.g. replay=0.01; default: none)",
+    )
+    p.add_argument(
         "--no-async-scheduling",
         dest="async_scheduling",
         action="store_false",
@@ -214,6 +222,7 @@ def _configs(args: argparse.Namespace, model: str) -> tuple[EngineConfig, ServeC
         compile_cache_dir=args.compile_cache_dir,
         capture=args.capture,
         cuda_graph_mode=args.cuda_graph_mode,
+        replay_fault_rate=args.faults,
     )
     serve_config = ServeConfig(
         host=args.host,
@@ -236,6 +245,15 @@ def _check_before_start(engine: EngineConfig, serve: ServeConfig, check_model: b
     if check_model:
         check_engine_model(engine)
     check_port_free(serve.host, serve.port)
+
+
+def _replay_fault_rate(text: str) -> float:
+    """--faults replay=RATE -> RATE in [0, 1] (else a ValueError, which argparse reports)."""
+    key, sep, value = text.strip().partition("=")
+    rate = float(value) if key.strip() == "replay" and sep else -1.0  # float() raises for a non-number
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"--faults must be replay=RATE with RATE in [0, 1], got {text!r}")
+    return rate
 
 
 def _refuse(exc: GraphrunError) -> int:
