@@ -127,6 +127,14 @@ def _add_serve_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
         choices=("none", "json-schema"),
         help="json-schema: every request carries a small JSON schema (structured output; compare with none)",
     )
+    serve.add_argument(
+        "--faults",
+        default=None,
+        metavar="replay=RATE,kill=FRACTION",
+        help="after each mode's run, fault drills on the same workload (bench/serve_faults.py): replay=RATE "
+        "serves with that fraction of graph replays failing (0 failed requests, the same outputs), "
+        "kill=FRACTION kills the engine process once that fraction of requests is done",
+    )
     serve.add_argument("--seed", type=int, default=0, help="lengths and prompt ids")
     serve.add_argument("--warmup-requests", type=int, default=8, help="untimed, not counted")
     serve.add_argument("--max-num-seqs", type=int, default=None, help="passed to the server")

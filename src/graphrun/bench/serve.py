@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import shlex
+import signal
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ import torch
 
 from graphrun.bench.report import written
 from graphrun.bench.serve_client import HTTP_CLIENTS, Load, default_client_processes, run_load
+from graphrun.bench.serve_faults import ServeFaults, compare_outputs, faults_goals, kill_outcomes
 from graphrun.bench.serve_process import (
     ServerProcess,
     ServerStartError,
@@ -79,6 +83,7 @@ class ServeBenchSetup:
     client_processes: int = 1  # processes the client's streams are spread over (serve_client.run_load)
     http_client: str = "raw"  # how the client reads streams: serve_client.StreamConnection, or httpx
     cuda_graph_mode: str | None = None  # mode graph's --cuda-graph-mode (None: the server's default)
+    faults: ServeFaults = field(default_factory=ServeFaults)  # drills after each mode's run (default: none)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -133,6 +138,7 @@ class ServeBenchSetup:
             ),
             http_client=getattr(args, "http_client", "raw"),
             cuda_graph_mode=getattr(args, "cuda_graph_mode", None),
+            faults=ServeFaults.parse(args.faults) if getattr(args, "faults", None) else ServeFaults(),
         )
 
     def server_argv(self, mode: str, port: int) -> list[str]:
@@ -180,6 +186,7 @@ class ServeBenchSetup:
             "server_args": list(self.server_args),
             "request_timeout": self.request_timeout,
             "startup_timeout": self.startup_timeout,
+            "faults": asdict(self.faults),
         }
 
 
@@ -240,20 +247,130 @@ def _measure(
     run["max_rss_mib"] = memory["max_rss_bytes"] / MIB if "max_rss_bytes" in memory else None
 
 
-def bench_mode(setup: ServeBenchSetup, mode: str) -> dict[str, Any]:
-    """One mode end to end: start the server, measure, stop it; a start failure is recorded, not raised."""
+def bench_mode(
+    setup: ServeBenchSetup, mode: str, extra_args: Sequence[str] = (), label: str | None = None
+) -> dict[str, Any]:
+    """One mode end to end: start the server, measure, stop it; a start failure is recorded, not raised.
+    extra_args: more server flags (a drill's); label: the run's name in logs and files (default: mode)."""
     port = setup.port or free_port()
-    argv = setup.server_argv(mode, port)
-    log_path = setup.out / f"serve-{mode}.log"
+    argv = setup.server_argv(mode, port) + list(extra_args)
+    name = label or mode
+    log_path = setup.out / f"serve-{name}.log"
     run: dict[str, Any] = {"mode": mode, "command": [sys.executable, *argv], "log": str(log_path)}
-    log.info("serve bench: %s: starting the server on port %d (log: %s)", mode, port, log_path)
+    log.info("serve bench: %s: starting the server on port %d (log: %s)", name, port, log_path)
     server = ServerProcess(argv, log_path, f"http://127.0.0.1:{port}")
     try:
         _run_server(setup, server, run)
     finally:
         server.kill()  # a no-op once it exited; Ctrl-C or a bug here never leaves a server behind
-    log.info("serve bench: %s: server exited with %s", mode, run["exit_code"])
+    log.info("serve bench: %s: server exited with %s", name, run["exit_code"])
     return run
+
+
+def replay_drill(setup: ServeBenchSetup, clean: dict[str, Any]) -> dict[str, Any]:
+    """The clean run's mode again with replay faults: its figures, fallbacks and outputs vs the clean run."""
+    mode = clean["mode"]
+    run = bench_mode(setup, mode, setup.faults.replay_server_args(), f"{mode}-replay-faults")
+    fallbacks = run.get("metrics", {}).get("graph_eager_fallbacks", {})
+    run["replay_error_fallbacks"] = int(sum(v for k, v in fallbacks.items() if "replay_error" in k))
+    run["outputs"] = compare_outputs(clean.get("requests", []), run.get("requests", []))
+    log.info(
+        "serve bench: %s replay faults: %d failed, %d replay_error fallbacks, %d/%d outputs as the clean run",
+        mode, run.get("num_failed", -1), run["replay_error_fallbacks"], run["outputs"]["same"],
+        run["outputs"]["compared"],
+    )  # fmt: skip
+    return run
+
+
+def kill_drill(setup: ServeBenchSetup, mode: str) -> dict[str, Any]:
+    """Serve `mode`, SIGKILL its engine process once a fraction of the requests is done; how it ended."""
+    port = setup.port or free_port()
+    argv = setup.server_argv(mode, port)
+    log_path = setup.out / f"serve-{mode}-kill.log"
+    run: dict[str, Any] = {
+        "mode": mode,
+        "command": [sys.executable, *argv],
+        "log": str(log_path),
+        "error": None,
+    }
+    server = ServerProcess(argv, log_path, f"http://127.0.0.1:{port}")
+    try:
+        run.update(_kill_under_load(setup, server))
+    except Exception as exc:  # recorded, never raised: the other runs' results still count
+        log.exception("serve bench: %s: the kill drill failed", mode)
+        run["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        server.kill()
+        run["log_tail"] = server.log_tail()
+    return run
+
+
+def _kill_under_load(setup: ServeBenchSetup, server: ServerProcess) -> dict[str, Any]:
+    _, health = server.wait_healthy(setup.startup_timeout)
+    if health.get("engine_pid") is None:
+        raise RuntimeError("the engine runs inside the server process (no engine_pid): nothing to kill")
+    engine_pid = int(health["engine_pid"])
+    w = setup.workload
+    specs = plan_requests(w, w.num_requests, int(health["vocab_size"]), int(health["max_model_len"]), "timed")
+    threshold = max(1, int(len(specs) * (setup.faults.kill_at or 0.5)))
+    killed_at: list[float] = []
+
+    def on_done(done: int) -> None:
+        if done >= threshold and not killed_at:
+            killed_at.append(time.perf_counter())
+            os.kill(engine_pid, signal.SIGKILL)
+            log.info(
+                "serve bench: kill drill: SIGKILL to engine process %d after %d requests", engine_pid, done
+            )
+
+    load = setup.load(server.url, str(health["model"]), specs, on_done)
+    if not killed_at:
+        raise RuntimeError(f"the load finished before {threshold} requests were done: no kill")
+    outcomes = kill_outcomes(load.results, killed_at[0], setup.request_timeout)
+    try:
+        answer = server.get("/health")
+        health_after: dict[str, Any] = {
+            "status_code": answer.status_code,
+            "status": answer.json().get("status"),
+        }
+    except Exception as exc:  # the server may have exited already: that is allowed
+        health_after = {"status_code": None, "status": f"unreachable ({type(exc).__name__})"}
+    exit_code = _wait_exit(server, STOP_TIMEOUT_SECONDS)
+    log.info(
+        "serve bench: kill drill: %d in flight, %d ended with an error; /health %s; exit status %s",
+        outcomes["in_flight"], outcomes["answered_with_error"], health_after["status"], exit_code,
+    )  # fmt: skip
+    return {
+        "engine_pid": engine_pid,
+        "killed_after_requests": threshold,
+        "outcomes": outcomes,
+        "after_kill_failed_fast": sum(1 for r in load.results if r.sent_at > killed_at[0] and not r.ok),
+        "health_after": health_after,
+        "exit_code": exit_code,
+        "num_requests": len(load.results),
+        "num_ok": sum(r.ok for r in load.results),
+    }
+
+
+def _wait_exit(server: ServerProcess, timeout: float) -> int | None:
+    """The server's exit status once it exits by itself within `timeout` s (None: still running)."""
+    deadline = time.monotonic() + timeout
+    while server.returncode is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return server.returncode
+
+
+def run_drills(setup: ServeBenchSetup, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fault drills after the clean runs (modes that started cleanly only)."""
+    drills: dict[str, Any] = {"replay": [], "kill": []}
+    for clean in runs:
+        if clean.get("error") is not None:
+            continue
+        if setup.faults.replay > 0 and clean["mode"] != "eager":
+            drills["replay"].append(replay_drill(setup, clean))
+        if setup.faults.kill_at is not None:
+            drills["kill"].append(kill_drill(setup, clean["mode"]))
+    return drills
 
 
 def _run_server(setup: ServeBenchSetup, server: ServerProcess, run: dict[str, Any]) -> None:
@@ -286,9 +403,15 @@ def run_serve_bench(setup: ServeBenchSetup) -> dict[str, Any]:
         "serve bench: a sleeping process wakes in %.3f ms (p50), %.3f ms (p99)", wakeup["p50"], wakeup["p99"]
     )
     runs = [bench_mode(setup, mode) for mode in setup.modes]
+    drills = run_drills(setup, runs) if setup.faults != ServeFaults() else None
     # the payload reads environment() only now: no CUDA context in this process while servers ran
     payload = serve_payload(setup.settings(), runs, setup.cuda)
     payload["wakeup_ms"] = wakeup  # bench/wakeup.py: the floor under every hop a token takes
+    if drills is not None:
+        payload["faults"] = drills
+        goals = faults_goals(drills)
+        payload["goals"] += goals
+        payload["ok"] = payload["ok"] and all(goal["met"] for goal in goals)
     print_serve(payload)
     log.info("serve bench: wrote %s", written(*save_serve(payload, setup.out)))
     return payload

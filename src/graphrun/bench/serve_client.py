@@ -32,6 +32,8 @@ import multiprocessing as mp
 import os
 import queue
 import time
+import zlib
+from array import array
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -97,6 +99,7 @@ class RequestResult:
     error: str | None = None  # None: ok
     lost: bool = False  # usage, max_tokens and the token ids received disagree
     structured: bool = False  # a response_format request: a complete grammar may stop it before max_tokens
+    ids_digest: int = 0  # CRC-32 of every token id received, in order (two runs' outputs compare by it)
 
     @property
     def ok(self) -> bool:
@@ -149,6 +152,7 @@ class RequestResult:
             elif ids:
                 self.chunk_times.append(seconds)
                 self.chunk_sizes.append(len(ids))
+                self.ids_digest = zlib.crc32(array("q", ids).tobytes(), self.ids_digest)
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
         if event.get("usage"):
             self.num_usage_tokens = int(event["usage"]["completion_tokens"])

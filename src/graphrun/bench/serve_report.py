@@ -95,6 +95,7 @@ def _request_row(r: RequestResult) -> dict[str, Any]:
         "ok": r.ok,
         "lost": r.lost,
         "error": r.error,
+        "ids_digest": r.ids_digest,
     }
 
 
