@@ -55,8 +55,7 @@ class EngineClient:
         self.state = "starting"  # ready, draining, stopping, stopped or failed
         self._model: m.ModelInfo | None = None
         self._running = False  # the engine side is started and not gone
-        self._ready, self._cond = threading.Event(), threading.Condition()
-        self.num_in_flight = 0
+        self._ready, self._cond = threading.Event(), threading.Condition()  # _cond: a request ended
         self._ids = itertools.count()
         self._handles: dict[int, RequestHandle] = {}  # submitted, not over
         self._calls: dict[int, asyncio.Future[Any]] = {}
@@ -90,6 +89,11 @@ class EngineClient:
         return self._model
 
     @property
+    def num_in_flight(self) -> int:
+        """Requests submitted and not over yet (any thread)."""
+        return len(self._handles)
+
+    @property
     def info(self) -> dict[str, Any]:
         """The engine's start-up facts for /health ({} before it is ready)."""
         return self._model.facts if self._model is not None else {}
@@ -119,13 +123,9 @@ class EngineClient:
         each counted in flight; raises Unavailable (503) or QueueFull (429)."""
         if self.state != "ready":
             raise m.Unavailable(self.state, f"the server is {self.state}; retry shortly")
-        with self._cond:
-            if self.num_in_flight + n > self.max_in_flight:
-                message = (
-                    f"{self.num_in_flight} requests in flight, {n} more asked (limit {self.max_in_flight})"
-                )
-                raise m.QueueFull(message + "; retry shortly")
-            self.num_in_flight += n
+        if self.num_in_flight + n > self.max_in_flight:
+            asked = f"{self.num_in_flight} requests in flight, {n} more asked (limit {self.max_in_flight})"
+            raise m.QueueFull(asked + "; retry shortly")
         loop = asyncio.get_running_loop()
         handles = [RequestHandle(next(self._ids), prompt_ids, stop, loop, self._on_done, j) for j in range(n)]
         self._handles.update((handle.request_id, handle) for handle in handles)
@@ -143,9 +143,8 @@ class EngineClient:
         return Deltas(self.model.tokenizer, handle, partial(self.abort, handle), every_batch)
 
     def _on_done(self, handle: RequestHandle) -> None:
-        self._handles.pop(handle.request_id, None)
         with self._cond:
-            self.num_in_flight -= 1
+            del self._handles[handle.request_id]
             self._cond.notify_all()
 
     # ----- questions (event loop)

@@ -48,17 +48,12 @@ class HostObserver(Protocol):
         """The host loop has ended: write the record."""
 
 
-def no_observer() -> HostObserver | None:
-    """The default observer: none (a function, not a lambda, so that a plan pickles)."""
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class HostPlan:
     """What the engine side builds where it runs (picklable: it crosses to a spawned process)."""
 
     build_model: Callable[[], ServedModel]
-    build_observer: Callable[[], HostObserver | None] = no_observer
+    build_observer: Callable[[], HostObserver | None] | None = None  # None: no tracing
 
 
 def freeze_startup_objects() -> None:
@@ -76,7 +71,7 @@ class HostLoop:
     def __init__(self, plan: HostPlan, send: Callable[[m.ToClient], None], hold: bool) -> None:
         self.plan, self.send, self.hold = plan, send, hold
         self.model: ServedModel | None = None
-        self.observer = plan.build_observer()
+        self.observer = plan.build_observer() if plan.build_observer is not None else None
         self._inbox: queue.SimpleQueue[m.ToHost] = queue.SimpleQueue()
         self._pending: list[tuple[int, m.Event]] = []  # the last step's events, until _flush sends them
         self._pending_timing: StepTiming | None = None

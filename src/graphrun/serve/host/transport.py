@@ -178,13 +178,10 @@ def run_engine_process(conn: Connection, plan: HostPlan, log_level: int) -> None
     host = HostLoop(plan, send, hold=False)
 
     def receive() -> None:
-        while True:
-            try:
-                message: ToHost = conn.recv()
-            except (EOFError, OSError):
-                host.accept(Stop())
-                return
-            host.accept(message)
+        with contextlib.suppress(EOFError, OSError):  # the server closed its end, or is gone
+            while True:
+                host.accept(conn.recv())
+        host.accept(Stop())
 
     threading.Thread(target=receive, name="graphrun-engine-pipe", daemon=True).start()
     code = 0 if host.run() else 1
