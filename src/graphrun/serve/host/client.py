@@ -1,18 +1,20 @@
 """The HTTP side's one handle on the engine host, whatever the served model and the transport.
 
 Admission control counts requests in flight (submitted, not yet over): beyond `max_in_flight` a
-submission raises QueueFull (429). Draining refuses new work and waits for the rest. The client lives
-on the event loop that starts it: the transport hands it every message there, so the requests' handles
-and the questions' futures are touched on that loop only; drain, stop and wait_ready run on other threads.
+submission raises QueueFull (429). Draining refuses new work and waits for the rest. The transport
+calls `_receive` on the engine's thread (thread transport) or on the event loop (pipe); each message's
+work runs on the event loop of its request, posted there from another thread (one post per loop a step).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
@@ -123,12 +125,13 @@ class EngineClient:
         each counted in flight; raises Unavailable (503) or QueueFull (429)."""
         if self.state != "ready":
             raise m.Unavailable(self.state, f"the server is {self.state}; retry shortly")
-        if self.num_in_flight + n > self.max_in_flight:
-            asked = f"{self.num_in_flight} requests in flight, {n} more asked (limit {self.max_in_flight})"
-            raise m.QueueFull(asked + "; retry shortly")
         loop = asyncio.get_running_loop()
         handles = [RequestHandle(next(self._ids), prompt_ids, stop, loop, self._on_done, j) for j in range(n)]
-        self._handles.update((handle.request_id, handle) for handle in handles)
+        with self._cond:  # requests may come from several event loops
+            if (num := self.num_in_flight) + n > self.max_in_flight:
+                limit = self.max_in_flight
+                raise m.QueueFull(f"{num} requests in flight, {n} more asked (limit {limit}); retry shortly")
+            self._handles.update((handle.request_id, handle) for handle in handles)
         ids = tuple(handle.request_id for handle in handles)
         self.transport.send(m.Submit(ids, tuple(prompt_ids), params, time.monotonic()))
         return handles
@@ -179,21 +182,24 @@ class EngineClient:
         finally:
             self._calls.pop(call_id, None)
 
-    # ----- from the transport (event loop)
+    # ----- from the transport
 
     def _receive(self, message: m.ToClient) -> None:
         if isinstance(message, m.Events):
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, m.Event]]] = {}
             for request_id, event in message.batch:
                 if (handle := self._handles.get(request_id)) is not None:
-                    handle.put(event)
-            if message.trace_index is not None:
-                self.transport.send(m.Delivered(message.trace_index, time.perf_counter()))
+                    by_loop.setdefault(handle.admitted.get_loop(), []).append((handle, event))
+            trace_index = message.trace_index  # noted by the first delivery
+            for loop, pairs in by_loop.items():
+                _on_loop(loop, self._deliver, pairs, trace_index)
+                trace_index = None
         elif isinstance(message, m.Admitted):
             if (handle := self._handles.get(message.request_id)) is not None:
-                handle.admit(message.result)
+                _on_loop(handle.admitted.get_loop(), handle.admit, message.result)
         elif isinstance(message, m.Answer):
-            if (future := self._calls.get(message.call_id)) is not None and not future.done():
-                future.set_result(message.value)
+            if (future := self._calls.get(message.call_id)) is not None:
+                _on_loop(future.get_loop(), _resolve, future, message.value)
         elif isinstance(message, m.Ready):
             if self.observer is not None:
                 self.observer.serving()
@@ -204,8 +210,14 @@ class EngineClient:
             self.state = "failed"
             self._ready.set()
 
+    def _deliver(self, pairs: list[tuple[RequestHandle, m.Event]], trace_index: int | None) -> None:
+        for handle, event in pairs:
+            handle.put(event)
+        if trace_index is not None:
+            self.transport.send(m.Delivered(trace_index, time.perf_counter()))
+
     def _gone(self, why: str) -> None:
-        """The engine side ended: fail what is in flight; unless we were stopping, we failed."""
+        """(any thread) The engine side ended: fail what is in flight; unless we were stopping, we failed."""
         self._running = False
         if self.state in ("stopping", "stopped"):
             error: Exception = m.Unavailable("stopped", "the server is shutting down")
@@ -213,8 +225,25 @@ class EngineClient:
             log.error("the engine %s; failing %d requests in flight", why, len(self._handles))
             self.state, error = "failed", m.EngineFailure(f"the engine {why}")
         for handle in list(self._handles.values()):
-            handle.fail(error)
-        for future in self._calls.values():
-            if not future.done():
-                future.set_result(None)
+            _on_loop(handle.admitted.get_loop(), handle.fail, error)
+        for future in list(self._calls.values()):
+            _on_loop(future.get_loop(), _resolve, future, None)
         self._ready.set()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: Any) -> None:
+    """fn(*args) now when this thread runs `loop`, else posted to it (a loop that has closed is ignored)."""
+    try:
+        here = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        here = False
+    if here:
+        fn(*args)
+    else:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(fn, *args)
+
+
+def _resolve(future: asyncio.Future[Any], value: object) -> None:
+    if not future.done():
+        future.set_result(value)

@@ -1,15 +1,15 @@
 """How messages travel between the client and the host loop: in a thread, or through a process's pipe.
 
 A transport starts the engine side, carries the client's messages to its host loop (`send`, any
-thread), and on the event loop that started it hands the host's messages to the client (`receive`) and
-says once, with why, that the engine side has ended (`gone`).
+thread), hands the host's messages to the client (`receive`) and says once, with why, that the engine
+side has ended (`gone`).
 
 ThreadTransport runs the host loop on a thread of this process (easy to debug, but it shares the event
-loop's GIL) and posts what it sends to the event loop, one post a step. PipeTransport runs it in a
-spawned process that keeps a GIL to itself, as vLLM's engine core does: there the host loop runs on the
-main thread, fed by a thread reading the pipe (whose end of file stops it); here the pipe is read on
-the event loop, one message per wake-up (looping on conn.poll() cost a new selector and a poll syscall
-twice a step: ~6% of the server's CPU per streamed token).
+loop's GIL); `receive` runs on that thread. PipeTransport runs it in a spawned process that keeps a GIL
+to itself, as vLLM's engine core does: there the host loop runs on the main thread, fed by a thread
+reading the pipe (whose end of file stops it); here the pipe is read on the event loop, one message per
+wake-up (looping on conn.poll() cost a new selector and a poll syscall twice a step: ~6% of the
+server's CPU per streamed token).
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from functools import partial
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Protocol
 
 from graphrun.serve.host.host_loop import HostLoop, HostPlan, freeze_startup_objects
 from graphrun.serve.host.messages import Admitted, EngineFailure, Events, Ready, Stop, ToClient, ToHost
@@ -39,7 +38,7 @@ Gone = Callable[[str], None]
 
 class Transport(Protocol):
     def start(self, receive: Receive, gone: Gone) -> None:
-        """Start the engine side (on the event loop, which then runs receive and gone; returns at once)."""
+        """Start the engine side (returns at once)."""
 
     def send(self, message: ToHost) -> None:
         """Carry a message to the host loop (any thread); dropped once the engine side is gone."""
@@ -58,16 +57,10 @@ class ThreadTransport:
         self.pid = os.getpid()  # where the host loop runs
 
     def start(self, receive: Receive, gone: Gone) -> None:
-        loop = asyncio.get_running_loop()
-
-        def post(fn: Callable[[Any], None], arg: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody is waiting
-                loop.call_soon_threadsafe(fn, arg)
-
-        host = self._host = HostLoop(self._plan, partial(post, receive), hold=True)
+        host = self._host = HostLoop(self._plan, receive, hold=True)
 
         def run() -> None:
-            post(gone, "thread ended" if host.run() else "thread failed")
+            gone("thread ended" if host.run() else "thread failed")
 
         self._thread = threading.Thread(target=run, name="graphrun-engine", daemon=True)
         self._thread.start()
