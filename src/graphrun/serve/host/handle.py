@@ -39,10 +39,10 @@ class RequestHandle:
 
     def attach(self, sink: Callable[[Event], None]) -> None:
         """Hand every event to `sink` (which must not raise) from now on, those that came before first."""
+        events, self._events = self._events, []
         self._sink = sink
-        for event in self._events:
+        for event in events:
             sink(event)
-        self._events.clear()
 
     def admit(self, result: int | Exception) -> None:
         """The seq id, or why the model refused the request (which ends it)."""
