@@ -12,7 +12,7 @@ from serve_harness import live_server, wait_until
 
 from graphrun.llm.scheduler import RequestRejected
 from graphrun.serve.host.messages import EngineFailure, Unavailable
-from graphrun.serve.host.pipe import PipeTransport, portable_error
+from graphrun.serve.host.transport import PipeTransport, portable_error
 
 PATIENCE = 120.0  # the bound on each wait for a running server: only a broken one reaches it
 BODY = {"model": "tiny", "prompt": "pipe", "max_tokens": 8, "temperature": 0, "ignore_eos": True}

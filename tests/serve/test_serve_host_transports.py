@@ -37,9 +37,8 @@ from graphrun.serve.host.messages import (
     Unavailable,
     is_terminal,
 )
-from graphrun.serve.host.pipe import PipeTransport
 from graphrun.serve.host.served_model import StepOutcome
-from graphrun.serve.host.transport import ThreadTransport, Transport
+from graphrun.serve.host.transport import PipeTransport, ThreadTransport, Transport
 
 START_TIMEOUT = 120.0  # a spawned process imports torch: only a broken host reaches this
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.tokenizer import ByteTokenizer
 from graphrun.serve.deltas import Collected, Deltas
 from graphrun.serve.host.handle import RequestHandle
@@ -158,7 +157,7 @@ def _stream(
     worker: _Worker, request_id: int, stop: tuple[str, ...] = (), fmt: ResponseFormat | None = None
 ) -> tuple[RequestHandle, SSEResponse]:
     loop = asyncio.get_running_loop()
-    handle = RequestHandle(request_id, [1, 2], SamplingParams(max_tokens=8), stop, loop)
+    handle = RequestHandle(request_id, [1, 2], stop, loop)
     handle.admit(request_id)
     watcher = loop.create_task(asyncio.sleep(3600))
     fmt = fmt or CompletionFormat("m")

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from serve_harness import LiveServer, live_server
 
-from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.tokenizer import ByteTokenizer
 from graphrun.serve.deltas import Collected, Deltas
 from graphrun.serve.host.handle import RequestHandle
@@ -98,7 +97,7 @@ class _Send:
 
 def _handle(token_ids: list[int], stop: tuple[str, ...]) -> RequestHandle:
     """An admitted request whose engine events (one token each, the last with "length") have arrived."""
-    handle = RequestHandle(1, [1], SamplingParams(max_tokens=64), stop, asyncio.get_running_loop())
+    handle = RequestHandle(1, [1], stop, asyncio.get_running_loop())
     handle.admit(1)
     for n, token in enumerate(token_ids, 1):
         handle.put((token, "length" if n == len(token_ids) else None))

@@ -24,7 +24,7 @@ class ServeConfig:
 
     max_queue bounds the requests accepted beyond the `max_num_seqs` the engine runs at once; past it a
     request gets 429 with Retry-After. drain_seconds is how long SIGTERM waits for in-flight requests
-    before aborting them. engine_process: the engine host's transport (host/pipe.py: a process keeps the
+    before aborting them. engine_process: the engine host's transport (host/transport.py: a process keeps the
     engine's GIL to itself; host/transport.py: a thread is one process, for debugging and for tests).
     trace_path: record the engine host's step timeline there (serve/trace.py; None: off).
 

@@ -22,9 +22,8 @@ from graphrun.serve.config import ServeConfig
 from graphrun.serve.host.client import EngineClient
 from graphrun.serve.host.host_loop import HostPlan
 from graphrun.serve.host.messages import Event, ModelInfo, PromptCached, PromptLogprobs, Question, Submit
-from graphrun.serve.host.pipe import PipeTransport
 from graphrun.serve.host.served_model import StepOutcome
-from graphrun.serve.host.transport import ThreadTransport, Transport
+from graphrun.serve.host.transport import PipeTransport, ThreadTransport, Transport
 from graphrun.serve.memory import memory_now
 from graphrun.serve.metrics import EngineMetrics
 from graphrun.serve.trace import send_trace, step_trace

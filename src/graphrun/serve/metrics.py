@@ -2,7 +2,7 @@
 
 With the engine in a thread, one registry holds everything: the engine's `graphrun_cuda_graph_*` series
 and these. With the engine in its own process, that process holds the engine's registry and /metrics
-joins the two scrapes (worker.py); the two sets of names never overlap. Labels are bounded: `status`
+joins the two scrapes (host/client.py); the two sets of names never overlap. Labels are bounded: `status`
 takes the values of REQUEST_STATUSES only.
 """
 

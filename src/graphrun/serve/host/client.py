@@ -12,12 +12,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -25,14 +24,25 @@ from graphrun.llm.sampling_params import SamplingParams
 from graphrun.serve.deltas import Deltas
 from graphrun.serve.host import messages as m
 from graphrun.serve.host.handle import RequestHandle
-from graphrun.serve.host.host_loop import freeze_startup_objects
-from graphrun.serve.host.observer import ClientObserver
 from graphrun.serve.host.transport import Transport
 from graphrun.serve.memory import max_rss_bytes
 from graphrun.serve.metrics import RequestMetrics
 
 log = logging.getLogger(__name__)
 ASK_TIMEOUT_SECONDS = 5.0  # a /metrics or /health question to the engine side gives up after this
+
+
+class ClientObserver(Protocol):
+    """What tracing sees of the HTTP side (serve/trace.py's SendTrace); off (None) by default."""
+
+    def serving(self) -> None:
+        """The engine is ready."""
+
+    def sent(self, request_id: int) -> None:
+        """A chunk of the request was written to its client."""
+
+    def close(self) -> None:
+        """The engine is gone: write the record."""
 
 
 class EngineClient:
@@ -47,8 +57,7 @@ class EngineClient:
         self.state = "starting"  # ready, draining, stopping, stopped or failed
         self._model: m.ModelInfo | None = None
         self._running = False  # the engine side is started and not gone
-        self._ready, self._cond = threading.Event(), threading.Condition()
-        self.num_in_flight = 0
+        self._ready, self._cond = threading.Event(), threading.Condition()  # _cond: a request ended
         self._ids = itertools.count()
         self._handles: dict[int, RequestHandle] = {}  # submitted, not over
         self._calls: dict[int, asyncio.Future[Any]] = {}
@@ -82,6 +91,11 @@ class EngineClient:
         return self._model
 
     @property
+    def num_in_flight(self) -> int:
+        """Requests submitted and not over yet (any thread)."""
+        return len(self._handles)
+
+    @property
     def info(self) -> dict[str, Any]:
         """The engine's start-up facts for /health ({} before it is ready)."""
         return self._model.facts if self._model is not None else {}
@@ -111,20 +125,15 @@ class EngineClient:
         each counted in flight; raises Unavailable (503) or QueueFull (429)."""
         if self.state != "ready":
             raise m.Unavailable(self.state, f"the server is {self.state}; retry shortly")
-        with self._cond:
-            if self.num_in_flight + n > self.max_in_flight:
-                message = (
-                    f"{self.num_in_flight} requests in flight, {n} more asked (limit {self.max_in_flight})"
-                )
-                raise m.QueueFull(message + "; retry shortly")
-            self.num_in_flight += n
         loop = asyncio.get_running_loop()
-        handles = [
-            RequestHandle(next(self._ids), prompt_ids, params, stop, loop, self._on_done, j) for j in range(n)
-        ]
-        self._handles.update((handle.request_id, handle) for handle in handles)
+        handles = [RequestHandle(next(self._ids), prompt_ids, stop, loop, self._on_done, j) for j in range(n)]
+        with self._cond:  # requests may come from several event loops
+            if (num := self.num_in_flight) + n > self.max_in_flight:
+                limit = self.max_in_flight
+                raise m.QueueFull(f"{num} requests in flight, {n} more asked (limit {limit}); retry shortly")
+            self._handles.update((handle.request_id, handle) for handle in handles)
         ids = tuple(handle.request_id for handle in handles)
-        self.transport.send(m.Submit(ids, tuple(prompt_ids), params, handles[0].arrival))
+        self.transport.send(m.Submit(ids, tuple(prompt_ids), params, time.monotonic()))
         return handles
 
     def abort(self, handle: RequestHandle) -> None:
@@ -137,9 +146,8 @@ class EngineClient:
         return Deltas(self.model.tokenizer, handle, partial(self.abort, handle), every_batch)
 
     def _on_done(self, handle: RequestHandle) -> None:
-        self._handles.pop(handle.request_id, None)
         with self._cond:
-            self.num_in_flight -= 1
+            del self._handles[handle.request_id]
             self._cond.notify_all()
 
     # ----- questions (event loop)
@@ -193,8 +201,6 @@ class EngineClient:
             if (future := self._calls.get(message.call_id)) is not None:
                 _on_loop(future.get_loop(), _resolve, future, message.value)
         elif isinstance(message, m.Ready):
-            if self.transport.pid != os.getpid():  # the engine side froze its own process's
-                freeze_startup_objects()
             if self.observer is not None:
                 self.observer.serving()
             self._model, self.state = message.info, "ready" if self.state == "starting" else self.state

@@ -7,10 +7,8 @@ finish reason, or an error); `on_done` runs then, once: the client's count of re
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
-from graphrun.llm.sampling_params import SamplingParams
 from graphrun.serve.host.messages import Event, PromptCached, is_terminal
 
 
@@ -23,22 +21,20 @@ class RequestHandle:
         self,
         request_id: int,
         prompt_ids: list[int],
-        params: SamplingParams,
         stop: tuple[str, ...],
         loop: asyncio.AbstractEventLoop,
         on_done: Callable[[RequestHandle], None] | None = None,
         choice: int = 0,
     ) -> None:
         self.request_id, self.choice = request_id, choice  # choice: its index among its prompt's n
-        self.prompt_ids, self.params, self.stop = prompt_ids, params, stop
-        self.arrival = time.monotonic()
+        self.prompt_ids, self.stop = prompt_ids, stop
         self.admitted: asyncio.Future[int] = loop.create_future()
         self.num_output_tokens = 0  # counted by the reader (deltas.py)
         self.num_cached_tokens = 0  # prompt tokens the prefix cache held (a PromptCached event)
         self.finish_reason: str | None = None  # set by the reader once the request is over
         self.done = False  # its terminal event has arrived
         self._events: list[Event] = []  # delivered before attach()
-        self._sink: Callable[[Event], None] | None = None
+        self._sink: Callable[[Event], None] = self._events.append
         self._on_done = on_done
 
     def attach(self, sink: Callable[[Event], None]) -> None:
@@ -63,10 +59,7 @@ class RequestHandle:
         if isinstance(event, PromptCached):
             self.num_cached_tokens = event.num_tokens
             return
-        if self._sink is not None:
-            self._sink(event)
-        else:
-            self._events.append(event)
+        self._sink(event)
         if is_terminal(event):
             self._finish()
 

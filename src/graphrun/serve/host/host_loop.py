@@ -19,19 +19,33 @@ import gc
 import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from graphrun.serve.host import messages as m
-from graphrun.serve.host.observer import HostObserver
-from graphrun.serve.host.served_model import ServedModel, StepOutcome
+from graphrun.serve.host.served_model import ServedModel
+from graphrun.step_timing import StepTiming
 
 log = logging.getLogger(__name__)
 CUT = "the server is shutting down and its drain deadline passed before this request finished; retry it"
+STEP_FAILED = "the engine step running this request failed (see the log)"
 
 
-def no_observer() -> HostObserver | None:
-    return None
+class HostObserver(Protocol):
+    """What tracing sees of the host loop (serve/trace.py's StepTrace); off (None) by default."""
+
+    def serving(self) -> None:
+        """Start-up is over."""
+
+    def step(self, timing: StepTiming, posted: float, request_ids: Sequence[int]) -> int | None:
+        """A step's events are being sent; returns its record's index (None: not recorded)."""
+
+    def delivered(self, index: int, when: float) -> None:
+        """(any thread) The HTTP side delivered that step's events at `when` (perf_counter)."""
+
+    def close(self) -> None:
+        """The host loop has ended: write the record."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +53,7 @@ class HostPlan:
     """What the engine side builds where it runs (picklable: it crosses to a spawned process)."""
 
     build_model: Callable[[], ServedModel]
-    build_observer: Callable[[], HostObserver | None] = no_observer
+    build_observer: Callable[[], HostObserver | None] | None = None  # None: no tracing
 
 
 def freeze_startup_objects() -> None:
@@ -57,10 +71,10 @@ class HostLoop:
     def __init__(self, plan: HostPlan, send: Callable[[m.ToClient], None], hold: bool) -> None:
         self.plan, self.send, self.hold = plan, send, hold
         self.model: ServedModel | None = None
-        self.observer = plan.build_observer()
+        self.observer = plan.build_observer() if plan.build_observer is not None else None
         self._inbox: queue.SimpleQueue[m.ToHost] = queue.SimpleQueue()
         self._pending: list[tuple[int, m.Event]] = []  # the last step's events, until _flush sends them
-        self._pending_outcome: StepOutcome | None = None
+        self._pending_timing: StepTiming | None = None
 
     def accept(self, message: m.ToHost) -> None:
         """(any thread) A message from the client."""
@@ -92,15 +106,11 @@ class HostLoop:
             log.exception("the engine loop crashed; failing every request in flight")
             clean = False
         self._flush()
-
-        def gone() -> Exception:
-            return m.Unavailable("stopped", "the server is shutting down")
-
-        self._fail(model.drain(), gone)
+        self._fail(model.drain(), _stopped)
         for message in self._messages(block=False):  # submitted after the last turn: refused
             if isinstance(message, m.Submit):
                 for request_id in message.request_ids:
-                    self.send(m.Admitted(request_id, gone()))
+                    self.send(m.Admitted(request_id, _stopped()))
         if self.observer is not None:
             self.observer.close()
         return clean
@@ -129,11 +139,9 @@ class HostLoop:
     def _messages(self, block: bool) -> list[m.ToHost]:
         """Everything queued now; with block, wait for at least one message first."""
         messages = [self._inbox.get()] if block else []
-        while True:
-            try:
-                messages.append(self._inbox.get_nowait())
-            except queue.Empty:
-                return messages
+        while not self._inbox.empty():  # this thread is the only reader: get_nowait() finds it
+            messages.append(self._inbox.get_nowait())
+        return messages
 
     def _step(self, model: ServedModel) -> None:
         """One step; its events are sent at once, or (hold) in the next step after its launch."""
@@ -142,26 +150,29 @@ class HostLoop:
         except Exception:
             self._flush()
             log.exception("engine step failed; failing the requests in flight")
-            why = "the engine step running this request failed (see the log)"
-            self._fail(model.drain(), lambda: m.EngineFailure(why))
+            self._fail(model.drain(), lambda: m.EngineFailure(STEP_FAILED))
             return
         self._pending += outcome.events
-        self._pending_outcome = outcome
+        self._pending_timing = outcome.timing
         if not self.hold:
             self._flush()
 
     def _flush(self) -> None:
-        """Send the held events."""
-        batch, outcome = self._pending, self._pending_outcome
+        """Send the held events (with the step's trace record when tracing)."""
+        batch, timing = self._pending, self._pending_timing
         if not batch:
             return
-        self._pending, self._pending_outcome = [], None
+        self._pending, self._pending_timing = [], None
         index = None
-        if self.observer is not None and outcome is not None and outcome.timing is not None:
-            index = self.observer.step(outcome.timing, time.perf_counter(), [rid for rid, _ in batch])
+        if self.observer is not None and timing is not None:
+            index = self.observer.step(timing, time.perf_counter(), [rid for rid, _ in batch])
         self.send(m.Events(tuple(batch), index))
 
     def _fail(self, request_ids: list[int], make_error: Callable[[], Exception]) -> None:
         """End each request with an error of its own."""
         if request_ids:
             self.send(m.Events(tuple((rid, make_error()) for rid in request_ids)))
+
+
+def _stopped() -> Exception:
+    return m.Unavailable("stopped", "the server is shutting down")

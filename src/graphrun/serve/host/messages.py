@@ -1,8 +1,9 @@
 """Everything that crosses between the HTTP side and the engine host: frozen messages, events, errors.
 
 Nothing else crosses, over either transport (a thread's queue or a process's pipe): this module is the
-whole protocol. Requests are named by the client's request ids. A token event stays a plain
-`(token id, finish reason)` tuple: it pickles ten times faster than an object, and a step has one per stream.
+whole protocol. `ToHost` goes from the client to the host loop, `ToClient` back; requests are named by
+the client's request ids. A token event stays a plain `(token id, finish reason)` tuple: it pickles ten
+times faster than an object, and a step has one per stream.
 """
 
 from __future__ import annotations
@@ -63,9 +64,6 @@ class EngineFailure(GraphrunError, RuntimeError):
     """The engine step that carried this request raised, or the engine is gone; the request is over."""
 
 
-# ----- HTTP side -> engine host
-
-
 @dataclass(frozen=True, slots=True)
 class Submit:
     """One prompt's requests (n choices share one prefill; choice j is seeded seed + j)."""
@@ -114,8 +112,6 @@ class Delivered:
 
 
 ToHost = Submit | Abort | AbortAll | Stop | Ask | Delivered
-
-# ----- engine host -> HTTP side
 
 
 @dataclass(frozen=True, slots=True)
