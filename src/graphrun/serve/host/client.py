@@ -19,6 +19,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 
 from graphrun.llm.sampling_params import SamplingParams
@@ -28,6 +29,7 @@ from graphrun.serve.host.handle import RequestHandle
 from graphrun.serve.host.host_loop import freeze_startup_objects
 from graphrun.serve.host.observer import ClientObserver
 from graphrun.serve.host.transport import Transport
+from graphrun.serve.infer.schema import BucketKey
 from graphrun.serve.memory import max_rss_bytes
 from graphrun.serve.metrics import RequestMetrics
 
@@ -45,7 +47,7 @@ class EngineClient:
         self.registry = CollectorRegistry()  # this side's series (/metrics joins the engine side's)
         self.metrics = RequestMetrics(self.registry)
         self.state = "starting"  # ready, draining, stopping, stopped or failed
-        self._model: m.ModelInfo | None = None
+        self._model: m.ModelInfo | m.InferInfo | None = None
         self._running = False  # the engine side is started and not gone
         self._ready, self._cond = threading.Event(), threading.Condition()
         self.num_in_flight = 0
@@ -77,7 +79,14 @@ class EngineClient:
     @property
     def model(self) -> m.ModelInfo:
         """The served model's tokenizer and limits, once the engine is ready."""
-        if self._model is None or self.state not in ("ready", "draining"):
+        if not isinstance(self._model, m.ModelInfo) or self.state not in ("ready", "draining"):
+            raise m.Unavailable(self.state, f"the engine is {self.state}; retry shortly")
+        return self._model
+
+    @property
+    def infer_info(self) -> m.InferInfo:
+        """A tensor model's schema, once the engine is ready."""
+        if not isinstance(self._model, m.InferInfo) or self.state not in ("ready", "draining"):
             raise m.Unavailable(self.state, f"the engine is {self.state}; retry shortly")
         return self._model
 
@@ -126,6 +135,26 @@ class EngineClient:
         ids = tuple(handle.request_id for handle in handles)
         self.transport.send(m.Submit(ids, tuple(prompt_ids), params, handles[0].arrival))
         return handles
+
+    def submit_tensors(
+        self, tensors: tuple[tuple[str, np.ndarray], ...], rows: int, key: BucketKey
+    ) -> RequestHandle:
+        """Queue one tensor request (validated against infer_info.schema); raises Unavailable or
+        QueueFull. Its handle's one event is an InferResult, or an error."""
+        if self.state != "ready":
+            raise m.Unavailable(self.state, f"the server is {self.state}; retry shortly")
+        with self._cond:
+            if self.num_in_flight >= self.max_in_flight:
+                message = f"{self.num_in_flight} requests in flight (limit {self.max_in_flight})"
+                raise m.QueueFull(message + "; retry shortly")
+            self.num_in_flight += 1
+        # a handle carries an LLM request's prompt and params too: a tensor request has none
+        handle = RequestHandle(
+            next(self._ids), [], SamplingParams(), (), asyncio.get_running_loop(), self._on_done
+        )
+        self._handles[handle.request_id] = handle
+        self.transport.send(m.InferSubmit((handle.request_id,), tensors, rows, key, handle.arrival))
+        return handle
 
     def abort(self, handle: RequestHandle) -> None:
         """Stop a request and free what it holds (a request that is over is left alone)."""
