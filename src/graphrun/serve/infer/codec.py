@@ -76,8 +76,7 @@ def decode(body: object) -> Decoded:
 def encode(encoding: Encoding, tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """The answer's body (without `model`) for `tensors` in `encoding`."""
     if encoding is Encoding.SAFETENSORS:
-        blob = safetensors.numpy.save({name: np.ascontiguousarray(a) for name, a in tensors.items()})
-        return {"safetensors": base64.b64encode(blob).decode("ascii")}
+        return {"safetensors": safetensors_b64(tensors)}
     if encoding is Encoding.NPY:
         return {"outputs": {name: {"npy": _npy_b64(a)} for name, a in tensors.items()}}
     outputs = {
@@ -94,7 +93,9 @@ def npy_b64(array: np.ndarray) -> str:
 
 def safetensors_b64(tensors: Mapping[str, np.ndarray]) -> str:
     """base64 of `tensors` as a safetensors file (what a client sends in the safetensors encoding)."""
-    return base64.b64encode(safetensors.numpy.save(dict(tensors))).decode("ascii")
+    # the package writes a strided view's memory as if it were contiguous: hand it contiguous arrays
+    blob = safetensors.numpy.save({name: np.ascontiguousarray(a) for name, a in tensors.items()})
+    return base64.b64encode(blob).decode("ascii")
 
 
 def _npy_b64(array: np.ndarray) -> str:

@@ -157,8 +157,9 @@ def _from_pair(fn: Callable[..., Any], example: Any, name: str) -> ModelSource:
 
 def _parameter_names(fn: Callable[..., Any], count: int) -> list[str]:
     """forward's positional parameter names, or input0.. where they cannot be read."""
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn  # a module's own signature is __call__'s
     try:
-        params = list(inspect.signature(fn).parameters.values())
+        params = list(inspect.signature(target).parameters.values())
     except (TypeError, ValueError):
         params = []
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
