@@ -1,7 +1,8 @@
 """Settings of a served tensor model: where it comes from, its rungs, batching and request limits.
 
-One frozen dataclass, built from `graphrun serve --module/--exported` flags (serve/cli.py); the HTTP
-settings (port, queue, keys, body limit) stay in ServeConfig.
+One frozen dataclass, built from `graphrun serve --module/--exported` flags (infer/cli.py); the HTTP
+settings (port, queue, keys, body limit) stay in ServeConfig. Torch-free (the CLI checks it before torch
+loads): the ladder itself is computed by graphs/sizes.py when the model is built.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graphrun.errors import ConfigError
-from graphrun.graphs.sizes import default_ladder, normalize_ladder
 
 GRAPH_BACKENDS = ("auto", "sim", "cuda")
 DEFAULT_MAX_BATCH_SIZE = 32
@@ -52,15 +52,9 @@ class InferConfig:
             raise ConfigError(
                 f"cuda_graph_max_bs must be >= 1 for a tensor model, got {self.cuda_graph_max_bs}"
             )
-        if self.cuda_graph_sizes:
-            normalize_ladder(self.cuda_graph_sizes)
-
-    @property
-    def rungs(self) -> tuple[int, ...]:
-        """The batch sizes the runner captures (and the batcher fills up to the top one)."""
-        if self.cuda_graph_sizes:
-            return normalize_ladder(self.cuda_graph_sizes)
-        return default_ladder(self.cuda_graph_max_bs)
+        bad = [size for size in self.cuda_graph_sizes if size < 1]
+        if bad:
+            raise ConfigError(f"cuda_graph_sizes must be positive batch sizes, got {bad}")
 
     @property
     def source(self) -> str:

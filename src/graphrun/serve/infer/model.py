@@ -98,7 +98,8 @@ class InferServedModel:
     def _build_runner(self) -> GraphRunner:
         config, source = self.config, self.source
         options = RunnerOptions(
-            sizes=config.rungs,
+            sizes=config.cuda_graph_sizes or None,
+            max_batch_size=None if config.cuda_graph_sizes else config.cuda_graph_max_bs,
             backend=config.graph_backend,
             verify=config.verify,
             registry=self.registry,
