@@ -82,6 +82,7 @@ class InferServedModel:
         self.registry = CollectorRegistry()
         self.metrics = InferMetrics(self.registry)
         self.source = _load_source(config)
+        self._examples = dict(self.source.example)  # each input's dtype and device
         self.runner = self._build_runner()
         self.schema = InferSchema(
             self.source.input_specs(), output_specs(self.source), self.runner.sizes, config.max_rows
@@ -185,7 +186,7 @@ class InferServedModel:
         return named_outputs(self.runner(*args, **kwargs))
 
     def _to_model(self, name: str, array: np.ndarray) -> torch.Tensor:
-        example = dict(self.source.example)[name]
+        example = self._examples[name]
         return torch.from_numpy(array).to(example.device, example.dtype)
 
     def drain(self) -> list[int]:
