@@ -72,3 +72,8 @@ def export_scale(path: Path) -> Path:
 def scaled(x: list[list[float]], scale: list[float]) -> list[list[float]]:
     """What Scale answers for `scaled`, computed by hand."""
     return [[v * s for v in row] for row, s in zip(x, scale, strict=True)]
+
+
+def scale_cuda_factory() -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """Scale on the GPU (the GPU tests' model)."""
+    return Scale().cuda(), (torch.randn(2, FEATURES, device="cuda"), torch.ones(2, 1, device="cuda"))
