@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from graphrun.llm.scheduler import RequestRejected
     from graphrun.llm.tokenizer import TokenizerError
     from graphrun.serve.host.messages import EngineFailure, QueueFull, Unavailable
+    from graphrun.serve.infer.errors import TensorError
 
 from graphrun.version import __version__
 
@@ -67,6 +68,7 @@ _LAZY = {
     "EngineFailure": "graphrun.serve.host.messages",
     "QueueFull": "graphrun.serve.host.messages",
     "Unavailable": "graphrun.serve.host.messages",
+    "TensorError": "graphrun.serve.infer.errors",
 }
 
 __all__ = [
@@ -94,6 +96,7 @@ __all__ = [
     "SamplingParamsError",
     "SimBackend",
     "StaticValueError",
+    "TensorError",
     "TokenizerError",
     "Unavailable",
     "UncapturableOpError",

@@ -7,6 +7,7 @@ no FastAPI.
     config.py         ServeConfig: host, port, queue bound, drain time, served model name, API keys, trace
     host/             the engine host: typed messages, one client, thread or process transport, host loop
     llm_model.py      the LLM engine as the host's served model; llm_client() wires it up
+    infer/            any model on POST /v1/infer: codec, schema, sources, batcher, served model, routes
     deltas.py         a request's events -> text deltas (streamed or collected)
     text.py           token ids -> streamed text, stop strings
     sse.py            streamed answers, written as each step is delivered

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.tokenizer import Tokenizer
 from graphrun.serve.host.handle import RequestHandle
-from graphrun.serve.host.messages import Event, PromptCached, PromptLogprobs
+from graphrun.serve.host.messages import Event, InferResult, PromptCached, PromptLogprobs
 from graphrun.serve.text import TextStream
 
 
@@ -57,7 +57,8 @@ class Deltas:
         """push() for one event from the engine; an error event is raised."""
         if isinstance(event, Exception):
             raise event
-        if isinstance(event, PromptCached | PromptLogprobs):  # never a delta (Collected keeps the latter)
+        # never a delta (Collected keeps the prompt's logprobs); an InferResult never reaches an LLM request
+        if isinstance(event, PromptCached | PromptLogprobs | InferResult):
             return None
         if isinstance(event, TokenLogprobs):  # the next token's: it travels with that token
             if not self.over:

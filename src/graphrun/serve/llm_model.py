@@ -21,7 +21,15 @@ from graphrun.llm.engine_config import EngineConfig
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.host.client import EngineClient
 from graphrun.serve.host.host_loop import HostPlan
-from graphrun.serve.host.messages import Event, ModelInfo, PromptCached, PromptLogprobs, Question, Submit
+from graphrun.serve.host.messages import (
+    AnySubmit,
+    Event,
+    ModelInfo,
+    PromptCached,
+    PromptLogprobs,
+    Question,
+    Submit,
+)
 from graphrun.serve.host.served_model import StepOutcome
 from graphrun.serve.host.transport import PipeTransport, ThreadTransport, Transport
 from graphrun.serve.memory import memory_now
@@ -72,8 +80,10 @@ class LLMServedModel:
             engine.tokenizer, facts["vocab_size"], engine.max_model_len, engine.config.model, facts
         )
 
-    def submit(self, submit: Submit) -> list[int | Exception]:
+    def submit(self, submit: AnySubmit) -> list[int | Exception]:
         """One request, or the n choices of one prompt as one group (one prefill): all in or all out."""
+        if not isinstance(submit, Submit):
+            return [TypeError("an LLM takes prompts, not tensors (/v1/infer)")]
         prompt_ids, num = list(submit.prompt_ids), len(submit.request_ids)
         try:
             if num == 1:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
+import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 
 from graphrun.llm.sampling_params import SamplingParams
@@ -25,6 +26,7 @@ from graphrun.serve.deltas import Deltas
 from graphrun.serve.host import messages as m
 from graphrun.serve.host.handle import RequestHandle
 from graphrun.serve.host.transport import Transport
+from graphrun.serve.infer.schema import BucketKey
 from graphrun.serve.memory import max_rss_bytes
 from graphrun.serve.metrics import RequestMetrics
 
@@ -55,7 +57,7 @@ class EngineClient:
         self.registry = CollectorRegistry()  # this side's series (/metrics joins the engine side's)
         self.metrics = RequestMetrics(self.registry)
         self.state = "starting"  # ready, draining, stopping, stopped or failed
-        self._model: m.ModelInfo | None = None
+        self._model: m.ModelInfo | m.InferInfo | None = None
         self._running = False  # the engine side is started and not gone
         self._ready, self._cond = threading.Event(), threading.Condition()  # _cond: a request ended
         self._ids = itertools.count()
@@ -86,7 +88,14 @@ class EngineClient:
     @property
     def model(self) -> m.ModelInfo:
         """The served model's tokenizer and limits, once the engine is ready."""
-        if self._model is None or self.state not in ("ready", "draining"):
+        if not isinstance(self._model, m.ModelInfo) or self.state not in ("ready", "draining"):
+            raise m.Unavailable(self.state, f"the engine is {self.state}; retry shortly")
+        return self._model
+
+    @property
+    def infer_info(self) -> m.InferInfo:
+        """A tensor model's schema, once the engine is ready."""
+        if not isinstance(self._model, m.InferInfo) or self.state not in ("ready", "draining"):
             raise m.Unavailable(self.state, f"the engine is {self.state}; retry shortly")
         return self._model
 
@@ -135,6 +144,22 @@ class EngineClient:
         ids = tuple(handle.request_id for handle in handles)
         self.transport.send(m.Submit(ids, tuple(prompt_ids), params, time.monotonic()))
         return handles
+
+    def submit_tensors(
+        self, tensors: tuple[tuple[str, np.ndarray], ...], rows: int, key: BucketKey
+    ) -> RequestHandle:
+        """Queue one tensor request (validated against infer_info.schema); raises Unavailable or
+        QueueFull. Its handle's one event is an InferResult, or an error."""
+        if self.state != "ready":
+            raise m.Unavailable(self.state, f"the server is {self.state}; retry shortly")
+        # a handle carries an LLM request's prompt and stop strings too: a tensor request has none
+        handle = RequestHandle(next(self._ids), [], (), asyncio.get_running_loop(), self._on_done)
+        with self._cond:
+            if (num := self.num_in_flight) >= self.max_in_flight:
+                raise m.QueueFull(f"{num} requests in flight (limit {self.max_in_flight}); retry shortly")
+            self._handles[handle.request_id] = handle
+        self.transport.send(m.InferSubmit((handle.request_id,), tensors, rows, key, time.monotonic()))
+        return handle
 
     def abort(self, handle: RequestHandle) -> None:
         """Stop a request and free what it holds (a request that is over is left alone)."""

@@ -108,7 +108,7 @@ class HostLoop:
         self._flush()
         self._fail(model.drain(), _stopped)
         for message in self._messages(block=False):  # submitted after the last turn: refused
-            if isinstance(message, m.Submit):
+            if isinstance(message, m.AnySubmit):
                 for request_id in message.request_ids:
                     self.send(m.Admitted(request_id, _stopped()))
         if self.observer is not None:
@@ -120,7 +120,7 @@ class HostLoop:
             for message in self._messages(block=not model.busy() and not model.has_idle_work()):
                 if isinstance(message, m.Stop):
                     return
-                if isinstance(message, m.Submit):
+                if isinstance(message, m.AnySubmit):
                     for request_id, result in zip(message.request_ids, model.submit(message), strict=True):
                         self.send(m.Admitted(request_id, result))
                 elif isinstance(message, m.Abort) and model.abort(message.request_id):

@@ -12,10 +12,13 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from graphrun.errors import GraphrunError
 from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.tokenizer import Tokenizer
+from graphrun.serve.infer.schema import BucketKey, InferSchema
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,17 +35,24 @@ class PromptLogprobs:
     items: tuple[TokenLogprobs, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    """A tensor request's outputs by name, its own rows only: its one (terminal) event."""
+
+    outputs: tuple[tuple[str, np.ndarray], ...]
+
+
 Token = tuple[int | None, str | None]  # (token id, finish reason); (None, "abort") after an abort
 # a token, or why the request failed, or (never terminal) the prefix-cache hit, the logprobs of the token
-# whose event comes next, or the prompt's
-Event = Token | Exception | PromptCached | TokenLogprobs | PromptLogprobs
+# whose event comes next, or the prompt's; a tensor request's outputs
+Event = Token | Exception | PromptCached | TokenLogprobs | PromptLogprobs | InferResult
 
 
 def is_terminal(event: Event) -> bool:
     """True for the event that ends a request: an error or a finish reason."""
     if isinstance(event, PromptCached | TokenLogprobs | PromptLogprobs):
         return False
-    return isinstance(event, Exception) or event[1] is not None
+    return isinstance(event, Exception | InferResult) or event[1] is not None
 
 
 class Unavailable(GraphrunError, RuntimeError):
@@ -111,7 +121,20 @@ class Delivered:
     when: float
 
 
-ToHost = Submit | Abort | AbortAll | Stop | Ask | Delivered
+@dataclass(frozen=True, slots=True)
+class InferSubmit:
+    """One tensor request (serve/infer/), validated on the HTTP side: numpy arrays with `rows` rows in
+    dim 0, in the model's input order, and the bucket the batcher groups it by."""
+
+    request_ids: tuple[int]
+    tensors: tuple[tuple[str, np.ndarray], ...]
+    rows: int
+    key: BucketKey
+    arrival: float  # time.monotonic() at submission
+
+
+AnySubmit = Submit | InferSubmit
+ToHost = Submit | InferSubmit | Abort | AbortAll | Stop | Ask | Delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +149,27 @@ class ModelInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class InferInfo:
+    """A tensor model's schema (names, dtypes, shapes, rungs), batching and start-up facts."""
+
+    schema: InferSchema
+    source: str  # the --module factory or --exported archive
+    device: str
+    backend: str  # the graph backend its runner resolved
+    max_wait_ms: float
+    engine_pid: int
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """For /health, as ModelInfo.facts."""
+        rungs, wait = list(self.schema.rungs), self.max_wait_ms
+        facts = {"model": self.source, "device": self.device, "graph_backend": self.backend}
+        return {**facts, "rungs": rungs, "max_wait_ms": wait, "engine_pid": self.engine_pid}
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
-    info: ModelInfo
+    info: ModelInfo | InferInfo
 
 
 @dataclass(frozen=True, slots=True)

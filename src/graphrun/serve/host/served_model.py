@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from graphrun.serve.host.messages import Event, ModelInfo, Question, Submit
+from graphrun.serve.host.messages import AnySubmit, Event, InferInfo, ModelInfo, Question
 from graphrun.step_timing import StepTiming
 
 
@@ -24,11 +24,12 @@ class StepOutcome:
 
 
 class ServedModel(Protocol):
-    def info(self) -> ModelInfo:
+    def info(self) -> ModelInfo | InferInfo:
         """Start-up facts and what the HTTP side needs (tokenizer, limits)."""
 
-    def submit(self, submit: Submit) -> list[int | Exception]:
-        """Admit the requests (one result per request id: a seq id, or why it was refused)."""
+    def submit(self, submit: AnySubmit) -> list[int | Exception]:
+        """Admit the requests (one result per request id: a seq id, or why it was refused; a model
+        refuses the submissions of another kind: an LLM's tensors, a tensor model's prompts)."""
 
     def abort(self, request_id: int) -> bool:
         """Stop a request and free what it holds; False when it is unknown or over."""

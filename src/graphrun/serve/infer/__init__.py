@@ -1,0 +1,8 @@
+"""Serving any model: named tensors in, named tensors out, through the engine host (issue 16 items 2-3).
+
+One concept per file: `errors.py` (the 400 a bad tensor gets), `codec.py` (JSON / .npy / safetensors on
+the wire), `schema.py` (what the model takes, and the checks), `source.py` (a module factory or a
+torch.export archive), `batcher.py` (coalescing requests per bucket), `model.py` (the served model the
+host loop drives), `metrics.py`, `config.py` and `app.py` (the HTTP routes). Nothing here imports
+FastAPI but app.py.
+"""

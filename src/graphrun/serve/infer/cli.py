@@ -1,0 +1,119 @@
+"""`graphrun serve --module pkg.mod:factory | --exported model.pt2`: the flags of a served tensor model.
+
+serve/cli.py registers these beside the LLM's and hands a run with either source here, with the
+ServeConfig it built from the shared flags (host, port, queue, keys, body limit, drain). The graph flags
+are the LLM server's (--graph-backend, --enforce-eager, --cuda-graph-sizes, --cuda-graph-max-bs); the
+LLM-only ones (--model, --max-num-seqs, ...) do not apply. Checked before torch loads, like the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from graphrun.errors import ConfigError, GraphrunError
+from graphrun.preflight import check_port_free, check_serve_extra
+from graphrun.serve.config import ServeConfig
+from graphrun.serve.infer.config import DEFAULT_MAX_BATCH_SIZE, InferConfig
+
+log = logging.getLogger(__name__)
+
+
+def add_infer_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `graphrun serve` for a tensor model (defaults from InferConfig)."""
+    cfg = InferConfig(module="x:y")
+    group = p.add_argument_group("serving any model (POST /v1/infer)")
+    group.add_argument(
+        "--module",
+        metavar="PKG.MOD:FACTORY",
+        default=None,
+        help="serve the model factory() returns (a ModelSource, or a module and example inputs), not an LLM",
+    )
+    group.add_argument(
+        "--exported", type=Path, default=None, metavar="PATH", help="serve a torch.export archive (.pt2)"
+    )
+    group.add_argument(
+        "--device", default=cfg.device, help="where an --exported program runs (auto: CUDA when present)"
+    )
+    group.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=cfg.max_wait_ms,
+        help="how long a request waits for others to share its model call "
+        f"(default {cfg.max_wait_ms}; 0: no wait)",
+    )
+    group.add_argument(
+        "--max-request-rows",
+        type=int,
+        default=cfg.max_rows,
+        help=f"rows (dim 0) one /v1/infer request may carry, 400 above (default {cfg.max_rows})",
+    )
+
+
+def wants_infer(args: argparse.Namespace) -> bool:
+    return args.module is not None or args.exported is not None
+
+
+def infer_config(args: argparse.Namespace) -> InferConfig:
+    """The tensor model's settings from the flags (validated by the dataclass and here, without torch)."""
+    if args.model is not None:
+        raise ConfigError("--model serves an LLM; --module/--exported a tensor model: pass one of them")
+    if args.exported is not None and not args.exported.is_file():
+        raise ConfigError(f"--exported {args.exported}: no such file")
+    return InferConfig(
+        module=args.module,
+        exported=args.exported,
+        device=args.device,
+        graph_backend=args.graph_backend,
+        enforce_eager=args.enforce_eager,
+        cuda_graph_sizes=args.cuda_graph_sizes,
+        cuda_graph_max_bs=args.cuda_graph_max_bs or DEFAULT_MAX_BATCH_SIZE,
+        max_wait_ms=args.batch_wait_ms,
+        max_rows=args.max_request_rows,
+    )
+
+
+def run_infer(args: argparse.Namespace, serve_config: ServeConfig) -> int:
+    """Check the flags (a problem: one line on stderr, exit 2), then serve the tensor model."""
+    try:
+        config = infer_config(args)
+        name = args.served_model_name or _default_name(config)
+        serve_config = dataclasses.replace(serve_config, served_model_name=name)
+        check_serve_extra()
+        check_port_free(serve_config.host, serve_config.port)
+    except GraphrunError as exc:
+        print(f"graphrun serve: error: {exc}", file=sys.stderr)
+        return 2
+    return serve_infer(config, serve_config)
+
+
+def _default_name(config: InferConfig) -> str:
+    """The factory's name, or the archive's file name without .pt2."""
+    if config.exported is not None:
+        return config.exported.stem
+    return (config.module or "model").rpartition(":")[2] or "model"
+
+
+def serve_infer(config: InferConfig, serve_config: ServeConfig) -> int:
+    """Serve until SIGTERM/SIGINT has drained the server; 1 when the model failed (at start or later)."""
+    import uvicorn
+
+    from graphrun.serve.auth import log_access_policy
+    from graphrun.serve.cli import GRACEFUL_SHUTDOWN_SECONDS, draining_server
+    from graphrun.serve.infer.app import build_infer_app
+    from graphrun.serve.infer.model import infer_client
+
+    log_access_policy(serve_config)
+    client = infer_client(config, serve_config)
+    uvicorn_config = uvicorn.Config(
+        build_infer_app(client, serve_config),
+        host=serve_config.host,
+        port=serve_config.port,
+        log_config=None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    draining_server(uvicorn_config, client, serve_config.drain_seconds).run()
+    return 1 if client.state == "failed" else 0

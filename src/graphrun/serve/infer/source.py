@@ -1,0 +1,198 @@
+"""Where a served model comes from: a factory in an importable module, or a torch.export archive.
+
+`--module pkg.mod:factory`: `factory()` returns a ModelSource, or `(module, example_inputs)` where the
+example is one tensor, a tuple of tensors (named after forward's parameters) or a dict of named tensors
+(passed by keyword). `--exported model.pt2`: `torch.export.load`, named by the program's user inputs,
+its saved example inputs as the example; dim 0 of every input must be dynamic in the export (the
+batch). Either way the example fixes every other dim, dtype and device, and one eager run on it names
+the outputs: "output" for a single tensor, "output0".. for a tuple, a dict's own keys.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graphrun.errors import ConfigError
+from graphrun.serve.infer.schema import TensorSpec
+
+log = logging.getLogger(__name__)
+# torch dtype -> wire dtype; bfloat16 has no numpy dtype: it travels as float32 and is cast at the model
+_WIRE = {
+    torch.bool: "bool",
+    torch.uint8: "uint8",
+    torch.int8: "int8",
+    torch.int16: "int16",
+    torch.int32: "int32",
+    torch.int64: "int64",
+    torch.float16: "float16",
+    torch.bfloat16: "float32",
+    torch.float32: "float32",
+    torch.float64: "float64",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """A callable and named example inputs (each with the batch in dim 0).
+
+    keywords: call fn(**inputs) (a dict example), else fn(*inputs) in order. finite: inputs whose NaN or
+    infinity a request may not carry (400).
+    """
+
+    fn: Callable[..., Any]
+    example: tuple[tuple[str, torch.Tensor], ...]
+    keywords: bool = False
+    finite: frozenset[str] = field(default_factory=frozenset)
+    name: str = "model"
+
+    def __post_init__(self) -> None:
+        if not self.example:
+            raise ConfigError("a served model needs at least one example input tensor")
+        for name, tensor in self.example:
+            if not isinstance(tensor, torch.Tensor) or tensor.dim() < 1:
+                raise ConfigError(f"example input {name!r} must be a tensor with a batch dim (dim 0)")
+            if tensor.dtype not in _WIRE:
+                raise ConfigError(
+                    f"example input {name!r} has dtype {tensor.dtype}; use one of {list(_WIRE)}"
+                )
+        unknown = self.finite - {name for name, _ in self.example}
+        if unknown:
+            raise ConfigError(f"finite names inputs the example lacks: {sorted(unknown)}")
+
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(name, _WIRE[t.dtype], (None, *t.shape[1:]), name in self.finite)
+            for name, t in self.example
+        )
+
+    def call_args(self, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """(args, kwargs) to call fn (or its runner) with."""
+        if self.keywords:
+            return (), {name: tensors[name] for name, _ in self.example}
+        return tuple(tensors[name] for name, _ in self.example), {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.example[0][1].device
+
+
+def output_names(outputs: object) -> tuple[str, ...]:
+    """The names of a call's outputs: "output", "output0".., or a dict's keys."""
+    if isinstance(outputs, torch.Tensor):
+        return ("output",)
+    if isinstance(outputs, tuple | list) and all(isinstance(o, torch.Tensor) for o in outputs):
+        return tuple(f"output{i}" for i in range(len(outputs)))
+    if isinstance(outputs, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in outputs.items()
+    ):
+        return tuple(outputs)
+    raise ConfigError(
+        "a served model must return a tensor, a tuple of tensors or a dict of named tensors, "
+        f"got {type(outputs).__name__}"
+    )
+
+
+def named_outputs(outputs: Any) -> dict[str, torch.Tensor]:
+    """A call's outputs by name (output_names' names)."""
+    names = output_names(outputs)
+    if isinstance(outputs, torch.Tensor):
+        return {names[0]: outputs}
+    if isinstance(outputs, dict):
+        return dict(outputs)
+    return dict(zip(names, outputs, strict=True))
+
+
+def output_specs(source: ModelSource) -> tuple[TensorSpec, ...]:
+    """Run the model once on its example: its outputs' names, dtypes and shapes; each must keep the batch."""
+    args, kwargs = source.call_args(dict(source.example))
+    with torch.no_grad():
+        outputs = named_outputs(source.fn(*args, **kwargs))
+    rows = source.example[0][1].shape[0]
+    specs = []
+    for name, tensor in outputs.items():
+        if tensor.dim() < 1 or tensor.shape[0] != rows or tensor.dtype not in _WIRE:
+            raise ConfigError(
+                f"output {name!r} (shape {list(tensor.shape)}, {tensor.dtype}) must keep the batch in dim 0 "
+                f"({rows} rows for the example) and have a dtype of {list(_WIRE)}"
+            )
+        specs.append(TensorSpec(name, _WIRE[tensor.dtype], (None, *tensor.shape[1:])))
+    return tuple(specs)
+
+
+def load_module_factory(spec: str) -> ModelSource:
+    """`pkg.mod:factory` -> the ModelSource the factory returns (or builds from (module, example))."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--module takes pkg.mod:factory, got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--module {spec}: cannot import the factory ({exc})") from exc
+    made = factory()
+    if isinstance(made, ModelSource):
+        return made
+    if not (isinstance(made, tuple) and len(made) == 2):
+        raise ConfigError(
+            f"--module {spec}: the factory must return a ModelSource or (module, example_inputs)"
+        )
+    return _from_pair(made[0], made[1], name=attr)
+
+
+def _from_pair(fn: Callable[..., Any], example: Any, name: str) -> ModelSource:
+    if isinstance(fn, torch.nn.Module):
+        fn.eval()
+    if isinstance(example, dict):
+        return ModelSource(fn, tuple(example.items()), keywords=True, name=name)
+    tensors = (example,) if isinstance(example, torch.Tensor) else tuple(example)
+    return ModelSource(fn, tuple(zip(_parameter_names(fn, len(tensors)), tensors, strict=True)), name=name)
+
+
+def _parameter_names(fn: Callable[..., Any], count: int) -> list[str]:
+    """forward's positional parameter names, or input0.. where they cannot be read."""
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn  # a module's own signature is __call__'s
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return positional[:count] if len(positional) >= count else [f"input{i}" for i in range(count)]
+
+
+def load_exported(path: Path, device: torch.device) -> ModelSource:
+    """A torch.export archive (.pt2) as a ModelSource on `device`."""
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # torch raises many kinds on a file that is not an archive
+        raise ConfigError(
+            f"--exported {path}: not a torch.export archive ({type(exc).__name__}: {exc})"
+        ) from exc
+    if program.example_inputs is None:
+        raise ConfigError(f"--exported {path}: the archive has no example inputs; export with example args")
+    args, kwargs = program.example_inputs
+    if kwargs:
+        raise ConfigError(f"--exported {path}: keyword inputs are not served; export with positional inputs")
+    names = list(program.graph_signature.user_inputs)
+    _check_batch_dynamic(program, names, path)
+    fn = program.module().to(device)
+    example = tuple((name, tensor.to(device)) for name, tensor in zip(names, args, strict=True))
+    log.info("loaded %s: inputs %s on %s", path, names, device)
+    return ModelSource(fn, example, name=path.stem)
+
+
+def _check_batch_dynamic(program: torch.export.ExportedProgram, names: list[str], path: Path) -> None:
+    shapes = {node.name: node.meta["val"].shape for node in program.graph.nodes if node.op == "placeholder"}
+    for name in names:
+        shape = shapes.get(name)
+        if shape is not None and (len(shape) == 0 or not isinstance(shape[0], torch.SymInt)):
+            raise ConfigError(
+                f"--exported {path}: input {name!r} has a fixed batch (shape {list(shape)}); export with "
+                "dynamic_shapes marking dim 0, e.g. {0: torch.export.Dim('batch')}"
+            )

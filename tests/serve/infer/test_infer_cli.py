@@ -1,0 +1,79 @@
+"""`graphrun serve --module` from the command line, the model in its own process (the default): arrays
+cross the pipe both ways, SIGTERM drains and exits 0; bad flags are one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from infer_models import scaled
+
+HERE = Path(__file__).parent
+PATIENCE = 180.0
+
+
+def _env() -> dict[str, str]:
+    paths = [str(HERE), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(*args: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    command = [sys.executable, "-m", "graphrun", "serve", *args, "--port", str(port)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env())
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + PATIENCE
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"the server did not start:\n{log.read_text()}")
+
+
+def test_serve_module_in_an_engine_process_answers_and_drains(tmp_path):
+    proc, url = _serve("--module", "infer_models:scale_factory", "--batch-wait-ms", "1", log=tmp_path / "log")
+    try:
+        health = httpx.get(url + "/health", timeout=10).json()
+        assert health["engine_pid"] != proc.pid and health["model"] == "scale_factory"
+        x, scale = [[1.0, 2.0, 3.0, 4.0]], [3.0]
+        body = {
+            "inputs": {"x": {"dtype": "float32", "data": x}, "scale": {"dtype": "float32", "data": [scale]}}
+        }
+        answer = httpx.post(url + "/v1/infer", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["outputs"]["scaled"]["data"], scaled(x, scale))
+        assert httpx.get(url + "/v1/models", timeout=10).json()["data"][0]["id"] == "scale_factory"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(PATIENCE) == 0, (tmp_path / "log").read_text()
+
+
+def _refused(*args: str) -> str:
+    command = [sys.executable, "-m", "graphrun", "serve", *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=PATIENCE)
+    assert done.returncode == 2, done.stderr
+    return done.stderr.strip()
+
+
+def test_bad_flags_are_refused_before_anything_starts(tmp_path):
+    assert "--model serves an LLM" in _refused("--model", "tiny", "--module", "infer_models:scale_factory")
+    assert "no such file" in _refused("--exported", str(tmp_path / "missing.pt2"))
+    assert "max_wait_ms must be >= 0" in _refused("--module", "a:b", "--batch-wait-ms", "-1")
