@@ -39,9 +39,8 @@ from graphrun.serve.host.messages import (
     InferSubmit,
     Question,
 )
-from graphrun.serve.host.pipe import PipeTransport
 from graphrun.serve.host.served_model import StepOutcome
-from graphrun.serve.host.transport import ThreadTransport, Transport
+from graphrun.serve.host.transport import PipeTransport, ThreadTransport, Transport
 from graphrun.serve.infer.batcher import Batch, Batcher, Pending
 from graphrun.serve.infer.config import InferConfig
 from graphrun.serve.infer.metrics import InferMetrics
