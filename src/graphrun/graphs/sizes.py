@@ -105,7 +105,7 @@ def recommend_ladder_counts(counts: Mapping[int, int], max_rungs: int) -> tuple[
     """recommend_ladder for a histogram {size: number of calls}; the optimum for every rung count
     up to `max_rungs` is `best_ladders(counts, max_rungs)`, of which this is the cheapest."""
     ladders = best_ladders(counts, max_rungs)
-    return min(ladders, key=lambda ladder: (padding_report_counts(ladder, counts).num_padded_rows, len(ladder)))
+    return min(ladders, key=lambda rungs: (padding_report_counts(rungs, counts).num_padded_rows, len(rungs)))
 
 
 def best_ladders(counts: Mapping[int, int], max_rungs: int) -> list[tuple[int, ...]]:
