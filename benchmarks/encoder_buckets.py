@@ -125,7 +125,8 @@ def main() -> int:
     print_goals(goals)
     payload = {
         "benchmark": "encoder_buckets", **env, "model": "bert-large-shape" if not args.small else "small",
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "lengths": ints(args.lengths), "batch_sizes": ints(args.batch_sizes),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "lengths": ints(args.lengths), "batch_sizes": ints(args.batch_sizes),
         "num_graphs": runner.num_graphs, "capture_s": capture_s, "iters": args.iters, "rows": rows,
         "goals": goals, "exact_only_buckets": [b.sizes for b in runner.status().buckets if b.exact_dims],
     }  # fmt: skip
