@@ -70,7 +70,9 @@ def test_mask_given_with_holes_and_mask_omitted(registry, model):
 def test_above_top_length_runs_eager_counted(registry, model):
     runner = BucketedRunner(model, encoder_inputs(2, 8), options(registry))
     assert_matches_eager(runner, model, 2, 20)
-    assert runner.stats.eager_fallback == {CallFallback.ABOVE_TOP_RUNG: 1}
+    ids = encoder_inputs(1, 18)["input_ids"]  # without its mask: eager gets one built
+    torch.testing.assert_close(runner(input_ids=ids)["tokens"], model(ids, torch.ones_like(ids))["tokens"])
+    assert runner.stats.eager_fallback == {CallFallback.ABOVE_TOP_RUNG: 2}
     assert runner.bucket_of({"input_ids": (2, 20)}) is None
 
 

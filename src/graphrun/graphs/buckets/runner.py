@@ -189,8 +189,7 @@ class BucketedRunner:
         sizes = sizes_of(self._dims, inputs)
         if any(s > b for s, b in zip(sizes, bucket.sizes, strict=True)):
             raise GraphInputError(f"sizes {sizes} do not fit bucket {bucket.sizes}")
-        mask = self.options.mask
-        return pad_inputs(self._dims, mask, self._layout.mask_example, inputs, sizes, bucket.sizes)
+        return self._pad(inputs, sizes, bucket.sizes)
 
     def __call__(self, **inputs: torch.Tensor) -> Any:
         """Run one call: pad every bucketed dim to its bucket, replay, slice back; else eager (counted)."""
@@ -200,11 +199,15 @@ class BucketedRunner:
         if bucket is None:
             above = self._table.is_above_top(sizes)
             self.stats.count_fallback(CallFallback.ABOVE_TOP_RUNG if above else CallFallback.PADDING_MISMATCH)
-            with torch.no_grad():
-                return self._fn(**inputs)
-        mask = self.options.mask
-        padded = pad_inputs(self._dims, mask, self._layout.mask_example, inputs, sizes, bucket)
+            with torch.no_grad():  # at its own sizes, with the mask built if the call left it out
+                return self._fn(**self._pad(inputs, sizes, sizes))
+        padded = self._pad(inputs, sizes, bucket)
         return self._layout.outputs.slice_back(self._runners[bucket](**padded), sizes, bucket)
+
+    def _pad(
+        self, inputs: Mapping[str, torch.Tensor], sizes: Sizes, bucket: Sizes
+    ) -> dict[str, torch.Tensor]:
+        return pad_inputs(self._dims, self.options.mask, self._layout.mask_example, inputs, sizes, bucket)
 
     def _count(self, inputs: Mapping[str, torch.Tensor], sizes: Sizes) -> None:
         counts = self.stats.sizes
