@@ -1,4 +1,4 @@
-"""The one command line: `graphrun demo | generate | serve | doctor | bench`. Thin: flags, logging, call.
+"""The one command line: `graphrun demo | generate | serve | doctor | bench | ladder`. Thin.
 
 Logging handlers are configured here and nowhere else. Building the parser imports no torch (nor
 FastAPI, matplotlib...): `graphrun --help` and a mistyped flag answer at once; each command imports what
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from graphrun.errors import GraphrunError
 from graphrun.generate_cli import add_generate_parser, run_generate
+from graphrun.ladder_cli import add_ladder_parser, run_ladder
 from graphrun.llm.engine_config import cuda_graph_mode_name
 from graphrun.preflight import check_model, check_out_dir, check_port_free
 from graphrun.serve.cli import add_serve_parser, run_serve
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_generate_parser(sub)
     add_serve_parser(sub)
+    add_ladder_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -182,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_doctor(as_json=args.json)
     if args.command == "bench":
         return _run_bench(args)
+    if args.command == "ladder":
+        return run_ladder(args)
     return 2
 
 

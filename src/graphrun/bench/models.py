@@ -45,11 +45,12 @@ class EncoderLayer(nn.Module):
         self.down = nn.Linear(ffn, hidden)
         self.ln2 = nn.LayerNorm(hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """keep: None, or (batch, 1, 1, seq) bool, True for the keys a query may attend to (real tokens)."""
         b, s, h = x.shape  # (batch, seq, hidden)
         qkv = self.qkv(x).view(b, s, 3, self.num_heads, h // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, num_heads, seq, head_dim)
-        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, h)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2).reshape(b, s, h)
         x = self.ln1(x + self.proj(attn))
         return self.ln2(x + self.down(F.gelu(self.up(x))))
 
@@ -67,6 +68,41 @@ class Encoder(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+
+class MaskedEncoder(nn.Module):
+    """BERT-shaped with its inputs: token ids and an attention mask (1 real, 0 padding).
+
+    Token + position embeddings and a LayerNorm, post-LN layers whose attention reads real tokens only,
+    then a mean pool over real tokens: {"pooled": (batch, hidden), "hidden": (batch, seq, hidden)}.
+    Padding-safe along the length, so buckets over batch x length may pad it.
+    """
+
+    def __init__(
+        self, vocab: int = 30522, max_len: int = 512, num_layers: int = 24, hidden: int = 1024,
+        num_heads: int = 16, ffn: int = 4096,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, hidden)
+        self.positions = nn.Embedding(max_len, hidden)
+        self.ln = nn.LayerNorm(hidden)
+        self.layers = nn.ModuleList(EncoderLayer(hidden, num_heads, ffn) for _ in range(num_layers))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        seq = input_ids.shape[1]
+        x = self.ln(self.tokens(input_ids) + self.positions.weight[:seq])  # (batch, seq, hidden)
+        keep = attention_mask[:, None, None, :].bool()  # (batch, 1, 1, seq)
+        for layer in self.layers:
+            x = layer(x, keep)
+        m = attention_mask[..., None].to(x.dtype)
+        return {"pooled": (x * m).sum(1) / m.sum(1).clamp_min(1.0), "hidden": x}
+
+
+def masked_encoder(small: bool = False) -> MaskedEncoder:
+    """BERT-large shape with embeddings (30522 tokens, 512 positions); small: 2 layers, hidden 64."""
+    with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's RNG untouched
+        torch.manual_seed(WEIGHT_SEED)
+        return MaskedEncoder(512, 128, 2, 64, 4, 128) if small else MaskedEncoder()
 
 
 def encoder(small: bool = False) -> Encoder:

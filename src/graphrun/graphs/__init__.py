@@ -1,6 +1,7 @@
 """The capture/replay runtime: knows nothing of LLMs, HTTP or tokens."""
 
 from graphrun.graphs.backends import FaultPlan, SimBackend, make_backend
+from graphrun.graphs.buckets import Bucket, BucketDim, BucketedRunner, BucketedStatus, BucketOptions
 from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode
 from graphrun.graphs.options import CaptureWhen
 from graphrun.graphs.piecewise import mark_uncapturable, unmark_uncapturable
@@ -10,6 +11,11 @@ from graphrun.graphs.status import CallFallback, CaptureFailure, RungStatus, Run
 
 __all__ = [
     "BatchDescriptor",
+    "Bucket",
+    "BucketDim",
+    "BucketOptions",
+    "BucketedRunner",
+    "BucketedStatus",
     "CallFallback",
     "CaptureFailure",
     "CaptureWhen",

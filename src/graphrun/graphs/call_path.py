@@ -31,6 +31,7 @@ from graphrun.graphs.failure import DynamicInputError
 from graphrun.graphs.inputs import InputLayout
 from graphrun.graphs.pytree import StructureMismatch, TreeSpec, describe
 from graphrun.graphs.rung_table import RungTable
+from graphrun.graphs.size_histogram import count_size
 from graphrun.graphs.status import REPLAY_BUCKETS, CallFallback, RunnerStats
 
 log = logging.getLogger("graphrun.graphs.runner")
@@ -104,6 +105,7 @@ class CallPath:
             plan = self._plan_for(leaves)
             if plan is None:
                 return self._without_rung(leaves, args, kwargs)
+        self._stats.batch_size_counts[plan.n] += 1
         if self.capturing:  # a background capture holds the static buffers: run eager, do not wait
             return self.eager(CallFallback.CAPTURING, args, kwargs)
         with self.lock:
@@ -159,6 +161,7 @@ class CallPath:
     def _without_rung(self, leaves: Sequence[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A valid call no rung of this runner serves: the piecewise runner's if it has one, else eager."""
         n = int(leaves[self._first].shape[self._batch_dim])
+        count_size(self._stats.batch_size_counts, n)
         if self.piecewise is not None and self.piecewise.rung_for(n) is not None:
             return self.piecewise(*args, **kwargs)
         return self.eager(self._rungs.why_eager(n), args, kwargs)

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from graphrun.errors import ConfigError
+from graphrun.graphs.size_histogram import BucketStats, folded
 from graphrun.graphs.status import REPLAY_BUCKETS, CallFallback, CaptureFailure, RunnerStats
 
 MAX_RUNNERS = 64
@@ -25,6 +26,7 @@ class GraphMetricsCollector(Collector):
 
     def __init__(self) -> None:
         self._runners: dict[str, RunnerStats] = {}
+        self._buckets: dict[str, BucketStats] = {}
 
     def add(self, name: str, stats: RunnerStats) -> None:
         """Register a runner's stats under `name` (unique per registry, bounded in number)."""
@@ -37,13 +39,27 @@ class GraphMetricsCollector(Collector):
             raise ConfigError(f"at most {MAX_RUNNERS} runner names per registry (labels must stay bounded)")
         self._runners[name] = stats
 
+    def add_buckets(self, name: str, stats: BucketStats) -> None:
+        """Register a bucketed runner's stats (buckets/): its per-dim size histograms and eager calls."""
+        if name in self._buckets or len(self._buckets) >= MAX_RUNNERS:
+            raise ConfigError(
+                f"bucketed runner {name!r}: already registered, or {MAX_RUNNERS} names used in this "
+                "registry; give each BucketedRunner a distinct name="
+            )
+        self._buckets[name] = stats
+
     def names(self) -> set[str]:
         """Runner names registered so far."""
         return set(self._runners)
 
+    def bucket_names(self) -> set[str]:
+        """Bucketed runner names registered so far."""
+        return set(self._buckets)
+
     def remove(self, name: str) -> None:
         """Forget a runner (its series disappear from the next scrape)."""
         self._runners.pop(name, None)
+        self._buckets.pop(name, None)
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         """Build every series from the current counters."""
@@ -71,7 +87,13 @@ class GraphMetricsCollector(Collector):
         pending = GaugeMetricFamily(
             p + "pending_rungs", "Rungs a background capture has still to capture", labels=["runner"]
         )
+        batch_size = HistogramMetricFamily(
+            p + "batch_size", "Calls per batch size (graphrun ladder reads it)", labels=["runner"]
+        )
         for name, s in self._runners.items():
+            batch_size.add_metric(
+                [name], _buckets(s.batch_size_counts), sum_value=_size_sum(s.batch_size_counts)
+            )
             mode.add_metric([name, s.mode], 1)
             pending.add_metric([name], s.num_pending)
             captured.add_metric([name], s.num_captured)
@@ -101,7 +123,33 @@ class GraphMetricsCollector(Collector):
             replay_s,
             mode,
             pending,
+            batch_size,
         )
+        yield from self._bucket_families()
+
+    def _bucket_families(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        """graphrun_bucket_size{runner,dim} and graphrun_bucket_eager_fallback{runner,reason}."""
+        sizes = HistogramMetricFamily(
+            "graphrun_bucket_size", "Calls per size of each bucketed dim", labels=["runner", "dim"]
+        )
+        eager = CounterMetricFamily(
+            "graphrun_bucket_eager_fallback", "Bucketed calls run eager", labels=["runner", "reason"]
+        )
+        for name, s in self._buckets.items():
+            for dim, counts in s.sizes.items():
+                sizes.add_metric([name, dim], _buckets(counts), sum_value=_size_sum(counts))
+            for reason in CallFallback:
+                eager.add_metric([name, reason.value], s.eager_fallback.get(reason, 0))
+        yield from (sizes, eager)
+
+
+def _buckets(counts: list[int]) -> list[tuple[str, float]]:
+    return [(_bound(bound if bound == float("inf") else int(bound)), c) for bound, c in folded(counts)]
+
+
+def _size_sum(counts: list[int]) -> float:
+    """Sum of the sizes counted (calls above the top rung are not in it: their size is not kept)."""
+    return float(sum(n * c for n, c in enumerate(counts[:-1])))
 
 
 def _bound(value: float) -> str:

@@ -42,6 +42,7 @@ from graphrun.graphs.options import CaptureWhen, RunnerKeywords, RunnerOptions, 
 from graphrun.graphs.piecewise.backend import PiecewiseBackend
 from graphrun.graphs.pytree import TreeSpec
 from graphrun.graphs.rung_table import RungTable
+from graphrun.graphs.size_histogram import new_counts
 from graphrun.graphs.spec import CaptureSpec
 from graphrun.graphs.status import RunnerStats, RunnerStatus
 
@@ -117,7 +118,7 @@ class GraphRunner:
         # the label says what the graphs are: a runner handed a PiecewiseBackend (the engine's, which
         # cuts its model by hand) records piecewise graphs whatever its dispatch mode
         label = CudaGraphMode.PIECEWISE if isinstance(plan.backend, PiecewiseBackend) else self.mode
-        self.stats = RunnerStats(mode=label.value)
+        self.stats = RunnerStats(mode=label.value, batch_size_counts=new_counts(inputs.sizes[-1]))
         self.name = register_runner(self, fn, options.name, options.registry, self.stats)
         self.spec = CaptureSpec(
             plan.capture_fn(fn, self.name, options), inputs, options, self.backend, self.name

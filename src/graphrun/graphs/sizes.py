@@ -8,7 +8,7 @@ above the top rung.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from graphrun.errors import ConfigError
@@ -76,37 +76,60 @@ class PaddingReport:
 
 def padding_report(ladder: Sequence[int], batch_sizes: Iterable[int]) -> PaddingReport:
     """Measure how much a traffic sample would be padded on this ladder."""
+    return padding_report_counts(ladder, _count_sizes(batch_sizes))
+
+
+def padding_report_counts(ladder: Sequence[int], counts: Mapping[int, int]) -> PaddingReport:
+    """padding_report for a histogram {batch size: number of calls} (a scraped histogram, say)."""
     calls = rows = padded = eager = 0
-    for n in batch_sizes:
-        calls += 1
+    for n, k in counts.items():
+        calls += k
         rung = rung_for(ladder, n)
         if rung is None:
-            eager += 1
+            eager += k
             continue
-        rows += n
-        padded += rung - n
+        rows += n * k
+        padded += (rung - n) * k
     return PaddingReport(calls, rows, padded, eager)
 
 
 def recommend_ladder(batch_sizes: Iterable[int], max_rungs: int) -> tuple[int, ...]:
     """Pick at most `max_rungs` rungs that minimise padded rows for a traffic sample.
 
-    Exact dynamic programme over the distinct sizes seen; the largest size seen is always a rung so that
-    no call of the sample falls back to eager.
+    The largest size seen is always a rung so that no call of the sample falls back to eager.
+    """
+    return recommend_ladder_counts(_count_sizes(batch_sizes), max_rungs)
+
+
+def recommend_ladder_counts(counts: Mapping[int, int], max_rungs: int) -> tuple[int, ...]:
+    """recommend_ladder for a histogram {size: number of calls}; the optimum for every rung count
+    up to `max_rungs` is `best_ladders(counts, max_rungs)`, of which this is the cheapest."""
+    ladders = best_ladders(counts, max_rungs)
+    return min(ladders, key=lambda rungs: (padding_report_counts(rungs, counts).num_padded_rows, len(rungs)))
+
+
+def best_ladders(counts: Mapping[int, int], max_rungs: int) -> list[tuple[int, ...]]:
+    """For r = 1 .. min(max_rungs, distinct sizes): the r-rung ladder with the fewest padded rows.
+
+    Exact dynamic programme over the m distinct sizes seen (a rung below the next size seen is never
+    better than that size), O(max_rungs * m^2) with prefix sums; the largest size seen is always the top.
     """
     if max_rungs < 1:
         raise ConfigError(f"max_rungs must be >= 1, got {max_rungs}")
-    counts: dict[int, int] = {}
-    for n in batch_sizes:
-        counts[n] = counts.get(n, 0) + 1
-    sizes = sorted(counts)
+    sizes = sorted(n for n, k in counts.items() if k > 0)
     if not sizes:
-        raise ConfigError("recommend_ladder needs at least one batch size in the sample")
-    k = min(max_rungs, len(sizes))
-    m = len(sizes)
+        raise ConfigError("a ladder recommendation needs at least one size with a count above 0")
+    bad = [n for n in sizes if not isinstance(n, int) or n < 1]
+    if bad:
+        raise ConfigError(f"sizes in a histogram must be positive integers, got {bad}")
+    m, k = len(sizes), min(max_rungs, len(sizes))
+    calls, rows = [0], [0]  # prefix sums of counts and of size * count
+    for n in sizes:
+        calls.append(calls[-1] + counts[n])
+        rows.append(rows[-1] + n * counts[n])
 
     def cost(lo: int, hi: int) -> int:  # padding when sizes[lo..hi] all run on rung sizes[hi]
-        return sum((sizes[hi] - sizes[j]) * counts[sizes[j]] for j in range(lo, hi + 1))
+        return sizes[hi] * (calls[hi + 1] - calls[lo]) - (rows[hi + 1] - rows[lo])
 
     inf = float("inf")
     best = [[inf] * m for _ in range(k + 1)]  # best[r][i]: sizes[0..i] covered by r rungs, top = sizes[i]
@@ -114,14 +137,23 @@ def recommend_ladder(batch_sizes: Iterable[int], max_rungs: int) -> tuple[int, .
     for i in range(m):
         best[1][i] = cost(0, i)
     for r in range(2, k + 1):
-        for i in range(m):
-            for j in range(i):
+        for i in range(r - 1, m):
+            for j in range(r - 2, i):
                 c = best[r - 1][j] + cost(j + 1, i)
                 if c < best[r][i]:
                     best[r][i], choice[r][i] = c, j
-    r = min(range(1, k + 1), key=lambda rr: best[rr][m - 1])
-    rungs, i = [], m - 1
-    while i >= 0 and r >= 1:
-        rungs.append(sizes[i])
-        i, r = choice[r][i], r - 1
-    return tuple(sorted(rungs))
+    ladders = []
+    for r_top in range(1, k + 1):
+        rungs, i, r = [], m - 1, r_top
+        while i >= 0 and r >= 1:
+            rungs.append(sizes[i])
+            i, r = choice[r][i], r - 1
+        ladders.append(tuple(sorted(rungs)))
+    return ladders
+
+
+def _count_sizes(sizes: Iterable[int]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for n in sizes:
+        counts[n] = counts.get(n, 0) + 1
+    return counts

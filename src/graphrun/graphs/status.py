@@ -221,6 +221,9 @@ class RunnerStats:
     replay_seconds_sum: float = 0.0
     mode: str = "full"  # the runner's graph mode, a label of its metrics
     num_pending: int = 0  # rungs a background capture has still to reach
+    # calls per batch size, index = size, last slot = above the top rung (size_histogram.py); set by the
+    # runner once it knows its ladder
+    batch_size_counts: list[int] = field(default_factory=list)
 
     def count_fallback(self, reason: CallFallback) -> None:
         """Count one call that ran eager."""
