@@ -1,12 +1,13 @@
-"""compile=True on the device: CUDA graphs capture the AOTInductor package's kernels (it runs on the
-capturing stream), a second runner loads the stored package, and replays read the live weights."""
+"""compile=True on the device: AOTInductor is refused on CUDA for now (its package loader crashed the
+process on the first GPU run: graphs/compile.py), so torch.compile's kernels are captured; a second runner
+compiles again from the cache folder, and replays read the live weights."""
 
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
 from graphrun import GraphRunner
-from graphrun.graphs.status import CacheUse, CompileBackend, CompileOutcome
+from graphrun.graphs.status import CompileBackend, CompileOutcome
 
 pytestmark = pytest.mark.gpu
 
@@ -39,20 +40,20 @@ def assert_equal_to_eager(r: GraphRunner, net: Block) -> None:
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_graphs_capture_the_package_and_a_second_runner_loads_it(tmp_path):
+def test_cuda_compiles_with_torch_compile_saying_why_and_replays_read_live_weights(tmp_path):
     torch.manual_seed(0)
     net = Block().cuda().eval()
     first = build(net, str(tmp_path), "first")
     report = first.status().compile
-    assert report.outcome is CompileOutcome.COMPILED and report.backend is CompileBackend.AOT_INDUCTOR, report
-    assert report.cache is CacheUse.MISS
+    assert report.outcome is CompileOutcome.COMPILED, report
+    assert report.backend is CompileBackend.TORCH_COMPILE
+    assert "not used on CUDA" in report.aot_refused
     assert all(s.captured for s in first.status())
     assert_equal_to_eager(first, net)
 
     second = build(net, str(tmp_path), "second")
-    loaded = second.status().compile
-    assert loaded.cache is CacheUse.HIT and loaded.backend is CompileBackend.AOT_INDUCTOR, loaded
-    assert loaded.seconds < report.seconds
+    again = second.status().compile
+    assert again.outcome is CompileOutcome.COMPILED and "not used on CUDA" in again.aot_refused, again
     assert all(s.captured for s in second.status())
     # weights changed in place after capture: the replays read the live parameters, not a copy
     with torch.no_grad():

@@ -12,6 +12,9 @@ Two compilers, tried in order (issue 15: a restart must spend <= 10% of the firs
    and reloads torch's mega-cache (a few seconds). Why AOTInductor was refused is logged and kept in
    the report (`aot_refused`), and in the cache folder, so a restart goes straight to torch.compile.
 A piecewise split compiles its segments with torch.compile (the split points are eager Python).
+CUDA callables go to torch.compile too, for now: AOTInductor's package loader crashed the process
+(SIGSEGV, in AOTIModelPackageLoader) on its first GPU run (H100, torch 2.11+cu130, 2026-12-07), and a
+crash cannot fall back. The refusal names that reason; AOTInductor stays the first choice on the CPU.
 
 A compile whose output at the top rung differs from the callable's own beyond the dtype tolerance, or
 that fails with both compilers, leaves the callable uncompiled for the life of the process (logged
@@ -38,6 +41,11 @@ from graphrun.graphs.status import CacheUse, CompileBackend, CompileOutcome, Com
 from graphrun.graphs.verify import mismatch
 
 log = logging.getLogger("graphrun.graphs.runner")
+
+CUDA_AOT_REFUSED = (
+    "AOTInductor is not used on CUDA: its package loader crashed the process on the first GPU run "
+    "(torch 2.11); torch.compile instead"
+)
 
 # the largest relative error (norm of the difference over the norm) a compiled output may show per dtype
 COMPILE_RELATIVE_ERROR = {
@@ -132,6 +140,8 @@ class CompiledFn:
             return args, kwargs
 
         layout = layout_of([call_at(size, record) for size in reversed(sizes[-2:])], sizes)
+        if any(layout.leaves[i].device.type == "cuda" for i in layout.tensor_at):
+            raise NotImplementedError(CUDA_AOT_REFUSED)
         with tempfile.TemporaryDirectory(prefix="graphrun-aot-") as scratch:
             stem = Path(scratch) / "model" if self._cache is None else self._cache.package_stem(key)
             paths = stored_packages(stem, layout) if self._cache is not None else None

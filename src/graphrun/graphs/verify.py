@@ -33,6 +33,9 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def random_like(example: torch.Tensor, shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
     """A fresh tensor of `shape` drawn to resemble `example` (never all zeros for float inputs)."""
     device = example.device
@@ -55,7 +58,13 @@ def random_like(example: torch.Tensor, shape: Sequence[int], generator: torch.Ge
 def mismatch(
     got: torch.Tensor, want: torch.Tensor, tolerance: tuple[float, float] | None = None
 ) -> str | None:
-    """None if `got` matches `want` within the dtype tolerance, else a one-line description."""
+    """None if `got` matches `want` within the dtype tolerance, else a one-line description.
+
+    float16/bfloat16 under the default tolerance also pass when every row (dim 0) is within rtol in
+    relative L2 norm: a deep network's outputs round differently when the graph's batch size picks other
+    GEMM tiles than eager's (a 28-layer bf16 LLM's hidden states differ by 4-6 units in the last place
+    here and there on an H100), while padding rows that leak into real ones move whole rows. The cost:
+    a coupling that moves a row by less than rtol of its norm passes in half precision."""
     if got.shape != want.shape or got.dtype != want.dtype:
         return f"shape/dtype {tuple(got.shape)}:{got.dtype} != eager {tuple(want.shape)}:{want.dtype}"
     if not got.is_floating_point():
@@ -66,7 +75,24 @@ def mismatch(
     if torch.allclose(g, w, rtol=rtol, atol=atol, equal_nan=True):
         return None
     diff = (g - w).abs().nan_to_num(float("inf"))
+    if tolerance is None and got.dtype in HALF_DTYPES and got.dim() >= 1 and got.numel():
+        worst = _worst_row_error(g, w)
+        if worst <= rtol:
+            return None
+        return (
+            f"max abs diff {float(diff.max()):.3g} > atol {atol} + rtol {rtol}, and a row's relative "
+            f"error {worst:.3g} > {rtol} (vs eager)"
+        )
     return f"max abs diff {float(diff.max()):.3g} > atol {atol} + rtol {rtol} (vs eager)"
+
+
+def _worst_row_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest ||got_r - want_r|| / ||want_r|| over the rows r of dim 0 (inf where NaNs disagree)."""
+    if not torch.equal(got.isnan(), want.isnan()):
+        return float("inf")
+    g, w = (t.nan_to_num(0.0).reshape(t.shape[0], -1) for t in (got, want))
+    err = (g - w).norm(dim=1) / w.norm(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+    return float(err.max())
 
 
 @dataclass(frozen=True, slots=True)
