@@ -268,16 +268,21 @@ def bench_mode(
 
 
 def replay_drill(setup: ServeBenchSetup, clean: dict[str, Any]) -> dict[str, Any]:
-    """The clean run's mode again with replay faults: its figures, fallbacks and outputs vs the clean run."""
+    """The clean run's mode twice more: a control (no faults) and with replay faults; the drill's figures
+    and fallbacks, and how many requests streamed the clean run's ids in each (greedy tokens of a
+    half-precision model follow the batches the steps ran in, so two clean runs may differ too)."""
     mode = clean["mode"]
+    control = bench_mode(setup, mode, (), f"{mode}-control")
     run = bench_mode(setup, mode, setup.faults.replay_server_args(), f"{mode}-replay-faults")
     fallbacks = run.get("metrics", {}).get("graph_eager_fallbacks", {})
     run["replay_error_fallbacks"] = int(sum(v for k, v in fallbacks.items() if "replay_error" in k))
     run["outputs"] = compare_outputs(clean.get("requests", []), run.get("requests", []))
+    run["control_outputs"] = compare_outputs(clean.get("requests", []), control.get("requests", []))
     log.info(
-        "serve bench: %s replay faults: %d failed, %d replay_error fallbacks, %d/%d outputs as the clean run",
+        "serve bench: %s replay faults: %d failed, %d replay_error fallbacks, %d/%d outputs as the clean "
+        "run (a second clean run: %d/%d)",
         mode, run.get("num_failed", -1), run["replay_error_fallbacks"], run["outputs"]["same"],
-        run["outputs"]["compared"],
+        run["outputs"]["compared"], run["control_outputs"]["same"], run["control_outputs"]["compared"],
     )  # fmt: skip
     return run
 
