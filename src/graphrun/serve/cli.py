@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from graphrun.compile_flags import add_compile_flags, add_cuda_graph_mode_flag
@@ -36,13 +33,11 @@ from graphrun.serve.config import ServeConfig, default_served_model_name
 from graphrun.serve.infer.cli import add_infer_flags, run_infer, wants_infer
 
 if TYPE_CHECKING:  # uvicorn and FastAPI are the optional `serve` extra: imported when serving
-    import uvicorn
 
-    from graphrun.serve.host.client import EngineClient
+    pass
 
 log = logging.getLogger(__name__)
 
-GRACEFUL_SHUTDOWN_SECONDS = 5  # uvicorn's own wait for connections, after the drain
 CPU_DEFAULT_MODEL, GPU_DEFAULT_MODEL = "tiny", "qwen3-0.6b-shape"  # without --model
 
 
@@ -275,6 +270,7 @@ def serve(engine_config: EngineConfig, serve_config: ServeConfig) -> int:
 
     from graphrun.serve.app import build_app
     from graphrun.serve.auth import log_access_policy
+    from graphrun.serve.draining import GRACEFUL_SHUTDOWN_SECONDS, draining_server
     from graphrun.serve.llm_model import llm_client
 
     log_access_policy(serve_config)
@@ -288,36 +284,3 @@ def serve(engine_config: EngineConfig, serve_config: ServeConfig) -> int:
     )
     draining_server(config, client, serve_config.drain_seconds).run()
     return 1 if client.state == "failed" else 0
-
-
-def draining_server(config: uvicorn.Config, client: EngineClient, drain_seconds: float) -> uvicorn.Server:
-    """A uvicorn.Server whose first SIGTERM/SIGINT drains `client` before shutting down.
-
-    uvicorn's own handler would stop listening at once and re-raise the signal after shutdown (exit
-    status -15); this one keeps answering 503 during the drain and lets the process exit 0.
-    """
-    import uvicorn
-
-    class DrainingServer(uvicorn.Server):
-        def __init__(self) -> None:
-            super().__init__(config)
-            self.drain_thread: threading.Thread | None = None
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            if self.drain_thread is None:  # first signal: drain in a thread, then exit
-                log.info("%s: draining (new requests get 503)", signal.Signals(sig).name)
-                self.drain_thread = threading.Thread(target=self.drain, name="graphrun-drain", daemon=True)
-                self.drain_thread.start()
-            else:  # second signal: exit now
-                self.should_exit = self.force_exit = True
-
-        def drain(self) -> None:
-            client.drain(drain_seconds)
-            self.should_exit = True
-
-        async def on_tick(self, counter: int) -> bool:
-            if client.state == "failed":  # the engine could not start, or its process died
-                self.should_exit = True
-            return await super().on_tick(counter)
-
-    return DrainingServer()

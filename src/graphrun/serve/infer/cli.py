@@ -102,7 +102,7 @@ def serve_infer(config: InferConfig, serve_config: ServeConfig) -> int:
     import uvicorn
 
     from graphrun.serve.auth import log_access_policy
-    from graphrun.serve.cli import GRACEFUL_SHUTDOWN_SECONDS, draining_server
+    from graphrun.serve.draining import GRACEFUL_SHUTDOWN_SECONDS, draining_server
     from graphrun.serve.infer.app import build_infer_app
     from graphrun.serve.infer.model import infer_client
 
