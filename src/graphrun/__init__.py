@@ -24,6 +24,7 @@ from graphrun.errors import (
 )
 
 if TYPE_CHECKING:
+    from graphrun.graphs.backends.faulty import InjectedReplayFault
     from graphrun.graphs.backends.sim import FaultPlan, SimBackend
     from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode
     from graphrun.graphs.options import CaptureWhen
@@ -49,6 +50,7 @@ _LAZY = {
     "CaptureFailure": "graphrun.graphs.status",
     "RungStatus": "graphrun.graphs.status",
     "FaultPlan": "graphrun.graphs.backends.sim",
+    "InjectedReplayFault": "graphrun.graphs.backends.faulty",
     "SimBackend": "graphrun.graphs.backends.sim",
     "GraphRunner": "graphrun.graphs.runner",
     "BatchDescriptor": "graphrun.graphs.modes",
@@ -87,6 +89,7 @@ __all__ = [
     "GraphRunner",
     "GraphrunError",
     "HostSyncError",
+    "InjectedReplayFault",
     "KVCacheBudgetError",
     "OutOfBlocksError",
     "QueueFull",
