@@ -7,8 +7,8 @@ arrived together). `take` picks the ready bucket whose oldest request is oldest 
 first-in first-out while their rows fit the top rung; it stops at the first that does not fit rather
 than skipping it, so a large request is never starved by small ones behind it. A request larger than
 the top rung is taken alone (the served model splits it into top-rung chunks). `max_requests` caps the
-requests of one batch (1: no coalescing); a bucket holding that many is ready at once. Pure Python, no clock of
-its own: the caller passes `now` (time.monotonic, the clock of the requests' arrival times).
+requests of one batch (1: no coalescing); a bucket holding that many is ready at once. Pure Python, no
+clock of its own: the caller passes `now` (time.monotonic, the clock of the requests' arrival times).
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ class InferConfig:
             raise ConfigError(f"max_wait_ms must be >= 0 (0: no wait), got {self.max_wait_ms}")
         if self.max_batch_requests is not None and self.max_batch_requests < 1:
             raise ConfigError(
-                f"max_batch_requests must be >= 1 (1: one request per model call), got {self.max_batch_requests}"
+                "max_batch_requests must be >= 1 (1: one request per model call), "
+                f"got {self.max_batch_requests}"
             )
         if self.max_rows < 1:
             raise ConfigError(f"max_rows must be >= 1, got {self.max_rows}")
