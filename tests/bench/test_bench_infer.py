@@ -97,9 +97,15 @@ def test_the_setup_checks_its_flags_and_builds_each_servers_command():
     assert "--enforce-eager" in single and single[single.index("--max-batch-requests") + 1] == "1"
     assert "--max-batch-requests" not in setup.server_argv("graph", batching=True, port=9)
     assert _setup("--model", "pkg.mod:make").module == "pkg.mod:make"
-    for flags, message in ((["--model", "resnet"], "--model takes"), (["--modes", "graph,fast"], "--modes"),
-                           (["--batching", "on,on"], "--batching"), (["--concurrency", "0"], "--concurrency"),
-                           (["--rows", "0"], "--rows")):  # fmt: skip
+    refused = [
+        (["--model", "resnet"], "--model takes"),
+        (["--modes", "graph,fast"], "--modes"),
+        (["--batching", "on,on"], "--batching"),
+        (["--concurrency", "0"], "--concurrency"),
+        (["--concurrency", "1,x"], "comma-separated"),
+        (["--rows", "0"], "--rows"),
+    ]
+    for flags, message in refused:
         with pytest.raises(ConfigError, match=message):
             _setup(*flags)
 

@@ -95,7 +95,7 @@ class InferBenchSetup:
             model=args.model or ("mlp" if cuda else "mlp_small"),
             modes=_items(args.modes),
             batching=_items(args.batching),
-            concurrency=tuple(int(c) for c in _items(args.concurrency)),
+            concurrency=_counts(args.concurrency),
             num_requests=args.num_requests,
             warmup_requests=args.warmup_requests,
             rows=args.rows,
@@ -140,6 +140,13 @@ class InferBenchSetup:
 
 def _items(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(item) for item in _items(text))
+    except ValueError:
+        raise ConfigError(f"--concurrency takes comma-separated counts (1,8,32), got {text!r}") from None
 
 
 def bench_server(setup: InferBenchSetup, mode: str, batching: bool) -> dict[str, Any]:
@@ -220,7 +227,7 @@ def run_bench_infer(args: argparse.Namespace) -> int:
     """Run `graphrun bench infer`; exit status 1 when a server failed or any request failed."""
     try:
         setup = InferBenchSetup.from_args(args)
-    except (ConfigError, ValueError) as exc:
+    except ConfigError as exc:
         print(f"graphrun bench infer: {exc}", file=sys.stderr)
         return 2
     return 0 if run_infer_bench(setup)["ok"] else 1
