@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--small", action="store_true", help="shrunken models (CPU smoke runs)")
     _add_decode_bench_parser(bench_sub)
     _add_serve_bench_parser(bench_sub)
+    _add_infer_bench_parser(bench_sub)
     return parser
 
 
@@ -164,6 +165,45 @@ def _add_serve_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--out", default="benchmarks/results", help="folder for the JSON, PNG and logs")
 
 
+def _add_infer_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
+    """`graphrun bench infer`: POST /v1/infer under a closed-loop load, graph vs eager, batching on vs off."""
+    infer = bench_sub.add_parser(
+        "infer", help="the tensor endpoint (/v1/infer) under load: graphs vs eager, batching on vs off"
+    )
+    infer.add_argument(
+        "--model",
+        default=None,
+        help="a factory of graphrun.bench.infer_models (mlp, mlp_small, encoder, encoder_small) or "
+        "pkg.mod:factory (default: mlp with CUDA, else mlp_small)",
+    )
+    infer.add_argument("--modes", default="graph,eager", help="comma-separated: graph, eager")
+    infer.add_argument(
+        "--batching",
+        default="on,off",
+        help="comma-separated: on (the server's dynamic batching), off (--max-batch-requests 1)",
+    )
+    infer.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts (closed loop)")
+    infer.add_argument("--num-requests", type=int, default=2000, help="timed requests per concurrency")
+    infer.add_argument("--warmup-requests", type=int, default=64, help="untimed, per concurrency")
+    infer.add_argument("--rows", type=int, default=1, help="rows (dim 0) in every request")
+    infer.add_argument("--encoding", default="npy", choices=("npy", "json"), help="how tensors travel")
+    infer.add_argument("--seed", type=int, default=0, help="the inputs' seed")
+    infer.add_argument("--cuda-graph-max-bs", type=int, default=32, help="the server's top rung")
+    infer.add_argument(
+        "--batch-wait-ms", type=float, default=None, help="passed to the server (default: the server's own)"
+    )
+    infer.add_argument("--port", type=int, default=0, help="0: a free port")
+    infer.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to a healthy server")
+    infer.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request")
+    infer.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra `graphrun serve` flags, repeatable: --server-arg=--no-engine-process",
+    )
+    infer.add_argument("--out", default="benchmarks/results", help="folder for the JSON, PNG and logs")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `graphrun` console script and `python -m graphrun`."""
     args = build_parser().parse_args(argv)
@@ -193,7 +233,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     """Check the bench's paths, model and port before anything loads (exit 2 on a problem), then run it."""
     try:
         check_out_dir(Path(args.out))
-        if getattr(args, "model", None) is not None:
+        if args.bench_command != "infer" and getattr(args, "model", None) is not None:
             check_model(args.model)
         if getattr(args, "port", 0):
             check_port_free("127.0.0.1", args.port)
@@ -208,6 +248,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         from graphrun.bench.decode import run_decode
 
         return run_decode(args)
+    if args.bench_command == "infer":
+        from graphrun.bench.infer import run_bench_infer
+
+        return run_bench_infer(args)
     from graphrun.bench.serve import run_bench_serve
 
     return run_bench_serve(args)

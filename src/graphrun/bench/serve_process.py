@@ -28,6 +28,7 @@ COUNTERS = (  # /metrics samples the benchmark keeps (prefixes)
     "graphrun_cuda_graph_eager_fallback",
     "graphrun_generation_tokens",
     "graphrun_requests_total",
+    "graphrun_infer_batch_requests",  # /v1/infer: requests per model call (bench infer)
 )
 
 

@@ -67,3 +67,22 @@ def test_removed_and_drained_requests_are_gone():
     assert batcher.remove(1) and not batcher.remove(1)
     assert [p.request_id for p in batcher.drain()] == [0, 2]
     assert len(batcher) == 0 and batcher.take(0.0) is None
+
+
+def test_max_requests_caps_a_batch_and_makes_a_bucket_ready_once_reached():
+    batcher = Batcher(max_rows=32, max_wait=60.0, max_requests=2)
+    batcher.add(Pending(0, 1, ONE, arrival=0.0))
+    assert not batcher.ready(0.0)  # one request of two: it waits for its deadline
+    for i in (1, 2):
+        batcher.add(Pending(i, 1, ONE, arrival=0.0))
+    assert batcher.ready(0.0)
+    assert _ids(batcher.take(0.0)) == [0, 1]
+    assert not batcher.ready(0.0) and _ids(batcher.take(60.0)) == [2]
+
+
+def test_one_request_a_batch_never_coalesces_and_never_waits():
+    batcher = Batcher(max_rows=32, max_wait=60.0, max_requests=1)
+    for i in range(4):
+        batcher.add(Pending(i, 1, ONE, arrival=0.0))
+    assert [_ids(batcher.take(0.0)) for _ in range(4)] == [[0], [1], [2], [3]]
+    assert batcher.take(0.0) is None

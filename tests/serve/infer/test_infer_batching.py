@@ -67,6 +67,32 @@ def test_with_no_wait_every_request_still_gets_its_rows():
         np.testing.assert_allclose(answer.json()["outputs"]["scaled"]["data"], scaled(x, scale), rtol=1e-6)
 
 
+def test_max_batch_requests_one_runs_one_request_per_model_call():
+    infer = {"module": "infer_models:scale_factory", "max_wait_ms": 50.0, "max_batch_requests": 1}
+    with live_infer_server(infer) as srv:
+        answers = asyncio.run(_clients(srv.url, [2] * 12))
+        metrics = httpx.get(srv.url + "/metrics").text
+    for i, answer in enumerate(answers):
+        assert answer.status_code == 200, answer.text
+        _, x, scale = _body(i, 2)
+        np.testing.assert_allclose(answer.json()["outputs"]["scaled"]["data"], scaled(x, scale), rtol=1e-6)
+    assert _metric(metrics, "graphrun_infer_batch_requests_count") == 12  # 12 calls for 12 requests
+    assert _metric(metrics, "graphrun_infer_batch_rows_sum") == 24
+    # nothing waited for a batch-mate: each call left at once (the 50 ms wait was never served)
+    assert _metric(metrics, 'graphrun_infer_queue_wait_seconds_bucket{le="0.05"}') == 12
+
+
+def test_max_batch_requests_caps_every_model_call():
+    infer = {"module": "infer_models:scale_factory", "max_wait_ms": 50.0, "max_batch_requests": 3}
+    with live_infer_server(infer) as srv:
+        answers = asyncio.run(_clients(srv.url, [1] * NUM_CLIENTS))
+        metrics = httpx.get(srv.url + "/metrics").text
+    assert all(answer.status_code == 200 for answer in answers)
+    calls = _metric(metrics, "graphrun_infer_batch_requests_count")
+    assert _metric(metrics, 'graphrun_infer_batch_requests_bucket{le="2.0"}') < calls  # some coalesced
+    assert calls >= NUM_CLIENTS / 3
+
+
 def test_a_request_above_the_top_rung_runs_alone_in_top_rung_chunks():
     with served_app({"module": "infer_models:scale_factory", "cuda_graph_sizes": (1, 2, 4)}) as http:
         body, x, scale = _body(7, 11)  # 11 rows: chunks of 4, 4 and 3

@@ -77,3 +77,4 @@ def test_bad_flags_are_refused_before_anything_starts(tmp_path):
     assert "--model serves an LLM" in _refused("--model", "tiny", "--module", "infer_models:scale_factory")
     assert "no such file" in _refused("--exported", str(tmp_path / "missing.pt2"))
     assert "max_wait_ms must be >= 0" in _refused("--module", "a:b", "--batch-wait-ms", "-1")
+    assert "max_batch_requests must be >= 1" in _refused("--module", "a:b", "--max-batch-requests", "0")

@@ -6,8 +6,9 @@ replay) or when its oldest request has waited `max_wait` seconds (0: at once, no
 arrived together). `take` picks the ready bucket whose oldest request is oldest and takes requests
 first-in first-out while their rows fit the top rung; it stops at the first that does not fit rather
 than skipping it, so a large request is never starved by small ones behind it. A request larger than
-the top rung is taken alone (the served model splits it into top-rung chunks). Pure Python, no clock of
-its own: the caller passes `now` (time.monotonic, the clock of the requests' arrival times).
+the top rung is taken alone (the served model splits it into top-rung chunks). `max_requests` caps the
+requests of one batch (1: no coalescing); a bucket holding that many is ready at once. Pure Python, no
+clock of its own: the caller passes `now` (time.monotonic, the clock of the requests' arrival times).
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ class Batch:
 
 
 class Batcher:
-    """Per-bucket FIFO queues; max_rows is the top rung, max_wait in seconds."""
+    """Per-bucket FIFO queues; max_rows is the top rung, max_wait in seconds, max_requests per batch
+    (None: no cap but the rows)."""
 
-    def __init__(self, max_rows: int, max_wait: float) -> None:
+    def __init__(self, max_rows: int, max_wait: float, max_requests: int | None = None) -> None:
         assert max_rows >= 1 and max_wait >= 0, (max_rows, max_wait)
-        self.max_rows, self.max_wait = max_rows, max_wait
+        assert max_requests is None or max_requests >= 1, max_requests
+        self.max_rows, self.max_wait, self.max_requests = max_rows, max_wait, max_requests
         self._queues: dict[BucketKey, deque[Pending]] = {}
 
     def __len__(self) -> int:
@@ -87,7 +90,7 @@ class Batcher:
         queue = self._queues[key]
         taken = [queue.popleft()]
         rows = taken[0].rows
-        while queue and rows + queue[0].rows <= self.max_rows:
+        while queue and rows + queue[0].rows <= self.max_rows and not self._full(len(taken)):
             rows += queue[0].rows
             taken.append(queue.popleft())
         if not queue:
@@ -101,6 +104,9 @@ class Batcher:
         return requests
 
     def _ready(self, queue: deque[Pending], now: float) -> bool:
-        if now - queue[0].arrival >= self.max_wait:
+        if now - queue[0].arrival >= self.max_wait or self._full(len(queue)):
             return True
         return sum(request.rows for request in queue) >= self.max_rows
+
+    def _full(self, num_requests: int) -> bool:
+        return self.max_requests is not None and num_requests >= self.max_requests

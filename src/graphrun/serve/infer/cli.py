@@ -46,6 +46,14 @@ def add_infer_flags(p: argparse.ArgumentParser) -> None:
         f"(default {cfg.max_wait_ms}; 0: no wait)",
     )
     group.add_argument(
+        "--max-batch-requests",
+        type=int,
+        default=cfg.max_batch_requests,
+        metavar="N",
+        help="the most requests one model call coalesces (default: as many as fit the top rung; "
+        "1: batching off, one request per call)",
+    )
+    group.add_argument(
         "--max-request-rows",
         type=int,
         default=cfg.max_rows,
@@ -72,6 +80,7 @@ def infer_config(args: argparse.Namespace) -> InferConfig:
         cuda_graph_sizes=args.cuda_graph_sizes,
         cuda_graph_max_bs=args.cuda_graph_max_bs or DEFAULT_MAX_BATCH_SIZE,
         max_wait_ms=args.batch_wait_ms,
+        max_batch_requests=args.max_batch_requests,
         max_rows=args.max_request_rows,
     )
 

@@ -21,7 +21,9 @@ class InferConfig:
     """What `graphrun serve --module pkg.mod:factory` or `--exported model.pt2` serves, and how.
 
     max_wait_ms: how long the first request of a batch waits for others (0: no wait; a batch still
-    takes every request queued at that moment). max_rows: the rows one request may carry (400 above);
+    takes every request queued at that moment). max_batch_requests: the most requests one model call
+    coalesces (None: as many as fit the top rung; 1: no coalescing, one request per call). max_rows: the
+    rows one request may carry (400 above);
     a request above the top rung runs alone, split into top-rung chunks. device: where an exported
     program runs ("auto": CUDA when there is one); a factory's example inputs say where its model runs.
     """
@@ -34,6 +36,7 @@ class InferConfig:
     cuda_graph_sizes: tuple[int, ...] = ()
     cuda_graph_max_bs: int = DEFAULT_MAX_BATCH_SIZE
     max_wait_ms: float = 2.0
+    max_batch_requests: int | None = None
     max_rows: int = 1024
     verify: bool = True
 
@@ -46,6 +49,11 @@ class InferConfig:
             raise ConfigError(f"graph_backend must be one of {GRAPH_BACKENDS}, got {self.graph_backend!r}")
         if not self.max_wait_ms >= 0:
             raise ConfigError(f"max_wait_ms must be >= 0 (0: no wait), got {self.max_wait_ms}")
+        if self.max_batch_requests is not None and self.max_batch_requests < 1:
+            raise ConfigError(
+                "max_batch_requests must be >= 1 (1: one request per model call), "
+                f"got {self.max_batch_requests}"
+            )
         if self.max_rows < 1:
             raise ConfigError(f"max_rows must be >= 1, got {self.max_rows}")
         if self.cuda_graph_max_bs < 1:

@@ -86,13 +86,13 @@ class InferServedModel:
         self.schema = InferSchema(
             self.source.input_specs(), output_specs(self.source), self.runner.sizes, config.max_rows
         )
-        self.batcher = Batcher(self.runner.sizes[-1], config.max_wait_ms / 1000)
+        self.batcher = Batcher(self.runner.sizes[-1], config.max_wait_ms / 1000, config.max_batch_requests)
         self._queued: dict[int, _Queued] = {}
         captured = [rung.size for rung in self.runner.status() if rung.captured]
         log.info(
-            "serving %s on %s (inputs %s; rungs %s, captured %s; batch wait %.1f ms)",
+            "serving %s on %s (inputs %s; rungs %s, captured %s; batch wait %.1f ms, requests a call %s)",
             config.source, self.source.device, [s.name for s in self.schema.inputs],
-            list(self.runner.sizes), captured, config.max_wait_ms,
+            list(self.runner.sizes), captured, config.max_wait_ms, config.max_batch_requests or "any",
         )  # fmt: skip
 
     def _build_runner(self) -> GraphRunner:
