@@ -223,6 +223,12 @@ class BucketedRunner:
         """Every bucket, as its rung per bucketed dim."""
         return self._table.buckets
 
+    @property
+    def output_axes(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """Per bucketed dim, the (output leaf, axis) pairs sliced back to a call's size (declared or
+        inferred); leaves in flatten order (a dict's insertion order, a tuple's positions)."""
+        return self._layout.outputs.per_dim
+
     def runner(self, bucket: Sizes) -> GraphRunner:
         """The batch-ladder runner of one bucket."""
         return self._runners[bucket]
