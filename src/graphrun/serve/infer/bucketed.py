@@ -8,6 +8,8 @@ one bucket's requests: each is padded to the bucket (`pad_to`: pad_value, the ma
 stacked, the runner pads the batch to its rung and replays (one call per top-rung chunk), and the
 outputs are split by rows and each request's sliced back to its own sizes along the output axes that
 follow each dim. With --enforce-eager the model runs eager on the batch padded to its largest request.
+The runner's size histograms (graphrun_bucket_size, read by `graphrun ladder --from-metrics`) record
+each batch's rows and each request's own sizes, not the padded ones.
 
 Padding ratio per call counts every dynamic dim: 1 - real / padded positions, a request's real
 positions being its rows x the product of its sizes along the declared dims, and the call's padded
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -78,30 +81,34 @@ class BucketedCalls:
         inputs = {name: torch.cat([p[name] for p in padded]) for name, _ in self._source.example}
         rows = [next(iter(request.values())).shape[0] for request in requests]
         volumes = np.repeat([math.prod(s) for s in sizes], rows)  # real positions of each stacked row
-        outputs = run_chunks(
-            inputs, self.rungs[-1], lambda chunk, at: self._launch(chunk, volumes[at]), on_launched
-        )
+        self.runner.record(sum(rows), sizes)  # the traffic: rows per batch, each request's own sizes
+        launch = partial(self._launch, volumes=volumes)
+        outputs = run_chunks(inputs, self.rungs[-1], launch, on_launched)
         return [self._trim(out, s) for out, s in zip(split_rows(outputs, rows), sizes, strict=True)]
 
-    def _launch(self, inputs: dict[str, torch.Tensor], volumes: np.ndarray) -> Arrays:
-        """One call on the device: the runner (pads the batch to its rung, replays), or eager."""
+    def _launch(self, inputs: dict[str, torch.Tensor], rows: slice, volumes: np.ndarray) -> Arrays:
+        """One call on the device: the runner (pads the batch to its rung, replays), or eager.
+        volumes: the real positions of every stacked row of the batch (this chunk's are `rows`)."""
+        real = int(volumes[rows].sum())
         tensors = {
             name: t.to(self._examples[name].device, self._examples[name].dtype) for name, t in inputs.items()
         }
         shapes = {name: tuple(t.shape) for name, t in tensors.items()}
         if self._eager:
-            self._observe(volumes, len(volumes) * math.prod(self._sizes(shapes)))
+            self._observe(real, len(volumes[rows]) * math.prod(self._sizes(shapes)))
             with torch.inference_mode():
                 outputs = self._fn(**tensors)
         else:
             bucket = self.runner.bucket_of(shapes)
             if bucket is not None and bucket.batch is not None:
-                self._observe(volumes, bucket.batch * math.prod(bucket.sizes))
-            outputs = self.runner(**tensors)
+                self._observe(real, bucket.batch * math.prod(bucket.sizes))
+            outputs = self.runner.run_unrecorded(tensors)
         return {name: to_wire(t) for name, t in named_outputs(outputs).items()}
 
-    def _observe(self, volumes: np.ndarray, padded: int) -> None:
-        self._metrics.padding_ratio.observe(1.0 - float(volumes.sum()) / padded)
+    def _observe(self, real: int, padded: int) -> None:
+        """Padding ratio of one call: padded / all positions, a position being one row at one size
+        along every declared dim."""
+        self._metrics.padding_ratio.observe(1.0 - real / padded)
 
     def _sizes(self, shapes: dict[str, Any]) -> Sizes:
         return tuple(dim.size_of(shapes) for dim in self.dims)
