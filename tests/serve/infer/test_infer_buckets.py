@@ -212,3 +212,10 @@ def test_declared_outputs_must_name_outputs_of_the_model():
         ConfigError, match=r"outputs names \['hidden'\]; the model's outputs are \['tokens', 'pooled'\]"
     ):
         bucket_dim(length, ("tokens", "pooled"))
+
+
+def test_the_model_in_its_own_process_serves_buckets():
+    with served_app(ENCODER, engine_process=True) as http:
+        tensors = _request(7, 2, 10)
+        _check(http.post("/v1/infer", json=_body(tensors)), tensors)
+        assert http.get("/v1/models").json()["data"][0]["dynamic_dims"][1]["name"] == "length"
