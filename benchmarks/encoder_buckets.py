@@ -12,6 +12,11 @@ alone between device syncs (host timing: the latency a request sees). Outputs ar
     PYTHONPATH=src python benchmarks/encoder_buckets.py --out benchmarks/results        # GPU
     PYTHONPATH=src python benchmarks/encoder_buckets.py --small --iters 5               # CPU smoke
 
+Served over HTTP, the same model and ladder is graphrun.bench.encoder_factory:bert_large: run
+`graphrun serve --module graphrun.bench.encoder_factory:bert_large` and again with --enforce-eager, and
+send each one short request at a time (`graphrun bench infer` at concurrency 1); the ratio of their
+latencies is the target measured with the HTTP, codec and batcher costs both servers pay.
+
 Prints a table, the target, then one JSON line; --out writes encoder-buckets-<device>.json (device,
 torch, date, commit, the ladder, capture seconds, per length: bucket, medians, speedup, max difference).
 """

@@ -33,7 +33,6 @@ from graphrun.serve.config import ServeConfig, default_served_model_name
 from graphrun.serve.infer.cli import add_infer_flags, run_infer, wants_infer
 
 if TYPE_CHECKING:  # uvicorn and FastAPI are the optional `serve` extra: imported when serving
-
     pass
 
 log = logging.getLogger(__name__)

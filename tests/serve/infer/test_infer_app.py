@@ -79,11 +79,14 @@ def test_models_describes_inputs_outputs_and_rungs(factory_server):
         "dtype": "float32",
         "shape": [None, FEATURES],
         "dynamic_dims": [0],
+        "axes": {"batch": 0},
         "finite": False,
     }
     assert scale["name"] == "scale" and scale["shape"] == [None, 1]
     assert [o["name"] for o in card["outputs"]] == ["scaled", "total"]
     assert card["rungs"] == [1, 2, 4, 8] and card["max_wait_ms"] == 2.0
+    assert card["dynamic_dims"] == [{"name": "batch", "rungs": [1, 2, 4, 8], "max": 1024}]
+    assert card["mask"] is None
 
 
 @pytest.mark.parametrize(

@@ -194,7 +194,26 @@ class BucketedRunner:
     def __call__(self, **inputs: torch.Tensor) -> Any:
         """Run one call: pad every bucketed dim to its bucket, replay, slice back; else eager (counted)."""
         sizes = sizes_of(self._dims, inputs)
-        self._count(inputs, sizes)
+        self.record(int(next(iter(inputs.values())).shape[0]), [sizes])
+        return self._run(inputs, sizes)
+
+    def run_unrecorded(self, inputs: Mapping[str, torch.Tensor]) -> Any:
+        """A call as __call__ runs it, left out of the size histograms: for a batcher that padded requests
+        to their bucket itself (pad_to) and records their own sizes with record()."""
+        return self._run(inputs, sizes_of(self._dims, inputs))
+
+    def record(self, rows: int, sizes: Sequence[Sizes]) -> None:
+        """Count one call of `rows` rows in the size histograms (ladder advice reads them), and each of
+        `sizes` once per dim: a call's sizes along the bucketed dims, or a batcher's, one per request it
+        stacks (each request padded on its own)."""
+        counts = self.stats.sizes
+        self.stats.num_calls += 1
+        count_size(counts[BATCH], rows)
+        for request in sizes:
+            for dim, size in zip(self._dims, request, strict=True):
+                count_size(counts[dim.name], size)
+
+    def _run(self, inputs: Mapping[str, torch.Tensor], sizes: Sizes) -> Any:
         bucket = self._table.route(sizes)
         if bucket is None:
             above = self._table.is_above_top(sizes)
@@ -209,19 +228,18 @@ class BucketedRunner:
     ) -> dict[str, torch.Tensor]:
         return pad_inputs(self._dims, self.options.mask, self._layout.mask_example, inputs, sizes, bucket)
 
-    def _count(self, inputs: Mapping[str, torch.Tensor], sizes: Sizes) -> None:
-        counts = self.stats.sizes
-        self.stats.num_calls += 1
-        count_size(counts[BATCH], int(next(iter(inputs.values())).shape[0]))
-        for dim, size in zip(self._dims, sizes, strict=True):
-            count_size(counts[dim.name], size)
-
     # ----- status -----------------------------------------------------------------------------------------
 
     @property
     def buckets(self) -> tuple[Sizes, ...]:
         """Every bucket, as its rung per bucketed dim."""
         return self._table.buckets
+
+    @property
+    def output_axes(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """Per bucketed dim, the (output leaf, axis) pairs sliced back to a call's size (declared or
+        inferred); leaves in flatten order (a dict's insertion order, a tuple's positions)."""
+        return self._layout.outputs.per_dim
 
     def runner(self, bucket: Sizes) -> GraphRunner:
         """The batch-ladder runner of one bucket."""

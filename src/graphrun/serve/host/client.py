@@ -26,7 +26,6 @@ from graphrun.serve.deltas import Deltas
 from graphrun.serve.host import messages as m
 from graphrun.serve.host.handle import RequestHandle
 from graphrun.serve.host.transport import Transport
-from graphrun.serve.infer.schema import BucketKey
 from graphrun.serve.memory import max_rss_bytes
 from graphrun.serve.metrics import RequestMetrics
 
@@ -145,9 +144,7 @@ class EngineClient:
         self.transport.send(m.Submit(ids, tuple(prompt_ids), params, time.monotonic()))
         return handles
 
-    def submit_tensors(
-        self, tensors: tuple[tuple[str, np.ndarray], ...], rows: int, key: BucketKey
-    ) -> RequestHandle:
+    def submit_tensors(self, tensors: tuple[tuple[str, np.ndarray], ...], rows: int) -> RequestHandle:
         """Queue one tensor request (validated against infer_info.schema); raises Unavailable or
         QueueFull. Its handle's one event is an InferResult, or an error."""
         if self.state != "ready":
@@ -158,7 +155,7 @@ class EngineClient:
             if (num := self.num_in_flight) >= self.max_in_flight:
                 raise m.QueueFull(f"{num} requests in flight (limit {self.max_in_flight}); retry shortly")
             self._handles[handle.request_id] = handle
-        self.transport.send(m.InferSubmit((handle.request_id,), tensors, rows, key, time.monotonic()))
+        self.transport.send(m.InferSubmit((handle.request_id,), tensors, rows, time.monotonic()))
         return handle
 
     def abort(self, handle: RequestHandle) -> None:

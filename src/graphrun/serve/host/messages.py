@@ -18,7 +18,7 @@ from graphrun.errors import GraphrunError
 from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.tokenizer import Tokenizer
-from graphrun.serve.infer.schema import BucketKey, InferSchema
+from graphrun.serve.infer.schema import InferSchema
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +124,11 @@ class Delivered:
 @dataclass(frozen=True, slots=True)
 class InferSubmit:
     """One tensor request (serve/infer/), validated on the HTTP side: numpy arrays with `rows` rows in
-    dim 0, in the model's input order, and the bucket the batcher groups it by."""
+    dim 0, in the model's input order (the engine side keys it by its bucket)."""
 
     request_ids: tuple[int]
     tensors: tuple[tuple[str, np.ndarray], ...]
     rows: int
-    key: BucketKey
     arrival: float  # time.monotonic() at submission
 
 

@@ -1,8 +1,10 @@
 """Serving any model: named tensors in, named tensors out, through the engine host (issue 16 items 2-3).
 
 One concept per file: `errors.py` (the 400 a bad tensor gets), `codec.py` (JSON / .npy / safetensors on
-the wire), `schema.py` (what the model takes, and the checks), `source.py` (a module factory or a
-torch.export archive), `batcher.py` (coalescing requests per bucket), `model.py` (the served model the
-host loop drives), `metrics.py`, `config.py` and `app.py` (the HTTP routes). Nothing here imports
+the wire), `schema.py` (what the model takes, and the checks), `dims.py` (dynamic dims besides the
+batch a model declares), `source.py` (a module factory or a torch.export archive), `batcher.py`
+(coalescing requests per bucket), `calls.py` (a batch's model calls: `rows.py` batch-only through a
+GraphRunner, `bucketed.py` batch x declared dims through a BucketedRunner), `model.py` (the served model
+the host loop drives), `metrics.py`, `config.py` and `app.py` (the HTTP routes). Nothing here imports
 FastAPI but app.py.
 """

@@ -31,7 +31,6 @@ from graphrun.serve.host.client import EngineClient
 from graphrun.serve.host.messages import Event, InferResult
 from graphrun.serve.infer.codec import decode, encode
 from graphrun.serve.infer.errors import TensorError
-from graphrun.serve.infer.schema import BucketKey
 from graphrun.serve.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from graphrun.serve.protocol import APIError, as_api_error, check_model_name, content_type_error
 from graphrun.version import __version__
@@ -89,7 +88,7 @@ class _InferRoutes:
         except TensorError as exc:
             raise tensor_error(exc) from None
         tensors = tuple((spec.name, decoded.tensors[spec.name]) for spec in info.schema.inputs)
-        result = await self._run(tensors, rows, info.schema.bucket_key(decoded.tensors))
+        result = await self._run(tensors, rows)
         self._client.metrics.count("ok")
         answer = {"model": self._name, **encode(decoded.encoding, dict(result.outputs))}
         return Response(json.dumps(answer), media_type="application/json")
@@ -98,11 +97,9 @@ class _InferRoutes:
     def _name(self) -> str:
         return self._config.served_model_name
 
-    async def _run(
-        self, tensors: tuple[tuple[str, np.ndarray], ...], rows: int, key: BucketKey
-    ) -> InferResult:
+    async def _run(self, tensors: tuple[tuple[str, np.ndarray], ...], rows: int) -> InferResult:
         """Submit, wait for the one event; a cancelled wait aborts the request."""
-        handle = self._client.submit_tensors(tensors, rows, key)
+        handle = self._client.submit_tensors(tensors, rows)
         done: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
 
         def on_event(event: Event) -> None:
@@ -121,7 +118,8 @@ class _InferRoutes:
         return event
 
     async def models(self) -> Response:
-        """GET /v1/models: the served model's inputs and outputs (dtype, shape, dynamic dims), rungs."""
+        """GET /v1/models: the served model's inputs and outputs (dtype, shape, dynamic dims), each
+        dynamic dim with its rungs (the batch first), the mask input."""
         info = self._client.infer_info
         schema = info.schema
         card = {
@@ -130,8 +128,7 @@ class _InferRoutes:
             "created": self._created,
             "owned_by": "graphrun",
             "root": info.source,
-            "inputs": [spec.describe() for spec in schema.inputs],
-            "outputs": [spec.describe() for spec in schema.outputs],
+            **schema.describe(),
             "rungs": list(schema.rungs),
             "max_rows": schema.max_rows,
             "max_wait_ms": info.max_wait_ms,

@@ -1,6 +1,6 @@
 """Dynamic batching: queued requests coalesce per bucket into one batch of up to the top rung's rows.
 
-Policy. Requests queue per bucket (schema.BucketKey; one bucket while only the batch dim is dynamic), in
+Policy. Requests queue per bucket (schema.BucketKey: each declared dim's rung, by bucket_of), in
 arrival order. A bucket is ready when its rows reach the top rung (waiting longer cannot make a larger
 replay) or when its oldest request has waited `max_wait` seconds (0: at once, no coalescing beyond what
 arrived together). `take` picks the ready bucket whose oldest request is oldest and takes requests

@@ -16,7 +16,8 @@ RULES = (
     "rank",
     "static_dim",  # a dimension the model fixes differs
     "batch",  # the tensors disagree on the batch size, or it is 0
-    "too_large",  # over the rows or elements limit
+    "dynamic_dim",  # the tensors disagree on a declared dynamic dim (a length), or it is 0
+    "too_large",  # over the rows or elements limit, or a dynamic dim above its top rung
     "nan",  # NaN or infinity in a tensor the model declares finite
 )
 

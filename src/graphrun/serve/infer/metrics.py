@@ -1,5 +1,6 @@
 """The batcher's Prometheus series: how many rows and requests each call carried, how long requests
-waited for their batch, and how much of each replayed rung was padding.
+waited for their batch, and how much of each padded call was padding (rows, and with declared dynamic
+dims every dim: bucketed.py).
 
 They sit beside the runner's own graph series (`graphrun_cuda_graph_*{runner="infer"}`) in the served
 model's registry; /metrics joins them with the HTTP side's.
@@ -29,6 +30,7 @@ class InferMetrics:
             buckets=WAIT_BUCKETS, registry=registry,
         )  # fmt: skip
         self.padding_ratio = Histogram(
-            "graphrun_infer_padding_ratio", "Padded rows / rung rows of each replayed call",
+            "graphrun_infer_padding_ratio",
+            "Padded / all positions of each padded call (a position: a row at one size of every dynamic dim)",
             buckets=RATIO_BUCKETS, registry=registry,
         )  # fmt: skip

@@ -6,6 +6,10 @@ example is one tensor, a tuple of tensors (named after forward's parameters) or 
 its saved example inputs as the example; dim 0 of every input must be dynamic in the export (the
 batch). Either way the example fixes every other dim, dtype and device, and one eager run on it names
 the outputs: "output" for a single tensor, "output0".. for a tuple, a dict's own keys.
+
+A ModelSource may also declare dynamic dims besides the batch (dims.py: which input axes carry a
+sequence length, its rungs, its pad value, the output axes that follow it) and the mask input that marks
+real positions; the model is then served in buckets over batch x those dims (bucketed.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 
 from graphrun.errors import ConfigError
+from graphrun.serve.infer.dims import DynamicDim
 from graphrun.serve.infer.schema import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,10 @@ class ModelSource:
 
     keywords: call fn(**inputs) (a dict example), else fn(*inputs) in order. finite: inputs whose NaN or
     infinity a request may not carry (400).
+    dims: dynamic dims besides the batch (DynamicDim: a sequence length's input axes, rungs, pad value,
+    output axes); the example may have any size along them (it is padded or cut to each bucket).
+    mask: the input marking real positions (1) and padding (0) along the dims that carry it, padded with
+    0; a request sends it like any other input. It must be carried by one of `dims`.
     """
 
     fn: Callable[..., Any]
@@ -52,6 +61,8 @@ class ModelSource:
     keywords: bool = False
     finite: frozenset[str] = field(default_factory=frozenset)
     name: str = "model"
+    dims: tuple[DynamicDim, ...] = ()
+    mask: str | None = None
 
     def __post_init__(self) -> None:
         if not self.example:
@@ -66,10 +77,29 @@ class ModelSource:
         unknown = self.finite - {name for name, _ in self.example}
         if unknown:
             raise ConfigError(f"finite names inputs the example lacks: {sorted(unknown)}")
+        self._check_dims()
+
+    def _check_dims(self) -> None:
+        ranks = {name: t.dim() for name, t in self.example}
+        names = [dim.name for dim in self.dims]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"dynamic dims need distinct names, got {names}")
+        for dim in self.dims:
+            bad = {n: a for n, a in dim.axes.items() if n not in ranks or a >= ranks[n]}
+            if bad:
+                raise ConfigError(
+                    f"dim {dim.name!r} names axes {bad} that no example input has (inputs and ranks: {ranks})"
+                )
+        if self.mask is not None and not any(self.mask in dim.axes for dim in self.dims):
+            raise ConfigError(f"mask {self.mask!r} must be an input carried by one of dims (its axes)")
+
+    def dynamic_axes(self, name: str) -> set[int]:
+        """The axes of input `name` that a declared dim carries (the batch's, 0, aside)."""
+        return {dim.axes[name] for dim in self.dims if name in dim.axes}
 
     def input_specs(self) -> tuple[TensorSpec, ...]:
         return tuple(
-            TensorSpec(name, _WIRE[t.dtype], (None, *t.shape[1:]), name in self.finite)
+            TensorSpec(name, _WIRE[t.dtype], _shape(t, self.dynamic_axes(name)), name in self.finite)
             for name, t in self.example
         )
 
@@ -82,6 +112,13 @@ class ModelSource:
     @property
     def device(self) -> torch.device:
         return self.example[0][1].device
+
+
+def _shape(example: torch.Tensor, dynamic: set[int]) -> tuple[int | None, ...]:
+    """The example's shape with None on the batch (0) and every dynamic axis."""
+    return tuple(
+        None if axis == 0 or axis in dynamic else int(size) for axis, size in enumerate(example.shape)
+    )
 
 
 def output_names(outputs: object) -> tuple[str, ...]:
