@@ -78,3 +78,5 @@ def test_bad_flags_are_refused_before_anything_starts(tmp_path):
     assert "no such file" in _refused("--exported", str(tmp_path / "missing.pt2"))
     assert "max_wait_ms must be >= 0" in _refused("--module", "a:b", "--batch-wait-ms", "-1")
     assert "max_batch_requests must be >= 1" in _refused("--module", "a:b", "--max-batch-requests", "0")
+    assert "--dim-rungs takes INPUT:AXIS=R1,R2" in _refused("--module", "a:b", "--dim-rungs", "ids=4,8")
+    assert "describe an --exported program" in _refused("--module", "a:b", "--dim-rungs", "ids:1=4,8")

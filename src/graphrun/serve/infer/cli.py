@@ -36,6 +36,20 @@ def add_infer_flags(p: argparse.ArgumentParser) -> None:
         "--exported", type=Path, default=None, metavar="PATH", help="serve a torch.export archive (.pt2)"
     )
     group.add_argument(
+        "--dim-rungs",
+        action="append",
+        default=[],
+        metavar="INPUT:AXIS=R1,R2,..",
+        help="the rungs of an --exported program's dynamic axis besides the batch, e.g. "
+        "input_ids:1=16,32,64,128 (repeatable; default: powers of two up to the export's max)",
+    )
+    group.add_argument(
+        "--mask-input",
+        default=None,
+        metavar="NAME",
+        help="the --exported program's input marking real positions (1) and padding (0) along its dims",
+    )
+    group.add_argument(
         "--device", default=cfg.device, help="where an --exported program runs (auto: CUDA when present)"
     )
     group.add_argument(
@@ -82,7 +96,21 @@ def infer_config(args: argparse.Namespace) -> InferConfig:
         max_wait_ms=args.batch_wait_ms,
         max_batch_requests=args.max_batch_requests,
         max_rows=args.max_request_rows,
+        dim_rungs=tuple(_dim_rungs(value) for value in args.dim_rungs),
+        mask_input=args.mask_input,
     )
+
+
+def _dim_rungs(value: str) -> tuple[str, int, tuple[int, ...]]:
+    """`input_ids:1=16,32,64` -> ("input_ids", 1, (16, 32, 64))."""
+    where, _, rungs = value.partition("=")
+    name, _, axis = where.rpartition(":")
+    try:
+        return name, int(axis), tuple(int(r) for r in rungs.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--dim-rungs takes INPUT:AXIS=R1,R2,.. (e.g. input_ids:1=16,32,64), got {value!r}"
+        ) from None
 
 
 def run_infer(args: argparse.Namespace, serve_config: ServeConfig) -> int:

@@ -26,6 +26,9 @@ class InferConfig:
     rows one request may carry (400 above);
     a request above the top rung runs alone, split into top-rung chunks. device: where an exported
     program runs ("auto": CUDA when there is one); a factory's example inputs say where its model runs.
+    dim_rungs: an exported program's dynamic axes besides the batch -> their rungs, as
+    ((input, axis, rungs), ...) (exported.py; a factory declares its own dims); mask_input: the exported
+    program's input that marks real positions.
     """
 
     module: str | None = None
@@ -39,6 +42,8 @@ class InferConfig:
     max_batch_requests: int | None = None
     max_rows: int = 1024
     verify: bool = True
+    dim_rungs: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
+    mask_input: str | None = None
 
     def __post_init__(self) -> None:
         if (self.module is None) == (self.exported is None):
@@ -60,6 +65,17 @@ class InferConfig:
             raise ConfigError(
                 f"cuda_graph_max_bs must be >= 1 for a tensor model, got {self.cuda_graph_max_bs}"
             )
+        if self.module is not None and (self.dim_rungs or self.mask_input is not None):
+            raise ConfigError(
+                "--dim-rungs and --mask-input describe an --exported program; a --module factory "
+                "declares its dims and mask on its ModelSource"
+            )
+        for name, axis, rungs in self.dim_rungs:
+            if axis < 1 or not rungs or any(r < 1 for r in rungs):
+                raise ConfigError(
+                    f"--dim-rungs {name}:{axis}: the axis must be >= 1 (0 is the batch) and the rungs "
+                    f"positive sizes, got {list(rungs)}"
+                )
         bad = [size for size in self.cuda_graph_sizes if size < 1]
         if bad:
             raise ConfigError(f"cuda_graph_sizes must be positive batch sizes, got {bad}")

@@ -44,10 +44,11 @@ from graphrun.serve.infer.batcher import Batch, Batcher, Pending
 from graphrun.serve.infer.bucketed import BucketedCalls
 from graphrun.serve.infer.calls import Arrays, ModelCalls
 from graphrun.serve.infer.config import InferConfig
+from graphrun.serve.infer.exported import load_exported
 from graphrun.serve.infer.metrics import InferMetrics
 from graphrun.serve.infer.rows import RowCalls
 from graphrun.serve.infer.schema import InferSchema
-from graphrun.serve.infer.source import ModelSource, load_exported, load_module_factory
+from graphrun.serve.infer.source import ModelSource, load_module_factory
 from graphrun.serve.memory import memory_now
 
 log = logging.getLogger(__name__)
@@ -186,4 +187,5 @@ def _load_source(config: InferConfig) -> ModelSource:
     device = config.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_exported(config.exported, torch.device(device))
+    rungs = {(name, axis): ladder for name, axis, ladder in config.dim_rungs}
+    return load_exported(config.exported, torch.device(device), rungs, config.mask_input)

@@ -2,10 +2,9 @@
 
 `--module pkg.mod:factory`: `factory()` returns a ModelSource, or `(module, example_inputs)` where the
 example is one tensor, a tuple of tensors (named after forward's parameters) or a dict of named tensors
-(passed by keyword). `--exported model.pt2`: `torch.export.load`, named by the program's user inputs,
-its saved example inputs as the example; dim 0 of every input must be dynamic in the export (the
-batch). Either way the example fixes every other dim, dtype and device, and one eager run on it names
-the outputs: "output" for a single tensor, "output0".. for a tuple, a dict's own keys.
+(passed by keyword). `--exported model.pt2`: exported.py. Either way the example fixes every other
+dim, dtype and device, and one eager run on it names the outputs: "output" for a single tensor,
+"output0".. for a tuple, a dict's own keys.
 
 A ModelSource may also declare dynamic dims besides the batch (dims.py: which input axes carry a
 sequence length, its rungs, its pad value, the output axes that follow it) and the mask input that marks
@@ -16,10 +15,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +25,6 @@ from graphrun.errors import ConfigError
 from graphrun.serve.infer.dims import DynamicDim
 from graphrun.serve.infer.schema import TensorSpec
 
-log = logging.getLogger(__name__)
 # torch dtype -> wire dtype; bfloat16 has no numpy dtype: it travels as float32 and is cast at the model
 _WIRE = {
     torch.bool: "bool",
@@ -201,35 +197,3 @@ def _parameter_names(fn: Callable[..., Any], count: int) -> list[str]:
         params = []
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return positional[:count] if len(positional) >= count else [f"input{i}" for i in range(count)]
-
-
-def load_exported(path: Path, device: torch.device) -> ModelSource:
-    """A torch.export archive (.pt2) as a ModelSource on `device`."""
-    try:
-        program = torch.export.load(str(path))
-    except Exception as exc:  # torch raises many kinds on a file that is not an archive
-        raise ConfigError(
-            f"--exported {path}: not a torch.export archive ({type(exc).__name__}: {exc})"
-        ) from exc
-    if program.example_inputs is None:
-        raise ConfigError(f"--exported {path}: the archive has no example inputs; export with example args")
-    args, kwargs = program.example_inputs
-    if kwargs:
-        raise ConfigError(f"--exported {path}: keyword inputs are not served; export with positional inputs")
-    names = list(program.graph_signature.user_inputs)
-    _check_batch_dynamic(program, names, path)
-    fn = program.module().to(device)
-    example = tuple((name, tensor.to(device)) for name, tensor in zip(names, args, strict=True))
-    log.info("loaded %s: inputs %s on %s", path, names, device)
-    return ModelSource(fn, example, name=path.stem)
-
-
-def _check_batch_dynamic(program: torch.export.ExportedProgram, names: list[str], path: Path) -> None:
-    shapes = {node.name: node.meta["val"].shape for node in program.graph.nodes if node.op == "placeholder"}
-    for name in names:
-        shape = shapes.get(name)
-        if shape is not None and (len(shape) == 0 or not isinstance(shape[0], torch.SymInt)):
-            raise ConfigError(
-                f"--exported {path}: input {name!r} has a fixed batch (shape {list(shape)}); export with "
-                "dynamic_shapes marking dim 0, e.g. {0: torch.export.Dim('batch')}"
-            )
