@@ -131,40 +131,48 @@ class OrtRunner:
         self._dispatch = self._dispatch_table()
 
     def _probe_all(self) -> None:
+        """Probe every rung, largest first; a graph session that raises is dropped whole, a plain one
+        loses only the rung that raised."""
         graphs = self.placement.backend is OrtBackend.CUDA_GRAPH
-        device_id = self.options.device_id
-        session = graph_session(self._model, device_id) if graphs else self._session
-        settings = ProbeSettings(
-            self.options.verify, self.options.pads, self.options.pad, self.options.tolerance
-        )
+        session = graph_session(self._model, self.options.device_id) if graphs else self._session
         start = perf_counter()
         try:
             with self._lock:
                 for index, rung in reversed(list(enumerate(self.sizes))):
-                    binding = RungBinding(session, rung, (self.inputs, self.outputs), self.placement.device,
-                                          index + 1 if graphs else None)  # fmt: skip
-                    status = probe_rung(binding, self._eager, self._example, settings)
-                    self._install(binding, status)
-        except Exception as error:  # the session may be mid-capture: drop it whole (module docstring)
+                    self._probe_one(session, rung, index + 1 if graphs else None)
+        except Exception as error:  # only a graph session's failure gets here (module docstring)
             self._drop_graph_session(error)
             return
         self.stats.capture_seconds = perf_counter() - start
         self._log_summary()
 
-    def _install(self, binding: RungBinding, status: RungStatus) -> None:
-        self._statuses[binding.rung] = status
-        if status.captured:
-            self._bindings[binding.rung] = binding
+    def _probe_one(self, session: Any, rung: int, graph_id: int | None) -> None:
+        opts = self.options
+        settings = ProbeSettings(opts.verify, opts.pads, opts.pad, opts.tolerance)
+        device = self.placement.device
+        try:
+            binding = RungBinding(session, rung, (self.inputs, self.outputs), device, graph_id)
+            status = probe_rung(binding, self._eager, self._example, settings)
+        except Exception as error:
+            if graph_id is not None:
+                raise
+            reason, detail = _classified(error)
+            status = RungStatus(rung, False, reason=reason, detail=detail)
+        self._install(binding if status.captured else None, status)
+
+    def _install(self, binding: RungBinding | None, status: RungStatus) -> None:
+        self._statuses[status.size] = status
+        if binding is not None:
+            self._bindings[status.size] = binding
             self.stats.num_captured += 1
         if status.reason is not None:
             self.stats.capture_failed[status.reason] = self.stats.capture_failed.get(status.reason, 0) + 1
             what = "serves exact-size calls only" if status.captured else "runs eager for the process life"
             log.warning("runner %s: batch size %d %s: %s (%s)",
-                        self.name, binding.rung, what, status.reason.value, status.detail)  # fmt: skip
+                        self.name, status.size, what, status.reason.value, status.detail)  # fmt: skip
 
     def _drop_graph_session(self, error: Exception) -> None:
-        reason = CaptureFailure.OOM if "memory" in str(error).lower() else CaptureFailure.ERROR
-        detail = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+        reason, detail = _classified(error)
         log.warning("runner %s: the graph session failed at start-up, every call runs eager on a rebuilt "
                     "session: %s (%s)", self.name, reason.value, detail)  # fmt: skip
         self._bindings.clear()
@@ -313,6 +321,12 @@ def _ordered(
     if missing:
         raise ConfigError(f"no example for model input(s) {missing}; the model's inputs are {list(names)}")
     return tuple(given[n] for n in names)
+
+
+def _classified(error: Exception) -> tuple[CaptureFailure, str]:
+    """A start-up failure's reason (out of memory, or any other error) and a one-line detail."""
+    reason = CaptureFailure.OOM if "out of memory" in str(error).lower() else CaptureFailure.ERROR
+    return reason, f"{type(error).__name__}: {error}".splitlines()[0][:300]
 
 
 def _packed(outputs: tuple[torch.Tensor, ...]) -> Any:
