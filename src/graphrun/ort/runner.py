@@ -40,7 +40,7 @@ from graphrun.graphs.status import (
 )
 from graphrun.ort.binding import RungBinding
 from graphrun.ort.eager import EagerRun, first_outputs
-from graphrun.ort.io_spec import TensorSpec, call_tensors, input_specs, output_specs
+from graphrun.ort.io_spec import call_tensors, input_specs, output_specs
 from graphrun.ort.options import OrtBackend, OrtOptions
 from graphrun.ort.placement import place
 from graphrun.ort.probe import ProbeSettings, probe_rung
@@ -331,6 +331,3 @@ def _classified(error: Exception) -> tuple[CaptureFailure, str]:
 
 def _packed(outputs: tuple[torch.Tensor, ...]) -> Any:
     return outputs[0] if len(outputs) == 1 else outputs
-
-
-__all__ = ["OrtRunner", "TensorSpec"]
