@@ -2,10 +2,10 @@
 
 An import in a file outside serve/, bench/ and the Triton kernels runs on `import graphrun`,
 `graphrun generate` or `graphrun doctor`, so its distribution must be a core dependency. serve/ may also
-use the `serve` extra, bench/ the `bench` extra (which includes `serve`), llm/kernels/triton_ops.py and
-gemv.py the `kernels` extra. An import inside `try: ... except ImportError` is optional (the code falls
-back and says so): it only has to be declared in some extra. scripts/check-wheel proves the same on a
-real install.
+use the `serve` extra, bench/ the `bench` extra (which includes `serve`), ort/ the `onnx` extra,
+llm/kernels/triton_ops.py and gemv.py the `kernels` extra. An import inside `try: ... except ImportError`
+is optional (the code falls back and says so): it only has to be declared in some extra.
+scripts/check-wheel proves the same on a real install.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "graphrun"
-EXTRA_OF_FOLDER = {"serve": "serve", "bench": "bench"}  # first folder under graphrun/ -> its extra
+# first folder under graphrun/ -> its extra
+EXTRA_OF_FOLDER = {"serve": "serve", "bench": "bench", "ort": "onnx"}
 EXTRA_OF_FILE = {"llm/kernels/triton_ops.py": "kernels", "llm/kernels/gemv.py": "kernels"}
 
 
