@@ -127,7 +127,7 @@ class HostLoop(Generic[Info, E]):
                     if model.abort(message.request_id):
                         self.send(m.Events(((message.request_id, m.ABORTED),)))
                 elif isinstance(message, m.AbortAll):
-                    self._flush()  # the tokens the requests already have go first
+                    self._flush()  # the events the requests already have go first
                     self._fail(model.drain(), lambda: m.Unavailable("draining", CUT))
                 elif not isinstance(message, m.Command):
                     for request_id, result in zip(message.request_ids, model.submit(message), strict=True):

@@ -1,4 +1,4 @@
-"""What the engine host drives: any served model (the LLM engine today; a batched runner, a pipeline next).
+"""What the engine host drives: any served model (the LLM engine, a batched tensor model; a pipeline next).
 
 The host loop owns the threads, the queue and the transport; a served model owns its requests, and the
 types of what they ask (a Submission) and get (its events). It is called from the host loop's thread
