@@ -23,7 +23,7 @@ import uvicorn
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.serve.app import build_app
 from graphrun.serve.config import ServeConfig
-from graphrun.serve.host.client import EngineClient
+from graphrun.serve.llm_client import LLMClient
 from graphrun.serve.llm_model import llm_client
 
 MIB = 2**20
@@ -43,7 +43,7 @@ class LiveServer:
     """A running server and the objects behind it."""
 
     url: str
-    worker: EngineClient
+    worker: LLMClient
     server: uvicorn.Server
 
     def metrics(self) -> str:

@@ -12,16 +12,8 @@ from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.host.host_loop import HostLoop, HostPlan
-from graphrun.serve.host.messages import (
-    AbortAll,
-    Admitted,
-    Events,
-    Ready,
-    Stop,
-    Submit,
-    ToClient,
-    Unavailable,
-)
+from graphrun.serve.host.messages import AbortAll, Admitted, Events, Ready, Stop, ToClient, Unavailable
+from graphrun.serve.llm_messages import Submit
 from graphrun.serve.llm_model import LLMServedModel
 
 ENGINE = EngineConfig(model="tiny", max_num_seqs=4, max_model_len=96)

@@ -14,8 +14,6 @@ import pytest
 from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.tokenizer import ByteTokenizer
-from graphrun.serve.host.client import EngineClient
-from graphrun.serve.host.handle import RequestHandle
 from graphrun.serve.host.host_loop import HostPlan
 from graphrun.serve.host.messages import (
     Abort,
@@ -24,21 +22,18 @@ from graphrun.serve.host.messages import (
     Answer,
     Ask,
     Delivered,
-    Event,
     Events,
-    ModelInfo,
-    PromptCached,
-    PromptLogprobs,
     Question,
     Ready,
     StartFailed,
     Stop,
-    Submit,
     Unavailable,
-    is_terminal,
 )
 from graphrun.serve.host.served_model import StepOutcome
 from graphrun.serve.host.transport import PipeTransport, ThreadTransport, Transport
+from graphrun.serve.llm_client import LLMClient
+from graphrun.serve.llm_handle import LLMHandle
+from graphrun.serve.llm_messages import Event, ModelInfo, PromptCached, PromptLogprobs, Submit, is_terminal
 
 START_TIMEOUT = 120.0  # a spawned process imports torch: only a broken host reaches this
 
@@ -135,14 +130,14 @@ def _transports(model: Callable[[], Countdown]) -> list[Transport]:
     return [ThreadTransport(HostPlan(model)), PipeTransport(HostPlan(model))]
 
 
-async def _started(transport: Transport) -> EngineClient:
-    client = EngineClient(transport, max_in_flight=4)
+async def _started(transport: Transport) -> LLMClient:
+    client = LLMClient(transport, max_in_flight=4)
     client.start()
     assert await asyncio.to_thread(client.wait_ready, START_TIMEOUT), client.state
     return client
 
 
-async def _events(handle: RequestHandle) -> list[Event]:
+async def _events(handle: LLMHandle) -> list[Event]:
     events: list[Event] = []
     over = asyncio.get_running_loop().create_future()
 
@@ -181,7 +176,7 @@ def test_requests_events_refusals_and_questions_cross_either_transport(kind):
     asyncio.run(main())
 
 
-async def _own(client: EngineClient) -> bytes:
+async def _own(client: LLMClient) -> bytes:
     from prometheus_client import generate_latest
 
     return generate_latest(client.registry)

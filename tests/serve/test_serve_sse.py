@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from graphrun.llm.tokenizer import ByteTokenizer
 from graphrun.serve.deltas import Collected, Deltas
-from graphrun.serve.host.handle import RequestHandle
 from graphrun.serve.host.messages import EngineFailure
+from graphrun.serve.llm_handle import LLMHandle
 from graphrun.serve.metrics import RequestMetrics
 from graphrun.serve.responses import (
     ChatCompletionChunk,
@@ -146,18 +146,18 @@ class _Worker:
         self.metrics = RequestMetrics(CollectorRegistry())
         self.observer = None
 
-    def deltas(self, handle: RequestHandle, every_batch: bool = False) -> Deltas:
+    def deltas(self, handle: LLMHandle, every_batch: bool = False) -> Deltas:
         return Deltas(ByteTokenizer(), handle, partial(self.abort, handle), every_batch)
 
-    def abort(self, handle: RequestHandle) -> None:
+    def abort(self, handle: LLMHandle) -> None:
         self.aborted.append(handle.request_id)
 
 
 def _stream(
     worker: _Worker, request_id: int, stop: tuple[str, ...] = (), fmt: ResponseFormat | None = None
-) -> tuple[RequestHandle, SSEResponse]:
+) -> tuple[LLMHandle, SSEResponse]:
     loop = asyncio.get_running_loop()
-    handle = RequestHandle(request_id, [1, 2], stop, loop)
+    handle = LLMHandle(request_id, [1, 2], stop, loop)
     handle.admit(request_id)
     watcher = loop.create_task(asyncio.sleep(3600))
     fmt = fmt or CompletionFormat("m")

@@ -20,7 +20,7 @@ from serve_harness import LiveServer, live_server
 
 from graphrun.llm.tokenizer import ByteTokenizer
 from graphrun.serve.deltas import Collected, Deltas
-from graphrun.serve.host.handle import RequestHandle
+from graphrun.serve.llm_handle import LLMHandle
 from graphrun.serve.metrics import RequestMetrics
 from graphrun.serve.responses import CompletionFormat
 from graphrun.serve.sse import SSEResponse
@@ -78,10 +78,10 @@ class _Worker:
         self.metrics = RequestMetrics(CollectorRegistry())
         self.observer = None
 
-    def deltas(self, handle: RequestHandle, every_batch: bool = False) -> Deltas:
+    def deltas(self, handle: LLMHandle, every_batch: bool = False) -> Deltas:
         return Deltas(self.tokenizer, handle, partial(self.abort, handle), every_batch)
 
-    def abort(self, handle: RequestHandle) -> None:
+    def abort(self, handle: LLMHandle) -> None:
         self.aborted += 1
 
 
@@ -95,9 +95,9 @@ class _Send:
         self.body += message.get("body", b"")
 
 
-def _handle(token_ids: list[int], stop: tuple[str, ...]) -> RequestHandle:
+def _handle(token_ids: list[int], stop: tuple[str, ...]) -> LLMHandle:
     """An admitted request whose engine events (one token each, the last with "length") have arrived."""
-    handle = RequestHandle(1, [1], stop, asyncio.get_running_loop())
+    handle = LLMHandle(1, [1], stop, asyncio.get_running_loop())
     handle.admit(1)
     for n, token in enumerate(token_ids, 1):
         handle.put((token, "length" if n == len(token_ids) else None))

@@ -5,9 +5,15 @@ serve_config, engine_config)` gives the ASGI app. Nothing is imported here, so `
 no FastAPI.
 
     config.py         ServeConfig: host, port, queue bound, drain time, served model name, API keys, trace
-    host/             the engine host: typed messages, one client, thread or process transport, host loop
+    host/             the engine host, for any model: typed envelope, one client, thread or process
+                      transport, host loop
     llm_model.py      the LLM engine as the host's served model; llm_client() wires it up
-    infer/            any model on POST /v1/infer: codec, schema, sources, batcher, served model, routes
+    llm_messages.py   what an LLM request carries through the host: submission, events, model info
+    llm_client.py     the LLM's client: prompts in (n choices), text deltas out
+    llm_handle.py     an LLM request's handle: prompt, stop strings, counts, ended by a finish reason
+    llm_metrics.py    the LLM served model's series: tokens, latencies, occupancy
+    infer/            any model on POST /v1/infer: codec, schema, sources, batcher, served model, its
+                      messages and client, routes
     deltas.py         a request's events -> text deltas (streamed or collected)
     text.py           token ids -> streamed text, stop strings
     sse.py            streamed answers, written as each step is delivered
@@ -18,7 +24,7 @@ no FastAPI.
     responses.py      OpenAI response bodies, whole and streamed
     tokenize.py       /tokenize, /detokenize, /tokenizer_info (vLLM's routes)
     tokenizer_info.py what /tokenizer_info says of the tokenizer; the ids its encode adds to any text
-    metrics.py        the server's Prometheus series (request outcomes; the engine's tokens and occupancy)
+    metrics.py        the HTTP side's Prometheus series (request outcomes)
     memory.py         /health's memory figures: device allocator, free memory, peak RSS
     app.py            build_app: routes, SSE, error handlers, disconnect watching
     auth.py           API keys: 401 before a route runs; the start-up line on who may call

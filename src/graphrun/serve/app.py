@@ -1,8 +1,8 @@
 """The HTTP front: OpenAI-compatible completions and chat (SSE streaming), models, health, metrics;
 the tokenizer's routes (/tokenize, /detokenize, /tokenizer_info) are tokenize.py's.
 
-`build_app(client, config, engine_config)` wires routes to an `EngineClient` (the engine host's HTTP
-side, host/client.py); the app's lifespan starts and stops it.
+`build_app(client, config, engine_config)` wires routes to an `LLMClient` (llm_client.py: the engine
+host's HTTP side, host/client.py, for an LLM); the app's lifespan starts and stops it.
 Every error answer has the OpenAI body {"error": {"message", "type", "param", "code"}}: validation
 errors are 400 (not FastAPI's 422), a full queue is 429 and starting or draining is 503 (both with
 Retry-After), and an unexpected exception is a 500 for that request only (logged). Once a stream has
@@ -41,9 +41,9 @@ from graphrun.serve.body_limit import BodyLimit, BodyTooLarge
 from graphrun.serve.chat_template import ChatTemplate
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.deltas import Collected
-from graphrun.serve.host.client import EngineClient
-from graphrun.serve.host.handle import RequestHandle
-from graphrun.serve.host.messages import ModelInfo
+from graphrun.serve.llm_client import LLMClient
+from graphrun.serve.llm_handle import LLMHandle
+from graphrun.serve.llm_messages import ModelInfo
 from graphrun.serve.logprobs import LogprobsShape
 from graphrun.serve.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from graphrun.serve.protocol import (
@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 _GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 
 
-def build_app(worker: EngineClient, config: ServeConfig, engine_config: EngineConfig) -> FastAPI:
+def build_app(worker: LLMClient, config: ServeConfig, engine_config: EngineConfig) -> FastAPI:
     """The FastAPI app serving the LLM engine behind `worker` under `config.served_model_name`."""
 
     @asynccontextmanager
@@ -108,7 +108,7 @@ def _add_routes(app: FastAPI, routes: _Routes, config: ServeConfig) -> None:
     app.add_api_route("/metrics", routes.metrics, methods=["GET"], response_class=Response, responses=docs)
 
 
-def _add_middleware(app: FastAPI, worker: EngineClient, config: ServeConfig) -> None:
+def _add_middleware(app: FastAPI, worker: LLMClient, config: ServeConfig) -> None:
     """API keys (outermost: a caller without one costs no body read), then the body limit; refused
     generation requests count in /metrics as the app's own 4xx answers do."""
 
@@ -129,7 +129,7 @@ class _Routes:
     """The endpoints, bound to one engine client."""
 
     def __init__(
-        self, worker: EngineClient, config: ServeConfig, template: ChatTemplate, engine_config: EngineConfig
+        self, worker: LLMClient, config: ServeConfig, template: ChatTemplate, engine_config: EngineConfig
     ) -> None:
         self._worker, self._config, self._template = worker, config, template
         self._prefix_caching, self._source = engine_config.enable_prefix_caching, engine_config.model
@@ -233,9 +233,9 @@ class _Routes:
 
     def _submit(
         self, prompts: list[tuple[list[int], SamplingParams]], stop: tuple[str, ...], n: int
-    ) -> list[RequestHandle]:
+    ) -> list[LLMHandle]:
         """Every prompt's n choices, in index order; a refusal aborts those already submitted."""
-        handles: list[RequestHandle] = []
+        handles: list[LLMHandle] = []
         try:
             for ids, params in prompts:
                 handles += self._worker.submit_choices(ids, params, stop, n)
@@ -247,7 +247,7 @@ class _Routes:
 
     async def _collect(
         self,
-        handles: list[RequestHandle],
+        handles: list[LLMHandle],
         fmt: ResponseFormat,
         body: CompletionRequest | ChatCompletionRequest,
     ) -> Response:
@@ -271,7 +271,7 @@ class _Routes:
         return Response(answer.model_dump_json(), media_type="application/json")
 
     def _choice(
-        self, handle: RequestHandle, one: Collected, body: CompletionRequest | ChatCompletionRequest
+        self, handle: LLMHandle, one: Collected, body: CompletionRequest | ChatCompletionRequest
     ) -> ChoiceText:
         """A collected choice; with echo, its prompt first, and with max_tokens 0 nothing else (the one
         token the engine generated is left out, and out of usage)."""
@@ -327,7 +327,7 @@ class _Routes:
         return Response(await self._worker.metrics_text(), media_type=PROMETHEUS_TEXT)
 
 
-async def _abort_on_disconnect(request: Request, worker: EngineClient, handles: list[RequestHandle]) -> None:
+async def _abort_on_disconnect(request: Request, worker: LLMClient, handles: list[LLMHandle]) -> None:
     """Abort the request's choices when the client disconnects (the body was read already: this waits)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
@@ -340,7 +340,7 @@ def _status_label(status: int) -> str:
     return {429: "overloaded", 503: "unavailable"}.get(status, "error" if status >= 500 else "invalid")
 
 
-def _add_error_handlers(app: FastAPI, worker: EngineClient, config: ServeConfig) -> None:
+def _add_error_handlers(app: FastAPI, worker: LLMClient, config: ServeConfig) -> None:
     """OpenAI-shaped bodies for every error; generation requests are counted by outcome."""
 
     def answer(request: Request, error: APIError) -> Response:

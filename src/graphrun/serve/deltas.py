@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.tokenizer import Tokenizer
-from graphrun.serve.host.handle import RequestHandle
-from graphrun.serve.host.messages import Event, InferResult, PromptCached, PromptLogprobs
+from graphrun.serve.llm_handle import LLMHandle
+from graphrun.serve.llm_messages import Event, PromptCached, PromptLogprobs
 from graphrun.serve.text import TextStream
 
 
@@ -39,7 +39,7 @@ class Deltas:
     def __init__(
         self,
         tokenizer: Tokenizer,
-        handle: RequestHandle,
+        handle: LLMHandle,
         abort: Callable[[], None],
         every_batch: bool = False,
     ) -> None:
@@ -57,8 +57,7 @@ class Deltas:
         """push() for one event from the engine; an error event is raised."""
         if isinstance(event, Exception):
             raise event
-        # never a delta (Collected keeps the prompt's logprobs); an InferResult never reaches an LLM request
-        if isinstance(event, PromptCached | PromptLogprobs | InferResult):
+        if isinstance(event, PromptCached | PromptLogprobs):  # never a delta (Collected keeps the prompt's)
             return None
         if isinstance(event, TokenLogprobs):  # the next token's: it travels with that token
             if not self.over:

@@ -19,33 +19,27 @@ from prometheus_client import CollectorRegistry, generate_latest
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.serve.config import ServeConfig
-from graphrun.serve.host.client import EngineClient
 from graphrun.serve.host.host_loop import HostPlan
-from graphrun.serve.host.messages import (
-    AnySubmit,
-    Event,
-    ModelInfo,
-    PromptCached,
-    PromptLogprobs,
-    Question,
-    Submit,
-)
+from graphrun.serve.host.messages import Question, Submission
 from graphrun.serve.host.served_model import StepOutcome
 from graphrun.serve.host.transport import PipeTransport, ThreadTransport, Transport
+from graphrun.serve.llm_client import LLMClient
+from graphrun.serve.llm_messages import Event, ModelInfo, PromptCached, PromptLogprobs, Submit
+from graphrun.serve.llm_metrics import EngineMetrics
 from graphrun.serve.memory import memory_now
-from graphrun.serve.metrics import EngineMetrics
 from graphrun.serve.trace import send_trace, step_trace
 
 log = logging.getLogger(__name__)
 
 
-def llm_client(engine_config: EngineConfig, serve_config: ServeConfig) -> EngineClient:
+def llm_client(engine_config: EngineConfig, serve_config: ServeConfig) -> LLMClient:
     """The client of an LLM engine host: in a process of its own, or a thread (serve_config says)."""
     build_model = partial(LLMServedModel, engine_config, serve_config)
     plan = HostPlan(build_model, partial(step_trace, serve_config.trace_path))
-    transport: Transport = PipeTransport(plan) if serve_config.engine_process else ThreadTransport(plan)
+    transport: Transport[ModelInfo, Event]
+    transport = PipeTransport(plan) if serve_config.engine_process else ThreadTransport(plan)
     limit = engine_config.max_num_seqs + serve_config.max_queue
-    return EngineClient(transport, limit, send_trace(serve_config.trace_path))
+    return LLMClient(transport, limit, send_trace(serve_config.trace_path))
 
 
 @dataclass(slots=True)
@@ -80,7 +74,7 @@ class LLMServedModel:
             engine.tokenizer, facts["vocab_size"], engine.max_model_len, engine.config.model, facts
         )
 
-    def submit(self, submit: AnySubmit) -> list[int | Exception]:
+    def submit(self, submit: Submission) -> list[int | Exception]:
         """One request, or the n choices of one prompt as one group (one prefill): all in or all out."""
         if not isinstance(submit, Submit):
             return [TypeError("an LLM takes prompts, not tensors (/v1/infer)")]
@@ -106,7 +100,7 @@ class LLMServedModel:
         del self._running[seq_id]
         return True
 
-    def step(self, on_launched: Callable[[], None]) -> StepOutcome:
+    def step(self, on_launched: Callable[[], None]) -> StepOutcome[Event]:
         outputs = self.engine.step(on_launched=on_launched)
         now = time.monotonic()
         events: list[tuple[int, Event]] = []

@@ -4,7 +4,7 @@ Why not StreamingResponse over an async generator: then every token of every str
 walks a chain of generators and queues (queue -> deltas -> chunk -> ASGI send) on the one event loop
 that all streams share. At 16 streams and ~400 steps a second that kept the loop a third busy, and the
 order the woken tasks ran in spread a step's chunks over about a millisecond: inter-token jitter. Here
-the handle calls the stream back as each event is delivered (`RequestHandle.attach`), so the pass that
+the handle calls the stream back as each event is delivered (`LLMHandle.attach`), so the pass that
 delivers a step's events detokenizes, formats and writes every stream's chunk.
 
 The ASGI send is a coroutine, driven here by hand (`coro.send(None)`) as an eager task would be:
@@ -36,9 +36,9 @@ from starlette.types import Receive, Scope, Send
 from graphrun.errors import GraphrunError
 from graphrun.llm.logprobs import TokenLogprobs
 from graphrun.llm.tokenizer import Tokenizer
-from graphrun.serve.host.client import EngineClient
-from graphrun.serve.host.handle import RequestHandle
-from graphrun.serve.host.messages import Event, PromptLogprobs
+from graphrun.serve.llm_client import LLMClient
+from graphrun.serve.llm_handle import LLMHandle
+from graphrun.serve.llm_messages import Event, PromptLogprobs
 from graphrun.serve.protocol import as_api_error
 from graphrun.serve.responses import CompletionFormat, EchoedPrompt, ResponseFormat, Usage
 
@@ -53,7 +53,7 @@ def sse_event(data: str) -> str:
 DONE_EVENT = sse_event("[DONE]")
 
 
-def choices_usage(handles: list[RequestHandle], prefix_caching: bool = False) -> Usage:
+def choices_usage(handles: list[LLMHandle], prefix_caching: bool = False) -> Usage:
     """Token counts of a request's choices: each prompt once (its first choice's), every choice's output;
     with prefix caching, the prompt tokens the cache held (prompt_tokens_details.cached_tokens)."""
     firsts = [h for h in handles if h.choice == 0]
@@ -88,8 +88,8 @@ class SSEResponse(Response):
 
     def __init__(
         self,
-        worker: EngineClient,
-        handles: list[RequestHandle],
+        worker: LLMClient,
+        handles: list[LLMHandle],
         fmt: ResponseFormat,
         watcher: asyncio.Task[None],
         include_usage: bool,

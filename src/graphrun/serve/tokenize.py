@@ -33,8 +33,8 @@ from graphrun.llm.tokenizer import Tokenizer
 from graphrun.serve import openapi
 from graphrun.serve.chat_template import ChatTemplate
 from graphrun.serve.config import ServeConfig
-from graphrun.serve.host.client import EngineClient
-from graphrun.serve.host.messages import ModelInfo
+from graphrun.serve.llm_client import LLMClient
+from graphrun.serve.llm_messages import ModelInfo
 from graphrun.serve.protocol import APIError, ChatMessage, check_model_name, encode_text, unsupported
 from graphrun.serve.tokenizer_info import SpecialAffixes, TokenizerInfo, tokenizer_info
 
@@ -101,7 +101,7 @@ class DetokenizeResponse(BaseModel):
 class TokenizerRoutes:
     """The three routes, bound to one engine client and its chat template."""
 
-    def __init__(self, worker: EngineClient, config: ServeConfig, template: ChatTemplate) -> None:
+    def __init__(self, worker: LLMClient, config: ServeConfig, template: ChatTemplate) -> None:
         self._worker, self._config, self._template = worker, config, template
         self._affixes: SpecialAffixes | None = None  # found on first use (the tokenizer is ready then)
         self._info: TokenizerInfo | None = None

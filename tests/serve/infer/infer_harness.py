@@ -14,8 +14,8 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from graphrun.serve.config import ServeConfig
-from graphrun.serve.host.client import EngineClient
 from graphrun.serve.infer.app import build_infer_app
+from graphrun.serve.infer.client import InferClient
 from graphrun.serve.infer.config import InferConfig
 from graphrun.serve.infer.model import infer_client
 
@@ -40,7 +40,7 @@ def served_app(infer: dict[str, Any], **serve: Any) -> Iterator[TestClient]:
 @dataclass
 class LiveInfer:
     url: str
-    client: EngineClient
+    client: InferClient
 
 
 @contextlib.contextmanager

@@ -14,17 +14,14 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
-from functools import partial
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Protocol
 
-import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 
-from graphrun.llm.sampling_params import SamplingParams
-from graphrun.serve.deltas import Deltas
 from graphrun.serve.host import messages as m
 from graphrun.serve.host.handle import RequestHandle
+from graphrun.serve.host.messages import E, Info
 from graphrun.serve.host.transport import Transport
 from graphrun.serve.memory import max_rss_bytes
 from graphrun.serve.metrics import RequestMetrics
@@ -46,21 +43,22 @@ class ClientObserver(Protocol):
         """The engine is gone: write the record."""
 
 
-class EngineClient:
-    """start / submit / abort / deltas / drain / stop, and the engine side's metrics, memory, progress."""
+class EngineClient(Generic[Info, E]):
+    """start / submit / abort / drain / stop, and the engine side's metrics, memory, progress. A served
+    model's client (llm_client.py, infer/client.py) adds the requests of its kind, built on `submit`."""
 
     def __init__(
-        self, transport: Transport, max_in_flight: int, observer: ClientObserver | None = None
+        self, transport: Transport[Info, E], max_in_flight: int, observer: ClientObserver | None = None
     ) -> None:
         self.transport, self.max_in_flight, self.observer = transport, max_in_flight, observer
         self.registry = CollectorRegistry()  # this side's series (/metrics joins the engine side's)
         self.metrics = RequestMetrics(self.registry)
         self.state = "starting"  # ready, draining, stopping, stopped or failed
-        self._model: m.ModelInfo | m.InferInfo | None = None
+        self._model: Info | None = None
         self._running = False  # the engine side is started and not gone
         self._ready, self._cond = threading.Event(), threading.Condition()  # _cond: a request ended
         self._ids = itertools.count()
-        self._handles: dict[int, RequestHandle] = {}  # submitted, not over
+        self._handles: dict[int, RequestHandle[E]] = {}  # submitted, not over
         self._calls: dict[int, asyncio.Future[Any]] = {}
 
     def start(self) -> None:
@@ -85,16 +83,9 @@ class EngineClient:
         return self.state in ("ready", "draining")
 
     @property
-    def model(self) -> m.ModelInfo:
-        """The served model's tokenizer and limits, once the engine is ready."""
-        if not isinstance(self._model, m.ModelInfo) or self.state not in ("ready", "draining"):
-            raise m.Unavailable(self.state, f"the engine is {self.state}; retry shortly")
-        return self._model
-
-    @property
-    def infer_info(self) -> m.InferInfo:
-        """A tensor model's schema, once the engine is ready."""
-        if not isinstance(self._model, m.InferInfo) or self.state not in ("ready", "draining"):
+    def model(self) -> Info:
+        """The served model's info (an LLM's tokenizer and limits, a tensor model's schema), once ready."""
+        if self._model is None or self.state not in ("ready", "draining"):
             raise m.Unavailable(self.state, f"the engine is {self.state}; retry shortly")
         return self._model
 
@@ -126,48 +117,24 @@ class EngineClient:
 
     # ----- requests (event loop)
 
-    def submit_choices(
-        self, prompt_ids: list[int], params: SamplingParams, stop: tuple[str, ...], n: int = 1
-    ) -> list[RequestHandle]:
-        """Queue n choices of one prompt (one prefill; choice j seeded seed + j), each its own handle and
-        each counted in flight; raises Unavailable (503) or QueueFull (429)."""
+    def submit(self, handles: Sequence[RequestHandle[E]], message: m.Submission) -> None:
+        """Send a request message and count its handles (one per id it names) in flight; raises
+        Unavailable (503) or QueueFull (429)."""
         if self.state != "ready":
             raise m.Unavailable(self.state, f"the server is {self.state}; retry shortly")
-        loop = asyncio.get_running_loop()
-        handles = [RequestHandle(next(self._ids), prompt_ids, stop, loop, self._on_done, j) for j in range(n)]
         with self._cond:  # requests may come from several event loops
-            if (num := self.num_in_flight) + n > self.max_in_flight:
+            if (num := self.num_in_flight) + (n := len(handles)) > self.max_in_flight:
                 limit = self.max_in_flight
                 raise m.QueueFull(f"{num} requests in flight, {n} more asked (limit {limit}); retry shortly")
             self._handles.update((handle.request_id, handle) for handle in handles)
-        ids = tuple(handle.request_id for handle in handles)
-        self.transport.send(m.Submit(ids, tuple(prompt_ids), params, time.monotonic()))
-        return handles
+        self.transport.send(message)
 
-    def submit_tensors(self, tensors: tuple[tuple[str, np.ndarray], ...], rows: int) -> RequestHandle:
-        """Queue one tensor request (validated against infer_info.schema); raises Unavailable or
-        QueueFull. Its handle's one event is an InferResult, or an error."""
-        if self.state != "ready":
-            raise m.Unavailable(self.state, f"the server is {self.state}; retry shortly")
-        # a handle carries an LLM request's prompt and stop strings too: a tensor request has none
-        handle = RequestHandle(next(self._ids), [], (), asyncio.get_running_loop(), self._on_done)
-        with self._cond:
-            if (num := self.num_in_flight) >= self.max_in_flight:
-                raise m.QueueFull(f"{num} requests in flight (limit {self.max_in_flight}); retry shortly")
-            self._handles[handle.request_id] = handle
-        self.transport.send(m.InferSubmit((handle.request_id,), tensors, rows, time.monotonic()))
-        return handle
-
-    def abort(self, handle: RequestHandle) -> None:
+    def abort(self, handle: RequestHandle[E]) -> None:
         """Stop a request and free what it holds (a request that is over is left alone)."""
         if not handle.done:
             self.transport.send(m.Abort(handle.request_id))
 
-    def deltas(self, handle: RequestHandle, every_batch: bool = False) -> Deltas:
-        """What turns an admitted request's tokens into text deltas (stop strings abort it here)."""
-        return Deltas(self.model.tokenizer, handle, partial(self.abort, handle), every_batch)
-
-    def _on_done(self, handle: RequestHandle) -> None:
+    def _on_done(self, handle: RequestHandle[E]) -> None:
         with self._cond:
             del self._handles[handle.request_id]
             self._cond.notify_all()
@@ -206,9 +173,9 @@ class EngineClient:
 
     # ----- from the transport
 
-    def _receive(self, message: m.ToClient) -> None:
+    def _receive(self, message: m.ToClient[Info, E]) -> None:
         if isinstance(message, m.Events):
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, m.Event]]] = {}
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle[E], E | m.Ended]]] = {}
             for request_id, event in message.batch:
                 if (handle := self._handles.get(request_id)) is not None:
                     by_loop.setdefault(handle.admitted.get_loop(), []).append((handle, event))
@@ -232,7 +199,7 @@ class EngineClient:
             self.state = "failed"
             self._ready.set()
 
-    def _deliver(self, pairs: list[tuple[RequestHandle, m.Event]], trace_index: int | None) -> None:
+    def _deliver(self, pairs: list[tuple[RequestHandle[E], E | m.Ended]], trace_index: int | None) -> None:
         for handle, event in pairs:
             handle.put(event)
         if trace_index is not None:

@@ -21,9 +21,10 @@ import queue
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol
 
 from graphrun.serve.host import messages as m
+from graphrun.serve.host.messages import E, Info
 from graphrun.serve.host.served_model import ServedModel
 from graphrun.step_timing import StepTiming
 
@@ -49,10 +50,10 @@ class HostObserver(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class HostPlan:
+class HostPlan(Generic[Info, E]):
     """What the engine side builds where it runs (picklable: it crosses to a spawned process)."""
 
-    build_model: Callable[[], ServedModel]
+    build_model: Callable[[], ServedModel[Info, E]]
     build_observer: Callable[[], HostObserver | None] | None = None  # None: no tracing
 
 
@@ -65,15 +66,17 @@ def freeze_startup_objects() -> None:
     log.info("froze %d start-up objects (gc.freeze)", gc.get_freeze_count())
 
 
-class HostLoop:
+class HostLoop(Generic[Info, E]):
     """Runs the model `plan` builds on the commands `accept` queues until Stop; results go to `send`."""
 
-    def __init__(self, plan: HostPlan, send: Callable[[m.ToClient], None], hold: bool) -> None:
+    def __init__(
+        self, plan: HostPlan[Info, E], send: Callable[[m.ToClient[Info, E]], None], hold: bool
+    ) -> None:
         self.plan, self.send, self.hold = plan, send, hold
-        self.model: ServedModel | None = None
+        self.model: ServedModel[Info, E] | None = None
         self.observer = plan.build_observer() if plan.build_observer is not None else None
         self._inbox: queue.SimpleQueue[m.ToHost] = queue.SimpleQueue()
-        self._pending: list[tuple[int, m.Event]] = []  # the last step's events, until _flush sends them
+        self._pending: list[tuple[int, E | m.Ended]] = []  # the last step's events, until _flush sends them
         self._pending_timing: StepTiming | None = None
 
     def accept(self, message: m.ToHost) -> None:
@@ -108,26 +111,27 @@ class HostLoop:
         self._flush()
         self._fail(model.drain(), _stopped)
         for message in self._messages(block=False):  # submitted after the last turn: refused
-            if isinstance(message, m.AnySubmit):
+            if not isinstance(message, m.Command):
                 for request_id in message.request_ids:
                     self.send(m.Admitted(request_id, _stopped()))
         if self.observer is not None:
             self.observer.close()
         return clean
 
-    def _loop(self, model: ServedModel) -> None:
+    def _loop(self, model: ServedModel[Info, E]) -> None:
         while True:
             for message in self._messages(block=not model.busy() and not model.has_idle_work()):
                 if isinstance(message, m.Stop):
                     return
-                if isinstance(message, m.AnySubmit):
+                if isinstance(message, m.Abort):
+                    if model.abort(message.request_id):
+                        self.send(m.Events(((message.request_id, m.ABORTED),)))
+                elif isinstance(message, m.AbortAll):
+                    self._flush()  # the events the requests already have go first
+                    self._fail(model.drain(), lambda: m.Unavailable("draining", CUT))
+                elif not isinstance(message, m.Command):
                     for request_id, result in zip(message.request_ids, model.submit(message), strict=True):
                         self.send(m.Admitted(request_id, result))
-                elif isinstance(message, m.Abort) and model.abort(message.request_id):
-                    self.send(m.Events(((message.request_id, (None, "abort")),)))
-                elif isinstance(message, m.AbortAll):
-                    self._flush()  # the tokens the requests already have go first
-                    self._fail(model.drain(), lambda: m.Unavailable("draining", CUT))
             if model.busy():
                 self._step(model)
             if not model.busy():
@@ -143,7 +147,7 @@ class HostLoop:
             messages.append(self._inbox.get_nowait())
         return messages
 
-    def _step(self, model: ServedModel) -> None:
+    def _step(self, model: ServedModel[Info, E]) -> None:
         """One step; its events are sent at once, or (hold) in the next step after its launch."""
         try:
             outcome = model.step(on_launched=self._flush)

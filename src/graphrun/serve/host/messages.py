@@ -1,58 +1,41 @@
 """Everything that crosses between the HTTP side and the engine host: frozen messages, events, errors.
 
 Nothing else crosses, over either transport (a thread's queue or a process's pipe): this module is the
-whole protocol. `ToHost` goes from the client to the host loop, `ToClient` back; requests are named by
-the client's request ids. A token event stays a plain `(token id, finish reason)` tuple: it pickles ten
-times faster than an object, and a step has one per stream.
+whole envelope. `ToHost` goes from the client to the host loop, `ToClient` back; requests are named by
+the client's request ids. What a request asks and what it gets are the served model's own frozen types
+(its submission, info and events, next to the model): the host carries them and never looks inside.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from graphrun.errors import GraphrunError
-from graphrun.llm.logprobs import TokenLogprobs
-from graphrun.llm.sampling_params import SamplingParams
-from graphrun.llm.tokenizer import Tokenizer
-from graphrun.serve.infer.schema import InferSchema
+
+Info = TypeVar(
+    "Info", bound="ModelFacts"
+)  # a served model's info (its start-up facts, what the HTTP side needs)
+E = TypeVar("E")  # a served model's event (its own frozen types; a token stays a plain tuple)
 
 
-@dataclass(frozen=True, slots=True)
-class PromptCached:
-    """How many prompt tokens the prefix cache held for the request (before its first token)."""
+class ModelFacts(Protocol):
+    """What the host reads of a served model's info: its start-up facts for /health."""
 
-    num_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class PromptLogprobs:
-    """The logprobs of the prompt's tokens but the first (echo with logprobs), before the first token."""
-
-    items: tuple[TokenLogprobs, ...]
+    @property
+    def facts(self) -> dict[str, Any]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class InferResult:
-    """A tensor request's outputs by name, its own rows only: its one (terminal) event."""
+class Submission(Protocol):
+    """A served model's request message (a frozen dataclass next to the model): what the host reads of it."""
 
-    outputs: tuple[tuple[str, np.ndarray], ...]
-
-
-Token = tuple[int | None, str | None]  # (token id, finish reason); (None, "abort") after an abort
-# a token, or why the request failed, or (never terminal) the prefix-cache hit, the logprobs of the token
-# whose event comes next, or the prompt's; a tensor request's outputs
-Event = Token | Exception | PromptCached | TokenLogprobs | PromptLogprobs | InferResult
+    @property
+    def request_ids(self) -> tuple[int, ...]: ...
 
 
-def is_terminal(event: Event) -> bool:
-    """True for the event that ends a request: an error or a finish reason."""
-    if isinstance(event, PromptCached | TokenLogprobs | PromptLogprobs):
-        return False
-    return isinstance(event, Exception | InferResult) or event[1] is not None
+ABORTED: tuple[None, str] = (None, "abort")  # the event that ends an aborted request: no item, a reason
+Ended = Exception | tuple[None, str]  # what the host itself tells a request: why it failed, or ABORTED
 
 
 class Unavailable(GraphrunError, RuntimeError):
@@ -72,16 +55,6 @@ class QueueFull(GraphrunError, RuntimeError):
 
 class EngineFailure(GraphrunError, RuntimeError):
     """The engine step that carried this request raised, or the engine is gone; the request is over."""
-
-
-@dataclass(frozen=True, slots=True)
-class Submit:
-    """One prompt's requests (n choices share one prefill; choice j is seeded seed + j)."""
-
-    request_ids: tuple[int, ...]
-    prompt_ids: tuple[int, ...]
-    params: SamplingParams
-    arrival: float  # time.monotonic() at submission: CLOCK_MONOTONIC, one clock for every process
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,54 +94,13 @@ class Delivered:
     when: float
 
 
-@dataclass(frozen=True, slots=True)
-class InferSubmit:
-    """One tensor request (serve/infer/), validated on the HTTP side: numpy arrays with `rows` rows in
-    dim 0, in the model's input order (the engine side keys it by its bucket)."""
-
-    request_ids: tuple[int]
-    tensors: tuple[tuple[str, np.ndarray], ...]
-    rows: int
-    arrival: float  # time.monotonic() at submission
-
-
-AnySubmit = Submit | InferSubmit
-ToHost = Submit | InferSubmit | Abort | AbortAll | Stop | Ask | Delivered
+Command = Abort | AbortAll | Stop | Ask | Delivered
+ToHost = Command | Submission
 
 
 @dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """What the HTTP side needs of the served model, and its start-up facts for /health."""
-
-    tokenizer: Tokenizer
-    vocab_size: int
-    max_model_len: int
-    source: str  # the preset or folder it was loaded from
-    facts: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class InferInfo:
-    """A tensor model's schema (names, dtypes, shapes, rungs), batching and start-up facts."""
-
-    schema: InferSchema
-    source: str  # the --module factory or --exported archive
-    device: str
-    backend: str  # the graph backend its runner resolved
-    max_wait_ms: float
-    engine_pid: int
-
-    @property
-    def facts(self) -> dict[str, Any]:
-        """For /health, as ModelInfo.facts."""
-        rungs, wait = list(self.schema.rungs), self.max_wait_ms
-        facts = {"model": self.source, "device": self.device, "graph_backend": self.backend}
-        return {**facts, "rungs": rungs, "max_wait_ms": wait, "engine_pid": self.engine_pid}
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    info: ModelInfo | InferInfo
+class Ready(Generic[Info]):
+    info: Info
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,10 +115,10 @@ class Admitted:
 
 
 @dataclass(frozen=True, slots=True)
-class Events:
+class Events(Generic[E]):
     """One step's events in order (or failures); trace_index: the step's record when tracing."""
 
-    batch: tuple[tuple[int, Event], ...]
+    batch: tuple[tuple[int, E | Ended], ...]
     trace_index: int | None = None
 
 
@@ -196,4 +128,4 @@ class Answer:
     value: bytes | dict[str, Any] | str | None
 
 
-ToClient = Ready | StartFailed | Admitted | Events | Answer
+ToClient = Ready[Info] | StartFailed | Admitted | Events[E] | Answer

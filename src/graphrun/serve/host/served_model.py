@@ -1,40 +1,42 @@
-"""What the engine host drives: any served model (the LLM engine today; a batched runner, a pipeline next).
+"""What the engine host drives: any served model (the LLM engine, a batched tensor model; a pipeline next).
 
-The host loop owns the threads, the queue and the transport; a served model owns its requests. It is
-called from the host loop's thread only, except `answer`, which must be safe beside a running step
-(it reads counters).
+The host loop owns the threads, the queue and the transport; a served model owns its requests, and the
+types of what they ask (a Submission) and get (its events). It is called from the host loop's thread
+only, except `answer`, which must be safe beside a running step (it reads counters).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
-from graphrun.serve.host.messages import AnySubmit, Event, InferInfo, ModelInfo, Question
+from graphrun.serve.host.messages import E, Ended, Question, Submission
 from graphrun.step_timing import StepTiming
+
+Info_co = TypeVar("Info_co", covariant=True)
 
 
 @dataclass(frozen=True, slots=True)
-class StepOutcome:
+class StepOutcome(Generic[E]):
     """One step's events, in order, and where its host time went (None: not timed)."""
 
-    events: list[tuple[int, Event]]
+    events: Sequence[tuple[int, E | Ended]]
     timing: StepTiming | None
 
 
-class ServedModel(Protocol):
-    def info(self) -> ModelInfo | InferInfo:
-        """Start-up facts and what the HTTP side needs (tokenizer, limits)."""
+class ServedModel(Protocol[Info_co, E]):
+    def info(self) -> Info_co:
+        """Start-up facts (ModelFacts) and what the HTTP side needs (a tokenizer and limits, a schema)."""
 
-    def submit(self, submit: AnySubmit) -> list[int | Exception]:
+    def submit(self, submit: Submission) -> list[int | Exception]:
         """Admit the requests (one result per request id: a seq id, or why it was refused; a model
         refuses the submissions of another kind: an LLM's tensors, a tensor model's prompts)."""
 
     def abort(self, request_id: int) -> bool:
         """Stop a request and free what it holds; False when it is unknown or over."""
 
-    def step(self, on_launched: Callable[[], None]) -> StepOutcome:
+    def step(self, on_launched: Callable[[], None]) -> StepOutcome[E]:
         """Run one step (call on_launched once the next batch is on the device)."""
 
     def drain(self) -> list[int]:

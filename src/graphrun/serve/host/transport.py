@@ -25,19 +25,29 @@ import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Protocol
+from typing import Any, Generic, Protocol
 
 from graphrun.serve.host.host_loop import HostLoop, HostPlan, freeze_startup_objects
-from graphrun.serve.host.messages import Admitted, EngineFailure, Events, Ready, Stop, ToClient, ToHost
+from graphrun.serve.host.messages import (
+    Admitted,
+    E,
+    EngineFailure,
+    Events,
+    Info,
+    Ready,
+    Stop,
+    ToClient,
+    ToHost,
+)
 
 log = logging.getLogger(__name__)
 ENGINE_LOG_FORMAT = "%(asctime)s %(levelname)s [engine] %(name)s: %(message)s"
-Receive = Callable[[ToClient], None]
+Receive = Callable[[ToClient[Info, E]], None]
 Gone = Callable[[str], None]
 
 
-class Transport(Protocol):
-    def start(self, receive: Receive, gone: Gone) -> None:
+class Transport(Protocol[Info, E]):
+    def start(self, receive: Receive[Info, E], gone: Gone) -> None:
         """Start the engine side (returns at once)."""
 
     def send(self, message: ToHost) -> None:
@@ -47,16 +57,16 @@ class Transport(Protocol):
         """Ask the host loop to stop; wait up to `timeout` s for the engine side to end (any thread)."""
 
 
-class ThreadTransport:
+class ThreadTransport(Generic[Info, E]):
     """The host loop on a thread of this process."""
 
-    def __init__(self, plan: HostPlan) -> None:
+    def __init__(self, plan: HostPlan[Info, E]) -> None:
         self._plan = plan
-        self._host: HostLoop | None = None
+        self._host: HostLoop[Info, E] | None = None
         self._thread: threading.Thread | None = None
         self.pid = os.getpid()  # where the host loop runs
 
-    def start(self, receive: Receive, gone: Gone) -> None:
+    def start(self, receive: Receive[Info, E], gone: Gone) -> None:
         host = self._host = HostLoop(self._plan, receive, hold=True)
 
         def run() -> None:
@@ -75,10 +85,10 @@ class ThreadTransport:
             self._thread.join(timeout)
 
 
-class PipeTransport:
+class PipeTransport(Generic[Info, E]):
     """The host loop in a spawned process. start() must run on the event loop (the app's lifespan does)."""
 
-    def __init__(self, plan: HostPlan) -> None:
+    def __init__(self, plan: HostPlan[Info, E]) -> None:
         self._plan = plan
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
@@ -91,7 +101,7 @@ class PipeTransport:
         """The engine process's, once started."""
         return self._process.pid if self._process is not None else None
 
-    def start(self, receive: Receive, gone: Gone) -> None:
+    def start(self, receive: Receive[Info, E], gone: Gone) -> None:
         self._loop, self._gone = asyncio.get_running_loop(), gone
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
@@ -131,7 +141,7 @@ class PipeTransport:
             with contextlib.suppress(RuntimeError):  # the loop has closed
                 self._loop.call_soon_threadsafe(self._closed)
 
-    def _on_readable(self, conn: Connection, receive: Receive) -> None:
+    def _on_readable(self, conn: Connection, receive: Receive[Info, E]) -> None:
         try:
             message = conn.recv()  # the engine writes each message whole, so this returns soon
         except (EOFError, OSError):
@@ -154,14 +164,14 @@ class PipeTransport:
         self._gone(f"process exited (exit status {self._process.exitcode})")
 
 
-def run_engine_process(conn: Connection, plan: HostPlan, log_level: int) -> None:
+def run_engine_process(conn: Connection, plan: HostPlan[Any, Any], log_level: int) -> None:
     """The engine process's entry point (spawned): exit status 0 after a stop, 1 on a failure."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server drains first
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format=ENGINE_LOG_FORMAT)
     lock = threading.Lock()
 
-    def send(message: ToClient) -> None:
+    def send(message: ToClient[Any, Any]) -> None:
         with lock:
             try:
                 conn.send(_portable(message))
@@ -186,7 +196,7 @@ def run_engine_process(conn: Connection, plan: HostPlan, log_level: int) -> None
     os._exit(code)
 
 
-def _portable(message: ToClient) -> ToClient:
+def _portable(message: ToClient[Info, E]) -> ToClient[Info, E]:
     """`message` with every exception in it replaced, if it does not survive pickling, by one that does."""
     if isinstance(message, Admitted) and isinstance(message.result, Exception):
         return Admitted(message.request_id, portable_error(message.result))

@@ -5,6 +5,7 @@ the wire), `schema.py` (what the model takes, and the checks), `dims.py` (dynami
 batch a model declares), `source.py` (a module factory or a torch.export archive), `batcher.py`
 (coalescing requests per bucket), `calls.py` (a batch's model calls: `rows.py` batch-only through a
 GraphRunner, `bucketed.py` batch x declared dims through a BucketedRunner), `model.py` (the served model
-the host loop drives), `metrics.py`, `config.py` and `app.py` (the HTTP routes). Nothing here imports
-FastAPI but app.py.
+the host loop drives), `messages.py` (what a request carries through the host: submission, result, info),
+`client.py` (the HTTP side's client), `metrics.py`, `config.py` and `app.py` (the HTTP routes). Nothing
+here imports FastAPI but app.py.
 """

@@ -27,10 +27,11 @@ from graphrun.errors import GraphrunError
 from graphrun.serve.auth import APIKeyAuth
 from graphrun.serve.body_limit import BodyLimit, BodyTooLarge
 from graphrun.serve.config import ServeConfig
-from graphrun.serve.host.client import EngineClient
-from graphrun.serve.host.messages import Event, InferResult
+from graphrun.serve.host.messages import Ended
+from graphrun.serve.infer.client import InferClient
 from graphrun.serve.infer.codec import decode, encode
 from graphrun.serve.infer.errors import TensorError
+from graphrun.serve.infer.messages import InferResult
 from graphrun.serve.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from graphrun.serve.protocol import APIError, as_api_error, check_model_name, content_type_error
 from graphrun.version import __version__
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 INFER_PATH = "/v1/infer"
 
 
-def build_infer_app(client: EngineClient, config: ServeConfig) -> FastAPI:
+def build_infer_app(client: InferClient, config: ServeConfig) -> FastAPI:
     """The FastAPI app serving the tensor model behind `client` under `config.served_model_name`."""
 
     @asynccontextmanager
@@ -67,7 +68,7 @@ def tensor_error(exc: TensorError) -> APIError:
 
 
 class _InferRoutes:
-    def __init__(self, client: EngineClient, config: ServeConfig) -> None:
+    def __init__(self, client: InferClient, config: ServeConfig) -> None:
         self._client, self._config = client, config
         self._created = int(time.time())
 
@@ -76,7 +77,7 @@ class _InferRoutes:
         not_json = content_type_error(request.headers.get("content-type"))
         if not_json is not None:
             raise not_json
-        info = self._client.infer_info  # 503 before the model is ready
+        info = self._client.model  # 503 before the model is ready
         body = _parse(await request.body())
         model = body.get("model")
         if model is not None and not isinstance(model, str):
@@ -100,9 +101,9 @@ class _InferRoutes:
     async def _run(self, tensors: tuple[tuple[str, np.ndarray], ...], rows: int) -> InferResult:
         """Submit, wait for the one event; a cancelled wait aborts the request."""
         handle = self._client.submit_tensors(tensors, rows)
-        done: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[InferResult | Ended] = asyncio.get_running_loop().create_future()
 
-        def on_event(event: Event) -> None:
+        def on_event(event: InferResult | Ended) -> None:
             if not done.done():
                 done.set_result(event)
 
@@ -120,7 +121,7 @@ class _InferRoutes:
     async def models(self) -> Response:
         """GET /v1/models: the served model's inputs and outputs (dtype, shape, dynamic dims), each
         dynamic dim with its rungs (the batch first), the mask input."""
-        info = self._client.infer_info
+        info = self._client.model
         schema = info.schema
         card = {
             "id": self._name,
@@ -169,7 +170,7 @@ def _status_label(status: int) -> str:
     return {429: "overloaded", 503: "unavailable"}.get(status, "error" if status >= 500 else "invalid")
 
 
-def _add_error_handlers(app: FastAPI, client: EngineClient, config: ServeConfig) -> None:
+def _add_error_handlers(app: FastAPI, client: InferClient, config: ServeConfig) -> None:
     """OpenAI-shaped error bodies; /v1/infer answers counted by outcome."""
 
     def answer(request: Request, error: APIError) -> Response:
@@ -194,7 +195,7 @@ def _add_error_handlers(app: FastAPI, client: EngineClient, config: ServeConfig)
     app.add_exception_handler(StarletteHTTPException, on_http)
 
 
-def _add_middleware(app: FastAPI, client: EngineClient, config: ServeConfig) -> None:
+def _add_middleware(app: FastAPI, client: InferClient, config: ServeConfig) -> None:
     def count(path: str, status: int) -> None:
         if path == INFER_PATH:
             client.metrics.count(_status_label(status))

@@ -27,24 +27,17 @@ import torch
 from prometheus_client import CollectorRegistry, generate_latest
 
 from graphrun.serve.config import ServeConfig
-from graphrun.serve.host.client import EngineClient
 from graphrun.serve.host.host_loop import HostPlan
-from graphrun.serve.host.messages import (
-    AnySubmit,
-    EngineFailure,
-    Event,
-    InferInfo,
-    InferResult,
-    InferSubmit,
-    Question,
-)
+from graphrun.serve.host.messages import Ended, EngineFailure, Question, Submission
 from graphrun.serve.host.served_model import StepOutcome
 from graphrun.serve.host.transport import PipeTransport, ThreadTransport, Transport
 from graphrun.serve.infer.batcher import Batch, Batcher, Pending
 from graphrun.serve.infer.bucketed import BucketedCalls
 from graphrun.serve.infer.calls import Arrays, ModelCalls
+from graphrun.serve.infer.client import InferClient
 from graphrun.serve.infer.config import InferConfig
 from graphrun.serve.infer.exported import load_exported
+from graphrun.serve.infer.messages import InferInfo, InferResult, InferSubmit
 from graphrun.serve.infer.metrics import InferMetrics
 from graphrun.serve.infer.rows import RowCalls
 from graphrun.serve.infer.schema import InferSchema
@@ -55,12 +48,13 @@ log = logging.getLogger(__name__)
 IDLE_SLICE_SECONDS = 0.0002  # while a batch waits: the longest sleep between looks at the host's inbox
 
 
-def infer_client(infer_config: InferConfig, serve_config: ServeConfig) -> EngineClient:
+def infer_client(infer_config: InferConfig, serve_config: ServeConfig) -> InferClient:
     """The client of a tensor model's engine host (a process of its own, or a thread); up to
     `max_queue` requests in flight (queued or running), 429 beyond."""
     plan = HostPlan(partial(InferServedModel, infer_config))
-    transport: Transport = PipeTransport(plan) if serve_config.engine_process else ThreadTransport(plan)
-    return EngineClient(transport, max(1, serve_config.max_queue))
+    transport: Transport[InferInfo, InferResult]
+    transport = PipeTransport(plan) if serve_config.engine_process else ThreadTransport(plan)
+    return InferClient(transport, max(1, serve_config.max_queue))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +102,7 @@ class InferServedModel:
             os.getpid(),
         )
 
-    def submit(self, submit: AnySubmit) -> list[int | Exception]:
+    def submit(self, submit: Submission) -> list[int | Exception]:
         if not isinstance(submit, InferSubmit):
             return [TypeError("a tensor model takes /v1/infer requests, not prompts")] * len(
                 submit.request_ids
@@ -126,7 +120,7 @@ class InferServedModel:
         self.batcher.remove(request_id)
         return True
 
-    def step(self, on_launched: Callable[[], None]) -> StepOutcome:
+    def step(self, on_launched: Callable[[], None]) -> StepOutcome[InferResult]:
         now = time.monotonic()
         batch = self.batcher.take(now)
         if batch is None:
@@ -139,7 +133,7 @@ class InferServedModel:
             log.exception("a model call of %d rows failed; failing its %d requests", batch.rows, len(queued))
             why = "the model call running this request failed (see the server log)"
             return StepOutcome([(q.pending.request_id, EngineFailure(why)) for q in queued], None)
-        events: list[tuple[int, Event]] = [
+        events: list[tuple[int, InferResult | Ended]] = [
             (q.pending.request_id, InferResult(tuple(out.items())))
             for q, out in zip(queued, outputs, strict=True)
         ]
