@@ -39,6 +39,12 @@ if TYPE_CHECKING:
     from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
     from graphrun.llm.scheduler import RequestRejected
     from graphrun.llm.tokenizer import TokenizerError
+    from graphrun.pipeline.pipeline import Pipeline
+    from graphrun.pipeline.policy.config import ExamplePolicyConfig
+    from graphrun.pipeline.policy.example import ExamplePolicy
+    from graphrun.pipeline.policy.observation import Observation, ObservationError
+    from graphrun.pipeline.stage import Stage, StageRunner
+    from graphrun.pipeline.startup import StageReport, StageTier
     from graphrun.serve.host.messages import EngineFailure, QueueFull, Unavailable
     from graphrun.serve.infer.errors import TensorError
 
@@ -67,6 +73,15 @@ _LAZY = {
     "RequestRejected": "graphrun.llm.scheduler",
     "TokenizerError": "graphrun.llm.tokenizer",
     "UnsupportedModelError": "graphrun.llm.config",
+    "Pipeline": "graphrun.pipeline.pipeline",
+    "Stage": "graphrun.pipeline.stage",
+    "StageRunner": "graphrun.pipeline.stage",
+    "StageReport": "graphrun.pipeline.startup",
+    "StageTier": "graphrun.pipeline.startup",
+    "ExamplePolicy": "graphrun.pipeline.policy.example",
+    "ExamplePolicyConfig": "graphrun.pipeline.policy.config",
+    "Observation": "graphrun.pipeline.policy.observation",
+    "ObservationError": "graphrun.pipeline.policy.observation",
     "EngineFailure": "graphrun.serve.host.messages",
     "QueueFull": "graphrun.serve.host.messages",
     "Unavailable": "graphrun.serve.host.messages",
@@ -84,6 +99,8 @@ __all__ = [
     "ConfigError",
     "CudaGraphMode",
     "EngineFailure",
+    "ExamplePolicy",
+    "ExamplePolicyConfig",
     "FaultPlan",
     "GraphInputError",
     "GraphRunner",
@@ -91,13 +108,20 @@ __all__ = [
     "HostSyncError",
     "InjectedReplayFault",
     "KVCacheBudgetError",
+    "Observation",
+    "ObservationError",
     "OutOfBlocksError",
+    "Pipeline",
     "QueueFull",
     "RequestRejected",
     "RungStatus",
     "SamplingParams",
     "SamplingParamsError",
     "SimBackend",
+    "Stage",
+    "StageReport",
+    "StageRunner",
+    "StageTier",
     "StaticValueError",
     "TensorError",
     "TokenizerError",
