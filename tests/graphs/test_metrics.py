@@ -101,10 +101,8 @@ def test_runner_labels_are_added_to_its_series_and_bounded(registry):
     from graphrun.graphs.metrics import collector_for
 
     kept = [  # a runner's series live as long as the runner does
-        GraphRunner(
-            lambda x: x + i, (torch.randn(1, 2),), sizes=[1], backend="sim", registry=registry, name=n
-        )
-        for i, n in enumerate("st")
+        GraphRunner(torch.neg, (torch.randn(1, 2),), sizes=[1], backend="sim", registry=registry, name=n)
+        for n in "st"
     ]
     collector = collector_for(registry)
     collector.label_runner("s", {"stage": "prefix", "model": "m"})
