@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from graphrun.graphs.backends.faulty import InjectedReplayFault
     from graphrun.graphs.backends.sim import FaultPlan, SimBackend
     from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode
-    from graphrun.graphs.options import CaptureWhen
+    from graphrun.graphs.options import CaptureWhen, RunnerOptions
     from graphrun.graphs.piecewise.registry import mark_uncapturable, unmark_uncapturable
     from graphrun.graphs.runner import GraphRunner
     from graphrun.graphs.status import CallFallback, CaptureFailure, RungStatus
@@ -62,6 +62,7 @@ _LAZY = {
     "BatchDescriptor": "graphrun.graphs.modes",
     "CudaGraphMode": "graphrun.graphs.modes",
     "CaptureWhen": "graphrun.graphs.options",
+    "RunnerOptions": "graphrun.graphs.options",
     "mark_uncapturable": "graphrun.graphs.piecewise.registry",
     "unmark_uncapturable": "graphrun.graphs.piecewise.registry",
     "LLM": "graphrun.llm.api",
@@ -115,6 +116,7 @@ __all__ = [
     "QueueFull",
     "RequestRejected",
     "RungStatus",
+    "RunnerOptions",
     "SamplingParams",
     "SamplingParamsError",
     "SimBackend",
