@@ -137,6 +137,13 @@ def test_pipeline_refuses_bad_stages(registry):
         ExamplePolicy(ExamplePolicyConfig.tiny()).pipeline(stage_options={"decoder": SIM})
 
 
+def test_a_background_capture_is_waited_for_at_start_up(registry):
+    runner = GraphRunner(lambda x: x - 1, (torch.randn(2, 2),), sizes=[1, 2], backend="sim",
+                         capture="background", registry=registry)  # fmt: skip
+    pipe = Pipeline([Stage("s", runner)], lambda p, x: p.call("s", x), model="m", registry=registry)
+    assert pipe.tier("s") is StageTier.GRAPH and pipe.report("s").num_captured == 2
+
+
 def test_a_later_capture_runner_is_probed_at_start_up(registry):
     runner = GraphRunner(lambda x: x * 3, (torch.randn(1, 2),), sizes=[1], backend="sim", capture=False,
                          registry=registry)  # fmt: skip

@@ -78,10 +78,15 @@ def report(stage: Stage, status: RunnerStatus) -> StageReport:
 
 
 def probe(stage: Stage) -> StageReport:
-    """The stage's capture result; a runner built to capture later (capture=False) is captured now."""
-    status = stage.runner.status()
-    capture = getattr(stage.runner, "capture", None)
-    if not len(status) and not status.pending and callable(capture):
+    """The stage's capture result: a runner built to capture later (capture=False) is captured now, and
+    one capturing in the background is waited for, so every stage is captured or has fallen back."""
+    runner = stage.runner
+    status = runner.status()
+    capture, wait = getattr(runner, "capture", None), getattr(runner, "wait_captured", None)
+    if status.pending and callable(wait):
+        wait()
+        status = runner.status()
+    elif not len(status) and callable(capture):
         status = capture()
     return report(stage, status)
 
