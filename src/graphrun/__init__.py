@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from graphrun.graphs.backends.faulty import InjectedReplayFault
     from graphrun.graphs.backends.sim import FaultPlan, SimBackend
     from graphrun.graphs.modes import BatchDescriptor, CudaGraphMode
-    from graphrun.graphs.options import CaptureWhen
+    from graphrun.graphs.options import CaptureWhen, RunnerOptions
     from graphrun.graphs.piecewise.registry import mark_uncapturable, unmark_uncapturable
     from graphrun.graphs.runner import GraphRunner
     from graphrun.graphs.status import CallFallback, CaptureFailure, RungStatus
@@ -39,6 +39,12 @@ if TYPE_CHECKING:
     from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
     from graphrun.llm.scheduler import RequestRejected
     from graphrun.llm.tokenizer import TokenizerError
+    from graphrun.pipeline.pipeline import Pipeline
+    from graphrun.pipeline.policy.config import ExamplePolicyConfig
+    from graphrun.pipeline.policy.example import ExamplePolicy
+    from graphrun.pipeline.policy.observation import Observation, ObservationError
+    from graphrun.pipeline.stage import Stage, StageRunner
+    from graphrun.pipeline.startup import StageReport, StageTier
     from graphrun.serve.host.messages import EngineFailure, QueueFull, Unavailable
     from graphrun.serve.infer.errors import TensorError
 
@@ -56,6 +62,7 @@ _LAZY = {
     "BatchDescriptor": "graphrun.graphs.modes",
     "CudaGraphMode": "graphrun.graphs.modes",
     "CaptureWhen": "graphrun.graphs.options",
+    "RunnerOptions": "graphrun.graphs.options",
     "mark_uncapturable": "graphrun.graphs.piecewise.registry",
     "unmark_uncapturable": "graphrun.graphs.piecewise.registry",
     "LLM": "graphrun.llm.api",
@@ -67,6 +74,15 @@ _LAZY = {
     "RequestRejected": "graphrun.llm.scheduler",
     "TokenizerError": "graphrun.llm.tokenizer",
     "UnsupportedModelError": "graphrun.llm.config",
+    "Pipeline": "graphrun.pipeline.pipeline",
+    "Stage": "graphrun.pipeline.stage",
+    "StageRunner": "graphrun.pipeline.stage",
+    "StageReport": "graphrun.pipeline.startup",
+    "StageTier": "graphrun.pipeline.startup",
+    "ExamplePolicy": "graphrun.pipeline.policy.example",
+    "ExamplePolicyConfig": "graphrun.pipeline.policy.config",
+    "Observation": "graphrun.pipeline.policy.observation",
+    "ObservationError": "graphrun.pipeline.policy.observation",
     "EngineFailure": "graphrun.serve.host.messages",
     "QueueFull": "graphrun.serve.host.messages",
     "Unavailable": "graphrun.serve.host.messages",
@@ -84,6 +100,8 @@ __all__ = [
     "ConfigError",
     "CudaGraphMode",
     "EngineFailure",
+    "ExamplePolicy",
+    "ExamplePolicyConfig",
     "FaultPlan",
     "GraphInputError",
     "GraphRunner",
@@ -91,13 +109,21 @@ __all__ = [
     "HostSyncError",
     "InjectedReplayFault",
     "KVCacheBudgetError",
+    "Observation",
+    "ObservationError",
     "OutOfBlocksError",
+    "Pipeline",
     "QueueFull",
     "RequestRejected",
     "RungStatus",
+    "RunnerOptions",
     "SamplingParams",
     "SamplingParamsError",
     "SimBackend",
+    "Stage",
+    "StageReport",
+    "StageRunner",
+    "StageTier",
     "StaticValueError",
     "TensorError",
     "TokenizerError",

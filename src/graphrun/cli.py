@@ -61,7 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decode_bench_parser(bench_sub)
     _add_serve_bench_parser(bench_sub)
     _add_infer_bench_parser(bench_sub)
+    _add_pipeline_bench_parser(bench_sub)
     return parser
+
+
+def _add_pipeline_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
+    """`graphrun bench pipeline`: the example policy's stages and act(), graphs vs eager, tier-aware."""
+    pipe = bench_sub.add_parser(
+        "pipeline", help="the example policy (prefix + expert stages): graphs vs eager, prefix forced eager"
+    )
+    pipe.add_argument("--iters", type=int, default=200, help="timed calls per stage and per act()")
+    pipe.add_argument("--warmup", type=int, default=20, help="untimed calls before each measurement")
+    pipe.add_argument("--steps", type=int, default=10, help="denoising steps per act()")
+    pipe.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16", "float32"])
+    pipe.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
+    pipe.add_argument("--small", action="store_true", help="the tiny policy (CPU smoke runs)")
 
 
 def _add_decode_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
@@ -252,6 +266,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         from graphrun.bench.infer import run_bench_infer
 
         return run_bench_infer(args)
+    if args.bench_command == "pipeline":
+        from graphrun.bench.pipeline import run_bench_pipeline
+
+        return run_bench_pipeline(args)
     from graphrun.bench.serve import run_bench_serve
 
     return run_bench_serve(args)

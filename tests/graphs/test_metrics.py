@@ -95,3 +95,23 @@ def test_padding_mismatch_is_counted_per_rung_at_capture_and_per_call_after(regi
     assert value(registry, "graphrun_cuda_graph_capture_failed_at_init_total", **labels) == 2  # rungs 4, 8
     assert value(registry, "graphrun_cuda_graph_eager_fallback_total", **labels) == 3
     assert value(registry, "graphrun_cuda_graph_captured_total", runner="coupled") == 4  # still captured
+
+
+def test_runner_labels_are_added_to_its_series_and_bounded(registry):
+    from graphrun.graphs.metrics import collector_for
+
+    kept = [  # a runner's series live as long as the runner does
+        GraphRunner(torch.neg, (torch.randn(1, 2),), sizes=[1], backend="sim", registry=registry, name=n)
+        for n in "st"
+    ]
+    collector = collector_for(registry)
+    collector.label_runner("s", {"stage": "prefix", "model": "m"})
+    labelled = {"runner": "s", "stage": "prefix", "model": "m"}
+    assert value(registry, "graphrun_cuda_graph_captured_total", **labelled) == 1
+    assert value(registry, "graphrun_cuda_graph_replay_seconds_count", **labelled) == 0
+    assert registry.get_sample_value("graphrun_cuda_graph_captured_total", {"runner": "t"}) == 1  # unlabelled
+    with pytest.raises(ConfigError, match="runner labels may be"):
+        collector.label_runner("s", {"pod": "x"})
+    with pytest.raises(ConfigError, match="no runner named"):
+        collector.label_runner("nope", {"stage": "a"})
+    assert len(kept) == 2

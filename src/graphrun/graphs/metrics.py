@@ -2,6 +2,10 @@
 
 Labels are bounded: `runner` comes from names registered with a collector (at most MAX_RUNNERS), `reason`
 from the enums in status.py. One collector per registry; every runner sharing a registry shares it.
+
+A runner that serves as one stage of a pipeline (graphrun.pipeline) also carries `stage` and `model` labels
+on its series, set once with label_runner(): `capture_failed_at_init_total{stage="prefix",reason="oom"}`
+is the same counter as the runner's, not a second one. Only the names in EXTRA_LABELS may be set.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from graphrun.graphs.size_histogram import BucketStats, folded
 from graphrun.graphs.status import REPLAY_BUCKETS, CallFallback, CaptureFailure, RunnerStats
 
 MAX_RUNNERS = 64
+EXTRA_LABELS = ("stage", "model")  # the only labels label_runner() may add to a runner's series
 
 
 class GraphMetricsCollector(Collector):
@@ -27,6 +32,7 @@ class GraphMetricsCollector(Collector):
     def __init__(self) -> None:
         self._runners: dict[str, RunnerStats] = {}
         self._buckets: dict[str, BucketStats] = {}
+        self._labels: dict[str, dict[str, str]] = {}  # runner name -> its extra labels (EXTRA_LABELS)
 
     def add(self, name: str, stats: RunnerStats) -> None:
         """Register a runner's stats under `name` (unique per registry, bounded in number)."""
@@ -48,6 +54,15 @@ class GraphMetricsCollector(Collector):
             )
         self._buckets[name] = stats
 
+    def label_runner(self, name: str, labels: dict[str, str]) -> None:
+        """Add constant labels (keys from EXTRA_LABELS) to every series of the registered runner `name`."""
+        if name not in self._runners:
+            raise ConfigError(f"no runner named {name!r} is registered with this metrics registry")
+        unknown = sorted(set(labels) - set(EXTRA_LABELS))
+        if unknown:
+            raise ConfigError(f"runner labels may be {list(EXTRA_LABELS)}, got {unknown}")
+        self._labels[name] = dict(labels)
+
     def names(self) -> set[str]:
         """Runner names registered so far."""
         return set(self._runners)
@@ -60,6 +75,7 @@ class GraphMetricsCollector(Collector):
         """Forget a runner (its series disappear from the next scrape)."""
         self._runners.pop(name, None)
         self._buckets.pop(name, None)
+        self._labels.pop(name, None)
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         """Build every series from the current counters."""
@@ -111,21 +127,20 @@ class GraphMetricsCollector(Collector):
                 cumulative += count
                 buckets.append((_bound(bound), cumulative))
             replay_s.add_metric([name], buckets, s.replay_seconds_sum)
-        yield from (
-            captured,
-            replayed,
-            fallback,
-            failed,
-            capture_s,
-            compile_s,
-            compile_hit,
-            padding,
-            replay_s,
-            mode,
-            pending,
-            batch_size,
-        )
+        families = (captured, replayed, fallback, failed, capture_s, compile_s, compile_hit, padding)
+        yield from (self._labelled(f) for f in (*families, replay_s, mode, pending, batch_size))
         yield from self._bucket_families()
+
+    def _labelled(self, family: Any) -> Any:
+        """The family with each labelled runner's extra labels added to its samples."""
+        if self._labels:
+            family.samples = [
+                s._replace(labels={**s.labels, **self._labels[s.labels["runner"]]})
+                if s.labels.get("runner") in self._labels
+                else s
+                for s in family.samples
+            ]
+        return family
 
     def _bucket_families(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         """graphrun_bucket_size{runner,dim} and graphrun_bucket_eager_fallback{runner,reason}."""

@@ -61,10 +61,16 @@ _SYNC_MESSAGE = (
 
 @dataclass(frozen=True, slots=True)
 class FaultPlan:
-    """Failures to inject, by rung size, for testing fallback paths without a broken model."""
+    """Failures to inject, by rung size, for testing fallback paths without a broken model.
+
+    capture: the capture of the rung raises this. replay: every replay of the rung raises this.
+    stale: rungs whose graph records nothing, so a replay leaves the outputs of the capture run in place,
+    as a graph that lost its work would (verification then finds the mismatch).
+    """
 
     capture: dict[int, BaseException] = field(default_factory=dict)
     replay: dict[int, BaseException] = field(default_factory=dict)
+    stale: frozenset[int] = frozenset()
 
 
 @dataclass(slots=True)
@@ -165,7 +171,8 @@ class SimBackend:
             body()
         self._pool_bytes += recorder.nbytes
         replay_error = self._faults.replay.get(rung) if rung is not None else None
-        return SimGraph(recorder.ops, recorder.nbytes, replay_error)
+        ops = [] if rung in self._faults.stale else recorder.ops
+        return SimGraph(ops, recorder.nbytes, replay_error)
 
     def pool_bytes(self) -> int:
         """Bytes kept alive by all recordings."""
