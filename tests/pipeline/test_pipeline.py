@@ -150,3 +150,14 @@ def test_a_later_capture_runner_is_probed_at_start_up(registry):
     pipe = Pipeline([Stage("s", runner)], lambda p, x: p.call("s", x), model="m", registry=registry)
     assert pipe.tier("s") is StageTier.GRAPH
     assert torch.equal(pipe.act(torch.ones(1, 2)), torch.full((1, 2), 3.0))
+
+
+def test_a_device_named_without_its_index_takes_tensors_on_it(policy):
+    from graphrun.pipeline.policy.observation import check_observation
+
+    obs = policy.observation(1, seed=0)
+    dtype = obs.state.dtype
+    # "cpu:0" and "cpu" are one device, as "cuda" and "cuda:0" are (an H100 run refused every observation)
+    assert check_observation(obs, policy.config, torch.device("cpu", 0), dtype) == 1
+    with pytest.raises(ObservationError, match="is on cpu"):
+        check_observation(obs, policy.config, torch.device("meta"), dtype)

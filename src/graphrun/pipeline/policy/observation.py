@@ -76,10 +76,19 @@ def check_observation(
 
 
 def _check_kind(name: str, t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
-    if t.device != device:
+    if _concrete(t.device) != _concrete(device):
         raise ObservationError(f"observation tensor {name!r} is on {t.device}; the policy runs on {device}")
     if name == "tokens":
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
             raise ObservationError(f"observation tensor 'tokens' must hold integer ids, got {t.dtype}")
     elif t.dtype != dtype:
         raise ObservationError(f"observation tensor {name!r} is {t.dtype}; the policy runs in {dtype}")
+
+
+def _concrete(device: torch.device) -> torch.device:
+    """`cuda` as the device it means now (`cuda:0`); `cpu` as `cpu:0`: a policy built for "cuda" takes
+    tensors on cuda:0 (found on an H100: every observation was refused)."""
+    if device.index is not None:
+        return device
+    index = torch.cuda.current_device() if device.type == "cuda" else 0
+    return torch.device(device.type, index)
