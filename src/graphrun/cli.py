@@ -98,7 +98,7 @@ def _add_decode_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
     decode.add_argument(
         "--cuda-graph-mode",
         type=cuda_graph_mode_name,
-        default="full_and_piecewise",
+        default="full",
         help="the graph path's engine mode (full, piecewise, full_and_piecewise, none); eager: the baseline",
     )
     decode.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
@@ -122,7 +122,7 @@ def _add_serve_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
         "--cuda-graph-mode",
         type=cuda_graph_mode_name,
         default=None,
-        help="passed to the server of mode graph (default: the server's own, full_and_piecewise)",
+        help="passed to the server of mode graph (default: the server's own, full)",
     )
     serve.add_argument("--num-requests", type=int, default=200, help="timed requests per mode")
     serve.add_argument("--concurrency", type=int, default=16, help="requests in flight (closed loop)")

@@ -34,7 +34,7 @@ class DecodeSetup:
     out: Path
     copy_bytes: int = 2**30  # device copy size for the bandwidth measurement
     seed: int = 0
-    cuda_graph_mode: str = "full_and_piecewise"  # the "graph" path's EngineConfig.cuda_graph_mode
+    cuda_graph_mode: str = "full"  # the "graph" path's EngineConfig.cuda_graph_mode
 
     def __post_init__(self) -> None:
         cuda_graph_mode_name(self.cuda_graph_mode)  # raises ConfigError naming the valid modes
@@ -80,7 +80,7 @@ class DecodeSetup:
     def from_args(cls, args: argparse.Namespace) -> DecodeSetup:
         """The flags on a GPU; without CUDA the tiny preset at tiny sizes (only --peers and --out count)."""
         out = Path(args.out)
-        mode = cuda_graph_mode_name(getattr(args, "cuda_graph_mode", None) or "full_and_piecewise")
+        mode = cuda_graph_mode_name(getattr(args, "cuda_graph_mode", None) or "full")
         if not torch.cuda.is_available():
             # model, batch sizes, context, new tokens, steps, warm-up, dtype, device, peers, peer sizes, out
             tiny = ("tiny", (1, 2), 16, 8, 3, 0, "float32", "cpu", args.peers, (1, 2), out)

@@ -92,8 +92,12 @@ class EngineConfig:
     # one-prompt fresh prefill graphs, the rest eager; "piecewise": the model body per token rung with
     # attention eager between the segments (llm/piecewise_graph.py) for every step;
     # "full_and_piecewise": FULL for uniform decode and single fresh prompts, PIECEWISE for prefill
-    # batches, continuation chunks and mixed steps (no longer capped at the top decode rung); "none": eager
-    cuda_graph_mode: str = "full_and_piecewise"
+    # batches, continuation chunks and mixed steps (no longer capped at the top decode rung); "none": eager.
+    # The default is "full", the measured choice: on an H100 (2026-12-07, commit b95e8c6, every piecewise
+    # rung captured and verified) full_and_piecewise served 1004 against 3330 tok/s at concurrency 64, its
+    # piecewise mixed steps host-bound at ~12 ms (benchmarks/results/serve-c64-modes-*.json). It becomes
+    # the default again once it measures at least as fast as full.
+    cuda_graph_mode: str = "full"
     # a fault drill (graphs/backends/faulty.py): once every graph is captured, this fraction of graph
     # replays fails and runs eager instead, counted as replay_error fallbacks; 0: none (never in production)
     replay_fault_rate: float = 0.0
