@@ -85,7 +85,9 @@ def ort_runner(
         )
     path = stage_file(folder, stage)
     if not path.is_file():
-        raise ConfigError(f"stage {stage!r}: no {path}; write it with ExamplePolicy.export_onnx({folder!r})")
+        raise ConfigError(
+            f"stage {stage!r}: no {path}; write it with ExamplePolicy.export_onnx({str(folder)!r})"
+        )
     from graphrun.ort.runner import OrtRunner  # needs onnxruntime (graphrun[onnx])
 
     return OrtRunner(path, tuple(example), options=options)
