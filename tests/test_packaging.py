@@ -2,9 +2,10 @@
 
 An import in a file outside serve/, bench/ and the Triton kernels runs on `import graphrun`,
 `graphrun generate` or `graphrun doctor`, so its distribution must be a core dependency. serve/ may also
-use the `serve` extra, bench/ the `bench` extra (which includes `serve`), ort/ the `onnx` extra,
-llm/kernels/triton_ops.py and gemv.py the `kernels` extra. An import inside `try: ... except ImportError`
-is optional (the code falls back and says so): it only has to be declared in some extra.
+use the `serve` extra, bench/ the `bench` extra (which includes `serve`), ort/ and
+serve/infer/onnx_calls.py the `onnx` extra, llm/kernels/triton_ops.py and gemv.py the `kernels` extra.
+An import inside `try: ... except ImportError` is optional (the code falls back and says so): it only has
+to be declared in some extra.
 scripts/check-wheel proves the same on a real install.
 """
 
@@ -25,7 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "graphrun"
 # first folder under graphrun/ -> its extra
 EXTRA_OF_FOLDER = {"serve": "serve", "bench": "bench", "ort": "onnx"}
-EXTRA_OF_FILE = {"llm/kernels/triton_ops.py": "kernels", "llm/kernels/gemv.py": "kernels"}
+EXTRA_OF_FILE = {
+    "llm/kernels/triton_ops.py": "kernels",
+    "llm/kernels/gemv.py": "kernels",
+    "serve/infer/onnx_calls.py": "onnx",  # loaded only for `serve --onnx`, after the CLI checked the extra
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,13 @@ def _add_pipeline_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
     pipe.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16", "float32"])
     pipe.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
     pipe.add_argument("--small", action="store_true", help="the tiny policy (CPU smoke runs)")
+    pipe.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "ort"],
+        help="torch: GraphRunner stages; ort: both stages exported to ONNX and run on OrtRunner "
+        "(graphrun[onnx]; CUDA graphs need onnxruntime-gpu; float16/float32 only)",
+    )
 
 
 def _add_decode_bench_parser(bench_sub: argparse._SubParsersAction) -> None:

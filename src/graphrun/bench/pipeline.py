@@ -7,14 +7,22 @@ fallback), what capture costs per stage (seconds, MiB), and how much later the f
 start-up captures both stages than when it does not. Every call is timed alone, device synced before and
 after (timing.py), the modes interleaved. Observations carry no id, so every act() runs the prefix. On a
 machine without CUDA everything runs float32 on the sim backend: a smoke test, not a measurement.
+
+--backend ort runs the same three pipelines on OrtRunner stages over the policy's exported .onnx files
+(export time not counted): eager is ORT's eager session, graph its CUDA graphs (IOBinding without graphs on
+the CPU), and prefix_eager switches the prefix to the eager session, since ORT has no memory budget to force
+a real capture failure with. Outputs are checked within float16's tolerance: ORT's CUDA EP may run float32
+matmuls in TF32.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -30,10 +38,11 @@ from graphrun.bench.report import written
 from graphrun.bench.timing import release_memory, time_interleaved
 from graphrun.errors import ConfigError
 from graphrun.graphs.options import RunnerOptions
-from graphrun.graphs.verify import mismatch
+from graphrun.graphs.verify import TOLERANCES, mismatch
+from graphrun.ort.options import OrtOptions
 from graphrun.pipeline.pipeline import Pipeline
 from graphrun.pipeline.policy.config import ExamplePolicyConfig
-from graphrun.pipeline.policy.example import ExamplePolicy
+from graphrun.pipeline.policy.example import ExamplePolicy, StageOptions
 from graphrun.pipeline.policy.observation import Observation
 from graphrun.stats import percentile
 
@@ -55,10 +64,13 @@ class PipelineBenchSetup:
     iters: int
     warmup: int
     config: ExamplePolicyConfig
+    runtime: str = "torch"  # "torch": GraphRunner stages; "ort": OrtRunner stages over exported files
 
     def __post_init__(self) -> None:
         if self.iters < 2 or self.warmup < 0:
             raise ConfigError(f"--iters must be >= 2 and --warmup >= 0, got {self.iters} and {self.warmup}")
+        if self.runtime == "ort":
+            _check_ort(self.backend, self.dtype)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PipelineBenchSetup:
@@ -73,21 +85,42 @@ class PipelineBenchSetup:
         iters, warmup = (
             (args.iters, args.warmup) if cuda else (min(args.iters, SIM_ITERS), min(args.warmup, 3))
         )
-        return cls(device, dtype, "cuda" if cuda else "sim", iters, warmup, config)
+        return cls(device, dtype, "cuda" if cuda else "sim", iters, warmup, config, args.backend)
 
     def sync(self) -> None:
         """Wait for queued device work (nothing to wait for on the sim backend)."""
         if self.backend == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def options(self, variant: str) -> tuple[RunnerOptions, dict[str, RunnerOptions]]:
+    def options(self, variant: str) -> tuple[StageOptions, dict[str, StageOptions]]:
         """Both stages' runner options and the per-stage override of one variant."""
+        if self.runtime == "ort":
+            graphs = OrtOptions(backend="cuda_graph" if self.backend == "cuda" else "binding")
+            eager = OrtOptions(backend="eager")
+            ort: dict[str, tuple[StageOptions, dict[str, StageOptions]]] = {
+                "eager": (eager, {}),
+                "graph": (graphs, {}),
+                "prefix_eager": (graphs, {"prefix": eager}),
+            }
+            return ort[variant]
         if variant == "eager":
             return RunnerOptions(backend=self.backend, mode="none"), {}
         base = RunnerOptions(backend=self.backend)
         if variant == "prefix_eager":  # a real capture failure: the stage's graph exceeds its budget
             return base, {"prefix": RunnerOptions(backend=self.backend, memory_budget_bytes=1)}
         return base, {}
+
+
+def _check_ort(backend: str, dtype: torch.dtype) -> None:
+    """--backend ort needs graphrun[onnx], onnxruntime-gpu on a GPU, and a dtype IOBinding has."""
+    if any(importlib.util.find_spec(name) is None for name in ("onnxruntime", "onnxscript")):
+        raise ConfigError("--backend ort needs the `onnx` extra: pip install 'graphrun[onnx]'")
+    if dtype == torch.bfloat16:
+        raise ConfigError("--backend ort runs float16 or float32 (IOBinding has no bfloat16): pass --dtype")
+    from graphrun.ort.sessions import has_cuda_ep
+
+    if backend == "cuda" and not has_cuda_ep():
+        raise ConfigError("--backend ort on a GPU needs onnxruntime-gpu (this onnxruntime has no CUDA EP)")
 
 
 def time_stats(times: list[float]) -> dict[str, float]:
@@ -102,13 +135,16 @@ def time_stats(times: list[float]) -> dict[str, float]:
     }
 
 
-def _start_pipeline(setup: PipelineBenchSetup, variant: str) -> tuple[ExamplePolicy, Pipeline, float]:
+def _start_pipeline(
+    setup: PipelineBenchSetup, variant: str, onnx_folder: Path | None
+) -> tuple[ExamplePolicy, Pipeline, float]:
     """Build the policy and its pipeline and answer one act(): seconds from nothing to the first action."""
     setup.sync()
     start = time.perf_counter()
     policy = ExamplePolicy(setup.config, device=setup.device, dtype=setup.dtype)
     options, per_stage = setup.options(variant)
-    pipe = policy.pipeline(options, stage_options=per_stage, registry=CollectorRegistry())
+    registry = CollectorRegistry()
+    pipe = policy.pipeline(options, stage_options=per_stage, registry=registry, onnx_folder=onnx_folder)
     pipe.act(policy.observation(1, seed=1))
     setup.sync()
     return policy, pipe, time.perf_counter() - start
@@ -134,10 +170,15 @@ def _stage_fns(
     }
 
 
-def _correctness(policy: ExamplePolicy, pipes: Mapping[str, Pipeline], obs: Observation) -> dict[str, Any]:
+def _correctness(
+    policy: ExamplePolicy, pipes: Mapping[str, Pipeline], obs: Observation, runtime: str
+) -> dict[str, Any]:
     """act() of every pipeline against the bare modules on one observation (same noise)."""
     want = policy.act_eager(obs)
-    bad = {v: problem for v, p in pipes.items() if (problem := mismatch(p.act(obs), want)) is not None}
+    tolerance = TOLERANCES[torch.float16] if runtime == "ort" else None  # module docstring
+    bad = {
+        v: problem for v, p in pipes.items() if (problem := mismatch(p.act(obs), want, tolerance)) is not None
+    }
     diffs = {v: float((p.act(obs).double() - want.double()).abs().max()) for v, p in pipes.items()}
     return {"outputs_match": not bad, "mismatch": bad, "max_abs_diff": diffs}
 
@@ -159,19 +200,28 @@ def _capture_rows(pipes: Mapping[str, Pipeline]) -> list[dict[str, Any]]:
     ]
 
 
+def _started(
+    setup: PipelineBenchSetup, variant: str, onnx_folder: Path | None, out: dict[str, Any]
+) -> Pipeline:
+    log.info("pipeline bench: starting the %s pipeline", variant)
+    _, pipe, seconds = _start_pipeline(setup, variant, onnx_folder)
+    out["startup_seconds"][variant] = seconds
+    return pipe
+
+
 def _measure(setup: PipelineBenchSetup, out: dict[str, Any]) -> None:
     """Start each pipeline, check them, time stages and act(); fills `out` as it goes."""
     _warm_device(setup)
-    pipes: dict[str, Pipeline] = {}
-    policy = None
-    for variant in VARIANTS:
-        log.info("pipeline bench: starting the %s pipeline", variant)
-        policy, pipes[variant], seconds = _start_pipeline(setup, variant)
-        out["startup_seconds"][variant] = seconds
-    assert policy is not None
+    with tempfile.TemporaryDirectory(prefix="graphrun-bench-onnx-") as folder:
+        if setup.runtime == "ort":
+            log.info("pipeline bench: exporting both stages to ONNX (not timed)")
+            ExamplePolicy(setup.config, device=setup.device, dtype=setup.dtype).export_onnx(folder)
+        onnx_folder = Path(folder) if setup.runtime == "ort" else None
+        pipes = {variant: _started(setup, variant, onnx_folder, out) for variant in VARIANTS}
+    policy = ExamplePolicy(setup.config, device=setup.device, dtype=setup.dtype)
     out["capture"] = _capture_rows(pipes)
     obs = policy.observation(1, seed=2)
-    out.update(_correctness(policy, pipes, obs))
+    out.update(_correctness(policy, pipes, obs, setup.runtime))
     with torch.inference_mode():
         kv = pipes["eager"].call("prefix", obs.images, obs.tokens, obs.state).clone()
         for stage, fns in _stage_fns(pipes, obs, kv).items():
@@ -207,7 +257,7 @@ def run_bench_pipeline(args: argparse.Namespace) -> int:
         error = f"{type(exc).__name__}: {exc}"
     dtype = str(setup.dtype).removeprefix("torch.")
     payload = pipeline_payload(
-        measured, setup.backend, dtype, asdict(setup.config), setup.iters, setup.warmup, error
+        measured, setup.backend, dtype, asdict(setup.config), setup.iters, setup.warmup, error, setup.runtime
     )
     print_pipeline(payload)
     log.info("pipeline bench: wrote %s", written(*save_pipeline(payload, Path(args.out))))

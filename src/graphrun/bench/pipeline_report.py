@@ -102,6 +102,7 @@ def pipeline_payload(
     iters: int,
     warmup: int,
     error: str | None = None,
+    runtime: str = "torch",
 ) -> dict[str, Any]:
     """The whole result: environment, settings, per-stage and act() timings, capture, start-up, targets."""
     meaningful = backend == "cuda"
@@ -112,6 +113,7 @@ def pipeline_payload(
         "benchmark": "pipeline",
         **environment(),
         "backend": backend,
+        "runtime": runtime,  # torch: GraphRunner stages; ort: OrtRunner stages over exported .onnx files
         "dtype": dtype,
         "policy": config,
         "timings_meaningful": meaningful,
@@ -154,7 +156,8 @@ def table_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
 
 def print_pipeline(payload: dict[str, Any]) -> None:
     """Headline, timings, capture, start-up, problems, targets, then the payload as one JSON line."""
-    print(f"pipeline ({payload['backend']}, {payload['dtype']}) on {headline(payload)}")
+    runtime = " on onnxruntime" if payload.get("runtime") == "ort" else ""
+    print(f"pipeline{runtime} ({payload['backend']}, {payload['dtype']}) on {headline(payload)}")
     if payload["note"]:
         print(payload["note"])
     print_table(table_rows(payload), TABLE)
@@ -177,9 +180,11 @@ def print_pipeline(payload: dict[str, Any]) -> None:
 
 
 def save_pipeline(payload: dict[str, Any], out: Path) -> tuple[Path, Path | None]:
-    """`out`/pipeline-<device>.json, then .png (mean ms per stage and act(), per pipeline; None without
-    matplotlib). The JSON comes first: a failing chart never costs the numbers."""
-    stem = out / f"pipeline-{device_slug(payload['device'])}"
+    """`out`/pipeline-<device>.json (pipeline-ort-<device>.json for --backend ort), then .png (mean ms per
+    stage and act(), per pipeline; None without matplotlib). The JSON comes first: a failing chart never
+    costs the numbers."""
+    kind = "pipeline-ort" if payload.get("runtime") == "ort" else "pipeline"
+    stem = out / f"{kind}-{device_slug(payload['device'])}"
     json_path = write_json(stem.with_suffix(".json"), payload)
     sections = {**{f"{k} stage": v for k, v in payload["stages"].items()}, "act()": payload["act"]}
     groups = list(sections)
@@ -188,7 +193,7 @@ def save_pipeline(payload: dict[str, Any], out: Path) -> tuple[Path, Path | None
         for variant in ("eager", "graph", "prefix_eager")
     }
     title = (
-        f"pipeline: {payload['device']} ({payload['backend']}, {payload['dtype']}), torch {payload['torch']}"
+        f"{kind}: {payload['device']} ({payload['backend']}, {payload['dtype']}), torch {payload['torch']}"
     )
     title += f" - {payload['note']}" if payload["note"] else ""
     ylabel = "mean ms per call (log scale)"

@@ -134,9 +134,9 @@ class OrtRunner:
         """Probe every rung, largest first; a graph session that raises is dropped whole, a plain one
         loses only the rung that raised."""
         graphs = self.placement.backend is OrtBackend.CUDA_GRAPH
-        session = graph_session(self._model, self.options.device_id) if graphs else self._session
         start = perf_counter()
-        try:
+        try:  # building the graph session can fail too (a node the CUDA EP lacks): the same fallback
+            session = graph_session(self._model, self.options.device_id) if graphs else self._session
             with self._lock:
                 for index, rung in reversed(list(enumerate(self.sizes))):
                     self._probe_one(session, rung, index + 1 if graphs else None)

@@ -3,13 +3,15 @@
 act(observation) = the prefix stage once (cached by observation id) + the expert stage replayed N times,
 one Euler step per replay (modules.py says why the loop stays outside the graph). Each stage is its own
 GraphRunner with its own options, so one can run eager while the other keeps its graph. act_eager() is the
-same computation on the bare modules: the reference every graph result is compared with.
+same computation on the bare modules: the reference every graph result is compared with. A stage may
+run its exported .onnx file on OrtRunner instead (onnx.py): give that stage OrtOptions and onnx_folder.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from prometheus_client import CollectorRegistry
@@ -17,13 +19,16 @@ from prometheus_client import CollectorRegistry
 from graphrun.errors import ConfigError
 from graphrun.graphs.options import RunnerOptions
 from graphrun.graphs.runner import GraphRunner
+from graphrun.ort.options import OrtOptions
 from graphrun.pipeline.pipeline import Pipeline
 from graphrun.pipeline.policy.config import ExamplePolicyConfig
 from graphrun.pipeline.policy.modules import ExpertStep, PrefixEncoder, seeded_
 from graphrun.pipeline.policy.observation import Observation, check_observation
-from graphrun.pipeline.stage import Stage
+from graphrun.pipeline.policy.onnx import export_policy, ort_runner
+from graphrun.pipeline.stage import Stage, StageRunner
 
 STAGES = ("prefix", "expert")
+StageOptions = RunnerOptions | OrtOptions  # GraphRunner over the module, or OrtRunner over its .onnx file
 
 
 class ExamplePolicy:
@@ -110,14 +115,17 @@ class ExamplePolicy:
 
     def pipeline(
         self,
-        options: RunnerOptions | None = None,
+        options: StageOptions | None = None,
         *,
-        stage_options: Mapping[str, RunnerOptions] | None = None,
+        stage_options: Mapping[str, StageOptions] | None = None,
         registry: CollectorRegistry | None = None,
+        onnx_folder: str | Path | None = None,
     ) -> Pipeline:
         """Build and capture the two stages: `options` for both, `stage_options[stage]` for one.
 
-        Unset fields are filled per stage: sizes (config.batch_sizes), name (<model>.<stage>), registry.
+        RunnerOptions: a GraphRunner over the stage's module; OrtOptions: an OrtRunner over the stage's
+        file in `onnx_folder` (export_onnx() writes them), so one pipeline may mix both. Unset fields are
+        filled per stage: sizes (config.batch_sizes), name (<model>.<stage>), registry.
         """
         per_stage = dict(stage_options or {})
         unknown = sorted(set(per_stage) - set(STAGES))
@@ -127,17 +135,33 @@ class ExamplePolicy:
         obs = self.observation(max(c.batch_sizes), seed=c.seed)
         with torch.no_grad():
             kv = self.prefix(obs.images, obs.tokens, obs.state)
+        assert obs.noise is not None  # observation() draws it
         examples = {"prefix": (obs.images, obs.tokens, obs.state), "expert": (kv, obs.noise, self._times[0])}
-        modules = {"prefix": self.prefix, "expert": self.expert}
         stages = []
         for name in STAGES:
             opts = self._filled(per_stage.get(name, base), name, registry)
-            runner = GraphRunner(modules[name], examples[name], options=opts)
+            runner = self._runner(name, examples[name], opts, onnx_folder)
             entries = c.prefix_cache_entries if name == "prefix" else 0
             stages.append(Stage(name, runner, cache_entries=entries))
         return Pipeline(stages, self.flow, model=c.model, registry=registry)
 
-    def _filled(self, opts: RunnerOptions, stage: str, registry: CollectorRegistry | None) -> RunnerOptions:
+    def _runner(
+        self,
+        stage: str,
+        example: tuple[torch.Tensor, ...],
+        opts: StageOptions,
+        onnx_folder: str | Path | None,
+    ) -> StageRunner:
+        if isinstance(opts, OrtOptions):
+            return ort_runner(onnx_folder, stage, example, opts)
+        module = self.prefix if stage == "prefix" else self.expert
+        return GraphRunner(module, example, options=opts)
+
+    def export_onnx(self, folder: str | Path) -> dict[str, Path]:
+        """Write one .onnx file per stage into `folder` (onnx.py; needs graphrun[onnx]); files by stage."""
+        return export_policy(self, folder)
+
+    def _filled(self, opts: StageOptions, stage: str, registry: CollectorRegistry | None) -> StageOptions:
         c = self.config
         sizes = c.batch_sizes if opts.sizes is None and opts.max_batch_size is None else opts.sizes
         return replace(

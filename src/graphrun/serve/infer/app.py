@@ -129,6 +129,7 @@ class _InferRoutes:
             "created": self._created,
             "owned_by": "graphrun",
             "root": info.source,
+            "graph_backend": info.backend,
             **schema.describe(),
             "rungs": list(schema.rungs),
             "max_rows": schema.max_rows,

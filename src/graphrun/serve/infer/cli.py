@@ -1,4 +1,4 @@
-"""`graphrun serve --module pkg.mod:factory | --exported model.pt2`: the flags of a served tensor model.
+"""`graphrun serve --module pkg.mod:factory | --exported model.pt2 | --onnx model.onnx`: tensor model flags.
 
 serve/cli.py registers these beside the LLM's and hands a run with either source here, with the
 ServeConfig it built from the shared flags (host, port, queue, keys, body limit, drain). The graph flags
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -36,6 +37,14 @@ def add_infer_flags(p: argparse.ArgumentParser) -> None:
         "--exported", type=Path, default=None, metavar="PATH", help="serve a torch.export archive (.pt2)"
     )
     group.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="serve an ONNX model on ONNX Runtime (graphrun[onnx]): CUDA graphs per rung where onnxruntime "
+        "has the CUDA execution provider, else eager (said at start-up, and in /health and /v1/models)",
+    )
+    group.add_argument(
         "--dim-rungs",
         action="append",
         default=[],
@@ -50,7 +59,10 @@ def add_infer_flags(p: argparse.ArgumentParser) -> None:
         help="the --exported program's input marking real positions (1) and padding (0) along its dims",
     )
     group.add_argument(
-        "--device", default=cfg.device, help="where an --exported program runs (auto: CUDA when present)"
+        "--device",
+        default=cfg.device,
+        help="where an --exported program or --onnx model runs (auto: CUDA when present; for --onnx, "
+        "also when onnxruntime has the CUDA execution provider)",
     )
     group.add_argument(
         "--batch-wait-ms",
@@ -76,15 +88,20 @@ def add_infer_flags(p: argparse.ArgumentParser) -> None:
 
 
 def wants_infer(args: argparse.Namespace) -> bool:
-    return args.module is not None or args.exported is not None
+    return args.module is not None or args.exported is not None or args.onnx is not None
 
 
 def infer_config(args: argparse.Namespace) -> InferConfig:
     """The tensor model's settings from the flags (validated by the dataclass and here, without torch)."""
     if args.model is not None:
-        raise ConfigError("--model serves an LLM; --module/--exported a tensor model: pass one of them")
-    if args.exported is not None and not args.exported.is_file():
-        raise ConfigError(f"--exported {args.exported}: no such file")
+        raise ConfigError(
+            "--model serves an LLM; --module/--exported/--onnx a tensor model: pass one of them"
+        )
+    for flag, path in (("--exported", args.exported), ("--onnx", args.onnx)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{flag} {path}: no such file")
+    if args.onnx is not None:
+        check_onnx_extra()
     return InferConfig(
         module=args.module,
         exported=args.exported,
@@ -98,7 +115,18 @@ def infer_config(args: argparse.Namespace) -> InferConfig:
         max_rows=args.max_request_rows,
         dim_rungs=tuple(_dim_rungs(value) for value in args.dim_rungs),
         mask_input=args.mask_input,
+        onnx=args.onnx,
     )
+
+
+def check_onnx_extra() -> None:
+    """--onnx needs onnxruntime and onnx (the `onnx` extra); found without importing them."""
+    missing = [name for name in ("onnxruntime", "onnx") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"--onnx needs the `onnx` extra ({', '.join(missing)} not installed): "
+            "pip install 'graphrun[onnx]' (with onnxruntime-gpu in place of onnxruntime for CUDA graphs)"
+        )
 
 
 def _dim_rungs(value: str) -> tuple[str, int, tuple[int, ...]]:
@@ -128,9 +156,10 @@ def run_infer(args: argparse.Namespace, serve_config: ServeConfig) -> int:
 
 
 def _default_name(config: InferConfig) -> str:
-    """The factory's name, or the archive's file name without .pt2."""
-    if config.exported is not None:
-        return config.exported.stem
+    """The factory's name, or the file's name without .pt2 / .onnx."""
+    path = config.exported or config.onnx
+    if path is not None:
+        return path.stem
     return (config.module or "model").rpartition(":")[2] or "model"
 
 

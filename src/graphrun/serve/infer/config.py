@@ -1,6 +1,6 @@
 """Settings of a served tensor model: where it comes from, its rungs, batching and request limits.
 
-One frozen dataclass, built from `graphrun serve --module/--exported` flags (infer/cli.py); the HTTP
+One frozen dataclass, built from `graphrun serve --module/--exported/--onnx` flags (infer/cli.py); the HTTP
 settings (port, queue, keys, body limit) stay in ServeConfig. Torch-free (the CLI checks it before torch
 loads): the ladder itself is computed by graphs/sizes.py when the model is built.
 """
@@ -18,7 +18,8 @@ DEFAULT_MAX_BATCH_SIZE = 32
 
 @dataclass(frozen=True, slots=True)
 class InferConfig:
-    """What `graphrun serve --module pkg.mod:factory` or `--exported model.pt2` serves, and how.
+    """What `graphrun serve --module pkg.mod:factory`, `--exported model.pt2` or `--onnx model.onnx`
+    serves, and how.
 
     max_wait_ms: how long the first request of a batch waits for others (0: no wait; a batch still
     takes every request queued at that moment). max_batch_requests: the most requests one model call
@@ -28,7 +29,8 @@ class InferConfig:
     program runs ("auto": CUDA when there is one); a factory's example inputs say where its model runs.
     dim_rungs: an exported program's dynamic axes besides the batch -> their rungs, as
     ((input, axis, rungs), ...) (exported.py; a factory declares its own dims); mask_input: the exported
-    program's input that marks real positions.
+    program's input that marks real positions. onnx: an ONNX model run by OrtRunner (onnx_calls.py);
+    graph_backend "sim" does not apply to it.
     """
 
     module: str | None = None
@@ -44,11 +46,16 @@ class InferConfig:
     verify: bool = True
     dim_rungs: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
     mask_input: str | None = None
+    onnx: Path | None = None
 
     def __post_init__(self) -> None:
-        if (self.module is None) == (self.exported is None):
+        if sum(source is not None for source in (self.module, self.exported, self.onnx)) != 1:
             raise ConfigError(
-                "serve a tensor model with exactly one of --module pkg.mod:factory or --exported"
+                "serve a tensor model with exactly one of --module pkg.mod:factory, --exported or --onnx"
+            )
+        if self.onnx is not None and self.graph_backend == "sim":
+            raise ConfigError(
+                "--graph-backend sim is GraphRunner's CPU simulator; an --onnx model takes auto or cuda"
             )
         if self.graph_backend not in GRAPH_BACKENDS:
             raise ConfigError(f"graph_backend must be one of {GRAPH_BACKENDS}, got {self.graph_backend!r}")
@@ -65,10 +72,10 @@ class InferConfig:
             raise ConfigError(
                 f"cuda_graph_max_bs must be >= 1 for a tensor model, got {self.cuda_graph_max_bs}"
             )
-        if self.module is not None and (self.dim_rungs or self.mask_input is not None):
+        if self.exported is None and (self.dim_rungs or self.mask_input is not None):
             raise ConfigError(
                 "--dim-rungs and --mask-input describe an --exported program; a --module factory "
-                "declares its dims and mask on its ModelSource"
+                "declares its dims and mask on its ModelSource, and an --onnx model has the batch only"
             )
         for name, axis, rungs in self.dim_rungs:
             if axis < 1 or not rungs or any(r < 1 for r in rungs):
@@ -83,4 +90,4 @@ class InferConfig:
     @property
     def source(self) -> str:
         """The flag's value, for logs and /health."""
-        return self.module if self.module is not None else str(self.exported)
+        return self.module if self.module is not None else str(self.exported or self.onnx)

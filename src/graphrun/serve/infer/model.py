@@ -64,16 +64,16 @@ class _Queued:
 
 
 class InferServedModel:
-    """A ModelSource's calls (a GraphRunner, or a BucketedRunner over its declared dims), fed by a
-    Batcher; its series in a registry of its own."""
+    """A ModelSource's calls (a GraphRunner, a BucketedRunner over its declared dims, or an ONNX model's
+    OrtRunner), fed by a Batcher; its series in a registry of its own."""
+
+    source: ModelSource  # set by _calls()
 
     def __init__(self, config: InferConfig) -> None:
         self.config = config
         self.registry = CollectorRegistry()
         self.metrics = InferMetrics(self.registry)
-        self.source = _load_source(config)
-        kind = BucketedCalls if self.source.dims else RowCalls
-        self.calls: ModelCalls = kind(self.source, config, self.registry, self.metrics)
+        self.calls: ModelCalls = self._calls(config)
         rungs = self.calls.rungs
         self.schema = InferSchema(
             self.source.input_specs(),
@@ -91,6 +91,19 @@ class InferServedModel:
             config.source, self.source.device, [s.name for s in self.schema.inputs],
             list(rungs), dims, self.calls.graphs(), config.max_wait_ms, config.max_batch_requests or "any",
         )  # fmt: skip
+
+    def _calls(self, config: InferConfig) -> ModelCalls:
+        """The model's calls, and `source` set: an ONNX model's OrtRunner, else a GraphRunner over the
+        source (a BucketedRunner where it declares dims besides the batch)."""
+        if config.onnx is not None:
+            from graphrun.serve.infer.onnx_calls import OrtCalls  # needs onnxruntime (graphrun[onnx])
+
+            ort_calls = OrtCalls(config, self.registry, self.metrics)
+            self.source = ort_calls.source
+            return ort_calls
+        self.source = _load_source(config)
+        kind = BucketedCalls if self.source.dims else RowCalls
+        return kind(self.source, config, self.registry, self.metrics)
 
     def info(self) -> InferInfo:
         return InferInfo(
