@@ -51,3 +51,12 @@ def test_row_keys_need_requests_with_rows():
         RowKeys(())
     with pytest.raises(ConfigError, match="RowKeys"):
         RowKeys((("a", 0),))
+
+
+def test_a_key_sent_again_with_another_row_count_is_a_miss(stage):
+    stage(rows(1, 2), key=RowKeys((("a", 2),)))
+    one, _ = stage(rows(7), key=RowKeys((("a", 1),)))  # stored with 2 rows: run again, stored again
+    assert torch.equal(one, rows(14)) and stage.stats.calls == 2
+    assert (stage.cache.stats.hits, stage.cache.stats.misses) == (0, 2)
+    again, _ = stage(rows(0), key=RowKeys((("a", 1),)))
+    assert torch.equal(again, rows(14)) and stage.cache.stats.hits == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -50,7 +51,10 @@ def cached_rows(
     """The stage's outputs for every row of `args`, each keyed request's rows from `cache` where stored;
     one `run` over the rows of the others (none when every request was found)."""
     slices = keys.slices()
-    found: list[Any | None] = [cache.get(key) if key is not None else None for key, _ in keys.segments]
+    found: list[Any | None] = [
+        cache.get(key, partial(_has_rows, rows=rows)) if key is not None else None
+        for key, rows in keys.segments
+    ]
     missing = [i for i, value in enumerate(found) if value is None]
     if missing:
         if len(missing) == len(found):
@@ -65,6 +69,18 @@ def cached_rows(
             if key is not None:
                 cache.put(key, found[i])
     return _cat(found)
+
+
+def _has_rows(value: Any, rows: int) -> bool:
+    """Whether every tensor of a stored tree has `rows` rows (the same key sent with another batch size
+    is a miss, run and stored again)."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() > 0 and value.shape[0] == rows
+    if isinstance(value, tuple | list):
+        return all(_has_rows(v, rows) for v in value)
+    if isinstance(value, dict):
+        return all(_has_rows(v, rows) for v in value.values())
+    return True
 
 
 def _row_copier(rows: slice) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -214,3 +214,10 @@ def test_a_factory_that_returns_no_policy_source_fails_start_up():
     with TestClient(build_act_app(client, serve_config)) as http:
         assert not client.wait_ready(60) and client.state == "failed"
         assert http.get("/health").status_code == 503
+
+
+def test_an_observation_id_sent_again_with_other_rows_runs_the_prefix_again(http, twin):
+    two, one = observation_arrays(2, seed=10), observation_arrays(1, seed=11)
+    actions_of(http.post("/act", json=json_body(two, observation_id="robot-7")))
+    answer = http.post("/act", json=json_body(one, observation_id="robot-7"))
+    np.testing.assert_allclose(actions_of(answer), eager_actions(twin, one), **TOL)
