@@ -150,7 +150,8 @@ class ActServedModel:
         try:
             actions = self._act(queued)
             on_launched()
-            chunks = np.split(to_wire(actions), np.cumsum([q.pending.rows for q in queued])[:-1])
+            wire = to_wire(actions).astype(self.schema.output.dtype, copy=False)  # the dtype /v1/models gives
+            chunks = np.split(wire, np.cumsum([q.pending.rows for q in queued])[:-1])
         except Exception:
             log.exception("an act() of %d rows failed; failing its %d requests", batch.rows, len(queued))
             why = "the policy call running this request failed (see the server log)"
