@@ -221,3 +221,17 @@ def test_an_observation_id_sent_again_with_other_rows_runs_the_prefix_again(http
     actions_of(http.post("/act", json=json_body(two, observation_id="robot-7")))
     answer = http.post("/act", json=json_body(one, observation_id="robot-7"))
     np.testing.assert_allclose(actions_of(answer), eager_actions(twin, one), **TOL)
+
+
+def test_enforce_eager_serves_every_stage_eager_and_no_capture_failed(twin):
+    with served_policy({"enforce_eager": True}) as http:
+        stages = http.get("/health").json()["stages"]
+        assert {s: (v["tier"], v["reason"]) for s, v in stages.items()} == {
+            "prefix": ("eager", "mode_none"),
+            "expert": ("eager", "mode_none"),
+        }
+        arrays = observation_arrays(1, seed=12)
+        np.testing.assert_allclose(actions_of(http.post("/act", json=json_body(arrays))),
+                                   eager_actions(twin, arrays), **TOL)  # fmt: skip
+        text = http.get("/metrics").text
+    assert metric(text, "graphrun_cuda_graph_capture_failed_at_init_total", stage="prefix") == 0
