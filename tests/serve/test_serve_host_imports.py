@@ -1,5 +1,6 @@
 """The engine host knows no served model: importing every module of serve/host/ loads nothing of the LLM
-(graphrun.llm, serve/llm_*.py) nor of the tensor model (serve/infer/), directly or through another module."""
+(graphrun.llm, serve/llm_*.py) nor of the tensor model (serve/infer/) nor of a policy (serve/act/,
+graphrun.pipeline), directly or through another module."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import graphrun.serve.host
 
 HOST = Path(graphrun.serve.host.__file__).parent
-MODEL_PACKAGES = ("graphrun.llm", "graphrun.serve.infer", "graphrun.serve.llm_")
+MODEL_PACKAGES = ("graphrun.llm", "graphrun.serve.infer", "graphrun.serve.llm_", "graphrun.serve.act",
+                  "graphrun.pipeline")  # fmt: skip
 LOAD_ALL = """
 import json, pkgutil, sys
 import graphrun.serve.host as host
@@ -55,3 +57,7 @@ def test_the_check_catches_a_model_module():
         "graphrun.serve.infer",
     ]
     assert _model_modules(["graphrun.serve.llm_messages.Submit"]) == ["graphrun.serve.llm_messages.Submit"]
+    assert _model_modules(["graphrun.serve.act.model", "graphrun.pipeline.rows"]) == [
+        "graphrun.serve.act.model",
+        "graphrun.pipeline.rows",
+    ]

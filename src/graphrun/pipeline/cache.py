@@ -9,7 +9,7 @@ stage has the same size), so memory is max_entries times one output.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +36,11 @@ class OutputCache:
         self.stats = CacheStats()
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
 
-    def get(self, key: Hashable) -> Any | None:
-        """The outputs stored under `key` (now the most recent), or None; counts a hit or a miss."""
+    def get(self, key: Hashable, fits: Callable[[Any], bool] | None = None) -> Any | None:
+        """The outputs stored under `key` (now the most recent), or None; counts a hit or a miss.
+        fits: a stored value it refuses is a miss (a batch of another size stored under the same key)."""
         value = self._entries.get(key)
-        if value is None:
+        if value is None or (fits is not None and not fits(value)):
             self.stats.misses += 1
             return None
         self._entries.move_to_end(key)

@@ -18,6 +18,7 @@ import torch
 from graphrun.errors import ConfigError
 from graphrun.graphs.status import RunnerStatus
 from graphrun.pipeline.cache import OutputCache
+from graphrun.pipeline.rows import RowKeys, cached_rows
 
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # stage and model names become metric label values
 
@@ -66,9 +67,12 @@ class Stage:
     def __call__(self, *args: Any, key: Hashable | None = None) -> Any:
         """Run the stage; with a cache and a key, a stored output is returned without running it.
 
-        A cached output is shared by every hit: read it, never write into it.
+        A cached output is shared by every hit: read it, never write into it. A RowKeys key (rows.py)
+        keys each request of a batched call on its own.
         """
         cache = self.cache
+        if cache is not None and isinstance(key, RowKeys):
+            return cached_rows(cache, self._run, args, key)
         if cache is not None and key is not None:
             stored = cache.get(key)
             if stored is not None:

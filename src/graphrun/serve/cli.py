@@ -29,6 +29,7 @@ from graphrun.llm.engine_config import (
     EngineConfig,
 )
 from graphrun.preflight import check_engine_model, check_port_free, check_serve_extra, idle_graph_flags
+from graphrun.serve.act.cli import add_act_flags, run_act, wants_act
 from graphrun.serve.config import ServeConfig, default_served_model_name
 from graphrun.serve.infer.cli import add_infer_flags, run_infer, wants_infer
 
@@ -140,6 +141,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     _add_access_flags(p, srv)
     add_infer_flags(p)
+    add_act_flags(p)
 
 
 def _add_access_flags(p: argparse.ArgumentParser, srv: ServeConfig) -> None:
@@ -176,12 +178,12 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Check every flag before anything starts (a problem: one line on stderr, exit 2), then serve."""
-    if wants_infer(args):  # a tensor model (POST /v1/infer) instead of an LLM
+    if wants_infer(args) or wants_act(args):  # a tensor model (/v1/infer) or a policy (/act), not an LLM
         try:
             serve_config = _configs(args, CPU_DEFAULT_MODEL)[1]
         except GraphrunError as exc:
             return _refuse(exc)
-        return run_infer(args, serve_config)
+        return run_act(args, serve_config) if wants_act(args) else run_infer(args, serve_config)
     try:  # no torch yet: a bad flag, path or port answers in milliseconds
         engine_config, serve_config = _configs(args, args.model or CPU_DEFAULT_MODEL)
         _check_before_start(engine_config, serve_config, check_model=args.model is not None)

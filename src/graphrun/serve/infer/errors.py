@@ -19,6 +19,7 @@ RULES = (
     "dynamic_dim",  # the tensors disagree on a declared dynamic dim (a length), or it is 0
     "too_large",  # over the rows or elements limit, or a dynamic dim above its top rung
     "nan",  # NaN or infinity in a tensor the model declares finite
+    "range",  # a value outside the range the model declares (a token id beyond the vocabulary)
 )
 
 
