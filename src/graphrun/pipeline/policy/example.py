@@ -24,7 +24,7 @@ from graphrun.pipeline.pipeline import Pipeline
 from graphrun.pipeline.policy.config import ExamplePolicyConfig
 from graphrun.pipeline.policy.modules import ExpertStep, PrefixEncoder, seeded_
 from graphrun.pipeline.policy.observation import Observation, check_observation
-from graphrun.pipeline.policy.onnx import export_policy, ort_runner
+from graphrun.pipeline.policy.onnx import EXPORT_BATCH, export_policy, ort_runner
 from graphrun.pipeline.stage import Stage, StageRunner
 
 STAGES = ("prefix", "expert")
@@ -159,7 +159,17 @@ class ExamplePolicy:
 
     def export_onnx(self, folder: str | Path) -> dict[str, Path]:
         """Write one .onnx file per stage into `folder` (onnx.py; needs graphrun[onnx]); files by stage."""
-        return export_policy(self, folder)
+        modules = {"prefix": self.prefix, "expert": self.expert}
+        return export_policy(modules, self._export_examples(), self.dtype, folder)
+
+    def _export_examples(self) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Each stage's example inputs for the export, at EXPORT_BATCH rows."""
+        obs = self.observation(EXPORT_BATCH, seed=self.config.seed)
+        assert obs.noise is not None
+        with torch.no_grad():
+            kv = self.prefix(obs.images, obs.tokens, obs.state)
+        t = torch.full((EXPORT_BATCH, 1), 0.5, dtype=self.dtype, device=kv.device)
+        return {"prefix": (obs.images, obs.tokens, obs.state), "expert": (kv, obs.noise, t)}
 
     def _filled(self, opts: StageOptions, stage: str, registry: CollectorRegistry | None) -> StageOptions:
         c = self.config

@@ -12,7 +12,7 @@ bfloat16 policy is refused (IOBinding has no bfloat16 element type: ort/dtypes.p
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,6 @@ from graphrun.ort.options import OrtOptions
 
 if TYPE_CHECKING:
     from graphrun.ort.runner import OrtRunner
-    from graphrun.pipeline.policy.example import ExamplePolicy
 
 # each stage's ONNX input and output names, in the order the flow passes them
 STAGE_INPUTS = {"prefix": ("images", "tokens", "state"), "expert": ("kv", "x", "t")}
@@ -36,42 +35,33 @@ def stage_file(folder: str | Path, stage: str) -> Path:
     return Path(folder) / f"{stage}.onnx"
 
 
-def export_policy(policy: ExamplePolicy, folder: str | Path) -> dict[str, Path]:
-    """Write one .onnx file per stage of `policy` into `folder` (created); the files by stage name.
-
-    The export runs on CPU copies of the modules (the file is the same whatever device the policy is on).
-    """
+def export_policy(
+    modules: Mapping[str, torch.nn.Module],
+    examples: Mapping[str, tuple[torch.Tensor, ...]],
+    dtype: torch.dtype,
+    folder: str | Path,
+) -> dict[str, Path]:
+    """Write one .onnx file per stage (its module, called on its example inputs) into `folder` (created);
+    the files by stage name. The export runs on CPU copies (the file is the same whatever the device)."""
     from graphrun.ort.export import export_onnx  # needs onnx and onnxscript (graphrun[onnx])
 
-    if policy.dtype == torch.bfloat16:
+    if dtype == torch.bfloat16:
         raise ConfigError(
             "a bfloat16 policy cannot run on OrtRunner (IOBinding has no bfloat16 type): "
             "build the policy with dtype=torch.float16 or torch.float32 to export it"
         )
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
-    examples = _cpu_examples(policy)
-    modules = {"prefix": policy.prefix, "expert": policy.expert}
     files = {}
     for stage, module in modules.items():
         files[stage] = export_onnx(
             copy.deepcopy(module).cpu(),
-            examples[stage],
+            tuple(t.cpu() for t in examples[stage]),
             stage_file(target, stage),
             input_names=STAGE_INPUTS[stage],
             output_names=STAGE_OUTPUTS[stage],
         )
     return files
-
-
-def _cpu_examples(policy: ExamplePolicy) -> dict[str, tuple[torch.Tensor, ...]]:
-    obs = policy.observation(EXPORT_BATCH, seed=policy.config.seed)
-    images, tokens, state = (t.cpu() for t in (obs.images, obs.tokens, obs.state))
-    assert obs.noise is not None
-    with torch.no_grad():
-        kv = policy.prefix(obs.images, obs.tokens, obs.state).cpu()
-    t = torch.full((EXPORT_BATCH, 1), 0.5, dtype=policy.dtype)
-    return {"prefix": (images, tokens, state), "expert": (kv, obs.noise.cpu(), t)}
 
 
 def ort_runner(

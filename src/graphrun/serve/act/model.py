@@ -29,10 +29,11 @@ from graphrun.graphs.sizes import default_ladder, normalize_ladder
 from graphrun.pipeline.rows import RowKeys
 from graphrun.serve.act.client import ActClient
 from graphrun.serve.act.config import ActConfig
+from graphrun.serve.act.loading import load_policy
 from graphrun.serve.act.messages import ActInfo, ActResult, ActSubmit, StageInfo
 from graphrun.serve.act.metrics import ActMetrics
 from graphrun.serve.act.schema import ActSchema
-from graphrun.serve.act.source import PolicySettings, load_policy
+from graphrun.serve.act.source import PolicySettings
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.host.host_loop import HostPlan
 from graphrun.serve.host.messages import Ended, EngineFailure, Question, Submission

@@ -1,8 +1,8 @@
-"""Where a served policy comes from: the built-in example, or a factory in an importable module.
+"""What a served policy is: the settings a factory gets and the PolicySource it returns (loading.py finds
+the factory: `--policy example`, the built-in one in example.py, or `--policy pkg.mod:factory`).
 
-`--policy example` serves the built-in example policy (example.py). `--policy pkg.mod:factory` imports
-`factory`, calls it with the PolicySettings the server decided (device, dtype, ladder, graph options with
-the served model's metrics registry, denoising steps) and serves the PolicySource it returns: a Pipeline
+A factory is called with the PolicySettings the server decided (device, dtype, ladder, graph options with
+the served model's metrics registry, denoising steps), and the server serves the PolicySource it returns: a Pipeline
 alone says nothing of what a request carries, so the source adds the observation's tensors (wire
 dtype and shape, which may be left out, integer ranges), the action output, and how a batch of requests'
 tensors becomes the pipeline's input.
@@ -10,7 +10,6 @@ tensors becomes the pipeline's input.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,23 +63,3 @@ class PolicySource:
             raise ConfigError(f"a PolicySource's optional/ranges name inputs it lacks: {sorted(unknown)}")
         if any(spec.shape[:1] != (None,) for spec in (*self.inputs, self.output)):
             raise ConfigError("every /act tensor has the batch as dim 0 (None in its shape)")
-
-
-def load_policy(spec: str, settings: PolicySettings) -> PolicySource:
-    """`example` or `pkg.mod:factory` -> the PolicySource to serve."""
-    if spec == "example":
-        from graphrun.serve.act.example import example_policy
-
-        return example_policy(settings)
-    module_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"--policy {spec}: cannot import the factory ({exc})") from exc
-    made = factory(settings)
-    if not isinstance(made, PolicySource):
-        raise ConfigError(
-            f"--policy {spec}: the factory must return a PolicySource (a Pipeline with its /act tensors), "
-            f"got {type(made).__name__}"
-        )
-    return made
