@@ -1,11 +1,11 @@
 """What a served policy is: the settings a factory gets and the PolicySource it returns (loading.py finds
 the factory: `--policy example`, the built-in one in example.py, or `--policy pkg.mod:factory`).
 
-A factory is called with the PolicySettings the server decided (device, dtype, ladder, graph options with
-the served model's metrics registry, denoising steps), and the server serves the PolicySource it returns: a Pipeline
-alone says nothing of what a request carries, so the source adds the observation's tensors (wire
-dtype and shape, which may be left out, integer ranges), the action output, and how a batch of requests'
-tensors becomes the pipeline's input.
+A factory is called with the PolicySettings the server decided (device, dtype, ladder, graph options
+with the served model's metrics registry, denoising steps), and the server serves the PolicySource it
+returns: a Pipeline alone says nothing of what a request carries, so the source adds the observation's
+tensors (wire dtype and shape, which may be left out, integer ranges), the action output, and how a
+batch of requests' tensors becomes the pipeline's input.
 """
 
 from __future__ import annotations

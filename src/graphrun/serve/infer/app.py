@@ -21,19 +21,16 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from graphrun.errors import GraphrunError
-from graphrun.serve.auth import APIKeyAuth
-from graphrun.serve.body_limit import BodyLimit, BodyTooLarge
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.host.messages import Ended
 from graphrun.serve.infer.client import InferClient
 from graphrun.serve.infer.codec import decode, encode
 from graphrun.serve.infer.errors import TensorError
+from graphrun.serve.infer.guards import add_guards
 from graphrun.serve.infer.messages import InferResult
 from graphrun.serve.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
-from graphrun.serve.protocol import APIError, as_api_error, check_model_name, content_type_error
+from graphrun.serve.protocol import APIError, check_model_name, content_type_error
 from graphrun.version import __version__
 
 log = logging.getLogger(__name__)
@@ -57,8 +54,7 @@ def build_infer_app(client: InferClient, config: ServeConfig) -> FastAPI:
     app.add_api_route("/v1/models", routes.models, methods=["GET"], response_class=Response)
     app.add_api_route("/health", routes.health, methods=["GET"], response_class=Response)
     app.add_api_route("/metrics", routes.metrics, methods=["GET"], response_class=Response)
-    _add_error_handlers(app, client, config)
-    _add_middleware(app, client, config)
+    add_guards(app, INFER_PATH, client.metrics.count, config)
     return app
 
 
@@ -165,42 +161,3 @@ def _parse(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise tensor_error(TensorError("", "invalid_body", "the body must be a JSON object"))
     return body
-
-
-def _status_label(status: int) -> str:
-    return {429: "overloaded", 503: "unavailable"}.get(status, "error" if status >= 500 else "invalid")
-
-
-def _add_error_handlers(app: FastAPI, client: InferClient, config: ServeConfig) -> None:
-    """OpenAI-shaped error bodies; /v1/infer answers counted by outcome."""
-
-    def answer(request: Request, error: APIError) -> Response:
-        if request.url.path == INFER_PATH:
-            client.metrics.count(_status_label(error.status))
-        return Response(error.json(), error.status, error.headers or None, "application/json")
-
-    async def on_error(request: Request, exc: Exception) -> Response:
-        return answer(request, as_api_error(exc, config.retry_after_seconds))
-
-    async def on_http(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        if isinstance(exc, BodyTooLarge):
-            return answer(request, exc.error)
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return answer(
-            request, APIError(exc.status_code, str(exc.detail), type=kind, headers=dict(exc.headers or {}))
-        )
-
-    app.add_exception_handler(APIError, on_error)
-    app.add_exception_handler(GraphrunError, on_error)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-
-
-def _add_middleware(app: FastAPI, client: InferClient, config: ServeConfig) -> None:
-    def count(path: str, status: int) -> None:
-        if path == INFER_PATH:
-            client.metrics.count(_status_label(status))
-
-    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, on_refused=count)
-    keys, metrics_key = config.api_keys, config.metrics_require_api_key
-    app.add_middleware(APIKeyAuth, api_keys=keys, metrics_require_api_key=metrics_key, on_refused=count)
