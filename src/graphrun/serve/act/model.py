@@ -18,11 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import numpy as np
 import torch
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from graphrun.graphs.options import RunnerOptions
 from graphrun.graphs.sizes import default_ladder, normalize_ladder
@@ -36,16 +35,15 @@ from graphrun.serve.act.schema import ActSchema
 from graphrun.serve.act.source import PolicySettings
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.host.host_loop import HostPlan
-from graphrun.serve.host.messages import Ended, EngineFailure, Question, Submission
+from graphrun.serve.host.messages import Ended, EngineFailure, Submission
 from graphrun.serve.host.served_model import StepOutcome
 from graphrun.serve.host.transport import PipeTransport, ThreadTransport, Transport
-from graphrun.serve.infer.batcher import Batch, Batcher, Pending
+from graphrun.serve.infer.batcher import Batcher, Pending
+from graphrun.serve.infer.batching_model import BatchingModel
 from graphrun.serve.infer.calls import graphs_summary, to_wire
 from graphrun.serve.infer.schema import BucketKey
-from graphrun.serve.memory import memory_now
 
 log = logging.getLogger(__name__)
-IDLE_SLICE_SECONDS = 0.0002  # while a batch waits: the longest sleep between looks at the host's inbox
 
 
 def act_client(act_config: ActConfig, serve_config: ServeConfig) -> ActClient:
@@ -85,7 +83,7 @@ class _Queued:
     observation_id: str | None
 
 
-class ActServedModel:
+class ActServedModel(BatchingModel):
     """A PolicySource's pipeline fed by a Batcher; its series and the pipeline's in a registry of its own."""
 
     def __init__(self, config: ActConfig) -> None:
@@ -178,37 +176,9 @@ class ActServedModel:
             )
         return actions
 
-    def _observe(self, batch: Batch, now: float) -> None:
-        self.metrics.batch_rows.observe(batch.rows)
-        self.metrics.batch_requests.observe(len(batch.requests))
-        for request in batch.requests:
-            self.metrics.queue_wait.observe(max(0.0, now - request.arrival))
+    def _device(self) -> torch.device:
+        return self.settings.device
 
-    def drain(self) -> list[int]:
-        self.batcher.drain()
-        request_ids = list(self._queued)
-        self._queued.clear()
-        return request_ids
-
-    def busy(self) -> bool:
-        return self.batcher.ready(time.monotonic())
-
-    def has_idle_work(self) -> bool:
-        return len(self.batcher) > 0  # a batch is waiting for its deadline or more rows
-
-    def idle_work(self) -> None:
-        left = self.batcher.wait_left(time.monotonic())
-        if left:
-            time.sleep(min(left, IDLE_SLICE_SECONDS))
-
-    def publish(self, num_queued: int) -> None:
-        return None
-
-    def answer(self, question: Question) -> bytes | dict[str, Any] | str | None:
-        """Counters only (any thread)."""
-        if question is Question.METRICS:
-            return generate_latest(self.registry)
-        if question is Question.MEMORY:
-            return dict(memory_now(self.settings.device))
+    def _graphs(self) -> str:
         statuses = [rung for stage in self.source.pipeline.stages for rung in stage.runner.status()]
         return graphs_summary(sum(rung.captured for rung in statuses), len(statuses))

@@ -21,17 +21,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import torch
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.host.host_loop import HostPlan
-from graphrun.serve.host.messages import Ended, EngineFailure, Question, Submission
+from graphrun.serve.host.messages import Ended, EngineFailure, Submission
 from graphrun.serve.host.served_model import StepOutcome
 from graphrun.serve.host.transport import PipeTransport, ThreadTransport, Transport
-from graphrun.serve.infer.batcher import Batch, Batcher, Pending
+from graphrun.serve.infer.batcher import Batcher, Pending
+from graphrun.serve.infer.batching_model import BatchingModel
 from graphrun.serve.infer.bucketed import BucketedCalls
 from graphrun.serve.infer.calls import Arrays, ModelCalls
 from graphrun.serve.infer.client import InferClient
@@ -42,10 +42,8 @@ from graphrun.serve.infer.metrics import InferMetrics
 from graphrun.serve.infer.rows import RowCalls
 from graphrun.serve.infer.schema import InferSchema
 from graphrun.serve.infer.source import ModelSource, load_module_factory
-from graphrun.serve.memory import memory_now
 
 log = logging.getLogger(__name__)
-IDLE_SLICE_SECONDS = 0.0002  # while a batch waits: the longest sleep between looks at the host's inbox
 
 
 def infer_client(infer_config: InferConfig, serve_config: ServeConfig) -> InferClient:
@@ -63,11 +61,12 @@ class _Queued:
     tensors: Arrays
 
 
-class InferServedModel:
+class InferServedModel(BatchingModel):
     """A ModelSource's calls (a GraphRunner, a BucketedRunner over its declared dims, or an ONNX model's
     OrtRunner), fed by a Batcher; its series in a registry of its own."""
 
     source: ModelSource  # set by _calls()
+    metrics: InferMetrics
 
     def __init__(self, config: InferConfig) -> None:
         self.config = config
@@ -152,38 +151,10 @@ class InferServedModel:
         ]
         return StepOutcome(events, None)
 
-    def _observe(self, batch: Batch, now: float) -> None:
-        self.metrics.batch_rows.observe(batch.rows)
-        self.metrics.batch_requests.observe(len(batch.requests))
-        for request in batch.requests:
-            self.metrics.queue_wait.observe(max(0.0, now - request.arrival))
+    def _device(self) -> torch.device:
+        return self.source.device
 
-    def drain(self) -> list[int]:
-        self.batcher.drain()
-        request_ids = list(self._queued)
-        self._queued.clear()
-        return request_ids
-
-    def busy(self) -> bool:
-        return self.batcher.ready(time.monotonic())
-
-    def has_idle_work(self) -> bool:
-        return len(self.batcher) > 0  # a batch is waiting for its deadline or more rows
-
-    def idle_work(self) -> None:
-        left = self.batcher.wait_left(time.monotonic())
-        if left:
-            time.sleep(min(left, IDLE_SLICE_SECONDS))
-
-    def publish(self, num_queued: int) -> None:
-        return None
-
-    def answer(self, question: Question) -> bytes | dict[str, Any] | str | None:
-        """Counters only (any thread)."""
-        if question is Question.METRICS:
-            return generate_latest(self.registry)
-        if question is Question.MEMORY:
-            return dict(memory_now(self.source.device))
+    def _graphs(self) -> str:
         return self.calls.graphs()
 
 

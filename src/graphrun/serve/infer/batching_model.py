@@ -1,0 +1,74 @@
+"""What a served model fed by a Batcher does the same whatever it runs (a tensor model at /v1/infer, a
+policy at /act): batch metrics, drain, the host loop's idle waits, and the counters it answers.
+
+A subclass sets `registry`, `metrics`, `batcher` and `_queued` (its requests by id) in its constructor,
+and says where it runs (`_device`) and how many graphs it holds (`_graphs`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import torch
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from graphrun.serve.host.messages import Question
+from graphrun.serve.infer.batcher import Batch, Batcher
+from graphrun.serve.memory import memory_now
+
+IDLE_SLICE_SECONDS = 0.0002  # while a batch waits: the longest sleep between looks at the host's inbox
+
+
+class BatchSeries(Protocol):
+    """A batching model's histograms: rows and requests per call, each request's wait."""
+
+    batch_rows: Histogram
+    batch_requests: Histogram
+    queue_wait: Histogram
+
+
+class BatchingModel:
+    registry: CollectorRegistry
+    metrics: BatchSeries
+    batcher: Batcher
+    _queued: dict[int, Any]
+
+    def _device(self) -> torch.device:
+        raise NotImplementedError
+
+    def _graphs(self) -> str:
+        raise NotImplementedError
+
+    def _observe(self, batch: Batch, now: float) -> None:
+        self.metrics.batch_rows.observe(batch.rows)
+        self.metrics.batch_requests.observe(len(batch.requests))
+        for request in batch.requests:
+            self.metrics.queue_wait.observe(max(0.0, now - request.arrival))
+
+    def drain(self) -> list[int]:
+        self.batcher.drain()
+        request_ids = list(self._queued)
+        self._queued.clear()
+        return request_ids
+
+    def busy(self) -> bool:
+        return self.batcher.ready(time.monotonic())
+
+    def has_idle_work(self) -> bool:
+        return len(self.batcher) > 0  # a batch is waiting for its deadline or more rows
+
+    def idle_work(self) -> None:
+        left = self.batcher.wait_left(time.monotonic())
+        if left:
+            time.sleep(min(left, IDLE_SLICE_SECONDS))
+
+    def publish(self, num_queued: int) -> None:
+        return None
+
+    def answer(self, question: Question) -> bytes | dict[str, Any] | str | None:
+        """Counters only (any thread)."""
+        if question is Question.METRICS:
+            return generate_latest(self.registry)
+        if question is Question.MEMORY:
+            return dict(memory_now(self._device()))
+        return self._graphs()
