@@ -14,6 +14,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)  # more
 
 
 def engine(**kw):
+    kw.setdefault("cuda_graph_mode", "full_and_piecewise")  # the background pass over both kinds of graphs
     kw.setdefault("max_num_seqs", 8)
     kw.setdefault("max_model_len", 96)
     return LLMEngine(EngineConfig(model="tiny", **kw))

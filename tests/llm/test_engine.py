@@ -65,8 +65,7 @@ def test_engine_status_prints_as_tables(engines):
         "decode-logprobs",
         "decode-structured",
         "prefill",
-        "piecewise",
-    ]
+    ]  # the default mode, full, captures no piecewise runner
     assert [r.runner for r in graph.status().runners] == runners
     assert "RungStatus(" not in text and "size  graph" in text
     off = eager.status()
