@@ -217,6 +217,13 @@ def _add_infer_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to a healthy server")
     infer.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request")
     infer.add_argument(
+        "--client-processes",
+        type=int,
+        default=None,
+        help="load client processes sharing each concurrency's workers, each its own event loop and httpx "
+        "client (default: 1 per 4 workers, at most the CPUs less 2, which the server keeps)",
+    )
+    infer.add_argument(
         "--server-arg",
         action="append",
         default=[],

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from graphrun.bench.client_pool import ProcessLoad
 from graphrun.bench.infer import InferBenchSetup
 from graphrun.bench.infer_load import (
     Load,
@@ -15,11 +16,14 @@ from graphrun.bench.infer_load import (
     ServedCard,
     WireSpec,
     check_answer,
+    default_client_processes,
     encode_body,
     plan_bodies,
     random_array,
+    run_load,
 )
-from graphrun.bench.infer_report import infer_goals, summarize_point
+from graphrun.bench.infer_report import _problems, infer_goals, summarize_point
+from graphrun.bench.serve_process import ServerProcess, free_port
 from graphrun.cli import build_parser, main
 from graphrun.errors import ConfigError
 from graphrun.serve.infer.codec import Encoding, decode, encode
@@ -122,6 +126,29 @@ def test_a_point_counts_every_failure_and_reads_requests_per_call():
     assert point["requests_per_call"] == 1.5 and point["graph_replays"] == 2
 
 
+def test_client_cpu_is_kept_per_process_and_a_busy_one_is_a_problem():
+    processes = (ProcessLoad(busy_s=0.5, cpu_s=0.25), ProcessLoad(busy_s=0.4, cpu_s=0.38))
+    load = Load((Outcome(0, 0.0, 0.01),), wall_s=0.5, client_cpu_s=0.63, processes=processes)
+    point = summarize_point(8, rows=1, load=load, deltas={})
+    assert point["client_processes"] == 2 and point["client_cpu_s"] == 0.63
+    assert point["client_cpu_by_process"] == pytest.approx([0.5, 0.95])
+    assert point["client_cpu_max"] == pytest.approx(0.95) and point["client_cpu_mean"] == pytest.approx(0.725)
+    run = {"name": "graph-batching", "points": [point], "exit_code": 0}
+    assert any("client process used 0.95 of a CPU" in line for line in _problems(run))
+    calm = summarize_point(8, rows=1, load=Load(load.outcomes, 0.5, 0.25, processes[:1]), deltas={})
+    assert calm["client_cpu_max"] == 0.5 and not _problems({**run, "points": [calm]})
+
+
+def test_default_client_processes_carry_four_requests_each_and_leave_two_cpus():
+    assert default_client_processes(32, cpus=16) == 8
+    assert default_client_processes(8, cpus=16) == 2
+    assert default_client_processes(1, cpus=16) == 1
+    assert default_client_processes(64, cpus=8) == 6
+    assert default_client_processes(32, cpus=2) == 1
+    assert _setup().processes_for(32) >= 1
+    assert _setup("--client-processes", "3").processes_for(2) == 2  # never more than the workers
+
+
 def _payload(timed: bool, on: float, off: float, p50: float, p99: float) -> dict:
     def run(batching: bool, rps: float) -> dict:
         point = {"concurrency": 32, "requests_per_s": rps, "num_failed": 0,
@@ -139,13 +166,41 @@ def test_targets_are_computed_and_never_met_on_the_cpu():
     assert infer_goals(_payload(True, 500.0, 100.0, 2.0, 3.0))[0]["value"] == 5.0
 
 
+# ----- the load over several client processes, against a live server ---------------------------------
+
+
+def test_two_client_processes_count_every_request_once_and_check_each_answers_content(tmp_path):
+    port = free_port()
+    argv = ["-m", "graphrun", "serve", "--module", "graphrun.bench.infer_models:mlp_small", "--host",
+            "127.0.0.1", "--port", str(port), "--enforce-eager", "--no-engine-process"]  # fmt: skip
+    server = ServerProcess(argv, tmp_path / "server.log", f"http://127.0.0.1:{port}")
+    try:
+        server.wait_healthy(120.0)
+        card = ServedCard.from_models(server.get("/v1/models").json())
+        bodies, warmup = plan_bodies(card.inputs, 2, 24, 1, "npy"), plan_bodies(card.inputs, 2, 4, 2, "npy")
+        load = run_load(server.url, warmup, bodies, card, 2, 4, 60.0, processes=2)
+        wrong = tuple(WireSpec(o.name, "int8", o.shape) for o in card.outputs)  # what no answer carries
+        refused = run_load(server.url, [], bodies[:6], ServedCard(card.model, card.inputs, wrong, card.rungs),
+                           2, 4, 60.0, processes=2)  # fmt: skip
+    finally:
+        server.stop(30.0)
+    assert [o.index for o in load.outcomes] == list(range(24))  # each request once, none lost
+    assert all(o.ok for o in load.outcomes), [o.error for o in load.outcomes if not o.ok]
+    assert [o.index for o in load.warmup] == [0, 1, 2, 3] and all(o.ok for o in load.warmup)
+    assert len(load.processes) == 2 and all(p.cpu_s > 0 and p.busy_s > 0 for p in load.processes)
+    assert load.wall_s > 0 and load.client_cpu_s == pytest.approx(sum(p.cpu_s for p in load.processes))
+    assert [o.index for o in refused.outcomes] == list(range(6))
+    assert all(o.error and "expected int8" in o.error for o in refused.outcomes)  # checked in the children
+
+
 # ----- end to end --------------------------------------------------------------------------------------
 
 
 def test_bench_infer_runs_every_server_and_every_request_succeeds(tmp_path, capsys):
     argv = ["bench", "infer", "--model", "mlp_small", "--concurrency", "1,4", "--num-requests", "16",
             "--warmup-requests", "2", "--cuda-graph-max-bs", "4", "--startup-timeout", "120",
-            "--server-arg=--no-engine-process", "--out", str(tmp_path)]  # fmt: skip
+            "--server-arg=--no-engine-process", "--client-processes", "2",
+            "--out", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
     payload = json.loads((tmp_path / "infer-cpu.json").read_text())
     assert (tmp_path / "infer-cpu.png").stat().st_size > 0
@@ -165,6 +220,8 @@ def test_bench_infer_runs_every_server_and_every_request_succeeds(tmp_path, caps
         for point in run["points"]:
             assert point["num_requests"] == point["num_ok"] == 16 and point["num_failed"] == 0
             assert point["num_warmup_failed"] == 0 and point["latency_ms"]["p50"] > 0
+            assert point["client_processes"] == min(2, point["concurrency"])
+            assert len(point["client_cpu_by_process"]) == point["client_processes"]
     single = runs["graph-single"]["points"][1]
     assert single["model_calls"] == 16 and single["requests_per_call"] == 1.0  # one request a call
     assert runs["graph-batching"]["points"][1]["graph_replays"] > 0  # the sim's graphs served it

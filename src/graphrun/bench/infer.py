@@ -22,7 +22,13 @@ from typing import Any
 
 import torch
 
-from graphrun.bench.infer_load import ENCODINGS, ServedCard, plan_bodies, run_load
+from graphrun.bench.infer_load import (
+    ENCODINGS,
+    ServedCard,
+    default_client_processes,
+    plan_bodies,
+    run_load,
+)
 from graphrun.bench.infer_models import SERVED
 from graphrun.bench.infer_report import (
     MAX_ERRORS_LISTED,
@@ -63,6 +69,7 @@ class InferBenchSetup:
     port: int = 0
     startup_timeout: float = 600.0
     request_timeout: float = 60.0
+    client_processes: int | None = None  # None: infer_load.default_client_processes per concurrency
     server_args: tuple[str, ...] = ()
     log_level: str = "INFO"
 
@@ -84,6 +91,8 @@ class InferBenchSetup:
                 raise ConfigError(f"{flag} must be >= {least}, got {value}")
         if self.encoding not in ENCODINGS:
             raise ConfigError(f"--encoding takes one of {list(ENCODINGS)}, got {self.encoding!r}")
+        if self.client_processes is not None and self.client_processes < 1:
+            raise ConfigError(f"--client-processes must be >= 1, got {self.client_processes}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be in [0, 65535] (0: pick a free one), got {self.port}")
 
@@ -108,6 +117,7 @@ class InferBenchSetup:
             port=args.port,
             startup_timeout=args.startup_timeout,
             request_timeout=args.request_timeout,
+            client_processes=getattr(args, "client_processes", None),
             server_args=tuple(part for arg in args.server_arg or () for part in shlex.split(arg)),
             log_level=args.log_level,
         )
@@ -116,6 +126,12 @@ class InferBenchSetup:
     def module(self) -> str:
         """The server's --module value."""
         return self.model if ":" in self.model else f"{FACTORIES}:{self.model}"
+
+    def processes_for(self, concurrency: int) -> int:
+        """Client processes at one concurrency: the flag's count (at most one per worker), or the default."""
+        if self.client_processes is None:
+            return default_client_processes(concurrency)
+        return min(self.client_processes, concurrency)
 
     def server_argv(self, mode: str, batching: bool, port: int) -> list[str]:
         """Arguments after the Python executable for one server."""
@@ -197,12 +213,18 @@ def _measure(
     seed = setup.seed * 1_000_003 + concurrency  # each point its own bodies, the same on every server
     warmup = plan_bodies(card.inputs, setup.rows, setup.warmup_requests, seed + 500_000, setup.encoding)
     timed = plan_bodies(card.inputs, setup.rows, setup.num_requests, seed, setup.encoding)
-    warm = run_load(server.url, warmup, card, setup.rows, concurrency, setup.request_timeout)
-    warm_failed = [o for o in warm.outcomes if not o.ok]
-    before = server.counters()
-    log.info("infer bench: %s: %d timed requests, concurrency %d", name, len(timed), concurrency)
-    load = run_load(server.url, timed, card, setup.rows, concurrency, setup.request_timeout)
+    processes = setup.processes_for(concurrency)
+    log.info(
+        "infer bench: %s: %d timed requests, concurrency %d, %d client processes",
+        name, len(timed), concurrency, processes,
+    )  # fmt: skip
+    before: dict[str, float] = {}
+    load = run_load(
+        server.url, warmup, timed, card, setup.rows, concurrency, setup.request_timeout, processes,
+        on_start=lambda: before.update(server.counters()),  # after the warm-up, before the clock
+    )  # fmt: skip
     point = summarize_point(concurrency, setup.rows, load, counter_deltas(before, server.counters()))
+    warm_failed = [o for o in load.warmup if not o.ok]
     point["num_warmup_failed"] = len(warm_failed)
     point["warmup_errors"] = [f"warm-up {o.index}: {o.error}" for o in warm_failed[:MAX_ERRORS_LISTED]]
     log.info(

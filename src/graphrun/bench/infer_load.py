@@ -9,9 +9,12 @@ declared dtype and the shape (request rows, the declared fixed dims). A request 
 times out or cannot connect is counted as failed with its reason; none is dropped.
 
 Closed loop: C workers share one list of bodies and a cursor, each sending the next body as soon as its
-previous answer has been read and checked, so C requests are in flight until the list runs out. The HTTP
-client is httpx's AsyncClient (one connection per worker, kept alive); latency is perf_counter from the
-send to the checked answer, on the client.
+previous answer has been read and checked, so C requests are in flight until the list runs out. One
+process sending and checking every request saturated its core at a few hundred requests a second (an
+H100 run measured the client, not the server), so the workers are spread over P client processes
+(client_pool.py): each its own event loop, httpx AsyncClient (one connection per worker, kept alive) and
+warm-up, all taking the next body from one shared counter. Latency is perf_counter from the send to the
+checked answer, on the client; each process's CPU seconds are kept, so a saturated client shows.
 """
 
 from __future__ import annotations
@@ -20,17 +23,22 @@ import asyncio
 import base64
 import io
 import json
+import math
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import numpy as np
 
+from graphrun.bench.client_pool import Cursor, ProcessLoad, run_pool
+
 ENCODINGS = ("npy", "json")
 DYNAMIC_LEN = 8  # the size sent for a dynamic dim other than the batch (the batch is the request's rows)
 INT_RANGE = (1, 8)
+PER_PROCESS = 4  # in-flight requests one client process carries by default
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +94,9 @@ class Load:
 
     outcomes: tuple[Outcome, ...]
     wall_s: float
-    client_cpu_s: float
+    client_cpu_s: float  # every client process together
+    processes: tuple[ProcessLoad, ...] = ()  # per client process: busy and CPU seconds
+    warmup: tuple[Outcome, ...] = ()  # the untimed requests before the start, in index order
 
 
 def random_array(spec: WireSpec, rows: int, rng: np.random.Generator) -> np.ndarray:
@@ -144,31 +154,58 @@ def check_answer(answer: Any, outputs: Sequence[WireSpec], rows: int) -> str | N
     return None
 
 
+def default_client_processes(concurrency: int, cpus: int | None = None) -> int:
+    """Client processes for `concurrency` workers: one per PER_PROCESS, leaving 2 CPUs to the server.
+
+    One process sending and checking ~1 ms requests saturates its core at a few hundred requests a
+    second, so each carries at most PER_PROCESS in flight; the server's event loop and batching thread
+    keep two CPUs (a 2-core machine gets one client process).
+    """
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    return max(1, min(math.ceil(concurrency / PER_PROCESS), cpus - 2))
+
+
 def run_load(
-    url: str, bodies: Sequence[bytes], card: ServedCard, rows: int, concurrency: int, timeout: float
+    url: str,
+    warmup: Sequence[bytes],
+    bodies: Sequence[bytes],
+    card: ServedCard,
+    rows: int,
+    concurrency: int,
+    timeout: float,
+    processes: int = 1,
+    on_start: Callable[[], None] | None = None,
 ) -> Load:
-    """Send every body to `url`/v1/infer from `concurrency` closed-loop workers; every outcome, in order."""
-    cpu, start = time.process_time(), time.perf_counter()
-    outcomes = asyncio.run(_run(url, bodies, card, rows, concurrency, timeout))
-    wall = time.perf_counter() - start
-    return Load(tuple(sorted(outcomes, key=lambda o: o.index)), wall, time.process_time() - cpu)
+    """Warm-up, then every body through `concurrency` workers over `processes` processes; in order.
+
+    `on_start` runs between the warm-up and the timed run (every process warmed up, the clock not started).
+    """
+    args = (url, list(warmup), list(bodies), card, rows, timeout)
+    pool = run_pool(_target, args, concurrency, processes, len(bodies), len(warmup), on_start=on_start)
+    outcomes = sorted(pool.results, key=lambda o: o.index)
+    if [o.index for o in outcomes] != list(range(len(bodies))):
+        raise RuntimeError(f"{len(outcomes)} outcomes for {len(bodies)} requests: one lost or doubled")
+    cpu = sum(p.cpu_s for p in pool.processes)
+    warm = tuple(sorted(pool.warmup, key=lambda o: o.index))
+    return Load(tuple(outcomes), pool.wall_s, cpu, pool.processes, warm)
 
 
-async def _run(
-    url: str, bodies: Sequence[bytes], card: ServedCard, rows: int, concurrency: int, timeout: float
-) -> list[Outcome]:
-    cursor = iter(range(len(bodies)))  # shared by the workers: one event loop, no lock needed
-    outcomes: list[Outcome] = []
+async def _target(
+    cursor: Cursor, concurrency: int, url: str, warmup: list[bytes], bodies: list[bytes], card: ServedCard,
+    rows: int, timeout: float,
+) -> None:  # fmt: skip
+    """(a client process) its own client and connections: warm-up bodies, the start, the timed bodies."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"content-type": "application/json"}
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits, headers=headers) as http:
 
-        async def worker() -> None:
-            for index in cursor:
-                outcomes.append(await _send(http, index, bodies[index], card, rows))
+        async def worker(phase_bodies: list[bytes]) -> None:
+            while (index := cursor.take()) is not None:
+                cursor.post(await _send(http, index, phase_bodies[index], card, rows))
 
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(bodies)))))
-    return outcomes
+        await asyncio.gather(*(worker(warmup) for _ in range(concurrency)))
+        cursor.begin()
+        await asyncio.gather(*(worker(bodies) for _ in range(concurrency)))
 
 
 async def _send(http: httpx.AsyncClient, index: int, body: bytes, card: ServedCard, rows: int) -> Outcome:

@@ -33,6 +33,7 @@ GOAL_CONCURRENCY = 32
 MIN_BATCHING_SPEEDUP = 4.0  # graph, batching on / off, throughput at GOAL_CONCURRENCY
 MAX_P99_OVER_P50 = 2.0  # graph with batching at GOAL_CONCURRENCY
 MAX_ERRORS_LISTED = 5
+MAX_CLIENT_CPU = 0.9  # a client process busier than this (CPU s per busy s) may be what was measured
 CPU_NOTE = "cpu: graph mode on the sim backend; these timings mean nothing (a smoke test)"
 TABLE = {  # header -> point key, or "key.stat"
     "server": "server",
@@ -44,7 +45,8 @@ TABLE = {  # header -> point key, or "key.stat"
     "req/call": "requests_per_call",
     "replays": "graph_replays",
     "failed": "num_failed",
-    "client_cpu": "client_cpu_share",
+    "clients": "client_processes",
+    "client_cpu": "client_cpu_max",
 }
 
 
@@ -77,7 +79,21 @@ def summarize_point(concurrency: int, rows: int, load: Load, deltas: Mapping[str
         "graph_replays": int(_total(deltas, "graphrun_cuda_graph_replayed")),
         "eager_fallbacks": int(_total(deltas, "graphrun_cuda_graph_eager_fallback")),
         "client_cpu_s": load.client_cpu_s,
-        "client_cpu_share": load.client_cpu_s / wall if wall > 0 else None,  # near 1: the client is the limit
+        "client_cpu_share": load.client_cpu_s / wall if wall > 0 else None,  # CPUs the client used in all
+        **_client_cpu(load),
+    }
+
+
+def _client_cpu(load: Load) -> dict[str, Any]:
+    """Per client process, CPU seconds per busy second (near 1: that process was the limit): max, mean."""
+    shares = [s for p in load.processes if (s := p.cpu_share) is not None]
+    if not load.processes and load.wall_s > 0:  # a load without per-process figures: one process
+        shares = [load.client_cpu_s / load.wall_s]
+    return {
+        "client_processes": max(len(load.processes), 1),
+        "client_cpu_by_process": shares,
+        "client_cpu_max": max(shares) if shares else None,
+        "client_cpu_mean": sum(shares) / len(shares) if shares else None,
     }
 
 
@@ -149,7 +165,8 @@ def infer_payload(settings: Mapping[str, Any], runs: list[dict[str, Any]], cuda:
         "note": "" if cuda else CPU_NOTE,
         "timing": (
             "client-side perf_counter from send to checked answer of POST /v1/infer (httpx AsyncClient, "
-            "closed loop of `concurrency` workers, one process); throughput = ok requests / wall s"
+            "closed loop of `concurrency` workers over `client_processes` processes, one shared cursor); "
+            "throughput = ok requests / wall s"
         ),
         "settings": dict(settings),
         "runs": runs,
@@ -197,6 +214,11 @@ def _problems(run: Mapping[str, Any]) -> list[str]:
                 f"{p['num_requests']} requests failed, {p.get('num_warmup_failed', 0)} warm-up requests"
             )
             out += [f"  {error}" for error in p["errors"] + p.get("warmup_errors", [])]
+        if (busiest := p.get("client_cpu_max")) is not None and busiest > MAX_CLIENT_CPU:
+            out.append(
+                f"PROBLEM {name} at concurrency {p['concurrency']}: a client process used {busiest:.2f} of a "
+                f"CPU (> {MAX_CLIENT_CPU}): the client may be what was measured; raise --client-processes"
+            )
     if run.get("exit_code") not in (0, None):
         out.append(f"PROBLEM {name}: the server exited with {run['exit_code']} (log: {run['log']})")
     return out

@@ -13,8 +13,9 @@ their previous one ended, so C requests are in flight until the list runs out.
 One Python process parsing every stream is itself a bottleneck at thousands of chunks a second: chunks
 that arrive together are read one after another, so a stream's timestamps drift by up to a whole
 step's worth of parsing and its measured gaps spread. `run_load` can therefore split the C workers over
-P client processes (as C separate clients would be); they take the next request from one shared
-counter, so the loop stays closed and in order, and time with perf_counter, one clock across processes.
+P client processes (client_pool.py, as C separate clients would be); they take the next request from
+one shared counter, so the loop stays closed and in order, and time with perf_counter, one clock across
+processes.
 
 Each process reads its streams with `StreamConnection` by default: HTTP/1.1 on asyncio streams, one
 keep-alive connection per worker, chunked decoding by hand. httpx parses every chunk through h11 in pure
@@ -28,24 +29,22 @@ import asyncio
 import json
 import logging
 import math
-import multiprocessing as mp
 import os
-import queue
 import time
 import zlib
 from array import array
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
+from graphrun.bench.client_pool import Cursor, run_in_loop, run_pool
 from graphrun.bench.serve_workload import RequestSpec
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class SSEDecoder:
@@ -394,16 +393,6 @@ async def run_closed_loop(
     return [results[spec.index] for spec in specs], wall
 
 
-def _run(main: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run on uvloop when it is installed (the `serve` extra brings it): less client overhead."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
-
-
 def default_client_processes(concurrency: int, cpus: int | None = None) -> int:
     """Client processes for `concurrency` streams: one per 4 streams, at most a quarter of the CPUs.
 
@@ -440,93 +429,34 @@ def run_load(
     processes = max(1, min(processes, concurrency, len(specs)))
     if processes == 1:
         cpu = time.process_time()
-        done, wall = _run(run_closed_loop(url, model, specs, concurrency, timeout, on_done, http_client))
+        loop = run_closed_loop(url, model, specs, concurrency, timeout, on_done, http_client)
+        done, wall = run_in_loop(loop)
         return Load(done, wall, time.process_time() - cpu)
-    ctx = mp.get_context("spawn")  # no inherited threads or sockets; the children import this module
-    counter = ctx.Value("i", 0)  # the next spec to send, shared: one closed loop across processes
-    start_event = ctx.Event()
-    messages: mp.Queue[tuple[str, Any]] = ctx.Queue()
-    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
-    children = [
-        ctx.Process(
-            target=_client_process,
-            args=(url, model, specs, share, timeout, http_client, counter, start_event, messages),
-            name=f"graphrun-bench-client-{i}",
-            daemon=True,
-        )
-        for i, share in enumerate(shares)
-    ]
-    for child in children:
-        child.start()
-    for _ in children:  # every child imported and is waiting: start the clock
-        _expect(messages, "ready", children)
-    start = time.perf_counter()
-    start_event.set()
     results: dict[int, RequestResult] = {}
-    ends: list[tuple[float, float]] = []  # (end time, CPU seconds) per child
-    while len(ends) < len(children):
-        kind, value = _expect(messages, None, children)
-        if kind == "result":
-            results[value.index] = value
-            if on_done is not None:
-                on_done(len(results))
-        elif kind == "end":
-            ends.append(value)
-    for child in children:
-        child.join(10)
+
+    def on_result(result: RequestResult) -> None:
+        results[result.index] = result
+        if on_done is not None:
+            on_done(len(results))
+
+    args = (url, model, specs, timeout, http_client)
+    pool = run_pool(_client_target, args, concurrency, processes, len(specs), on_result=on_result)
     missing = [spec.index for spec in specs if spec.index not in results]
     if missing:
         raise RuntimeError(f"client processes returned no result for requests {missing[:10]}")
-    wall = max(end for end, _ in ends) - start
-    return Load([results[spec.index] for spec in specs], wall, sum(cpu for _, cpu in ends))
+    cpu = sum(p.cpu_s for p in pool.processes)
+    return Load([results[spec.index] for spec in specs], pool.wall_s, cpu)
 
 
-def _expect(messages: mp.Queue[tuple[str, Any]], kind: str | None, children: list[Any]) -> tuple[str, Any]:
-    """The next message from a client process (of `kind`, when given); raises if a child died."""
-    while True:
-        try:
-            message = messages.get(timeout=1.0)
-        except queue.Empty:
-            dead = [c.name for c in children if c.exitcode not in (None, 0)]
-            if dead:
-                raise RuntimeError(f"client process {dead[0]} died") from None
-            continue
-        if message[0] == "error":
-            raise RuntimeError(f"a client process failed: {message[1]}")
-        if kind is not None and message[0] != kind:
-            raise RuntimeError(f"client process protocol: expected {kind!r}, got {message[0]!r}")
-        return message
-
-
-def _client_process(
-    url: str,
-    model: str,
-    specs: list[RequestSpec],
-    concurrency: int,
-    timeout: float,
+async def _client_target(
+    cursor: Cursor, concurrency: int, url: str, model: str, specs: list[RequestSpec], timeout: float,
     http_client: str,
-    counter: Any,
-    start_event: Any,
-    messages: mp.Queue[tuple[str, Any]],
-) -> None:
-    """(a child) `concurrency` workers taking specs from the shared counter; each result is posted."""
+) -> None:  # fmt: skip
+    """(a client process) `concurrency` workers taking specs from the shared cursor; no warm-up."""
+    cursor.begin()
 
     def take() -> RequestSpec | None:
-        with counter.get_lock():
-            index = counter.value
-            if index >= len(specs):
-                return None
-            counter.value = index + 1
-        return specs[index]
+        index = cursor.take()
+        return None if index is None else specs[index]
 
-    def on_result(result: RequestResult) -> None:
-        messages.put(("result", result))
-
-    try:
-        messages.put(("ready", None))
-        start_event.wait()
-        cpu = time.process_time()
-        _run(_serve_specs(url, model, take, concurrency, timeout, http_client, on_result))
-        messages.put(("end", (time.perf_counter(), time.process_time() - cpu)))
-    except BaseException as exc:  # reported to the parent, which raises it
-        messages.put(("error", f"{type(exc).__name__}: {exc}"))
+    await _serve_specs(url, model, take, concurrency, timeout, http_client, cursor.post)
