@@ -267,21 +267,11 @@ def _refuse(exc: GraphrunError) -> int:
 
 def serve(engine_config: EngineConfig, serve_config: ServeConfig) -> int:
     """Serve until SIGTERM/SIGINT has drained the server; 1 when the engine failed (at start or later)."""
-    import uvicorn
-
     from graphrun.serve.app import build_app
     from graphrun.serve.auth import log_access_policy
-    from graphrun.serve.draining import GRACEFUL_SHUTDOWN_SECONDS, draining_server
+    from graphrun.serve.draining import serve_until_drained
     from graphrun.serve.llm_model import llm_client
 
     log_access_policy(serve_config)
     client = llm_client(engine_config, serve_config)
-    config = uvicorn.Config(
-        build_app(client, serve_config, engine_config),
-        host=serve_config.host,
-        port=serve_config.port,
-        log_config=None,  # logging is configured by graphrun's CLI; uvicorn's loggers propagate to it
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
-    draining_server(config, client, serve_config.drain_seconds).run()
-    return 1 if client.state == "failed" else 0
+    return serve_until_drained(build_app(client, serve_config, engine_config), client, serve_config)

@@ -15,12 +15,30 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # uvicorn is the optional `serve` extra: imported when serving
     import uvicorn
+    from starlette.types import ASGIApp
 
+    from graphrun.serve.config import ServeConfig
     from graphrun.serve.host.client import EngineClient
 
 log = logging.getLogger("graphrun.serve.cli")
 
 GRACEFUL_SHUTDOWN_SECONDS = 5  # uvicorn's own wait for connections, after the drain
+
+
+def serve_until_drained(app: ASGIApp, client: EngineClient, serve_config: ServeConfig) -> int:
+    """Serve `app` on the configured host and port until SIGTERM/SIGINT has drained `client`; 1 when
+    the served model failed (at start or later), else 0."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=serve_config.host,
+        port=serve_config.port,
+        log_config=None,  # logging is configured by graphrun's CLI; uvicorn's loggers propagate to it
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    draining_server(config, client, serve_config.drain_seconds).run()
+    return 1 if client.state == "failed" else 0
 
 
 def draining_server(config: uvicorn.Config, client: EngineClient, drain_seconds: float) -> uvicorn.Server:

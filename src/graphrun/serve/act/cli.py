@@ -76,21 +76,11 @@ def run_act(args: argparse.Namespace, serve_config: ServeConfig) -> int:
 
 def serve_act(config: ActConfig, serve_config: ServeConfig) -> int:
     """Serve until SIGTERM/SIGINT has drained the server; 1 when the policy failed (at start or later)."""
-    import uvicorn
-
     from graphrun.serve.act.app import build_act_app
     from graphrun.serve.act.model import act_client
     from graphrun.serve.auth import log_access_policy
-    from graphrun.serve.draining import GRACEFUL_SHUTDOWN_SECONDS, draining_server
+    from graphrun.serve.draining import serve_until_drained
 
     log_access_policy(serve_config)
     client = act_client(config, serve_config)
-    uvicorn_config = uvicorn.Config(
-        build_act_app(client, serve_config),
-        host=serve_config.host,
-        port=serve_config.port,
-        log_config=None,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
-    draining_server(uvicorn_config, client, serve_config.drain_seconds).run()
-    return 1 if client.state == "failed" else 0
+    return serve_until_drained(build_act_app(client, serve_config), client, serve_config)

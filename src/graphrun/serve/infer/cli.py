@@ -165,21 +165,11 @@ def _default_name(config: InferConfig) -> str:
 
 def serve_infer(config: InferConfig, serve_config: ServeConfig) -> int:
     """Serve until SIGTERM/SIGINT has drained the server; 1 when the model failed (at start or later)."""
-    import uvicorn
-
     from graphrun.serve.auth import log_access_policy
-    from graphrun.serve.draining import GRACEFUL_SHUTDOWN_SECONDS, draining_server
+    from graphrun.serve.draining import serve_until_drained
     from graphrun.serve.infer.app import build_infer_app
     from graphrun.serve.infer.model import infer_client
 
     log_access_policy(serve_config)
     client = infer_client(config, serve_config)
-    uvicorn_config = uvicorn.Config(
-        build_infer_app(client, serve_config),
-        host=serve_config.host,
-        port=serve_config.port,
-        log_config=None,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
-    draining_server(uvicorn_config, client, serve_config.drain_seconds).run()
-    return 1 if client.state == "failed" else 0
+    return serve_until_drained(build_infer_app(client, serve_config), client, serve_config)
