@@ -61,9 +61,9 @@ class CountingBackend(TorchAttentionBackend):
         self.decode_calls += 1
         return super().decode(q, k_cache, v_cache, block_tables, context_lens, scale)
 
-    def attend(self, q, k, v, kv_cache, meta, scale):
+    def attend(self, q, k, v, kv_cache, meta, scale, out=None):
         self.kinds.append("fresh" if meta.causal_fresh else "decode" if meta.is_decode else "varlen")
-        return super().attend(q, k, v, kv_cache, meta, scale)
+        return super().attend(q, k, v, kv_cache, meta, scale, out)
 
 
 def test_every_layer_attends_through_its_backend_and_the_output_is_unchanged():

@@ -42,6 +42,62 @@ def test_paged_decode_attention_matches_reference(
     torch.testing.assert_close(got.float(), want.float(), rtol=TOL, atol=TOL)
 
 
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 16), (8, 8, 32), (16, 1, 16)])
+def test_paged_varlen_attention_matches_the_reference_loops(heads, kv_heads, head_dim):
+    """Decode rows, a fresh prompt, continuation chunks (one longer than a tile, one not a tile's
+    multiple) in one launch == the reference (decode kernel + per-sequence SDPA). 16 query heads per
+    kv head split into two programs per tile (rows capped at VARLEN_MAX_ROWS)."""
+    from graphrun.llm.layers.attention import (
+        VARLEN_BLOCK_Q,
+        AttentionMetadata,
+        varlen_attention,
+        varlen_tiles,
+    )
+
+    torch.manual_seed(heads + kv_heads)
+    num_blocks, block_size = 48, 16
+    k_cache = rand(num_blocks, block_size, kv_heads, head_dim)
+    v_cache = rand(num_blocks, block_size, kv_heads, head_dim)
+    q_lens = [1, 1, 1, 37, 20, 5]  # 3 decode rows, a fresh prompt, two continuation chunks
+    ctx_lens = [9, 70, 16, 37, 90, 129]
+    tables = torch.stack([torch.randperm(num_blocks)[:10] for _ in q_lens]).to(DEVICE, torch.int32)
+    starts = [0]
+    for n in q_lens:
+        starts.append(starts[-1] + n)
+    meta = AttentionMetadata(
+        slot_mapping=torch.zeros(starts[-1], dtype=torch.int64, device=DEVICE),  # unread here
+        block_tables=tables,
+        context_lens=torch.tensor(ctx_lens, device=DEVICE, dtype=torch.int32),
+        query_start=torch.tensor(starts, device=DEVICE, dtype=torch.int32),
+        query_start_host=starts,
+        context_lens_host=ctx_lens,
+        num_decode=3,
+    )
+    q = rand(starts[-1], heads, head_dim)
+    tiles = torch.tensor(varlen_tiles(starts), device=DEVICE, dtype=torch.int32)
+    assert tiles.shape[0] == 3 + 3 + 2 + 1  # a tile per decode row, ceil(q_len / 16) per chunk
+    scale = head_dim**-0.5
+    got = ops.paged_varlen_attention(
+        q, k_cache, v_cache, tables, meta.context_lens, meta.query_start, tiles, VARLEN_BLOCK_Q, scale
+    )
+    want = varlen_attention(q, k_cache, v_cache, meta, scale)
+    torch.testing.assert_close(got.float(), want.float(), rtol=TOL, atol=TOL)
+
+
+def test_paged_varlen_attention_writes_only_the_real_rows():
+    """With `out` given, rows past query_start[-1] (a rung's padding) keep what they held."""
+    from graphrun.llm.layers.attention import VARLEN_BLOCK_Q, varlen_tiles
+
+    k_cache, v_cache = rand(4, 16, 2, 16), rand(4, 16, 2, 16)
+    tables = torch.tensor([[1, 2]], device=DEVICE, dtype=torch.int32)
+    q = rand(5, 4, 16)
+    out = torch.zeros(8, 4, 16, device=DEVICE, dtype=DTYPE)
+    tiles = torch.tensor(varlen_tiles([0, 5]), device=DEVICE, dtype=torch.int32)
+    lens, starts = (torch.tensor(x, device=DEVICE, dtype=torch.int32) for x in ([20], [0, 5]))
+    ops.paged_varlen_attention(q, k_cache, v_cache, tables, lens, starts, tiles, VARLEN_BLOCK_Q, 0.25, out)
+    assert out[:5].abs().sum() > 0 and out[5:].abs().sum() == 0
+
+
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_add_rmsnorm_matches_reference(with_residual):
     from graphrun.llm.layers.norm import RMSNorm

@@ -21,8 +21,10 @@ Inputs are flat per token: token ids, positions, cache slots, each (num_tokens,)
 hidden); the caller gathers the sample rows and runs the LM head and sampling eagerly (a few kernels).
 
 The step's attention metadata is no graph input: `StepContext` (owned here, set by `forward` for the
-length of one call) holds it, and the eager attention reads it. It describes the real tokens only; the
-attention output is padded back to the rung with zero rows. Without a step (warm-up, capture,
+length of one call) holds it, and the eager attention reads it. It describes the real tokens only, and
+is built once per step (the Triton varlen kernel's tile list with it): each layer's attention is one
+kernel launch that writes the real rows straight into the static input of the segment after it (the
+padding rows keep earlier, finite values; their results are dropped). Without a step (warm-up, capture,
 verification) the rows are attended as one fresh causal sequence, so eager and replay agree there too.
 """
 
@@ -162,13 +164,18 @@ class PiecewiseBody:
         """(num_tokens,) ids, positions, slots -> (num_tokens, hidden); K/V written to the cache."""
         q, residual = self._head(input_ids, positions, slot_mapping)
         for i, segment in enumerate(self._between):
-            out = self._attend(i, q, slot_mapping)
+            out = self._attend(i, q, slot_mapping, segment)
             q, residual = segment(out, residual, positions, slot_mapping)
-        hidden: torch.Tensor = self._tail(self._attend(len(self._between), q, slot_mapping), residual)
+        out = self._attend(len(self._between), q, slot_mapping, self._tail)
+        hidden: torch.Tensor = self._tail(out, residual)
         return hidden
 
-    def _attend(self, index: int, q: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
-        """Layer `index`'s attention, eager: over the step's real tokens, padded back with zero rows."""
+    def _attend(
+        self, index: int, q: torch.Tensor, slot_mapping: torch.Tensor, consumer: Segment
+    ) -> torch.Tensor:
+        """Layer `index`'s attention, eager, over the step's real tokens. While a rung replays, written
+        straight to the static input the consumer segment's graph reads (no copy; the padding rows keep
+        earlier values, finite, whose results are dropped); else padded back with zero rows."""
         attn = self._attns[index]
         kv_cache = self._kv_caches[index]
         context = self._context
@@ -177,6 +184,9 @@ class PiecewiseBody:
             out: torch.Tensor = attn(q, None, None, kv_cache, fresh)
             return out
         n, rows = context.num_tokens, q.shape[0]
+        target = consumer.replay_buffer(0)
+        if target is not None and target.shape == q.shape:
+            return attn(q[:n], None, None, kv_cache, context.meta, target)
         out = attn(q[:n], None, None, kv_cache, context.meta)  # (n, num_heads, head_dim)
         return F.pad(out, (0, 0, 0, 0, 0, rows - n)) if rows > n else out
 

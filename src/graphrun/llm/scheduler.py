@@ -57,7 +57,7 @@ import torch
 from graphrun.errors import ConfigError, GraphrunError
 from graphrun.llm.block_manager import SCRATCH_BLOCK, BlockCopy, BlockManager
 from graphrun.llm.choices import ChoiceGroup
-from graphrun.llm.layers.attention import AttentionMetadata
+from graphrun.llm.layers.attention import AttentionMetadata, varlen_tiles
 from graphrun.llm.sequence import FinishReason, Sequence, SequenceStatus
 from graphrun.llm.transfer import to_device
 
@@ -202,6 +202,9 @@ class ScheduledBatch:
             query_start_host=query_start,
             context_lens_host=list(self.context_lens) if prefill else None,
             num_decode=self.num_leading_single_rows() if prefill else 0,
+            q_tiles=to_device(varlen_tiles(query_start), device, torch.int32).view(-1, 2)
+            if query_start is not None
+            else None,
         )
         return BatchTensors(
             input_ids=to_device(self.input_ids, device, torch.int64),

@@ -38,6 +38,10 @@ class _State:
         self.position += 1
         return segment
 
+    def peek_segment(self) -> SegmentGraph:
+        """The segment the next call consumes, left in place."""
+        return self.segments[self.position]
+
 
 def _release(segments: list[SegmentGraph]) -> None:
     for segment in segments:

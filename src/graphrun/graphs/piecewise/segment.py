@@ -51,7 +51,8 @@ class SegmentOwner(Protocol):
 
     @property
     def state(self) -> Any:
-        """None (run eager), or a recording or replay with .recording, .segments and .next_segment()."""
+        """None (run eager), or a recording or replay with .recording, .segments, .next_segment() and
+        .peek_segment()."""
 
     def is_static(self, value: Any) -> bool:
         """Whether a tensor lives in static storage."""
@@ -81,6 +82,20 @@ class Segment(torch.nn.Module):
         if self.use_compiled and self.compiled is not None:
             return self.compiled(*args)
         return self.module(*args)
+
+    def replay_buffer(self, index: int) -> torch.Tensor | None:
+        """While a rung replays and this segment is next: the static tensor its graph reads as argument
+        `index`, so the eager split before it can write its result there and skip the copy (a replay
+        copies an argument only when it is not that tensor). None otherwise (eager, recording, a segment
+        running eager at this rung, a non-tensor argument)."""
+        state = self._backend.state
+        if state is None or state.recording:
+            return None
+        segment: SegmentGraph = state.peek_segment()
+        if segment.graph is None:
+            return None
+        value = segment.inputs[index]
+        return value if isinstance(value, torch.Tensor) else None
 
     def forward(self, *args: Any) -> Any:
         state = self._backend.state

@@ -1,9 +1,11 @@
 """Triton kernels for the decode hot path, each replacing a chain of small torch kernels.
 
 Inside a CUDA graph every extra kernel costs ~1.3 us, so a 28-layer decode step pays for each kernel
-per layer 28 times. These four fuse what a layer does between its matrix products:
+per layer 28 times. These fuse what a layer does between its matrix products:
 - paged_decode_attention: one query per sequence over only its filled cache blocks (the torch reference
   reads all max_blocks_per_seq blocks);
+- paged_varlen_attention: a prefill or mixed step's attention, decode rows and prompt chunks of every
+  sequence in one launch (the torch reference loops over sequences on the host, ~10 kernels each);
 - add_rmsnorm: residual add + RMSNorm (6 kernels -> 1);
 - qk_norm_rope_write: per-head q/k RMSNorm, rotary, and the K/V cache write (~20 kernels -> 1);
 - silu_mul: SiLU(gate) * up (3 kernels -> 1).
@@ -150,6 +152,111 @@ def paged_decode_attention(
     _paged_decode_merge_kernel[(num_seqs, num_heads)](
         partial_m, partial_l, partial_acc, out, out.stride(0), out.stride(1), splits,
         NUM_HEADS=num_heads, SPLITS_PAD=triton.next_power_of_2(DECODE_MAX_SPLITS), HEAD_DIM=head_dim,
+    )  # fmt: skip
+    return out
+
+
+@triton.jit
+def _paged_varlen_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, lens_ptr, qstart_ptr, tiles_ptr, scale,
+    stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_ts, stride_os, stride_oh,
+    GROUP: tl.constexpr, HEADS_PER: tl.constexpr, PARTS: tl.constexpr, BLOCK_Q: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr,
+):  # fmt: skip
+    """One (tile of BLOCK_Q query tokens of one sequence, kv head, part of its query-head group).
+
+    The tile's BLOCK_Q tokens times HEADS_PER query heads are the rows of one matrix, so the keys and
+    values read for a kv head serve all its query heads at once. Query i of a sequence whose chunk has
+    q_len tokens over ctx cached ones (this step's included) sits at position ctx - q_len + i and sees
+    keys 0..that position (causal, aligned to the bottom right); key 0 is visible to every row, so no
+    row's softmax is empty. The loop stops at the tile's last visible key.
+    """
+    tile = tl.program_id(0)
+    kv_head = tl.program_id(1) // PARTS
+    part = tl.program_id(1) % PARTS
+    seq = tl.load(tiles_ptr + 2 * tile)
+    first = tl.load(tiles_ptr + 2 * tile + 1)  # the tile's first query, counted within its sequence
+    q_begin = tl.load(qstart_ptr + seq)
+    q_len = tl.load(qstart_ptr + seq + 1) - q_begin
+    ctx = tl.load(lens_ptr + seq)
+    rows = tl.arange(0, BLOCK_Q * HEADS_PER)
+    query = first + rows // HEADS_PER
+    in_group = part * HEADS_PER + rows % HEADS_PER
+    heads = kv_head * GROUP + in_group
+    row_ok = (query < q_len) & (in_group < GROUP)
+    query_pos = ctx - q_len + query
+    dims = tl.arange(0, HEAD_DIM)
+    token = (q_begin + query).to(tl.int64)
+    q = tl.load(
+        q_ptr + token[:, None] * stride_qs + heads[:, None] * stride_qh + dims[None, :],
+        mask=row_ok[:, None], other=0.0,
+    )  # fmt: skip
+    m = tl.full([BLOCK_Q * HEADS_PER], float("-inf"), tl.float32)
+    l_sum = tl.zeros([BLOCK_Q * HEADS_PER], tl.float32)
+    acc = tl.zeros([BLOCK_Q * HEADS_PER, HEAD_DIM], tl.float32)
+    end = tl.minimum(ctx, ctx - q_len + first + BLOCK_Q)  # keys [0, end) are visible to some row
+    for start in range(0, end, TOKENS):
+        pos = start + tl.arange(0, TOKENS)
+        pos_ok = pos < end
+        block = tl.load(tables_ptr + seq * stride_ts + pos // BLOCK_SIZE, mask=pos_ok, other=0)
+        offsets = block.to(tl.int64) * stride_kb + (pos % BLOCK_SIZE) * stride_kt + kv_head * stride_kh
+        k = tl.load(k_ptr + offsets[:, None] + dims[None, :], mask=pos_ok[:, None], other=0.0)
+        scores = tl.dot(q, tl.trans(k)).to(tl.float32) * scale  # (rows, TOKENS)
+        visible = pos_ok[None, :] & (pos[None, :] <= query_pos[:, None])
+        scores = tl.where(visible, scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        p = tl.exp(scores - m_new[:, None])
+        alpha = tl.exp(m - m_new)
+        v = tl.load(v_ptr + offsets[:, None] + dims[None, :], mask=pos_ok[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+        l_sum = l_sum * alpha + tl.sum(p, axis=1)
+        m = m_new
+    out = acc / l_sum[:, None]
+    tl.store(
+        out_ptr + token[:, None] * stride_os + heads[:, None] * stride_oh + dims[None, :],
+        out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None],
+    )  # fmt: skip
+
+
+VARLEN_TOKENS = 64  # cache tokens per inner iteration of the varlen kernel
+VARLEN_MAX_ROWS = 128  # query tokens x query heads in one program at most
+
+
+def paged_varlen_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    query_start: torch.Tensor,
+    tiles: torch.Tensor,
+    block_q: int,
+    scale: float,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A prefill or mixed step's attention in one launch: every sequence's new tokens (one for a decode
+    row, a chunk for a prompt) over its cached context, causal.
+
+    q (num_tokens, num_heads, head_dim), the sequences' tokens back to back as query_start (num_seqs + 1,
+    int32 prefix sums) says; context_lens (num_seqs,) counts each sequence's cached tokens with this
+    step's; tiles (num_tiles, 2) int32 lists (sequence, first query) per block_q query tokens (built
+    once per step on the host: attention.varlen_tiles). Writes rows 0..query_start[-1] of `out` (a new
+    tensor like q when None); other rows are left as they are.
+    """
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    _, block_size, kv_heads, _ = k_cache.shape
+    group = num_heads // kv_heads
+    heads_per = min(triton.next_power_of_2(group), max(1, VARLEN_MAX_ROWS // block_q))
+    parts = triton.cdiv(group, heads_per)
+    out = torch.empty_like(q) if out is None else out
+    if tiles.shape[0] == 0:
+        return out
+    _paged_varlen_kernel[(tiles.shape[0], kv_heads * parts)](
+        q, k_cache, v_cache, out, block_tables, context_lens, query_start, tiles, scale,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0), out.stride(0), out.stride(1),
+        GROUP=group, HEADS_PER=heads_per, PARTS=parts, BLOCK_Q=block_q, HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, TOKENS=VARLEN_TOKENS,
     )  # fmt: skip
     return out
 

@@ -12,6 +12,7 @@ these ops.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -45,6 +46,9 @@ class AttentionMetadata:
     # a mixed step run eager (engine.py): its first num_decode sequences have one query token each and
     # are served by the decode kernel in one call; the prompt chunks after them by varlen attention
     num_decode: int = 0
+    # (num_tiles, 2) int32: (sequence, first query) per VARLEN_BLOCK_Q query tokens of a prefill or mixed
+    # step (varlen_tiles), built once per step for the one-launch varlen kernel; None: built on demand
+    q_tiles: torch.Tensor | None = None
 
     @property
     def is_decode(self) -> bool:
@@ -66,6 +70,19 @@ class AttentionMetadata:
             context_lens_host=self.context_lens_host[d:],
             num_decode=0,
         )
+
+
+VARLEN_BLOCK_Q = 16  # query tokens per program of the varlen kernel (kernels/triton_ops.py)
+
+
+def varlen_tiles(query_start_host: list[int]) -> list[tuple[int, int]]:
+    """(sequence, first query within it) of each tile of VARLEN_BLOCK_Q query tokens: the varlen
+    kernel's work list, one program per tile and kv head. A decode row is one tile of one token."""
+    return [
+        (seq, first)
+        for seq, (begin, end) in enumerate(itertools.pairwise(query_start_host))
+        for first in range(0, end - begin, VARLEN_BLOCK_Q)
+    ]
 
 
 DecodeAttention = Callable[

@@ -4,7 +4,8 @@ A model never branches on the kernel. Each attention layer asks its backend to n
 store this step's keys and values (`store_qkv`), then calls an `AttentionOp`, the leaf module that
 reads the step's metadata and attends. Two backends:
 - `TorchAttentionBackend`: the reference ops of attention.py (CPU, CI, or CUDA with Triton disabled);
-- `TritonAttentionBackend`: one fused kernel for norm + rotary + cache write, the paged decode kernel.
+- `TritonAttentionBackend`: one fused kernel for norm + rotary + cache write, the paged decode kernel,
+  and one launch for a prefill or mixed step's attention (the varlen kernel).
 `select_attention_backend` chooses once, when a model is built, from the device and whether Triton is
 available and allowed (GRAPHRUN_DISABLE_TRITON, read in envvars.py).
 
@@ -24,14 +25,17 @@ from torch import nn
 
 from graphrun.llm.kernels import kernel_ops, triton_available
 from graphrun.llm.layers.attention import (
+    VARLEN_BLOCK_Q,
     AttentionMetadata,
     causal_self_attention,
     decode_attention_reference,
     varlen_attention,
+    varlen_tiles,
     write_kv,
 )
 from graphrun.llm.layers.norm import RMSNorm
 from graphrun.llm.layers.rotary import Rope, RotaryEmbedding, apply_rotary
+from graphrun.llm.transfer import to_device
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +103,42 @@ class AttentionBackend(ABC):
         kv_cache: KVCache,
         meta: AttentionMetadata,
         scale: float,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """This step's attention output (num_tokens, num_heads, head_dim); K/V already in the cache."""
+        """This step's attention output (num_tokens, num_heads, head_dim); K/V already in the cache.
+
+        out: a buffer of at least num_tokens rows that receives the result (rows past it are left as
+        they are), returned whole; a piecewise replay passes the next segment's static input."""
         k_cache, v_cache = kv_cache
         if meta.causal_fresh:
             if k is None or v is None:  # this step's K/V, as the fused kernel wrote them to the cache
                 k = k_cache.flatten(0, 1).index_select(0, meta.slot_mapping)
                 v = v_cache.flatten(0, 1).index_select(0, meta.slot_mapping)
-            return causal_self_attention(q, k, v, scale)
+            return _into(causal_self_attention(q, k, v, scale), out)
         if meta.is_decode:
-            return self.decode(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale)
-        return varlen_attention(q, k_cache, v_cache, meta, scale, self.decode)
+            return _into(self.decode(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale), out)
+        return self.varlen(q, k_cache, v_cache, meta, scale, out)
+
+    def varlen(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """A prefill or mixed step's attention (eager: it reads host metadata): the reference loops over
+        the sequences, the decode rows in one call of this backend's decode kernel."""
+        return _into(varlen_attention(q, k_cache, v_cache, meta, scale, self.decode), out)
+
+
+def _into(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """result, or out with result copied into its leading rows."""
+    if out is None:
+        return result
+    out[: result.shape[0]].copy_(result)
+    return out
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -194,6 +223,27 @@ class TritonAttentionBackend(AttentionBackend):
         )
         return out
 
+    def varlen(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Every sequence's rows in one launch of the varlen kernel, over the step's tile list (built once
+        per step by the scheduler; here when the metadata came without one), written straight to out."""
+        assert meta.query_start is not None and meta.query_start_host is not None
+        tiles = meta.q_tiles
+        if tiles is None:
+            tiles = to_device(varlen_tiles(meta.query_start_host), q.device, torch.int32).view(-1, 2)
+        result: torch.Tensor = kernel_ops().paged_varlen_attention(
+            q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.query_start, tiles,
+            VARLEN_BLOCK_Q, scale, out,
+        )  # fmt: skip
+        return result
+
 
 def select_attention_backend(device: torch.device | str) -> AttentionBackend:
     """Triton on CUDA when it imports and is not disabled (GRAPHRUN_DISABLE_TRITON); else the torch ops."""
@@ -222,7 +272,9 @@ class AttentionOp(nn.Module):
         v: torch.Tensor | None,
         kv_cache: KVCache,
         meta: AttentionMetadata,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """q: (num_tokens, num_heads, head_dim); k, v: this step's keys/values, already in kv_cache (None
-        where only the cache holds them) -> (num_tokens, num_heads, head_dim)."""
-        return self.backend.attend(q, k, v, kv_cache, meta, self.scale)
+        where only the cache holds them) -> (num_tokens, num_heads, head_dim); with out (at least
+        num_tokens rows), written to its leading rows and out returned."""
+        return self.backend.attend(q, k, v, kv_cache, meta, self.scale, out)
