@@ -174,8 +174,9 @@ def _add_serve_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--http-client",
         default="raw",
-        choices=("raw", "httpx"),
-        help="how the client reads the streams: raw (HTTP/1.1 on asyncio streams, the default) or httpx",
+        choices=("raw", "httpx", "aiohttp"),
+        help="how the client reads the streams: raw (HTTP/1.1 on asyncio streams, the default), httpx or "
+        "aiohttp",
     )
     serve.add_argument(
         "--server-arg",

@@ -19,7 +19,7 @@ def test_default_client_processes_leave_most_cpus_to_the_server():
     assert default_client_processes(64, cpus=64) == 16
 
 
-@pytest.mark.parametrize(("processes", "http_client"), [(1, "raw"), (3, "raw"), (1, "httpx")])
+@pytest.mark.parametrize(("processes", "http_client"), [(1, "raw"), (3, "raw"), (1, "httpx"), (2, "aiohttp")])
 def test_every_request_completes_once_in_order_with_one_or_several_client_processes(processes, http_client):
     workload = Workload(num_requests=9, prompt_len_median=8, prompt_len_max=16, output_len_median=6,
                         output_len_max=12, seed=3)  # fmt: skip
