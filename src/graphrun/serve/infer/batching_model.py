@@ -12,22 +12,15 @@ import time
 from typing import Any, Generic, Protocol, TypeVar
 
 import torch
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from graphrun.serve.host.messages import EngineFailure, Question
 from graphrun.serve.host.served_model import StepOutcome
 from graphrun.serve.infer.batcher import Batch, Batcher, Pending
+from graphrun.serve.infer.metrics import BatchMetrics
 from graphrun.serve.memory import memory_now
 
 IDLE_SLICE_SECONDS = 0.0002  # while a batch waits: the longest sleep between looks at the host's inbox
-
-
-class BatchSeries(Protocol):
-    """A batching model's histograms: rows and requests per call, each request's wait."""
-
-    batch_rows: Histogram
-    batch_requests: Histogram
-    queue_wait: Histogram
 
 
 class Queued(Protocol):
@@ -42,7 +35,7 @@ Q = TypeVar("Q", bound=Queued)
 
 class BatchingModel(Generic[Q]):
     registry: CollectorRegistry
-    metrics: BatchSeries
+    metrics: BatchMetrics
     batcher: Batcher
     _queued: dict[int, Q]
 
