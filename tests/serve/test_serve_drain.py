@@ -19,7 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_harness import START_TIMEOUT, wait_until
+from app_servers import START_TIMEOUT
+from serve_harness import wait_until
 
 MAX_TOKENS = 600  # a few seconds of eager decode on a CPU: the drain has something to wait for
 # the cut test needs both requests in the engine at once: the stream must outlast the second request's
