@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,16 +53,7 @@ def build_tensor_app(
 ) -> FastAPI:
     """The app whose lifespan starts and stops `client`: POST `path`, GET /v1/models, /health, /metrics,
     and the guards (answers on `path` counted by outcome)."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client.start()
-        try:
-            yield
-        finally:
-            await asyncio.to_thread(client.stop)
-
-    app = FastAPI(title="graphrun", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="graphrun", version=__version__, lifespan=client.lifespan)
     app.add_api_route(path, post, methods=["POST"], response_class=Response)
     app.add_api_route("/v1/models", routes.models, methods=["GET"], response_class=Response)
     app.add_api_route("/health", routes.health, methods=["GET"], response_class=Response)
