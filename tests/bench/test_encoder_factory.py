@@ -12,6 +12,7 @@ import torch
 from graphrun.bench.encoder_factory import LENGTH_RUNGS, small_tokens
 from graphrun.bench.models import masked_encoder
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "serve"))  # app_servers.py, which the harness uses
 sys.path.insert(0, str(Path(__file__).parents[1] / "serve" / "infer"))
 from infer_harness import served_app
 

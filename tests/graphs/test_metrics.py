@@ -7,11 +7,7 @@ from prometheus_client import generate_latest
 from graphrun import FaultPlan, GraphRunner, SimBackend
 from graphrun.errors import ConfigError
 from graphrun.graphs.metrics import MAX_RUNNERS
-
-
-def value(registry, name, **labels):
-    v = registry.get_sample_value(name, labels)
-    return 0.0 if v is None else v
+from metric_value import value
 
 
 def test_metric_values_follow_calls(registry):

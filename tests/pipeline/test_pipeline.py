@@ -17,13 +17,9 @@ from graphrun import (
 )
 from graphrun.graphs.options import RunnerOptions
 from graphrun.graphs.verify import mismatch
+from metric_value import value
 
 SIM = RunnerOptions(backend="sim")
-
-
-def value(registry, name, **labels):
-    v = registry.get_sample_value(name, labels)
-    return 0.0 if v is None else v
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,11 @@ from graphrun.graphs.verify import mismatch
 from graphrun.ort import OrtOptions, OrtRunner
 from graphrun.ort.sessions import has_cuda_ep
 from graphrun.pipeline.stage import StageRunner
+from metric_value import value
 
 BOUND = OrtOptions(backend="binding")  # the rung path (buffers, IOBinding, probe) without graphs: CPU
 SIM = RunnerOptions(backend="sim")
 STAGES = ("prefix", "expert")
-
-
-def value(registry, name, **labels):
-    v = registry.get_sample_value(name, labels)
-    return 0.0 if v is None else v
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import torch
 from graphrun import ExamplePolicy, ExamplePolicyConfig, FaultPlan, SimBackend, StageTier
 from graphrun.graphs.options import RunnerOptions
 from graphrun.graphs.verify import mismatch
+from metric_value import value
 
 SIM = RunnerOptions(backend="sim")
 STAGES = ("prefix", "expert")
@@ -25,11 +26,6 @@ FAILURES = {
     "memory_budget": lambda: RunnerOptions(backend="sim", memory_budget_bytes=1),
     "verification_mismatch": lambda: RunnerOptions(backend=SimBackend(FaultPlan(stale=frozenset({1})))),
 }
-
-
-def value(registry, name, **labels):
-    v = registry.get_sample_value(name, labels)
-    return 0.0 if v is None else v
 
 
 @pytest.fixture(scope="module")

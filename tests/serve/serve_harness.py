@@ -1,7 +1,7 @@
-"""Live servers for the serve tests: uvicorn in a background thread on a free 127.0.0.1 port.
+"""Live servers for the serve tests: uvicorn in a background thread on a free 127.0.0.1 port
+(app_servers.py).
 
-The socket is bound before uvicorn starts (port 0, handed over with `sockets=`), so there is no race for
-the port. Every wait is for an event and bounded; the bounds are generous (a busy 2-core machine takes
+Every wait is for an event and bounded; the bounds are generous (a busy 2-core machine takes
 far longer than a quiet one) and only a broken server reaches them, so they never lengthen a passing run.
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +17,8 @@ from typing import Any
 
 import httpx
 import uvicorn
+from app_servers import live_app
+from fastapi import FastAPI
 
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.serve.app import build_app
@@ -27,7 +27,6 @@ from graphrun.serve.llm_client import LLMClient
 from graphrun.serve.llm_model import llm_client
 
 MIB = 2**20
-START_TIMEOUT = 300.0  # the bound on an engine's start-up (a spawned process imports torch and captures)
 ENGINE_DEFAULTS: dict[str, Any] = {
     "model": "tiny",
     "max_num_seqs": 8,
@@ -77,26 +76,15 @@ def live_server(
 
     The engine runs in a thread unless engine_process (a spawned process costs seconds to start).
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = ServeConfig(port=port, served_model_name="tiny", engine_process=engine_process, **serve)
-    engine_config = EngineConfig(**{**ENGINE_DEFAULTS, **(engine or {})})
-    worker = llm_client(engine_config, config)
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(worker, config, engine_config), log_config=None, timeout_graceful_shutdown=2)
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert worker.wait_ready(timeout=START_TIMEOUT), f"the engine did not start: {worker.state}"
-        assert httpx.get(url + "/health", timeout=60).status_code == 200
+
+    def start(port: int) -> tuple[LLMClient, FastAPI]:
+        config = ServeConfig(port=port, served_model_name="tiny", engine_process=engine_process, **serve)
+        engine_config = EngineConfig(**{**ENGINE_DEFAULTS, **(engine or {})})
+        worker = llm_client(engine_config, config)
+        return worker, build_app(worker, config, engine_config)
+
+    with live_app(start, "engine") as (url, worker, server):
         yield LiveServer(url, worker, server)
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
 
 
 def stream_chunks(srv: LiveServer, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import pytest
 from serve_harness import wait_until
 from tiny_checkpoint import write_tiny_checkpoint
 
+from graphrun.bench.serve_process import free_port
 from graphrun.serve.config import default_served_model_name
 
 FLAG_KEYS = ("flag-key-5d1c07", "flag-key-a93e2b")
@@ -21,17 +21,11 @@ ENV_KEY = "env-key-2f60d8"  # set, but the flags replace it
 FOLDER = "my-ckpt"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = write_tiny_checkpoint(tmp_path_factory.mktemp("models") / FOLDER)
     log_path = tmp_path_factory.mktemp("logs") / "server.log"
-    port = _free_port()
+    port = free_port()
     args = ["--log-level", "DEBUG", "serve", "--model", f"{folder}/", "--port", str(port),
             "--max-model-len", "128", "--max-num-seqs", "2", "--enforce-eager", "--no-engine-process",
             *(arg for key in FLAG_KEYS for arg in ("--api-key", key))]  # fmt: skip

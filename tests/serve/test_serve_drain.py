@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_harness import START_TIMEOUT, wait_until
+from app_servers import START_TIMEOUT
+from serve_harness import wait_until
+
+from graphrun.bench.serve_process import free_port
 
 MAX_TOKENS = 600  # a few seconds of eager decode on a CPU: the drain has something to wait for
 # the cut test needs both requests in the engine at once: the stream must outlast the second request's
@@ -31,19 +33,13 @@ NEVER = 3600.0  # a drain deadline no test reaches: the request in flight always
 Server = tuple[subprocess.Popen[bytes], str, Path]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[[float], Server]]:
     """Starts `python -m graphrun serve` with a drain deadline; waits until /health says ready."""
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(drain_seconds: float) -> Server:
-        port = _free_port()
+        port = free_port()
         log_path = tmp_path / "server.log"
         args = ["--model", "tiny", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024",
                 "--max-num-seqs", "4", "--drain-seconds", str(drain_seconds)]  # fmt: skip

@@ -32,4 +32,5 @@ no FastAPI.
     refusal.py        the error answer those two middlewares write themselves
     openapi.py        what /openapi.json declares each route answers (errors, streams, Prometheus text)
     cli.py            `graphrun serve` flags; SIGTERM drains, then exits 0
+    flag_checks.py    a refused command line (one line on stderr, exit 2); a tensor route's checked start
 """

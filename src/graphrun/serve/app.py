@@ -22,8 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -75,16 +74,7 @@ _GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 
 def build_app(worker: LLMClient, config: ServeConfig, engine_config: EngineConfig) -> FastAPI:
     """The FastAPI app serving the LLM engine behind `worker` under `config.served_model_name`."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        worker.start()
-        try:
-            yield
-        finally:
-            await asyncio.to_thread(worker.stop)
-
-    app = FastAPI(title="graphrun", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="graphrun", version=__version__, lifespan=worker.lifespan)
     _add_error_handlers(app, worker, config)
     template = ChatTemplate.for_model(engine_config.model)
     _add_routes(app, _Routes(worker, config, template, engine_config), config)

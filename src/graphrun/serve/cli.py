@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,7 @@ from graphrun.llm.engine_config import (
 from graphrun.preflight import check_engine_model, check_port_free, check_serve_extra, idle_graph_flags
 from graphrun.serve.act.cli import add_act_flags, run_act, wants_act
 from graphrun.serve.config import ServeConfig, default_served_model_name
+from graphrun.serve.flag_checks import refuse
 from graphrun.serve.infer.cli import add_infer_flags, run_infer, wants_infer
 
 if TYPE_CHECKING:  # uvicorn and FastAPI are the optional `serve` extra: imported when serving
@@ -182,13 +182,13 @@ def run_serve(args: argparse.Namespace) -> int:
         try:
             serve_config = _configs(args, CPU_DEFAULT_MODEL)[1]
         except GraphrunError as exc:
-            return _refuse(exc)
+            return refuse(exc)
         return run_act(args, serve_config) if wants_act(args) else run_infer(args, serve_config)
     try:  # no torch yet: a bad flag, path or port answers in milliseconds
         engine_config, serve_config = _configs(args, args.model or CPU_DEFAULT_MODEL)
         _check_before_start(engine_config, serve_config, check_model=args.model is not None)
     except GraphrunError as exc:
-        return _refuse(exc)
+        return refuse(exc)
     import torch
 
     try:
@@ -198,7 +198,7 @@ def run_serve(args: argparse.Namespace) -> int:
             check_engine_model(engine_config)
         off = engine_config.graphs_off(engine_config.resolved_device())
     except GraphrunError as exc:
-        return _refuse(exc)
+        return refuse(exc)
     if off is not None:  # one line an operator reads: this server decodes without graphs, and why
         log.info("%s: decode runs eager", engine_config.why_eager(engine_config.resolved_device()))
     for note in idle_graph_flags(engine_config, off):
@@ -258,11 +258,6 @@ def _replay_fault_rate(text: str) -> float:
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"--faults must be replay=RATE with RATE in [0, 1], got {text!r}")
     return rate
-
-
-def _refuse(exc: GraphrunError) -> int:
-    print(f"graphrun serve: error: {exc}", file=sys.stderr)
-    return 2
 
 
 def serve(engine_config: EngineConfig, serve_config: ServeConfig) -> int:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-import uvicorn
+from app_servers import in_process, live_app
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from graphrun.serve.act.app import build_act_app
@@ -19,7 +17,6 @@ from graphrun.serve.act.config import ActConfig
 from graphrun.serve.act.model import act_client
 from graphrun.serve.config import ServeConfig
 
-START_TIMEOUT = 300.0
 LADDER = (1, 2, 4)
 
 
@@ -29,13 +26,16 @@ def configs(act: dict[str, Any], serve: dict[str, Any]) -> tuple[ActConfig, Serv
     return ActConfig(**act), ServeConfig(**serve)
 
 
+def _app(act: dict[str, Any], serve: dict[str, Any]) -> tuple[ActClient, FastAPI]:
+    act_config, serve_config = configs(act, serve)
+    client = act_client(act_config, serve_config)
+    return client, build_act_app(client, serve_config)
+
+
 @contextlib.contextmanager
 def served_policy(act: dict[str, Any], **serve: Any) -> Iterator[TestClient]:
     """The app in process, its policy started and ready."""
-    act_config, serve_config = configs(act, serve)
-    client = act_client(act_config, serve_config)
-    with TestClient(build_act_app(client, serve_config)) as http:
-        assert client.wait_ready(START_TIMEOUT), f"the policy did not start: {client.state}"
+    with in_process(*_app(act, serve), "policy") as http:
         yield http
 
 
@@ -48,21 +48,5 @@ class LiveAct:
 @contextlib.contextmanager
 def live_policy_server(act: dict[str, Any], **serve: Any) -> Iterator[LiveAct]:
     """A real server on a free 127.0.0.1 port (concurrent clients need one)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    act_config, serve_config = configs(act, {"port": port, **serve})
-    client = act_client(act_config, serve_config)
-    server = uvicorn.Server(uvicorn.Config(build_act_app(client, serve_config), log_config=None,
-                                           timeout_graceful_shutdown=2))  # fmt: skip
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert client.wait_ready(START_TIMEOUT), f"the policy did not start: {client.state}"
-        assert httpx.get(url + "/health", timeout=60).status_code == 200
+    with live_app(lambda port: _app(act, {"port": port, **serve}), "policy") as (url, client, _):
         yield LiveAct(url, client)
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        sock.close()

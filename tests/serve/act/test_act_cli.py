@@ -4,51 +4,22 @@ SIGTERM drains and exits 0; bad flags are one line on stderr and exit 2."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 from act_models import json_body, observation_arrays
+from cli_server import PATIENCE, refused, serve_cli
 
 from graphrun.pipeline.policy.config import ExamplePolicyConfig
 
 HERE = Path(__file__).parent
-PATIENCE = 180.0
-
-
-def _env() -> dict[str, str]:
-    paths = [str(HERE), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _serve(*args: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    command = [sys.executable, "-m", "graphrun", "serve", *args, "--port", str(port)]
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env())
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + PATIENCE
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"the server did not start:\n{log.read_text()}")
+    return serve_cli(*args, log=log, here=HERE)
 
 
 def test_serve_policy_example_answers_act_and_drains_on_sigterm(tmp_path):
@@ -78,10 +49,7 @@ def test_serve_policy_example_answers_act_and_drains_on_sigterm(tmp_path):
 
 
 def _refused(*args: str) -> str:
-    command = [sys.executable, "-m", "graphrun", "serve", *args]
-    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=PATIENCE)
-    assert done.returncode == 2, done.stderr
-    return done.stderr.strip()
+    return refused(*args, here=HERE)
 
 
 def test_bad_policy_flags_are_refused_before_anything_starts():

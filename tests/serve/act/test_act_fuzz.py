@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from act_harness import served_policy
 from act_models import TINY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tensor_fuzz import Spec, fuzz_body
 
-from graphrun.serve.infer.codec import WIRE_DTYPES, npy_b64, safetensors_b64
+from graphrun.serve.infer.codec import WIRE_DTYPES
 from graphrun.serve.infer.errors import RULES
 
 INPUTS = ["images", "tokens", "state", "noise"]
@@ -39,38 +39,8 @@ def http():
         yield client
 
 
-def _array(dtype: str, shape: tuple[int, ...], fill: str) -> np.ndarray:
-    base = np.random.default_rng(0).standard_normal(shape) * 3
-    if fill == "ones":
-        base = np.ones(shape)
-    elif fill == "ids":
-        base = np.random.default_rng(1).integers(0, TINY.vocab_size + 2, shape)
-    elif fill == "negative":
-        base = -np.ones(shape)
-    elif fill in ("nan", "inf") and base.size:
-        base.flat[0] = np.nan if fill == "nan" else np.inf
-    elif fill == "huge":
-        base = base * 1e300
-    with np.errstate(all="ignore"):
-        if np.dtype(dtype).kind in "iub":
-            base = np.nan_to_num(base, nan=0, posinf=0, neginf=0).clip(-100, 100)
-        return base.astype(dtype)
-
-
-def _body(
-    encoding: str, tensors: dict[str, tuple[str, tuple[int, ...], str]], observation_id: object
-) -> dict:
-    arrays = {name: _array(*spec) for name, spec in tensors.items()}
-    if encoding == "safetensors":
-        body: dict = {"safetensors": safetensors_b64(arrays)}
-    elif encoding == "npy":
-        body = {"inputs": {name: {"npy": npy_b64(a)} for name, a in arrays.items()}}
-    else:
-        body = {
-            "inputs": {
-                name: {"dtype": spec[0], "data": arrays[name].tolist()} for name, spec in tensors.items()
-            }
-        }
+def _body(encoding: str, tensors: dict[str, Spec], observation_id: object) -> dict:
+    body = fuzz_body(encoding, tensors, max_id=TINY.vocab_size + 2)
     return body if observation_id is None else {**body, "observation_id": observation_id}
 
 
@@ -103,7 +73,7 @@ def test_any_tensors_get_a_200_or_a_400_naming_the_rule(http, encoding, tensors,
 
 
 @st.composite
-def near_misses(draw: st.DrawFn) -> dict[str, tuple[str, tuple[int, ...], str]]:
+def near_misses(draw: st.DrawFn) -> dict[str, Spec]:
     """The policy's own inputs, each part right more often than not: the rules past the names in play."""
     rows = draw(st.integers(0, 6))
     tensors = {}

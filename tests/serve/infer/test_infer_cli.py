@@ -3,49 +3,20 @@ cross the pipe both ways, SIGTERM drains and exits 0; bad flags are one line on 
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+from cli_server import PATIENCE, refused, serve_cli
 from infer_models import scaled
 
 HERE = Path(__file__).parent
-PATIENCE = 180.0
-
-
-def _env() -> dict[str, str]:
-    paths = [str(HERE), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _serve(*args: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    command = [sys.executable, "-m", "graphrun", "serve", *args, "--port", str(port)]
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env())
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + PATIENCE
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"the server did not start:\n{log.read_text()}")
+    return serve_cli(*args, log=log, here=HERE)
 
 
 def test_serve_module_in_an_engine_process_answers_and_drains(tmp_path):
@@ -67,10 +38,7 @@ def test_serve_module_in_an_engine_process_answers_and_drains(tmp_path):
 
 
 def _refused(*args: str) -> str:
-    command = [sys.executable, "-m", "graphrun", "serve", *args]
-    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=PATIENCE)
-    assert done.returncode == 2, done.stderr
-    return done.stderr.strip()
+    return refused(*args, here=HERE)
 
 
 def test_bad_flags_are_refused_before_anything_starts(tmp_path):

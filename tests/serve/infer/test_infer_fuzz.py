@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from infer_harness import served_app
+from tensor_fuzz import Spec, fuzz_body
 
-from graphrun.serve.infer.codec import WIRE_DTYPES, npy_b64, safetensors_b64
+from graphrun.serve.infer.codec import WIRE_DTYPES
 from graphrun.serve.infer.errors import RULES
 
 NAMES = st.sampled_from(["x", "scale", "y", "X", ""]) | st.text(max_size=4)
@@ -28,36 +28,6 @@ def http():
     # x is declared finite, so the NaN rule is in play; rows up to 4 a request
     with served_app({"module": "infer_models:finite_scale_factory", "max_rows": 4}) as client:
         yield client
-
-
-def _array(dtype: str, shape: tuple[int, ...], fill: str) -> np.ndarray:
-    base = np.random.default_rng(0).standard_normal(shape) * 3
-    if fill == "ones":
-        base = np.ones(shape)
-    elif fill in ("nan", "inf") and base.size:
-        base.flat[0] = np.nan if fill == "nan" else np.inf
-    elif fill == "huge":
-        base = base * 1e300
-    with np.errstate(all="ignore"):
-        if np.dtype(dtype).kind in "iub":
-            base = np.nan_to_num(base, nan=0, posinf=0, neginf=0).clip(-100, 100)
-        return base.astype(dtype)
-
-
-def _body(encoding: str, tensors: dict[str, tuple[str, tuple[int, ...], str]]) -> dict:
-    arrays = {name: _array(*spec) for name, spec in tensors.items()}
-    if encoding == "safetensors":
-        arrays = {n: a for n, a in arrays.items() if a.dtype.kind != "c"}  # the format has no complex
-        return {"safetensors": safetensors_b64(arrays)}
-    if encoding == "npy":
-        return {"inputs": {name: {"npy": npy_b64(a)} for name, a in arrays.items()}}
-    as_json = {name: {"dtype": spec[0], "data": _listed(arrays[name])} for name, spec in tensors.items()}
-    return {"inputs": as_json}
-
-
-def _listed(array: np.ndarray) -> list:
-    """JSON data for `array` (complex values, which JSON lacks, as their real parts)."""
-    return (array.real if array.dtype.kind == "c" else array).tolist()
 
 
 def _check(answer) -> None:
@@ -77,14 +47,14 @@ def _check(answer) -> None:
 )
 def test_any_tensors_get_a_200_or_a_400_naming_the_rule(http, encoding, tensors):
     try:
-        body = _body(encoding, tensors)
+        body = fuzz_body(encoding, tensors)
     except Exception:  # the client side's own encoders refused (an empty safetensors name, ...)
         return
     _check(http.post("/v1/infer", content=json.dumps(body), headers={"content-type": "application/json"}))
 
 
 @st.composite
-def near_misses(draw: st.DrawFn) -> dict[str, tuple[str, tuple[int, ...], str]]:
+def near_misses(draw: st.DrawFn) -> dict[str, Spec]:
     """The model's own inputs, each part right more often than not: the rules past the names in play."""
     rows = draw(st.integers(0, 6))
     x_shape = draw(st.sampled_from([(rows, 4), (rows, 4), (rows, 5), (rows,)]) | SHAPES)
@@ -98,7 +68,7 @@ def near_misses(draw: st.DrawFn) -> dict[str, tuple[str, tuple[int, ...], str]]:
 @SETTINGS
 @given(encoding=st.sampled_from(["json", "npy", "safetensors"]), tensors=near_misses())
 def test_near_misses_of_the_right_inputs_never_500(http, encoding, tensors):
-    body = _body(encoding, tensors)
+    body = fuzz_body(encoding, tensors)
     _check(http.post("/v1/infer", content=json.dumps(body), headers={"content-type": "application/json"}))
 
 

@@ -25,6 +25,7 @@ pytest.importorskip("onnxscript", reason="graphrun[onnx] is not installed")
 from fastapi.testclient import TestClient
 from infer_harness import configs, served_app
 
+from graphrun.bench.serve_process import free_port
 from graphrun.errors import ConfigError
 from graphrun.ort import export_onnx
 from graphrun.ort.sessions import has_cuda_ep
@@ -203,21 +204,13 @@ def test_without_the_onnx_extra_the_cli_names_the_install(monkeypatch):
 # ----- the CLI, the model in its own process ---------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "graphrun", "serve", *args]
 
 
 def test_the_cli_serves_an_onnx_model_in_an_engine_process(mixer, tmp_path):
     module, path = mixer
-    port, log = _free_port(), tmp_path / "log"
+    port, log = free_port(), tmp_path / "log"
     command = _cli("--onnx", str(path), "--device", "cpu", "--cuda-graph-sizes", "1,2", "--port", str(port))
     with log.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))

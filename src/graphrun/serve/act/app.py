@@ -12,28 +12,25 @@ call's requests. API keys and the body limit are the LLM server's middlewares.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from graphrun.serve.act.client import ActClient
 from graphrun.serve.act.messages import ActResult
 from graphrun.serve.config import ServeConfig
-from graphrun.serve.host.messages import Ended
-from graphrun.serve.infer.app import tensor_error
-from graphrun.serve.infer.codec import decode, encode
-from graphrun.serve.infer.errors import TensorError
-from graphrun.serve.infer.guards import add_guards
+from graphrun.serve.infer.codec import encode
+from graphrun.serve.infer.tensor_app import (
+    build_tensor_app,
+    decode_checked,
+    health_answer,
+    one_event,
+    read_json,
+)
 from graphrun.serve.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
-from graphrun.serve.protocol import APIError, check_model_name, content_type_error
-from graphrun.version import __version__
+from graphrun.serve.protocol import APIError
 
 ACT_PATH = "/act"
 MAX_OBSERVATION_ID_CHARS = 256
@@ -41,23 +38,8 @@ MAX_OBSERVATION_ID_CHARS = 256
 
 def build_act_app(client: ActClient, config: ServeConfig) -> FastAPI:
     """The FastAPI app serving the policy behind `client` under `config.served_model_name`."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client.start()
-        try:
-            yield
-        finally:
-            await asyncio.to_thread(client.stop)
-
-    app = FastAPI(title="graphrun", version=__version__, lifespan=lifespan)
     routes = _ActRoutes(client, config)
-    app.add_api_route(ACT_PATH, routes.act, methods=["POST"], response_class=Response)
-    app.add_api_route("/v1/models", routes.models, methods=["GET"], response_class=Response)
-    app.add_api_route("/health", routes.health, methods=["GET"], response_class=Response)
-    app.add_api_route("/metrics", routes.metrics, methods=["GET"], response_class=Response)
-    add_guards(app, ACT_PATH, client.metrics.count, config)
-    return app
+    return build_tensor_app(client, config, ACT_PATH, routes.act, routes)
 
 
 class _ActRoutes:
@@ -67,51 +49,18 @@ class _ActRoutes:
 
     async def act(self, request: Request) -> Response:
         """POST /act: an observation in, its action chunk out, in the request's encoding."""
-        not_json = content_type_error(request.headers.get("content-type"))
-        if not_json is not None:
-            raise not_json
-        info = self._client.model  # 503 before the policy is ready
-        body = _parse(await request.body())
+        info, body = await read_json(request, self._client)  # 503 before the policy is ready
         observation_id = _observation_id(body.pop("observation_id", None))
-        model = body.get("model")
-        if model is not None and not isinstance(model, str):
-            raise tensor_error(TensorError("", "invalid_body", "`model` must be a string (the served name)"))
-        check_model_name(model, self._config.served_model_name)
-        try:
-            decoded = decode(body)
-            rows = info.schema.validate(decoded.tensors)
-        except TensorError as exc:
-            raise tensor_error(exc) from None
+        decoded, rows = decode_checked(body, info.schema, self._config.served_model_name)
         tensors = tuple(
             (s.name, decoded.tensors[s.name]) for s in info.schema.inputs if s.name in decoded.tensors
         )
-        result = await self._run(tensors, rows, observation_id)
+        handle = self._client.submit_observation(tensors, rows, observation_id)
+        result = await one_event(self._client, handle, ActResult)
         self._client.metrics.count("ok")
         outputs = {info.schema.output.name: result.actions}
         answer = {"model": self._config.served_model_name, **encode(decoded.encoding, outputs)}
         return Response(json.dumps(answer), media_type="application/json")
-
-    async def _run(
-        self, tensors: tuple[tuple[str, np.ndarray], ...], rows: int, observation_id: str | None
-    ) -> ActResult:
-        """Submit, wait for the one event; a cancelled wait aborts the request."""
-        handle = self._client.submit_observation(tensors, rows, observation_id)
-        done: asyncio.Future[ActResult | Ended] = asyncio.get_running_loop().create_future()
-
-        def on_event(event: ActResult | Ended) -> None:
-            if not done.done():
-                done.set_result(event)
-
-        handle.attach(on_event)
-        try:
-            await handle.admitted
-            event = await done
-        finally:
-            self._client.abort(handle)  # over already: ignored
-        if isinstance(event, Exception):
-            raise event
-        assert isinstance(event, ActResult), event
-        return event
 
     async def models(self) -> Response:
         """GET /v1/models: the observation's inputs (optional ones, ranges), the action output, the
@@ -135,33 +84,12 @@ class _ActRoutes:
     async def health(self) -> Response:
         """GET /health: 200 once every stage is captured or has fallen back (each stage's tier in the
         body); 503 before and while draining."""
-        state = self._client.state
-        body: dict[str, Any] = {"status": "ok" if state == "ready" else state, **self._client.info}
-        body["model"] = self._config.served_model_name
-        body["memory"] = await self._client.memory()
-        graphs = await self._client.graphs()
-        if graphs is not None:
-            body["graphs"] = graphs
-        if state == "ready":
-            return JSONResponse(body)
-        headers = {"Retry-After": str(self._config.retry_after_seconds)}
-        return JSONResponse(body, status_code=503, headers=headers)
+        return await health_answer(self._client, self._config)
 
     async def metrics(self) -> Response:
         """GET /metrics: the pipeline's series (stage tiers, cache, capture failures), its stages' graph
         series, the batcher's, and the server's own."""
         return Response(await self._client.metrics_text(), media_type=PROMETHEUS_TEXT)
-
-
-def _parse(raw: bytes) -> dict[str, Any]:
-    """The JSON body, or the 400 that says why not."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise APIError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise tensor_error(TensorError("", "invalid_body", "the body must be a JSON object"))
-    return body
 
 
 def _observation_id(value: object) -> str | None:

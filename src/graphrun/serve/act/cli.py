@@ -10,13 +10,11 @@ Checked before torch loads, like the rest.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
 
-from graphrun.errors import ConfigError, GraphrunError
-from graphrun.preflight import check_port_free, check_serve_extra
+from graphrun.errors import ConfigError
 from graphrun.serve.act.config import BUILTIN_POLICIES, DEFAULT_MAX_BATCH_SIZE, ActConfig
 from graphrun.serve.config import ServeConfig
+from graphrun.serve.flag_checks import run_checked
 
 
 def add_act_flags(p: argparse.ArgumentParser) -> None:
@@ -62,16 +60,12 @@ def act_config(args: argparse.Namespace) -> ActConfig:
 
 def run_act(args: argparse.Namespace, serve_config: ServeConfig) -> int:
     """Check the flags (a problem: one line on stderr, exit 2), then serve the policy."""
-    try:
-        config = act_config(args)
-        name = args.served_model_name or config.policy.rpartition(":")[2]
-        serve_config = dataclasses.replace(serve_config, served_model_name=name)
-        check_serve_extra()
-        check_port_free(serve_config.host, serve_config.port)
-    except GraphrunError as exc:
-        print(f"graphrun serve: error: {exc}", file=sys.stderr)
-        return 2
-    return serve_act(config, serve_config)
+    return run_checked(args, serve_config, act_config, _default_name, serve_act)
+
+
+def _default_name(config: ActConfig) -> str:
+    """The built-in policy's name, or the factory's."""
+    return config.policy.rpartition(":")[2]
 
 
 def serve_act(config: ActConfig, serve_config: ServeConfig) -> int:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from graphrun.errors import ConfigError
+from graphrun.serve.infer.config import GRAPH_BACKENDS
 
 BUILTIN_POLICIES = ("example",)
-GRAPH_BACKENDS = ("auto", "sim", "cuda")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEFAULT_MAX_BATCH_SIZE = 8  # a policy serves a few robots at once: rungs 1, 2, 4, 8
 

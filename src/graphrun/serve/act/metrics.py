@@ -6,22 +6,11 @@ its stages' graph series (graphrun_cuda_graph_*{stage, model}) in the served pol
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 
-from graphrun.serve.infer.metrics import ROW_BUCKETS, WAIT_BUCKETS
+from graphrun.serve.infer.metrics import BatchMetrics
 
 
-class ActMetrics:
+class ActMetrics(BatchMetrics):
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.batch_rows = Histogram(
-            "graphrun_act_batch_rows", "Rows in one act() call (before padding)", buckets=ROW_BUCKETS,
-            registry=registry,
-        )  # fmt: skip
-        self.batch_requests = Histogram(
-            "graphrun_act_batch_requests", "Requests coalesced into one act() call", buckets=ROW_BUCKETS,
-            registry=registry,
-        )  # fmt: skip
-        self.queue_wait = Histogram(
-            "graphrun_act_queue_wait_seconds", "From submission to the start of the request's act() call",
-            buckets=WAIT_BUCKETS, registry=registry,
-        )  # fmt: skip
+        super().__init__(registry, "act", "act() call")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -35,7 +34,7 @@ from graphrun.serve.act.schema import ActSchema
 from graphrun.serve.act.source import PolicySettings
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.host.host_loop import HostPlan
-from graphrun.serve.host.messages import Ended, EngineFailure, Submission
+from graphrun.serve.host.messages import Ended, Submission
 from graphrun.serve.host.served_model import StepOutcome
 from graphrun.serve.host.transport import PipeTransport, ThreadTransport, Transport
 from graphrun.serve.infer.batcher import Batcher, Pending
@@ -83,7 +82,7 @@ class _Queued:
     observation_id: str | None
 
 
-class ActServedModel(BatchingModel):
+class ActServedModel(BatchingModel[_Queued]):
     """A PolicySource's pipeline fed by a Batcher; its series and the pipeline's in a registry of its own."""
 
     def __init__(self, config: ActConfig) -> None:
@@ -129,23 +128,13 @@ class ActServedModel(BatchingModel):
             return [TypeError("a policy takes /act observations, not this request")] * len(submit.request_ids)
         (request_id,) = submit.request_ids
         pending = Pending(request_id, submit.rows, BucketKey(), submit.arrival)
-        self._queued[request_id] = _Queued(pending, dict(submit.tensors), submit.observation_id)
-        self.batcher.add(pending)
-        return [request_id]
-
-    def abort(self, request_id: int) -> bool:
-        if self._queued.pop(request_id, None) is None:
-            return False
-        self.batcher.remove(request_id)
-        return True
+        return self._enqueue(_Queued(pending, dict(submit.tensors), submit.observation_id))
 
     def step(self, on_launched: Callable[[], None]) -> StepOutcome[ActResult]:
-        now = time.monotonic()
-        batch = self.batcher.take(now)
-        if batch is None:
+        taken = self._take()
+        if taken is None:
             return StepOutcome([], None)
-        queued = [self._queued.pop(request.request_id) for request in batch.requests]
-        self._observe(batch, now)
+        batch, queued = taken
         try:
             actions = self._act(queued)
             on_launched()
@@ -153,8 +142,7 @@ class ActServedModel(BatchingModel):
             chunks = np.split(wire, np.cumsum([q.pending.rows for q in queued])[:-1])
         except Exception:
             log.exception("an act() of %d rows failed; failing its %d requests", batch.rows, len(queued))
-            why = "the policy call running this request failed (see the server log)"
-            return StepOutcome([(q.pending.request_id, EngineFailure(why)) for q in queued], None)
+            return self._failed(queued, "the policy call running this request failed (see the server log)")
         events: list[tuple[int, ActResult | Ended]] = [
             (q.pending.request_id, ActResult(chunk)) for q, chunk in zip(queued, chunks, strict=True)
         ]

@@ -14,7 +14,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Generic, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -66,6 +66,16 @@ class EngineClient(Generic[Info, E]):
         if not self._running and self.state == "starting":
             self._running = True
             self.transport.start(self._receive, self._gone)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object) -> AsyncIterator[None]:
+        """An ASGI app's lifespan (FastAPI(lifespan=client.lifespan)): the engine side starts with the app
+        and stops with it (off the event loop: stopping joins threads or a process)."""
+        self.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(self.stop)
 
     def stop(self, timeout: float = 10.0) -> None:
         """End the engine side (requests still in flight fail with 503); any thread."""

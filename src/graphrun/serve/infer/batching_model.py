@@ -1,43 +1,77 @@
 """What a served model fed by a Batcher does the same whatever it runs (a tensor model at /v1/infer, a
-policy at /act): batch metrics, drain, the host loop's idle waits, and the counters it answers.
+policy at /act): queueing, aborting and taking requests, batch metrics, a failed call's events, drain,
+the host loop's idle waits, and the counters it answers.
 
-A subclass sets `registry`, `metrics`, `batcher` and `_queued` (its requests by id) in its constructor,
-and says where it runs (`_device`) and how many graphs it holds (`_graphs`)."""
+A subclass sets `registry`, `metrics`, `batcher` and `_queued` (its requests by id, each with its
+Pending) in its constructor, and says where it runs (`_device`) and how many graphs it holds
+(`_graphs`)."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
-from graphrun.serve.host.messages import Question
-from graphrun.serve.infer.batcher import Batch, Batcher
+from graphrun.serve.host.messages import EngineFailure, Question
+from graphrun.serve.host.served_model import StepOutcome
+from graphrun.serve.infer.batcher import Batch, Batcher, Pending
+from graphrun.serve.infer.metrics import BatchMetrics
 from graphrun.serve.memory import memory_now
 
 IDLE_SLICE_SECONDS = 0.0002  # while a batch waits: the longest sleep between looks at the host's inbox
 
 
-class BatchSeries(Protocol):
-    """A batching model's histograms: rows and requests per call, each request's wait."""
+class Queued(Protocol):
+    """A queued request as its served model keeps it: its Pending, and whatever its call needs."""
 
-    batch_rows: Histogram
-    batch_requests: Histogram
-    queue_wait: Histogram
+    @property
+    def pending(self) -> Pending: ...
 
 
-class BatchingModel:
+Q = TypeVar("Q", bound=Queued)
+
+
+class BatchingModel(Generic[Q]):
     registry: CollectorRegistry
-    metrics: BatchSeries
+    metrics: BatchMetrics
     batcher: Batcher
-    _queued: dict[int, Any]
+    _queued: dict[int, Q]
 
     def _device(self) -> torch.device:
         raise NotImplementedError
 
     def _graphs(self) -> str:
         raise NotImplementedError
+
+    def _enqueue(self, queued: Q) -> list[int | Exception]:
+        """Queue a submitted request; submit()'s answer (its id)."""
+        request_id = queued.pending.request_id
+        self._queued[request_id] = queued
+        self.batcher.add(queued.pending)
+        return [request_id]
+
+    def abort(self, request_id: int) -> bool:
+        if self._queued.pop(request_id, None) is None:
+            return False
+        self.batcher.remove(request_id)
+        return True
+
+    def _take(self) -> tuple[Batch, list[Q]] | None:
+        """The next ready batch and its requests (no longer queued), its series observed; None: none ready."""
+        now = time.monotonic()
+        batch = self.batcher.take(now)
+        if batch is None:
+            return None
+        queued = [self._queued.pop(request.request_id) for request in batch.requests]
+        self._observe(batch, now)
+        return batch, queued
+
+    @staticmethod
+    def _failed(queued: list[Q], why: str) -> StepOutcome[Any]:
+        """A failed call's outcome: each of its requests ends with EngineFailure(why) (a 500)."""
+        return StepOutcome([(q.pending.request_id, EngineFailure(why)) for q in queued], None)
 
     def _observe(self, batch: Batch, now: float) -> None:
         self.metrics.batch_rows.observe(batch.rows)

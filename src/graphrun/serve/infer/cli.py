@@ -9,15 +9,13 @@ LLM-only ones (--model, --max-num-seqs, ...) do not apply. Checked before torch 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import logging
-import sys
 from pathlib import Path
 
-from graphrun.errors import ConfigError, GraphrunError
-from graphrun.preflight import check_port_free, check_serve_extra
+from graphrun.errors import ConfigError
 from graphrun.serve.config import ServeConfig
+from graphrun.serve.flag_checks import run_checked
 from graphrun.serve.infer.config import DEFAULT_MAX_BATCH_SIZE, InferConfig
 
 log = logging.getLogger(__name__)
@@ -143,16 +141,7 @@ def _dim_rungs(value: str) -> tuple[str, int, tuple[int, ...]]:
 
 def run_infer(args: argparse.Namespace, serve_config: ServeConfig) -> int:
     """Check the flags (a problem: one line on stderr, exit 2), then serve the tensor model."""
-    try:
-        config = infer_config(args)
-        name = args.served_model_name or _default_name(config)
-        serve_config = dataclasses.replace(serve_config, served_model_name=name)
-        check_serve_extra()
-        check_port_free(serve_config.host, serve_config.port)
-    except GraphrunError as exc:
-        print(f"graphrun serve: error: {exc}", file=sys.stderr)
-        return 2
-    return serve_infer(config, serve_config)
+    return run_checked(args, serve_config, infer_config, _default_name, serve_infer)
 
 
 def _default_name(config: InferConfig) -> str:

@@ -15,20 +15,28 @@ WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25,
 RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-class InferMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+class BatchMetrics:
+    """A batcher's histograms, `graphrun_<route>_*`: rows and requests per call, each request's wait
+    (`call` names the call in their help, e.g. "model call")."""
+
+    def __init__(self, registry: CollectorRegistry, route: str, call: str) -> None:
         self.batch_rows = Histogram(
-            "graphrun_infer_batch_rows", "Rows in one model call (before padding)", buckets=ROW_BUCKETS,
+            f"graphrun_{route}_batch_rows", f"Rows in one {call} (before padding)", buckets=ROW_BUCKETS,
             registry=registry,
         )  # fmt: skip
         self.batch_requests = Histogram(
-            "graphrun_infer_batch_requests", "Requests coalesced into one model call", buckets=ROW_BUCKETS,
+            f"graphrun_{route}_batch_requests", f"Requests coalesced into one {call}", buckets=ROW_BUCKETS,
             registry=registry,
         )  # fmt: skip
         self.queue_wait = Histogram(
-            "graphrun_infer_queue_wait_seconds", "From submission to the start of the request's model call",
+            f"graphrun_{route}_queue_wait_seconds", f"From submission to the start of the request's {call}",
             buckets=WAIT_BUCKETS, registry=registry,
         )  # fmt: skip
+
+
+class InferMetrics(BatchMetrics):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry, "infer", "model call")
         self.padding_ratio = Histogram(
             "graphrun_infer_padding_ratio",
             "Padded / all positions of each padded call (a position: a row at one size of every dynamic dim)",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -27,7 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from graphrun.serve.config import ServeConfig
 from graphrun.serve.host.host_loop import HostPlan
-from graphrun.serve.host.messages import Ended, EngineFailure, Submission
+from graphrun.serve.host.messages import Ended, Submission
 from graphrun.serve.host.served_model import StepOutcome
 from graphrun.serve.host.transport import PipeTransport, ThreadTransport, Transport
 from graphrun.serve.infer.batcher import Batcher, Pending
@@ -61,7 +60,7 @@ class _Queued:
     tensors: Arrays
 
 
-class InferServedModel(BatchingModel):
+class InferServedModel(BatchingModel[_Queued]):
     """A ModelSource's calls (a GraphRunner, a BucketedRunner over its declared dims, or an ONNX model's
     OrtRunner), fed by a Batcher; its series in a registry of its own."""
 
@@ -122,29 +121,18 @@ class InferServedModel(BatchingModel):
         (request_id,) = submit.request_ids
         tensors = dict(submit.tensors)
         pending = Pending(request_id, submit.rows, self.calls.key(tensors), submit.arrival)
-        self._queued[request_id] = _Queued(pending, tensors)
-        self.batcher.add(pending)
-        return [request_id]
-
-    def abort(self, request_id: int) -> bool:
-        if self._queued.pop(request_id, None) is None:
-            return False
-        self.batcher.remove(request_id)
-        return True
+        return self._enqueue(_Queued(pending, tensors))
 
     def step(self, on_launched: Callable[[], None]) -> StepOutcome[InferResult]:
-        now = time.monotonic()
-        batch = self.batcher.take(now)
-        if batch is None:
+        taken = self._take()
+        if taken is None:
             return StepOutcome([], None)
-        queued = [self._queued.pop(request.request_id) for request in batch.requests]
-        self._observe(batch, now)
+        batch, queued = taken
         try:
             outputs = self.calls.run(batch.key, [q.tensors for q in queued], on_launched)
         except Exception:
             log.exception("a model call of %d rows failed; failing its %d requests", batch.rows, len(queued))
-            why = "the model call running this request failed (see the server log)"
-            return StepOutcome([(q.pending.request_id, EngineFailure(why)) for q in queued], None)
+            return self._failed(queued, "the model call running this request failed (see the server log)")
         events: list[tuple[int, InferResult | Ended]] = [
             (q.pending.request_id, InferResult(tuple(out.items())))
             for q, out in zip(queued, outputs, strict=True)

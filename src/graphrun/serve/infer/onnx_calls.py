@@ -6,16 +6,15 @@ dim must be a fixed size. Start-up checks both on the model file before any sess
 the tensor and the fix. Rungs come from --cuda-graph-sizes / --cuda-graph-max-bs; --enforce-eager gives
 an eager session; --graph-backend auto gives CUDA graphs where onnxruntime has the CUDA EP and the
 device is CUDA, else eager, which OrtRunner says once in an INFO line and /health and /v1/models name
-as the backend ("ort-cuda-graph", "ort-eager"). Batching, chunking and splitting are rows.py's:
-concatenate the requests' rows, one runner call per top-rung chunk, split the outputs back by rows.
+as the backend ("ort-cuda-graph", "ort-eager"). Batching, chunking and splitting are rows.py's
+(RowBatchCalls): concatenate the requests' rows, one runner call per top-rung chunk, split the outputs
+back by rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from prometheus_client import CollectorRegistry
@@ -25,11 +24,11 @@ from graphrun.ort.dtypes import torch_dtype
 from graphrun.ort.options import OrtOptions
 from graphrun.ort.runner import OrtRunner
 from graphrun.ort.sessions import has_cuda_ep
-from graphrun.serve.infer.calls import Arrays, graphs_summary, run_chunks, split_rows, to_wire
+from graphrun.serve.infer.calls import Arrays, to_wire
 from graphrun.serve.infer.config import InferConfig
-from graphrun.serve.infer.dims import DynamicDim
 from graphrun.serve.infer.metrics import InferMetrics
-from graphrun.serve.infer.schema import BucketKey, TensorSpec
+from graphrun.serve.infer.rows import RowBatchCalls
+from graphrun.serve.infer.schema import TensorSpec
 from graphrun.serve.infer.source import ModelSource
 
 # --graph-backend -> OrtRunner's backend ("sim" is GraphRunner's CPU simulator: InferConfig refuses it)
@@ -40,8 +39,10 @@ EXPORT_HINT = (
 )
 
 
-class OrtCalls:
+class OrtCalls(RowBatchCalls):
     """ModelCalls through an OrtRunner named "infer"; `source` describes the inputs (fn: the runner)."""
+
+    runner: OrtRunner
 
     def __init__(self, config: InferConfig, registry: CollectorRegistry, metrics: InferMetrics) -> None:
         assert config.onnx is not None
@@ -54,39 +55,17 @@ class OrtCalls:
         tensors = tuple(t for _, t in example)
         self.runner = OrtRunner(config.onnx, tensors, options=ort_options(config, registry))
         self.source = ModelSource(self.runner, example, name=config.onnx.stem)
+        self._names = tuple(name for name, _ in example)
         self.rungs = self.runner.sizes
         self.outputs = _output_specs(self.runner, config.onnx)
-        self.dims: tuple[DynamicDim, ...] = ()
 
-    def key(self, tensors: Arrays) -> BucketKey:
-        return BucketKey()
-
-    def run(
-        self, key: BucketKey, requests: Sequence[Arrays], on_launched: Callable[[], None]
-    ) -> list[Arrays]:
-        names = [name for name, _ in self.source.example]
-        inputs = {name: np.concatenate([request[name] for request in requests]) for name in names}
-        outputs = run_chunks(inputs, self.rungs[-1], self._launch, on_launched)
-        return split_rows(outputs, [next(iter(request.values())).shape[0] for request in requests])
-
-    def _launch(self, inputs: Arrays, _rows: slice) -> Arrays:
-        """One runner call (padded to its rung; eager where none is bound); outputs by the graph's names."""
-        rows = next(iter(inputs.values())).shape[0]
-        rung = self.runner.rung_for(rows)
-        if rung is not None:
-            self._metrics.padding_ratio.observe((rung - rows) / rung)
+    def _call(self, inputs: Arrays) -> Arrays:
+        """Outputs by the graph's names."""
         device = self.source.device
-        tensors = [torch.from_numpy(inputs[name]).to(device) for name, _ in self.source.example]
+        tensors = [torch.from_numpy(inputs[name]).to(device) for name in self._names]
         outputs = self.runner(*tensors)
         outputs = (outputs,) if isinstance(outputs, torch.Tensor) else outputs
         return {spec.name: to_wire(t) for spec, t in zip(self.outputs, outputs, strict=True)}
-
-    def backend(self) -> str:
-        return self.runner.status().backend
-
-    def graphs(self) -> str:
-        statuses = list(self.runner.status())
-        return graphs_summary(sum(rung.captured for rung in statuses), len(statuses))
 
 
 def onnx_device(device: str) -> torch.device:
