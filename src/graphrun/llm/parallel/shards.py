@@ -94,7 +94,8 @@ def _kv_heads(num_kv_heads: int, world_size: int, rank: int) -> tuple[int, int]:
         return per_rank, rank * per_rank
     if world_size % num_kv_heads:
         raise ShardError(
-            f"num_kv_heads (key/value heads)={num_kv_heads} does not divide tensor parallel size {world_size} "
-            f"(fewer KV heads than ranks are replicated, evenly); choose a size that {num_kv_heads} divides"
+            f"num_kv_heads (key/value heads)={num_kv_heads} does not divide tensor parallel size "
+            f"{world_size} (fewer KV heads than ranks are replicated, evenly); choose a size that "
+            f"{num_kv_heads} divides"
         )
     return 1, rank // (world_size // num_kv_heads)
