@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -84,36 +83,34 @@ def random_init(model: DecoderLM, seed: int) -> None:
     """Seeded N(0, 0.02) weights, zero biases, unit norms: the same seed on the same device type gives
     the same model, at every tensor-parallel size (each weight is drawn whole, then the rank keeps its
     slice). Uses its own torch.Generator, never the global RNG."""
-    weight = model.embed_tokens.weight
-    generator = torch.Generator(device=weight.device).manual_seed(seed)
-    targets = weight_map(model, model.config, model.layout).targets.values()
+    generator = torch.Generator(device=model.embed_tokens.weight.device).manual_seed(seed)
+    targets: dict[int, list[WeightTarget]] = {}  # id of a parameter -> the HF tensors it holds
+    for target in weight_map(model, model.config, model.layout).targets.values():
+        targets.setdefault(id(target.param), []).append(target)
     for module in model.modules():
         if isinstance(module, RMSNorm):
             module.weight.fill_(1.0)
         elif isinstance(module, nn.Linear | nn.Embedding):
-            shape = _full_shape(module, model.layout.parallel.world_size, targets)
-            full = torch.empty(shape, dtype=weight.dtype, device=weight.device)
-            full.normal_(0.0, INIT_STD, generator=generator)
-            _scatter(full, module.weight, targets)
+            weight, parts = module.weight, targets[id(module.weight)]
+            full = torch.empty(_full_shape(parts), dtype=weight.dtype, device=weight.device)
+            full.normal_(0.0, INIT_STD, generator=generator)  # the draw of the unsplit model
+            _scatter(full, parts)
             bias = getattr(module, "bias", None)
             if isinstance(bias, torch.Tensor):
                 bias.zero_()
     _zero_vocab_padding(model)
 
 
-def _full_shape(module: nn.Module, world_size: int, targets: Iterable[WeightTarget]) -> list[int]:
-    """The shape of `module`'s weight in the unsplit model: the HF tensors it fuses, stacked."""
-    mine = [t for t in targets if t.param is module.weight]
-    rows = sum(t.full_shape()[0] for t in mine)
-    return [rows, *mine[0].full_shape()[1:]]
+def _full_shape(parts: list[WeightTarget]) -> list[int]:
+    """The shape of a weight in the unsplit model: the HF tensors it fuses (parts), stacked by rows."""
+    return [sum(part.full_shape()[0] for part in parts), *parts[0].full_shape()[1:]]
 
 
-def _scatter(full: torch.Tensor, param: torch.Tensor, targets: Iterable[WeightTarget]) -> None:
-    """Copy this rank's slices of the unsplit fused tensor `full` into `param`."""
-    for target in targets:
-        if target.param is param:
-            part = full.narrow(0, target.fused_offset, target.full_shape()[0])
-            target.view().copy_(target.take(part))
+def _scatter(full: torch.Tensor, parts: list[WeightTarget]) -> None:
+    """Copy this rank's slice of each HF tensor within the unsplit fused weight `full` into its rows."""
+    for part in parts:
+        rows = full.narrow(0, part.fused_offset, part.full_shape()[0])
+        part.view().copy_(part.take(rows))
 
 
 def _zero_vocab_padding(model: DecoderLM) -> None:
