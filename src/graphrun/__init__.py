@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from graphrun.llm.checkpoint import CheckpointError
     from graphrun.llm.config import UnsupportedModelError
     from graphrun.llm.kv_cache import KVCacheBudgetError
+    from graphrun.llm.parallel.shards import ShardError
     from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
     from graphrun.llm.scheduler import RequestRejected
     from graphrun.llm.tokenizer import TokenizerError
@@ -71,6 +72,7 @@ _LAZY = {
     "CheckpointError": "graphrun.llm.checkpoint",
     "KVCacheBudgetError": "graphrun.llm.kv_cache",
     "OutOfBlocksError": "graphrun.llm.block_manager",
+    "ShardError": "graphrun.llm.parallel.shards",
     "RequestRejected": "graphrun.llm.scheduler",
     "TokenizerError": "graphrun.llm.tokenizer",
     "UnsupportedModelError": "graphrun.llm.config",
@@ -119,6 +121,7 @@ __all__ = [
     "RunnerOptions",
     "SamplingParams",
     "SamplingParamsError",
+    "ShardError",
     "SimBackend",
     "Stage",
     "StageReport",

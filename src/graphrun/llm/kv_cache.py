@@ -16,6 +16,8 @@ import torch
 
 from graphrun.errors import BackendUnavailableError, ConfigError
 from graphrun.llm.config import ModelConfig
+from graphrun.llm.parallel.config import ParallelConfig
+from graphrun.llm.parallel.shards import ShardLayout
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +48,24 @@ class KVCacheSpec:
 
     @classmethod
     def from_model(
-        cls, config: ModelConfig, block_size: int = 16, dtype: torch.dtype | None = None
+        cls,
+        config: ModelConfig,
+        block_size: int = 16,
+        dtype: torch.dtype | None = None,
+        parallel: ParallelConfig | None = None,
     ) -> KVCacheSpec:
-        """The cache a model needs; dtype defaults to the model's own."""
+        """The cache a model needs; dtype defaults to the model's own. With `parallel`, the cache of one
+        tensor-parallel rank: its own KV heads only (parallel/shards.py)."""
         if dtype is None:
             dtype = getattr(torch, config.dtype, None)
             if not isinstance(dtype, torch.dtype):
                 raise ConfigError(
                     f"model dtype {config.dtype!r} is not a torch dtype; pass dtype= explicitly"
                 )
-        return cls(config.num_layers, config.num_kv_heads, config.head_dim, block_size, dtype)
+        kv_heads = config.num_kv_heads
+        if parallel is not None:
+            kv_heads = ShardLayout.from_model(config, parallel).num_kv_heads
+        return cls(config.num_layers, kv_heads, config.head_dim, block_size, dtype)
 
     @property
     def bytes_per_block(self) -> int:

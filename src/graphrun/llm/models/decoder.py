@@ -6,6 +6,11 @@ batch of shape (num_tokens, ...); `AttentionMetadata` says where each writes its
 The attention kernels are the model's `AttentionBackend` (layers/attention_backend.py), fixed when it
 is built. The decode path (meta.is_decode) is written for CUDA-graph capture: no host reads, no
 data-dependent shapes, the cache written in place by index.
+
+Built for one tensor-parallel rank (`ParallelGroup`), each layer holds that rank's heads and MLP rows
+(parallel/shards.py): O and down produce partial sums that are all-reduced, the embedding and LM head
+hold a slice of the vocabulary. On a single rank every collective is the identity and the modules are
+those of the unsplit model.
 """
 
 from __future__ import annotations
@@ -29,22 +34,30 @@ from graphrun.llm.layers.attention_backend import (
 from graphrun.llm.layers.mlp import GatedMLP
 from graphrun.llm.layers.norm import RMSNorm
 from graphrun.llm.layers.rotary import Rope, RotaryEmbedding
+from graphrun.llm.parallel.group import ParallelGroup
+from graphrun.llm.parallel.linear import column_parallel_linear, row_parallel_linear
+from graphrun.llm.parallel.shards import ShardLayout
+from graphrun.llm.parallel.vocab import gather_logits, vocab_embedding
 
 
 class SelfAttention(nn.Module):
-    """Fused QKV projection, optional per-head q/k norm, rotary, paged attention, output projection."""
+    """Fused QKV projection, optional per-head q/k norm, rotary, paged attention, output projection,
+    over this rank's heads (layout)."""
 
-    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
+    def __init__(
+        self, config: ModelConfig, backend: AttentionBackend, layout: ShardLayout, group: ParallelGroup
+    ) -> None:
         super().__init__()
-        self.heads = HeadShape(config.num_heads, config.num_kv_heads, config.head_dim)
-        self.q_size = config.num_heads * config.head_dim
-        self.kv_size = config.num_kv_heads * config.head_dim
+        self.heads = HeadShape(layout.num_heads, layout.num_kv_heads, config.head_dim)
+        self.q_size = layout.num_heads * config.head_dim
+        self.kv_size = layout.num_kv_heads * config.head_dim
         self.scale = config.head_dim**-0.5
-        # output rows: [q (num_heads * head_dim) | k (num_kv_heads * head_dim) | v (same)]
-        self.qkv_proj = nn.Linear(
+        self.group = group
+        # output rows: [q (num_heads * head_dim) | k (num_kv_heads * head_dim) | v (same)], this rank's heads
+        self.qkv_proj = column_parallel_linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias
         )
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.attention_bias)
+        self.o_proj = row_parallel_linear(self.q_size, config.hidden_size, config.attention_bias, layout)
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.norms = None if self.q_norm is None or self.k_norm is None else QKNorms(self.q_norm, self.k_norm)
@@ -67,19 +80,21 @@ class SelfAttention(nn.Module):
         return self.backend.store_qkv(qkv, self.heads, self.norms, rope, slot_mapping, kv_cache)
 
     def project_out(self, out: torch.Tensor) -> torch.Tensor:
-        """Attention output (num_tokens, num_heads, head_dim) -> (num_tokens, hidden)."""
-        return linear(out.reshape(-1, self.q_size), self.o_proj)
+        """Attention output (num_tokens, num_heads, head_dim) -> (num_tokens, hidden), summed over ranks."""
+        return self.group.all_reduce(linear(out.reshape(-1, self.q_size), self.o_proj))
 
 
 class DecoderLayer(nn.Module):
     """Pre-norm block: norm -> attention -> add -> norm -> MLP, with each add fused into the next norm."""
 
-    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
+    def __init__(
+        self, config: ModelConfig, backend: AttentionBackend, layout: ShardLayout, group: ParallelGroup
+    ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = SelfAttention(config, backend)
+        self.self_attn = SelfAttention(config, backend, layout, group)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size)
+        self.mlp = GatedMLP(config.hidden_size, layout.intermediate_size, group)
 
     def forward(
         self,
@@ -114,7 +129,7 @@ class DecoderLayer(nn.Module):
         act, residual = self._normed_linear(
             hidden, residual, self.post_attention_layernorm, self.mlp.gate_up_proj, silu_mul=True
         )
-        return linear(act, self.mlp.down_proj), residual
+        return self.mlp.project_down(act), residual
 
     def _normed_linear(
         self,
@@ -137,19 +152,29 @@ class DecoderLM(nn.Module):
     """A Llama- or Qwen3-family causal LM: token ids and positions in, final hidden states out.
 
     attention_backend: the attention kernels (select_attention_backend picks them for a device); the
-    torch reference ops by default.
+    torch reference ops by default. group: the tensor-parallel rank this model is built for (its
+    `layout` says which heads, MLP rows and vocabulary rows it holds); one rank by default.
     """
 
-    def __init__(self, config: ModelConfig, attention_backend: AttentionBackend | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        attention_backend: AttentionBackend | None = None,
+        group: ParallelGroup | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         backend = attention_backend if attention_backend is not None else TorchAttentionBackend()
         self.attention_backend = backend
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.group = group if group is not None else ParallelGroup.single()
+        self.layout = layout = ShardLayout.from_model(config, self.group.config)
+        self.embed_tokens = vocab_embedding(layout, config.hidden_size, self.group)
         self.rotary = RotaryEmbedding(config)
-        self.layers = nn.ModuleList(DecoderLayer(config, backend) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, backend, layout, self.group) for _ in range(config.num_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = column_parallel_linear(config.hidden_size, layout.vocab_rows, bias=False)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -183,7 +208,11 @@ class DecoderLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(num_rows, hidden_size) -> (num_rows, vocab_size) float32 logits (rounded to the model dtype
-        first, as lm_head(hidden).float() is)."""
+        first, as lm_head(hidden).float() is); the whole vocabulary on every rank."""
+        return gather_logits(self._local_logits(hidden), self.layout, self.group)
+
+    def _local_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(num_rows, layout.vocab_rows) float32 logits of this rank's vocabulary rows."""
         if skinny_enabled(hidden) and self.lm_head.bias is None and hidden.shape[1] % 16 == 0:
             # one kernel streams the head and stores float32: no separate cast of the logits
             logits: torch.Tensor = kernel_ops().skinny_logits(hidden, self.lm_head.weight)
