@@ -187,33 +187,82 @@ class RungCapturer:
         return body
 
     def _capture_rung(self, rung: int) -> None:
-        """Capture and verify one rung at its own size; a failure leaves it eager, with the reason."""
-        spec, backend, outputs, verifier = self._spec, self._spec.backend, self._outputs, self._verifier
-        assert outputs is not None and verifier is not None  # a rung without status: outputs were learned
-        if hasattr(backend, "current_rung"):
-            backend.current_rung = rung
+        """Capture and verify one rung at its own size; a failure leaves it eager, with the reason.
+
+        With options.agree (tensor parallel) the ranks join their verdicts after each phase that runs the
+        callable (warm-up, capture, verification), so a rung that fails on any rank is eager on all, and no
+        rank starts a phase, with its collectives, that a peer skipped.
+        """
+        if hasattr(self._spec.backend, "current_rung"):
+            self._spec.backend.current_rung = rung
         start = time.perf_counter()
+        body = self._prepare(rung, start)
+        if not self._agreed(body is not None, rung, start):
+            return
+        assert body is not None
+        graph = self._record(rung, body, start)
+        if not self._agreed(graph is not None, rung, start):
+            if graph is not None:
+                graph.release()
+            return
+        assert graph is not None
+        if not self._agreed(self._verified(graph, rung, start), rung, start):
+            graph.release()
+            return
+        seconds = time.perf_counter() - start
+        self._graphs[rung] = graph
+        self._statuses[rung] = RungStatus(rung, True, graph.nbytes, seconds, padded=self._spec.options.pads)
+        mib = graph.nbytes / 2**20
+        log.info(
+            "runner %s: captured batch size %d in %.3f s (%.1f MiB)", self._spec.name, rung, seconds, mib
+        )
+
+    def _prepare(self, rung: int, start: float) -> Callable[[], None] | None:
+        """Run the rung eagerly, warm up its body and check the memory budget; None (recorded) on failure."""
+        spec, outputs = self._spec, self._outputs
+        assert outputs is not None  # a rung without status: outputs were learned
         try:
             outputs.check(spec.call_at(rung), rung)
             body = self._body(rung, outputs)
-            backend.warmup(body, spec.options.warmup_iters)
+            spec.backend.warmup(body, spec.options.warmup_iters)
             if spec.options.memory_budget_bytes is not None and self._over_budget(body, rung, start):
-                return
-            with backend.range(f"graphrun.capture[{spec.name}:{rung}]"):
-                graph = backend.capture(body, f"graphrun.replay[{spec.name}:{rung}]")
+                return None
         except Exception as exc:
             self._fail(rung, classify(exc), exc, time.perf_counter() - start)
-            return
-        found = verifier.check(graph, rung, rung, VERIFY_SEED + rung) if spec.options.verify else None
-        seconds = time.perf_counter() - start
+            return None
+        return body
+
+    def _record(self, rung: int, body: Callable[[], None], start: float) -> CapturedGraph | None:
+        """The rung's graph, or None (recorded) when the backend could not capture the body."""
+        spec = self._spec
+        try:
+            with spec.backend.range(f"graphrun.capture[{spec.name}:{rung}]"):
+                return spec.backend.capture(body, f"graphrun.replay[{spec.name}:{rung}]")
+        except Exception as exc:
+            self._fail(rung, classify(exc), exc, time.perf_counter() - start)
+            return None
+
+    def _verified(self, graph: CapturedGraph, rung: int, start: float) -> bool:
+        """Whether the graph replays like eager at the rung's size (True when verification is off)."""
+        verifier = self._verifier
+        if not self._spec.options.verify:
+            return True
+        assert verifier is not None
+        found = verifier.check(graph, rung, rung, VERIFY_SEED + rung)
         if found is not None:
-            graph.release()
-            self._fail(rung, CaptureFailure.VERIFICATION, found.detail, seconds)
-            return
-        self._graphs[rung] = graph
-        self._statuses[rung] = RungStatus(rung, True, graph.nbytes, seconds, padded=spec.options.pads)
-        mib = graph.nbytes / 2**20
-        log.info("runner %s: captured batch size %d in %.3f s (%.1f MiB)", spec.name, rung, seconds, mib)
+            self._fail(rung, CaptureFailure.VERIFICATION, found.detail, time.perf_counter() - start)
+        return found is None
+
+    def _agreed(self, ok: bool, rung: int, start: float) -> bool:
+        """Whether this phase succeeded on every rank (on this one, without options.agree). A rank that
+        succeeded while a peer failed marks the rung eager, as peer_rank_failed."""
+        agree = self._spec.options.agree
+        if agree is None or agree(ok):
+            return ok
+        if ok:
+            detail = "another tensor-parallel rank could not capture this size"
+            self._fail(rung, CaptureFailure.PEER_RANK, detail, time.perf_counter() - start)
+        return False
 
     def _over_budget(self, body: Callable[[], None], rung: int, start: float) -> bool:
         backend, budget = self._spec.backend, self._spec.options.memory_budget_bytes
@@ -251,7 +300,11 @@ class RungCapturer:
                 lowest = rung + 1
 
     def _record_padding(self, rung: int, problem: str | None, seconds: float) -> None:
-        """Add the check's time to the rung's; a problem makes the rung exact-size only."""
+        """Add the check's time to the rung's; a problem (on any rank, with options.agree) makes the rung
+        exact-size only."""
+        agree = self._spec.options.agree
+        if agree is not None and not agree(problem is None) and problem is None:
+            problem = "another tensor-parallel rank's padded replay differs from eager"
         status = self._statuses[rung]
         status = replace(status, capture_seconds=status.capture_seconds + seconds)
         if problem is None:

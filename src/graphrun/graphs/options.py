@@ -28,6 +28,8 @@ SCALAR_MODES = ("static", "tensor")
 
 VerifyInputs = Callable[[int, torch.Generator], Sequence[Any]]
 SplitPredicate = Callable[[Any], bool]  # a torch.fx Node -> run it eager between piecewise segments
+# this rank's verdict -> True only if every rank's verdict was True (tensor parallel: a MIN all-reduce)
+Agree = Callable[[bool], bool]
 
 
 class CaptureWhen(StrEnum):
@@ -80,6 +82,7 @@ class RunnerOptions:
     compile_cache_dir: str | None = None
     mode: CudaGraphMode | str = CudaGraphMode.FULL
     split_predicate: SplitPredicate | None = None
+    agree: Agree | None = None
 
     def __post_init__(self) -> None:
         self._check_modes()
@@ -190,6 +193,7 @@ class RunnerKeywords(TypedDict, total=False):
     compile_cache_dir: str | None
     mode: CudaGraphMode | str
     split_predicate: SplitPredicate | None
+    agree: Agree | None
 
 
 def resolve_options(options: RunnerOptions | None, keywords: Mapping[str, Any]) -> RunnerOptions:

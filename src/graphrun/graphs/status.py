@@ -33,6 +33,9 @@ class CaptureFailure(StrEnum):
     MODE_NONE = "mode_none"  # mode="none": graphs are off, every call runs eager
     UNTRACEABLE = "untraceable"  # piecewise: neither torch.fx nor torch.export could trace the callable
     SEGMENT_NOT_CAPTURED = "segment_not_captured"  # piecewise: a segment failed to capture (cause in detail)
+    # tensor parallel (RunnerOptions.agree): this rank captured the rung, another rank could not, so it runs
+    # eager on every rank (a rank replaying while another runs eager would pair their collectives wrongly)
+    PEER_RANK = "peer_rank_failed"
 
 
 class CallFallback(StrEnum):

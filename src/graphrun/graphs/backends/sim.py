@@ -9,6 +9,10 @@ the tensor recorded at capture, so, as on CUDA:
 - host syncs during capture raise: .item(), .tolist(), .cpu(), .numpy(), bool(), nonzero, masked
   indexing and friends, on a "device" tensor (a static buffer or anything computed during capture),
   raise HostSyncError worded like CUDA's "operation not permitted when stream is capturing".
+Collectives (torch.distributed over gloo, for tensor-parallel tests) are recorded and re-run like any op:
+a functional collective (`_c10d_functional.all_reduce`, ...) is waited for as soon as replay issues it,
+and so is a `dist.all_reduce` (`c10d.allreduce_`, whose Work the recording keeps); their `wait_tensor`
+ops are then no-ops. Every rank must replay its graphs in the same order, as on NCCL.
 It does not model the shared memory pool: each recording keeps its own intermediates.
 """
 
@@ -41,6 +45,10 @@ _SYNCING_OPS = frozenset(
         aten.repeat_interleave.Tensor,
     }
 )
+# c10d: torch.distributed's in-place collectives (they return a Work); _c10d_functional: the functional
+# ones (they return a tensor that wait_tensor completes).
+_COLLECTIVE_NAMESPACES = frozenset({"c10d", "_c10d_functional"})
+_WAIT_TENSOR = torch.ops._c10d_functional.wait_tensor.default
 # Tensor methods that copy device data to the host (no aten op runs for a CPU tensor, so catch them here).
 _SYNCING_METHODS = frozenset(
     {
@@ -109,6 +117,8 @@ class SimGraph:
     def _run(self) -> None:
         for op in self._ops:
             out = op.func(*op.args, **op.kwargs)
+            if op.func.namespace in _COLLECTIVE_NAMESPACES:
+                _wait(op.func, out)
             if op.targets:
                 flat = _flat_outputs(op.func, out)
                 for index, target in op.targets:
@@ -226,7 +236,7 @@ class _Recorder(TorchDispatchMode):
             self._check(func, args)
         out = func(*args, **kwargs)
         targets = self._fresh_outputs(func, out, _input_storages(args, kwargs))
-        if self._record and (targets or func._schema.is_mutable):
+        if self._record and (targets or func._schema.is_mutable or _is_collective(func)):
             self.ops.append(_Op(func, tuple(args), dict(kwargs), targets))
         return out
 
@@ -253,6 +263,23 @@ class _Recorder(TorchDispatchMode):
                 self._seen.add(key)
                 self.nbytes += value.untyped_storage().nbytes()
         return targets
+
+
+def _is_collective(func: Any) -> bool:
+    """A collective other than wait_tensor: replay must issue it again (its outputs alias its inputs,
+    so neither the schema nor fresh storage would get it recorded)."""
+    return func.namespace in _COLLECTIVE_NAMESPACES and func is not _WAIT_TENSOR
+
+
+def _wait(func: Any, out: Any) -> None:
+    """Complete a collective replay just issued: wait on its Work, or on its functional result."""
+    if func.namespace == "c10d":
+        for value in out if isinstance(out, tuple) else (out,):
+            if hasattr(value, "wait"):  # the Work (the tensors come back as they went in)
+                value.wait()
+        return
+    for _, tensor in _flat_outputs(func, out):
+        _WAIT_TENSOR(tensor)
 
 
 def _input_storages(args: Any, kwargs: Any) -> set[int]:

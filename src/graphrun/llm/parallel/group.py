@@ -4,6 +4,16 @@ A row-parallel projection ends in an all-reduce of partial sums; the vocab-paral
 all-gather of logits shards. The torch.distributed group is passed in (never looked up as a global),
 and a single rank makes both calls return their input untouched: no op, no copy, so the one-GPU model
 runs exactly as it did before tensor parallelism existed.
+
+Both are torch's functional collectives (`_c10d_functional` ops: the collective, then `wait_tensor` on
+its result, always back to back), not `dist.all_reduce`: they are dispatcher ops with a tensor result,
+so a recorder of ops (the sim backend) and torch.fx see and replay them, and on NCCL they are captured
+into a CUDA graph like any kernel (ProcessGroupNCCL skips its watchdog queue while a stream captures,
+pytorch#103503). The wait must sit in the same graph as its collective (pytorch#192000): it does here.
+NCCL must be initialised before the first capture; the runner's eager warm-up runs every collective
+once before capturing.
+
+agree() is not for graphs: it joins the ranks' capture verdicts (RunnerOptions.agree), outside capture.
 """
 
 from __future__ import annotations
@@ -15,6 +25,8 @@ import torch.distributed as dist
 
 from graphrun.errors import ConfigError
 from graphrun.llm.parallel.config import ParallelConfig
+
+_functional = torch.ops._c10d_functional  # collectives with tensor results (see the module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +68,32 @@ class ParallelGroup:
         """Sum of every rank's `partial` (same shape on all), summed in place; `partial` on one rank."""
         if self.process_group is None:
             return partial
-        dist.all_reduce(partial, group=self.process_group)
-        return partial
+        _functional.all_reduce_(partial, "sum", self.process_group.group_name)
+        return _functional.wait_tensor(partial)
 
     def all_gather(self, shard: torch.Tensor) -> torch.Tensor:
         """Every rank's `shard` joined along the last dimension, in rank order; `shard` on one rank."""
         if self.process_group is None:
             return shard
-        shard = shard.contiguous()
-        shards = [torch.empty_like(shard) for _ in range(self.world_size)]
-        dist.all_gather(shards, shard, group=self.process_group)
-        return torch.cat(shards, dim=-1)
+        name = self.process_group.group_name
+        stacked = _functional.wait_tensor(
+            _functional.all_gather_into_tensor(shard.contiguous(), self.world_size, name)
+        )  # (world_size * shard.shape[0], *shard.shape[1:]): the shards stacked along dim 0
+        return torch.cat(stacked.chunk(self.world_size), dim=-1)
+
+    def agree(self, ok: bool) -> bool:
+        """True on every rank when `ok` is True on every rank, else False on all (a MIN all-reduce).
+
+        Eager, never inside a graph: the runner calls it between capture phases (RunnerOptions.agree).
+        """
+        if self.process_group is None:
+            return ok
+        flag = torch.tensor([int(ok)], dtype=torch.int32, device=self._collective_device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.process_group)
+        return bool(flag.item())
+
+    def _collective_device(self) -> torch.device:
+        """NCCL reduces CUDA tensors only (this process's current GPU); gloo reduces CPU ones."""
+        if dist.get_backend(self.process_group) == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
