@@ -1,4 +1,7 @@
-"""What the graph tests run on every rank: the tiny preset's decode step through a GraphRunner (sim backend).
+"""What the graph tests run on every rank: the tiny preset's decode step through a GraphRunner.
+
+On the CPU (gloo) the graphs are the sim backend's; with device "cuda" (NCCL, rank r on GPU r) they are
+CUDA graphs.
 
 The step (ids, positions, slots, block tables, context lengths -> full-vocabulary logits) holds the
 model's all-reduces and its logits all-gather, so each rank's graphs hold its collectives. Each rank also
@@ -30,7 +33,9 @@ NUM_BLOCKS = SIZES[-1] * BLOCKS_PER_SEQ + 1
 CALL_SIZES = (1, 3, 4, 2, 4)  # the last 4 follows another 4 on new inputs: replay must re-run everything
 
 
-def decode_inputs(n: int, generator: torch.Generator, vocab_size: int) -> list[torch.Tensor]:
+def decode_inputs(
+    n: int, generator: torch.Generator, vocab_size: int, device: str = "cpu"
+) -> list[torch.Tensor]:
     """Valid decode inputs for n sequences: ids, positions, slots, block tables, context lengths."""
     ids = torch.randint(0, vocab_size, (n,), generator=generator)
     context_lens = torch.randint(1, BLOCK_SIZE * BLOCKS_PER_SEQ + 1, (n,), generator=generator)
@@ -39,7 +44,7 @@ def decode_inputs(n: int, generator: torch.Generator, vocab_size: int) -> list[t
     positions = context_lens - 1
     slots = tables.long().gather(1, (positions // BLOCK_SIZE).unsqueeze(1)).squeeze(1) * BLOCK_SIZE
     slots += positions % BLOCK_SIZE
-    return [ids, positions, slots, tables, context_lens.to(torch.int32)]
+    return [t.to(device) for t in (ids, positions, slots, tables, context_lens.to(torch.int32))]
 
 
 class DecodeStep:
@@ -50,7 +55,11 @@ class DecodeStep:
     def __init__(self, model: DecoderLM, noisy_at: int | None = None) -> None:
         self.model, self.noisy_at = model, noisy_at
         shape = (NUM_BLOCKS, BLOCK_SIZE, model.layout.num_kv_heads, model.config.head_dim)
-        self.caches = [(torch.empty(shape), torch.empty(shape)) for _ in range(model.config.num_layers)]
+        device = model.embed_tokens.weight.device
+        self.caches = [
+            (torch.empty(shape, device=device), torch.empty(shape, device=device))
+            for _ in range(model.config.num_layers)
+        ]
         self.reset()
 
     def reset(self) -> None:
@@ -71,51 +80,53 @@ class DecodeStep:
         return logits
 
 
-def runner(step: DecodeStep, vocab_size: int, group: ParallelGroup, **options: Any) -> GraphRunner:
-    example = decode_inputs(SIZES[-1], torch.Generator().manual_seed(1), vocab_size)
+def runner(step: DecodeStep, vocab: int, group: ParallelGroup, device: str, **options: Any) -> GraphRunner:
+    """Sim graphs on the CPU, CUDA graphs on a GPU; the ranks' verdicts joined by group.agree."""
+    example = decode_inputs(SIZES[-1], torch.Generator().manual_seed(1), vocab, device)
+    backend = SimBackend() if device == "cpu" else "cuda"
     return GraphRunner(
-        step, example, sizes=SIZES, backend=SimBackend(), registry=CollectorRegistry(),
-        verify_inputs=lambda n, g: decode_inputs(n, g, vocab_size), agree=group.agree, **options,
+        step, example, sizes=SIZES, backend=backend, registry=CollectorRegistry(),
+        verify_inputs=lambda n, g: decode_inputs(n, g, vocab, device), agree=group.agree, **options,
     )  # fmt: skip
 
 
 @torch.inference_mode()
-def replay_vs_eager(group: ParallelGroup, out: Path) -> None:
+def replay_vs_eager(group: ParallelGroup, out: Path, device: str = "cpu") -> None:
     """Per call: the runner's logits, eager TP logits and TP=1 logits; and the runner's status."""
-    model = tiny_model(group)
+    model = tiny_model(group, device)
     vocab = model.config.vocab_size
-    step, single = DecodeStep(model), DecodeStep(tiny_model(ParallelGroup.single()))
-    graphs = runner(step, vocab, group)
+    step, single = DecodeStep(model), DecodeStep(tiny_model(ParallelGroup.single(), device))
+    graphs = runner(step, vocab, group, device)
     calls = []
     for i, n in enumerate(CALL_SIZES):
-        inputs = decode_inputs(n, torch.Generator().manual_seed(100 + i), vocab)
+        inputs = decode_inputs(n, torch.Generator().manual_seed(100 + i), vocab, device)
         step.reset()
         eager = step(*inputs)
         step.reset()
         single.reset()
-        calls.append((graphs(*inputs).clone(), eager, single(*inputs)))
+        calls.append((graphs(*inputs).clone().cpu(), eager.cpu(), single(*inputs).cpu()))
     status = [(s.size, s.captured, s.reason) for s in graphs.status()]
     torch.save({"calls": calls, "status": status, "replayed": graphs.stats.num_replayed},
                out / f"rank{group.rank}.pt")  # fmt: skip
 
 
 @torch.inference_mode()
-def rank_one_fails(group: ParallelGroup, out: Path, how: str) -> None:
+def rank_one_fails(group: ParallelGroup, out: Path, how: str, device: str = "cpu") -> None:
     """Rank 1 alone fails: verification at rung 4 ("verify"), or every rung's memory budget ("budget")."""
     warnings = _capture_warnings()
-    model = tiny_model(group)
+    model = tiny_model(group, device)
     vocab = model.config.vocab_size
     rank_one = group.rank == 1
     noisy_at = 4 if how == "verify" and rank_one else None
     budget = 1 if how == "budget" and rank_one else 2**34  # every rank checks a budget (it runs the body)
-    step, single = DecodeStep(model, noisy_at), DecodeStep(tiny_model(ParallelGroup.single()))
-    graphs = runner(step, vocab, group, memory_budget_bytes=budget)
+    step, single = DecodeStep(model, noisy_at), DecodeStep(tiny_model(ParallelGroup.single(), device))
+    graphs = runner(step, vocab, group, device, memory_budget_bytes=budget)
     calls = []
     for i, n in enumerate(CALL_SIZES):
-        inputs = decode_inputs(n, torch.Generator().manual_seed(200 + i), vocab)
+        inputs = decode_inputs(n, torch.Generator().manual_seed(200 + i), vocab, device)
         step.reset()
         single.reset()
-        calls.append((n, graphs(*inputs).clone(), single(*inputs)))
+        calls.append((n, graphs(*inputs).clone().cpu(), single(*inputs).cpu()))
     torch.save({
         "calls": calls,
         "status": [(s.size, s.captured, s.reason) for s in graphs.status()],

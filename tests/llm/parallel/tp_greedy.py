@@ -35,8 +35,8 @@ class GreedyRun:
     weights: dict[str, torch.Tensor]  # this rank's state dict
 
 
-def tiny_model(group: ParallelGroup) -> DecoderLM:
-    model = build_model(preset_config("tiny"), torch.float32, "cpu", TorchAttentionBackend(), group)
+def tiny_model(group: ParallelGroup, device: str = "cpu") -> DecoderLM:
+    model = build_model(preset_config("tiny"), torch.float32, device, TorchAttentionBackend(), group)
     random_init(model, seed=7)
     return model
 

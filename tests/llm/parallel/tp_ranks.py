@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -23,14 +24,20 @@ Job = Callable[..., None]
 
 
 def run_ranks(
-    job: Job, args: tuple[Any, ...], world_size: int, workdir: Path, timeout_s: float = 180
+    job: Job,
+    args: tuple[Any, ...],
+    world_size: int,
+    workdir: Path,
+    timeout_s: float = 180,
+    backend: str = "gloo",
 ) -> None:
-    """job(group, *args) on world_size spawned processes; returns when all have finished."""
+    """job(group, *args) on world_size spawned processes; returns when all have finished.
+    backend "nccl": rank r runs on GPU r, its communicator created at once (before any capture)."""
     rendezvous = workdir / "rendezvous"
     rendezvous.unlink(missing_ok=True)
     context = mp.start_processes(
         _rank_main,
-        (world_size, str(rendezvous), job, args),
+        (world_size, str(rendezvous), job, args, backend),
         nprocs=world_size,
         join=False,
         start_method="spawn",
@@ -47,10 +54,16 @@ def run_ranks(
             process.join()
 
 
-def _rank_main(rank: int, world_size: int, rendezvous: str, job: Job, args: tuple[Any, ...]) -> None:
+def _rank_main(
+    rank: int, world_size: int, rendezvous: str, job: Job, args: tuple[Any, ...], backend: str
+) -> None:
+    device = None
+    if backend == "nccl":
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
     dist.init_process_group(
-        "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size,
-        timeout=datetime.timedelta(seconds=60),
+        backend, init_method=f"file://{rendezvous}", rank=rank, world_size=world_size,
+        timeout=datetime.timedelta(seconds=60), device_id=device,
     )  # fmt: skip
     try:
         job(ParallelGroup(ParallelConfig(world_size, rank), dist.group.WORLD), *args)
