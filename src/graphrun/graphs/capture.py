@@ -142,14 +142,9 @@ class RungCapturer:
 
     def _verify_padded_rung(self, rung: int) -> None:
         """Check one rung's padded replays over the batches no smaller padded rung of this pass serves."""
-        verifier = self._verifier
-        assert verifier is not None  # the rung was captured, so the outputs were learned
         below = [r for r in self._graphs if r < rung and self._statuses[r].padded]
-        start, problem = time.perf_counter(), None
-        for n in padded_samples(max(below, default=0) + 1, rung, self._graphs):
-            problem = verifier.check_padded(self._graphs[rung], rung, n)
-            if problem is not None:
-                break
+        start = time.perf_counter()
+        problem = self._padded_problem(self._graphs[rung], rung, max(below, default=0) + 1)
         self._record_padding(rung, problem, time.perf_counter() - start)
 
     def _compile(self) -> CompileReport | None:
@@ -284,20 +279,28 @@ class RungCapturer:
         at the smallest of them and at one in the middle. A mismatch leaves the rung exact-size only, so
         its batches move on to the next rung, whose interval then reaches down to them.
         """
-        verifier = self._verifier
-        if verifier is None:  # no rung ran eagerly, so none was captured
+        if self._verifier is None:  # no rung ran eagerly, so none was captured
             return
         lowest = 1  # the smallest batch that lands on the next rung, padded
         for rung, graph in sorted(self._graphs.items()):
             start = time.perf_counter()
-            problem = None
-            for n in padded_samples(lowest, rung, self._graphs):
-                problem = verifier.check_padded(graph, rung, n)
-                if problem is not None:
-                    break
+            problem = self._padded_problem(graph, rung, lowest)
             self._record_padding(rung, problem, time.perf_counter() - start)
             if problem is None:
                 lowest = rung + 1
+
+    def _padded_problem(self, graph: CapturedGraph, rung: int, lowest: int) -> str | None:
+        """The first padded batch from `lowest` up that replays unlike eager on the rung, else None.
+        With options.agree every sample is checked even after a problem, so each rank runs the same
+        replays (and collectives) whatever its own verdict."""
+        verifier, problem = self._verifier, None
+        assert verifier is not None  # the rung was captured, so the outputs were learned
+        for n in padded_samples(lowest, rung, self._graphs):
+            found = verifier.check_padded(graph, rung, n)
+            problem = problem or found
+            if problem is not None and self._spec.options.agree is None:
+                break
+        return problem
 
     def _record_padding(self, rung: int, problem: str | None, seconds: float) -> None:
         """Add the check's time to the rung's; a problem (on any rank, with options.agree) makes the rung

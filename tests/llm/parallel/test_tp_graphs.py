@@ -106,6 +106,19 @@ def test_a_memory_budget_that_only_rank_one_misses_leaves_both_eager(tmp_path):
             torch.testing.assert_close(got, single, atol=ATOL, rtol=0)
 
 
+def test_a_padded_check_that_fails_on_rank_one_leaves_both_ranks_exact_size(tmp_path):
+    """Rank 1 couples rows: its padded replays differ from eager; both ranks replay exact sizes only."""
+    run_ranks(rank_one_fails, (tmp_path, "couple"), WORLD_SIZE, tmp_path)
+    ranks = _load(tmp_path)
+    padding = CaptureFailure.PADDING_MISMATCH
+    for rank in ranks:
+        assert rank["status"] == [(1, True, None), (2, True, None), (4, True, padding)]
+        assert rank["fallback"] == {CallFallback.PADDING_MISMATCH: CALL_SIZES.count(3)}
+        assert any("another tensor-parallel rank" in line for line in rank["warnings"]) is (rank is ranks[0])
+        for _, got, single in rank["calls"]:
+            torch.testing.assert_close(got, single, atol=NOISE if rank is ranks[1] else ATOL, rtol=0)
+
+
 class _Collectives(TorchDispatchMode):
     """Counts the collective ops that run under it."""
 

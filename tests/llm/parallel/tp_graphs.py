@@ -50,10 +50,11 @@ def decode_inputs(
 class DecodeStep:
     """The step over a cache of this rank's KV heads, sliced from one seeded full-head cache, so every
     world size reads the same values; reset() refills it in place (graphs keep its addresses).
-    noisy_at: add fresh noise at that batch size (a replay then differs from eager: verification fails)."""
+    noisy_at: add fresh noise at that batch size (a replay then differs from eager: verification fails).
+    couple: add a little of the batch's mean to every row (a padded replay then differs from eager)."""
 
-    def __init__(self, model: DecoderLM, noisy_at: int | None = None) -> None:
-        self.model, self.noisy_at = model, noisy_at
+    def __init__(self, model: DecoderLM, noisy_at: int | None = None, couple: bool = False) -> None:
+        self.model, self.noisy_at, self.couple = model, noisy_at, couple
         shape = (NUM_BLOCKS, BLOCK_SIZE, model.layout.num_kv_heads, model.config.head_dim)
         device = model.embed_tokens.weight.device
         self.caches = [
@@ -77,6 +78,8 @@ class DecodeStep:
         logits = self.model.compute_logits(self.model(ids, positions, meta, self.caches))
         if self.noisy_at is not None and ids.shape[0] == self.noisy_at:
             logits = logits + torch.rand_like(logits) * 1e-2
+        if self.couple:
+            logits = logits + 1e-2 * logits.mean(0, keepdim=True)
         return logits
 
 
@@ -112,14 +115,18 @@ def replay_vs_eager(group: ParallelGroup, out: Path, device: str = "cpu") -> Non
 
 @torch.inference_mode()
 def rank_one_fails(group: ParallelGroup, out: Path, how: str, device: str = "cpu") -> None:
-    """Rank 1 alone fails: verification at rung 4 ("verify"), or every rung's memory budget ("budget")."""
+    """Rank 1 alone fails: verification at rung 4 ("verify"), every rung's memory budget ("budget"), or
+    the padded check of rung 4, which serves 3 ("couple")."""
     warnings = _capture_warnings()
     model = tiny_model(group, device)
     vocab = model.config.vocab_size
     rank_one = group.rank == 1
     noisy_at = 4 if how == "verify" and rank_one else None
     budget = 1 if how == "budget" and rank_one else 2**34  # every rank checks a budget (it runs the body)
-    step, single = DecodeStep(model, noisy_at), DecodeStep(tiny_model(ParallelGroup.single(), device))
+    step, single = (
+        DecodeStep(model, noisy_at, how == "couple" and rank_one),
+        DecodeStep(tiny_model(ParallelGroup.single(), device)),
+    )
     graphs = runner(step, vocab, group, device, memory_budget_bytes=budget)
     calls = []
     for i, n in enumerate(CALL_SIZES):
