@@ -23,6 +23,7 @@ from graphrun.graphs.options import RunnerKeywords, RunnerOptions
         ({"sizes": []}, "must not be empty"),
         ({"sizes": [0, 4]}, "positive integers"),
         ({"sizes": [1, 2, 4], "max_batch_size": 8}, "disagrees"),
+        ({"agree": bool, "capture": "background"}, "capture_step"),
         ({"sizes": iter([1, 2])}, "list or tuple"),
         ({"memory_budget_bytes": 0}, "memory_budget_bytes"),
         ({"warmup_iters": 0}, "warmup_iters"),

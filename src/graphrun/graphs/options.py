@@ -109,6 +109,12 @@ class RunnerOptions:
                 f"compile_cache_dir={self.compile_cache_dir!r} is used only with compile=True; "
                 "pass compile=True or drop the cache folder"
             )
+        if self.agree is not None and CaptureWhen.parse(self.capture) is CaptureWhen.BACKGROUND:
+            raise ConfigError(
+                "agree (tensor-parallel ranks) needs the ranks' collectives in one order, which a capture "
+                "thread beside the calls breaks; pass capture='later' and call "
+                "start_background_capture(thread=False), then capture_step() at the same step on every rank"
+            )
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
             raise ConfigError(f"name must be a non-empty string or None (automatic), got {self.name!r}")
 
