@@ -65,7 +65,8 @@ def test_engine_status_prints_as_tables(engines):
         "decode-logprobs",
         "decode-structured",
         "prefill",
-    ]  # the default mode, full, captures no piecewise runner
+        "piecewise",
+    ]  # the default mode, full_and_piecewise, captures the piecewise runner too
     assert [r.runner for r in graph.status().runners] == runners
     assert "RungStatus(" not in text and "size  graph" in text
     off = eager.status()

@@ -23,7 +23,17 @@ CUDA_GRAPH_MODES = ("none", "full", "piecewise", "full_and_piecewise")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 CAPTURE_MODES = ("now", "background")
 MIB = 2**20
-SERVE_MIXED_PREFILL_TOKENS = 64  # the server's default; a mixed step never exceeds the top decode rung
+# `graphrun serve`'s default prompt-token budget of a mixed step, by cuda graph mode. full: 64, so a mixed
+# step never exceeds the top decode rung (past it, steps run eager and host-bound). With piecewise graphs a
+# mixed step of any size replays those: 512 there, measured on an H100 (2026-12-07, commit fb6b046,
+# concurrency 64, prompts median 512): 5993 tok/s, TTFT p50 72 ms, ITL p99/p50 1.45, against full with
+# 64: 3339 tok/s, TTFT p50 2400 ms (benchmarks/results/serve-c64-fp-mixed512-*.json, serve-c64-full-*.json).
+SERVE_MIXED_PREFILL_TOKENS = {"none": 64, "full": 64, "piecewise": 512, "full_and_piecewise": 512}
+
+
+def serve_mixed_prefill_tokens(cuda_graph_mode: str) -> int:
+    """The server's default mixed-step prompt budget for a cuda graph mode (SERVE_MIXED_PREFILL_TOKENS)."""
+    return SERVE_MIXED_PREFILL_TOKENS[cuda_graph_mode]
 
 
 def cuda_graph_mode_name(text: str) -> str:
@@ -74,7 +84,7 @@ class EngineConfig:
     # prompt tokens a decode step may carry (scheduler.py's mixed batches): running streams keep their
     # pace while new prompts prefill in small chunks beside them, at the cost of slower prefill. 0 (the
     # engine's default, for offline batch jobs that want throughput): prefill and decode steps alternate.
-    # `graphrun serve` defaults to SERVE_MIXED_PREFILL_TOKENS: streams want a steady inter-token latency
+    # `graphrun serve` defaults to serve_mixed_prefill_tokens(mode): streams want a steady inter-token latency
     mixed_prefill_tokens: int = 0
     # compile each graph's callable (AOTInductor, else torch.compile) before capture (graphs/compile.py);
     # compile_cache_dir: a folder that keeps the compiled artifacts so a restart reuses them
@@ -93,11 +103,11 @@ class EngineConfig:
     # attention eager between the segments (llm/piecewise_graph.py) for every step;
     # "full_and_piecewise": FULL for uniform decode and single fresh prompts, PIECEWISE for prefill
     # batches, continuation chunks and mixed steps (no longer capped at the top decode rung); "none": eager.
-    # The default is "full", the measured choice: on an H100 (2026-12-07, commit b95e8c6, every piecewise
-    # rung captured and verified) full_and_piecewise served 1004 against 3330 tok/s at concurrency 64, its
-    # piecewise mixed steps host-bound at ~12 ms (benchmarks/results/serve-c64-modes-*.json). It becomes
-    # the default again once it measures at least as fast as full.
-    cuda_graph_mode: str = "full"
+    # The default is "full_and_piecewise", the measured choice since the piecewise steps' attention became
+    # one Triton launch per layer: on an H100 (2026-12-07, commit fb6b046, concurrency 64) it served 5993
+    # tok/s with a 512-token mixed budget against full's 3339 (TTFT p50 72 against 2400 ms); before that
+    # kernel it served 1004 against 3330 (benchmarks/results/serve-c64-modes-*.json, commit b95e8c6).
+    cuda_graph_mode: str = "full_and_piecewise"
     # a fault drill (graphs/backends/faulty.py): once every graph is captured, this fraction of graph
     # replays fails and runs eager instead, counted as replay_error fallbacks; 0: none (never in production)
     replay_fault_rate: float = 0.0

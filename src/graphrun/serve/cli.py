@@ -26,6 +26,7 @@ from graphrun.llm.engine_config import (
     GRAPH_BACKENDS,
     SERVE_MIXED_PREFILL_TOKENS,
     EngineConfig,
+    serve_mixed_prefill_tokens,
 )
 from graphrun.preflight import check_engine_model, check_port_free, check_serve_extra, idle_graph_flags
 from graphrun.serve.act.cli import add_act_flags, run_act, wants_act
@@ -39,6 +40,11 @@ if TYPE_CHECKING:  # uvicorn and FastAPI are the optional `serve` extra: importe
 log = logging.getLogger(__name__)
 
 CPU_DEFAULT_MODEL, GPU_DEFAULT_MODEL = "tiny", "qwen3-0.6b-shape"  # without --model
+
+
+def _serve_mixed_default_text() -> str:
+    """'64 for full, 512 for full_and_piecewise...' for the help text."""
+    return ", ".join(f"{n} for {mode}" for mode, n in SERVE_MIXED_PREFILL_TOKENS.items() if mode != "none")
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -82,11 +88,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mixed-prefill-tokens",
         type=int,
-        default=SERVE_MIXED_PREFILL_TOKENS,
+        default=None,
         help="prompt tokens a decode step may carry, so streams keep pace while prompts prefill "
-        f"(default {SERVE_MIXED_PREFILL_TOKENS}; with --cuda-graph-mode full a mixed step up to the top "
+        f"(default by --cuda-graph-mode: {_serve_mixed_default_text()}; with full a mixed step up to the top "
         "capture size replays the decode graph and a larger budget makes larger steps that run eager; with "
-        "piecewise graphs mixed steps replay those; 0: prefill and decode steps alternate)",
+        "piecewise graphs mixed steps of any size replay those; 0: prefill and decode steps alternate)",
     )
     p.add_argument(
         "--faults",
@@ -220,7 +226,11 @@ def _configs(args: argparse.Namespace, model: str) -> tuple[EngineConfig, ServeC
         cuda_graph_max_prefill_tokens=args.cuda_graph_max_prefill_tokens,
         async_scheduling=args.async_scheduling,
         enable_prefix_caching=args.enable_prefix_caching,
-        mixed_prefill_tokens=args.mixed_prefill_tokens,
+        mixed_prefill_tokens=(
+            serve_mixed_prefill_tokens(args.cuda_graph_mode)
+            if args.mixed_prefill_tokens is None
+            else args.mixed_prefill_tokens
+        ),
         graph_backend=args.graph_backend,
         compile=args.compile,
         compile_cache_dir=args.compile_cache_dir,
