@@ -147,7 +147,7 @@ def test_mode_names_match_the_graph_modes_and_parse_like_the_cli():
         cuda_graph_mode_name("partial")
     with pytest.raises(ConfigError, match="cuda_graph_mode"):
         EngineConfig(cuda_graph_mode="FULL")  # the config takes the canonical spelling only
-    assert EngineConfig().cuda_graph_mode == "full"
+    assert EngineConfig().cuda_graph_mode == "full_and_piecewise"  # the measured default
 
 
 def test_mode_none_is_eager_and_says_why():
@@ -182,8 +182,8 @@ def test_serve_and_generate_take_the_flag_in_any_spelling():
     parser = build_parser()
     serve = parser.parse_args(["serve", "--cuda-graph-mode", "PIECEWISE"])
     assert _configs(serve, "tiny")[0].cuda_graph_mode == "piecewise"
-    assert _configs(parser.parse_args(["serve"]), "tiny")[0].cuda_graph_mode == "full"
-    generate = parser.parse_args(["generate", "--prompt", "x", "--cuda-graph-mode", "full-and-piecewise"])
-    assert generate.cuda_graph_mode == "full_and_piecewise"
+    assert _configs(parser.parse_args(["serve"]), "tiny")[0].cuda_graph_mode == "full_and_piecewise"
+    generate = parser.parse_args(["generate", "--prompt", "x", "--cuda-graph-mode", "FULL"])
+    assert generate.cuda_graph_mode == "full"
     with pytest.raises(SystemExit):  # argparse: "invalid cuda_graph_mode_name value", exit status 2
         parser.parse_args(["serve", "--cuda-graph-mode", "partial"])
