@@ -108,6 +108,11 @@ def _add_decode_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
         default="full",
         help="the graph path's engine mode (full, piecewise, full_and_piecewise, none); eager: the baseline",
     )
+    decode.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed runs, profile the graphed step's kernels by class against their floors (CUDA)",
+    )
     decode.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
 
 
@@ -274,9 +279,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
         return run_zoo(args)
     if args.bench_command == "decode":
-        from graphrun.bench.decode import run_decode
-
-        return run_decode(args)
+        return _run_decode_bench(args)
     if args.bench_command == "infer":
         from graphrun.bench.infer import run_bench_infer
 
@@ -288,6 +291,19 @@ def _run_bench(args: argparse.Namespace) -> int:
     from graphrun.bench.serve import run_bench_serve
 
     return run_bench_serve(args)
+
+
+def _run_decode_bench(args: argparse.Namespace) -> int:
+    """`graphrun bench decode`: settings refused (exit 2) before anything loads, else the bench's status."""
+    from graphrun.bench.decode import run_decode
+    from graphrun.bench.decode_setup import DecodeSetup
+
+    try:
+        setup = DecodeSetup.from_args(args)
+    except GraphrunError as exc:
+        print(f"graphrun bench decode: error: {exc}", file=sys.stderr)
+        return 2
+    return run_decode(setup)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 
 from graphrun.bench import decode, peers
 from graphrun.bench.decode import DecodeSetup, random_prompts, run_decode_bench
-from graphrun.bench.decode_report import floor_bytes, weight_bytes
+from graphrun.bench.decode_bytes import floor_bytes, weight_bytes
 from graphrun.bench.peers import build_hf_model, hf_state_dict, run_peers
 from graphrun.cli import build_parser
 from graphrun.errors import ConfigError

@@ -13,12 +13,14 @@ batches with graphs on and off in alternating blocks, so both paths see the same
 The context grows one token per step (512 -> ~620 with the defaults); each window's floor uses its mean
 context. A probe step first runs the same packed inputs through both paths (greedy tokens must agree)
 and times the graph replay alone with CUDA events. Peers live in peers.py. Without CUDA the tiny preset
-runs on the sim backend: a smoke test of the code path whose timings mean nothing.
+runs on the sim backend: a smoke test of the code path whose timings mean nothing. With --profile
+(CUDA only), each batch size then gets a per-kernel profile of its graphed step (decode_trace.py,
+decode_profile.py); scripts/gpu-check runs it apart from the headline run, so a profiler left attached
+can never touch the timings or the peers.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import statistics
@@ -31,6 +33,7 @@ import torch
 
 from graphrun.bench.decode_report import copy_bandwidth, decode_payload, print_decode, save_decode, step_floor
 from graphrun.bench.decode_setup import BLOCK_STEPS, DecodeSetup
+from graphrun.bench.decode_trace import profile_step
 from graphrun.bench.report import written
 from graphrun.bench.timing import release_memory, summarize, time_calls, time_interleaved
 from graphrun.llm.decode_graph import DecodeGraphs
@@ -269,6 +272,16 @@ def bench_generate(engine: LLMEngine, setup: DecodeSetup, reps: int = 3) -> dict
     }
 
 
+def _profile(engine: LLMEngine, num_seqs: int, setup: DecodeSetup, bandwidth: float) -> dict[str, Any]:
+    """--profile, after the timed runs: fresh requests filled to `context`, their next step profiled."""
+    vocab = engine.model_config.vocab_size
+    ids = _fill(engine, random_prompts(num_seqs, setup.context, vocab, setup.seed), setup.params)
+    point = profile_step(engine, num_seqs, setup.context + 1, bandwidth)
+    for seq_id in ids:
+        engine.abort(seq_id)
+    return point
+
+
 def _measure_graphrun(setup: DecodeSetup, measured: dict[str, Any]) -> Any:
     """Every graphrun measurement, filled into `measured` as it is taken (a failure keeps what came
     before); returns the HF peer model built from the same weights (None without --peers)."""
@@ -282,6 +295,8 @@ def _measure_graphrun(setup: DecodeSetup, measured: dict[str, Any]) -> Any:
         for num_seqs in setup.batch_sizes:
             log.info("decode bench: batch %d", num_seqs)
             measured["results"].append(bench_batch(engine, num_seqs, setup, bandwidth))
+            if setup.profile:
+                measured["profile"].append(_profile(engine, num_seqs, setup, bandwidth))
         measured["generate"] = bench_generate(engine, setup)
     if not setup.peers:
         return None
@@ -296,7 +311,7 @@ def run_decode_bench(setup: DecodeSetup) -> dict[str, Any]:
     A run that fails part-way still prints and writes what it measured, with the error in the payload.
     """
     measured: dict[str, Any] = {"copy_bandwidth_gbs": None, "engine": None, "model_config": None}
-    measured.update(results=[], generate=None, error=None)
+    measured.update(results=[], generate=None, error=None, profile=[])
     hf_model = None
     try:
         hf_model = _measure_graphrun(setup, measured)
@@ -322,7 +337,7 @@ def run_decode_bench(setup: DecodeSetup) -> dict[str, Any]:
     return payload
 
 
-def run_decode(args: argparse.Namespace) -> int:
+def run_decode(setup: DecodeSetup) -> int:
     """Run `graphrun bench decode`; exit status 1 when graph and eager greedy tokens disagreed."""
-    payload = run_decode_bench(DecodeSetup.from_args(args))
+    payload = run_decode_bench(setup)
     return 0 if payload["ok"] else 1

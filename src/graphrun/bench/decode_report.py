@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from graphrun.bench.decode_bytes import floor_bytes
+from graphrun.bench.decode_profile import PROFILE_REPLAYS, print_profile
 from graphrun.bench.decode_setup import BLOCK_STEPS
 from graphrun.bench.report import (
     bar_chart,
@@ -73,21 +75,6 @@ CHART_SERIES = {
     "transformers eager": "hf_eager_ms",
     "transformers static+compile": "hf_compile_ms",
 }
-
-
-def weight_bytes(config: ModelConfig, itemsize: int) -> int:
-    """Bytes of every q, k, v, o, gate, up, down projection and of the LM head (read once per step)."""
-    q_size, kv_size = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    hidden, inter = config.hidden_size, config.intermediate_size
-    per_layer = hidden * (q_size + 2 * kv_size) + q_size * hidden + 3 * hidden * inter
-    return (config.num_layers * per_layer + config.vocab_size * hidden) * itemsize
-
-
-def floor_bytes(config: ModelConfig, batch: int, context: float, itemsize: int) -> float:
-    """Bytes one decode step must read: weights, the batch's embedding rows, its filled KV cache."""
-    kv_per_token = config.num_layers * 2 * config.num_kv_heads * config.head_dim * itemsize
-    embedding_rows = batch * config.hidden_size * itemsize
-    return weight_bytes(config, itemsize) + embedding_rows + batch * context * kv_per_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,9 +217,23 @@ def decode_payload(
         "results": rows,
         "generate": generate,
         "peers": peers,
+        "profile": _profile_section(measured) if setup.profile else None,
     }
     payload["goals"] = decode_goals(payload)
     return payload
+
+
+def _profile_section(measured: Mapping[str, Any]) -> dict[str, Any]:
+    """--profile's section: how it was taken, and per batch size the classes and kernels of one step."""
+    return {
+        "what": (
+            f"{PROFILE_REPLAYS} replays of the greedy decode graph under torch.profiler (CUDA activity), "
+            "after the timed runs, on fresh requests at context + 1 cached tokens; kernels grouped by name "
+            "(bench/decode_profile.py); floor_ms: the class's own bytes (projection weights, LM head "
+            "weight, filled KV cache) at the measured copy bandwidth; share: of the step's busy device time"
+        ),
+        "points": measured.get("profile", []),
+    }
 
 
 def print_decode(payload: Mapping[str, Any]) -> None:
@@ -245,6 +246,8 @@ def print_decode(payload: Mapping[str, Any]) -> None:
     engine, gen = payload["engine"], payload["generate"]
     if engine is not None and gen is not None:
         _print_engine_line(payload["copy_bandwidth_gbs"], engine, gen)
+    if payload["profile"] is not None:
+        print_profile(payload["profile"]["points"])
     for line in _problems(payload):
         print(line)
     print_goals(payload["goals"])

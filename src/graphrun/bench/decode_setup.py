@@ -35,9 +35,20 @@ class DecodeSetup:
     copy_bytes: int = 2**30  # device copy size for the bandwidth measurement
     seed: int = 0
     cuda_graph_mode: str = "full"  # the "graph" path's EngineConfig.cuda_graph_mode
+    profile: bool = False  # after the timed runs, a per-kernel profile of the graphed step
 
     def __post_init__(self) -> None:
         cuda_graph_mode_name(self.cuda_graph_mode)  # raises ConfigError naming the valid modes
+        if self.profile and not self.cuda:
+            raise ConfigError(
+                "--profile needs CUDA: it profiles the device kernels of the captured decode graph, and "
+                "without a GPU the bench runs the tiny preset on the sim backend; drop --profile here"
+            )
+        if self.profile and self.cuda_graph_mode not in ("full", "full_and_piecewise"):
+            raise ConfigError(
+                f"--profile profiles the FULL decode graph, which --cuda-graph-mode {self.cuda_graph_mode} "
+                "does not capture; use --cuda-graph-mode full or full-and-piecewise"
+            )
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ConfigError(f"--batch-sizes must be positive integers, got {list(self.batch_sizes)}")
         if min(self.context, self.steps) < 1 or self.warmup < 0:
@@ -84,7 +95,7 @@ class DecodeSetup:
         if not torch.cuda.is_available():
             # model, batch sizes, context, new tokens, steps, warm-up, dtype, device, peers, peer sizes, out
             tiny = ("tiny", (1, 2), 16, 8, 3, 0, "float32", "cpu", args.peers, (1, 2), out)
-            return cls(*tiny, cuda_graph_mode=mode)
+            return cls(*tiny, cuda_graph_mode=mode, profile=getattr(args, "profile", False))
         batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
         peer_sizes = args.peer_batch_sizes
         return cls(
@@ -100,6 +111,7 @@ class DecodeSetup:
             peer_batch_sizes=_int_list(peer_sizes, "--peer-batch-sizes") if peer_sizes else batch_sizes,
             out=out,
             cuda_graph_mode=mode,
+            profile=getattr(args, "profile", False),
         )
 
     def sync(self) -> None:
