@@ -30,7 +30,7 @@ def main(batches: list[int]) -> None:
             ids = _fill(engine, random_prompts(batch, 512, engine.model_config.vocab_size, batch), params)
             sched = engine.scheduler
             step = sched.schedule()
-            engine.decode_graphs.run(engine._pack_decode(step), True)
+            engine.decode_graphs.run(engine._pack_decode(step), "greedy")
             runner = engine.decode_graphs.runners["greedy"]
             args, kwargs = runner.static_inputs(batch)
             for _ in range(3):
