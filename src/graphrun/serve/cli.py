@@ -43,8 +43,8 @@ CPU_DEFAULT_MODEL, GPU_DEFAULT_MODEL = "tiny", "qwen3-0.6b-shape"  # without --m
 
 
 def _serve_mixed_default_text() -> str:
-    """'64 for full, 512 for full_and_piecewise...' for the help text."""
-    return ", ".join(f"{n} for {mode}" for mode, n in SERVE_MIXED_PREFILL_TOKENS.items() if mode != "none")
+    """'64 for none, 64 for full, ...' for the help text: every mode's default."""
+    return ", ".join(f"{n} for {mode}" for mode, n in SERVE_MIXED_PREFILL_TOKENS.items())
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
