@@ -24,10 +24,11 @@ from graphrun.llm.sequence import Sequence
 EOS = 2
 
 
-def make_sched(num_blocks, block_size, max_num_seqs, budget, mixed=0, cap=None):
+def make_sched(num_blocks, block_size, max_num_seqs, budget, mixed=0, cap=None, ceiling=None):
     config = SchedulerConfig(
-        48, max_num_seqs, budget, block_size, mixed_prefill_tokens=mixed, max_mixed_rows=cap
-    )
+        48, max_num_seqs, budget, block_size, mixed_prefill_tokens=mixed, max_mixed_rows=cap,
+        max_mixed_prefill_tokens=ceiling,
+    )  # fmt: skip
     return Scheduler(config, BlockManager(num_blocks, block_size), (EOS,))
 
 
@@ -35,9 +36,11 @@ class Checked(Scheduler):
     """A scheduler that checks every mixed batch it builds and counts batch kinds."""
 
     kinds: Counter
+    grown: int  # mixed batches that carried more prompt tokens than the floor budget
 
     def schedule(self):
         ready = {s.seq_id for s in self._running if s.num_uncomputed_tokens == 1}
+        queued = self._queued_prompt_tokens()
         batch = super().schedule()
         if batch is None:
             return None
@@ -48,16 +51,20 @@ class Checked(Scheduler):
             num_decode = sum(was_ready)
             assert num_decode >= 1 and all(was_ready[:num_decode]), "decode rows exist and come first"
             assert batch.num_new_tokens[:num_decode] == [1] * num_decode
-            assert batch.num_tokens - num_decode <= cfg.mixed_prefill_tokens
+            budget = cfg.mixed_budget(queued)
+            assert batch.num_tokens - num_decode <= budget
+            assert budget <= max(cfg.mixed_prefill_tokens, cfg.max_mixed_prefill_tokens or 0)
+            self.grown += batch.num_tokens - num_decode > cfg.mixed_prefill_tokens
             assert cfg.max_mixed_rows is None or batch.num_tokens <= cfg.max_mixed_rows
             assert len({s.seq_id for s in batch.seqs}) == len(batch.seqs), "one row per sequence"
         return batch
 
 
-def checked(num_blocks, block_size, max_num_seqs, budget, mixed, cap):
-    plain = make_sched(num_blocks, block_size, max_num_seqs, budget, mixed, cap)
+def checked(num_blocks, block_size, max_num_seqs, budget, mixed, cap, ceiling=None):
+    plain = make_sched(num_blocks, block_size, max_num_seqs, budget, mixed, cap, ceiling)
     sched = Checked(plain.config, plain.block_manager, (EOS,))
     sched.kinds = Counter()
+    sched.grown = 0
     return sched
 
 
@@ -69,18 +76,21 @@ def checked(num_blocks, block_size, max_num_seqs, budget, mixed, cap):
     budget=st.integers(2, 24),
     mixed=st.integers(1, 12),
     cap=st.one_of(st.none(), st.integers(1, 12)),
+    growth=st.one_of(st.none(), st.integers(0, 16)),
     asynchronous=st.booleans(),
     requests=st.lists(REQUEST, min_size=1, max_size=10),
 )
 def test_mixed_scheduling_gives_the_same_outputs_as_alternating(
-    block_size, num_blocks, max_num_seqs, budget, mixed, cap, asynchronous, requests
+    block_size, num_blocks, max_num_seqs, budget, mixed, cap, growth, asynchronous, requests
 ):
     plain = make_sched(num_blocks, block_size, max_num_seqs, budget)
-    mixing = checked(num_blocks, block_size, max_num_seqs, budget, mixed, cap)
+    ceiling = None if growth is None else mixed + growth
+    mixing = checked(num_blocks, block_size, max_num_seqs, budget, mixed, cap, ceiling)
     run = run_async if asynchronous else run_sync
     if same_outputs_as_sync(plain, mixing, run, requests) is None:
         return
     MIXED_SEEN.update(mixing.kinds)
+    MIXED_SEEN["grown"] += mixing.grown
     manager = mixing.block_manager
     assert manager.num_free_blocks == manager.num_usable_blocks
 
@@ -90,6 +100,44 @@ MIXED_SEEN: Counter = Counter()
 
 def test_the_random_traffic_above_did_build_mixed_batches():
     assert MIXED_SEEN["mixed"] > 20 and MIXED_SEEN["decode"] > 20 and MIXED_SEEN["prefill"] > 20
+    assert MIXED_SEEN["grown"] > 5  # the queue-following budget was exercised, above its floor
+
+
+def test_the_mixed_budget_follows_the_queue_between_floor_and_ceiling():
+    fixed = SchedulerConfig(48, mixed_prefill_tokens=8)
+    assert [fixed.mixed_budget(q) for q in (0, 10, 10_000)] == [8, 8, 8]
+    grows = SchedulerConfig(48, mixed_prefill_tokens=8, max_mixed_prefill_tokens=40)
+    assert [grows.mixed_budget(q) for q in (0, 32, 33, 100, 160, 10_000)] == [8, 8, 9, 25, 40, 40]
+    assert SchedulerConfig(48, mixed_prefill_tokens=0, max_mixed_prefill_tokens=40).mixed_budget(999) == 0
+    with pytest.raises(ConfigError, match="max_mixed_prefill_tokens"):
+        SchedulerConfig(48, mixed_prefill_tokens=8, max_mixed_prefill_tokens=4)
+    with pytest.raises(ConfigError, match="max_mixed_prefill_tokens"):
+        EngineConfig(mixed_prefill_tokens=8, max_mixed_prefill_tokens=4)
+
+
+def test_a_burst_of_prompts_is_prefilled_in_larger_mixed_steps():
+    """Eight 40-token prompts arrive while one stream decodes: the mixed steps carry a quarter of the
+    queue each (down to the floor), so the burst clears in fewer steps than the fixed budget takes."""
+
+    def steps_to_clear(ceiling):
+        sched = make_sched(256, 4, 16, 64, mixed=8, ceiling=ceiling)
+        sched.add(Sequence(0, _prompt(3), SamplingParams(max_tokens=45, ignore_eos=True)))
+        sched.update(sched.schedule(), [77])
+        for i in range(1, 9):
+            sched.add(Sequence(i, _prompt(40, 10 + i), SamplingParams(max_tokens=8, ignore_eos=True)))
+        prompts = []
+        while sched._queued_prompt_tokens():
+            ready = {s.seq_id for s in sched._running if s.num_uncomputed_tokens == 1}
+            batch = sched.schedule()
+            assert batch.kind == "mixed"
+            rows = zip(batch.seqs, batch.num_new_tokens, strict=True)
+            prompts.append(sum(n for seq, n in rows if seq.seq_id not in ready))
+            sched.update(batch, [77] * len(batch.sample_rows))
+        return prompts
+
+    fixed, grown = steps_to_clear(None), steps_to_clear(200)
+    assert len(fixed) == 40 and len(grown) < 15
+    assert grown[0] == 80  # 320 queued tokens / 4 steps
 
 
 def _prompt(n, start=10):

@@ -121,7 +121,7 @@ class LLMEngine:
         # the newest step's sampled tokens, on the device: the next step's feed (decode_graph.py). One row
         # per token of the largest decode or mixed step; the extra last row takes the tokens of prefill
         # chunks that sample nothing
-        rows = config.max_num_seqs + config.mixed_prefill_tokens + 1
+        rows = config.max_num_seqs + self.scheduler.config.mixed_budget(2**62) + 1
         self.last_tokens = torch.zeros(rows, dtype=torch.int64, device=self.device)
         self.logprob_buffers = LogprobBuffers(rows, self.model_config.vocab_size, self.device)
         # structured output: masks cover every id of the model and of the tokenizer
@@ -185,6 +185,7 @@ class LLMEngine:
             cfg.block_size,
             mixed_prefill_tokens=cfg.mixed_prefill_tokens,
             max_mixed_rows=self._max_mixed_rows(),
+            max_mixed_prefill_tokens=self._max_mixed_prefill_tokens(),
         )
         eos = self.model_config.eos_token_ids or self.tokenizer.eos_token_ids
         blocks = BlockManager(self.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
@@ -208,6 +209,16 @@ class LLMEngine:
         if self.config.mixed_prefill_tokens <= self._mixed_graph_rows:
             return self._mixed_graph_rows or None
         return None
+
+    def _max_mixed_prefill_tokens(self) -> int | None:
+        """How far a mixed step's prompt budget may grow with the queue (SchedulerConfig.mixed_budget):
+        the configured ceiling; by default, with piecewise graphs, their top rung (every such step still
+        replays a graph), else no growth (a larger step would run eager)."""
+        cfg = self.config
+        if cfg.max_mixed_prefill_tokens is not None:
+            return max(cfg.max_mixed_prefill_tokens, cfg.mixed_prefill_tokens)
+        pieces = self.piecewise_capture_sizes() if cfg.piecewise_graphs(self.device) else ()
+        return max(max(pieces), cfg.mixed_prefill_tokens) if pieces else None
 
     def capture_sizes(self) -> tuple[int, ...]:
         """The decode ladder: explicit sizes, or the default ladder up to the graph max batch size."""

@@ -86,6 +86,9 @@ class EngineConfig:
     # engine's default, for offline batch jobs that want throughput): prefill and decode steps alternate.
     # `graphrun serve` defaults to serve_mixed_prefill_tokens(mode): streams want a steady inter-token latency
     mixed_prefill_tokens: int = 0
+    # how far that budget grows while prompts queue up (scheduler.py's SchedulerConfig.mixed_budget: enough
+    # to clear the queue in a few steps); None: the top piecewise rung with piecewise graphs, else no growth
+    max_mixed_prefill_tokens: int | None = None
     # compile each graph's callable (AOTInductor, else torch.compile) before capture (graphs/compile.py);
     # compile_cache_dir: a folder that keeps the compiled artifacts so a restart reuses them
     compile: bool = False
@@ -134,6 +137,12 @@ class EngineConfig:
         if self.mixed_prefill_tokens < 0:
             raise ConfigError(
                 f"mixed_prefill_tokens must be >= 0 (0: no mixed steps), got {self.mixed_prefill_tokens}"
+            )
+        ceiling = self.max_mixed_prefill_tokens
+        if ceiling is not None and ceiling < self.mixed_prefill_tokens:
+            raise ConfigError(
+                f"max_mixed_prefill_tokens ({ceiling}) must be >= mixed_prefill_tokens "
+                f"({self.mixed_prefill_tokens}): the mixed budget grows from the second up to the first"
             )
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cpu_kv_cache_bytes"):
             if getattr(self, name) < 1:

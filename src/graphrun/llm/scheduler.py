@@ -86,11 +86,18 @@ class RequestRejected(GraphrunError, ValueError):
         return (type(self), (str(self), self.code, self.param))  # pickled to the server process whole
 
 
+# A mixed step's prompt budget aims to clear the prompt queue in this many steps (mixed_budget()):
+# a larger step costs the running streams one longer inter-token gap, a burst left to the small budget
+# costs the last prompts of the burst their time to first token (issue 15's concurrency-64 target).
+MIXED_DRAIN_STEPS = 4
+
+
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     """Batch limits. max_num_batched_tokens bounds a prefill step's tokens (the chunk budget);
-    mixed_prefill_tokens bounds the prompt tokens a decode step may carry (0: never mix), and
-    max_mixed_rows a mixed step's rows, decode and prompt tokens together (None: no bound)."""
+    mixed_prefill_tokens is the prompt tokens a decode step may carry (0: never mix) while the queue is
+    short, growing with the queue up to max_mixed_prefill_tokens (None: no growth; see mixed_budget());
+    max_mixed_rows bounds a mixed step's rows, decode and prompt tokens together (None: no bound)."""
 
     max_model_len: int
     max_num_seqs: int = 64
@@ -98,16 +105,35 @@ class SchedulerConfig:
     block_size: int = 16
     mixed_prefill_tokens: int = 0
     max_mixed_rows: int | None = None
+    max_mixed_prefill_tokens: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"SchedulerConfig.{name} must be a positive int, got {value!r}")
-        for name in ("mixed_prefill_tokens", "max_mixed_rows"):
+        for name in ("mixed_prefill_tokens", "max_mixed_rows", "max_mixed_prefill_tokens"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ConfigError(f"SchedulerConfig.{name} must be an int >= 0, got {value!r}")
+        ceiling = self.max_mixed_prefill_tokens
+        if ceiling is not None and ceiling < self.mixed_prefill_tokens:
+            raise ConfigError(
+                f"max_mixed_prefill_tokens ({ceiling}) is below mixed_prefill_tokens "
+                f"({self.mixed_prefill_tokens}): the budget grows from the second up to the first"
+            )
+
+    def mixed_budget(self, queued_prompt_tokens: int) -> int:
+        """The prompt tokens a mixed step may carry, given the prompt tokens still to prefill (waiting and
+        partly prefilled requests): enough to clear that queue in MIXED_DRAIN_STEPS steps, never below
+        mixed_prefill_tokens nor above max_mixed_prefill_tokens. A burst of prompts (64 arriving at
+        once) is thus prefilled in a few large steps instead of a hundred small ones, while a steady
+        trickle keeps the small budget and the streams' steady beat."""
+        floor = self.mixed_prefill_tokens
+        ceiling = self.max_mixed_prefill_tokens
+        if floor == 0 or ceiling is None:
+            return floor
+        return max(floor, min(ceiling, -(-queued_prompt_tokens // MIXED_DRAIN_STEPS)))
 
     @property
     def max_blocks_per_seq(self) -> int:
@@ -417,9 +443,11 @@ class Scheduler:
         if cfg.mixed_prefill_tokens == 0:
             return None
         ready = [s for s in self._running if s.num_uncomputed_tokens == 1]
-        prompt_work = bool(self._waiting) or any(s.is_prefilling for s in self._running)
+        queued = self._queued_prompt_tokens()
         cap = cfg.max_mixed_rows
-        room = cfg.mixed_prefill_tokens if cap is None else min(cfg.mixed_prefill_tokens, cap - len(ready))
+        budget = cfg.mixed_budget(queued)
+        room = budget if cap is None else min(budget, cap - len(ready))
+        prompt_work = queued > 0
         if not ready or not prompt_work or room < 1:
             return None
         num_preemptions = self.num_preemptions
@@ -442,6 +470,11 @@ class Scheduler:
         if self.num_preemptions == num_preemptions:
             self._admit(rows, budget, chunk_any=True)
         return self._build("mixed" if len(rows) > num_decode else "decode", rows)
+
+    def _queued_prompt_tokens(self) -> int:
+        """Prompt tokens still to prefill: waiting requests whole, partly prefilled ones' rest."""
+        waiting = sum(seq.num_uncomputed_tokens for seq in self._waiting)
+        return waiting + sum(seq.num_uncomputed_tokens for seq in self._running if seq.is_prefilling)
 
     def _schedule_prefill(self) -> ScheduledBatch | None:
         """Continue partial prefills (admission order), then admit from the queue, within the token budget."""

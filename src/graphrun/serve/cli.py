@@ -95,6 +95,15 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "piecewise graphs mixed steps of any size replay those; 0: prefill and decode steps alternate)",
     )
     p.add_argument(
+        "--max-mixed-prefill-tokens",
+        type=int,
+        default=None,
+        help="how far the mixed budget grows while prompts queue up: a mixed step takes enough prompt "
+        "tokens to clear the queue in a few steps, between --mixed-prefill-tokens and this (default: the "
+        "top piecewise graph size with piecewise graphs, else no growth; equal to --mixed-prefill-tokens: "
+        "a fixed budget)",
+    )
+    p.add_argument(
         "--faults",
         type=_replay_fault_rate,
         default=0.0,
@@ -231,6 +240,7 @@ def _configs(args: argparse.Namespace, model: str) -> tuple[EngineConfig, ServeC
             if args.mixed_prefill_tokens is None
             else args.mixed_prefill_tokens
         ),
+        max_mixed_prefill_tokens=args.max_mixed_prefill_tokens,
         graph_backend=args.graph_backend,
         compile=args.compile,
         compile_cache_dir=args.compile_cache_dir,
