@@ -18,6 +18,7 @@ from graphrun.generate_cli import add_generate_parser, run_generate
 from graphrun.ladder_cli import add_ladder_parser, run_ladder
 from graphrun.llm.engine_config import cuda_graph_mode_name
 from graphrun.preflight import check_model, check_out_dir, check_port_free
+from graphrun.refuse import refuse
 from graphrun.serve.cli import add_serve_parser, run_serve
 
 
@@ -272,8 +273,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         if getattr(args, "port", 0):
             check_port_free("127.0.0.1", args.port)
     except GraphrunError as exc:
-        print(f"graphrun bench {args.bench_command}: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse(f"bench {args.bench_command}", exc)
     if args.bench_command == "zoo":
         from graphrun.bench.zoo import run_zoo
 
@@ -301,8 +301,7 @@ def _run_decode_bench(args: argparse.Namespace) -> int:
     try:
         setup = DecodeSetup.from_args(args)
     except GraphrunError as exc:
-        print(f"graphrun bench decode: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse("bench decode", exc)
     return run_decode(setup)
 
 

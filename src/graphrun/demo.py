@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from graphrun.errors import BackendUnavailableError
 from graphrun.graphs import GraphRunner
 from graphrun.graphs.verify import mismatch
+from graphrun.refuse import refuse
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +134,11 @@ def measure(
 def run_demo(backend: str | None, calls: int) -> int:
     """Run the demo and print its report; 0 if every output matched eager, 1 if not, 2 on bad flags."""
     if calls < 1:
-        print(f"--calls must be >= 1, got {calls}", file=sys.stderr)
-        return 2
+        return refuse("demo", f"--calls must be >= 1, got {calls}")
     try:
         setup = choose_setup(backend)
     except BackendUnavailableError as exc:
-        print(f"graphrun demo: {exc}", file=sys.stderr)
-        return 2
+        return refuse("demo", exc)
     model = make_mlp(setup.num_layers, setup.hidden, setup.device, setup.dtype, MODEL_SEED)
     example = random_input(setup, 4, torch.Generator().manual_seed(INPUT_SEED))
     runner = GraphRunner(

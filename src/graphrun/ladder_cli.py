@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from graphrun.errors import ConfigError, GraphrunError
+from graphrun.refuse import refuse
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +119,7 @@ def run_ladder(args: argparse.Namespace) -> int:
             traffic.histograms, settings.max_graphs, settings.current, settings.max_size, traffic.unknown
         )
     except GraphrunError as exc:
-        print(f"graphrun ladder: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse("ladder", exc)
     if settings.as_json:
         print(json.dumps({"runner": traffic.runner, **advice.to_json()}))
         return 0

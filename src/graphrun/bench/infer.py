@@ -41,6 +41,7 @@ from graphrun.bench.infer_report import (
 from graphrun.bench.report import written
 from graphrun.bench.serve_process import ServerProcess, ServerStartError, counter_deltas, free_port
 from graphrun.errors import ConfigError
+from graphrun.refuse import refuse
 
 log = logging.getLogger(__name__)
 MODES = ("graph", "eager")
@@ -250,6 +251,5 @@ def run_bench_infer(args: argparse.Namespace) -> int:
     try:
         setup = InferBenchSetup.from_args(args)
     except ConfigError as exc:
-        print(f"graphrun bench infer: {exc}", file=sys.stderr)
-        return 2
+        return refuse("bench infer", exc)
     return 0 if run_infer_bench(setup)["ok"] else 1

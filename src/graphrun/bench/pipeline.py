@@ -21,7 +21,6 @@ import argparse
 import importlib.util
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -44,6 +43,7 @@ from graphrun.pipeline.pipeline import Pipeline
 from graphrun.pipeline.policy.config import ExamplePolicyConfig
 from graphrun.pipeline.policy.example import ExamplePolicy, StageOptions
 from graphrun.pipeline.policy.observation import Observation
+from graphrun.refuse import refuse
 from graphrun.stats import percentile
 
 log = logging.getLogger(__name__)
@@ -244,8 +244,7 @@ def run_bench_pipeline(args: argparse.Namespace) -> int:
     try:
         setup = PipelineBenchSetup.from_args(args)
     except ConfigError as exc:
-        print(f"graphrun bench pipeline: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse("bench pipeline", exc)
     if setup.backend == "sim":
         print(f"{CPU_NOTE} (float32 forced, --dtype ignored, {setup.iters} iters, {setup.warmup} warmup)")
     measured: dict[str, Any] = {"startup_seconds": {}, "stages": {}, "act": {}, "capture": []}

@@ -51,6 +51,7 @@ from graphrun.bench.serve_workload import RequestSpec, Workload, plan_requests
 from graphrun.bench.wakeup import measure_wakeup
 from graphrun.errors import ConfigError
 from graphrun.llm.engine_config import CUDA_GRAPH_MODES
+from graphrun.refuse import refuse
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +428,5 @@ def run_bench_serve(args: argparse.Namespace) -> int:
     try:
         setup = ServeBenchSetup.from_args(args)
     except ConfigError as exc:
-        print(f"graphrun bench serve: {exc}", file=sys.stderr)
-        return 2
+        return refuse("bench serve", exc)
     return 0 if run_serve_bench(setup)["ok"] else 1

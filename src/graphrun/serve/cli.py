@@ -29,9 +29,9 @@ from graphrun.llm.engine_config import (
     serve_mixed_prefill_tokens,
 )
 from graphrun.preflight import check_engine_model, check_port_free, check_serve_extra, idle_graph_flags
+from graphrun.refuse import refuse
 from graphrun.serve.act.cli import add_act_flags, run_act, wants_act
 from graphrun.serve.config import ServeConfig, default_served_model_name
-from graphrun.serve.flag_checks import refuse
 from graphrun.serve.infer.cli import add_infer_flags, run_infer, wants_infer
 
 if TYPE_CHECKING:  # uvicorn and FastAPI are the optional `serve` extra: imported when serving
@@ -197,13 +197,13 @@ def run_serve(args: argparse.Namespace) -> int:
         try:
             serve_config = _configs(args, CPU_DEFAULT_MODEL)[1]
         except GraphrunError as exc:
-            return refuse(exc)
+            return refuse("serve", exc)
         return run_act(args, serve_config) if wants_act(args) else run_infer(args, serve_config)
     try:  # no torch yet: a bad flag, path or port answers in milliseconds
         engine_config, serve_config = _configs(args, args.model or CPU_DEFAULT_MODEL)
         _check_before_start(engine_config, serve_config, check_model=args.model is not None)
     except GraphrunError as exc:
-        return refuse(exc)
+        return refuse("serve", exc)
     import torch
 
     try:
@@ -213,7 +213,7 @@ def run_serve(args: argparse.Namespace) -> int:
             check_engine_model(engine_config)
         off = engine_config.graphs_off(engine_config.resolved_device())
     except GraphrunError as exc:
-        return refuse(exc)
+        return refuse("serve", exc)
     if off is not None:  # one line an operator reads: this server decodes without graphs, and why
         log.info("%s: decode runs eager", engine_config.why_eager(engine_config.resolved_device()))
     for note in idle_graph_flags(engine_config, off):

@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from collections.abc import Callable
 from typing import TypeVar
 
 from graphrun.errors import GraphrunError
 from graphrun.preflight import check_port_free, check_serve_extra
+from graphrun.refuse import refuse
 from graphrun.serve.config import ServeConfig
 
 C = TypeVar("C")
-
-
-def refuse(exc: GraphrunError) -> int:
-    """Say why on stderr, in one line; the exit status of a refused command line."""
-    print(f"graphrun serve: error: {exc}", file=sys.stderr)
-    return 2
 
 
 def run_checked(
@@ -39,5 +33,5 @@ def run_checked(
         check_serve_extra()
         check_port_free(serve_config.host, serve_config.port)
     except GraphrunError as exc:
-        return refuse(exc)
+        return refuse("serve", exc)
     return serve(config, serve_config)
