@@ -125,9 +125,11 @@ class LLMEngine:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._link = self._join_ranks(ranks)  # None: one rank, no processes, no collectives
         self.group = self._link.groups.model if self._link is not None else ParallelGroup.single()
-        self.device = rank_device(config, self.group.rank) if self._link is not None else config.resolved_device()
-        if self.device.type == "cuda" and self._link is not None:
-            torch.cuda.set_device(self.device)
+        self.device = config.resolved_device()
+        if self._link is not None:  # rank r on cuda:r
+            self.device = rank_device(config, self.group.rank)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
         self.dtype = config.resolved_dtype(self.device)
         try:
             self._start_up()
@@ -200,7 +202,8 @@ class LLMEngine:
         )  # fmt: skip
 
     def _allocate_kv_cache(self) -> None:
-        spec = KVCacheSpec.from_model(self.model_config, self.config.block_size, self.dtype, self.group.config)
+        cfg = self.config
+        spec = KVCacheSpec.from_model(self.model_config, cfg.block_size, self.dtype, self.group.config)
         if self.device.type == "cuda":
             budget = gpu_kv_budget(self.config.gpu_memory_utilization, self.device)
         else:

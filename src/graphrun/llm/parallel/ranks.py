@@ -111,7 +111,9 @@ class Workers:
         while waiting:
             self.check()
             if time.monotonic() > deadline:
-                raise EngineDeadError(f"tensor-parallel ranks not ready after {START_TIMEOUT_S:.0f} s: {waiting}")
+                raise EngineDeadError(
+                    f"tensor-parallel ranks not ready after {START_TIMEOUT_S:.0f} s: {waiting}"
+                )
             waiting = [key for key in waiting if not store.check([key])]
             if waiting:
                 time.sleep(0.05)
@@ -137,7 +139,7 @@ class Workers:
             time.sleep(0.05)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Wait for the workers to exit (after the stop command), kill those that do not, remove the folder."""
+        """Wait for the workers to exit (after the stop command), kill the others, remove the folder."""
         deadline = time.monotonic() + timeout_s
         for rank, process in self._processes.items():
             try:

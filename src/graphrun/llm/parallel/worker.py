@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from graphrun.llm.engine import LLMEngine
-from graphrun.llm.parallel.commands import Abort, NewRequest, StepCommand
+from graphrun.llm.parallel.commands import Abort, StepCommand
 from graphrun.llm.parallel.control import RankDivergence, broadcast_command
 from graphrun.llm.parallel.ranks import PLAN_FILE, WorkerPlan, error_file, join_as_worker, rank_device
 
