@@ -120,8 +120,8 @@ def test_generate_without_prompts_is_a_usage_error(capsys):
 def test_generate_on_two_tensor_parallel_ranks_prints_what_one_rank_does():
     def generate(tp: str) -> list[dict]:
         done = subprocess.run(
-            [sys.executable, "-m", "graphrun", "--log-level", "WARNING", "generate", "-tp", tp, "--prompt", "Hi",
-             "--prompt", "a longer prompt", "--max-tokens", "12", "--ignore-eos", "--json"],
+            [sys.executable, "-m", "graphrun", "--log-level", "WARNING", "generate", "-tp", tp,
+             "--prompt", "Hi", "--prompt", "a longer prompt", "--max-tokens", "12", "--ignore-eos", "--json"],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr

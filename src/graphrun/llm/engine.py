@@ -117,7 +117,7 @@ class LLMEngine:
     def __init__(
         self, config: EngineConfig, registry: CollectorRegistry | None = None, ranks: RankGroups | None = None
     ) -> None:
-        """ranks: this engine is a tensor-parallel worker rank in these groups (parallel/worker.py); by
+        """ranks: this engine is a tensor-parallel worker rank in these groups (rank_worker.py); by
         default it is rank 0, and starts the other ranks when config.tensor_parallel_size > 1."""
         self.config = config
         # a private registry unless the caller (the server) passes the one it exposes: two engines in one

@@ -66,7 +66,7 @@ def test_a_worker_whose_step_raises_reports_its_traceback_to_rank_zero():
     engine = _engine()
     (pid,) = engine.worker_pids
     try:
-        # a request whose seq id rank 1 cannot give it: rank 1's step raises (worker.apply_command)
+        # a request whose seq id rank 1 cannot give it: rank 1's step raises (rank_worker.apply_command)
         engine._link.record(NewRequest((999,), (1, 2, 3), PARAMS, choices=False))  # type: ignore[union-attr]
         failure, seconds = _step_until_dead(engine)
         assert seconds < BOUND_S

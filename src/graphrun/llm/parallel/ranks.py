@@ -1,6 +1,6 @@
 """Starting, joining and watching the tensor-parallel ranks: rank 0 (the engine's process) owns the rest.
 
-Rank 0 starts ranks 1..N-1 as fresh interpreters (`python -m graphrun.llm.parallel.worker`, the spawn
+Rank 0 starts ranks 1..N-1 as fresh interpreters (`python -m graphrun.llm.rank_worker`, the spawn
 start method's semantics: nothing inherited but the environment, and it works from a daemonic process
 such as the server's engine process, which multiprocessing forbids to have children). Their plan (the
 engine config, the world size, the log level) waits in a private temporary folder that also holds the
@@ -39,7 +39,7 @@ from graphrun.llm.parallel.group import ParallelGroup
 
 log = logging.getLogger(__name__)
 
-WORKER_MODULE = "graphrun.llm.parallel.worker"
+WORKER_MODULE = "graphrun.llm.rank_worker"
 START_TIMEOUT_S = 300.0  # a worker imports torch and joins the rendezvous within this
 # a worker waits this long for rank 0's next command (an idle server sends none); a dead rank 0 is seen
 # sooner, by its closed connections and by the worker's parent watch

@@ -1,11 +1,12 @@
-"""A tensor-parallel worker rank: `python -m graphrun.llm.parallel.worker FOLDER RANK`, started by rank 0.
+"""A tensor-parallel worker rank: `python -m graphrun.llm.rank_worker FOLDER RANK`, started by rank 0.
 
-It reads its plan from FOLDER (ranks.py), joins the groups, builds the same LLMEngine as rank 0 over its
-shard, and then, until told to stop, takes rank 0's command for each step, applies its events to its
-engine and steps (link.py says why the ranks replicate the scheduler). Its step's outputs are dropped:
-rank 0 alone answers requests. Any exception ends the worker with its traceback written where rank 0
-reads it, and exit code 1. It logs its INFO lines at DEBUG (rank 0 says the same at INFO), warnings
-and errors as they are, prefixed with its rank.
+It reads its plan from FOLDER (parallel/ranks.py), joins the groups, builds the same LLMEngine as rank 0
+over its shard, and then, until told to stop, takes rank 0's command for each step, applies its events
+to its engine and steps (parallel/link.py says why the ranks replicate the scheduler). Its step's
+outputs are dropped: rank 0 alone answers requests. Any exception ends the worker with its traceback
+written where rank 0 reads it, and exit code 1. It logs its INFO lines at DEBUG (rank 0 says the same
+at INFO), warnings and errors as they are, prefixed with its rank. It sits above the engine it runs
+(not in parallel/, which the engine imports).
 """
 
 from __future__ import annotations
