@@ -492,7 +492,9 @@ class LLMEngine:
             return self._step(on_launched)
         try:
             link.begin_step(self._async)
-            return self._step(on_launched)
+            outputs = self._step(on_launched)
+            link.end_step()
+            return outputs
         except Exception as exc:
             dead = link.fail(exc)
             if dead is exc:

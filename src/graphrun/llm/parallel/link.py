@@ -27,7 +27,7 @@ from graphrun.errors import EngineDeadError
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.parallel.commands import RankEvent, StepCommand
 from graphrun.llm.parallel.control import RankGroups, broadcast_command, check_same_batch, min_across_ranks
-from graphrun.llm.parallel.ranks import Workers
+from graphrun.llm.parallel.ranks import RankFailure, Workers
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,10 @@ class RankLink:
         self._events: list[RankEvent] = []
         self._num_steps = 0
         self._dead: EngineDeadError | None = None
+        self._exited: RankFailure | None = None  # seen by the workers' watch thread
         self._closed = False
+        if workers is not None:
+            workers.watch(self._on_worker_exit)
 
     @classmethod
     def lead(cls, config: EngineConfig, device: torch.device) -> RankLink:
@@ -73,6 +76,19 @@ class RankLink:
         self._events.clear()
         broadcast_command(self.groups.control, command)
 
+    def end_step(self) -> None:
+        """After a step returned: raise if a worker exited meanwhile (its outputs cannot be trusted)."""
+        if self._exited is not None:
+            raise self._exited
+
+    def _on_worker_exit(self, failure: RankFailure) -> None:
+        """(the watch thread) A worker is gone: unblock a step waiting on it in an NCCL collective."""
+        self._exited = failure
+        group = self.groups.model.process_group
+        if group is not None and dist.get_backend(group) == "nccl":
+            log.error("%s; aborting the NCCL group", failure)
+            group.abort()
+
     def check_batch(self, fingerprint: int) -> None:
         """After scheduling, every rank: the same batch everywhere, else RankDivergence."""
         check_same_batch(self.groups.control, self._num_steps, fingerprint)
@@ -91,7 +107,7 @@ class RankLink:
         if isinstance(error, EngineDeadError):
             dead = error
         else:
-            exited = self._workers.failure() if self._workers is not None else None
+            exited = self._exited or (self._workers.failure() if self._workers is not None else None)
             dead = exited or EngineDeadError(
                 f"rank {self.groups.rank}'s step failed under tensor parallelism "
                 f"({type(error).__name__}: {error}); the ranks cannot continue in step"
@@ -112,6 +128,10 @@ class RankLink:
         if self._closed:
             return
         self._closed = True
+        if self._workers is not None:
+            self._workers.unwatch()
+        if self._exited is not None and self._dead is None:
+            self._dead = self._exited
         if self._workers is not None and self._dead is None:
             try:
                 broadcast_command(self.groups.control, StepCommand(stop=True))

@@ -13,7 +13,10 @@ communicator created at once, before any capture; gloo on the CPU) and a gloo gr
 plane (control.py). A worker whose step raises writes its traceback to the folder and exits 1; rank 0
 reads it when it notices the exit (RankFailure). A worker that is killed closes its gloo connections, so
 rank 0's next control or gloo collective fails within seconds; rank 0 then names the rank and its exit
-code. Workers watch their parent too and exit when it is gone: none outlives rank 0.
+code. NCCL notices no closed connection (a collective waits for the dead peer until NCCL's own timeout),
+so rank 0 also watches its workers from a thread (Workers.watch) and aborts the NCCL group at once when
+one exits: the blocked step returns, and the engine raises the RankFailure. Workers watch their parent
+too and exit when it is gone: none outlives rank 0.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +96,7 @@ class Workers:
         self.workdir = Path(self._folder.name)
         plan = WorkerPlan(config, self.world_size, log_level)
         (self.workdir / PLAN_FILE).write_bytes(pickle.dumps(plan))
+        self._watching = threading.Event()  # set while watch()'s thread should report exits
         self._processes = {
             rank: subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, str(self.workdir), str(rank)], stdin=subprocess.DEVNULL
@@ -126,6 +132,26 @@ class Workers:
             if code is not None:
                 raise RankFailure(rank, code, self._detail(rank))
 
+    def watch(self, on_exit: Callable[[RankFailure], None], period_s: float = 0.2) -> None:
+        """Call on_exit (from a thread of its own) with the first worker exit seen, until stop()."""
+        self._watching.set()
+
+        def poll() -> None:
+            while self._watching.is_set():
+                try:
+                    self.check()
+                except RankFailure as failure:
+                    if self._watching.is_set():
+                        on_exit(failure)
+                    return
+                time.sleep(period_s)
+
+        threading.Thread(target=poll, name="graphrun-tp-watch", daemon=True).start()
+
+    def unwatch(self) -> None:
+        """Stop reporting exits (before the workers are told to stop)."""
+        self._watching.clear()
+
     def failure(self, grace_s: float = 5.0) -> RankFailure | None:
         """After a collective failed: the worker that exited, waiting up to grace_s for its exit to show."""
         deadline = time.monotonic() + grace_s
@@ -140,6 +166,7 @@ class Workers:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Wait for the workers to exit (after the stop command), kill the others, remove the folder."""
+        self.unwatch()
         deadline = time.monotonic() + timeout_s
         for rank, process in self._processes.items():
             try:
