@@ -31,6 +31,13 @@ Background capture (EngineConfig.capture="background", background_graphs.py): st
 KV cache is allocated; then graph rungs are captured between steps, on the engine thread (per idle turn
 of a serving loop, and under load after a step when capture's share of the time allows), without
 touching a running sequence's state.
+
+Tensor parallelism (EngineConfig.tensor_parallel_size > 1, llm/parallel/): the engine built by the
+caller is rank 0 and starts the other ranks, each running this same engine over its shard in a process
+of its own (rank_worker.py). Once per step, before scheduling, rank 0 sends the events it heard (adds,
+aborts) and every rank checks that it scheduled the same batch (parallel/link.py says why the scheduler
+is replicated rather than run on rank 0 alone). The KV block count is the fewest any rank holds, and the
+ranks agree on every capture verdict. On one rank none of this exists: no process, no collective.
 """
 
 from __future__ import annotations
