@@ -115,3 +115,18 @@ def test_generate_without_prompts_is_a_usage_error(capsys):
 
     assert main(["generate"]) == 2
     assert "at least one --prompt" in capsys.readouterr().err
+
+
+def test_generate_on_two_tensor_parallel_ranks_prints_what_one_rank_does():
+    def generate(tp: str) -> list[dict]:
+        done = subprocess.run(
+            [sys.executable, "-m", "graphrun", "--log-level", "WARNING", "generate", "-tp", tp,
+             "--prompt", "Hi", "--prompt", "a longer prompt", "--max-tokens", "12", "--ignore-eos", "--json"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+    two = generate("2")
+    assert len(two) == 2 and all(len(row["token_ids"]) == 12 for row in two)
+    assert two == generate("1")

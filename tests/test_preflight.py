@@ -257,3 +257,10 @@ def test_capture_flag_reaches_the_engine_config_and_does_nothing_without_graphs(
     with caplog.at_level(logging.WARNING):
         assert main(["serve", "--port", "0", "--enforce-eager", "--capture", "background"]) == 0
     assert [w.split(" does")[0] for w in graph_warnings(caplog)] == ["--capture background"]
+
+
+def test_a_tensor_parallel_size_that_is_not_positive_or_does_not_split_the_model_is_refused():
+    assert_refused(graphrun_cli("generate", "-tp", "0", "--prompt", "hi"), "generate", "tensor_parallel_size")
+    done = graphrun_cli("generate", "--tensor-parallel-size", "3", "--prompt", "hi")
+    assert_refused(done, "generate", "--tensor-parallel-size 3", "'tiny'", "num_heads", "divides 4")
+    assert_refused(graphrun_cli("serve", "--model", "tiny", "-tp", "3"), "serve", "--tensor-parallel-size 3")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from graphrun.errors import (
     BackendUnavailableError,
     ConfigError,
+    EngineDeadError,
     GraphInputError,
     GraphrunError,
     HostSyncError,
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from graphrun.llm.checkpoint import CheckpointError
     from graphrun.llm.config import UnsupportedModelError
     from graphrun.llm.kv_cache import KVCacheBudgetError
+    from graphrun.llm.parallel.control import RankDivergence
+    from graphrun.llm.parallel.ranks import RankFailure
     from graphrun.llm.parallel.shards import ShardError
     from graphrun.llm.sampling_params import SamplingParams, SamplingParamsError
     from graphrun.llm.scheduler import RequestRejected
@@ -73,6 +76,8 @@ _LAZY = {
     "KVCacheBudgetError": "graphrun.llm.kv_cache",
     "OutOfBlocksError": "graphrun.llm.block_manager",
     "ShardError": "graphrun.llm.parallel.shards",
+    "RankDivergence": "graphrun.llm.parallel.control",
+    "RankFailure": "graphrun.llm.parallel.ranks",
     "RequestRejected": "graphrun.llm.scheduler",
     "TokenizerError": "graphrun.llm.tokenizer",
     "UnsupportedModelError": "graphrun.llm.config",
@@ -101,6 +106,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "CudaGraphMode",
+    "EngineDeadError",
     "EngineFailure",
     "ExamplePolicy",
     "ExamplePolicyConfig",
@@ -116,6 +122,8 @@ __all__ = [
     "OutOfBlocksError",
     "Pipeline",
     "QueueFull",
+    "RankDivergence",
+    "RankFailure",
     "RequestRejected",
     "RungStatus",
     "RunnerOptions",

@@ -36,3 +36,9 @@ class HostSyncError(GraphrunError, RuntimeError):
 
 class UncapturableOpError(GraphrunError, RuntimeError):
     """An operator that cannot be recorded into a graph ran during capture."""
+
+
+class EngineDeadError(GraphrunError, RuntimeError):
+    """The engine can no longer step and must be rebuilt (a tensor-parallel rank died, failed or diverged).
+
+    A server treats it as fatal: it fails the requests in flight and shuts down, rather than stepping on."""

@@ -12,6 +12,7 @@ from graphrun.compile_flags import add_compile_flags, add_cuda_graph_mode_flag
 from graphrun.errors import ConfigError, GraphrunError
 from graphrun.llm.engine_config import DTYPES, EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
+from graphrun.parallel_flags import add_tensor_parallel_flag
 from graphrun.preflight import check_engine_model, check_file
 
 
@@ -37,6 +38,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per prompt instead of text")
     add_compile_flags(p)
     add_cuda_graph_mode_flag(p)
+    add_tensor_parallel_flag(p)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -59,6 +61,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "compile": args.compile,
             "compile_cache_dir": args.compile_cache_dir,
             "cuda_graph_mode": args.cuda_graph_mode,
+            "tensor_parallel_size": args.tensor_parallel_size,
         }
         check_engine_model(EngineConfig(model=args.model, **options))
     except GraphrunError as exc:
@@ -67,8 +70,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from graphrun.llm.api import LLM  # torch loads here, once the flags are known to be sound
 
     try:
-        llm = LLM(args.model, **options)
-        outputs = llm.generate(prompts, params, progress=len(prompts) > 1)
+        with LLM(args.model, **options) as llm:
+            outputs = llm.generate(prompts, params, progress=len(prompts) > 1)
     except GraphrunError as exc:
         print(f"graphrun generate: error: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,8 @@ from graphrun.errors import ConfigError
 from graphrun.llm.checkpoint import read_checkpoint_config
 from graphrun.llm.config import ModelConfig
 from graphrun.llm.engine_config import EngineConfig, GraphsOff
+from graphrun.llm.parallel.config import ParallelConfig
+from graphrun.llm.parallel.shards import ShardError, ShardLayout
 from graphrun.llm.preset_configs import PRESETS
 
 # why decode graphs are off, as a user reads it, with the way to turn them on where there is one
@@ -31,8 +33,21 @@ _OFF_BECAUSE = {
 
 
 def check_engine_model(engine: EngineConfig) -> None:
-    """The engine's model exists and loads in principle, and --max-model-len fits it."""
-    check_max_model_len(engine.max_model_len, engine.model, check_model(engine.model))
+    """The engine's model exists and loads in principle, --max-model-len fits it, and it splits across
+    --tensor-parallel-size ranks."""
+    config = check_model(engine.model)
+    check_max_model_len(engine.max_model_len, engine.model, config)
+    check_tensor_parallel(engine.tensor_parallel_size, engine.model, config)
+
+
+def check_tensor_parallel(size: int, model: str, config: ModelConfig) -> None:
+    """Every split dimension of the model divides by the tensor-parallel size (ShardLayout's rules)."""
+    if size == 1:
+        return
+    try:
+        ShardLayout.from_model(config, ParallelConfig(size, 0))
+    except ShardError as exc:
+        raise ConfigError(f"--tensor-parallel-size {size} does not split {model!r}: {exc}") from None
 
 
 def idle_graph_flags(engine: EngineConfig, off: GraphsOff | None) -> list[str]:

@@ -3,6 +3,9 @@ tokens leave for the streams (held or at once), and what AbortAll and Stop leave
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 import time
 from typing import Any
 
@@ -105,3 +108,31 @@ def test_a_model_that_cannot_start_says_so_and_the_loop_ends():
     assert HostLoop(HostPlan(build), sent.append, hold=False).run() is False
     assert len(sent) == 1 and "no-such-preset" in getattr(sent[0], "reason", "")
     assert not any(isinstance(message, Ready) for message in sent)
+
+
+def test_a_dead_tensor_parallel_rank_ends_the_loop_fails_its_requests_and_stops_the_workers(caplog):
+    """Rank 1 is killed once tokens flow: the step raises RankFailure, which the loop does not survive
+    (a server then shuts down with exit status 1); both requests end with an error, no process is left."""
+    sent: list[ToClient] = []
+    models: list[LLMServedModel] = []
+
+    def build() -> LLMServedModel:
+        models.append(LLMServedModel(dataclasses.replace(ENGINE, tensor_parallel_size=2), ServeConfig()))
+        return models[0]
+
+    def send(message: ToClient) -> None:
+        sent.append(message)
+        if isinstance(message, Events) and sum(isinstance(m, Events) for m in sent) == 1:
+            os.kill(models[0].engine.worker_pids[0], signal.SIGKILL)
+
+    host = HostLoop(HostPlan(build), send, hold=False)
+    _submit(host, 2, 80)
+    start = time.monotonic()
+    assert host.run() is False
+    assert time.monotonic() - start < 60
+    ends = [e for m in sent if isinstance(m, Events) for _, e in m.batch if isinstance(e, Exception)]
+    assert len(ends) == 2 and all(isinstance(e, Unavailable) for e in ends)
+    assert "tensor-parallel rank 1 was killed by signal 9" in caplog.text
+    (pid,) = models[0].engine.worker_pids
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

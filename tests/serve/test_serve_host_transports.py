@@ -84,6 +84,9 @@ class Countdown:
     def publish(self, num_queued: int) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def answer(self, question: Question) -> bytes | dict[str, Any] | str | None:
         return {Question.METRICS: b"countdown_steps 1\n", Question.PROGRESS: "off"}.get(question, {"a": 1})
 

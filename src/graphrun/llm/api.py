@@ -50,12 +50,25 @@ class GenerateStats:
 
 
 class LLM:
-    """A loaded model ready to generate; keyword arguments are EngineConfig fields."""
+    """A loaded model ready to generate; keyword arguments are EngineConfig fields.
+
+    tensor_parallel_size=N starts N-1 worker processes beside this one (llm/parallel/); close() (or a
+    `with` block) stops them, as collecting the LLM or leaving the interpreter does."""
 
     def __init__(self, model: str = "tiny", **engine_options: Any) -> None:
         self.engine = LLMEngine(EngineConfig(model=model, **engine_options))
         self.tokenizer = self.engine.tokenizer
         self.last_stats: GenerateStats | None = None
+
+    def close(self) -> None:
+        """Stop the engine's worker ranks, if any (idempotent)."""
+        self.engine.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def generate(
         self,

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from graphrun.graphs import GraphRunner, make_backend
 from graphrun.graphs.backends import Backend
-from graphrun.graphs.options import CaptureWhen
+from graphrun.graphs.options import Agree, CaptureWhen
 from graphrun.llm.layers.attention import AttentionMetadata
 from graphrun.llm.logprobs import LogprobBuffers
 from graphrun.llm.models import DecoderLM
@@ -151,6 +151,7 @@ class DecodeGraphs:
         capture: CaptureWhen = CaptureWhen.NOW,
         logprobs: LogprobBuffers | None = None,
         masks: torch.Tensor | None = None,
+        agree: Agree | None = None,
     ) -> None:
         device = kv_caches[0][0].device
         self._device = device
@@ -177,6 +178,7 @@ class DecodeGraphs:
                 pad="repeat",  # padded rows repeat the last sequence: same token, same slot, same values
                 # called with each rung's size and, for the padded check, with smaller batch sizes
                 verify_inputs=lambda n, gen: random_inputs(shape, n, gen, device).packed(),
+                agree=agree,  # tensor parallel: a rung any rank fails is eager on all
             )
         self.capture_seconds = time.perf_counter() - start
         self._non_blocking = device.type == "cuda"  # callers stage in pinned memory (HostStaging)

@@ -31,12 +31,20 @@ Background capture (EngineConfig.capture="background", background_graphs.py): st
 KV cache is allocated; then graph rungs are captured between steps, on the engine thread (per idle turn
 of a serving loop, and under load after a step when capture's share of the time allows), without
 touching a running sequence's state.
+
+Tensor parallelism (EngineConfig.tensor_parallel_size > 1, llm/parallel/): the engine built by the
+caller is rank 0 and starts the other ranks, each running this same engine over its shard in a process
+of its own (rank_worker.py). Once per step, before scheduling, rank 0 sends the events it heard (adds,
+aborts) and every rank checks that it scheduled the same batch (parallel/link.py says why the scheduler
+is replicated rather than run on rank 0 alone). The KV block count is the fewest any rank holds, and the
+ranks agree on every capture verdict. On one rank none of this exists: no process, no collective.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +71,11 @@ from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache, gpu_kv_budget,
 from graphrun.llm.layers.attention import AttentionMetadata
 from graphrun.llm.layers.attention_backend import select_attention_backend
 from graphrun.llm.logprobs import LogprobBuffers, TokenLogprobs, token_logprobs
+from graphrun.llm.parallel.commands import Abort, NewRequest, batch_fingerprint
+from graphrun.llm.parallel.control import RankGroups
+from graphrun.llm.parallel.group import ParallelGroup
+from graphrun.llm.parallel.link import RankLink
+from graphrun.llm.parallel.ranks import rank_device
 from graphrun.llm.piecewise_graph import PiecewiseGraphs, piecewise_ladder
 from graphrun.llm.prefill_graph import PrefillGraphs, prefill_ladder
 from graphrun.llm.presets import load_model
@@ -108,13 +121,43 @@ class _Launched:
 class LLMEngine:
     """Owns the model, the cache and the scheduler; `step()` advances every running request by one step."""
 
-    def __init__(self, config: EngineConfig, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, registry: CollectorRegistry | None = None, ranks: RankGroups | None = None
+    ) -> None:
+        """ranks: this engine is a tensor-parallel worker rank in these groups (rank_worker.py); by
+        default it is rank 0, and starts the other ranks when config.tensor_parallel_size > 1."""
         self.config = config
         # a private registry unless the caller (the server) passes the one it exposes: two engines in one
         # process (tests, benchmarks) must not collide on runner names
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._link = self._join_ranks(ranks)  # None: one rank, no processes, no collectives
+        self.group = self._link.groups.model if self._link is not None else ParallelGroup.single()
         self.device = config.resolved_device()
+        if self._link is not None:  # rank r on cuda:r
+            self.device = rank_device(config, self.group.rank)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
         self.dtype = config.resolved_dtype(self.device)
+        try:
+            self._start_up()
+        except BaseException:
+            if self._link is not None:
+                self._link.abandon()
+            raise
+        # the workers stop with this engine (close(), or its collection, or interpreter exit)
+        self._finalizer = weakref.finalize(self, self._link.close) if self._link is not None else None
+
+    def _join_ranks(self, ranks: RankGroups | None) -> RankLink | None:
+        """This engine's link to the other tensor-parallel ranks: given (a worker), started (rank 0), or
+        none (one rank)."""
+        if ranks is not None:
+            return RankLink(ranks)
+        if self.config.tensor_parallel_size == 1:
+            return None
+        return RankLink.lead(self.config, rank_device(self.config, 0))
+
+    def _start_up(self) -> None:
+        config = self.config
         self._load_model()
         self._allocate_kv_cache()
         self._build_scheduler()
@@ -151,7 +194,7 @@ class LLMEngine:
         start = time.perf_counter()
         self.attention_backend = select_attention_backend(self.device)  # chosen once, for every step
         self.model, self.tokenizer, self.model_config = load_model(
-            self.config.model, self.dtype, self.device, self.config.seed, self.attention_backend
+            self.config.model, self.dtype, self.device, self.config.seed, self.attention_backend, self.group
         )
         self.model.eval().requires_grad_(False)
         limit = self.model_config.max_position_embeddings
@@ -166,12 +209,15 @@ class LLMEngine:
         )  # fmt: skip
 
     def _allocate_kv_cache(self) -> None:
-        spec = KVCacheSpec.from_model(self.model_config, self.config.block_size, self.dtype)
+        cfg = self.config
+        spec = KVCacheSpec.from_model(self.model_config, cfg.block_size, self.dtype, self.group.config)
         if self.device.type == "cuda":
             budget = gpu_kv_budget(self.config.gpu_memory_utilization, self.device)
         else:
             budget = self.config.cpu_kv_cache_bytes
         self.num_blocks = num_blocks_for_budget(spec, budget)
+        if self._link is not None:  # every rank's scheduler hands out the same blocks: what all can hold
+            self.num_blocks = self._link.min_blocks(self.num_blocks)
         self.kv_caches = allocate_kv_cache(spec, self.num_blocks, self.device)
         self.kv_spec = spec
 
@@ -275,7 +321,7 @@ class LLMEngine:
             self.decode_graphs = DecodeGraphs(
                 self.model, self.kv_caches, self.last_tokens, shape, self.capture_sizes(), backend, registry,
                 compile=self.config.compile, compile_cache_dir=self.config.compile_cache_dir, capture=when,
-                logprobs=self.logprob_buffers, masks=self.token_masks.device_masks,
+                logprobs=self.logprob_buffers, masks=self.token_masks.device_masks, agree=self._agree(),
             )  # fmt: skip
             sizes = self.prefill_capture_sizes()
             if sizes:
@@ -290,7 +336,12 @@ class LLMEngine:
                     compile_cache_dir=self.config.compile_cache_dir,
                     capture=when,
                     num_slots=num_slots,
+                    agree=self._agree(),
                 )
+
+    def _agree(self) -> Callable[[bool], bool] | None:
+        """Tensor parallel: the ranks join every capture verdict (a rung one rank fails is eager on all)."""
+        return self.group.agree if self._link is not None else None
 
     def _reserve_capture_blocks(self, num_tokens: int) -> int:
         """Hold enough KV blocks for the largest prefill capture (each token its own slot) until background
@@ -346,8 +397,9 @@ class LLMEngine:
         with torch.inference_mode():
             when = CaptureWhen.LATER if num_slots is not None else CaptureWhen.NOW
             self.piecewise_graphs = PiecewiseGraphs(
-                self.model, self.kv_caches, sizes, backend, registry, capture=when, num_slots=num_slots
-            )
+                self.model, self.kv_caches, sizes, backend, registry, capture=when, num_slots=num_slots,
+                agree=self._agree(),
+            )  # fmt: skip
 
     def piecewise_capture_sizes(self) -> tuple[int, ...]:
         """The token ladder of the piecewise graphs: up to the step token budget and the KV cache's slots
@@ -372,6 +424,7 @@ class LLMEngine:
         self._attach_grammars([seq])
         self.scheduler.add(seq)
         self._next_seq_id += 1
+        self._tell_ranks(NewRequest((seq.seq_id,), tuple(ids), params, choices=False))
         return seq.seq_id
 
     def add_choices(self, prompt: str | list[int], params: SamplingParams, n: int) -> list[int]:
@@ -385,7 +438,14 @@ class LLMEngine:
         self._attach_grammars(seqs)
         self.scheduler.add_choices(seqs)
         self._next_seq_id += n
-        return [seq.seq_id for seq in seqs]
+        seq_ids = [seq.seq_id for seq in seqs]
+        self._tell_ranks(NewRequest(tuple(seq_ids), tuple(ids), params, choices=True))
+        return seq_ids
+
+    def _tell_ranks(self, event: NewRequest | Abort) -> None:
+        """Rank 0 (the one that hears requests): queue an event the other ranks apply before the next step."""
+        if self._link is not None and self.group.rank == 0:
+            self._link.record(event)
 
     def _attach_grammars(self, seqs: list[Sequence]) -> None:
         """Give each sequence with structured output its own matcher (compiled once per spec); raises
@@ -412,6 +472,7 @@ class LLMEngine:
     def abort(self, seq_id: int) -> None:
         """Stop a request now and free its KV blocks (a client that went away)."""
         self.scheduler.abort(seq_id)
+        self._tell_ranks(Abort(seq_id))
 
     def has_unfinished(self) -> bool:
         """True while any request is queued or running, or a launched step still owes it a token."""
@@ -440,7 +501,25 @@ class LLMEngine:
         on_launched runs once the batch is launched, before the wait for tokens: a server whose engine
         shares its process posts the last step's tokens there (serve/engine_loop.py), so their delivery
         overlaps the device instead of delaying the launch.
+
+        With tensor parallelism every rank steps together (parallel/link.py): a step that fails on any
+        rank raises EngineDeadError (RankFailure when a worker exited) now and at every later step.
         """
+        link = self._link
+        if link is None:
+            return self._step(on_launched)
+        try:
+            link.begin_step(self._async)
+            outputs = self._step(on_launched)
+            link.end_step()
+            return outputs
+        except Exception as exc:
+            dead = link.fail(exc)
+            if dead is exc:
+                raise
+            raise dead from exc
+
+    def _step(self, on_launched: Callable[[], None] | None) -> list[StepOutput]:
         start = time.perf_counter()
         if self._faults is not None and not self._faults.armed and not self.capture_pending:
             self._faults.armed = True
@@ -453,6 +532,8 @@ class LLMEngine:
         if previous is not None and _sampled_for_grammar(previous):  # its tokens decide the next masks
             outputs, previous, self._launched = self._resolve(previous), None, None
         batch = self.scheduler.schedule()
+        if self._link is not None:
+            self._link.check_batch(_fingerprint(batch))
         self._copy_blocks(self.scheduler.take_block_copies())
         if batch is not None:
             try:
@@ -715,6 +796,17 @@ class LLMEngine:
             seeds=torch.tensor([s.rng_seed for s in seqs], dtype=torch.int64, device=dev),
         )
 
+    def close(self) -> None:
+        """Stop the other tensor-parallel ranks (rank 0) and leave their groups; nothing to do on one rank.
+        Idempotent; also runs when the engine is collected or the interpreter exits."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The tensor-parallel worker processes rank 0 started (empty on one rank)."""
+        return self._link.pids if self._link is not None else []
+
     def status(self) -> EngineStatus:
         """Start-up facts and every graph runner's per-size status; print it for tables."""
         runners = self._runners()
@@ -738,6 +830,7 @@ class LLMEngine:
         return {
             "model": self.config.model,
             "device": str(self.device),
+            "tensor_parallel_size": self.config.tensor_parallel_size,
             "dtype": str(self.dtype).removeprefix("torch."),
             "num_kv_blocks": self.num_blocks,
             "block_size": self.config.block_size,
@@ -754,6 +847,14 @@ class LLMEngine:
             "piecewise_capture_sizes": list(pw.sizes) if (pw := self.piecewise_graphs) else [],
             "piecewise_capture_seconds": pw.capture_seconds if (pw := self.piecewise_graphs) else 0.0,
         }
+
+
+def _fingerprint(batch: ScheduledBatch | None) -> int:
+    """The digest the tensor-parallel ranks compare each step (parallel/commands.py)."""
+    if batch is None:
+        return batch_fingerprint(None, (), (), ())
+    seq_ids = [seq.seq_id for seq in batch.seqs]
+    return batch_fingerprint(batch.kind, seq_ids, batch.num_new_tokens, batch.context_lens)
 
 
 def _wants_logprobs(seqs: list[Sequence]) -> bool:

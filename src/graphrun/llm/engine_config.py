@@ -114,8 +114,12 @@ class EngineConfig:
     # a fault drill (graphs/backends/faulty.py): once every graph is captured, this fraction of graph
     # replays fails and runs eager instead, counted as replay_error fallbacks; 0: none (never in production)
     replay_fault_rate: float = 0.0
+    # tensor-parallel ranks (llm/parallel/): this process is rank 0 and starts the others, one per GPU
+    # (rank r on cuda:r; gloo processes on the CPU); each holds its shard of every layer
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
+        self._check_tensor_parallel()
         if self.capture not in CAPTURE_MODES:
             raise ConfigError(f"capture must be one of {CAPTURE_MODES}, got {self.capture!r}")
         if self.cuda_graph_mode not in CUDA_GRAPH_MODES:
@@ -161,15 +165,38 @@ class EngineConfig:
         if any(s < 1 for s in self.cuda_graph_sizes):
             raise ConfigError(f"cuda_graph_sizes must be positive, got {list(self.cuda_graph_sizes)}")
 
+    def _check_tensor_parallel(self) -> None:
+        size = self.tensor_parallel_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"tensor_parallel_size must be an int >= 1, got {size!r}")
+        if size > 1 and self.capture == "background":
+            raise ConfigError(
+                "capture='background' paces captures by each rank's own clock, so tensor-parallel ranks "
+                "would capture at different steps; use capture='now' with tensor_parallel_size > 1"
+            )
+
     def resolved_device(self) -> torch.device:
-        """The device to run on."""
+        """The device to run on (rank 0's, with tensor parallelism: each rank r runs on cuda:r)."""
         import torch
 
         if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            device = torch.device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device={self.device!r} but no CUDA device is visible; use device='cpu'")
+        if device.type == "cuda" and self.tensor_parallel_size > 1:
+            visible = torch.cuda.device_count()
+            if self.tensor_parallel_size > visible:
+                raise ConfigError(
+                    f"tensor_parallel_size={self.tensor_parallel_size} needs that many GPUs, but {visible} "
+                    f"{'is' if visible == 1 else 'are'} visible; pass at most {visible}"
+                )
+            if device.index not in (None, 0):
+                raise ConfigError(
+                    f"device={self.device!r}: with tensor parallelism rank r runs on cuda:r; pass 'cuda'"
+                )
+            device = torch.device("cuda", 0)
         return device
 
     def resolved_dtype(self, device: torch.device) -> torch.dtype:

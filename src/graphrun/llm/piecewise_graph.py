@@ -43,7 +43,7 @@ from torch import nn
 
 from graphrun.graphs import GraphRunner
 from graphrun.graphs.backends import Backend
-from graphrun.graphs.options import CaptureWhen
+from graphrun.graphs.options import Agree, CaptureWhen
 from graphrun.graphs.piecewise.backend import PiecewiseBackend
 from graphrun.graphs.piecewise.segment import Segment
 from graphrun.llm.layers.attention import AttentionMetadata
@@ -215,6 +215,7 @@ class PiecewiseGraphs:
         *,
         capture: CaptureWhen = CaptureWhen.NOW,
         num_slots: int | None = None,
+        agree: Agree | None = None,
     ) -> None:
         """capture: now, or later (the engine's background pass); num_slots: capture and verification
         write K/V below this slot only (default: the whole cache; background capture passes the end of
@@ -244,6 +245,7 @@ class PiecewiseGraphs:
             pad=0,  # token 0 at position 0 in slot 0 (the scratch block)
             verify_inputs=draw,
             capture=capture,
+            agree=agree,
         )
         self.capture_seconds = time.perf_counter() - start
         self.sizes = tuple(sizes)

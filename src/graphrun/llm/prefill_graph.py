@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from graphrun.graphs import GraphRunner
 from graphrun.graphs.backends import Backend
-from graphrun.graphs.options import CaptureWhen
+from graphrun.graphs.options import Agree, CaptureWhen
 from graphrun.llm.layers.attention import AttentionMetadata
 from graphrun.llm.models import DecoderLM
 from graphrun.llm.sampler import SamplingTensors, sample
@@ -130,6 +130,7 @@ class PrefillGraphs:
         compile_cache_dir: str | None = None,
         capture: CaptureWhen = CaptureWhen.NOW,
         num_slots: int | None = None,
+        agree: Agree | None = None,
     ) -> None:
         """num_slots: capture and verification write K/V below this slot only (default: the whole
         cache). A background capture runs beside live sequences, so it passes the end of the blocks the
@@ -163,6 +164,7 @@ class PrefillGraphs:
             capture=capture,
             pad=0,  # token 0 at position 0 in slot 0 (the scratch block)
             verify_inputs=draw,  # called with each rung's size and with smaller, padded sizes
+            agree=agree,  # tensor parallel: a rung any rank fails is eager on all
         )
         self.capture_seconds = time.perf_counter() - start
         self.sizes = tuple(sizes)

@@ -17,6 +17,7 @@ from graphrun.errors import ConfigError
 from graphrun.llm.config import ModelConfig
 from graphrun.llm.layers.attention_backend import AttentionBackend
 from graphrun.llm.models.decoder import DecoderLM
+from graphrun.llm.parallel.group import ParallelGroup
 from graphrun.llm.preset_configs import PRESETS, preset_config
 from graphrun.llm.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from graphrun.llm.weights import build_model, load_weights, random_init, read_model_config
@@ -32,10 +33,12 @@ def load_model(
     device: torch.device | str,
     seed: int = 0,
     attention_backend: AttentionBackend | None = None,
+    group: ParallelGroup | None = None,
 ) -> tuple[DecoderLM, Tokenizer, ModelConfig]:
     """A model ready to run, its tokenizer and config, from a preset name or a local HF folder.
 
     attention_backend: the attention kernels; by default the device's (select_attention_backend).
+    group: the tensor-parallel rank to build (its shard of every layer); one rank by default.
 
     A preset gets seeded random weights (`seed`) and a ByteTokenizer sized to its vocabulary; a folder
     gets its config.json, *.safetensors and tokenizer.json. An existing folder wins over a preset of the
@@ -44,7 +47,7 @@ def load_model(
     path = Path(name_or_path)
     if str(name_or_path) in PRESETS and not path.is_dir():
         config = preset_config(str(name_or_path))
-        model = build_model(config, dtype, device, attention_backend)
+        model = build_model(config, dtype, device, attention_backend, group)
         random_init(model, seed)
         logger.info("model: preset %s, random weights (seed %d), %s on %s", name_or_path, seed, dtype, device)
         return model, ByteTokenizer(config.vocab_size), config
@@ -54,7 +57,7 @@ def load_model(
         )
     config = read_model_config(path)
     tokenizer = load_tokenizer(path)
-    model = build_model(config, dtype, device, attention_backend)
+    model = build_model(config, dtype, device, attention_backend, group)
     load_weights(model, path)
     logger.info("model: %s from %s, %s on %s", config.architecture, path, dtype, device)
     return model, tokenizer, config

@@ -28,6 +28,7 @@ from graphrun.llm.engine_config import (
     EngineConfig,
     serve_mixed_prefill_tokens,
 )
+from graphrun.parallel_flags import add_tensor_parallel_flag
 from graphrun.preflight import check_engine_model, check_port_free, check_serve_extra, idle_graph_flags
 from graphrun.refuse import refuse
 from graphrun.serve.act.cli import add_act_flags, run_act, wants_act
@@ -85,6 +86,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_compile_flags(p)
     add_cuda_graph_mode_flag(p)
+    add_tensor_parallel_flag(p)
     p.add_argument(
         "--mixed-prefill-tokens",
         type=int,
@@ -247,6 +249,7 @@ def _configs(args: argparse.Namespace, model: str) -> tuple[EngineConfig, ServeC
         capture=args.capture,
         cuda_graph_mode=args.cuda_graph_mode,
         replay_fault_rate=args.faults,
+        tensor_parallel_size=args.tensor_parallel_size,
     )
     serve_config = ServeConfig(
         host=args.host,

@@ -145,6 +145,9 @@ class LLMServedModel:
     def publish(self, num_queued: int) -> None:
         self.metrics.publish(self.engine.scheduler, num_queued)
 
+    def close(self) -> None:
+        self.engine.close()
+
     def answer(self, question: Question) -> bytes | dict[str, Any] | str | None:
         """Counters only (any thread): graph_progress reads plain lists."""
         if question is Question.METRICS:

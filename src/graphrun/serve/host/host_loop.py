@@ -11,6 +11,11 @@ while the batch is scheduled would delay that launch through the shared GIL. Ano
 since holding them would add the next launch's host time, and every hiccup in it, to each stream's gap.
 While idle with background work left (graph capture), the loop polls instead of blocking and does a
 slice of it per turn, so a request arriving waits for one slice at most.
+
+A step that raises fails the requests in flight and the loop goes on, except an EngineDeadError (a
+tensor-parallel rank died or diverged): that model cannot step again, so the loop ends as if it had
+crashed, and the server shuts down with the error. Either way the loop closes the model last (which
+stops its worker processes).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol
 
+from graphrun.errors import EngineDeadError
 from graphrun.serve.host import messages as m
 from graphrun.serve.host.messages import E, Info
 from graphrun.serve.host.served_model import ServedModel
@@ -116,6 +122,11 @@ class HostLoop(Generic[Info, E]):
                     self.send(m.Admitted(request_id, _stopped()))
         if self.observer is not None:
             self.observer.close()
+        try:
+            model.close()
+        except Exception:
+            log.exception("closing the served model failed")
+            clean = False
         return clean
 
     def _loop(self, model: ServedModel[Info, E]) -> None:
@@ -151,6 +162,9 @@ class HostLoop(Generic[Info, E]):
         """One step; its events are sent at once, or (hold) in the next step after its launch."""
         try:
             outcome = model.step(on_launched=self._flush)
+        except EngineDeadError:
+            self._flush()
+            raise  # fatal: run() ends the loop, fails what is left and reports the failure
         except Exception:
             self._flush()
             log.exception("engine step failed; failing the requests in flight")

@@ -56,3 +56,6 @@ class ServedModel(Protocol[Info_co, E]):
 
     def answer(self, question: Question) -> bytes | dict[str, Any] | str | None:
         """(any thread) The engine side's answer to the HTTP side's question."""
+
+    def close(self) -> None:
+        """The host loop's last call: release what outlives the loop's thread (worker processes)."""

@@ -99,6 +99,9 @@ class BatchingModel(Generic[Q]):
     def publish(self, num_queued: int) -> None:
         return None
 
+    def close(self) -> None:
+        return None
+
     def answer(self, question: Question) -> bytes | dict[str, Any] | str | None:
         """Counters only (any thread)."""
         if question is Question.METRICS:
