@@ -14,6 +14,7 @@ from graphrun.llm.engine_config import DTYPES, EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.parallel_flags import add_tensor_parallel_flag
 from graphrun.preflight import check_engine_model, check_file
+from graphrun.refuse import refuse
 
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,16 +66,14 @@ def run_generate(args: argparse.Namespace) -> int:
         }
         check_engine_model(EngineConfig(model=args.model, **options))
     except GraphrunError as exc:
-        print(f"graphrun generate: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse("generate", exc)
     from graphrun.llm.api import LLM  # torch loads here, once the flags are known to be sound
 
     try:
         with LLM(args.model, **options) as llm:
             outputs = llm.generate(prompts, params, progress=len(prompts) > 1)
     except GraphrunError as exc:
-        print(f"graphrun generate: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse("generate", exc)
     for out in outputs:
         if args.json:
             print(

@@ -84,8 +84,9 @@ def test_mixed_scheduling_gives_the_same_outputs_as_alternating(
     block_size, num_blocks, max_num_seqs, budget, mixed, cap, growth, asynchronous, requests
 ):
     plain = make_sched(num_blocks, block_size, max_num_seqs, budget)
-    ceiling = None if growth is None else mixed + growth
-    mixing = checked(num_blocks, block_size, max_num_seqs, budget, mixed, cap, ceiling)
+    # a growing budget starts from a small floor, so that short random queues outgrow it often
+    floor, ceiling = (mixed, None) if growth is None else (max(1, mixed // 3), mixed + growth)
+    mixing = checked(num_blocks, block_size, max_num_seqs, budget, floor, cap, ceiling)
     run = run_async if asynchronous else run_sync
     if same_outputs_as_sync(plain, mixing, run, requests) is None:
         return
@@ -100,7 +101,7 @@ MIXED_SEEN: Counter = Counter()
 
 def test_the_random_traffic_above_did_build_mixed_batches():
     assert MIXED_SEEN["mixed"] > 20 and MIXED_SEEN["decode"] > 20 and MIXED_SEEN["prefill"] > 20
-    assert MIXED_SEEN["grown"] > 5  # the queue-following budget was exercised, above its floor
+    assert MIXED_SEEN["grown"] > 10  # the queue-following budget was exercised, above its floor
 
 
 def test_the_mixed_budget_follows_the_queue_between_floor_and_ceiling():
