@@ -12,11 +12,14 @@ from graphrun.llm.sampling_params import SamplingParams
 
 def tiny_cuda_engine(utilization: float, **overrides: Any) -> LLMEngine:
     """The tiny preset on CUDA in float32: 8 streams, 160 tokens, mixed steps of 4 prompt tokens (with <= 4
-    streams a mixed step's rows fit the top rung, 8). gpu_memory_utilization caps the whole process, so an
-    engine built while another lives needs a higher cap than the first."""
+    streams a mixed step's rows fit the top rung, 8), prefill and piecewise graphs up to 256 tokens (with
+    the whole ladder a logprobs test's two engines took 72 s on an H100; larger steps run eager, counted).
+    gpu_memory_utilization caps the whole process, so an engine built while another lives needs a higher
+    cap than the first."""
     settings: dict[str, Any] = {
         "model": "tiny", "device": "cuda", "dtype": "float32", "max_num_seqs": 8, "max_model_len": 160,
         "gpu_memory_utilization": utilization, "mixed_prefill_tokens": 4,
+        "cuda_graph_max_prefill_tokens": 256,
     }  # fmt: skip
     return LLMEngine(EngineConfig(**{**settings, **overrides}))
 

@@ -5,9 +5,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+from engine_runs import tiny_cuda_engine
 
-from graphrun.llm.engine import LLMEngine
-from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.gpu
@@ -21,22 +20,21 @@ def run(eng, groups):
     return [[out[seq_id] for seq_id in group] for group in groups]
 
 
-@pytest.mark.parametrize("prompt_len", [37, 33, 100])
-def test_choices_on_cuda_graphs_equal_separate_requests(prompt_len):
+@pytest.fixture(scope="module")
+def eng():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    eng = LLMEngine(
-        EngineConfig(
-            model="tiny", device="cuda", dtype="float32", max_num_seqs=8, max_model_len=160,
-            gpu_memory_utilization=0.3, mixed_prefill_tokens=4,
-        )
-    )  # fmt: skip
+    return tiny_cuda_engine(0.3)  # one engine for every prompt length: its capture is the slow part
+
+
+@pytest.mark.parametrize("prompt_len", [37, 33, 100])
+def test_choices_on_cuda_graphs_equal_separate_requests(eng, prompt_len):
     assert eng.prefill_graphs is not None and eng.decode_graphs is not None
     prompt = [(5 * i + 3) % 200 + 3 for i in range(prompt_len)]
     params = SamplingParams(temperature=1.0, seed=21, max_tokens=24, ignore_eos=True)
-    prefills = eng.num_prefills
+    prefills, forks = eng.num_prefills, eng.num_forks
     (choices,) = run(eng, [eng.add_choices(prompt, params, 4)])
-    assert eng.num_prefills - prefills == 1 and eng.num_forks == 3
+    assert eng.num_prefills - prefills == 1 and eng.num_forks - forks == 3
     separate = run(eng, [[eng.add_request(prompt, replace(params, seed=21 + j))] for j in range(4)])
     assert choices == [tokens for (tokens,) in separate]
     greedy = replace(params, temperature=0.0)

@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from engine_runs import cuda_graph_and_eager, run_all
+from engine_runs import cuda_graph_and_eager, run_outputs
 
 from graphrun.llm.sampling_params import SamplingParams
 
@@ -20,7 +20,7 @@ def test_cuda_logprobs_graph_equals_eager(engines, temperature):
     graph, eager = engines
     params = SamplingParams(temperature=temperature, max_tokens=12, ignore_eos=True, seed=1, logprobs=20)
     prompts = [f"gpu logprobs prompt {i}" for i in range(5)]
-    got, want = run_all(graph, prompts, params), run_all(eager, prompts, params)
+    got, want = run_outputs(graph, prompts, params), run_outputs(eager, prompts, params)
     assert graph.decode_graphs.runners["logprobs"].stats.num_replayed > 0
     for xs, ys in zip(got, want, strict=True):
         assert [x.new_token_id for x in xs] == [y.new_token_id for y in ys]
