@@ -121,8 +121,8 @@ def _add_decode_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
         default=[1],
         metavar="N",
         help="tensor-parallel sizes to compare on the same model and batch sizes (e.g. --tp 1 2): per size, "
-        "N ranks on cuda:0..N-1 time the decode graph vs eager and the step's collectives (default 1: "
-        "the single-GPU engine bench)",
+        "N ranks on cuda:0..N-1 time the decode graph vs eager and the step's collectives, 4 x --steps "
+        "calls each (default 1: the single-GPU engine bench)",
     )
     decode.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from graphrun.bench.decode_setup import DecodeSetup
-from graphrun.bench.decode_tp_report import tp_goals, tp_rows
+from graphrun.bench.decode_tp_report import print_tp, tp_goals, tp_payload, tp_rows
 from graphrun.bench.decode_tp_run import run_decode_tp
 from graphrun.cli import build_parser, main
 from graphrun.errors import ConfigError
@@ -89,6 +89,7 @@ def _measured(tp1: tuple[float, float], tp2: tuple[float, float], allreduce_ms: 
         reduced = {"median_ms": allreduce} if allreduce is not None else None
         return {
             "batch": 1,
+            "tokens_match": True,
             "graph": {"median_ms": graph},
             "eager": {"median_ms": eager},
             "all_reduce": reduced,
@@ -143,6 +144,7 @@ def test_tp1_and_tp2_run_as_gloo_ranks_and_report(tmp_path, capsys):
     layers, hidden = preset_config("tiny").num_layers, preset_config("tiny").hidden_size
     for (batch, tp), row in rows.items():
         assert row["graph_ms"] > 0 and row["eager_ms"] > 0 and row["context"] == setup.context + 1
+        assert row["tokens_match"]
         assert row["speedup"] == pytest.approx(row["eager_ms"] / row["graph_ms"])
         base = rows[batch, 1]["graph_ms"]
         assert row["vs_tp1"] == pytest.approx(row["graph_ms"] / base)
@@ -156,3 +158,17 @@ def test_tp1_and_tp2_run_as_gloo_ranks_and_report(tmp_path, capsys):
         assert row["allreduce_ms"] > 0 and row["comm_ms"] > 0 and row["allreduce_share"] > 0
         assert len(row["graph_median_ms_by_rank"]) == 2
     assert [g["met"] for g in saved["goals"]] == [False, False]
+
+
+def test_a_failed_size_is_reported_with_the_sizes_measured_before_it(tmp_path, capsys):
+    measured = _measured((2.0, 8.0), (1.0, 4.0), 0.2)
+    del measured[2]
+    measured[1]["engine"] = {"tensor_parallel_size": 1}
+    setup = _setup(tmp_path, device="cuda", batch_sizes=(1,))
+    payload = tp_payload(setup, measured, {2: "RuntimeError: rank 1 failed"})
+    assert not payload["ok"] and payload["errors"] == {"2": "RuntimeError: rank 1 failed"}
+    assert [(r["batch"], r["tp"]) for r in payload["results"]] == [(1, 1)]
+    print_tp(payload)
+    out = capsys.readouterr().out
+    assert "PROBLEM TP=2: RuntimeError: rank 1 failed" in out
+    assert "the targets were set for qwen3-8b-shape; this run measured tiny" in out

@@ -8,7 +8,7 @@ with FULL decode graphs at exactly the benchmarked batch sizes. Per batch size B
 B seeded random prompts of `context` tokens (ids never 0) and steps until each has its first token, so
 the KV cache holds real context; then it packs the next decode batch once and times, back to back:
 - graph: replays of the captured greedy decode graph on those inputs (zero-copy: inputs in place),
-  collectives inside the graph;
+  collectives inside the graph (its tokens first checked against eager's on the same inputs);
 - eager: the same step function on the same inputs, one launch per kernel and per collective;
 - collectives (decode_tp_comm.py): the step's own all-reduces (and, apart, all of its collectives,
   the logits all-gather included) captured alone in a graph.
@@ -26,6 +26,7 @@ CPU (tests) the graphs are the sim backend's and the times are host times of glo
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,7 +34,13 @@ import torch.distributed as dist
 
 from graphrun.bench.decode import random_prompts
 from graphrun.bench.decode_setup import TP_ITERS_PER_STEP, TP_ROUNDS, TP_WARMUP, DecodeSetup
-from graphrun.bench.decode_tp_comm import ALL_REDUCE, CollectivesGraph, record_collectives, summary
+from graphrun.bench.decode_tp_comm import (
+    ALL_REDUCE,
+    Collective,
+    CollectivesGraph,
+    record_collectives,
+    summary,
+)
 from graphrun.bench.timing import summarize, time_calls, time_interleaved
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
@@ -130,12 +137,12 @@ def _time_step(
     graphs = engine.decode_graphs
     if graphs is None:
         raise RuntimeError(f"no decode graphs on rank {engine.group.rank}: {engine.describe()['graphs_off']}")
-    step = engine._pack_decode(batch)
-    graphs.run(step, "greedy")  # leaves the step's inputs in the rung's static buffers
+    step, eager_step = engine._pack_decode(batch), engine._eager_decode["greedy"]
+    packed = step.to(engine.device).packed()
+    eager_tokens = eager_step(*packed).tolist()
+    graph_tokens = graphs.run(step, "greedy").tolist()  # leaves the inputs in the rung's static buffers
     runner = graphs.runners["greedy"]
     args, kwargs = runner.static_inputs(num_seqs)  # raises when the rung runs eager
-    eager_step = engine._eager_decode["greedy"]
-    packed = step.to(engine.device).packed()
     collectives = record_collectives(lambda: eager_step(*packed))
     fns = {"graph": lambda: runner(*args, **kwargs), "eager": lambda: eager_step(*packed)}
     _barrier(control, setup)
@@ -144,6 +151,7 @@ def _time_step(
     return {
         "batch": num_seqs,
         "context": setup.context + 1,
+        "tokens_match": graph_tokens == eager_tokens,  # greedy, the same inputs
         "graph": summarize(times["graph"]),
         "eager": summarize(times["eager"]),
         "collectives": summary(collectives),
@@ -155,7 +163,10 @@ def _time_step(
 
 
 def _time_collectives(
-    engine: LLMEngine, collectives: Any, setup: DecodeSetup, control: dist.ProcessGroup | None
+    engine: LLMEngine,
+    collectives: Sequence[Collective],
+    setup: DecodeSetup,
+    control: dist.ProcessGroup | None,
 ) -> dict[str, float] | None:
     """Replays of a graph of only these collectives (None when the step has none: one rank)."""
     if not collectives:

@@ -129,7 +129,7 @@ def tp_payload(
         },
         "engines": {str(tp): result["engine"] for tp, result in measured.items()},
         "errors": {str(tp): error for tp, error in errors.items()},
-        "ok": not errors and set(measured) == set(setup.tp_sizes),
+        "ok": not errors and set(measured) == set(setup.tp_sizes) and all(r["tokens_match"] for r in rows),
         "results": rows,
     }
     payload["goals"] = tp_goals(rows, setup)
@@ -146,6 +146,9 @@ def print_tp(payload: Mapping[str, Any]) -> None:
     print_table(payload["results"], TABLE)
     for tp, error in payload["errors"].items():
         print(f"PROBLEM TP={tp}: {error}")
+    for row in payload["results"]:
+        if not row["tokens_match"]:
+            print(f"PROBLEM b{row['batch']} TP={row['tp']}: graph and eager greedy tokens differ")
     if payload["goals"] and payload["model"] != payload["target_model"]:
         print(f"the targets were set for {payload['target_model']}; this run measured {payload['model']}")
     print_goals(payload["goals"])
