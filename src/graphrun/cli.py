@@ -114,6 +114,16 @@ def _add_decode_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="after the timed runs, profile the graphed step's kernels by class against their floors (CUDA)",
     )
+    decode.add_argument(
+        "--tp",
+        type=int,
+        nargs="+",
+        default=[1],
+        metavar="N",
+        help="tensor-parallel sizes to compare on the same model and batch sizes (e.g. --tp 1 2): per size, "
+        "N ranks on cuda:0..N-1 time the decode graph vs eager and the step's collectives, 4 x --steps "
+        "calls each (default 1: the single-GPU engine bench)",
+    )
     decode.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
 
 
@@ -302,6 +312,10 @@ def _run_decode_bench(args: argparse.Namespace) -> int:
         setup = DecodeSetup.from_args(args)
     except GraphrunError as exc:
         return refuse("bench decode", exc)
+    if setup.tp_mode:
+        from graphrun.bench.decode_tp_run import run_decode_tp
+
+        return run_decode_tp(setup)
     return run_decode(setup)
 
 

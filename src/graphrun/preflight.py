@@ -40,14 +40,16 @@ def check_engine_model(engine: EngineConfig) -> None:
     check_tensor_parallel(engine.tensor_parallel_size, engine.model, config)
 
 
-def check_tensor_parallel(size: int, model: str, config: ModelConfig) -> None:
+def check_tensor_parallel(
+    size: int, model: str, config: ModelConfig, flag: str = "--tensor-parallel-size"
+) -> None:
     """Every split dimension of the model divides by the tensor-parallel size (ShardLayout's rules)."""
     if size == 1:
         return
     try:
         ShardLayout.from_model(config, ParallelConfig(size, 0))
     except ShardError as exc:
-        raise ConfigError(f"--tensor-parallel-size {size} does not split {model!r}: {exc}") from None
+        raise ConfigError(f"{flag} {size} does not split {model!r}: {exc}") from None
 
 
 def idle_graph_flags(engine: EngineConfig, off: GraphsOff | None) -> list[str]:

@@ -11,10 +11,16 @@ import torch
 from graphrun.errors import ConfigError
 from graphrun.llm.engine_config import cuda_graph_mode_name
 from graphrun.llm.sampling_params import SamplingParams
+from graphrun.preflight import check_model, check_tensor_parallel
 
-__all__ = ["BLOCK_STEPS", "DecodeSetup"]
+__all__ = ["BLOCK_STEPS", "TP_ITERS_PER_STEP", "TP_ROUNDS", "TP_WARMUP", "DecodeSetup"]
 
 BLOCK_STEPS = 5  # graph and eager alternate in blocks of this many steps
+# --tp (decode_tp.py): timed calls per path are TP_ITERS_PER_STEP x --steps, graph and eager alternating
+# in TP_ROUNDS rounds after TP_WARMUP untimed calls of each
+TP_ITERS_PER_STEP = 4
+TP_ROUNDS = 5
+TP_WARMUP = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +42,12 @@ class DecodeSetup:
     seed: int = 0
     cuda_graph_mode: str = "full"  # the "graph" path's EngineConfig.cuda_graph_mode
     profile: bool = False  # after the timed runs, a per-kernel profile of the graphed step
+    # --tp: tensor-parallel sizes, each timed on its own ranks (decode_tp.py); (1,) is the engine bench
+    tp_sizes: tuple[int, ...] = (1,)
 
     def __post_init__(self) -> None:
         cuda_graph_mode_name(self.cuda_graph_mode)  # raises ConfigError naming the valid modes
+        self._check_tp()
         if self.profile and not self.cuda:
             raise ConfigError(
                 "--profile needs CUDA: it profiles the device kernels of the captured decode graph, and "
@@ -63,6 +72,25 @@ class DecodeSetup:
         extra = sorted(set(self.peer_batch_sizes) - set(self.batch_sizes))
         if extra:
             raise ConfigError(f"--peer-batch-sizes {extra} are not in --batch-sizes {list(self.batch_sizes)}")
+
+    def _check_tp(self) -> None:
+        sizes = self.tp_sizes
+        _check_tp_values(sizes)
+        if not self.tp_mode:
+            return
+        for flag, used in (("--peers", self.peers), ("--profile", self.profile)):
+            if used:
+                raise ConfigError(f"{flag} is not measured with --tp {' '.join(map(str, sizes))}; drop one")
+        if self.cuda_graph_mode != "full":
+            raise ConfigError(
+                f"--tp times the FULL decode graph per rank; --cuda-graph-mode {self.cuda_graph_mode} "
+                "is not measured with it (leave the default, full)"
+            )
+
+    @property
+    def tp_mode(self) -> bool:
+        """Whether this run times tensor-parallel sizes (decode_tp.py) rather than the engine's steps."""
+        return self.tp_sizes != (1,)
 
     @property
     def decode_steps_needed(self) -> int:
@@ -92,7 +120,13 @@ class DecodeSetup:
         """The flags on a GPU; without CUDA the tiny preset at tiny sizes (only --peers and --out count)."""
         out = Path(args.out)
         mode = cuda_graph_mode_name(getattr(args, "cuda_graph_mode", None) or "full")
-        if not torch.cuda.is_available():
+        tp_sizes = tuple(getattr(args, "tp", None) or (1,))
+        _check_tp_values(tp_sizes)
+        config = check_model(args.model)
+        for size in tp_sizes:
+            check_tensor_parallel(size, args.model, config, "--tp")
+        _check_gpus(tp_sizes)
+        if not torch.cuda.is_available():  # --tp above 1 was refused: it needs GPUs
             # model, batch sizes, context, new tokens, steps, warm-up, dtype, device, peers, peer sizes, out
             tiny = ("tiny", (1, 2), 16, 8, 3, 0, "float32", "cpu", args.peers, (1, 2), out)
             return cls(*tiny, cuda_graph_mode=mode, profile=getattr(args, "profile", False))
@@ -112,12 +146,31 @@ class DecodeSetup:
             out=out,
             cuda_graph_mode=mode,
             profile=getattr(args, "profile", False),
+            tp_sizes=tp_sizes,
         )
 
     def sync(self) -> None:
         """Wait for queued device work (nothing to wait for on the CPU)."""
         if self.cuda:
             torch.cuda.synchronize()
+
+
+def _check_tp_values(sizes: tuple[int, ...]) -> None:
+    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
+        raise ConfigError(
+            f"--tp takes distinct tensor-parallel sizes >= 1 (e.g. --tp 1 2), got {list(sizes)}"
+        )
+
+
+def _check_gpus(tp_sizes: tuple[int, ...]) -> None:
+    """Tensor parallelism above 1 runs rank r on cuda:r: the largest size needs that many GPUs."""
+    largest = max(tp_sizes, default=1)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if largest > 1 and largest > visible:
+        raise ConfigError(
+            f"--tp {largest} needs {largest} GPUs (one per rank), but {visible} "
+            f"{'is' if visible == 1 else 'are'} visible; pass --tp sizes of at most {max(visible, 1)}"
+        )
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
