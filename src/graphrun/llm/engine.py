@@ -787,13 +787,17 @@ class LLMEngine:
         return pack_decode(batch, self._feed_rows(batch), step)
 
     def _sampling_tensors(self, seqs: list[Sequence]) -> SamplingTensors:
+        """The sample rows' parameters on the device, queued without a host sync (transfer.py): built as
+        torch.tensor(..., device=cuda) they were four copies from pageable memory, each waiting for the
+        step's forward to finish, so every eager-sampled step (prefill, mixed, piecewise) ran its host
+        work and its GPU work one after the other."""
         p = [s.params for s in seqs]
         dev = self.device
         return SamplingTensors(
-            temperature=torch.tensor([x.temperature for x in p], dtype=torch.float32, device=dev),
-            top_k=torch.tensor([x.top_k for x in p], dtype=torch.int32, device=dev),
-            top_p=torch.tensor([x.top_p for x in p], dtype=torch.float32, device=dev),
-            seeds=torch.tensor([s.rng_seed for s in seqs], dtype=torch.int64, device=dev),
+            temperature=to_device([x.temperature for x in p], dev, torch.float32),
+            top_k=to_device([x.top_k for x in p], dev, torch.int32),
+            top_p=to_device([x.top_p for x in p], dev, torch.float32),
+            seeds=to_device([s.rng_seed for s in seqs], dev, torch.int64),
         )
 
     def close(self) -> None:
