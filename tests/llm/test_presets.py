@@ -132,6 +132,14 @@ def test_qwen3_shape_preset():
     assert _num_params("qwen3-0.6b-shape") == 596_049_920 + 151936 * 1024
 
 
+def test_qwen3_8b_shape_preset():
+    config = preset_config("qwen3-8b-shape")
+    assert config.architecture == "Qwen3ForCausalLM" and config.qk_norm and not config.tie_word_embeddings
+    assert (config.hidden_size, config.num_layers, config.intermediate_size) == (4096, 36, 12288)
+    assert (config.num_heads, config.num_kv_heads, config.head_dim, config.vocab_size) == (32, 8, 128, 151936)
+    assert _num_params("qwen3-8b-shape") == 8_190_735_360  # Qwen3-8B's count (its head is untied)
+
+
 def test_llama_shape_preset():
     config = preset_config("llama-3.2-1b-shape")
     assert config.architecture == "LlamaForCausalLM" and not config.qk_norm
