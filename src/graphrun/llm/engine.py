@@ -80,7 +80,7 @@ from graphrun.llm.piecewise_graph import PiecewiseGraphs, piecewise_ladder
 from graphrun.llm.prefill_graph import PrefillGraphs, prefill_ladder
 from graphrun.llm.presets import load_model
 from graphrun.llm.prompt_logprobs import record_prompt_logprobs, wants_prompt_logprobs
-from graphrun.llm.sampler import SamplingTensors, sample
+from graphrun.llm.sampler import SamplingTensors, greedy_sample, sample
 from graphrun.llm.sampling_params import SamplingParams
 from graphrun.llm.scheduler import PLACEHOLDER, AdvancedBatch, ScheduledBatch, Scheduler, SchedulerConfig
 from graphrun.llm.sequence import Sequence
@@ -715,13 +715,17 @@ class LLMEngine:
             return
         logits = self.model.compute_logits(hidden[tensors.sample_indices])
         seqs = [batch.seqs[row] for row in batch.sample_rows]
-        params = self._sampling_tensors(seqs)
-        positions = tensors.positions[tensors.sample_indices]
         allowed = logits
         if _has_grammar(seqs):
             grammars = [(i, seq.grammar) for i, seq in enumerate(seqs) if seq.grammar is not None]
             allowed = apply_token_masks(logits, self.token_masks.fill(len(seqs), grammars))
-        tokens = sample(allowed, params, positions)
+        if all(seq.params.temperature == 0 for seq in seqs):
+            # an argmax, as the greedy decode graph takes: sample() sorts every row's whole vocabulary
+            # (a mixed step of 64 streams: 64 x 151936 logits) to give greedy rows the same argmax
+            tokens = greedy_sample(allowed)
+        else:
+            positions = tensors.positions[tensors.sample_indices]
+            tokens = sample(allowed, self._sampling_tensors(seqs), positions)
         index = to_device(out_rows, self.device, torch.int64)
         self.last_tokens.index_copy_(0, index, tokens)
         if _wants_logprobs(seqs):
