@@ -79,3 +79,25 @@ def test_fused_logprobs_reject_what_they_cannot_do():
         ops.fused_compute_logprobs(logits, tokens, 33)
     with pytest.raises(ValueError, match="float32"):
         ops.fused_logprobs(logits, tokens, values.double(), ids)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_logprobs_in_a_cuda_graph_at_full_vocab(dtype):
+    """Qwen3's vocabulary, captured once, replayed on new logits: equal to compute_logprobs each time."""
+    n, vocab = 4, 151936
+    logits = torch.randn(n, vocab, device="cuda").to(dtype)
+    tokens = torch.tensor([0, vocab - 1, 5, 70000], device="cuda")
+    values = torch.empty(n, 1 + MAX_LOGPROBS, device="cuda")
+    ids = torch.empty(n, MAX_LOGPROBS, dtype=torch.int64, device="cuda")
+    ops.fused_logprobs(logits, tokens, values, ids)  # compiles outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.fused_logprobs(logits, tokens, values, ids)
+    for scale in (1.0, 5.0):
+        logits.copy_(torch.randn(n, vocab, device="cuda") * scale)
+        graph.replay()
+        want_values, want_ids = compute_logprobs(logits, tokens, MAX_LOGPROBS)
+        torch.testing.assert_close(values, want_values, rtol=1e-5, atol=1e-5)
+        tied = logits.gather(1, ids) == logits.gather(1, want_ids)
+        assert bool(((ids == want_ids) | tied).all())
