@@ -53,7 +53,7 @@ class Checked(Scheduler):
             assert batch.num_new_tokens[:num_decode] == [1] * num_decode
             budget = cfg.mixed_budget(queued)
             assert batch.num_tokens - num_decode <= budget
-            assert budget <= max(cfg.mixed_prefill_tokens, cfg.max_mixed_prefill_tokens or 0)
+            assert budget <= cfg.largest_mixed_budget
             self.grown += batch.num_tokens - num_decode > cfg.mixed_prefill_tokens
             assert cfg.max_mixed_rows is None or batch.num_tokens <= cfg.max_mixed_rows
             assert len({s.seq_id for s in batch.seqs}) == len(batch.seqs), "one row per sequence"
@@ -110,6 +110,8 @@ def test_the_mixed_budget_follows_the_queue_between_floor_and_ceiling():
     grows = SchedulerConfig(48, mixed_prefill_tokens=8, max_mixed_prefill_tokens=40)
     assert [grows.mixed_budget(q) for q in (0, 32, 33, 100, 160, 10_000)] == [8, 8, 9, 25, 40, 40]
     assert SchedulerConfig(48, mixed_prefill_tokens=0, max_mixed_prefill_tokens=40).mixed_budget(999) == 0
+    assert (fixed.largest_mixed_budget, grows.largest_mixed_budget) == (8, 40)
+    assert SchedulerConfig(48, mixed_prefill_tokens=0, max_mixed_prefill_tokens=40).largest_mixed_budget == 0
     with pytest.raises(ConfigError, match="max_mixed_prefill_tokens"):
         SchedulerConfig(48, mixed_prefill_tokens=8, max_mixed_prefill_tokens=4)
     with pytest.raises(ConfigError, match="max_mixed_prefill_tokens"):

@@ -164,7 +164,7 @@ class LLMEngine:
         # the newest step's sampled tokens, on the device: the next step's feed (decode_graph.py). One row
         # per token of the largest decode or mixed step; the extra last row takes the tokens of prefill
         # chunks that sample nothing
-        rows = config.max_num_seqs + self.scheduler.config.mixed_budget(2**62) + 1
+        rows = config.max_num_seqs + self.scheduler.config.largest_mixed_budget + 1
         self.last_tokens = torch.zeros(rows, dtype=torch.int64, device=self.device)
         self.logprob_buffers = LogprobBuffers(rows, self.model_config.vocab_size, self.device)
         # structured output: masks cover every id of the model and of the tokenizer

@@ -123,6 +123,12 @@ class SchedulerConfig:
                 f"({self.mixed_prefill_tokens}): the budget grows from the second up to the first"
             )
 
+    @property
+    def largest_mixed_budget(self) -> int:
+        """The most prompt tokens any mixed step may carry (0: no mixed steps)."""
+        floor = self.mixed_prefill_tokens
+        return max(floor, self.max_mixed_prefill_tokens or 0) if floor else 0
+
     def mixed_budget(self, queued_prompt_tokens: int) -> int:
         """The prompt tokens a mixed step may carry, given the prompt tokens still to prefill (waiting and
         partly prefilled requests): enough to clear that queue in MIXED_DRAIN_STEPS steps, never below
