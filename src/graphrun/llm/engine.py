@@ -249,9 +249,9 @@ class LLMEngine:
         budget trades inter-token latency for time to first token. Graphs on or off, the same rule -
         except with piecewise graphs, which replay mixed steps of any size: then the rows stay within
         their top rung, so every mixed step has a graph."""
-        pieces = self.piecewise_capture_sizes() if self.config.piecewise_graphs(self.device) else ()
-        if pieces:
-            return max(pieces)
+        top = self._piecewise_top()
+        if top:
+            return top
         if self.config.mixed_prefill_tokens <= self._mixed_graph_rows:
             return self._mixed_graph_rows or None
         return None
@@ -261,10 +261,15 @@ class LLMEngine:
         the configured ceiling; by default, with piecewise graphs, their top rung (every such step still
         replays a graph), else no growth (a larger step would run eager)."""
         cfg = self.config
-        if cfg.max_mixed_prefill_tokens is not None:
-            return max(cfg.max_mixed_prefill_tokens, cfg.mixed_prefill_tokens)
-        pieces = self.piecewise_capture_sizes() if cfg.piecewise_graphs(self.device) else ()
-        return max(max(pieces), cfg.mixed_prefill_tokens) if pieces else None
+        if cfg.max_mixed_prefill_tokens is not None:  # EngineConfig checked it is >= mixed_prefill_tokens
+            return cfg.max_mixed_prefill_tokens
+        top = self._piecewise_top()
+        return max(top, cfg.mixed_prefill_tokens) if top else None
+
+    def _piecewise_top(self) -> int:
+        """The top rung of the piecewise graphs this engine will capture; 0 when it captures none."""
+        pieces = self.piecewise_capture_sizes() if self.config.piecewise_graphs(self.device) else ()
+        return max(pieces, default=0)
 
     def capture_sizes(self) -> tuple[int, ...]:
         """The decode ladder: explicit sizes, or the default ladder up to the graph max batch size."""
