@@ -65,6 +65,10 @@ def _rank_main(
         backend, init_method=f"file://{rendezvous}", rank=rank, world_size=world_size,
         timeout=datetime.timedelta(seconds=60), device_id=device,
     )  # fmt: skip
+    # every rank finishes joining before any runs its job: a rank whose job returns at once would
+    # otherwise leave the group while a slower rank is still connecting to it ("Connection closed by
+    # peer" in that rank's init_process_group, seen on a loaded 2-core CI machine)
+    dist.barrier()
     try:
         job(ParallelGroup(ParallelConfig(world_size, rank), dist.group.WORLD), *args)
     finally:
