@@ -86,11 +86,7 @@ class PipeTransport(Generic[Info, E]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gone: Gone | None = None
         self._lock = threading.Lock()  # one writer at a time; guards _conn
-
-    @property
-    def pid(self) -> int | None:
-        """The engine process's, once started."""
-        return self._process.pid if self._process is not None else None
+        self.pid: int | None = None  # the engine process's, once started
 
     def start(self, receive: Receive[Info, E], gone: Gone) -> None:
         self._loop, self._gone = asyncio.get_running_loop(), gone
@@ -101,6 +97,7 @@ class PipeTransport(Generic[Info, E]):
             target=run_engine_process, args=args, name="graphrun-engine", daemon=True
         )
         self._process.start()
+        self.pid = self._process.pid
         theirs.close()  # else this process holds the engine's end open and never sees it die
         self._conn = ours
         self._loop.add_reader(ours.fileno(), self._on_readable, ours, receive)
@@ -108,7 +105,7 @@ class PipeTransport(Generic[Info, E]):
         # writes, and recv() between them would raise BlockingIOError, read as the engine gone. Blocking,
         # recv() waits for the rest of a message already being written; readiness still wakes the loop
         os.set_blocking(ours.fileno(), True)
-        log.info("engine process started (pid %d)", self._process.pid)
+        log.info("engine process started (pid %d)", self.pid)
 
     def send(self, message: m.ToHost) -> None:
         with self._lock:
