@@ -125,11 +125,9 @@ class EngineClient(Generic[Info, E]):
                 self._cond.wait_for(lambda: self.num_in_flight == 0, 5.0)
         return left
 
-    # ----- requests (event loop)
-
     def submit(self, handles: Sequence[RequestHandle[E]], message: m.Submission) -> None:
-        """Send a request message and count its handles (one per id it names) in flight; raises
-        Unavailable (503) or QueueFull (429)."""
+        """(event loop) Send a request message and count its handles (one per id it names) in flight;
+        raises Unavailable (503) or QueueFull (429)."""
         if self.state != "ready":
             raise m.Unavailable(self.state, f"the server is {self.state}; retry shortly")
         with self._cond:  # requests may come from several event loops
@@ -149,41 +147,36 @@ class EngineClient(Generic[Info, E]):
             del self._handles[handle.request_id]
             self._cond.notify_all()
 
-    # ----- questions (event loop)
-
     async def memory(self) -> dict[str, Any]:
-        """Memory now where the engine runs, and this process's peak RSS."""
-        engine = await self._ask(m.Question.MEMORY)
-        return {**(engine if isinstance(engine, dict) else {}), "server_max_rss_bytes": max_rss_bytes()}
+        """(event loop) Memory now where the engine runs, and this process's peak RSS."""
+        return {**await self._ask(m.Question.MEMORY, dict, {}), "server_max_rss_bytes": max_rss_bytes()}
 
     async def graphs(self) -> str | None:
         """The engine's graph progress ("capturing 3/36", "captured 36/36", "off"); None: no engine."""
-        progress = await self._ask(m.Question.PROGRESS)
-        return progress if isinstance(progress, str) else None
+        return await self._ask(m.Question.PROGRESS, str, None)
 
     async def metrics_text(self) -> bytes:
         """The Prometheus text of every series: this side's and the engine side's."""
-        engine = await self._ask(m.Question.METRICS)
-        return generate_latest(self.registry) + (engine if isinstance(engine, bytes) else b"")
+        return generate_latest(self.registry) + await self._ask(m.Question.METRICS, bytes, b"")
 
-    async def _ask(self, question: m.Question) -> Any:
-        """The engine side's answer; None when it is not running or does not answer in time."""
+    async def _ask(self, question: m.Question, kind: type, default: Any) -> Any:
+        """The engine side's answer if it is a `kind`, else `default` (not running, or no answer in time)."""
         if not self._running:
-            return None
+            return default
         call_id = next(self._ids)
         future = self._calls[call_id] = asyncio.get_running_loop().create_future()
         self.transport.send(m.Ask(question, call_id))
         try:
-            return await asyncio.wait_for(future, ASK_TIMEOUT_SECONDS)
+            answer = await asyncio.wait_for(future, ASK_TIMEOUT_SECONDS)
         except TimeoutError:
             log.warning("the engine did not answer %s within %.0f s", question.value, ASK_TIMEOUT_SECONDS)
-            return None
+            answer = None
         finally:
             self._calls.pop(call_id, None)
-
-    # ----- from the transport
+        return answer if isinstance(answer, kind) else default
 
     def _receive(self, message: m.ToClient[Info, E]) -> None:
+        """(from the transport: the engine's thread, or the event loop) One message of the host loop's."""
         if isinstance(message, m.Events):
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle[E], E | m.Ended]]] = {}
             for request_id, event in message.batch:

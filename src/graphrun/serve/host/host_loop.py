@@ -26,6 +26,7 @@ import queue
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Generic, Protocol
 
 from graphrun.errors import EngineDeadError
@@ -37,6 +38,7 @@ from graphrun.step_timing import StepTiming
 log = logging.getLogger(__name__)
 CUT = "the server is shutting down and its drain deadline passed before this request finished; retry it"
 STEP_FAILED = "the engine step running this request failed (see the log)"
+STOPPED = partial(m.Unavailable, "stopped", "the server is shutting down")  # each request gets its own
 
 
 class HostObserver(Protocol):
@@ -114,12 +116,11 @@ class HostLoop(Generic[Info, E]):
         except Exception:
             log.exception("the engine loop crashed; failing every request in flight")
             clean = False
-        self._flush()
-        self._fail(model.drain(), _stopped)
+        self._end_all(model, STOPPED)
         for message in self._messages(block=False):  # submitted after the last turn: refused
             if not isinstance(message, m.Command):
                 for request_id in message.request_ids:
-                    self.send(m.Admitted(request_id, _stopped()))
+                    self.send(m.Admitted(request_id, STOPPED()))
         if self.observer is not None:
             self.observer.close()
         try:
@@ -138,8 +139,7 @@ class HostLoop(Generic[Info, E]):
                     if model.abort(message.request_id):
                         self.send(m.Events(((message.request_id, m.ABORTED),)))
                 elif isinstance(message, m.AbortAll):
-                    self._flush()  # the events the requests already have go first
-                    self._fail(model.drain(), lambda: m.Unavailable("draining", CUT))
+                    self._end_all(model, partial(m.Unavailable, "draining", CUT))
                 elif not isinstance(message, m.Command):
                     for request_id, result in zip(message.request_ids, model.submit(message), strict=True):
                         self.send(m.Admitted(request_id, result))
@@ -163,12 +163,10 @@ class HostLoop(Generic[Info, E]):
         try:
             outcome = model.step(on_launched=self._flush)
         except EngineDeadError:
-            self._flush()
-            raise  # fatal: run() ends the loop, fails what is left and reports the failure
+            raise  # fatal: run() ends the loop, sends what is held, fails what is left, reports it
         except Exception:
-            self._flush()
             log.exception("engine step failed; failing the requests in flight")
-            self._fail(model.drain(), lambda: m.EngineFailure(STEP_FAILED))
+            self._end_all(model, partial(m.EngineFailure, STEP_FAILED))
             return
         self._pending += outcome.events
         self._pending_timing = outcome.timing
@@ -186,11 +184,8 @@ class HostLoop(Generic[Info, E]):
             index = self.observer.step(timing, time.perf_counter(), [rid for rid, _ in batch])
         self.send(m.Events(tuple(batch), index))
 
-    def _fail(self, request_ids: list[int], make_error: Callable[[], Exception]) -> None:
-        """End each request with an error of its own."""
-        if request_ids:
+    def _end_all(self, model: ServedModel[Info, E], make_error: Callable[[], Exception]) -> None:
+        """Send the held events (the requests' own go first), then end every request with an error."""
+        self._flush()
+        if request_ids := model.drain():
             self.send(m.Events(tuple((rid, make_error()) for rid in request_ids)))
-
-
-def _stopped() -> Exception:
-    return m.Unavailable("stopped", "the server is shutting down")

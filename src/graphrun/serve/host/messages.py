@@ -14,9 +14,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from graphrun.errors import GraphrunError
 
-Info = TypeVar(
-    "Info", bound="ModelFacts"
-)  # a served model's info (its start-up facts, what the HTTP side needs)
+Info = TypeVar("Info", bound="ModelFacts")  # a served model's info: start-up facts, what HTTP needs
 E = TypeVar("E")  # a served model's event (its own frozen types; a token stays a plain tuple)
 
 

@@ -27,22 +27,13 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Generic, Protocol
 
+from graphrun.serve.host import messages as m
 from graphrun.serve.host.host_loop import HostLoop, HostPlan, freeze_startup_objects
-from graphrun.serve.host.messages import (
-    Admitted,
-    E,
-    EngineFailure,
-    Events,
-    Info,
-    Ready,
-    Stop,
-    ToClient,
-    ToHost,
-)
+from graphrun.serve.host.messages import E, Info
 
 log = logging.getLogger(__name__)
 ENGINE_LOG_FORMAT = "%(asctime)s %(levelname)s [engine] %(name)s: %(message)s"
-Receive = Callable[[ToClient[Info, E]], None]
+Receive = Callable[[m.ToClient[Info, E]], None]
 Gone = Callable[[str], None]
 
 
@@ -50,7 +41,7 @@ class Transport(Protocol[Info, E]):
     def start(self, receive: Receive[Info, E], gone: Gone) -> None:
         """Start the engine side (returns at once)."""
 
-    def send(self, message: ToHost) -> None:
+    def send(self, message: m.ToHost) -> None:
         """Carry a message to the host loop (any thread); dropped once the engine side is gone."""
 
     def stop(self, timeout: float) -> None:
@@ -75,13 +66,13 @@ class ThreadTransport(Generic[Info, E]):
         self._thread = threading.Thread(target=run, name="graphrun-engine", daemon=True)
         self._thread.start()
 
-    def send(self, message: ToHost) -> None:
+    def send(self, message: m.ToHost) -> None:
         if self._host is not None:
             self._host.accept(message)
 
     def stop(self, timeout: float) -> None:
         if self._thread is not None and self._thread.is_alive():
-            self.send(Stop())
+            self.send(m.Stop())
             self._thread.join(timeout)
 
 
@@ -95,11 +86,7 @@ class PipeTransport(Generic[Info, E]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gone: Gone | None = None
         self._lock = threading.Lock()  # one writer at a time; guards _conn
-
-    @property
-    def pid(self) -> int | None:
-        """The engine process's, once started."""
-        return self._process.pid if self._process is not None else None
+        self.pid: int | None = None  # the engine process's, once started
 
     def start(self, receive: Receive[Info, E], gone: Gone) -> None:
         self._loop, self._gone = asyncio.get_running_loop(), gone
@@ -110,6 +97,7 @@ class PipeTransport(Generic[Info, E]):
             target=run_engine_process, args=args, name="graphrun-engine", daemon=True
         )
         self._process.start()
+        self.pid = self._process.pid
         theirs.close()  # else this process holds the engine's end open and never sees it die
         self._conn = ours
         self._loop.add_reader(ours.fileno(), self._on_readable, ours, receive)
@@ -117,9 +105,9 @@ class PipeTransport(Generic[Info, E]):
         # writes, and recv() between them would raise BlockingIOError, read as the engine gone. Blocking,
         # recv() waits for the rest of a message already being written; readiness still wakes the loop
         os.set_blocking(ours.fileno(), True)
-        log.info("engine process started (pid %d)", self._process.pid)
+        log.info("engine process started (pid %d)", self.pid)
 
-    def send(self, message: ToHost) -> None:
+    def send(self, message: m.ToHost) -> None:
         with self._lock:
             if self._conn is None:
                 return
@@ -131,7 +119,7 @@ class PipeTransport(Generic[Info, E]):
     def stop(self, timeout: float) -> None:
         process = self._process
         if process is not None and process.is_alive():
-            self.send(Stop())
+            self.send(m.Stop())
             process.join(timeout)
             if process.is_alive():
                 log.warning("the engine process did not stop within %.0f s; killing it", timeout)
@@ -147,7 +135,7 @@ class PipeTransport(Generic[Info, E]):
         except (EOFError, OSError):
             self._closed()
             return
-        if isinstance(message, Ready):
+        if isinstance(message, m.Ready):
             freeze_startup_objects()  # in this process (the engine process froze its own)
         receive(message)
 
@@ -171,7 +159,7 @@ def run_engine_process(conn: Connection, plan: HostPlan[Any, Any], log_level: in
     logging.basicConfig(level=log_level, format=ENGINE_LOG_FORMAT)
     lock = threading.Lock()
 
-    def send(message: ToClient[Any, Any]) -> None:
+    def send(message: m.ToClient[Any, Any]) -> None:
         with lock:
             try:
                 conn.send(_portable(message))
@@ -184,7 +172,7 @@ def run_engine_process(conn: Connection, plan: HostPlan[Any, Any], log_level: in
         with contextlib.suppress(EOFError, OSError):  # the server closed its end, or is gone
             while True:
                 host.accept(conn.recv())
-        host.accept(Stop())
+        host.accept(m.Stop())
 
     threading.Thread(target=receive, name="graphrun-engine-pipe", daemon=True).start()
     code = 0 if host.run() else 1
@@ -196,13 +184,13 @@ def run_engine_process(conn: Connection, plan: HostPlan[Any, Any], log_level: in
     os._exit(code)
 
 
-def _portable(message: ToClient[Info, E]) -> ToClient[Info, E]:
+def _portable(message: m.ToClient[Info, E]) -> m.ToClient[Info, E]:
     """`message` with every exception in it replaced, if it does not survive pickling, by one that does."""
-    if isinstance(message, Admitted) and isinstance(message.result, Exception):
-        return Admitted(message.request_id, portable_error(message.result))
-    if isinstance(message, Events) and any(isinstance(event, Exception) for _, event in message.batch):
+    if isinstance(message, m.Admitted) and isinstance(message.result, Exception):
+        return m.Admitted(message.request_id, portable_error(message.result))
+    if isinstance(message, m.Events) and any(isinstance(event, Exception) for _, event in message.batch):
         batch = tuple((rid, portable_error(e) if isinstance(e, Exception) else e) for rid, e in message.batch)
-        return Events(batch, message.trace_index)
+        return m.Events(batch, message.trace_index)
     return message
 
 
@@ -212,5 +200,5 @@ def portable_error(error: Exception) -> Exception:
         pickle.loads(pickle.dumps(error))
         return error
     except Exception:
-        kind = ValueError if isinstance(error, ValueError) else EngineFailure
+        kind = ValueError if isinstance(error, ValueError) else m.EngineFailure
         return kind(f"{type(error).__name__}: {error}")
