@@ -57,6 +57,14 @@ def test_off_when_triton_lacks_a_gdc_op(hopper, op):
     assert not pdl.pdl_enabled(CUDA0)
 
 
+def test_off_when_triton_lacks_the_launch_option(hopper):
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    fields = {k: v for k, v in CUDAOptions.__dataclass_fields__.items() if k != "launch_pdl"}
+    hopper.setattr(CUDAOptions, "__dataclass_fields__", fields)
+    assert not pdl.pdl_enabled(CUDA0)
+
+
 def test_off_under_the_interpreter(hopper):
     hopper.setattr(pdl, "_interpreting", lambda: True)
     assert not pdl.pdl_enabled(CUDA0)

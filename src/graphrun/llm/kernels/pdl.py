@@ -35,7 +35,6 @@ launch option.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import torch
@@ -47,7 +46,7 @@ MIN_CUDA = (12, 3)  # stream capture turns the launch attribute into a programma
 
 def pdl_enabled(device: torch.device) -> bool:
     """Whether our Triton kernels on `device` launch with programmatic dependent launch."""
-    if device.type != "cuda" or not _triton_supports_pdl() or _interpreting():
+    if device.type != "cuda" or not _triton_supports_pdl():
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _device_supports_pdl(index)
@@ -79,13 +78,16 @@ def cuda_version(text: str | None) -> tuple[int, int]:
 
 @functools.cache
 def _triton_supports_pdl() -> bool:
-    """Whether this Triton has the device ops (gdc_wait, gdc_launch_dependents) and the launch option."""
+    """Whether this Triton compiles kernels (its CPU interpreter has no grid dependency control) and has
+    the device ops (gdc_wait, gdc_launch_dependents) and the launch option."""
+    if _interpreting():
+        return False
     try:
         from triton.backends.nvidia.compiler import CUDAOptions
         from triton.language.extra import cuda
     except ImportError:
         return False
-    has_option = "launch_pdl" in {field.name for field in dataclasses.fields(CUDAOptions)}
+    has_option = "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
     return has_option and hasattr(cuda, "gdc_wait") and hasattr(cuda, "gdc_launch_dependents")
 
 
