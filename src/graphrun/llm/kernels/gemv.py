@@ -14,6 +14,10 @@ Numerics: loads in the storage dtype, products and sums in float32, one rounding
 order as a cuBLAS GEMM's epilogue; summation order differs, so results agree within bf16 rounding, not
 bit for bit). The silu epilogue rounds gate @ W to the weight dtype before the activation, as the
 unfused path (a GEMM stored in bf16, then silu_mul) does.
+
+On Hopper the kernel launches with programmatic dependent launch (kernels/pdl.py): its first weight
+tile loads while the previous kernel finishes. The same products are summed in the same order with or
+without it, so the results are identical bit for bit.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from graphrun.llm.kernels import pdl
+
 
 @triton.jit
 def _gemv_kernel(
@@ -31,7 +37,7 @@ def _gemv_kernel(
     res_ptr, norm_w_ptr, res_out_ptr, stride_rm, eps,
     K: tl.constexpr, M: tl.constexpr, M_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SILU_MUL: tl.constexpr,
-    NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """out[:M, cols] = x[:M] @ w[cols].T (or silu(x @ w[cols].T) * (x @ w[UP_OFFSET + cols].T)).
 
@@ -39,6 +45,11 @@ def _gemv_kernel(
     first replaced by rmsnorm(x + residual) * norm_w, rounded as the add_rmsnorm kernel rounds it; every
     program computes the row statistics itself (x is a few KiB, read from L2) and program 0 stores
     x + residual to res_out.
+
+    With USE_PDL (kernels/pdl.py) the first weight tile is loaded before gdc_wait: weights are never
+    written during a step, so they stream in while the previous kernel drains (qwen3-0.6b-shape at one
+    row: K is 2 or 3 tiles, so a half or a third of the program's weight bytes); x and the residual
+    are earlier kernels' outputs, and any store may land in a buffer they still read: both come after.
     """
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
@@ -49,8 +60,15 @@ def _gemv_kernel(
     x_rows = x_ptr + rows[:, None] * stride_xm + ks[None, :]  # (M_PAD, BLOCK_K)
     # products are summed over K only once, after the loop: the loop body is loads and FMAs
     dtype = w_ptr.dtype.element_ty
+    up_rows = w_rows + UP_OFFSET * stride_wn
+    if USE_PDL:  # weights only before the wait (pdl.py's contract)
+        w_first = tl.load(w_rows, mask=col_ok[:, None], other=0.0)
+        if SILU_MUL:
+            up_first = tl.load(up_rows, mask=col_ok[:, None], other=0.0)
+        tl.extra.cuda.gdc_wait()
+    res_rows = res_ptr + rows[:, None] * stride_rm + ks[None, :]
+    rstd = tl.zeros([M_PAD], dtype=tl.float32)  # (M_PAD,) used only with NORM
     if NORM:
-        res_rows = res_ptr + rows[:, None] * stride_rm + ks[None, :]
         squares = tl.zeros([M_PAD, BLOCK_K], dtype=tl.float32)
         stores = rows < tl.where(tl.program_id(0) == 0, M, 0)  # program 0 writes x + residual
         for k0 in range(0, K, BLOCK_K):
@@ -58,22 +76,23 @@ def _gemv_kernel(
             squares += summed * summed
             out_rows = res_out_ptr + rows[:, None] * K + (k0 + ks)[None, :]
             tl.store(out_rows, summed.to(dtype), mask=stores[:, None])
-        rstd = tl.rsqrt(tl.sum(squares, axis=1) / K + eps)  # (M_PAD,)
+        rstd = tl.rsqrt(tl.sum(squares, axis=1) / K + eps)
     part = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
     part_up = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        if NORM:
-            summed = _summed(x_rows + k0, res_rows + k0, row_ok, dtype, HAS_RESIDUAL)
-            normed = (summed * rstd[:, None]).to(dtype).to(tl.float32)
-            scale = tl.load(norm_w_ptr + k0 + ks).to(tl.float32)
-            x = (scale[None, :] * normed).to(dtype).to(tl.float32)
-        else:
-            x = tl.load(x_rows + k0, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    if USE_PDL:  # the first tile, its weights already in registers; the loop below starts at the second
+        x_first = _x_tile(x_rows, res_rows, norm_w_ptr, 0, ks, rstd, row_ok, dtype, NORM, HAS_RESIDUAL)
+        part += x_first[:, None, :] * w_first.to(tl.float32)[None, :, :]
+        if SILU_MUL:
+            part_up += x_first[:, None, :] * up_first.to(tl.float32)[None, :, :]
+    for k0 in range(USE_PDL * BLOCK_K, K, BLOCK_K):
+        x = _x_tile(x_rows, res_rows, norm_w_ptr, k0, ks, rstd, row_ok, dtype, NORM, HAS_RESIDUAL)
         w = tl.load(w_rows + k0, mask=col_ok[:, None], other=0.0).to(tl.float32)
         part += x[:, None, :] * w[None, :, :]
         if SILU_MUL:
-            up = tl.load(w_rows + UP_OFFSET * stride_wn + k0, mask=col_ok[:, None], other=0.0)
+            up = tl.load(up_rows + k0, mask=col_ok[:, None], other=0.0)
             part_up += x[:, None, :] * up.to(tl.float32)[None, :, :]
+    if USE_PDL:  # every load issued: the next kernel may be scheduled (its wait still waits for us)
+        tl.extra.cuda.gdc_launch_dependents()
     acc = tl.sum(part, axis=2)  # (M_PAD, BLOCK_N)
     acc_up = tl.sum(part_up, axis=2)
     if SILU_MUL:
@@ -84,6 +103,23 @@ def _gemv_kernel(
         result = acc
     out = out_ptr + rows[:, None] * stride_om + cols[None, :]
     tl.store(out, result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _x_tile(
+    x_rows, res_rows, norm_w_ptr, k0, ks, rstd, row_ok,
+    dtype: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+):  # fmt: skip
+    """The K block at k0 of the product's left side as float32 (M_PAD, BLOCK_K): x, or with NORM
+    rmsnorm(x + residual) * norm_w rounded as add_rmsnorm rounds it."""
+    if NORM:
+        summed = _summed(x_rows + k0, res_rows + k0, row_ok, dtype, HAS_RESIDUAL)
+        normed = (summed * rstd[:, None]).to(dtype).to(tl.float32)
+        scale = tl.load(norm_w_ptr + k0 + ks).to(tl.float32)
+        x = (scale[None, :] * normed).to(dtype).to(tl.float32)
+    else:
+        x = tl.load(x_rows + k0, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    return x
 
 
 @triton.jit
@@ -128,7 +164,7 @@ def _launch(
         residual.stride(0), norm.eps if norm is not None else 0.0,
         K=k, M=m, M_PAD=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=block_k, SILU_MUL=silu_mul,
         NORM=norm is not None, HAS_RESIDUAL=norm is not None and norm.residual is not None,
-        num_warps=num_warps,
+        num_warps=num_warps, **pdl.launch_options(x.device),
     )  # fmt: skip
     return out, summed
 

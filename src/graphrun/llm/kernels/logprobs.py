@@ -14,6 +14,8 @@ Here:
   loads the sampled token's raw logit, and stores [sampled, top-k...] - lse (float32) and the top ids
   (int64) straight into the output rows (optionally scattered through a row index).
 No (rows, vocab) intermediate; the partials are (rows, chunks) and (rows, chunks, K_PAD).
+On Hopper both launch with programmatic dependent launch (kernels/pdl.py): each waits before its first
+load (all it reads is earlier kernels' output) and lets the next kernel launch once its loads are issued.
 
 Candidates travel as one int64 key per logit: the float32 value mapped to an order-preserving int32 in the
 high half, (2**31 - 1 - id) in the low half. One integer top-k then sorts by value, most likely first, and
@@ -29,6 +31,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from graphrun.llm.kernels import pdl
 
 K_PAD = 32  # candidates per chunk: the next power of two >= MAX_LOGPROBS (20)
 INT64_MIN = tl.constexpr(-(2**63))  # the key of a position past the vocabulary: below every logit, -inf too
@@ -54,14 +58,18 @@ def _key_values(keys):
 @triton.jit
 def _logprobs_split_kernel(
     logits_ptr, max_ptr, sum_ptr, keys_ptr, vocab, stride_row, num_chunks,
-    BLOCK: tl.constexpr, K_PAD: tl.constexpr,
+    BLOCK: tl.constexpr, K_PAD: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """One (row, chunk of BLOCK logits): the chunk's max, sum of exp(x - max) and top K_PAD keys."""
+    if USE_PDL:  # the logits are the LM head's output (kernels/pdl.py)
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     ids = chunk * BLOCK + tl.arange(0, BLOCK)
     ok = ids < vocab
     x = tl.load(logits_ptr + row.to(tl.int64) * stride_row + ids, mask=ok, other=float("-inf"))
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     x = x.to(tl.float32)
     x_max = tl.max(x, axis=0)
     shift = tl.where(x_max == float("-inf"), 0.0, x_max)  # a chunk of -inf only sums to 0, not NaN
@@ -77,9 +85,11 @@ def _logprobs_split_kernel(
 def _logprobs_merge_kernel(
     logits_ptr, tokens_ptr, max_ptr, sum_ptr, keys_ptr, values_ptr, ids_ptr, index_ptr,
     stride_row, stride_values, stride_ids, num_chunks, k,
-    K_PAD: tl.constexpr, CHUNKS_PAD: tl.constexpr, HAS_INDEX: tl.constexpr,
+    K_PAD: tl.constexpr, CHUNKS_PAD: tl.constexpr, HAS_INDEX: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """One row: log-sum-exp and global top k from its chunks; [sampled, top-k...] - lse and ids stored."""
+    if USE_PDL:  # the chunks are the split kernel's, the sampled tokens the sampler's
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0)
     chunks = tl.arange(0, CHUNKS_PAD)
     chunk_ok = chunks < num_chunks
@@ -91,6 +101,8 @@ def _logprobs_merge_kernel(
     log_sum = tl.log(tl.sum(chunk_sum * weight, axis=0))
     slots = tl.arange(0, CHUNKS_PAD * K_PAD)
     keys = tl.load(keys_ptr + base * K_PAD + slots, mask=slots < num_chunks * K_PAD, other=INT64_MIN)
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     top_values, top_ids = _key_values(tl.topk(keys, K_PAD))
     token = tl.load(tokens_ptr + row).to(tl.int64)
     sampled = tl.load(logits_ptr + row.to(tl.int64) * stride_row + token).to(tl.float32)
@@ -123,17 +135,19 @@ def fused_logprobs(
     k = top_ids.shape[1]
     _check(logits, tokens, values, top_ids, block)
     num_chunks = triton.cdiv(vocab, block)
+    options = pdl.launch_options(logits.device)
     chunk_max = torch.empty(n, num_chunks, dtype=torch.float32, device=logits.device)
     chunk_sum = torch.empty_like(chunk_max)
     chunk_keys = torch.empty(n, num_chunks, K_PAD, dtype=torch.int64, device=logits.device)
     _logprobs_split_kernel[(n, num_chunks)](
         logits, chunk_max, chunk_sum, chunk_keys, vocab, logits.stride(0), num_chunks,
-        BLOCK=block, K_PAD=K_PAD, num_warps=4 if block <= 2048 else 8,
+        BLOCK=block, K_PAD=K_PAD, num_warps=4 if block <= 2048 else 8, **options,
     )  # fmt: skip
     _logprobs_merge_kernel[(n,)](
         logits, tokens, chunk_max, chunk_sum, chunk_keys, values, top_ids, tokens if index is None else index,
         logits.stride(0), values.stride(0), top_ids.stride(0), num_chunks, k,
         K_PAD=K_PAD, CHUNKS_PAD=triton.next_power_of_2(num_chunks), HAS_INDEX=index is not None, num_warps=8,
+        **options,
     )  # fmt: skip
 
 

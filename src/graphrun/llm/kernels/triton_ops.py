@@ -11,6 +11,9 @@ per layer 28 times. These fuse what a layer does between its matrix products:
 - silu_mul: SiLU(gate) * up (3 kernels -> 1).
 All take device tensors only and read nothing on the host, so they capture into graphs. Numerics: loads
 in the storage dtype, math in float32, one rounding on store.
+On Hopper each launches with programmatic dependent launch (kernels/pdl.py): USE_PDL places its
+gdc_wait before the first load of another kernel's output (after only weight loads, where it has any)
+and its gdc_launch_dependents once its main loads are issued; the results do not change.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from graphrun.llm.kernels import SKINNY_MAX_ROWS  # one 16-row MMA tile
+from graphrun.llm.kernels import SKINNY_MAX_ROWS, pdl  # SKINNY_MAX_ROWS: one 16-row MMA tile
 
 
 @triton.jit(do_not_specialize=["NUM_SPLITS", "ITERS"])
@@ -27,7 +30,7 @@ def _paged_decode_split_kernel(
     q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, scale,
     stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_ts, stride_os, stride_oh, NUM_SPLITS, ITERS,
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """One (sequence, kv head, context split): softmax partials of its GROUP query heads.
 
@@ -35,7 +38,11 @@ def _paged_decode_split_kernel(
     distinct constant would cost a compile at start-up), and the loop runs only over the chunks below
     the sequence's length, a plain loop the compiler can pipeline. With one split per sequence (large
     batches) the program normalizes and stores the output itself: no partials, no merge kernel.
+    With USE_PDL it waits first: everything it reads (q, this step's K/V, the context lengths and block
+    tables, cast in-graph) is an earlier kernel's output; every split waits, even one past the context.
     """
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -68,6 +75,8 @@ def _paged_decode_split_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
         l_sum = l_sum * alpha + tl.sum(p, axis=1)
         m = m_new
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     if NUM_SPLITS == 1:  # every context token is in this program: the result is final (ctx >= 1)
         out = acc / l_sum[:, None]
         out_rows = out_ptr + seq * stride_os + heads[:, None] * stride_oh + dims[None, :]
@@ -82,9 +91,11 @@ def _paged_decode_split_kernel(
 @triton.jit(do_not_specialize=["NUM_SPLITS"])
 def _paged_decode_merge_kernel(
     m_ptr, l_ptr, acc_ptr, out_ptr, stride_os, stride_oh, NUM_SPLITS,
-    NUM_HEADS: tl.constexpr, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    NUM_HEADS: tl.constexpr, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """Combine the splits of one (sequence, head): rescale each partial to the global max and normalise."""
+    if USE_PDL:  # the partials are the split kernel's
+        tl.extra.cuda.gdc_wait()
     seq = tl.program_id(0)
     head = tl.program_id(1)
     splits = tl.arange(0, SPLITS_PAD)
@@ -96,6 +107,8 @@ def _paged_decode_merge_kernel(
     m_max = tl.max(m, axis=0)
     w = tl.where(l_sum > 0, tl.exp(m - m_max), 0.0)  # empty splits (past the context) weigh nothing
     acc = tl.load(acc_ptr + (base + splits)[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0)
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l_sum * w, axis=0)
     tl.store(out_ptr + seq * stride_os + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty))
 
@@ -136,6 +149,7 @@ def paged_decode_attention(
     _, block_size, kv_heads, _ = k_cache.shape
     group = num_heads // kv_heads
     splits, iters = decode_splits(block_tables.shape[1] * block_size, num_seqs, kv_heads)
+    options = pdl.launch_options(q.device)
     out = torch.empty_like(q)
     partial_m = torch.empty(num_seqs, num_heads, splits, dtype=torch.float32, device=q.device)
     partial_l = torch.empty_like(partial_m)
@@ -145,13 +159,14 @@ def paged_decode_attention(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1), splits, iters,
         NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
-        HEAD_DIM=head_dim, BLOCK_SIZE=block_size, TOKENS=DECODE_TOKENS,
+        HEAD_DIM=head_dim, BLOCK_SIZE=block_size, TOKENS=DECODE_TOKENS, **options,
     )  # fmt: skip
     if splits == 1:
         return out
     _paged_decode_merge_kernel[(num_seqs, num_heads)](
         partial_m, partial_l, partial_acc, out, out.stride(0), out.stride(1), splits,
         NUM_HEADS=num_heads, SPLITS_PAD=triton.next_power_of_2(DECODE_MAX_SPLITS), HEAD_DIM=head_dim,
+        **options,
     )  # fmt: skip
     return out
 
@@ -161,7 +176,7 @@ def _paged_varlen_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, lens_ptr, qstart_ptr, tiles_ptr, scale,
     stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_ts, stride_os, stride_oh,
     GROUP: tl.constexpr, HEADS_PER: tl.constexpr, PARTS: tl.constexpr, BLOCK_Q: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """One (tile of BLOCK_Q query tokens of one sequence, kv head, part of its query-head group).
 
@@ -169,8 +184,11 @@ def _paged_varlen_kernel(
     values read for a kv head serve all its query heads at once. Query i of a sequence whose chunk has
     q_len tokens over ctx cached ones (this step's included) sits at position ctx - q_len + i and sees
     keys 0..that position (causal, aligned to the bottom right); key 0 is visible to every row, so no
-    row's softmax is empty. The loop stops at the tile's last visible key.
+    row's softmax is empty. The loop stops at the tile's last visible key. With USE_PDL it waits first,
+    as the decode kernel does (it reads only earlier kernels' outputs).
     """
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
     tile = tl.program_id(0)
     kv_head = tl.program_id(1) // PARTS
     part = tl.program_id(1) % PARTS
@@ -211,6 +229,8 @@ def _paged_varlen_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
         l_sum = l_sum * alpha + tl.sum(p, axis=1)
         m = m_new
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     out = acc / l_sum[:, None]
     tl.store(
         out_ptr + token[:, None] * stride_os + heads[:, None] * stride_oh + dims[None, :],
@@ -256,7 +276,7 @@ def paged_varlen_attention(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, HEADS_PER=heads_per, PARTS=parts, BLOCK_Q=block_q, HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, TOKENS=VARLEN_TOKENS,
+        BLOCK_SIZE=block_size, TOKENS=VARLEN_TOKENS, **pdl.launch_options(q.device),
     )  # fmt: skip
     return out
 
@@ -264,21 +284,25 @@ def paged_varlen_attention(
 @triton.jit
 def _add_rmsnorm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, eps, N, stride_x, stride_r,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     ok = cols < N
+    w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)  # the norm weight: no wait needed
+    if USE_PDL:  # x and the residual are earlier kernels' outputs
+        tl.extra.cuda.gdc_wait()
     x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0)
     if HAS_RESIDUAL:
         x = (
             x.to(tl.float32) + tl.load(res_ptr + row * stride_r + cols, mask=ok, other=0.0).to(tl.float32)
         ).to(x.dtype)
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     tl.store(res_out_ptr + row * N + cols, x, mask=ok)
     xf = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(xf * xf, axis=0) / N + eps)
     normed = (xf * rstd).to(x.dtype).to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * N + cols, (w * normed).to(out_ptr.dtype.element_ty), mask=ok)
 
 
@@ -292,7 +316,7 @@ def add_rmsnorm(
     res = residual if residual is not None else x
     _add_rmsnorm_kernel[(num_tokens,)](
         x, res, weight, out, summed, eps, dim, x.stride(0), res.stride(0),
-        HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(dim),
+        HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(dim), **pdl.launch_options(x.device),
     )  # fmt: skip
     return out, summed
 
@@ -302,30 +326,36 @@ def _qk_norm_rope_write_kernel(
     qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, slot_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr,
     eps, stride_t, stride_qo_t, stride_qo_h, stride_slot, stride_pos,
     NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):  # fmt: skip
     token = tl.program_id(0)
     head = tl.program_id(1)
     half = HEAD_DIM // 2
     d = tl.arange(0, HEAD_DIM // 2)
-    pos = tl.load(pos_ptr + token * stride_pos)
-    cos = tl.load(cos_ptr + pos * half + d)
-    sin = tl.load(sin_ptr + pos * half + d)
     is_q = head < NUM_HEADS
-    col = tl.where(is_q, head * HEAD_DIM, NUM_HEADS * HEAD_DIM + (head - NUM_HEADS) * HEAD_DIM)
-    base = qkv_ptr + token * stride_t + col
-    x1 = tl.load(base + d)
-    x2 = tl.load(base + half + d)
-    dtype = x1.dtype
-    x1 = x1.to(tl.float32)
-    x2 = x2.to(tl.float32)
-    if HAS_NORM:
-        rstd = tl.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / HEAD_DIM + eps)
+    if HAS_NORM:  # the q/k norm weights: loaded before the wait
         if is_q:
             w1 = tl.load(qw_ptr + d).to(tl.float32)
             w2 = tl.load(qw_ptr + half + d).to(tl.float32)
         else:
             w1 = tl.load(kw_ptr + d).to(tl.float32)
             w2 = tl.load(kw_ptr + half + d).to(tl.float32)
+    if USE_PDL:  # qkv, the positions and the slots are earlier kernels' outputs
+        tl.extra.cuda.gdc_wait()
+    pos = tl.load(pos_ptr + token * stride_pos)
+    cos = tl.load(cos_ptr + pos * half + d)
+    sin = tl.load(sin_ptr + pos * half + d)
+    col = tl.where(is_q, head * HEAD_DIM, NUM_HEADS * HEAD_DIM + (head - NUM_HEADS) * HEAD_DIM)
+    base = qkv_ptr + token * stride_t + col
+    x1 = tl.load(base + d)
+    x2 = tl.load(base + half + d)
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    dtype = x1.dtype
+    x1 = x1.to(tl.float32)
+    x2 = x2.to(tl.float32)
+    if HAS_NORM:
+        rstd = tl.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / HEAD_DIM + eps)
         x1 = (x1 * rstd).to(dtype).to(tl.float32) * w1
         x2 = (x2 * rstd).to(dtype).to(tl.float32) * w2
     o1 = (x1 * cos - x2 * sin).to(dtype)
@@ -375,17 +405,22 @@ def qk_norm_rope_write(
         qkv, positions, cos_cache, sin_cache, qw, kw, slot_mapping, q, k_cache, v_cache,
         eps, qkv.stride(0), q.stride(0), q.stride(1), slot_mapping.stride(0), positions.stride(0),
         NUM_HEADS=num_heads, NUM_KV_HEADS=kv_heads, HEAD_DIM=head_dim, HAS_NORM=has_norm,
+        **pdl.launch_options(qkv.device),
     )  # fmt: skip
     return q
 
 
 @triton.jit
-def _silu_mul_kernel(x_ptr, out_ptr, N, stride_x, BLOCK: tl.constexpr):
+def _silu_mul_kernel(x_ptr, out_ptr, N, stride_x, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < N
     gate = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0)
     up = tl.load(x_ptr + row * stride_x + N + cols, mask=ok, other=0.0)
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     g = gate.to(tl.float32)
     act = (g / (1.0 + tl.exp(-g))).to(gate.dtype).to(tl.float32)
     tl.store(out_ptr + row * N + cols, (act * up.to(tl.float32)).to(gate.dtype), mask=ok)
@@ -397,18 +432,22 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     n = width // 2
     out = torch.empty(num_tokens, n, dtype=x.dtype, device=x.device)
     block = 1024
-    _silu_mul_kernel[(num_tokens, triton.cdiv(n, block))](x, out, n, x.stride(0), BLOCK=block)
+    _silu_mul_kernel[(num_tokens, triton.cdiv(n, block))](
+        x, out, n, x.stride(0), BLOCK=block, **pdl.launch_options(x.device)
+    )
     return out
 
 
 @triton.jit
 def _skinny_matmul_kernel(
     x_ptr, w_ptr, out_ptr, M, N, stride_xm, stride_wn, stride_om, K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """out[:M, cols] = x[:M] @ w[cols].T for one block of BLOCK_N output columns, streaming w once.
 
     K is a compile-time constant (a model has one hidden size); K % BLOCK_K == 0 (checked by the caller).
+    With USE_PDL the first weight tile loads before gdc_wait (weights are never written during a step)
+    and the hidden rows, the previous kernel's output, after it; the loop then starts at the second tile.
     """
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.arange(0, BLOCK_M)
@@ -418,10 +457,17 @@ def _skinny_matmul_kernel(
     x_rows = x_ptr + rows[:, None] * stride_xm
     w_rows = w_ptr + cols[:, None].to(tl.int64) * stride_wn
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    if USE_PDL:
+        w_first = tl.load(w_rows + ks[None, :], mask=col_ok[:, None], other=0.0)
+        tl.extra.cuda.gdc_wait()
+        x_first = tl.load(x_rows + ks[None, :], mask=row_ok[:, None], other=0.0)
+        acc += tl.dot(x_first, tl.trans(w_first))
+    for k0 in range(USE_PDL * BLOCK_K, K, BLOCK_K):
         w = tl.load(w_rows + (k0 + ks)[None, :], mask=col_ok[:, None], other=0.0)
         x = tl.load(x_rows + (k0 + ks)[None, :], mask=row_ok[:, None], other=0.0)
         acc += tl.dot(x, tl.trans(w))
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     out = acc.to(w_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty)  # rounded as the weights' dtype
     tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], out, mask=row_ok[:, None] & col_ok[None, :])
 
@@ -459,5 +505,6 @@ def skinny_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     _skinny_matmul_kernel[(triton.cdiv(n, SKINNY_BLOCK_N),)](
         hidden, weight, out, m, n, hidden.stride(0), weight.stride(0), out.stride(0), K=k,
         BLOCK_M=SKINNY_MAX_ROWS, BLOCK_N=SKINNY_BLOCK_N, BLOCK_K=block_k, num_warps=4, num_stages=4,
+        **pdl.launch_options(hidden.device),
     )  # fmt: skip
     return out
