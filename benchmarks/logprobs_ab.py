@@ -1,11 +1,13 @@
-"""A decode step's logprobs inside a CUDA graph: torch (as shipped) vs the fused Triton kernels (issue 20).
+"""A decode step's logprobs inside a CUDA graph: the torch path vs the fused Triton kernels (issue 20).
 
-The decode graph of kind "logprobs" costs its sampling graph plus LogprobBuffers.write_prefix: a float32
-log-softmax over the whole vocabulary, torch.topk(20) on it, a gather, a cat and two copies. Measured on
+The decode graph of kind "logprobs" costs its sampling graph plus LogprobBuffers.write_prefix. Before the
+fused kernels it was the torch path: a float32 log-softmax over the whole vocabulary, torch.topk(20) on
+it, a gather, a cat and two copies (compute_logprobs; on CUDA with Triton the shipped write_prefix now
+runs the fused kernels, which this A/B chose: logprobs-ab-nvidia-h200.json). Measured on
 an H100 (benchmarks/results/decode-profile-nvidia-h100-80gb-hbm3.json, replay_by_kind, qwen3-0.6b-shape)
 that kind costs +0.109 ms at batch 1 (+8.5%) and +0.266 ms at batch 64 (+5.3%) over sampling; the
 target is <= 5%. Variants, each written into its own LogprobBuffers as the engine would:
-- torch: write_prefix (llm/logprobs.py), the code as shipped;
+- torch: compute_logprobs (llm/logprobs.py) and the two copies into the buffers, the torch path;
 - torch_lse: torch reformulated: logsumexp of the logits, topk on the raw logits, both minus the lse
   (no (rows, vocab) log-softmax written; whether that is faster is for this run to say);
 - fused_B: kernels/logprobs.py's two launches with B logits per split program, for each --blocks B.
@@ -86,6 +88,17 @@ def torch_lse(buffers: LogprobBuffers) -> Step:
     return step
 
 
+def torch_path(buffers: LogprobBuffers) -> Step:
+    """The torch path: compute_logprobs, then the copies into the buffers' first rows."""
+
+    def step(logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        values, ids = compute_logprobs(logits, tokens, buffers.k)
+        buffers.values[: values.shape[0]].copy_(values)
+        buffers.top_ids[: ids.shape[0]].copy_(ids)
+
+    return step
+
+
 def fused(buffers: LogprobBuffers, block: int) -> Step:
     def step(logits: torch.Tensor, tokens: torch.Tensor) -> None:
         n = logits.shape[0]
@@ -100,7 +113,7 @@ def variants(n: int, vocab: int, blocks: list[int], device: torch.device) -> Var
     for name in ["torch", "torch_lse", *(f"fused_{b}" for b in blocks)]:
         buffers = LogprobBuffers(n, vocab, device)
         step = (
-            buffers.write_prefix
+            torch_path(buffers)
             if name == "torch"
             else torch_lse(buffers)
             if name == "torch_lse"

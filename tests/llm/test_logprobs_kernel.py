@@ -101,3 +101,29 @@ def test_fused_logprobs_in_a_cuda_graph_at_full_vocab(dtype):
         torch.testing.assert_close(values, want_values, rtol=1e-5, atol=1e-5)
         tied = logits.gather(1, ids) == logits.gather(1, want_ids)
         assert bool(((ids == want_ids) | tied).all())
+
+
+def test_logprob_buffers_fused_path_writes_what_the_torch_path_writes(monkeypatch):
+    """LogprobBuffers' two writers through the fused kernels (forced here: on the CPU the engine takes the
+    torch path) leave the same rows as through compute_logprobs; the block follows the row count."""
+    from graphrun.llm import logprobs as buffers_module
+
+    torch.manual_seed(3)
+    vocab, rows = 1000, 6
+    logits, tokens = torch.randn(3, vocab, device=DEVICE) * 3, torch.tensor([5, 999, 0], device=DEVICE)
+    index = torch.tensor([4, 0, 2], device=DEVICE)
+    blocks = []
+    monkeypatch.setattr(buffers_module, "logprobs_block", lambda n: blocks.append(n) or 256)
+    written = {}
+    for fused in (False, True):
+        monkeypatch.setattr(buffers_module, "_fused", lambda logits, fused=fused: fused)
+        prefix = buffers_module.LogprobBuffers(rows, vocab, torch.device(DEVICE))
+        prefix.write_prefix(logits, tokens)
+        scattered = buffers_module.LogprobBuffers(rows, vocab, torch.device(DEVICE))
+        scattered.write_rows(index, logits, tokens)
+        written[fused] = (prefix, scattered)
+    assert blocks == [3, 3]  # each fused write asked for its block by its row count
+    for want, got in zip(written[False], written[True], strict=True):
+        torch.testing.assert_close(got.values, want.values, rtol=1e-5, atol=1e-6)
+        assert torch.equal(got.top_ids, want.top_ids)  # random float32 logits: no ties
+    assert written[True][1].values[[1, 3, 5]].abs().sum() == 0  # rows not in index untouched
