@@ -6,10 +6,11 @@ batches their decode, so only the 3 extra prefills differ) and one after another
 `n` does when it wants the answers in turn). The choices share one prefill, so the gain grows with the
 prompt's share of the work: a long prompt and few output tokens is where `n` pays most.
 
-Through the offline API (`LLM.generate(..., n=...)`, one engine), after a warm-up of each way; every way
-generates the same tokens (checked: the choices are seeded seed + j, the separate requests seed + j),
-so the comparison is of the same work. Prefix caching is off unless --prefix-caching (with it, every
-repeat would find the prompt cached and the separate requests in turn would share its blocks too).
+Through the offline API (`LLM.generate(..., n=...)`, one engine), after a warm-up of each way. The
+choices are seeded seed + j and the separate requests seed + j, so every way does the same work; how
+many choices the separate requests repeat token for token is reported (all on the CPU; on a GPU in half
+precision a few may part ways: see same_choices). Prefix caching is off unless --prefix-caching (with
+it, every repeat would find the prompt cached and the separate requests in turn would share its blocks).
 
     PYTHONPATH=src python benchmarks/choices.py [--model qwen3-0.6b-shape] [--prompt-tokens 2048]
         [--max-tokens 32] [--n 4] [--repeats 5]
@@ -88,23 +89,36 @@ def main() -> None:
     together, got = measure(
         llm, f"{n} requests together", lambda: llm.generate([prompt] * n, seeded), args.repeats
     )
-    assert got == want, "separate requests seeded seed + j must give the choices' tokens"
+    same_together = same_choices(got, want)
 
     def one_by_one() -> list[Completion]:
         return [c for sp in seeded for c in llm.generate([prompt], sp)]
 
     in_turn, got = measure(llm, f"{n} requests in turn", one_by_one, args.repeats)
-    assert got == want
+    same = {"together": same_together, "in_turn": same_choices(got, want)}
     ways = [choices, together, in_turn]
     print(f"{'way':<24} {'seconds':>9} {'prefills':>9} {'tok/s':>9} {'choices x':>10}")
     for way in ways:
         gain = way.seconds / choices.seconds
         rate = way.tokens_per_second
         print(f"{way.name:<24} {way.seconds:>9.4f} {way.prefills:>9} {rate:>9.0f} {gain:>10.2f}")
-    print(json.dumps(report(args, ways)))
+    print(f"choices whose tokens the separate requests repeat: {same['together']} of {n} together, "
+          f"{same['in_turn']} of {n} in turn")  # fmt: skip
+    print(json.dumps(report(args, ways, same)))
 
 
-def report(args: argparse.Namespace, ways: list[Way]) -> dict:
+def same_choices(got: list[list[int]], want: list[list[int]]) -> int:
+    """How many of the choices' token lists the separate requests gave again, in order.
+
+    On the CPU (float32) all of them: tests/llm/test_choices.py holds that. On a GPU in half precision
+    the choices' one prefill and the separate requests' batched prefills run different kernels, so the
+    logits differ in their last bits and a seeded draw from a flat (random-weight) distribution can part
+    ways; the work timed is the same either way, so the count is reported, not asserted.
+    """
+    return sum(g == w for g, w in zip(got, want, strict=True))
+
+
+def report(args: argparse.Namespace, ways: list[Way], same: dict[str, int]) -> dict:
     """The JSON line: settings, each way, the gains, and what produced them."""
     choices, together, in_turn = ways
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -120,6 +134,7 @@ def report(args: argparse.Namespace, ways: list[Way]) -> dict:
         "throughput_x_together": together.seconds / choices.seconds,
         "throughput_x_in_turn": in_turn.seconds / choices.seconds,
         "target_x": 3.0,
+        "same_tokens": same,
         "device": device,
         "torch": torch.__version__,
         "commit": git.stdout.strip(),
