@@ -22,6 +22,7 @@ def test_an_engine_capturing_in_the_background_gives_the_tokens_it_gives_once_ca
             gpu_memory_utilization=0.3,
             mixed_prefill_tokens=4,
             capture="background",
+            cuda_graph_max_prefill_tokens=256,  # the whole default ladder is minutes of capture on a GPU
         )
     )
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)

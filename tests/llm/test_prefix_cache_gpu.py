@@ -3,29 +3,20 @@ scheduling; a hit gives the tokens of a miss (needs CUDA)."""
 
 import pytest
 import torch
-from engine_runs import run_all
+from engine_runs import run_all, tiny_cuda_engine
 
-from graphrun.llm.engine import LLMEngine
-from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.gpu
 
 
-def engine(caching):
-    return LLMEngine(
-        EngineConfig(
-            model="tiny", device="cuda", dtype="float32", max_num_seqs=8, max_model_len=160,
-            gpu_memory_utilization=0.3 if caching else 0.5, mixed_prefill_tokens=4,
-            enable_prefix_caching=caching,
-        )
-    )  # fmt: skip
-
-
 def test_prefix_hits_on_cuda_give_the_tokens_of_misses():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    warm, cold = engine(True), engine(False)
+    # the 256-token ladder of tiny_cuda_engine: with the whole prefill ladder captured by both engines the
+    # test ran past 190 s on an H200
+    warm = tiny_cuda_engine(0.3, enable_prefix_caching=True)
+    cold = tiny_cuda_engine(0.5, enable_prefix_caching=False)
     system = [(3 * i + 1) % 200 + 3 for i in range(70)]
     prompts = [system + [7 + i] * (i + 1) for i in range(6)]
     greedy = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
