@@ -4,8 +4,9 @@ A decode step is ~200 small kernels; with PDL (kernels/pdl.py) each of our Trito
 while the previous one drains, the projections loading their first weight tile before they wait. This
 measures what that buys. One engine (qwen3-0.6b-shape, bf16, prefix caching off, no graphs of its own)
 holds the weights and the KV cache; two sets of greedy decode graphs are captured over them, fresh, at
-the batch sizes asked: "on" as shipped, "off" with the one decision function (pdl.pdl_enabled)
-answering False while it is captured (the patch lives in this process only).
+the batch sizes asked: "off" as shipped (pdl.pdl_enabled says no until this A/B has run), "on" with
+that one decision function patched to pdl.pdl_supported while it is captured (the patch lives in this
+process only).
 Per batch size B:
 - greedy tokens: B seeded prompts of --context tokens decoded --steps tokens through each set in turn
   (the same prompts, prefilled afresh); the first step at which the two sets' tokens differ, None
@@ -75,10 +76,11 @@ def build_engine(args: argparse.Namespace, top: int) -> LLMEngine:
 
 @contextmanager
 def pdl_forced(on: bool) -> Iterator[None]:
-    """PDL as decided (on) or off for everything launched inside: the decision function patched."""
+    """PDL on where supported (on) or as shipped, off, for everything launched inside: the decision
+    function patched."""
     decide = pdl.pdl_enabled
-    if not on:
-        pdl.pdl_enabled = lambda device: False
+    if on:
+        pdl.pdl_enabled = pdl.pdl_supported
     try:
         yield
     finally:
@@ -191,7 +193,7 @@ def measure(engine: LLMEngine, graphs: dict[str, DecodeGraphs], args: argparse.N
 
 def main() -> int:
     args = parse_args()
-    if not torch.cuda.is_available() or not pdl.pdl_enabled(torch.device("cuda")):
+    if not torch.cuda.is_available() or not pdl.pdl_supported(torch.device("cuda")):
         print("pdl_ab needs a GPU that takes programmatic dependent launch (compute capability >= 9)")
         return 2
     bandwidth = copy_bandwidth("cuda", 2**30, torch.cuda.synchronize)

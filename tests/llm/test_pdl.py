@@ -27,26 +27,28 @@ def hopper(monkeypatch):
     pdl._triton_supports_pdl.cache_clear()
 
 
-def test_on_for_a_hopper_device(hopper):
-    assert pdl.pdl_enabled(CUDA0)
+def test_supported_on_a_hopper_device_and_launched_with_it_once_enabled(hopper):
+    assert pdl.pdl_supported(CUDA0)
+    assert pdl.launch_options(CUDA0) == {"USE_PDL": False}  # shipped off until the GPU A/B has run
+    hopper.setattr(pdl, "pdl_enabled", pdl.pdl_supported)  # what benchmarks/pdl_ab.py does for "on"
     assert pdl.launch_options(CUDA0) == {"USE_PDL": True, "launch_pdl": True}
 
 
 def test_off_on_the_cpu(hopper):
-    assert not pdl.pdl_enabled(torch.device("cpu"))
+    assert not pdl.pdl_supported(torch.device("cpu"))
     assert pdl.launch_options(torch.device("cpu")) == {"USE_PDL": False}  # no launch_pdl keyword at all
 
 
 @pytest.mark.parametrize("capability", [(8, 0), (8, 9), (7, 5)])
 def test_off_below_compute_capability_9(hopper, capability):
     hopper.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
-    assert not pdl.pdl_enabled(CUDA0)
+    assert not pdl.pdl_supported(CUDA0)
 
 
 @pytest.mark.parametrize("version", ["12.2", "11.8", None])
 def test_off_when_torch_is_built_for_cuda_below_12_3(hopper, version):
     hopper.setattr(torch.version, "cuda", version)
-    assert not pdl.pdl_enabled(CUDA0)
+    assert not pdl.pdl_supported(CUDA0)
 
 
 @pytest.mark.parametrize("op", ["gdc_wait", "gdc_launch_dependents"])
@@ -54,7 +56,7 @@ def test_off_when_triton_lacks_a_gdc_op(hopper, op):
     from triton.language.extra import cuda
 
     hopper.delattr(cuda, op)
-    assert not pdl.pdl_enabled(CUDA0)
+    assert not pdl.pdl_supported(CUDA0)
 
 
 def test_off_when_triton_lacks_the_launch_option(hopper):
@@ -62,12 +64,12 @@ def test_off_when_triton_lacks_the_launch_option(hopper):
 
     fields = {k: v for k, v in CUDAOptions.__dataclass_fields__.items() if k != "launch_pdl"}
     hopper.setattr(CUDAOptions, "__dataclass_fields__", fields)
-    assert not pdl.pdl_enabled(CUDA0)
+    assert not pdl.pdl_supported(CUDA0)
 
 
 def test_off_under_the_interpreter(hopper):
     hopper.setattr(pdl, "_interpreting", lambda: True)
-    assert not pdl.pdl_enabled(CUDA0)
+    assert not pdl.pdl_supported(CUDA0)
 
 
 def test_interpreting_follows_tritons_own_setting():
@@ -84,7 +86,7 @@ def test_the_capability_is_asked_once_per_device(hopper):
 
     hopper.setattr(torch.cuda, "get_device_capability", capability)
     for _ in range(3):
-        assert pdl.pdl_enabled(CUDA0) and pdl.pdl_enabled(torch.device("cuda", 1))
+        assert pdl.pdl_supported(CUDA0) and pdl.pdl_supported(torch.device("cuda", 1))
     assert asked == [0, 1]
 
 

@@ -27,9 +27,10 @@ Kernels launched without PDL (cuBLAS, torch ops) between ours keep normal stream
 after our completion; ours after them triggers when they complete and still waits at gdc_wait for
 their memory (gdc_wait is a no-op where there is no programmatic dependency).
 
-The decision is made here only, once per device; no flag or environment variable changes it. Off on the
-CPU, under Triton's CPU interpreter (it has no grid dependency control), on GPUs below compute
-capability 9, with a torch built for CUDA < 12.3, and with a Triton that lacks the gdc ops or the
+The decision is made here only (pdl_enabled); no flag or environment variable changes it. It is off
+until measured on a GPU (see pdl_enabled). Where it can be on (pdl_supported, asked once per device):
+not on the CPU, under Triton's CPU interpreter (it has no grid dependency control), on GPUs below compute
+capability 9, with a torch built for CUDA < 12.3, or with a Triton that lacks the gdc ops or the
 launch option.
 """
 
@@ -45,7 +46,17 @@ MIN_CUDA = (12, 3)  # stream capture turns the launch attribute into a programma
 
 
 def pdl_enabled(device: torch.device) -> bool:
-    """Whether our Triton kernels on `device` launch with programmatic dependent launch."""
+    """Whether our Triton kernels on `device` launch with programmatic dependent launch: not yet, anywhere.
+
+    The kernels keep the contract above and are CPU-checked (their sm_90 PTX), but PDL has not run on a
+    GPU: it stays off until benchmarks/pdl_ab.py (which patches this function to pdl_supported) has shown
+    on an H200 that it changes no token and what it saves. Then this returns pdl_supported(device).
+    """
+    return False
+
+
+def pdl_supported(device: torch.device) -> bool:
+    """Whether `device` and this Triton can launch our kernels with programmatic dependent launch."""
     if device.type != "cuda" or not _triton_supports_pdl():
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
