@@ -33,13 +33,12 @@ import httpx
 import torch
 
 from graphrun.bench.report import (
-    device_slug,
+    emit,
     environment,
     goal,
     headline,
     print_goals,
     print_table,
-    write_json,
 )
 from graphrun.bench.serve_process import ServerProcess, free_port
 
@@ -192,9 +191,7 @@ def main() -> int:
             print(f"{r.mode}: {error}", file=sys.stderr)
     payload = {"benchmark": "background_startup", "model": args.model, "serve_flags": flags, **env,
                "results": [asdict(r) for r in results], "goals": goals}  # fmt: skip
-    print(json.dumps(payload, default=str))
-    if args.out:
-        write_json(Path(args.out) / f"background-startup-{device_slug(env['device'])}.json", payload)
+    emit(payload, args.out, "background-startup")
     return 0 if all(g["met"] for g in goals) and not any(r.errors for r in results) else 1
 
 

@@ -24,22 +24,19 @@ torch, date, commit, the ladder, capture seconds, per length: bucket, medians, s
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from graphrun.bench.models import masked_encoder
 from graphrun.bench.report import (
-    device_slug,
+    emit,
     environment,
     goal,
     headline,
     print_goals,
     print_table,
-    write_json,
 )
 from graphrun.bench.timing import summarize, time_interleaved
 from graphrun.graphs import BucketDim, BucketedRunner, BucketOptions
@@ -135,9 +132,7 @@ def main() -> int:
         "num_graphs": runner.num_graphs, "capture_s": capture_s, "iters": args.iters, "rows": rows,
         "goals": goals, "exact_only_buckets": [b.sizes for b in runner.status().buckets if b.exact_dims],
     }  # fmt: skip
-    print(json.dumps(payload, default=str))
-    if args.out:
-        write_json(Path(args.out) / f"encoder-buckets-{device_slug(env['device'])}.json", payload)
+    emit(payload, args.out, "encoder-buckets")
     return 0 if all(g["met"] for g in goals) else 1
 
 

@@ -25,18 +25,16 @@ settings, rows). Exits 1 when the two sets' tokens differ, 2 without a GPU that 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from prometheus_client import CollectorRegistry
 
 from graphrun.bench.decode import _fill, random_prompts
 from graphrun.bench.decode_report import copy_bandwidth, step_floor
-from graphrun.bench.report import device_slug, environment, headline, print_table, write_json
+from graphrun.bench.report import emit, environment, headline, print_table
 from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
@@ -210,9 +208,7 @@ def main() -> int:
     payload = {"benchmark": "pdl_ab", **env, "model": args.model, "dtype": "bfloat16", "steps": args.steps,
                "iters": args.iters, "warmup": args.warmup, "copy_bandwidth_gbs": bandwidth / 1e9, "ok": ok,
                "rows": rows}  # fmt: skip
-    print(json.dumps(payload, default=str))
-    if args.out:
-        write_json(Path(args.out) / f"pdl-ab-{device_slug(env['device'])}.json", payload)
+    emit(payload, args.out, "pdl-ab")
     return 0 if ok else 1
 
 

@@ -122,6 +122,15 @@ def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
     return target
 
 
+def emit(payload: Mapping[str, Any], out: str | Path | None, name: str) -> Path | None:
+    """A benchmark's closing output: its JSON line on stdout and, with `out`, the same result written as
+    <out>/<name>-<device slug>.json (payload["device"] names the device)."""
+    print(json.dumps(payload, default=str))
+    if out is None:
+        return None
+    return write_json(Path(out) / f"{name}-{device_slug(payload['device'])}.json", payload)
+
+
 def written(*paths: Path | None) -> str:
     """The files a report wrote, for its closing log line (a skipped chart is None and left out)."""
     return " and ".join(str(path) for path in paths if path is not None)
