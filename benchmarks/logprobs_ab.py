@@ -10,17 +10,22 @@ target is <= 5%. Variants, each written into its own LogprobBuffers as the engin
 - torch: compute_logprobs (llm/logprobs.py) and the two copies into the buffers, the torch path;
 - torch_lse: torch reformulated: logsumexp of the logits, topk on the raw logits, both minus the lse
   (no (rows, vocab) log-softmax written; whether that is faster is for this run to say);
-- fused_B: kernels/logprobs.py's two launches with B logits per split program, for each --blocks B.
+- fused_B: kernels/logprobs.py's two launches with B logits per split program, for each --blocks B;
+- pruned_B: kernels/logprobs_pruned.py's three launches (chunk stats, top-k candidates of the k chunks
+  with the largest maxima only, merge) with B logits per chunk, for each --pruned-blocks B.
 Each variant is captured alone in a CUDA graph per (dtype, batch); before every replay fresh logits (one
 of a few random sets) are copied into the graph's static input, outside the timed region; variants are
 replayed in interleaved rounds, each replay between two CUDA events; a point is the median in us. Before
 timing, each variant's output is checked eagerly against compute_logprobs (values' max abs difference,
-ids that differ on untied values). The goal line compares the fused variant's cost with 5% of the
-sampling step (--sampling-step-ms, default the H100 figures above: pass the device's own).
+ids that differ on untied values). The goal lines compare the best fused and the best pruned variant's
+cost with 5% of the sampling step (--sampling-step-ms, default the H100 figures above: pass the device's
+own).
 
     PYTHONPATH=src python3 benchmarks/logprobs_ab.py --out OUT                     # GPU
     TRITON_INTERPRET=1 PYTHONPATH=src python3 benchmarks/logprobs_ab.py --check-only --vocab 700 \
         --batch-sizes 1,3 --blocks 128,256                                          # CPU: checks only
+(with --vocab 700 the pruned variants' chunks are fewer than k, so nothing is pruned; --pruned-blocks 32
+checks the pruning path on the CPU too).
 
 Prints a table, the goals, then one JSON line; --out writes logprobs-ab-<device>.json (device, torch,
 date, commit, settings, rows, checks, goals).
@@ -47,6 +52,7 @@ from graphrun.bench.report import (
     write_json,
 )
 from graphrun.llm.kernels.logprobs import fused_logprobs
+from graphrun.llm.kernels.logprobs_pruned import pruned_logprobs
 from graphrun.llm.logprobs import LogprobBuffers, compute_logprobs
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -54,6 +60,7 @@ NUM_INPUTS = 4  # distinct random logits sets, cycled through the replays
 Step = Callable[[torch.Tensor, torch.Tensor], None]  # (logits, tokens) -> its buffers written
 Inputs = list[tuple[torch.Tensor, torch.Tensor]]  # (logits, tokens) sets
 Variants = dict[str, tuple[Step, LogprobBuffers]]
+KERNELS = {"fused": fused_logprobs, "pruned": pruned_logprobs}  # variant prefix -> writer
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,6 +69,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-sizes", default="1,4,16,64")
     p.add_argument("--dtypes", default="float32,bfloat16", help="logits dtypes (the engine's are float32)")
     p.add_argument("--blocks", default="1024,2048,4096,8192", help="logits per split program, fused")
+    p.add_argument("--pruned-blocks", default="512,1024,2048,4096", help="logits per chunk, pruned")
     p.add_argument("--iters", type=int, default=300, help="timed replays per variant and point")
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--sampling-step-ms", default="1:1.281,64:5.036", help="batch:ms of the sampling step")
@@ -99,25 +107,34 @@ def torch_path(buffers: LogprobBuffers) -> Step:
     return step
 
 
-def fused(buffers: LogprobBuffers, block: int) -> Step:
+def kernel(buffers: LogprobBuffers, name: str) -> Step:
+    """The Triton variant `name` ("fused_2048", "pruned_1024"): its writer with that block."""
+    prefix, block = name.rsplit("_", 1)
+    write = KERNELS[prefix]
+
     def step(logits: torch.Tensor, tokens: torch.Tensor) -> None:
         n = logits.shape[0]
-        fused_logprobs(logits, tokens, buffers.values[:n], buffers.top_ids[:n], block=block)
+        write(logits, tokens, buffers.values[:n], buffers.top_ids[:n], block=int(block))
 
     return step
 
 
-def variants(n: int, vocab: int, blocks: list[int], device: torch.device) -> Variants:
+def variant_names(args: argparse.Namespace) -> list[str]:
+    fused_names = [f"fused_{b}" for b in ints(args.blocks)]
+    return ["torch", "torch_lse", *fused_names, *(f"pruned_{b}" for b in ints(args.pruned_blocks))]
+
+
+def variants(n: int, vocab: int, names: list[str], device: torch.device) -> Variants:
     """Each variant with the buffers it writes (one set per variant, n rows)."""
     out: Variants = {}
-    for name in ["torch", "torch_lse", *(f"fused_{b}" for b in blocks)]:
+    for name in names:
         buffers = LogprobBuffers(n, vocab, device)
         step = (
             torch_path(buffers)
             if name == "torch"
             else torch_lse(buffers)
             if name == "torch_lse"
-            else fused(buffers, int(name.removeprefix("fused_")))
+            else kernel(buffers, name)
         )
         out[name] = (step, buffers)
     return out
@@ -178,37 +195,50 @@ def time_variants(steps: Variants, sets: Inputs, args: argparse.Namespace) -> di
 
 def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], list[dict]]:
     rows, checks = [], []
-    blocks = ints(args.blocks)
+    names = variant_names(args)
     for dtype_name in args.dtypes.split(","):
         for n in ints(args.batch_sizes):
             sets = inputs(n, args.vocab, DTYPES[dtype_name], device)
-            steps = variants(n, args.vocab, blocks, device)
+            steps = variants(n, args.vocab, names, device)
             for name, (step, buffers) in steps.items():
                 point = {"dtype": dtype_name, "batch": n, "variant": name}
                 checks.append({**point, **check(step, buffers, sets)})
             if args.check_only:
                 continue
             us = time_variants(steps, sets, args)
-            best = min((name for name in us if name.startswith("fused_")), key=us.__getitem__)
-            row = {"dtype": dtype_name, "batch": n, **{f"{k}_us": v for k, v in us.items()}}
-            row["best_fused"] = best
-            row["fused_over_torch"] = us[best] / us["torch"]
-            row["torch_lse_over_torch"] = us["torch_lse"] / us["torch"]
-            rows.append(row)
+            rows.append(
+                {"dtype": dtype_name, "batch": n, **{f"{k}_us": v for k, v in us.items()}, **ratios(us)}
+            )
             print(f"{dtype_name} batch {n}: " + ", ".join(f"{k} {v:.1f} us" for k, v in us.items()))
     return rows, checks
 
 
+def ratios(us: dict[str, float]) -> dict[str, Any]:
+    """The best variant of each kernel family, its time over torch's, pruned's over fused's."""
+    out: dict[str, Any] = {"torch_lse_over_torch": us["torch_lse"] / us["torch"]}
+    for prefix in KERNELS:
+        names = [name for name in us if name.startswith(f"{prefix}_")]
+        if names:
+            out[f"best_{prefix}"] = min(names, key=us.__getitem__)
+            out[f"{prefix}_over_torch"] = us[out[f"best_{prefix}"]] / us["torch"]
+    if "pruned_over_torch" in out and "fused_over_torch" in out:
+        out["pruned_over_fused"] = out["pruned_over_torch"] / out["fused_over_torch"]
+    return out
+
+
 def goals_for(rows: list[dict], args: argparse.Namespace, valid: bool) -> list[dict]:
-    """Per batch with a sampling-step figure: the best fused variant's float32 cost vs 5% of that step."""
+    """Per batch with a sampling-step figure: the best fused and the best pruned variant's float32 cost vs
+    5% of that step."""
     step_ms = dict(pair.split(":") for pair in args.sampling_step_ms.split(",") if pair)
     goals = []
     for row in rows:
         ms = step_ms.get(str(row["batch"]))
-        if row["dtype"] == "float32" and ms is not None:
-            budget_us = 0.05 * float(ms) * 1e3
-            name = f"fused logprobs, float32, batch {row['batch']} (5% of a {ms} ms step)"
-            goals.append(goal(name, row[f"{row['best_fused']}_us"], "<=", budget_us, " us", valid=valid))
+        if row["dtype"] != "float32" or ms is None:
+            continue
+        for prefix in (p for p in KERNELS if f"best_{p}" in row):
+            best = row[f"best_{prefix}"]
+            name = f"{prefix} logprobs ({best}), float32, batch {row['batch']} (5% of a {ms} ms step)"
+            goals.append(goal(name, row[f"{best}_us"], "<=", 0.05 * float(ms) * 1e3, " us", valid=valid))
     return goals
 
 
@@ -225,12 +255,14 @@ def main() -> int:
     ok = all(c["max_abs_diff"] < 1e-3 and c["untied_id_mismatches"] == 0 for c in checks)
     goals = goals_for(rows, args, valid=ok)
     if rows:
-        fused_columns = [f"fused_{b}_us" for b in ints(args.blocks)]
-        print_table(rows, ("dtype", "batch", "torch_us", "torch_lse_us", *fused_columns, "best_fused",
-                           "fused_over_torch", "torch_lse_over_torch"))  # fmt: skip
+        kernel_columns = [f"{name}_us" for name in variant_names(args)[2:]]
+        print_table(rows, ("dtype", "batch", "torch_us", "torch_lse_us", *kernel_columns, "best_fused",
+                           "best_pruned", "fused_over_torch", "pruned_over_torch", "pruned_over_fused",
+                           "torch_lse_over_torch"))  # fmt: skip
         print_goals(goals)
     payload = {"benchmark": "logprobs_ab", **env, "vocab": args.vocab, "iters": args.iters,
-               "warmup": args.warmup, "blocks": ints(args.blocks), "ok": ok, "rows": rows, "checks": checks,
+               "warmup": args.warmup, "blocks": ints(args.blocks), "pruned_blocks": ints(args.pruned_blocks),
+               "ok": ok, "rows": rows, "checks": checks,
                "goals": goals}  # fmt: skip
     print(json.dumps(payload, default=str))
     if args.out:

@@ -18,7 +18,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from graphrun.llm.kernels import gemv, logprobs, triton_ops
+from graphrun.llm.kernels import gemv, logprobs, logprobs_pruned, triton_ops
 
 TARGET = GPUTarget("cuda", 90, 32)
 BF16, F32, I32, I64 = "*bf16", "*fp32", "*i32", "*i64"
@@ -64,8 +64,12 @@ LP_SPLIT_ARGS = dict(
 )
 LP_MERGE_ARGS = dict(
     logits_ptr=F32, tokens_ptr=I64, max_ptr=F32, sum_ptr=F32, keys_ptr=I64, values_ptr=F32, ids_ptr=I64,
-    index_ptr=I64, stride_row=S32, stride_values=S32, stride_ids=S32, num_chunks=S32, k=S32,
+    index_ptr=I64, stride_row=S32, stride_values=S32, stride_ids=S32, num_chunks=S32, num_sets=S32, k=S32,
 )  # fmt: skip
+LP_STATS_ARGS = dict(logits_ptr=F32, max_ptr=F32, sum_ptr=F32, vocab=S32, stride_row=S32, num_chunks=S32)
+LP_SELECT_ARGS = dict(
+    logits_ptr=F32, max_ptr=F32, keys_ptr=I64, vocab=S32, stride_row=S32, num_chunks=S32, num_sets=S32, k=S32
+)
 ATTENTION = dict(HEAD_DIM=128, BLOCK_SIZE=16, TOKENS=64)
 Spec = tuple[Any, dict, dict, dict]  # (kernel, runtime argument types, constexpr values, compile options)
 
@@ -106,8 +110,13 @@ def kernels() -> dict[str, Spec]:
         ),
         "logprobs_split": (logprobs._logprobs_split_kernel, LP_SPLIT_ARGS, dict(BLOCK=2048, K_PAD=32), {}),
         "logprobs_merge": (
-            logprobs._logprobs_merge_kernel, LP_MERGE_ARGS, dict(K_PAD=32, CHUNKS_PAD=128, HAS_INDEX=True),
-            {"num_warps": 8},
+            logprobs._logprobs_merge_kernel, LP_MERGE_ARGS,
+            dict(K_PAD=32, CHUNKS_PAD=128, SETS_PAD=128, HAS_INDEX=True), {"num_warps": 8},
+        ),
+        "logprobs_pruned_stats": (logprobs_pruned._pruned_stats_kernel, LP_STATS_ARGS, dict(BLOCK=1024), {}),
+        "logprobs_pruned_select": (
+            logprobs_pruned._pruned_select_kernel, LP_SELECT_ARGS, dict(BLOCK=1024, K_PAD=32, CHUNKS_PAD=256),
+            {},
         ),
     }  # fmt: skip
 

@@ -28,6 +28,8 @@ WEIGHTS = {
     "silu_mul": [],
     "logprobs_split": [],
     "logprobs_merge": [],
+    "logprobs_pruned_stats": [],
+    "logprobs_pruned_select": [],
 }
 
 

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from graphrun.llm.kernels import gemv, logprobs, pdl, triton_ops
+from graphrun.llm.kernels import gemv, logprobs, logprobs_pruned, pdl, triton_ops
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, VOCAB = 1024, 16, 8, 128, 3072, 151936
 BLOCK_SIZE, NUM_BLOCKS, CONTEXT, EPS, TOP_K = 16, 256, 512, 1e-6, 5
@@ -102,8 +102,10 @@ class Chain:
         logits = triton_ops.skinny_logits(normed, w.lm_head)
         tokens = logits.argmax(dim=-1)
         values, ids = logprobs.fused_compute_logprobs(logits, tokens, TOP_K)
+        pruned_values, pruned_ids = logprobs_pruned.pruned_compute_logprobs(logits, tokens, TOP_K)
         return {"qkv": qkv, "attn": attn, "act": act, "normed": normed, "logits": logits, "values": values,
-                "ids": ids, "k_cache": self.k_cache, "v_cache": self.v_cache}  # fmt: skip
+                "ids": ids, "pruned_values": pruned_values, "pruned_ids": pruned_ids, "k_cache": self.k_cache,
+                "v_cache": self.v_cache}  # fmt: skip
 
 
 def fresh_inputs(batch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:

@@ -84,10 +84,13 @@ def _logprobs_split_kernel(
 @triton.jit
 def _logprobs_merge_kernel(
     logits_ptr, tokens_ptr, max_ptr, sum_ptr, keys_ptr, values_ptr, ids_ptr, index_ptr,
-    stride_row, stride_values, stride_ids, num_chunks, k,
-    K_PAD: tl.constexpr, CHUNKS_PAD: tl.constexpr, HAS_INDEX: tl.constexpr, USE_PDL: tl.constexpr,
+    stride_row, stride_values, stride_ids, num_chunks, num_sets, k,
+    K_PAD: tl.constexpr, CHUNKS_PAD: tl.constexpr, SETS_PAD: tl.constexpr, HAS_INDEX: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    """One row: log-sum-exp and global top k from its chunks; [sampled, top-k...] - lse and ids stored."""
+    """One row: log-sum-exp from its chunks' (max, sum), global top k from its num_sets candidate sets of
+    K_PAD keys (a set per chunk here; kernels/logprobs_pruned.py passes fewer); [sampled, top-k...] - lse
+    and ids stored."""
     if USE_PDL:  # the chunks are the split kernel's, the sampled tokens the sampler's
         tl.extra.cuda.gdc_wait()
     row = tl.program_id(0)
@@ -99,8 +102,9 @@ def _logprobs_merge_kernel(
     row_max = tl.max(chunk_max, axis=0)
     weight = tl.exp(chunk_max - row_max)  # a chunk of -inf only: 0 (its sum is 0 too)
     log_sum = tl.log(tl.sum(chunk_sum * weight, axis=0))
-    slots = tl.arange(0, CHUNKS_PAD * K_PAD)
-    keys = tl.load(keys_ptr + base * K_PAD + slots, mask=slots < num_chunks * K_PAD, other=INT64_MIN)
+    slots = tl.arange(0, SETS_PAD * K_PAD)
+    keys_row = keys_ptr + row * num_sets * K_PAD
+    keys = tl.load(keys_row + slots, mask=slots < num_sets * K_PAD, other=INT64_MIN)
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
     top_values, top_ids = _key_values(tl.topk(keys, K_PAD))
@@ -133,8 +137,9 @@ def fused_logprobs(
     """
     n, vocab = logits.shape
     k = top_ids.shape[1]
-    _check(logits, tokens, values, top_ids, block)
+    check_arguments(logits, tokens, values, top_ids, block)
     num_chunks = triton.cdiv(vocab, block)
+    chunks_pad = triton.next_power_of_2(num_chunks)
     options = pdl.launch_options(logits.device)
     chunk_max = torch.empty(n, num_chunks, dtype=torch.float32, device=logits.device)
     chunk_sum = torch.empty_like(chunk_max)
@@ -145,28 +150,33 @@ def fused_logprobs(
     )  # fmt: skip
     _logprobs_merge_kernel[(n,)](
         logits, tokens, chunk_max, chunk_sum, chunk_keys, values, top_ids, tokens if index is None else index,
-        logits.stride(0), values.stride(0), top_ids.stride(0), num_chunks, k,
-        K_PAD=K_PAD, CHUNKS_PAD=triton.next_power_of_2(num_chunks), HAS_INDEX=index is not None, num_warps=8,
-        **options,
+        logits.stride(0), values.stride(0), top_ids.stride(0), num_chunks, num_chunks, k,
+        K_PAD=K_PAD, CHUNKS_PAD=chunks_pad, SETS_PAD=chunks_pad,
+        HAS_INDEX=index is not None, num_warps=8, **options,
     )  # fmt: skip
 
 
-def _check(
-    logits: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor, top_ids: torch.Tensor, block: int
+def check_arguments(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    values: torch.Tensor,
+    top_ids: torch.Tensor,
+    block: int,
+    name: str = "fused_logprobs",
 ) -> None:
     """Raise on what the kernels cannot do: they index rows by stride and assume contiguous columns."""
     k = top_ids.shape[1]
     if not 1 <= k <= min(K_PAD, logits.shape[1]) or values.shape[1] != 1 + k:
         raise ValueError(
-            f"fused_logprobs: k={k} must be in 1..min({K_PAD}, vocab {logits.shape[1]}) and values "
+            f"{name}: k={k} must be in 1..min({K_PAD}, vocab {logits.shape[1]}) and values "
             f"{tuple(values.shape)} must have 1 + k columns"
         )
     if logits.stride(1) != 1 or values.stride(1) != 1 or top_ids.stride(1) != 1:
-        raise ValueError("fused_logprobs: logits, values and top_ids need contiguous columns")
+        raise ValueError(f"{name}: logits, values and top_ids need contiguous columns")
     if values.dtype != torch.float32 or top_ids.dtype != torch.int64 or tokens.shape != logits.shape[:1]:
-        raise ValueError("fused_logprobs: values float32, top_ids int64, one token per logits row")
+        raise ValueError(f"{name}: values float32, top_ids int64, one token per logits row")
     if block < K_PAD or block & (block - 1):
-        raise ValueError(f"fused_logprobs: block {block} must be a power of two >= {K_PAD}")
+        raise ValueError(f"{name}: block {block} must be a power of two >= {K_PAD}")
 
 
 def fused_compute_logprobs(
