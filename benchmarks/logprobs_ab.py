@@ -34,22 +34,19 @@ date, commit, settings, rows, checks, goals).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from graphrun.bench.report import (
-    device_slug,
+    emit,
     environment,
     goal,
     headline,
     print_goals,
     print_table,
-    write_json,
 )
 from graphrun.llm.kernels.logprobs import fused_logprobs
 from graphrun.llm.kernels.logprobs_pruned import pruned_logprobs
@@ -264,9 +261,7 @@ def main() -> int:
                "warmup": args.warmup, "blocks": ints(args.blocks), "pruned_blocks": ints(args.pruned_blocks),
                "ok": ok, "rows": rows, "checks": checks,
                "goals": goals}  # fmt: skip
-    print(json.dumps(payload, default=str))
-    if args.out:
-        write_json(Path(args.out) / f"logprobs-ab-{device_slug(env['device'])}.json", payload)
+    emit(payload, args.out, "logprobs-ab")
     return 0 if ok else 1
 
 
