@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-_MASK32 = 0xFFFFFFFF
+MASK32 = 0xFFFFFFFF
 # odd multipliers below 2**31, so a 32-bit value times one stays below 2**63 in int64 arithmetic
-_MIX = (0x7FEB352D, 0x2C1B3C6D, 0x297A2D39, 0x5851F42D)
+NOISE_MIX = (0x7FEB352D, 0x2C1B3C6D, 0x297A2D39, 0x5851F42D)
 
 
 @dataclass(slots=True)
@@ -23,7 +23,7 @@ class SamplingTensors:
 
     temperature: torch.Tensor  # float32, 0 = greedy
     top_k: torch.Tensor  # int32, 0 = off
-    top_p: torch.Tensor  # float32, 1 = off
+    top_p: torch.Tensor  # float32, >= 1 = off
     seeds: torch.Tensor  # int64
 
 
@@ -37,11 +37,11 @@ def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, token_ids: torch
 
     seeds, positions: (num_seqs,); token_ids: (num_seqs, k) -> (num_seqs, k) float32.
     """
-    x = (seeds[:, None] & 0x7FFFFFFF) * _MIX[0] + (positions[:, None].long() & 0x7FFFFFFF) * _MIX[1]
-    x = (x + token_ids.long() * _MIX[2]) & _MASK32
-    for mult in (_MIX[3], _MIX[0]):  # xorshift-multiply rounds (a 32-bit finaliser)
+    x = (seeds[:, None] & 0x7FFFFFFF) * NOISE_MIX[0] + (positions[:, None].long() & 0x7FFFFFFF) * NOISE_MIX[1]
+    x = (x + token_ids.long() * NOISE_MIX[2]) & MASK32
+    for mult in (NOISE_MIX[3], NOISE_MIX[0]):  # xorshift-multiply rounds (a 32-bit finaliser)
         x = x ^ (x >> 16)
-        x = (x * mult) & _MASK32
+        x = (x * mult) & MASK32
     x = x ^ (x >> 15)
     return ((x >> 8).float() + 0.5) * (1.0 / (1 << 24))  # 24 bits: strictly inside (0, 1) in float32
 
@@ -50,19 +50,23 @@ def sample(logits: torch.Tensor, params: SamplingTensors, positions: torch.Tenso
     """(num_seqs, vocab) float logits -> (num_seqs,) int64 tokens; rows with temperature 0 are greedy.
 
     Exact over the whole vocabulary: sort once, mask past top-k and outside the top-p nucleus (the most
-    likely token always stays), then Gumbel-max with the hashed noise.
+    likely token always stays), then Gumbel-max with the hashed noise. The order is a total one: by
+    value, equal values by lower id (a stable sort; torch documents no order among ties otherwise), so
+    kernels/sampling.py can give the same tokens without sorting. top_p >= 1 cuts nothing (a float32
+    cumsum may round past 1 in the tail).
     """
     logits = logits.float()
     vocab = logits.shape[-1]
     greedy = logits.argmax(dim=-1)
     temperature = params.temperature.clamp(min=1e-5)[:, None]
-    sorted_logits, sorted_ids = (logits / temperature).sort(dim=-1, descending=True)  # (num_seqs, vocab)
+    sorted_logits, sorted_ids = (logits / temperature).sort(dim=-1, descending=True, stable=True)  # (num_seqs, vocab)
     ranks = torch.arange(vocab, device=logits.device)[None, :]
     k = torch.where(params.top_k > 0, params.top_k, vocab).clamp(max=vocab)[:, None]
     sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
     probs = sorted_logits.softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs  # probability mass strictly above each token
-    sorted_logits = sorted_logits.masked_fill((before > params.top_p[:, None]) & (ranks > 0), float("-inf"))
+    top_p = params.top_p[:, None]
+    sorted_logits = sorted_logits.masked_fill((before > top_p) & (ranks > 0) & (top_p < 1), float("-inf"))
     gumbel = -torch.log(-torch.log(uniform_noise(params.seeds, positions, sorted_ids)))
     choice = (sorted_logits + gumbel).argmax(dim=-1, keepdim=True)
     sampled = sorted_ids.gather(1, choice).squeeze(1)
