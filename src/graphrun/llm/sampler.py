@@ -4,6 +4,10 @@ Greedy, temperature, top-k and top-p are computed for every row with tensor ops 
 serves any mix of requests. Randomness comes from a counter-based hash of (seed, position, token id),
 turned into Gumbel noise: the same seed and prompt give the same tokens whatever else is in the batch,
 and replaying a graph needs no RNG state. Greedy-only batches use `greedy_sample`, a cheaper graph.
+
+`sample_torch` is the reference: it sorts every row's whole vocabulary. On CUDA with Triton, `sample`
+runs kernels/sampling.py instead, which gives the same tokens without sorting (two launches; the
+reasoning is in its docstring); elsewhere (CPU, CI, GRAPHRUN_DISABLE_TRITON) it runs the reference.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from graphrun.llm.kernels import sample_block, sampling_ops, triton_enabled
 
 MASK32 = 0xFFFFFFFF
 # odd multipliers below 2**31, so a 32-bit value times one stays below 2**63 in int64 arithmetic
@@ -49,6 +55,24 @@ def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, token_ids: torch
 def sample(logits: torch.Tensor, params: SamplingTensors, positions: torch.Tensor) -> torch.Tensor:
     """(num_seqs, vocab) float logits -> (num_seqs,) int64 tokens; rows with temperature 0 are greedy.
 
+    Graph-safe (no host sync): the fused kernels on CUDA with Triton, else `sample_torch`."""
+    if _fused(logits):
+        tokens: torch.Tensor = sampling_ops().fused_sample(
+            logits, params.temperature, params.top_k, params.top_p, params.seeds, positions,
+            block=sample_block(logits.shape[0]),
+        )  # fmt: skip
+        return tokens
+    return sample_torch(logits, params, positions)
+
+
+def _fused(logits: torch.Tensor) -> bool:
+    """Whether the fused kernels sample: CUDA with Triton, (rows, vocab) logits with contiguous columns."""
+    return triton_enabled(logits) and logits.dim() == 2 and logits.stride(1) == 1
+
+
+def sample_torch(logits: torch.Tensor, params: SamplingTensors, positions: torch.Tensor) -> torch.Tensor:
+    """`sample` in torch ops, the reference of kernels/sampling.py.
+
     Exact over the whole vocabulary: sort once, mask past top-k and outside the top-p nucleus (the most
     likely token always stays), then Gumbel-max with the hashed noise. The order is a total one: by
     value, equal values by lower id (a stable sort; torch documents no order among ties otherwise), so
@@ -59,7 +83,9 @@ def sample(logits: torch.Tensor, params: SamplingTensors, positions: torch.Tenso
     vocab = logits.shape[-1]
     greedy = logits.argmax(dim=-1)
     temperature = params.temperature.clamp(min=1e-5)[:, None]
-    sorted_logits, sorted_ids = (logits / temperature).sort(dim=-1, descending=True, stable=True)  # (num_seqs, vocab)
+    sorted_logits, sorted_ids = (logits / temperature).sort(
+        dim=-1, descending=True, stable=True
+    )  # (num_seqs, vocab)
     ranks = torch.arange(vocab, device=logits.device)[None, :]
     k = torch.where(params.top_k > 0, params.top_k, vocab).clamp(max=vocab)[:, None]
     sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
