@@ -11,73 +11,13 @@ import torch
 
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
+from sampling_reference import INF, allowed, paths, scaled, snap_top_p  # noqa: E402
 
 from graphrun.llm.kernels import sampling as ops  # noqa: E402
 from graphrun.llm.kernels import sampling_keys, sampling_passes  # noqa: E402
 from graphrun.llm.sampler import SamplingTensors, sample_torch, uniform_noise  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-INF = float("inf")
-
-
-def scaled(logits: torch.Tensor, t: float) -> torch.Tensor:
-    """A row's v = x / max(T, 1e-5) in float32, as the reference computes it."""
-    return logits.float() / torch.tensor(t, dtype=torch.float32).clamp(min=1e-5)
-
-
-def nucleus(v: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids in the stable descending order, float64 probs over the top k, mass strictly before each)."""
-    ids = v.sort(descending=True, stable=True).indices
-    ranked = v[ids].double()
-    ranked[k:] = -INF
-    probs = ranked.softmax(0)
-    return ids, probs, probs.cumsum(0) - probs
-
-
-def allowed(v: torch.Tensor, k: int, p: float) -> torch.Tensor:
-    """The allowed set S as a mask over ids (float64 masses, ties ranked by id)."""
-    vocab = v.numel()
-    k = k if 0 < k < vocab else vocab
-    ids, _, before = nucleus(v, k)
-    ranks = torch.arange(vocab)
-    keep = (ranks < k) & ((before <= p) | (ranks == 0) | (p >= 1))
-    mask = torch.zeros(vocab, dtype=torch.bool)
-    mask[ids[keep]] = True
-    return mask
-
-
-def snap_top_p(v: torch.Tensor, k: int, p: float, min_gap: float) -> float:
-    """The top_p nearest p half-way between two cumulative masses at least min_gap apart."""
-    vocab = v.numel()
-    k = k if 0 < k < vocab else vocab
-    _, probs, before = nucleus(v, k)
-    mids = (before + probs / 2)[: k - 1]
-    wide = (probs[: k - 1] >= min_gap) & torch.isfinite(mids)
-    if not bool(wide.any()):
-        return p
-    return float(mids[wide][(mids[wide] - p).abs().argmin()])
-
-
-def walk_steps(v: torch.Tensor, g: torch.Tensor, mask: torch.Tensor, k_pad: int) -> int:
-    """Counting passes the finish kernel's walk makes (0: decided from the top k_pad list)."""
-    order = v.sort(descending=True, stable=True).indices
-    finite = int(torch.isfinite(v).sum())
-    if int(mask.sum()) < k_pad or finite < k_pad:
-        return 0
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel())
-    pv = v + g
-    live = torch.ones_like(mask)
-    steps = 0
-    while True:
-        best = pv[live].max()
-        c = int(order[(pv[order] == best) & live[order]][0])  # the earliest in the order among the best
-        if int(rank[c]) < k_pad:
-            return steps
-        steps += 1
-        if bool(mask[c]):
-            return steps
-        live = rank < rank[c]
 
 
 def row_kinds(vocab: int, k_pad: int) -> list[tuple[str, float, float, int, float]]:
@@ -124,25 +64,6 @@ def fused(logits, params, positions, **sizes):
         for t in (logits, params.temperature, params.top_k, params.top_p, params.seeds, positions)
     ]
     return ops.fused_sample(*on, **sizes).cpu()
-
-
-def paths(logits, params, positions, k_pad: int) -> list[str]:
-    """The path each sampling row takes in the kernels: list, walk1 / walk2+ (counting passes), +mass."""
-    out = []
-    for i in range(logits.shape[0]):
-        t, k, p = float(params.temperature[i]), int(params.top_k[i]), float(params.top_p[i])
-        if t <= 0:
-            continue
-        v = scaled(logits[i], t)
-        ids = torch.arange(v.numel())[None]
-        g = -torch.log(-torch.log(uniform_noise(params.seeds[i : i + 1], positions[i : i + 1], ids)))[0]
-        steps = walk_steps(v, g, allowed(v, k, p), k_pad)
-        name = "list" if steps == 0 else "walk1" if steps == 1 else "walk2+"
-        finite = int(torch.isfinite(v).sum())
-        if p < 1 and k_pad < k < v.numel() and finite >= k_pad:
-            name += "+mass"
-        out.append(name)
-    return out
 
 
 @pytest.mark.parametrize(
@@ -284,61 +205,3 @@ def test_sample_runs_the_kernels_where_they_serve(monkeypatch):
     assert torch.equal(got, sample_torch(logits, params, positions))
     monkeypatch.undo()
     assert not sampler._fused(logits)  # on the CPU: the torch path
-
-
-def full_vocab_rows(vocab: int, gen: torch.Generator):
-    """Rows at a real vocabulary: peaked ones (a few boosted tokens over a bulk, as LLM logits are) and
-    shelved ones (a flat bulk under 200 tokens of equal boost: a nucleus wider than K_PAD, so the walk
-    and the top-k mass run at full size), rounded to bfloat16 as the model's logits are."""
-    kinds = [  # (shelf, temperature, top_k, top_p; top_p < 0: snap near -top_p)
-        (False, 0.0, 0, 1.0), (False, 1.0, 0, 1.0), (True, 0.7, 0, 1.0), (False, 1.0, 20, 1.0),
-        (False, 0.7, 20, -0.8), (False, 1.0, 50, 1.0), (False, 1.0, 64, -0.9), (False, 1.0, 65, -0.9),
-        (False, 1.0, 0, -0.9), (True, 1.0, 0, -0.2), (True, 1.0, 0, -0.3), (True, 1.0, 150, 1.0),
-        (True, 1.0, 1000, 1.0), (True, 1.0, 500, -0.25), (True, 0.6, 0, -0.95), (False, 1.0, 1, 1.0),
-    ]  # fmt: skip
-    n = len(kinds)
-    logits = torch.randn(n, vocab, generator=gen) * 2
-    params = SamplingTensors(torch.zeros(n), torch.zeros(n, dtype=torch.int32), torch.ones(n),
-                             torch.randint(0, 2**62, (n,), generator=gen))  # fmt: skip
-    for i, (shelf, t, k, p) in enumerate(kinds):
-        boosted = torch.randperm(vocab, generator=gen)[: 200 if shelf else 30]
-        if shelf:
-            logits[i] = logits[i] / 4
-            logits[i, boosted] += 6.0
-        else:
-            logits[i, boosted] += torch.rand(30, generator=gen) * 10 + 5
-        if i % 3 == 0:  # a grammar's mask over part of the row
-            logits[i, torch.randperm(vocab, generator=gen)[: vocab // 2]] = -INF
-        logits[i] = logits[i].bfloat16().float()
-        if p < 0:
-            p = snap_top_p(scaled(logits[i], t), k, -p, min_gap=1e-4)
-        params.temperature[i], params.top_k[i], params.top_p[i] = t, k, p
-    return logits, params, torch.randint(0, 100000, (n,), generator=gen)
-
-
-@pytest.mark.gpu
-def test_sample_in_a_cuda_graph_at_full_vocab_gives_the_reference_tokens():
-    """sample() (the fused kernels on CUDA) captured once at Qwen3's vocabulary, replayed on new logits and
-    parameters: sample_torch's tokens every time, and every path of the kernels taken."""
-    vocab, gen = 151936, torch.Generator().manual_seed(11)
-    from graphrun.llm.sampler import sample
-
-    sets = [full_vocab_rows(vocab, gen) for _ in range(3)]
-    logits, params, positions = (t.cuda() for t in (sets[0][0], sets[0][1], sets[0][2]))
-    static = SamplingTensors(*(getattr(params, f).cuda() for f in ("temperature", "top_k", "top_p", "seeds")))
-    sample(logits, static, positions)  # compiles outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        tokens = sample(logits, static, positions)
-    seen = set()
-    for set_logits, set_params, set_positions in sets:
-        logits.copy_(set_logits)
-        positions.copy_(set_positions)
-        for field in ("temperature", "top_k", "top_p", "seeds"):
-            getattr(static, field).copy_(getattr(set_params, field))
-        graph.replay()
-        want = sample_torch(logits, static, positions)
-        assert torch.equal(tokens, want), (tokens.tolist(), want.tolist())
-        seen |= set(paths(set_logits, set_params, set_positions, k_pad=ops.K_PAD))
-    assert {"list", "walk1", "walk2+"} <= {name.removesuffix("+mass") for name in seen}, seen
-    assert any(name.endswith("+mass") for name in seen), seen

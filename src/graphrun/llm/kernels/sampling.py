@@ -244,10 +244,11 @@ def fused_sample(
         vocab, logits.stride(0), *strides, num_chunks,
         BLOCK=block, K_PAD=k_pad, num_warps=4 if block <= 2048 else 8, **common,
     )  # fmt: skip
+    chunks_pad = triton.next_power_of_2(num_chunks)
     _sample_finish_kernel[(n,)](
         logits, *params, best_pv, best_key, chunk_max, chunk_sum, chunk_keys, top_list, out, vocab,
-        logits.stride(0), *strides, num_chunks, K_PAD=k_pad, CHUNKS_PAD=triton.next_power_of_2(num_chunks),
-        TILE=tile, num_warps=8, **common,
+        logits.stride(0), *strides, num_chunks, K_PAD=k_pad, CHUNKS_PAD=chunks_pad, TILE=tile,
+        num_warps=16 if chunks_pad * k_pad > 4096 else 8, **common,  # more candidates: 8 warps spill
     )  # fmt: skip
     return out
 
