@@ -205,3 +205,22 @@ def test_sample_runs_the_kernels_where_they_serve(monkeypatch):
     assert torch.equal(got, sample_torch(logits, params, positions))
     monkeypatch.undo()
     assert not sampler._fused(logits)  # on the CPU: the torch path
+
+
+def test_strided_parameters_as_the_decode_graph_passes_them():
+    """The decode graph hands columns of its packed step tensors (DecodeInputs: temperature and top_p of a
+    (rows, 3) float tensor, seeds and positions of a (rows, width) int one): read by stride, same tokens."""
+    from graphrun.llm.step_inputs import DecodeInputs
+
+    logits, params, positions = build_rows(300, 8, seed=9)
+    step = DecodeInputs.empty(logits.shape[0], max_blocks_per_seq=3)
+    step.temperature.copy_(params.temperature)
+    step.top_p.copy_(params.top_p)
+    step.top_k.copy_(params.top_k)
+    step.seeds.copy_(params.seeds)
+    step.positions.copy_(positions)
+    assert step.temperature.stride(0) == 3 and step.seeds.stride(0) > 1
+    top_k = step.top_k.to(torch.int32)  # as decode_graph.py converts it
+    got = ops.fused_sample(logits, step.temperature, top_k, step.top_p, step.seeds, step.positions, block=64,
+                           k_pad=8, tile=128)  # fmt: skip
+    assert torch.equal(got, sample_torch(logits, params, positions))
