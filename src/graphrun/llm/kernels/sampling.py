@@ -28,6 +28,16 @@ Launches, both graph-safe (no host sync, shapes fixed by rows, vocab and block):
 On Hopper both launch with programmatic dependent launch (kernels/pdl.py): each waits before its first
 load (all it reads is earlier kernels' output) and lets the next kernel launch after its first loads.
 
+Why this shape, not another: a graph fixes the launches, so a design that iterates over the row with
+many programs (check the winner, raise the bar, repeat) needs a fixed number of extra launch pairs on
+every step, paid even by rows that need none; a radix select of the top-k / top-p threshold across
+programs needs four or more. Iterating inside one program per row is free of launches but streams
+600 KB per pass on one SM, so it is kept for what the top-K_PAD list cannot decide. Each chunk finds
+its top K_PAD by a binary search on the value order and a prefix sum, not tl.topk, a sorting network:
+the fused logprobs kernels, which use it, took 208 us for 64 rows on an H200, about 20x the time to read
+those logits once (how much of that is the sort is unmeasured). Costs here are not measured yet
+(benchmarks/sampler_ab.py is the A/B against sample_torch).
+
 Exactness: the same token as `sample` for every row, except where a float rounding decides: the top-p
 mass is summed in another order than the reference's cumsum, so a cumulative mass within a few ulps of
 top_p may fall on the other side; and two perturbed values exactly equal (then the earlier key wins,
