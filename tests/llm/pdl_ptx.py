@@ -18,7 +18,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from graphrun.llm.kernels import gemv, logprobs, logprobs_pruned, triton_ops
+from graphrun.llm.kernels import gemv, logprobs, logprobs_pruned, sampling, triton_ops
 
 TARGET = GPUTarget("cuda", 90, 32)
 BF16, F32, I32, I64 = "*bf16", "*fp32", "*i32", "*i64"
@@ -70,6 +70,16 @@ LP_STATS_ARGS = dict(logits_ptr=F32, max_ptr=F32, sum_ptr=F32, vocab=S32, stride
 LP_SELECT_ARGS = dict(
     logits_ptr=F32, max_ptr=F32, keys_ptr=I64, vocab=S32, stride_row=S32, num_chunks=S32, num_sets=S32, k=S32
 )
+PARAMS = dict(temperature_ptr=F32, top_k_ptr="*i32", top_p_ptr=F32, seeds_ptr=I64, positions_ptr=I64)
+PARAM_STRIDES = dict.fromkeys(("stride_t", "stride_k", "stride_p", "stride_s", "stride_pos"), S32)
+SAMPLE_SPLIT_ARGS = dict(
+    logits_ptr=F32, **PARAMS, best_pv_ptr=F32, best_key_ptr=I64, max_ptr=F32, sum_ptr=F32, keys_ptr=I64,
+    vocab=S32, stride_row=S32, **PARAM_STRIDES, num_chunks=S32,
+)  # fmt: skip
+SAMPLE_FINISH_ARGS = dict(
+    logits_ptr=F32, **PARAMS, best_pv_ptr=F32, best_key_ptr=I64, max_ptr=F32, sum_ptr=F32, keys_ptr=I64,
+    list_ptr=I64, out_ptr=I64, vocab=S32, stride_row=S32, **PARAM_STRIDES, num_chunks=S32,
+)  # fmt: skip
 ATTENTION = dict(HEAD_DIM=128, BLOCK_SIZE=16, TOKENS=64)
 Spec = tuple[Any, dict, dict, dict]  # (kernel, runtime argument types, constexpr values, compile options)
 
@@ -117,6 +127,14 @@ def kernels() -> dict[str, Spec]:
         "logprobs_pruned_select": (
             logprobs_pruned._pruned_select_kernel, LP_SELECT_ARGS, dict(BLOCK=1024, K_PAD=32, CHUNKS_PAD=256),
             {},
+        ),
+        "sample_split": (
+            sampling._sample_split_kernel, SAMPLE_SPLIT_ARGS, dict(BLOCK=4096, K_PAD=64, PRECISE=True),
+            {"num_warps": 8},
+        ),
+        "sample_finish": (
+            sampling._sample_finish_kernel, SAMPLE_FINISH_ARGS,
+            dict(K_PAD=64, CHUNKS_PAD=64, TILE=4096, PRECISE=True), {"num_warps": 8},
         ),
     }  # fmt: skip
 

@@ -30,6 +30,8 @@ WEIGHTS = {
     "logprobs_merge": [],
     "logprobs_pruned_stats": [],
     "logprobs_pruned_select": [],
+    "sample_split": [],
+    "sample_finish": [],
 }
 
 

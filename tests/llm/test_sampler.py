@@ -93,3 +93,10 @@ def test_sampling_captures_without_host_sync(fn):
     graph.replay()
     want = sample(logits, p, positions) if fn == "sample" else greedy_sample(logits)
     assert torch.equal(out["t"], want)
+
+
+def test_ties_are_ordered_by_lower_id():
+    """Equal logits rank by lower id (a stable sort): top-k 2 over three tied maxima keeps ids 1 and 2."""
+    logits = torch.tensor([[1.0, 3.0, 3.0, 3.0, 0.0]])
+    seen = {int(sample(logits, params(1, top_k=2, seed=s), torch.tensor([s]))[0]) for s in range(200)}
+    assert seen == {1, 2}

@@ -4,6 +4,10 @@ Greedy, temperature, top-k and top-p are computed for every row with tensor ops 
 serves any mix of requests. Randomness comes from a counter-based hash of (seed, position, token id),
 turned into Gumbel noise: the same seed and prompt give the same tokens whatever else is in the batch,
 and replaying a graph needs no RNG state. Greedy-only batches use `greedy_sample`, a cheaper graph.
+
+`sample_torch` is the reference: it sorts every row's whole vocabulary. On CUDA with Triton, `sample`
+runs kernels/sampling.py instead, which gives the same tokens without sorting (two launches; the
+reasoning is in its docstring); elsewhere (CPU, CI, GRAPHRUN_DISABLE_TRITON) it runs the reference.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-_MASK32 = 0xFFFFFFFF
+from graphrun.llm.kernels import sample_block, sampling_ops, triton_enabled
+
+MASK32 = 0xFFFFFFFF
 # odd multipliers below 2**31, so a 32-bit value times one stays below 2**63 in int64 arithmetic
-_MIX = (0x7FEB352D, 0x2C1B3C6D, 0x297A2D39, 0x5851F42D)
+NOISE_MIX = (0x7FEB352D, 0x2C1B3C6D, 0x297A2D39, 0x5851F42D)
 
 
 @dataclass(slots=True)
@@ -23,7 +29,7 @@ class SamplingTensors:
 
     temperature: torch.Tensor  # float32, 0 = greedy
     top_k: torch.Tensor  # int32, 0 = off
-    top_p: torch.Tensor  # float32, 1 = off
+    top_p: torch.Tensor  # float32, >= 1 = off
     seeds: torch.Tensor  # int64
 
 
@@ -37,11 +43,11 @@ def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, token_ids: torch
 
     seeds, positions: (num_seqs,); token_ids: (num_seqs, k) -> (num_seqs, k) float32.
     """
-    x = (seeds[:, None] & 0x7FFFFFFF) * _MIX[0] + (positions[:, None].long() & 0x7FFFFFFF) * _MIX[1]
-    x = (x + token_ids.long() * _MIX[2]) & _MASK32
-    for mult in (_MIX[3], _MIX[0]):  # xorshift-multiply rounds (a 32-bit finaliser)
+    x = (seeds[:, None] & 0x7FFFFFFF) * NOISE_MIX[0] + (positions[:, None].long() & 0x7FFFFFFF) * NOISE_MIX[1]
+    x = (x + token_ids.long() * NOISE_MIX[2]) & MASK32
+    for mult in (NOISE_MIX[3], NOISE_MIX[0]):  # xorshift-multiply rounds (a 32-bit finaliser)
         x = x ^ (x >> 16)
-        x = (x * mult) & _MASK32
+        x = (x * mult) & MASK32
     x = x ^ (x >> 15)
     return ((x >> 8).float() + 0.5) * (1.0 / (1 << 24))  # 24 bits: strictly inside (0, 1) in float32
 
@@ -49,20 +55,44 @@ def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, token_ids: torch
 def sample(logits: torch.Tensor, params: SamplingTensors, positions: torch.Tensor) -> torch.Tensor:
     """(num_seqs, vocab) float logits -> (num_seqs,) int64 tokens; rows with temperature 0 are greedy.
 
+    Graph-safe (no host sync): the fused kernels on CUDA with Triton, else `sample_torch`."""
+    if _fused(logits):
+        tokens: torch.Tensor = sampling_ops().fused_sample(
+            logits, params.temperature, params.top_k, params.top_p, params.seeds, positions,
+            block=sample_block(logits.shape[0]),
+        )  # fmt: skip
+        return tokens
+    return sample_torch(logits, params, positions)
+
+
+def _fused(logits: torch.Tensor) -> bool:
+    """Whether the fused kernels sample: CUDA with Triton, (rows, vocab) logits with contiguous columns."""
+    return triton_enabled(logits) and logits.dim() == 2 and logits.stride(1) == 1
+
+
+def sample_torch(logits: torch.Tensor, params: SamplingTensors, positions: torch.Tensor) -> torch.Tensor:
+    """`sample` in torch ops, the reference of kernels/sampling.py.
+
     Exact over the whole vocabulary: sort once, mask past top-k and outside the top-p nucleus (the most
-    likely token always stays), then Gumbel-max with the hashed noise.
+    likely token always stays), then Gumbel-max with the hashed noise. The order is a total one: by
+    value, equal values by lower id (a stable sort; torch documents no order among ties otherwise), so
+    kernels/sampling.py can give the same tokens without sorting. top_p >= 1 cuts nothing (a float32
+    cumsum may round past 1 in the tail).
     """
     logits = logits.float()
     vocab = logits.shape[-1]
     greedy = logits.argmax(dim=-1)
     temperature = params.temperature.clamp(min=1e-5)[:, None]
-    sorted_logits, sorted_ids = (logits / temperature).sort(dim=-1, descending=True)  # (num_seqs, vocab)
+    sorted_logits, sorted_ids = (logits / temperature).sort(
+        dim=-1, descending=True, stable=True
+    )  # (num_seqs, vocab)
     ranks = torch.arange(vocab, device=logits.device)[None, :]
     k = torch.where(params.top_k > 0, params.top_k, vocab).clamp(max=vocab)[:, None]
     sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
     probs = sorted_logits.softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs  # probability mass strictly above each token
-    sorted_logits = sorted_logits.masked_fill((before > params.top_p[:, None]) & (ranks > 0), float("-inf"))
+    top_p = params.top_p[:, None]
+    sorted_logits = sorted_logits.masked_fill((before > top_p) & (ranks > 0) & (top_p < 1), float("-inf"))
     gumbel = -torch.log(-torch.log(uniform_noise(params.seeds, positions, sorted_ids)))
     choice = (sorted_logits + gumbel).argmax(dim=-1, keepdim=True)
     sampled = sorted_ids.gather(1, choice).squeeze(1)
