@@ -1,4 +1,4 @@
-"""The fused sampling kernels (kernels/sampling.py) against sample_torch: the same token for every row, on
+"""The fused sampling kernels (kernels/sampling.py) against sample: the same token for every row, on
 the GPU when present, else through Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
 
 top_p is placed mid-way between two cumulative masses (snap_top_p): there the float32 sums of the kernels
@@ -15,7 +15,7 @@ from sampling_reference import INF, allowed, paths, scaled, snap_top_p  # noqa: 
 
 from graphrun.llm.kernels import sampling as ops  # noqa: E402
 from graphrun.llm.kernels import sampling_keys, sampling_passes  # noqa: E402
-from graphrun.llm.sampler import SamplingTensors, sample_torch, uniform_noise  # noqa: E402
+from graphrun.llm.sampler import SamplingTensors, sample, uniform_noise  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -78,7 +78,7 @@ def fused(logits, params, positions, **sizes):
 )  # ragged last chunk; whole chunks; a vocabulary of 3 chunks; one smaller than k_pad
 def test_fused_sample_gives_the_reference_tokens(vocab, block, k_pad, tile, seed):
     logits, params, positions = build_rows(vocab, k_pad, seed)
-    want = sample_torch(logits, params, positions)
+    want = sample(logits, params, positions)
     got = fused(logits, params, positions, block=block, k_pad=k_pad, tile=tile)
     assert torch.equal(got, want), (got.tolist(), want.tolist())
 
@@ -99,7 +99,7 @@ def test_tied_logits_give_the_reference_and_an_allowed_token():
     rank ties by id) and each lies in S, the allowed set computed here independently."""
     logits, params, positions = build_rows(300, 8, seed=5, ties=True)
     got = fused(logits, params, positions, block=64, k_pad=8, tile=128)
-    assert torch.equal(got, sample_torch(logits, params, positions))
+    assert torch.equal(got, sample(logits, params, positions))
     for i, token in enumerate(got.tolist()):
         t, k, p = float(params.temperature[i]), int(params.top_k[i]), float(params.top_p[i])
         if t > 0:
@@ -115,7 +115,7 @@ def test_seeds_and_positions_move_the_draw():
                              torch.arange(n, dtype=torch.int64) * 7919)  # fmt: skip
     positions = torch.arange(n) % 5
     got = fused(logits, params, positions, block=64, k_pad=16, tile=64)
-    assert torch.equal(got, sample_torch(logits, params, positions))
+    assert torch.equal(got, sample(logits, params, positions))
     assert len(set(got.tolist())) > 5
 
 
@@ -125,7 +125,7 @@ def test_a_row_of_only_minus_infinity_takes_id_zero_as_the_reference():
                              torch.tensor([1.0, 1.0, 0.5]), torch.arange(3))  # fmt: skip
     positions = torch.zeros(3, dtype=torch.int64)
     got = fused(logits, params, positions, block=32, k_pad=8, tile=32)
-    assert got.tolist() == sample_torch(logits, params, positions).tolist() == [0, 0, 0]
+    assert got.tolist() == sample(logits, params, positions).tolist() == [0, 0, 0]
 
 
 @triton.jit
@@ -191,22 +191,6 @@ def test_top_k_mass_sums_the_k_largest_ties_included():
     torch.testing.assert_close(out.cpu(), want, rtol=1e-5, atol=0)
 
 
-def test_sample_runs_the_kernels_where_they_serve(monkeypatch):
-    """sample() goes to fused_sample when _fused says so (CUDA with Triton; forced here), with the block
-    sample_block picks for the row count, and gives sample_torch's tokens."""
-    from graphrun.llm import sampler
-
-    logits, params, positions = build_rows(300, 64, seed=8)
-    blocks = []
-    monkeypatch.setattr(sampler, "_fused", lambda logits: True)
-    monkeypatch.setattr(sampler, "sample_block", lambda n: blocks.append(n) or 128)
-    got = sampler.sample(logits, params, positions)
-    assert blocks == [logits.shape[0]]
-    assert torch.equal(got, sample_torch(logits, params, positions))
-    monkeypatch.undo()
-    assert not sampler._fused(logits)  # on the CPU: the torch path
-
-
 def test_strided_parameters_as_the_decode_graph_passes_them():
     """The decode graph hands columns of its packed step tensors (DecodeInputs: temperature and top_p of a
     (rows, 3) float tensor, seeds and positions of a (rows, width) int one): read by stride, same tokens."""
@@ -223,4 +207,4 @@ def test_strided_parameters_as_the_decode_graph_passes_them():
     top_k = step.top_k.to(torch.int32)  # as decode_graph.py converts it
     got = ops.fused_sample(logits, step.temperature, top_k, step.top_p, step.seeds, step.positions, block=64,
                            k_pad=8, tile=128)  # fmt: skip
-    assert torch.equal(got, sample_torch(logits, params, positions))
+    assert torch.equal(got, sample(logits, params, positions))

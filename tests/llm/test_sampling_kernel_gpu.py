@@ -4,10 +4,10 @@ import pytest
 import torch
 from sampling_reference import INF, paths, scaled, snap_top_p
 
-from graphrun.llm.sampler import SamplingTensors, sample, sample_torch
+from graphrun.llm.sampler import SamplingTensors, sample
 
 pytest.importorskip("triton")
-from graphrun.llm.kernels.sampling import K_PAD
+from graphrun.llm.kernels.sampling import K_PAD, fused_sample
 
 
 def full_vocab_rows(vocab: int, gen: torch.Generator):
@@ -42,16 +42,20 @@ def full_vocab_rows(vocab: int, gen: torch.Generator):
 
 @pytest.mark.gpu
 def test_sample_in_a_cuda_graph_at_full_vocab_gives_the_reference_tokens():
-    """sample() (the fused kernels on CUDA) captured once at Qwen3's vocabulary, replayed on new logits and
-    parameters: sample_torch's tokens every time, and every path of the kernels taken."""
+    """The fused kernels captured once at Qwen3's vocabulary, replayed on new logits and parameters:
+    sample()'s tokens every time, and every path of the kernels taken."""
     vocab, gen = 151936, torch.Generator().manual_seed(11)
     sets = [full_vocab_rows(vocab, gen) for _ in range(3)]
     logits, params, positions = (t.cuda() for t in (sets[0][0], sets[0][1], sets[0][2]))
     static = SamplingTensors(*(getattr(params, f).cuda() for f in ("temperature", "top_k", "top_p", "seeds")))
-    sample(logits, static, positions)  # compiles outside the capture
+
+    def fused() -> torch.Tensor:
+        return fused_sample(logits, static.temperature, static.top_k, static.top_p, static.seeds, positions)
+
+    fused()  # compiles outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        tokens = sample(logits, static, positions)
+        tokens = fused()
     seen = set()
     for set_logits, set_params, set_positions in sets:
         logits.copy_(set_logits)
@@ -59,7 +63,7 @@ def test_sample_in_a_cuda_graph_at_full_vocab_gives_the_reference_tokens():
         for field in ("temperature", "top_k", "top_p", "seeds"):
             getattr(static, field).copy_(getattr(set_params, field))
         graph.replay()
-        want = sample_torch(logits, static, positions)
+        want = sample(logits, static, positions)
         assert torch.equal(tokens, want), (tokens.tolist(), want.tolist())
         seen |= set(paths(set_logits, set_params, set_positions, k_pad=K_PAD))
     assert {"list", "walk1", "walk2+"} <= {name.removesuffix("+mass") for name in seen}, seen

@@ -5,9 +5,9 @@ serves any mix of requests. Randomness comes from a counter-based hash of (seed,
 turned into Gumbel noise: the same seed and prompt give the same tokens whatever else is in the batch,
 and replaying a graph needs no RNG state. Greedy-only batches use `greedy_sample`, a cheaper graph.
 
-`sample_torch` is the reference: it sorts every row's whole vocabulary. On CUDA with Triton, `sample`
-runs kernels/sampling.py instead, which gives the same tokens without sorting (two launches; the
-reasoning is in its docstring); elsewhere (CPU, CI, GRAPHRUN_DISABLE_TRITON) it runs the reference.
+`sample` sorts every row's whole vocabulary. kernels/sampling.py gives the same tokens without sorting
+(two launches; the reasoning is in its docstring) and is tested against `sample`; it has not run on a
+GPU, so `sample` stays the one path until benchmarks/sampler_ab.py has measured it there.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from graphrun.llm.kernels import sample_block, sampling_ops, triton_enabled
 
 MASK32 = 0xFFFFFFFF
 # odd multipliers below 2**31, so a 32-bit value times one stays below 2**63 in int64 arithmetic
@@ -54,24 +52,6 @@ def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, token_ids: torch
 
 def sample(logits: torch.Tensor, params: SamplingTensors, positions: torch.Tensor) -> torch.Tensor:
     """(num_seqs, vocab) float logits -> (num_seqs,) int64 tokens; rows with temperature 0 are greedy.
-
-    Graph-safe (no host sync): the fused kernels on CUDA with Triton, else `sample_torch`."""
-    if _fused(logits):
-        tokens: torch.Tensor = sampling_ops().fused_sample(
-            logits, params.temperature, params.top_k, params.top_p, params.seeds, positions,
-            block=sample_block(logits.shape[0]),
-        )  # fmt: skip
-        return tokens
-    return sample_torch(logits, params, positions)
-
-
-def _fused(logits: torch.Tensor) -> bool:
-    """Whether the fused kernels sample: CUDA with Triton, (rows, vocab) logits with contiguous columns."""
-    return triton_enabled(logits) and logits.dim() == 2 and logits.stride(1) == 1
-
-
-def sample_torch(logits: torch.Tensor, params: SamplingTensors, positions: torch.Tensor) -> torch.Tensor:
-    """`sample` in torch ops, the reference of kernels/sampling.py.
 
     Exact over the whole vocabulary: sort once, mask past top-k and outside the top-p nucleus (the most
     likely token always stays), then Gumbel-max with the hashed noise. The order is a total one: by

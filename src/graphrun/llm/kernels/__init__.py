@@ -91,23 +91,6 @@ def logprobs_ops() -> ModuleType:
     return module
 
 
-@functools.cache
-def sampling_ops() -> ModuleType:
-    """The fused sampling kernels module, imported on first use (it imports Triton)."""
-    from graphrun.llm.kernels import sampling as module
-
-    return module
-
-
-def sample_block(rows: int) -> int:
-    """Logits per split program of the fused sampling kernels for a step of `rows` rows.
-
-    Unmeasured: 4096 (38 chunks over a 151,936-token vocabulary), as logprobs_block picks up to 16
-    rows; benchmarks/sampler_ab.py times 2048, 4096 and 8192 per row count on the GPU.
-    """
-    return 4096
-
-
 def logprobs_block(rows: int) -> int:
     """Logits per split program of the fused logprobs kernels for a step of `rows` sample rows.
 

@@ -36,7 +36,7 @@ programs needs four or more. Iterating inside one program per row is free of lau
 its top K_PAD by a binary search on the value order and a prefix sum, not tl.topk, a sorting network:
 the fused logprobs kernels, which use it, took 208 us for 64 rows on an H200, about 20x the time to read
 those logits once (how much of that is the sort is unmeasured). Costs here are not measured yet
-(benchmarks/sampler_ab.py is the A/B against sample_torch).
+(benchmarks/sampler_ab.py is the A/B against sample).
 
 Exactness: the same token as `sample` for every row, except where a float rounding decides: the top-p
 mass is summed in another order than the reference's cumsum, so a cumulative mass within a few ulps of
