@@ -25,12 +25,21 @@ def num_words(vocab_size: int) -> int:
 
 
 def apply_token_masks(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(n, vocab) logits, (n, words) int32 masks -> the logits with forbidden tokens at -inf (graph-safe)."""
+    """(n, vocab) logits, (n, words) int32 masks -> the logits with forbidden tokens at -inf (graph-safe).
+
+    The words are read as bytes (little-endian, as on every device torch runs on: byte t // 8 holds token
+    t at bit t % 8), each byte and-ed with the 8 one-bit patterns: one (n, words * 32) uint8 tensor, then
+    its bool view of the vocabulary and a select. An (n, words, 32) int32 expansion wrote four bytes a
+    token, twice, before its bool pass (benchmarks/token_mask_apply.py measures both).
+    """
     n, vocab = logits.shape
-    shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
-    bits = (masks[:n, :, None] >> shifts) & 1  # (n, words, 32)
-    allowed = bits.reshape(n, -1)[:, :vocab].bool()
-    return logits.masked_fill(~allowed, float("-inf"))
+    data = masks[:n].view(torch.uint8)  # (n, words * 4)
+    device = logits.device
+    one_bits = torch.ones(8, dtype=torch.uint8, device=device) << torch.arange(
+        8, dtype=torch.uint8, device=device
+    )
+    allowed = (data[:, :, None] & one_bits).view(n, -1)[:, :vocab].bool()  # (n, vocab)
+    return torch.where(allowed, logits, float("-inf"))
 
 
 class TokenMasks:
