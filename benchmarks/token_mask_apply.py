@@ -7,7 +7,10 @@ twice, then three one-byte passes. The shipped one reads the words as bytes, and
 patterns (one uint8 byte a token), makes that bool and selects. Both must give the same logits, bit for
 bit (checked on random masks before timing). Timed eagerly (median of --repeats calls; on CUDA between
 synchronizations, inside graphs launches cost nothing but the passes do), so on a CPU it measures the
-passes' compute, not a GPU's memory traffic: the GPU run is for the lead.
+passes' compute, not a GPU's memory traffic: the GPU run is for the lead. On a CPU the final fill or
+select dominates both (torch's CPU kernel for it runs some 3.5 ns an element, 16 rows: ~8.5 of ~10 ms),
+so the bytes formulation gains little there below 64 rows; on a GPU every pass is memory-bound and it
+moves about 12 bytes a token against about 36.
 
     PYTHONPATH=src python benchmarks/token_mask_apply.py [--device cpu] [--out FILE]
 
