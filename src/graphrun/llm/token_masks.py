@@ -2,9 +2,10 @@
 
 A mask row is ceil(vocab / 32) int32 words; bit t % 32 of word t // 32 allows token t. `TokenMasks` owns
 one persistent device tensor (rows like `last_tokens`: one per token row of the largest step), which the
-decode graph of kind "structured" reads as one more static input, and pinned host twins the engine fills
-each step (a grammar request's sample row from its matcher, every other row all ones) and copies in one
-asynchronous transfer before the step runs. Two host sets are used in turn, as HostStaging's are.
+decode graphs of the mask kinds (decode_step.py) read as one more static input, and pinned host twins the
+engine fills each step (a grammar request's sample row from its matcher, every other row all ones) and
+copies in one asynchronous transfer before the step's sampling runs (its forward is already queued). Two
+host sets are used in turn, as HostStaging's are.
 Batches with no grammar row never touch any of it and replay the plain graphs.
 """
 
