@@ -200,7 +200,9 @@ class Calls:
 
     def step(self):
         self.steps.append([])
-        self.eng.step()
+        self.eng.step(on_launched=lambda: self.steps[-1].append("on_launched"))
+        timing = self.eng.last_step_timing
+        assert timing.start <= timing.launched <= timing.waited <= timing.end
 
     def run(self, reqs):
         for prompt, params in reqs:
@@ -231,7 +233,7 @@ def test_a_structured_decode_step_launches_its_forward_before_it_waits_for_the_p
         calls.close()
     decode = [s for s, kind in zip(calls.steps, calls.kinds, strict=True) if kind == "decode"]
     # every decode step whose previous one owes its grammar row a token: forward, wait, sample
-    overlapped = [s for s in decode if s == ["forward:structured", "resolve", "sample"]]
+    overlapped = [s for s in decode if s == ["forward:structured", "on_launched", "resolve", "sample"]]
     assert len(overlapped) >= 10 and len(overlapped) >= len(decode) - 1, calls.steps
     if runners:  # the graphs ran it: the forward kind, then a mask kind
         assert runners["structured"].stats.num_replayed - before["structured"] >= len(overlapped)
@@ -246,7 +248,7 @@ def test_free_steps_keep_one_launch_then_the_wait(engines):
     finally:
         calls.close()
     decode = [s for s, kind in zip(calls.steps, calls.kinds, strict=True) if kind == "decode"]
-    assert len(decode) >= 4 and all(s == ["forward:greedy", "resolve"] for s in decode), calls.steps
+    assert len(decode) >= 4 and all(s == ["forward:greedy", "on_launched", "resolve"] for s in decode)
 
 
 def test_a_piecewise_mixed_step_with_grammar_rows_samples_after_the_wait(engines):
@@ -261,7 +263,9 @@ def test_a_piecewise_mixed_step_with_grammar_rows_samples_after_the_wait(engines
     finally:
         calls.close()
     mixed = [s for s, kind in zip(calls.steps, calls.kinds, strict=True) if kind == "mixed"]
-    assert mixed and all(s == ["forward:piecewise", "resolve", "sample"] for s in mixed), calls.steps
+    assert mixed and all(s == ["forward:piecewise", "on_launched", "resolve", "sample"] for s in mixed), (
+        calls.steps
+    )
 
 
 def test_structured_steps_compute_no_logprobs_unless_asked(engines):

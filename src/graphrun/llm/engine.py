@@ -815,7 +815,7 @@ class LLMEngine:
         step = self._pack_decode(batch)
         greedy = all(seq.params.temperature == 0 for seq in batch.seqs)
         logprobs = _wants_logprobs(batch.seqs)
-        if _has_grammar(batch.seqs):
+        if _has_grammar([batch.seqs[row] for row in batch.sample_rows]):
             hidden = self._decode_kind(step, "structured")
             return lambda: self._sample_rows(
                 batch, self._masked_sample(batch, hidden, step, greedy, logprobs)
