@@ -367,3 +367,29 @@ def test_the_two_halves_sample_what_one_graph_samples(engines, which):
     values, ids = eng.logprob_buffers.prefix(3)
     want_values, want_ids = compute_logprobs(logits, tokens, eng.logprob_buffers.k)
     assert torch.equal(ids, want_ids) and torch.allclose(values, want_values)
+
+
+def test_a_masked_sampling_that_raises_leaves_nothing_in_flight(engines):
+    """The previous step is resolved by then: the batch is discarded, and the engine steps on (the server
+    fails the requests of a step that raised; here they simply run again to their end)."""
+    eng = engines["eager"]
+    structured = SamplingParams(max_tokens=20, structured_output=StructuredOutput.regex(REGEX))
+    ids = [eng.add_request(f"fail {i}", structured) for i in range(2)]
+    for _ in range(4):
+        eng.step()
+    masked = eng._masked_sample
+
+    def broken(*args):
+        raise RuntimeError("injected")
+
+    eng._masked_sample = broken
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            eng.step()
+    finally:
+        del eng._masked_sample
+    assert eng._masked_sample == masked and eng._launched is None
+    finished = set()
+    while eng.has_unfinished():
+        finished |= {o.seq_id for o in eng.step() if o.finished}
+    assert finished == set(ids) and eng.scheduler.block_manager.num_used_blocks == 0

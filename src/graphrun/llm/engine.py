@@ -569,11 +569,11 @@ class LLMEngine:
         if on_launched is not None:
             on_launched()
         called = time.perf_counter()
-        if previous is not None:
-            outputs = self._resolve(previous)
         if masks_wait:
-            assert batch is not None
-            self._launched = self._sample_after_resolve(batch, sampling)
+            assert batch is not None and previous is not None
+            outputs = self._resolve_then_sample(previous, batch, sampling)
+        elif previous is not None:
+            outputs = self._resolve(previous)
         if not self._async and self._launched is not None:
             pending, self._launched = self._launched, None
             outputs += self._resolve(pending)
@@ -599,15 +599,21 @@ class LLMEngine:
         tokens = sampling()
         return self._to_host(self.scheduler.advance(batch), tokens, _wants_logprobs(batch.seqs))
 
-    def _sample_after_resolve(self, batch: ScheduledBatch, sampling: Sampling) -> _Launched:
-        """_launch_sampling once the previous step is resolved (its grammars advanced). That step is
-        gone: should this raise, the batch is discarded and nothing is left in flight."""
-        self._launched = None
+    def _resolve_then_sample(
+        self, previous: _Launched, batch: ScheduledBatch, sampling: Sampling
+    ) -> list[StepOutput]:
+        """Resolve the previous step (its tokens advance the grammars), then _launch_sampling the batch
+        (its masks filled now); returns the previous step's outputs. Should either raise, the batch is
+        discarded and nothing is left in flight."""
         try:
-            return self._launch_sampling(batch, sampling)
+            outputs = self._resolve(previous)
+            self._launched = None
+            self._launched = self._launch_sampling(batch, sampling)
         except Exception:
+            self._launched = None
             self.scheduler.discard(batch)
             raise
+        return outputs
 
     def _copy_blocks(self, copies: list[BlockCopy]) -> None:
         """The K/V of forked choices' partial prompt blocks, queued on the device before the step that
