@@ -3,8 +3,8 @@
 An import in a file outside serve/, bench/ and the Triton kernels runs on `import graphrun`,
 `graphrun generate` or `graphrun doctor`, so its distribution must be a core dependency. serve/ may also
 use the `serve` extra, bench/ the `bench` extra (which includes `serve`), ort/ and
-serve/infer/onnx_calls.py the `onnx` extra, llm/kernels/triton_ops.py, gemv.py, logprobs.py and pdl.py
-the `kernels` extra.
+serve/infer/onnx_calls.py the `onnx` extra, and the Triton kernel files of llm/kernels/ (triton_ops.py, gemv.py,
+logprobs*.py, sampling*.py, pdl.py) the `kernels` extra.
 An import inside `try: ... except ImportError` is optional (the code falls back and says so): it only has
 to be declared in some extra.
 scripts/check-wheel proves the same on a real install.
@@ -31,7 +31,11 @@ EXTRA_OF_FILE = {
     "llm/kernels/triton_ops.py": "kernels",
     "llm/kernels/gemv.py": "kernels",
     "llm/kernels/logprobs.py": "kernels",
-    "llm/kernels/pdl.py": "kernels",  # imported only by the three above
+    "llm/kernels/logprobs_pruned.py": "kernels",
+    "llm/kernels/sampling.py": "kernels",
+    "llm/kernels/sampling_keys.py": "kernels",
+    "llm/kernels/sampling_passes.py": "kernels",
+    "llm/kernels/pdl.py": "kernels",  # imported only by the Triton kernel files above
     "serve/infer/onnx_calls.py": "onnx",  # loaded only for `serve --onnx`, after the CLI checked the extra
 }
 
