@@ -3,8 +3,8 @@
 An import in a file outside serve/, bench/ and the Triton kernels runs on `import graphrun`,
 `graphrun generate` or `graphrun doctor`, so its distribution must be a core dependency. serve/ may also
 use the `serve` extra, bench/ the `bench` extra (which includes `serve`), ort/ and
-serve/infer/onnx_calls.py the `onnx` extra, and the Triton kernel files of llm/kernels/ (triton_ops.py, gemv.py,
-logprobs*.py, sampling*.py, pdl.py) the `kernels` extra.
+serve/infer/onnx_calls.py the `onnx` extra, and the Triton kernel files of llm/kernels/ (triton_ops.py,
+gemv.py, logprobs*.py, sampling*.py, pdl.py) the `kernels` extra.
 An import inside `try: ... except ImportError` is optional (the code falls back and says so): it only has
 to be declared in some extra.
 scripts/check-wheel proves the same on a real install.
