@@ -5,8 +5,7 @@ log-softmax over the raw logits (before temperature, top-k and top-p, as OpenAI 
 top-k of MAX_LOGPROBS, and leaves them in `LogprobBuffers`: persistent device tensors indexed like
 `last_tokens`, so graph and eager steps write them the same way and the host copies the step's prefix
 with its tokens. Only the decode graph of kind "logprobs" computes them, so the greedy and sampling
-graphs stay as cheap as before; prefill rows that want logprobs run eager (engine.py), and so does the
-masked sampling of a structured step in which some row wants them (decode_step.py).
+graphs stay as cheap as before; prefill rows that want logprobs run eager (engine.py).
 
 On CUDA with Triton the buffers are written by the fused kernels (kernels/logprobs.py: no (rows, vocab)
 log-softmax, the rows stored in place); elsewhere by compute_logprobs below, the reference the kernels
