@@ -24,18 +24,10 @@ def write(request):
     return WRITERS[request.param]
 
 
-def compute(write, logits: torch.Tensor, tokens: torch.Tensor, k: int, block: int):
-    """(values (n, 1 + k), ids (n, k)) as `write` leaves them in fresh outputs."""
-    values = torch.empty(logits.shape[0], 1 + k, device=logits.device)
-    ids = torch.empty(logits.shape[0], k, dtype=torch.int64, device=logits.device)
-    write(logits, tokens, values, ids, block=block)
-    return values, ids
-
-
 def check(write, logits: torch.Tensor, tokens: torch.Tensor, k: int, block: int, untied: bool = True) -> None:
     """`write`'s (values, ids) == compute_logprobs's: values to 1e-5, ids by a stable sort; where `untied`,
     some top values are unique in their row and there the ids equal torch.topk's."""
-    got_values, got_ids = compute(write, logits, tokens, k, block)
+    got_values, got_ids = ops.compute_through(write, logits, tokens, k, block=block)
     want_values, want_ids = compute_logprobs(logits, tokens, k)
     torch.testing.assert_close(got_values, want_values, rtol=1e-5, atol=1e-6)
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -65,7 +57,7 @@ def test_logprobs_kernels_with_masked_tokens(write):
     logits[1, [5, 300, 511, 64, 200]] = torch.tensor([2.0, 1.0, 3.0, 1.0, -7.0], device=DEVICE)  # a tie
     tokens = torch.tensor([1, 511], device=DEVICE)
     check(write, logits, tokens, MAX_LOGPROBS, block=128)
-    values, ids = compute(write, logits, tokens, MAX_LOGPROBS, block=128)
+    values, ids = ops.compute_through(write, logits, tokens, MAX_LOGPROBS, block=128)
     assert ids[1, :5].tolist() == [511, 5, 64, 300, 200] and torch.isinf(values[1, 6:]).all()
 
 
@@ -98,7 +90,7 @@ def test_logprobs_kernels_reject_what_they_cannot_do(write):
     with pytest.raises(ValueError, match="1 \\+ k columns"):
         write(logits, tokens, values[:, :20], ids)
     with pytest.raises(ValueError, match="k=33"):
-        compute(write, logits, tokens, 33, block=64)
+        ops.compute_through(write, logits, tokens, 33, block=64)
     with pytest.raises(ValueError, match="float32"):
         write(logits, tokens, values.double(), ids)
 
@@ -118,7 +110,7 @@ def test_pruned_logprobs_with_masks_over_many_chunks():
     logits[2] = float("-inf")
     tokens = torch.tensor([1999, 5, 0], device=DEVICE)
     check(pruned.pruned_logprobs, logits[:2], tokens[:2], k, block=64)
-    values, ids = pruned.pruned_compute_logprobs(logits, tokens, k, block=64)
+    values, ids = ops.compute_through(pruned.pruned_logprobs, logits, tokens, k, block=64)
     assert ids[0, :5].tolist() == [1990, 70, 71, 1999, 640] and ids[0, 5:].tolist() == list(range(15))
     assert torch.isnan(values[2]).all() and ids[2].tolist() == list(range(k))
 
@@ -137,7 +129,7 @@ def test_pruned_logprobs_where_the_top_k_crowds_into_chunks():
     logits[3, torch.arange(25, device=DEVICE) * block + torch.randint(0, block, (25,), device=DEVICE)] = 5.0
     tokens = torch.tensor([650, 3, 2047, 100], device=DEVICE)
     check(pruned.pruned_logprobs, logits, tokens, k, block, untied=False)
-    _, ids = pruned.pruned_compute_logprobs(logits, tokens, k, block=block)
+    _, ids = ops.compute_through(pruned.pruned_logprobs, logits, tokens, k, block=block)
     assert ((ids[0] >= 640) & (ids[0] < 704)).all() and ids[2].tolist() == list(range(k))
     assert (ids[3] // block).tolist() == list(range(k))
 

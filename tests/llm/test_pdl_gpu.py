@@ -101,8 +101,9 @@ class Chain:
         normed, _ = triton_ops.add_rmsnorm(extra, summed, w.norm_final, EPS)
         logits = triton_ops.skinny_logits(normed, w.lm_head)
         tokens = logits.argmax(dim=-1)
-        values, ids = logprobs.fused_compute_logprobs(logits, tokens, TOP_K)
-        pruned_values, pruned_ids = logprobs_pruned.pruned_compute_logprobs(logits, tokens, TOP_K)
+        values, ids = logprobs.compute_through(logprobs.fused_logprobs, logits, tokens, TOP_K)
+        pruned = logprobs_pruned.pruned_logprobs
+        pruned_values, pruned_ids = logprobs.compute_through(pruned, logits, tokens, TOP_K)
         return {"qkv": qkv, "attn": attn, "act": act, "normed": normed, "logits": logits, "values": values,
                 "ids": ids, "pruned_values": pruned_values, "pruned_ids": pruned_ids, "k_cache": self.k_cache,
                 "v_cache": self.v_cache}  # fmt: skip

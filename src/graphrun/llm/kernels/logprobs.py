@@ -28,6 +28,8 @@ torch; here its values are NaN too, and its ids unspecified.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -179,12 +181,14 @@ def check_arguments(
         raise ValueError(f"{name}: block {block} must be a power of two >= {K_PAD}")
 
 
-def fused_compute_logprobs(
-    logits: torch.Tensor, tokens: torch.Tensor, k: int, block: int = DEFAULT_BLOCK
+def compute_through(
+    write: Callable[..., None], logits: torch.Tensor, tokens: torch.Tensor, k: int, **options: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """compute_logprobs's contract through the fused kernels: (n, 1 + k) float32, (n, k) int64."""
+    """compute_logprobs's contract through a writer of this contract (fused_logprobs, or pruned_logprobs of
+    kernels/logprobs_pruned.py) into fresh outputs: (n, 1 + k) float32, (n, k) int64. `options` (block)
+    go to the writer."""
     n = logits.shape[0]
     values = torch.empty(n, 1 + k, dtype=torch.float32, device=logits.device)
     top_ids = torch.empty(n, k, dtype=torch.int64, device=logits.device)
-    fused_logprobs(logits, tokens, values, top_ids, block=block)
+    write(logits, tokens, values, top_ids, **options)
     return values, top_ids

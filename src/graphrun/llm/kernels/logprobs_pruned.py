@@ -147,14 +147,3 @@ def pruned_logprobs(
         K_PAD=K_PAD, CHUNKS_PAD=chunks_pad, SETS_PAD=triton.next_power_of_2(num_sets),
         HAS_INDEX=index is not None, num_warps=8, **options,
     )  # fmt: skip
-
-
-def pruned_compute_logprobs(
-    logits: torch.Tensor, tokens: torch.Tensor, k: int, block: int = DEFAULT_BLOCK
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """compute_logprobs's contract through the pruned kernels: (n, 1 + k) float32, (n, k) int64."""
-    n = logits.shape[0]
-    values = torch.empty(n, 1 + k, dtype=torch.float32, device=logits.device)
-    top_ids = torch.empty(n, k, dtype=torch.int64, device=logits.device)
-    pruned_logprobs(logits, tokens, values, top_ids, block=block)
-    return values, top_ids
