@@ -76,6 +76,18 @@ def test_noise_is_uniform_in_the_open_interval():
     assert not math.isclose(float(u[0, 0]), float(u[1, 0]))
 
 
+def test_the_largest_hash_still_gives_noise_below_one_and_top_k_holds():
+    """(seed 50, position 0, token 22380) hashes to the largest value: its u must stay below 1.0 in
+    float32. It once rounded to 1.0, the noise was infinite, and -inf (masked by top-k) + inf = NaN won
+    argmax: a token outside top-k, for about 1 row in 100 at Qwen3's vocabulary."""
+    seed, position, vocab = 50, 0, 151936
+    u = uniform_noise(torch.tensor([seed]), torch.tensor([position]), torch.arange(vocab)[None])
+    assert int(u.argmax()) == 22380 and float(u.max()) == 1 - 2**-24
+    logits = torch.randn(1, vocab, generator=torch.Generator().manual_seed(0))
+    out = sample(logits, params(1, top_k=1, seed=seed), torch.tensor([position]))
+    assert int(out) == int(logits.argmax())
+
+
 @pytest.mark.parametrize("fn", ["sample", "greedy"])
 def test_sampling_captures_without_host_sync(fn):
     logits = torch.randn(4, 64)

@@ -46,7 +46,7 @@ def test_sample_in_a_cuda_graph_at_full_vocab_gives_the_reference_tokens():
     sample()'s tokens every time, and every path of the kernels taken."""
     vocab, gen = 151936, torch.Generator().manual_seed(11)
     sets = [full_vocab_rows(vocab, gen) for _ in range(3)]
-    logits, params, positions = (t.cuda() for t in (sets[0][0], sets[0][1], sets[0][2]))
+    logits, params, positions = sets[0][0].cuda(), sets[0][1], sets[0][2].cuda()
     static = SamplingTensors(*(getattr(params, f).cuda() for f in ("temperature", "top_k", "top_p", "seeds")))
 
     def fused() -> torch.Tensor:

@@ -47,7 +47,9 @@ def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, token_ids: torch
         x = x ^ (x >> 16)
         x = (x * mult) & MASK32
     x = x ^ (x >> 15)
-    return ((x >> 8).float() + 0.5) * (1.0 / (1 << 24))  # 24 bits: strictly inside (0, 1) in float32
+    # 23 bits: u <= 1 - 2**-24, strictly inside (0, 1) in float32, so the Gumbel noise is finite. (With 24
+    # bits the largest hash rounded to 1.0: infinite noise, which beat top-k / top-p's -inf mask as NaN.)
+    return ((x >> 9).float() + 0.5) * (1.0 / (1 << 23))
 
 
 def sample(logits: torch.Tensor, params: SamplingTensors, positions: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ def gumbel(base, ids, PRECISE: tl.constexpr):
     x = (x ^ (x >> 16)) * MIX3
     x = (x ^ (x >> 16)) * MIX0
     x = x ^ (x >> 15)
-    u = ((x >> 8).to(tl.float32) + 0.5) * (1.0 / (1 << 24))
+    u = ((x >> 9).to(tl.float32) + 0.5) * (1.0 / (1 << 23))  # below 1.0 in float32, as the reference
     return -_log(-_log(u, PRECISE), PRECISE)
 
 
