@@ -4,9 +4,9 @@ A decode step is ~200 small kernels; with PDL (kernels/pdl.py) each of our Trito
 while the previous one drains, the projections loading their first weight tile before they wait. This
 measures what that buys. One engine (qwen3-0.6b-shape, bf16, prefix caching off, no graphs of its own)
 holds the weights and the KV cache; two sets of greedy decode graphs are captured over them, fresh, at
-the batch sizes asked: "off" as shipped (pdl.pdl_enabled says no until this A/B has run), "on" with
-that one decision function patched to pdl.pdl_supported while it is captured (the patch lives in this
-process only).
+the batch sizes asked: "on" as shipped (PDL wherever pdl.pdl_supported says yes), "off" with that
+decision function patched to say no while it is captured (the patch lives in this process only). This
+A/B decided that PDL ships on.
 Per batch size B:
 - greedy tokens: B seeded prompts of --context tokens decoded --steps tokens through each set in turn
   (the same prompts, prefilled afresh); the first step at which the two sets' tokens differ, None
@@ -74,15 +74,15 @@ def build_engine(args: argparse.Namespace, top: int) -> LLMEngine:
 
 @contextmanager
 def pdl_forced(on: bool) -> Iterator[None]:
-    """PDL on where supported (on) or as shipped, off, for everything launched inside: the decision
-    function patched."""
-    decide = pdl.pdl_enabled
-    if on:
-        pdl.pdl_enabled = pdl.pdl_supported
+    """PDL as shipped, on where supported (on), or off for everything launched inside (the decision
+    function patched to say no)."""
+    decide = pdl.pdl_supported
+    if not on:
+        pdl.pdl_supported = lambda device: False
     try:
         yield
     finally:
-        pdl.pdl_enabled = decide
+        pdl.pdl_supported = decide
 
 
 def capture(engine: LLMEngine, sizes: list[int], on: bool) -> DecodeGraphs:

@@ -27,10 +27,8 @@ def hopper(monkeypatch):
     pdl._triton_supports_pdl.cache_clear()
 
 
-def test_supported_on_a_hopper_device_and_launched_with_it_once_enabled(hopper):
+def test_supported_on_a_hopper_device_and_launched_with_it(hopper):
     assert pdl.pdl_supported(CUDA0)
-    assert pdl.launch_options(CUDA0) == {"USE_PDL": False}  # shipped off until the GPU A/B has run
-    hopper.setattr(pdl, "pdl_enabled", pdl.pdl_supported)  # what benchmarks/pdl_ab.py does for "on"
     assert pdl.launch_options(CUDA0) == {"USE_PDL": True, "launch_pdl": True}
 
 

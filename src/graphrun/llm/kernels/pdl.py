@@ -27,11 +27,13 @@ Kernels launched without PDL (cuBLAS, torch ops) between ours keep normal stream
 after our completion; ours after them triggers when they complete and still waits at gdc_wait for
 their memory (gdc_wait is a no-op where there is no programmatic dependency).
 
-The decision is made here only (pdl_enabled); no flag or environment variable changes it. It is off
-until measured on a GPU (see pdl_enabled). Where it can be on (pdl_supported, asked once per device):
-not on the CPU, under Triton's CPU interpreter (it has no grid dependency control), on GPUs below compute
-capability 9, with a torch built for CUDA < 12.3, or with a Triton that lacks the gdc ops or the
-launch option.
+The decision is made here only (launch_options asks pdl_supported); no flag or environment variable
+changes it. It is on wherever supported: benchmarks/pdl_ab.py measured it against off in the greedy
+decode graph of qwen3-0.6b-shape (H100, results/experiments/pdl-ab-nvidia-h100-80gb-hbm3.json): the
+same tokens, the step 9% shorter at batch 1 and 5% at 4, even at 16 and 64. Where it is off
+(pdl_supported, asked once per device): on the CPU, under Triton's CPU interpreter (it has no grid
+dependency control), on GPUs below compute capability 9, with a torch built for CUDA < 12.3, or with a
+Triton that lacks the gdc ops or the launch option.
 """
 
 from __future__ import annotations
@@ -45,16 +47,6 @@ MIN_CAPABILITY_MAJOR = 9  # Hopper
 MIN_CUDA = (12, 3)  # stream capture turns the launch attribute into a programmatic graph edge
 
 
-def pdl_enabled(device: torch.device) -> bool:
-    """Whether our Triton kernels on `device` launch with programmatic dependent launch: not yet, anywhere.
-
-    The kernels keep the contract above and are CPU-checked (their sm_90 PTX), but PDL has not run on a
-    GPU: it stays off until benchmarks/pdl_ab.py (which patches this function to pdl_supported) has shown
-    on an H200 that it changes no token and what it saves. Then this returns pdl_supported(device).
-    """
-    return False
-
-
 def pdl_supported(device: torch.device) -> bool:
     """Whether `device` and this Triton can launch our kernels with programmatic dependent launch."""
     if device.type != "cuda" or not _triton_supports_pdl():
@@ -66,7 +58,7 @@ def pdl_supported(device: torch.device) -> bool:
 def launch_options(device: torch.device) -> dict[str, bool]:
     """The keyword arguments a kernel of ours launches with on `device`: its USE_PDL constexpr and, when
     on, Triton's launch_pdl option (left out when off, so a Triton without that option still runs)."""
-    if pdl_enabled(device):
+    if pdl_supported(device):
         return {"USE_PDL": True, "launch_pdl": True}
     return {"USE_PDL": False}
 
