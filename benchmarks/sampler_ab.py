@@ -1,14 +1,14 @@
-"""In-graph sampling inside a CUDA graph: sample (a sort of the whole vocabulary) vs the fused Triton
-kernels (issue 18).
+"""In-graph sampling inside a CUDA graph: sort_sample (a sort of the whole vocabulary) vs the fused Triton
+kernels (issue 18). This A/B decided that the engine samples through the fused kernels on CUDA
+(llm/sampler.py's sample) at kernels.sampling_block's block sizes.
 
 On an H200 (benchmarks/results/decode-profile-nvidia-h200.json, replay_by_kind, commit 20dd9f8,
 qwen3-0.6b-shape) the sampling decode graph took 1.177 ms against the greedy graph's 0.957 at batch 1
 and 4.206 against 2.155 at batch 64: sample was about half the step at 64 rows. Variants, each
 captured alone in a CUDA graph per (logits kind, mix, batch):
 - greedy: greedy_sample, one argmax: reading the logits once, the floor of any sampler;
-- torch: sample (llm/sampler.py), the engine's path;
-- fused_B: kernels/sampling.py's two launches with B logits per split program, for each --blocks B
-  (the engine does not run them yet: this run decides whether it should, and at which B).
+- torch: sort_sample (llm/sampler.py), the engine's path before this A/B, now the CPU path;
+- fused_B: kernels/sampling.py's two launches with B logits per split program, for each --blocks B.
 Mixes, every row alike (seeds and positions differ per row): temperature (T 0.8), top_p (T 0.8,
 top-p 0.9), top_k (T 0.8, top-k 50), both (T 0.8, top-k 50, top-p 0.9). Logits kinds, float32:
 - peaked: a bulk of randn * 2 with 30 tokens lifted by 5 to 15, rounded to bf16 (the model's logits
@@ -18,7 +18,7 @@ top-p 0.9), top_k (T 0.8, top-k 50), both (T 0.8, top-k 50, top-p 0.9). Logits k
 Before every replay fresh logits and positions (one of NUM_INPUTS sets) are copied into the graph's
 static inputs, outside the timed region; variants replay in interleaved rounds, each between two CUDA
 events; a point is the median in us. Before timing, every fused variant's tokens are compared with
-sample's on every set, eagerly: token_mismatches is expected to be 0 (only a top-p boundary within
+sort_sample's on every set, eagerly: token_mismatches is expected to be 0 (only a top-p boundary within
 float rounding of a cumulative mass, on the very token Gumbel-max picks, could part them).
 
     PYTHONPATH=src python3 benchmarks/sampler_ab.py --out OUT                       # GPU
@@ -40,7 +40,7 @@ import torch
 
 from graphrun.bench.report import emit, environment, headline, print_table
 from graphrun.llm.kernels.sampling import fused_sample
-from graphrun.llm.sampler import SamplingTensors, greedy_sample, sample
+from graphrun.llm.sampler import SamplingTensors, greedy_sample, sort_sample
 
 MIXES = {  # name -> (temperature, top_k, top_p)
     "temperature": (0.8, 0, 1.0),
@@ -82,7 +82,7 @@ def fused(block: int) -> Step:
 
 def variants(blocks: list[int]) -> dict[str, Step]:
     steps: dict[str, Step] = {"greedy": lambda logits, params, positions: greedy_sample(logits)}
-    steps["torch"] = sample
+    steps["torch"] = sort_sample
     steps |= {f"fused_{b}": fused(b) for b in blocks}
     return steps
 
@@ -116,8 +116,8 @@ def inputs(n: int, vocab: int, kind: str, device: torch.device) -> Inputs:
 
 
 def check(step: Step, params: SamplingTensors, sets: Inputs) -> int:
-    """Rows where a variant's token differs from sample's, over every input set (run eagerly)."""
-    return sum(int((step(lg, params, pos) != sample(lg, params, pos)).sum()) for lg, pos in sets)
+    """Rows where a variant's token differs from sort_sample's, over every input set (run eagerly)."""
+    return sum(int((step(lg, params, pos) != sort_sample(lg, params, pos)).sum()) for lg, pos in sets)
 
 
 def time_variants(

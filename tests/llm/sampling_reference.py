@@ -4,7 +4,7 @@ decide, and which path of kernels/sampling.py each row takes, so the tests can c
 
 import torch
 
-from graphrun.llm.sampler import uniform_noise
+from graphrun.llm.noise import uniform_noise
 
 INF = float("inf")
 

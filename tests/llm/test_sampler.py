@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from graphrun.graphs.backends.sim import SimBackend
-from graphrun.llm.sampler import SamplingTensors, greedy_sample, sample, uniform_noise
+from graphrun.llm.noise import uniform_noise
+from graphrun.llm.sampler import SamplingTensors, greedy_sample, sample
 
 
 def params(n, temperature=1.0, top_k=0, top_p=1.0, seed=0):

@@ -1,5 +1,6 @@
-"""The fused sampling kernels (kernels/sampling.py) against sample: the same token for every row, on
-the GPU when present, else through Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
+"""The fused sampling kernels (kernels/sampling.py) against sort_sample, the reference: the same token
+for every row, on the GPU when present, else through Triton's CPU interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1).
 
 top_p is placed mid-way between two cumulative masses (snap_top_p): there the float32 sums of the kernels
 and of torch's cumsum cannot fall on different sides. Ties of value are not avoided: both rank them by id.
@@ -15,7 +16,8 @@ from sampling_reference import INF, allowed, paths, scaled, snap_top_p  # noqa: 
 
 from graphrun.llm.kernels import sampling as ops  # noqa: E402
 from graphrun.llm.kernels import sampling_keys, sampling_passes  # noqa: E402
-from graphrun.llm.sampler import SamplingTensors, sample, uniform_noise  # noqa: E402
+from graphrun.llm.noise import uniform_noise  # noqa: E402
+from graphrun.llm.sampler import SamplingTensors, sort_sample  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -78,7 +80,7 @@ def fused(logits, params, positions, **sizes):
 )  # ragged last chunk; whole chunks; a vocabulary of 3 chunks; one smaller than k_pad
 def test_fused_sample_gives_the_reference_tokens(vocab, block, k_pad, tile, seed):
     logits, params, positions = build_rows(vocab, k_pad, seed)
-    want = sample(logits, params, positions)
+    want = sort_sample(logits, params, positions)
     got = fused(logits, params, positions, block=block, k_pad=k_pad, tile=tile)
     assert torch.equal(got, want), (got.tolist(), want.tolist())
 
@@ -99,7 +101,7 @@ def test_tied_logits_give_the_reference_and_an_allowed_token():
     rank ties by id) and each lies in S, the allowed set computed here independently."""
     logits, params, positions = build_rows(300, 8, seed=5, ties=True)
     got = fused(logits, params, positions, block=64, k_pad=8, tile=128)
-    assert torch.equal(got, sample(logits, params, positions))
+    assert torch.equal(got, sort_sample(logits, params, positions))
     for i, token in enumerate(got.tolist()):
         t, k, p = float(params.temperature[i]), int(params.top_k[i]), float(params.top_p[i])
         if t > 0:
@@ -115,7 +117,7 @@ def test_seeds_and_positions_move_the_draw():
                              torch.arange(n, dtype=torch.int64) * 7919)  # fmt: skip
     positions = torch.arange(n) % 5
     got = fused(logits, params, positions, block=64, k_pad=16, tile=64)
-    assert torch.equal(got, sample(logits, params, positions))
+    assert torch.equal(got, sort_sample(logits, params, positions))
     assert len(set(got.tolist())) > 5
 
 
@@ -125,7 +127,7 @@ def test_a_row_of_only_minus_infinity_takes_id_zero_as_the_reference():
                              torch.tensor([1.0, 1.0, 0.5]), torch.arange(3))  # fmt: skip
     positions = torch.zeros(3, dtype=torch.int64)
     got = fused(logits, params, positions, block=32, k_pad=8, tile=32)
-    assert got.tolist() == sample(logits, params, positions).tolist() == [0, 0, 0]
+    assert got.tolist() == sort_sample(logits, params, positions).tolist() == [0, 0, 0]
 
 
 @triton.jit
@@ -207,4 +209,19 @@ def test_strided_parameters_as_the_decode_graph_passes_them():
     top_k = step.top_k.to(torch.int32)  # as decode_graph.py converts it
     got = ops.fused_sample(logits, step.temperature, top_k, step.top_p, step.seeds, step.positions, block=64,
                            k_pad=8, tile=128)  # fmt: skip
-    assert torch.equal(got, sample(logits, params, positions))
+    assert torch.equal(got, sort_sample(logits, params, positions))
+
+
+def test_sample_runs_the_fused_kernels_where_triton_serves_the_device(monkeypatch):
+    """sample() is the engine's one entry: where Triton serves the logits' device it launches fused_sample
+    (here through the interpreter) at sampling_block's size, and gives sort_sample's tokens."""
+    from graphrun.llm import sampler
+
+    logits, params, positions = build_rows(600, 64, seed=5)
+    calls = []
+    real = ops.fused_sample
+    monkeypatch.setattr(sampler, "triton_enabled", lambda t: True)
+    monkeypatch.setattr(ops, "fused_sample", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    got = sampler.sample(logits, params, positions)
+    assert len(logits) > 16 and calls == [{"block": 2048}]  # kernels.sampling_block above 16 rows
+    assert torch.equal(got, sort_sample(logits, params, positions))

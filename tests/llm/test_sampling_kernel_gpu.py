@@ -1,10 +1,10 @@
-"""The fused sampling kernels on the GPU at Qwen3's vocabulary, captured in a CUDA graph through sample()."""
+"""The fused sampling kernels on the GPU at Qwen3's vocabulary, in a CUDA graph, against sort_sample()."""
 
 import pytest
 import torch
 from sampling_reference import INF, paths, scaled, snap_top_p
 
-from graphrun.llm.sampler import SamplingTensors, sample
+from graphrun.llm.sampler import SamplingTensors, sort_sample
 
 pytest.importorskip("triton")
 from graphrun.llm.kernels.sampling import K_PAD, fused_sample
@@ -43,7 +43,7 @@ def full_vocab_rows(vocab: int, gen: torch.Generator):
 @pytest.mark.gpu
 def test_sample_in_a_cuda_graph_at_full_vocab_gives_the_reference_tokens():
     """The fused kernels captured once at Qwen3's vocabulary, replayed on new logits and parameters:
-    sample()'s tokens every time, and every path of the kernels taken."""
+    sort_sample()'s tokens every time, and every path of the kernels taken."""
     vocab, gen = 151936, torch.Generator().manual_seed(11)
     sets = [full_vocab_rows(vocab, gen) for _ in range(3)]
     logits, params, positions = sets[0][0].cuda(), sets[0][1], sets[0][2].cuda()
@@ -63,7 +63,7 @@ def test_sample_in_a_cuda_graph_at_full_vocab_gives_the_reference_tokens():
         for field in ("temperature", "top_k", "top_p", "seeds"):
             getattr(static, field).copy_(getattr(set_params, field))
         graph.replay()
-        want = sample(logits, static, positions)
+        want = sort_sample(logits, static, positions)
         assert torch.equal(tokens, want), (tokens.tolist(), want.tolist())
         seen |= set(paths(set_logits, set_params, set_positions, k_pad=K_PAD))
     assert {"list", "walk1", "walk2+"} <= {name.removesuffix("+mass") for name in seen}, seen

@@ -5,9 +5,12 @@ serves any mix of requests. Randomness comes from a counter-based hash of (seed,
 turned into Gumbel noise: the same seed and prompt give the same tokens whatever else is in the batch,
 and replaying a graph needs no RNG state. Greedy-only batches use `greedy_sample`, a cheaper graph.
 
-`sample` sorts every row's whole vocabulary. kernels/sampling.py gives the same tokens without sorting
-(two launches; the reasoning is in its docstring) and is tested against `sample`; it has not run on a
-GPU, so `sample` stays the one path until benchmarks/sampler_ab.py has measured it there.
+`sample` is the one entry: on CUDA with Triton it runs kernels/sampling.py's `fused_sample`, the same
+tokens as `sort_sample` without sorting (two launches; the reasoning is in its docstring); elsewhere
+`sort_sample`, the reference: it sorts every row's whole vocabulary. Measured side by side in a CUDA
+graph at Qwen3's 151,936 ids (benchmarks/sampler_ab.py, H100,
+benchmarks/results/experiments/sampler-ab-nvidia-h100-80gb-hbm3.json): top-k 50 + top-p 0.9 over
+LLM-like peaked rows 40 us against 225 at batch 1 and 205 against 2526 at batch 64.
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-MASK32 = 0xFFFFFFFF
-# odd multipliers below 2**31, so a 32-bit value times one stays below 2**63 in int64 arithmetic
-NOISE_MIX = (0x7FEB352D, 0x2C1B3C6D, 0x297A2D39, 0x5851F42D)
+from graphrun.llm.kernels import sampling_block, sampling_ops, triton_enabled
+from graphrun.llm.noise import uniform_noise
 
 
 @dataclass(slots=True)
@@ -36,24 +38,19 @@ def greedy_sample(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=-1)
 
 
-def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Uniform (0, 1) numbers keyed by (seed, position, token id): deterministic, graph-safe.
-
-    seeds, positions: (num_seqs,); token_ids: (num_seqs, k) -> (num_seqs, k) float32.
-    """
-    x = (seeds[:, None] & 0x7FFFFFFF) * NOISE_MIX[0] + (positions[:, None].long() & 0x7FFFFFFF) * NOISE_MIX[1]
-    x = (x + token_ids.long() * NOISE_MIX[2]) & MASK32
-    for mult in (NOISE_MIX[3], NOISE_MIX[0]):  # xorshift-multiply rounds (a 32-bit finaliser)
-        x = x ^ (x >> 16)
-        x = (x * mult) & MASK32
-    x = x ^ (x >> 15)
-    # 23 bits: u <= 1 - 2**-24, strictly inside (0, 1) in float32, so the Gumbel noise is finite. (With 24
-    # bits the largest hash rounded to 1.0: infinite noise, which beat top-k / top-p's -inf mask as NaN.)
-    return ((x >> 9).float() + 0.5) * (1.0 / (1 << 23))
-
-
 def sample(logits: torch.Tensor, params: SamplingTensors, positions: torch.Tensor) -> torch.Tensor:
     """(num_seqs, vocab) float logits -> (num_seqs,) int64 tokens; rows with temperature 0 are greedy.
+    Graph-safe; the fused kernels on CUDA, else sort_sample (the same tokens, see the module docstring)."""
+    if logits.dim() == 2 and logits.stride(1) == 1 and triton_enabled(logits):
+        return sampling_ops().fused_sample(
+            logits, params.temperature, params.top_k, params.top_p, params.seeds, positions,
+            block=sampling_block(logits.shape[0]),
+        )  # fmt: skip
+    return sort_sample(logits, params, positions)
+
+
+def sort_sample(logits: torch.Tensor, params: SamplingTensors, positions: torch.Tensor) -> torch.Tensor:
+    """The reference sampler (torch ops): `sample`'s tokens by sorting every row's vocabulary.
 
     Exact over the whole vocabulary: sort once, mask past top-k and outside the top-p nucleus (the most
     likely token always stays), then Gumbel-max with the hashed noise. The order is a total one: by

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from graphrun.llm.sampler import NOISE_MIX
+from graphrun.llm.noise import NOISE_MIX
 
 INT32_MIN = tl.constexpr(-(2**31))  # the order of a position past the vocabulary: below -inf's
 INT64_MIN = tl.constexpr(-(2**63))  # the key of such a position with id part 0, below every real key
