@@ -225,3 +225,32 @@ def test_sample_runs_the_fused_kernels_where_triton_serves_the_device(monkeypatc
     got = sampler.sample(logits, params, positions)
     assert len(logits) > 16 and calls == [{"block": 2048}]  # kernels.sampling_block above 16 rows
     assert torch.equal(got, sort_sample(logits, params, positions))
+
+
+def test_the_engine_samples_through_the_fused_kernels_with_its_request_parameters(monkeypatch):
+    """The engine sampling through fused_sample, as on CUDA, with the parameters it builds from requests:
+    the tokens of sort_sample. Eager decode: the CPU simulator of CUDA graphs replays recorded aten ops,
+    and the Triton interpreter's kernels are not aten ops (the graphs' use of the kernels is GPU-tested:
+    tests/llm/test_sampling_kernel_gpu.py captures them)."""
+    from engine_runs import run_all
+
+    from graphrun.llm import sampler
+    from graphrun.llm.engine import LLMEngine
+    from graphrun.llm.engine_config import EngineConfig
+    from graphrun.llm.sampling_params import SamplingParams
+
+    def engine() -> LLMEngine:
+        return LLMEngine(EngineConfig(model="tiny", max_num_seqs=4, max_model_len=64, enforce_eager=True))
+
+    params = [
+        SamplingParams(temperature=0.9, top_p=p, top_k=k, seed=s, max_tokens=6, ignore_eos=True)
+        for s, k, p in ((1, 40, 0.9), (2, 0, 0.5), (3, 5, 1.0))
+    ]
+    prompts = ["a", "b", "c"]
+    want = run_all(engine(), prompts, params)
+    calls = []
+    real = ops.fused_sample
+    monkeypatch.setattr(sampler, "triton_enabled", lambda t: True)
+    monkeypatch.setattr(ops, "fused_sample", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    assert run_all(engine(), prompts, params) == want
+    assert len(calls) >= 6  # a launch per step
