@@ -1,31 +1,33 @@
-"""A decode step's logprobs inside a CUDA graph: the torch path vs the fused Triton kernels (issue 20).
+"""A decode step's logprobs inside a CUDA graph: the torch path vs the pruned Triton kernels (issue 20).
 
 The decode graph of kind "logprobs" costs its sampling graph plus LogprobBuffers.write_prefix. Before the
-fused kernels it was the torch path: a float32 log-softmax over the whole vocabulary, torch.topk(20) on
-it, a gather, a cat and two copies (compute_logprobs; on CUDA with Triton the shipped write_prefix now
-runs the fused kernels, which this A/B chose: logprobs-ab-nvidia-h200.json). Measured on
-an H100 (benchmarks/results/decode-profile-nvidia-h100-80gb-hbm3.json, replay_by_kind, qwen3-0.6b-shape)
-that kind costs +0.109 ms at batch 1 (+8.5%) and +0.266 ms at batch 64 (+5.3%) over sampling; the
-target is <= 5%. Variants, each written into its own LogprobBuffers as the engine would:
+Triton kernels it was the torch path: a float32 log-softmax over the whole vocabulary, torch.topk(20) on
+it, a gather, a cat and two copies (compute_logprobs). Measured on an H100
+(benchmarks/results/decode-profile-nvidia-h100-80gb-hbm3.json, replay_by_kind, qwen3-0.6b-shape) that
+kind cost +0.109 ms at batch 1 (+8.5%) and +0.266 ms at batch 64 (+5.3%) over sampling; the target is
+<= 5%. This A/B chose the writer that ships: on an H100
+(benchmarks/results/experiments/logprobs-ab-nvidia-h100-80gb-hbm3.json) the pruned kernels beat the torch
+path and an earlier fused writer that sorted every chunk (deleted since; 27.4 us at bf16 batch 1, 188.9
+at 64, against pruned_1024's 20.4 and 29.2) at every batch, so write_prefix runs pruned_logprobs with
+1024 logits per chunk (kernels.logprobs.DEFAULT_BLOCK). Variants, each written into its own
+LogprobBuffers as the engine would:
 - torch: compute_logprobs (llm/logprobs.py) and the two copies into the buffers, the torch path;
 - torch_lse: torch reformulated: logsumexp of the logits, topk on the raw logits, both minus the lse
-  (no (rows, vocab) log-softmax written; whether that is faster is for this run to say);
-- fused_B: kernels/logprobs.py's two launches with B logits per split program, for each --blocks B;
-- pruned_B: kernels/logprobs_pruned.py's three launches (chunk stats, top-k candidates of the k chunks
-  with the largest maxima only, merge) with B logits per chunk, for each --pruned-blocks B.
+  (no (rows, vocab) log-softmax written);
+- pruned_B: kernels/logprobs.py's three launches (chunk stats, top-k candidates of the k chunks with the
+  largest maxima only, merge) with B logits per chunk, for each --blocks B.
 Each variant is captured alone in a CUDA graph per (dtype, batch); before every replay fresh logits (one
 of a few random sets) are copied into the graph's static input, outside the timed region; variants are
 replayed in interleaved rounds, each replay between two CUDA events; a point is the median in us. Before
 timing, each variant's output is checked eagerly against compute_logprobs (values' max abs difference,
-ids that differ on untied values). The goal lines compare the best fused and the best pruned variant's
-cost with 5% of the sampling step (--sampling-step-ms, default the H100 figures above: pass the device's
-own).
+ids that differ on untied values). The goal lines compare the shipped block's cost with 5% of the
+sampling step (--sampling-step-ms, default the H100 figures above: pass the device's own).
 
     PYTHONPATH=src python3 benchmarks/logprobs_ab.py --out OUT                     # GPU
     TRITON_INTERPRET=1 PYTHONPATH=src python3 benchmarks/logprobs_ab.py --check-only --vocab 700 \
-        --batch-sizes 1,3 --blocks 128,256                                          # CPU: checks only
-(with --vocab 700 the pruned variants' chunks are fewer than k, so nothing is pruned; --pruned-blocks 32
-checks the pruning path on the CPU too).
+        --batch-sizes 1,3 --blocks 32,256                                           # CPU: checks only
+(with --vocab 700, blocks of 32 make 22 chunks, more than k, so the kernels prune; blocks of 256 make 3,
+so every chunk is a candidate set).
 
 Prints a table, the goals, then one JSON line; --out writes logprobs-ab-<device>.json (device, torch,
 date, commit, settings, rows, checks, goals).
@@ -48,8 +50,7 @@ from graphrun.bench.report import (
     print_goals,
     print_table,
 )
-from graphrun.llm.kernels.logprobs import fused_logprobs
-from graphrun.llm.kernels.logprobs_pruned import pruned_logprobs
+from graphrun.llm.kernels.logprobs import DEFAULT_BLOCK, pruned_logprobs
 from graphrun.llm.logprobs import LogprobBuffers, compute_logprobs
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -57,7 +58,7 @@ NUM_INPUTS = 4  # distinct random logits sets, cycled through the replays
 Step = Callable[[torch.Tensor, torch.Tensor], None]  # (logits, tokens) -> its buffers written
 Inputs = list[tuple[torch.Tensor, torch.Tensor]]  # (logits, tokens) sets
 Variants = dict[str, tuple[Step, LogprobBuffers]]
-KERNELS = {"fused": fused_logprobs, "pruned": pruned_logprobs}  # variant prefix -> writer
+SHIPPED = f"pruned_{DEFAULT_BLOCK}"  # the variant LogprobBuffers runs
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,8 +66,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=151936, help="vocabulary (qwen3's by default)")
     p.add_argument("--batch-sizes", default="1,4,16,64")
     p.add_argument("--dtypes", default="float32,bfloat16", help="logits dtypes (the engine's are float32)")
-    p.add_argument("--blocks", default="1024,2048,4096,8192", help="logits per split program, fused")
-    p.add_argument("--pruned-blocks", default="512,1024,2048,4096", help="logits per chunk, pruned")
+    p.add_argument("--blocks", default="512,1024,2048,4096", help="logits per chunk, pruned_B variants")
     p.add_argument("--iters", type=int, default=300, help="timed replays per variant and point")
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--sampling-step-ms", default="1:1.281,64:5.036", help="batch:ms of the sampling step")
@@ -105,20 +105,18 @@ def torch_path(buffers: LogprobBuffers) -> Step:
 
 
 def kernel(buffers: LogprobBuffers, name: str) -> Step:
-    """The Triton variant `name` ("fused_2048", "pruned_1024"): its writer with that block."""
-    prefix, block = name.rsplit("_", 1)
-    write = KERNELS[prefix]
+    """The Triton variant `name` ("pruned_1024"): pruned_logprobs with that block."""
+    block = int(name.rsplit("_", 1)[1])
 
     def step(logits: torch.Tensor, tokens: torch.Tensor) -> None:
         n = logits.shape[0]
-        write(logits, tokens, buffers.values[:n], buffers.top_ids[:n], block=int(block))
+        pruned_logprobs(logits, tokens, buffers.values[:n], buffers.top_ids[:n], block=block)
 
     return step
 
 
 def variant_names(args: argparse.Namespace) -> list[str]:
-    fused_names = [f"fused_{b}" for b in ints(args.blocks)]
-    return ["torch", "torch_lse", *fused_names, *(f"pruned_{b}" for b in ints(args.pruned_blocks))]
+    return ["torch", "torch_lse", *(f"pruned_{b}" for b in ints(args.blocks))]
 
 
 def variants(n: int, vocab: int, names: list[str], device: torch.device) -> Variants:
@@ -211,31 +209,27 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[dict],
 
 
 def ratios(us: dict[str, float]) -> dict[str, Any]:
-    """The best variant of each kernel family, its time over torch's, pruned's over fused's."""
+    """The best pruned block, its time and the shipped block's over torch's."""
     out: dict[str, Any] = {"torch_lse_over_torch": us["torch_lse"] / us["torch"]}
-    for prefix in KERNELS:
-        names = [name for name in us if name.startswith(f"{prefix}_")]
-        if names:
-            out[f"best_{prefix}"] = min(names, key=us.__getitem__)
-            out[f"{prefix}_over_torch"] = us[out[f"best_{prefix}"]] / us["torch"]
-    if "pruned_over_torch" in out and "fused_over_torch" in out:
-        out["pruned_over_fused"] = out["pruned_over_torch"] / out["fused_over_torch"]
+    names = [name for name in us if name.startswith("pruned_")]
+    if names:
+        out["best_pruned"] = min(names, key=us.__getitem__)
+        out["pruned_over_torch"] = us[out["best_pruned"]] / us["torch"]
+    if SHIPPED in us:
+        out["shipped_over_torch"] = us[SHIPPED] / us["torch"]
     return out
 
 
 def goals_for(rows: list[dict], args: argparse.Namespace, valid: bool) -> list[dict]:
-    """Per batch with a sampling-step figure: the best fused and the best pruned variant's float32 cost vs
-    5% of that step."""
+    """Per batch with a sampling-step figure: the shipped variant's float32 cost vs 5% of that step."""
     step_ms = dict(pair.split(":") for pair in args.sampling_step_ms.split(",") if pair)
     goals = []
     for row in rows:
         ms = step_ms.get(str(row["batch"]))
-        if row["dtype"] != "float32" or ms is None:
+        if row["dtype"] != "float32" or ms is None or f"{SHIPPED}_us" not in row:
             continue
-        for prefix in (p for p in KERNELS if f"best_{p}" in row):
-            best = row[f"best_{prefix}"]
-            name = f"{prefix} logprobs ({best}), float32, batch {row['batch']} (5% of a {ms} ms step)"
-            goals.append(goal(name, row[f"{best}_us"], "<=", 0.05 * float(ms) * 1e3, " us", valid=valid))
+        name = f"logprobs ({SHIPPED}, shipped), float32, batch {row['batch']} (5% of a {ms} ms step)"
+        goals.append(goal(name, row[f"{SHIPPED}_us"], "<=", 0.05 * float(ms) * 1e3, " us", valid=valid))
     return goals
 
 
@@ -253,12 +247,11 @@ def main() -> int:
     goals = goals_for(rows, args, valid=ok)
     if rows:
         kernel_columns = [f"{name}_us" for name in variant_names(args)[2:]]
-        print_table(rows, ("dtype", "batch", "torch_us", "torch_lse_us", *kernel_columns, "best_fused",
-                           "best_pruned", "fused_over_torch", "pruned_over_torch", "pruned_over_fused",
-                           "torch_lse_over_torch"))  # fmt: skip
+        print_table(rows, ("dtype", "batch", "torch_us", "torch_lse_us", *kernel_columns, "best_pruned",
+                           "pruned_over_torch", "shipped_over_torch", "torch_lse_over_torch"))  # fmt: skip
         print_goals(goals)
     payload = {"benchmark": "logprobs_ab", **env, "vocab": args.vocab, "iters": args.iters,
-               "warmup": args.warmup, "blocks": ints(args.blocks), "pruned_blocks": ints(args.pruned_blocks),
+               "warmup": args.warmup, "blocks": ints(args.blocks),
                "ok": ok, "rows": rows, "checks": checks,
                "goals": goals}  # fmt: skip
     emit(payload, args.out, "logprobs-ab")

@@ -31,7 +31,6 @@ EXTRA_OF_FILE = {
     "llm/kernels/triton_ops.py": "kernels",
     "llm/kernels/gemv.py": "kernels",
     "llm/kernels/logprobs.py": "kernels",
-    "llm/kernels/logprobs_pruned.py": "kernels",
     "llm/kernels/sampling.py": "kernels",
     "llm/kernels/sampling_keys.py": "kernels",
     "llm/kernels/sampling_passes.py": "kernels",

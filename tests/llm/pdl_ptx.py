@@ -18,7 +18,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from graphrun.llm.kernels import gemv, logprobs, logprobs_pruned, sampling, triton_ops
+from graphrun.llm.kernels import gemv, logprobs, sampling, triton_ops
 
 TARGET = GPUTarget("cuda", 90, 32)
 BF16, F32, I32, I64 = "*bf16", "*fp32", "*i32", "*i64"
@@ -58,9 +58,6 @@ ROPE_ARGS = dict(
 SILU_ARGS = dict(x_ptr=BF16, out_ptr=BF16, N=S32, stride_x=S32)
 SKINNY_ARGS = dict(
     x_ptr=BF16, w_ptr=BF16, out_ptr=F32, M=S32, N=S32, stride_xm=S32, stride_wn=S32, stride_om=S32
-)
-LP_SPLIT_ARGS = dict(
-    logits_ptr=F32, max_ptr=F32, sum_ptr=F32, keys_ptr=I64, vocab=S32, stride_row=S32, num_chunks=S32
 )
 LP_MERGE_ARGS = dict(
     logits_ptr=F32, tokens_ptr=I64, max_ptr=F32, sum_ptr=F32, keys_ptr=I64, values_ptr=F32, ids_ptr=I64,
@@ -118,15 +115,13 @@ def kernels() -> dict[str, Spec]:
             ops._skinny_matmul_kernel, SKINNY_ARGS, dict(K=1024, BLOCK_M=16, BLOCK_N=64, BLOCK_K=256),
             {"num_warps": 4, "num_stages": 4},
         ),
-        "logprobs_split": (logprobs._logprobs_split_kernel, LP_SPLIT_ARGS, dict(BLOCK=2048, K_PAD=32), {}),
+        "logprobs_stats": (logprobs._logprobs_stats_kernel, LP_STATS_ARGS, dict(BLOCK=1024), {}),
+        "logprobs_select": (
+            logprobs._logprobs_select_kernel, LP_SELECT_ARGS, dict(BLOCK=1024, K_PAD=32, CHUNKS_PAD=256), {}
+        ),
         "logprobs_merge": (
             logprobs._logprobs_merge_kernel, LP_MERGE_ARGS,
-            dict(K_PAD=32, CHUNKS_PAD=128, SETS_PAD=128, HAS_INDEX=True), {"num_warps": 8},
-        ),
-        "logprobs_pruned_stats": (logprobs_pruned._pruned_stats_kernel, LP_STATS_ARGS, dict(BLOCK=1024), {}),
-        "logprobs_pruned_select": (
-            logprobs_pruned._pruned_select_kernel, LP_SELECT_ARGS, dict(BLOCK=1024, K_PAD=32, CHUNKS_PAD=256),
-            {},
+            dict(K_PAD=32, CHUNKS_PAD=256, SETS_PAD=32, HAS_INDEX=True), {"num_warps": 8},
         ),
         "sample_split": (
             sampling._sample_split_kernel, SAMPLE_SPLIT_ARGS, dict(BLOCK=4096, K_PAD=64, PRECISE=True),

@@ -1,8 +1,7 @@
-"""The fused logprobs kernels (kernels/logprobs.py) and their chunk-max pruned variant
-(kernels/logprobs_pruned.py) against compute_logprobs: on the GPU when present, else through Triton's CPU
-interpreter (tests/conftest.py sets TRITON_INTERPRET=1). Values within float rounding; ids identical to a
-stable sort (ties by lower id), and to torch.topk's wherever the value is not tied. Tests taking `write`
-run for both; the pruned variant's own cases (more chunks than k, so it prunes) follow them."""
+"""pruned_logprobs (kernels/logprobs.py) against compute_logprobs: on the GPU when present, else through
+Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1). Values within float rounding; ids
+identical to a stable sort (ties by lower id), and to torch.topk's wherever the value is not tied. Cases
+with more chunks than k make the kernels prune; with fewer, every chunk is a candidate set."""
 
 import pytest
 import torch
@@ -10,44 +9,40 @@ import torch
 triton = pytest.importorskip("triton")
 
 from graphrun.llm.kernels import logprobs as ops  # noqa: E402
-from graphrun.llm.kernels import logprobs_pruned as pruned  # noqa: E402
 from graphrun.llm.logprobs import compute_logprobs  # noqa: E402
 from graphrun.llm.sampling_params import MAX_LOGPROBS  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-WRITERS = {"fused": ops.fused_logprobs, "pruned": pruned.pruned_logprobs}
 
 
-@pytest.fixture(params=sorted(WRITERS))
-def write(request):
-    """fused_logprobs or pruned_logprobs: one signature, one contract."""
-    return WRITERS[request.param]
-
-
-def check(write, logits: torch.Tensor, tokens: torch.Tensor, k: int, block: int, untied: bool = True) -> None:
-    """`write`'s (values, ids) == compute_logprobs's: values to 1e-5, ids by a stable sort; where `untied`,
-    some top values are unique in their row and there the ids equal torch.topk's."""
-    got_values, got_ids = ops.compute_through(write, logits, tokens, k, block=block)
+def check(
+    logits: torch.Tensor, tokens: torch.Tensor, k: int, block: int, untied: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' (values, ids), returned, == compute_logprobs's: values to 1e-5 (NaN where torch's are),
+    ids by a stable sort; where `untied`, some top values are unique in their row and there the ids equal
+    torch.topk's."""
+    got_values, got_ids = ops.compute_through_kernels(logits, tokens, k, block=block)
     want_values, want_ids = compute_logprobs(logits, tokens, k)
-    torch.testing.assert_close(got_values, want_values, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_values, want_values, rtol=1e-5, atol=1e-6, equal_nan=True)
     logp = torch.log_softmax(logits.float(), dim=-1)
     stable_ids = logp.sort(dim=-1, descending=True, stable=True).indices[:, :k]  # ties: lower id first
     assert torch.equal(got_ids, stable_ids)
     unique = (logp[:, :, None] == want_values[:, None, 1:]).sum(dim=1) == 1  # (n, k): value unique in row
     assert torch.equal(got_ids[unique], want_ids[unique]) and (unique.any() or not untied)
+    return got_values, got_ids
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("vocab", "block"), [(512, 128), (1000, 256), (2000, 64)])  # last two: ragged
-def test_logprobs_kernels_match_compute_logprobs(write, dtype, vocab, block):
+def test_logprobs_kernels_match_compute_logprobs(dtype, vocab, block):
     """(2000, 64): 32 chunks, more than k, so the pruned kernels prune; bf16: many exact ties."""
     torch.manual_seed(vocab)
     logits = (torch.randn(3, vocab, device=DEVICE) * 4).to(dtype)
     tokens = torch.tensor([0, vocab - 1, vocab // 2 + 3], device=DEVICE)  # first id, last id, middle
-    check(write, logits, tokens, MAX_LOGPROBS, block)
+    check(logits, tokens, MAX_LOGPROBS, block)
 
 
-def test_logprobs_kernels_with_masked_tokens(write):
+def test_logprobs_kernels_with_masked_tokens():
     """-inf logits (a grammar's mask): a row with fewer finite entries than k, and a chunk all -inf."""
     torch.manual_seed(1)
     logits = torch.randn(2, 512, device=DEVICE) * 3
@@ -56,43 +51,42 @@ def test_logprobs_kernels_with_masked_tokens(write):
     logits[1, :] = float("-inf")
     logits[1, [5, 300, 511, 64, 200]] = torch.tensor([2.0, 1.0, 3.0, 1.0, -7.0], device=DEVICE)  # a tie
     tokens = torch.tensor([1, 511], device=DEVICE)
-    check(write, logits, tokens, MAX_LOGPROBS, block=128)
-    values, ids = ops.compute_through(write, logits, tokens, MAX_LOGPROBS, block=128)
+    values, ids = check(logits, tokens, MAX_LOGPROBS, block=128)
     assert ids[1, :5].tolist() == [511, 5, 64, 300, 200] and torch.isinf(values[1, 6:]).all()
 
 
 @pytest.mark.parametrize(("vocab", "block", "k"), [(12, 32, 12), (300, 128, MAX_LOGPROBS), (3000, 64, 1)])
-def test_logprobs_kernels_any_k(write, vocab, block, k):
+def test_logprobs_kernels_any_k(vocab, block, k):
     """k = vocab < MAX_LOGPROBS (one chunk mostly padding), more k than chunks (3), and k = 1."""
     torch.manual_seed(vocab)
     logits = torch.randn(2, vocab, device=DEVICE) * 3
-    check(write, logits, torch.tensor([vocab - 1, 0], device=DEVICE), k, block)
+    check(logits, torch.tensor([vocab - 1, 0], device=DEVICE), k, block)
 
 
-def test_logprobs_kernels_scatter_rows_through_an_index(write):
+def test_logprobs_kernels_scatter_rows_through_an_index():
     """With index, row i lands in row index[i]; the other rows keep what they held (write_rows's use)."""
     torch.manual_seed(2)
     logits, tokens = torch.randn(2, 1500, device=DEVICE), torch.tensor([7, 1499], device=DEVICE)
     values = torch.full((4, 1 + MAX_LOGPROBS), 9.0, device=DEVICE)
     ids = torch.full((4, MAX_LOGPROBS), -1, dtype=torch.int64, device=DEVICE)
-    write(logits, tokens, values, ids, index=torch.tensor([3, 1], device=DEVICE), block=64)
+    ops.pruned_logprobs(logits, tokens, values, ids, index=torch.tensor([3, 1], device=DEVICE), block=64)
     want_values, want_ids = compute_logprobs(logits, tokens, MAX_LOGPROBS)
     torch.testing.assert_close(values[[3, 1]], want_values, rtol=1e-5, atol=1e-6)
     assert torch.equal(ids[[3, 1]], want_ids)
     assert (values[[0, 2]] == 9.0).all() and (ids[[0, 2]] == -1).all()
 
 
-def test_logprobs_kernels_reject_what_they_cannot_do(write):
+def test_logprobs_kernels_reject_what_they_cannot_do():
     logits, tokens = torch.randn(2, 64, device=DEVICE), torch.zeros(2, dtype=torch.int64, device=DEVICE)
     values, ids = torch.empty(2, 21, device=DEVICE), torch.empty(2, 20, dtype=torch.int64, device=DEVICE)
     with pytest.raises(ValueError, match="power of two"):
-        write(logits, tokens, values, ids, block=48)
+        ops.pruned_logprobs(logits, tokens, values, ids, block=48)
     with pytest.raises(ValueError, match="1 \\+ k columns"):
-        write(logits, tokens, values[:, :20], ids)
+        ops.pruned_logprobs(logits, tokens, values[:, :20], ids)
     with pytest.raises(ValueError, match="k=33"):
-        ops.compute_through(write, logits, tokens, 33, block=64)
+        ops.compute_through_kernels(logits, tokens, 33, block=64)
     with pytest.raises(ValueError, match="float32"):
-        write(logits, tokens, values.double(), ids)
+        ops.pruned_logprobs(logits, tokens, values.double(), ids)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # -inf - -inf
@@ -109,8 +103,7 @@ def test_pruned_logprobs_with_masks_over_many_chunks():
     logits[1, ::3] = float("-inf")
     logits[2] = float("-inf")
     tokens = torch.tensor([1999, 5, 0], device=DEVICE)
-    check(pruned.pruned_logprobs, logits[:2], tokens[:2], k, block=64)
-    values, ids = ops.compute_through(pruned.pruned_logprobs, logits, tokens, k, block=64)
+    values, ids = check(logits, tokens, k, block=64)
     assert ids[0, :5].tolist() == [1990, 70, 71, 1999, 640] and ids[0, 5:].tolist() == list(range(15))
     assert torch.isnan(values[2]).all() and ids[2].tolist() == list(range(k))
 
@@ -128,27 +121,25 @@ def test_pruned_logprobs_where_the_top_k_crowds_into_chunks():
     logits[3] = logits[3].clamp(max=4.0)
     logits[3, torch.arange(25, device=DEVICE) * block + torch.randint(0, block, (25,), device=DEVICE)] = 5.0
     tokens = torch.tensor([650, 3, 2047, 100], device=DEVICE)
-    check(pruned.pruned_logprobs, logits, tokens, k, block, untied=False)
-    _, ids = ops.compute_through(pruned.pruned_logprobs, logits, tokens, k, block=block)
+    _, ids = check(logits, tokens, k, block, untied=False)
     assert ((ids[0] >= 640) & (ids[0] < 704)).all() and ids[2].tolist() == list(range(k))
     assert (ids[3] // block).tolist() == list(range(k))
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("writer", sorted(WRITERS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_logprobs_kernels_in_a_cuda_graph_at_full_vocab(writer, dtype):
-    """Qwen3's vocabulary, captured once, replayed on new logits: equal to compute_logprobs each time."""
-    write = WRITERS[writer]
+def test_logprobs_kernels_in_a_cuda_graph_at_full_vocab(dtype):
+    """Qwen3's vocabulary at the shipped block, captured once, replayed on new logits: equal to
+    compute_logprobs each time."""
     n, vocab = 4, 151936
     logits = torch.randn(n, vocab, device="cuda").to(dtype)
     tokens = torch.tensor([0, vocab - 1, 5, 70000], device="cuda")
     values = torch.empty(n, 1 + MAX_LOGPROBS, device="cuda")
     ids = torch.empty(n, MAX_LOGPROBS, dtype=torch.int64, device="cuda")
-    write(logits, tokens, values, ids)  # compiles outside the capture
+    ops.pruned_logprobs(logits, tokens, values, ids)  # compiles outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        write(logits, tokens, values, ids)
+        ops.pruned_logprobs(logits, tokens, values, ids)
     for scale in (1.0, 5.0):
         logits.copy_(torch.randn(n, vocab, device="cuda") * scale)
         logits[1, 1000:1064] = float("-inf")  # a masked chunk
@@ -159,26 +150,27 @@ def test_logprobs_kernels_in_a_cuda_graph_at_full_vocab(writer, dtype):
         assert bool(((ids == want_ids) | tied).all())
 
 
-def test_logprob_buffers_fused_path_writes_what_the_torch_path_writes(monkeypatch):
-    """LogprobBuffers' two writers through the fused kernels (forced here: on the CPU the engine takes the
-    torch path) leave the same rows as through compute_logprobs; the block follows the row count."""
+def test_logprob_buffers_kernel_path_writes_what_the_torch_path_writes(monkeypatch):
+    """LogprobBuffers' two writers through pruned_logprobs (forced here: on the CPU the engine takes the
+    torch path) leave the same rows as through compute_logprobs."""
     from graphrun.llm import logprobs as buffers_module
 
     torch.manual_seed(3)
     vocab, rows = 1000, 6
     logits, tokens = torch.randn(3, vocab, device=DEVICE) * 3, torch.tensor([5, 999, 0], device=DEVICE)
     index = torch.tensor([4, 0, 2], device=DEVICE)
-    blocks = []
-    monkeypatch.setattr(buffers_module, "logprobs_block", lambda n: blocks.append(n) or 256)
+    calls = []
+    shipped = ops.pruned_logprobs
+    monkeypatch.setattr(ops, "pruned_logprobs", lambda *a, **kw: calls.append(kw) or shipped(*a, **kw))
     written = {}
-    for fused in (False, True):
-        monkeypatch.setattr(buffers_module, "_fused", lambda logits, fused=fused: fused)
+    for kernels in (False, True):
+        monkeypatch.setattr(buffers_module, "_kernels", lambda logits, kernels=kernels: kernels)
         prefix = buffers_module.LogprobBuffers(rows, vocab, torch.device(DEVICE))
         prefix.write_prefix(logits, tokens)
         scattered = buffers_module.LogprobBuffers(rows, vocab, torch.device(DEVICE))
         scattered.write_rows(index, logits, tokens)
-        written[fused] = (prefix, scattered)
-    assert blocks == [3, 3]  # each fused write asked for its block by its row count
+        written[kernels] = (prefix, scattered)
+    assert [sorted(kw) for kw in calls] == [[], ["index"]]  # the kernel path taken, at the shipped block
     for want, got in zip(written[False], written[True], strict=True):
         torch.testing.assert_close(got.values, want.values, rtol=1e-5, atol=1e-6)
         assert torch.equal(got.top_ids, want.top_ids)  # random float32 logits: no ties

@@ -26,10 +26,9 @@ WEIGHTS = {
     "paged_decode_merge": [],
     "paged_varlen": [],
     "silu_mul": [],
-    "logprobs_split": [],
+    "logprobs_stats": [],
+    "logprobs_select": [],
     "logprobs_merge": [],
-    "logprobs_pruned_stats": [],
-    "logprobs_pruned_select": [],
     "sample_split": [],
     "sample_finish": [],
 }

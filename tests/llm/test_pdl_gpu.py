@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from graphrun.llm.kernels import gemv, logprobs, logprobs_pruned, pdl, triton_ops
+from graphrun.llm.kernels import gemv, logprobs, pdl, triton_ops
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, VOCAB = 1024, 16, 8, 128, 3072, 151936
 BLOCK_SIZE, NUM_BLOCKS, CONTEXT, EPS, TOP_K = 16, 256, 512, 1e-6, 5
@@ -101,12 +101,9 @@ class Chain:
         normed, _ = triton_ops.add_rmsnorm(extra, summed, w.norm_final, EPS)
         logits = triton_ops.skinny_logits(normed, w.lm_head)
         tokens = logits.argmax(dim=-1)
-        values, ids = logprobs.compute_through(logprobs.fused_logprobs, logits, tokens, TOP_K)
-        pruned = logprobs_pruned.pruned_logprobs
-        pruned_values, pruned_ids = logprobs.compute_through(pruned, logits, tokens, TOP_K)
+        values, ids = logprobs.compute_through_kernels(logits, tokens, TOP_K)
         return {"qkv": qkv, "attn": attn, "act": act, "normed": normed, "logits": logits, "values": values,
-                "ids": ids, "pruned_values": pruned_values, "pruned_ids": pruned_ids, "k_cache": self.k_cache,
-                "v_cache": self.v_cache}  # fmt: skip
+                "ids": ids, "k_cache": self.k_cache, "v_cache": self.v_cache}  # fmt: skip
 
 
 def fresh_inputs(batch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:

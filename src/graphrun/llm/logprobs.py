@@ -7,10 +7,12 @@ top-k of MAX_LOGPROBS, and leaves them in `LogprobBuffers`: persistent device te
 with its tokens. Only the decode graph of kind "logprobs" computes them, so the greedy and sampling
 graphs stay as cheap as before; prefill rows that want logprobs run eager (engine.py).
 
-On CUDA with Triton the buffers are written by the fused kernels (kernels/logprobs.py: no (rows, vocab)
-log-softmax, the rows stored in place); elsewhere by compute_logprobs below, the reference the kernels
-are tested against. On an H200 the fused path costs 0.30x the torch path at 1 row and 0.88x at 64
-(benchmarks/results/logprobs-ab-nvidia-h200.json).
+On CUDA with Triton the buffers are written by pruned_logprobs (kernels/logprobs.py: chunk-max pruning,
+no (rows, vocab) log-softmax, the rows stored in place, 1024 logits per chunk at every batch size);
+elsewhere (CPU, Triton absent or disabled) by compute_logprobs below, the reference the kernels are
+tested against. On an H100, alone in a CUDA graph over 151,936 ids, the kernels took 18.5 us at 1 row
+and 34.8 us at 64 against the torch path's 105.9 and 281.4 (float32 logits;
+benchmarks/results/experiments/logprobs-ab-nvidia-h100-80gb-hbm3.json).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from graphrun.llm.kernels import logprobs_block, logprobs_ops, triton_enabled
+from graphrun.llm.kernels import logprobs_ops, triton_enabled
 from graphrun.llm.sampling_params import MAX_LOGPROBS
 
 
@@ -51,10 +53,8 @@ class LogprobBuffers:
     def write_prefix(self, logits: torch.Tensor, tokens: torch.Tensor) -> None:
         """Rows [0, n) from n rows of logits and their sampled tokens (graph-safe: no sync)."""
         n = logits.shape[0]
-        if _fused(logits):
-            logprobs_ops().fused_logprobs(
-                logits, tokens, self.values[:n], self.top_ids[:n], block=logprobs_block(n)
-            )
+        if _kernels(logits):
+            logprobs_ops().pruned_logprobs(logits, tokens, self.values[:n], self.top_ids[:n])
             return
         values, ids = compute_logprobs(logits, tokens, self.k)
         self.values[: values.shape[0]].copy_(values)
@@ -62,9 +62,8 @@ class LogprobBuffers:
 
     def write_rows(self, index: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor) -> None:
         """Rows `index` (n,) from n rows of logits and their sampled tokens."""
-        if _fused(logits):
-            block = logprobs_block(logits.shape[0])
-            logprobs_ops().fused_logprobs(logits, tokens, self.values, self.top_ids, index=index, block=block)
+        if _kernels(logits):
+            logprobs_ops().pruned_logprobs(logits, tokens, self.values, self.top_ids, index=index)
             return
         values, ids = compute_logprobs(logits, tokens, self.k)
         self.values.index_copy_(0, index, values)
@@ -81,8 +80,8 @@ class LogprobBuffers:
         return self.values[:n], self.top_ids[:n]
 
 
-def _fused(logits: torch.Tensor) -> bool:
-    """Whether the fused kernels write a step's rows: CUDA with Triton, logits with contiguous columns."""
+def _kernels(logits: torch.Tensor) -> bool:
+    """Whether the Triton kernels write a step's rows: CUDA with Triton, logits with contiguous columns."""
     return triton_enabled(logits) and logits.stride(1) == 1
 
 

@@ -85,21 +85,10 @@ def gemv_ops() -> ModuleType:
 
 @functools.cache
 def logprobs_ops() -> ModuleType:
-    """The fused logprobs kernels module, imported on first use (it imports Triton)."""
+    """The logprobs kernels module (pruned_logprobs), imported on first use (it imports Triton)."""
     from graphrun.llm.kernels import logprobs as module
 
     return module
-
-
-def logprobs_block(rows: int) -> int:
-    """Logits per split program of the fused logprobs kernels for a step of `rows` sample rows.
-
-    Measured on an H200 (benchmarks/logprobs_ab.py, benchmarks/results/logprobs-ab-nvidia-h200.json,
-    float32 logits over 151,936 ids, each variant alone in a CUDA graph): 4096 is fastest from 1 to 16
-    rows (29.6 us at 1 row, 75.4 at 16, against 100 and 128 us for the torch path), 2048 at 64 rows
-    (208 us against 236; 4096 takes 233 there).
-    """
-    return 4096 if rows <= 16 else 2048
 
 
 @functools.cache

@@ -34,8 +34,9 @@ every step, paid even by rows that need none; a radix select of the top-k / top-
 programs needs four or more. Iterating inside one program per row is free of launches but streams
 600 KB per pass on one SM, so it is kept for what the top-K_PAD list cannot decide. Each chunk finds
 its top K_PAD by a binary search on the value order and a prefix sum, not tl.topk, a sorting network:
-the fused logprobs kernels, which use it, took 208 us for 64 rows on an H200, about 20x the time to read
-those logits once (how much of that is the sort is unmeasured). Costs here are not measured yet
+an earlier logprobs writer that sorted every chunk with it took 208 us for 64 rows on an H200, about
+20x the time to read those logits once; on an H100 the kernels that replaced it, which take candidates
+from only k chunks of a row (kernels/logprobs.py), took 35 us against its 209. Costs here are not measured yet
 (benchmarks/sampler_ab.py is the A/B against sample).
 
 Exactness: the same token as `sample` for every row, except where a float rounding decides: the top-p
