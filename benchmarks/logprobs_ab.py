@@ -36,7 +36,7 @@ date, commit, settings, rows, checks, goals).
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +50,7 @@ from graphrun.bench.report import (
     print_goals,
     print_table,
 )
+from graphrun.bench.timing import graph_replay_medians
 from graphrun.llm.kernels.logprobs import DEFAULT_BLOCK, pruned_logprobs
 from graphrun.llm.logprobs import LogprobBuffers, compute_logprobs
 
@@ -165,27 +166,13 @@ def check(step: Step, buffers: LogprobBuffers, sets: Inputs) -> dict[str, Any]:
 def time_variants(steps: Variants, sets: Inputs, args: argparse.Namespace) -> dict[str, float]:
     """Median us per variant: each captured alone, replayed in interleaved rounds on fresh inputs."""
     logits, tokens = (t.clone() for t in sets[0])  # the graphs' static inputs
-    graphs = {}
-    for name, (step, _) in steps.items():
-        step(logits, tokens)  # compiles, warms the allocator outside capture
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step(logits, tokens)
-        graphs[name] = graph
-    events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {name: [] for name in graphs}
-    for r in range(args.warmup + args.iters):
-        for name, graph in graphs.items():
-            logits.copy_(sets[r % len(sets)][0])
-            tokens.copy_(sets[r % len(sets)][1])
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            if r >= args.warmup:
-                events[name].append((start, end))
-    torch.cuda.synchronize()
-    return {name: 1e3 * statistics.median(s.elapsed_time(e) for s, e in ev) for name, ev in events.items()}
+
+    def stage(r: int) -> None:
+        logits.copy_(sets[r % len(sets)][0])
+        tokens.copy_(sets[r % len(sets)][1])
+
+    bodies = {name: functools.partial(step, logits, tokens) for name, (step, _) in steps.items()}
+    return graph_replay_medians(bodies, stage, args.iters, args.warmup)
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], list[dict]]:

@@ -32,13 +32,14 @@ date, commit, settings, rows, checks).
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from graphrun.bench.report import emit, environment, headline, print_table
+from graphrun.bench.timing import graph_replay_medians
 from graphrun.llm.kernels.sampling import fused_sample
 from graphrun.llm.sampler import SamplingTensors, greedy_sample, sort_sample
 
@@ -125,27 +126,13 @@ def time_variants(
 ) -> dict[str, float]:
     """Median us per variant: each captured alone, replayed in interleaved rounds on fresh inputs."""
     logits, positions = (t.clone() for t in sets[0])  # the graphs' static inputs
-    graphs = {}
-    for name, step in steps.items():
-        step(logits, params, positions)  # compiles, warms the allocator outside capture
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step(logits, params, positions)
-        graphs[name] = graph
-    events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {name: [] for name in graphs}
-    for r in range(args.warmup + args.iters):
-        for name, graph in graphs.items():
-            logits.copy_(sets[r % len(sets)][0])
-            positions.copy_(sets[r % len(sets)][1])
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            if r >= args.warmup:
-                events[name].append((start, end))
-    torch.cuda.synchronize()
-    return {name: 1e3 * statistics.median(s.elapsed_time(e) for s, e in ev) for name, ev in events.items()}
+
+    def stage(r: int) -> None:
+        logits.copy_(sets[r % len(sets)][0])
+        positions.copy_(sets[r % len(sets)][1])
+
+    bodies = {name: functools.partial(step, logits, params, positions) for name, step in steps.items()}
+    return graph_replay_medians(bodies, stage, args.iters, args.warmup)
 
 
 def summary(us: dict[str, float]) -> dict[str, Any]:

@@ -113,3 +113,39 @@ def release_memory() -> None:
     gc.collect()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
+
+
+def graph_replay_medians(
+    bodies: Mapping[str, Callable[[], object]], stage: Callable[[int], None], iters: int, warmup: int
+) -> dict[str, float]:
+    """Median device microseconds per body, each captured alone in a CUDA graph (CUDA only).
+
+    Every body runs once eagerly first (Triton compiles, the allocator warms outside capture), then is
+    captured. The graphs replay in interleaved rounds, `warmup` untimed then `iters` timed; before every
+    replay `stage(round)` writes that round's inputs into the static tensors the bodies read (outside the
+    timed region, so no graph times on stale or all-zero inputs), and each replay sits between two CUDA
+    events.
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    graphs = {}
+    for name, body in bodies.items():
+        stage(0)
+        body()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            body()
+        graphs[name] = graph
+    events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {name: [] for name in graphs}
+    for r in range(warmup + iters):
+        for name, graph in graphs.items():
+            stage(r)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            if r >= warmup:
+                events[name].append((start, end))
+    torch.cuda.synchronize()
+    return {name: 1e3 * statistics.median(s.elapsed_time(e) for s, e in ev) for name, ev in events.items()}
