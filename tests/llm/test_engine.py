@@ -64,6 +64,8 @@ def test_engine_status_prints_as_tables(engines):
         "decode-greedy",
         "decode-logprobs",
         "decode-structured",
+        "decode-mask-greedy",
+        "decode-mask-sampling",
         "prefill",
         "piecewise",
     ]  # the default mode, full_and_piecewise, captures the piecewise runner too

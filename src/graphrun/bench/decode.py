@@ -37,6 +37,7 @@ from graphrun.bench.decode_trace import profile_step
 from graphrun.bench.report import written
 from graphrun.bench.timing import release_memory, summarize, time_calls, time_interleaved
 from graphrun.llm.decode_graph import DecodeGraphs
+from graphrun.llm.decode_step import MASK_KINDS
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.sampling_params import SamplingParams
@@ -111,7 +112,8 @@ def _probe(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, An
     try:
         step = engine._pack_decode(batch)
         eager = engine._eager_decode["greedy"](*step.to(engine.device).packed()).tolist()
-        kinds = [kind for kind in ("structured", "logprobs", "sampling", "greedy") if kind in graphs.runners]
+        order = ("structured", "mask-greedy", "mask-sampling", "logprobs", "sampling", "greedy")
+        kinds = [kind for kind in order if kind in graphs.runners]
         by_kind = {kind: _replay(graphs, kind, step, setup) for kind in kinds}
         graph = graphs.run(step, "greedy").tolist()  # the greedy graph last: last_tokens holds its tokens
     except Exception:
@@ -124,8 +126,12 @@ def _probe(engine: LLMEngine, num_seqs: int, setup: DecodeSetup) -> dict[str, An
 def _replay(graphs: DecodeGraphs, kind: str, step: DecodeInputs, setup: DecodeSetup) -> dict[str, Any]:
     """One decode runner's replay times at the step's rung (the batch is greedy, so every kind samples
     the same tokens): the logprobs graph's cost over the sampling one's is what logprobs add to a step;
-    the structured graph's (masks all allowed) what a grammar row's masking adds, host work aside."""
-    graphs.run(step, kind)  # leaves the inputs in the rung's static buffers
+    the structured graph (the forward) plus a mask kind (LM head, masks all allowed, sampling) is a
+    grammar row's step, host work aside."""
+    if kind in MASK_KINDS:  # leaves the inputs in the rung's static buffers
+        graphs.sample(graphs.run(step, "structured"), step, kind)
+    else:
+        graphs.run(step, kind)
     runner = graphs.runners[kind]
     args, kwargs = runner.static_inputs(step.num_rows)
     mode = "events" if setup.cuda else "host"

@@ -2,10 +2,11 @@
 
 With EngineConfig.capture="background" start-up ends once the KV cache is allocated, and the runners are
 built uncaptured. This pass then captures their rungs in order (decode-sampling, decode-greedy,
-decode-logprobs, decode-structured, prefill; each largest first): back to back while the engine is idle
-(one per turn of the serving loop, so a request that arrives waits for one rung at most), and under load
-at most BUSY_CAPTURE_SHARE of the engine's time, one rung after a step once the steps since the last rung have
-taken (1 - share) / share times as long as it did. A rung costs several forward passes (warm-up,
+decode-logprobs, decode-structured, decode-mask-greedy, decode-mask-sampling, prefill; each largest
+first): back to back while the engine is idle (one per turn of the serving loop, so a request that
+arrives waits for one rung at most), and under load at most BUSY_CAPTURE_SHARE of the engine's time, one
+rung after a step once the steps since the last rung have taken (1 - share) / share times as long as it
+did. A rung costs several forward passes (warm-up,
 capture, verification at its own size and padded), a few times a decode step, so capturing one after
 every step would slow every running request several-fold until the pass ends; this way they run at eager
 speed less a quarter, and the pass still ends under constant load.

@@ -1,4 +1,4 @@
-"""Decode through captured graphs: one GraphRunner per sampling kind, one shared memory pool.
+"""Decode through captured graphs: one GraphRunner per kind of step (decode_step.py), one shared memory pool.
 
 All per-step state of a decode batch travels in two static tensors, so a step costs two host-to-device
 copies whatever the number of layers: the packed buffers of a `DecodeInputs` (step_inputs.py), whose
@@ -10,10 +10,11 @@ device tensor, `last_tokens`; a row whose feed row is >= 0 takes its input token
 its token id field. That is how asynchronous scheduling feeds step n's tokens to step n+1 before the
 host has seen them. Greedy-only batches replay a cheaper graph (argmax only); a batch in which some row
 wants logprobs replays the logprobs one (sampling, then a log-softmax and a top-k into LogprobBuffers);
-a batch with a structured-output row replays the structured one (the token masks of token_masks.py
-applied to the logits before sampling, and logprobs as in the logprobs kind, so one graph serves any mix
-with a grammar row); any other batch replays the sampling one. So logprobs and masks cost nothing to the
-batches that want none.
+a batch with a structured-output row replays two: the structured forward (up to the hidden states), then,
+once the engine has filled the token masks (token_masks.py), a small mask kind (the LM head, the masks,
+greedy or full sampling); any other batch replays the sampling one. So logprobs and masks cost nothing
+to the batches that want none. Every kind is captured over the whole ladder: with the mask kinds that is
+six graphs a rung, two of them a few kernels each.
 The ladder comes from max_num_seqs, so every decode batch has a rung.
 """
 
@@ -21,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from prometheus_client import CollectorRegistry
@@ -30,12 +32,10 @@ from prometheus_client import CollectorRegistry
 from graphrun.graphs import GraphRunner, make_backend
 from graphrun.graphs.backends import Backend
 from graphrun.graphs.options import Agree, CaptureWhen
-from graphrun.llm.layers.attention import AttentionMetadata
+from graphrun.llm.decode_step import FORWARD_KINDS, MASK_KINDS, decode_step
 from graphrun.llm.logprobs import LogprobBuffers
 from graphrun.llm.models import DecoderLM
-from graphrun.llm.sampler import SamplingTensors, greedy_sample, sample
 from graphrun.llm.step_inputs import DecodeInputs
-from graphrun.llm.token_masks import apply_token_masks
 
 log = logging.getLogger(__name__)
 
@@ -50,59 +50,6 @@ class DecodeShape:
     num_blocks: int
     block_size: int
     vocab_size: int
-
-
-class DecodeStep:
-    """The callable the graphs capture: packed inputs -> next token ids (num_seqs,) int64."""
-
-    def __init__(
-        self,
-        model: DecoderLM,
-        kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-        greedy: bool,
-        last_tokens: torch.Tensor,
-        logprobs: LogprobBuffers | None = None,
-        masks: torch.Tensor | None = None,
-    ) -> None:
-        self._model = model
-        self._kv_caches = kv_caches
-        self._greedy = greedy
-        self._last_tokens = last_tokens
-        self._logprobs = logprobs  # given: the "logprobs" kind, which also writes them (logprobs.py)
-        self._masks = masks  # given: the "structured" kind, which reads (rows, words) token masks
-
-    def __call__(self, ints: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
-        """A DecodeInputs' packed tensors (num_seqs rows) -> (num_seqs,) int64 next token ids.
-
-        Side effect: the sampled tokens land in last_tokens[:num_seqs] (read by the next step's feed); in
-        the logprobs kind, their logprobs land in the LogprobBuffers' rows [:num_seqs].
-        """
-        step = DecodeInputs.over(ints, floats)
-        feed, positions = step.feed_rows, step.positions
-        input_ids = torch.where(feed >= 0, self._last_tokens[feed.clamp(min=0)], step.token_ids)
-        meta = AttentionMetadata(
-            slot_mapping=step.slots,
-            block_tables=step.block_tables.to(torch.int32),
-            context_lens=step.context_lens.to(torch.int32),
-        )
-        hidden = self._model(input_ids, positions, meta, self._kv_caches)
-        logits = self._model.compute_logits(hidden)  # (num_seqs, vocab) float32
-        # logprobs stay those of the raw logits, as in the other kinds; sampling sees the masked ones
-        allowed = logits if self._masks is None else apply_token_masks(logits, self._masks)
-        if self._greedy:
-            tokens = greedy_sample(allowed)
-        else:
-            params = SamplingTensors(
-                temperature=step.temperature,
-                top_p=step.top_p,
-                top_k=step.top_k.to(torch.int32),
-                seeds=step.seeds,
-            )
-            tokens = sample(allowed, params, positions)
-        self._last_tokens[: tokens.shape[0]].copy_(tokens)
-        if self._logprobs is not None:
-            self._logprobs.write_prefix(logits, tokens)
-        return tokens
 
 
 def random_inputs(shape: DecodeShape, n: int, gen: torch.Generator, device: torch.device) -> DecodeInputs:
@@ -132,9 +79,11 @@ def random_inputs(shape: DecodeShape, n: int, gen: torch.Generator, device: torc
 
 
 class DecodeGraphs:
-    """The sampling, greedy, logprobs and structured decode runners, captured over one ladder and one pool."""
+    """The decode runners of every kind (decode_step.py), captured over one ladder and one pool."""
 
-    KINDS = ("sampling", "greedy", "logprobs", "structured")
+    # sampling before greedy, so the greedy graph reuses its pool; logprobs, structured and the mask kinds
+    # last: rarely replayed, so background capture reaches them last
+    KINDS = (*FORWARD_KINDS, *MASK_KINDS)
 
     def __init__(
         self,
@@ -155,19 +104,18 @@ class DecodeGraphs:
     ) -> None:
         device = kv_caches[0][0].device
         self._device = device
-        shared = make_backend(backend, device)  # one backend instance: one pool for both runners
+        shared = make_backend(backend, device)  # one backend instance: one pool for every runner
         self.backend = shared  # the prefill graphs share it too
-        example = random_inputs(shape, shape.max_num_seqs, torch.Generator().manual_seed(0), device)
+        self._hidden = (model.config.hidden_size, model.norm.weight.dtype)  # what the mask kinds take
         start = time.perf_counter()
         self.runners: dict[str, GraphRunner] = {}
         kinds = [k for k in self.KINDS if _has_buffers(k, logprobs, masks)]
-        # sampling before greedy, so the greedy graph reuses its pool; logprobs and structured last: rarely
-        # replayed, so background capture reaches them last
         for kind in kinds:
             step_fn = decode_step(kind, model, kv_caches, last_tokens, logprobs, masks)
+            inputs = self._input_maker(kind, shape)
             self.runners[kind] = GraphRunner(
                 step_fn,
-                example.packed(),
+                inputs(shape.max_num_seqs, torch.Generator().manual_seed(0)),
                 sizes=list(sizes),
                 backend=shared,
                 name=f"decode-{kind}",
@@ -177,7 +125,7 @@ class DecodeGraphs:
                 capture=capture,
                 pad="repeat",  # padded rows repeat the last sequence: same token, same slot, same values
                 # called with each rung's size and, for the padded check, with smaller batch sizes
-                verify_inputs=lambda n, gen: random_inputs(shape, n, gen, device).packed(),
+                verify_inputs=inputs,
                 agree=agree,  # tensor parallel: a rung any rank fails is eager on all
             )
         self.capture_seconds = time.perf_counter() - start
@@ -193,50 +141,60 @@ class DecodeGraphs:
             self.pool_bytes / 2**20,
         )  # fmt: skip
 
+    def _input_maker(
+        self, kind: str, shape: DecodeShape
+    ) -> Callable[[int, torch.Generator], tuple[Any, ...]]:
+        """(rows, generator) -> valid random inputs of a kind: packed step inputs, after hidden states for
+        the mask kinds (the example, and verification's inputs)."""
+        device = self._device
+        if kind not in MASK_KINDS:
+            return lambda n, gen: random_inputs(shape, n, gen, device).packed()
+        size, dtype = self._hidden
+
+        def inputs(n: int, gen: torch.Generator) -> tuple[Any, ...]:
+            hidden = torch.randn(n, size, generator=gen).to(device=device, dtype=dtype)
+            return (hidden, *random_inputs(shape, n, gen, device).packed())
+
+        return inputs
+
     def run(self, step: DecodeInputs, kind: str) -> torch.Tensor:
-        """One decode step from inputs on the host (n rows) -> (n,) next token ids (a view).
+        """One decode step's forward kind from inputs on the host (n rows) -> (n,) next token ids, or the
+        structured kind's hidden states (n, hidden_size) (a view of static outputs).
 
         The inputs, staged in pinned memory by the caller (step_inputs.HostStaging), go straight into the
         runner's static inputs (its zero-copy path): one asynchronous host-to-device copy per packed
         tensor, no device-side copy-in. A batch without a captured rung runs eager inside the runner
         (counted).
         """
-        runner = self.runners[kind]
+        return self._replay(self.runners[kind], step)
+
+    def sample(self, hidden: torch.Tensor, step: DecodeInputs, kind: str) -> torch.Tensor:
+        """A structured step's masked sampling (a mask kind): its forward's hidden states (n rows, on the
+        device) and the same host inputs -> (n,) next token ids (a view)."""
+        return self._replay(self.runners[kind], step, hidden)
+
+    def _replay(self, runner: GraphRunner, step: DecodeInputs, *first: torch.Tensor) -> Any:
+        """Run `runner` on (*first, ints, floats): a device-side copy for `first`, the zero-copy path for
+        the packed host inputs."""
         n = step.num_rows
         if runner.rung_for(n) is None:
-            return runner(*step.to(self._device).packed())
-        (static_ints, static_floats), _ = runner.static_inputs(n)
+            return runner(*first, *step.to(self._device).packed())
+        (*static_first, static_ints, static_floats), _ = runner.static_inputs(n)
+        for static, given in zip(static_first, first, strict=True):
+            static.copy_(given)
         static_ints.copy_(step.ints, non_blocking=self._non_blocking)
         static_floats.copy_(step.floats, non_blocking=self._non_blocking)
-        return runner(static_ints, static_floats)
+        return runner(*static_first, static_ints, static_floats)
 
 
 def decode_kind(greedy: bool, logprobs: bool, structured: bool) -> str:
-    """The graph kind a batch replays: structured for any grammar row, then logprobs, greedy, sampling."""
+    """The graph kind a batch's forward replays: structured for any grammar row (its sampling follows in
+    a mask kind: decode_step.mask_kind), then logprobs, greedy, sampling."""
     return "structured" if structured else "logprobs" if logprobs else "greedy" if greedy else "sampling"
 
 
-def decode_step(
-    kind: str,
-    model: DecoderLM,
-    kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    last_tokens: torch.Tensor,
-    logprobs: LogprobBuffers | None,
-    masks: torch.Tensor | None,
-) -> DecodeStep:
-    """The step function of one kind: the logprobs and structured kinds write logprobs; structured masks."""
-    return DecodeStep(
-        model,
-        kv_caches,
-        greedy=kind == "greedy",
-        last_tokens=last_tokens,
-        logprobs=logprobs if kind in ("logprobs", "structured") else None,
-        masks=masks if kind == "structured" else None,
-    )
-
-
 def _has_buffers(kind: str, logprobs: LogprobBuffers | None, masks: torch.Tensor | None) -> bool:
-    """Whether a kind can be built: logprobs needs its buffers, structured those and the masks."""
+    """Whether a kind can be built: logprobs needs its buffers, the structured and mask kinds the masks."""
     if kind == "logprobs":
         return logprobs is not None
-    return kind != "structured" or (logprobs is not None and masks is not None)
+    return masks is not None if kind in ("structured", *MASK_KINDS) else True

@@ -20,12 +20,16 @@ the host learns them one step later: step() returns the outputs of the step befo
 A request that stops on a token costs one extra (discarded) step; length limits stop it on time.
 
 Structured output (grammar.py, token_masks.py): a request with a grammar gets a matcher; each step that
-samples for it fills its mask row on the host and the step samples from the masked logits (the decode
-graph of kind "structured"; an eager prefill). The mask of step n+1 depends on the token of step n, so
-a step that sampled for a grammar request is resolved before the next one is scheduled: while grammar
-requests run, the engine steps synchronously (every request in those steps waits for the host's
-scheduling, as without asynchronous scheduling); requests without one keep the asynchronous pipeline
-and the plain graphs whenever no grammar request shares their step.
+samples for it fills its mask row on the host and the step samples from the masked logits. The mask of
+step n+1 depends on the token of step n, but only its sampling does, not its forward: so a step with a
+grammar row whose sequence is owed that token launches its forward (the decode graph of kind
+"structured", up to the hidden states: decode_step.py; or the eager / piecewise forward), then resolves
+step n (waits for its tokens, advances the matchers), fills the masks and only then launches the masked
+sampling (a small graph of a mask kind, or eager). The host's resolve and mask work overlap the device's
+forward, as asynchronous scheduling overlaps any other step's; the tokens are those of synchronous
+scheduling. A sequence that ended at step n (its grammar complete, a stop token, an abort) still has its
+row in step n+1, unmasked and dropped, as any stop costs one extra step. Batches with no grammar row take
+the one-graph path.
 
 Background capture (EngineConfig.capture="background", background_graphs.py): start-up ends once the
 KV cache is allocated; then graph rungs are captured between steps, on the engine thread (per idle turn
@@ -45,7 +49,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,10 +66,11 @@ from graphrun.graphs.status import CallFallback
 from graphrun.llm.background_graphs import BackgroundGraphs
 from graphrun.llm.block_manager import BlockCopy, BlockManager
 from graphrun.llm.choices import choice_params
-from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape, decode_kind, decode_step
+from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape, decode_kind
+from graphrun.llm.decode_step import MASK_LOGPROBS, decode_step, mask_kind
 from graphrun.llm.engine_config import EngineConfig
 from graphrun.llm.engine_status import EngineStatus
-from graphrun.llm.grammar import GrammarCompiler
+from graphrun.llm.grammar import GrammarCompiler, GrammarMatcher
 from graphrun.llm.graph_state import publish_graph_state
 from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache, gpu_kv_budget, num_blocks_for_budget
 from graphrun.llm.layers.attention import AttentionMetadata
@@ -91,6 +96,9 @@ from graphrun.llm.transfer import to_device
 from graphrun.step_timing import StepTiming
 
 log = logging.getLogger(__name__)
+
+# queues a launched step's sampling (nothing when its graph sampled) -> its sample rows' tokens, on the device
+Sampling = Callable[[], torch.Tensor]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +187,7 @@ class LLMEngine:
         masks = self.token_masks.device_masks
         self._eager_decode = {
             kind: decode_step(kind, self.model, self.kv_caches, self.last_tokens, self.logprob_buffers, masks)
-            for kind in DecodeGraphs.KINDS
+            for kind in (*DecodeGraphs.KINDS, MASK_LOGPROBS)
         }
         self._capture_graphs(self.registry)
         self._next_seq_id = 0
@@ -491,8 +499,14 @@ class LLMEngine:
 
     @async_scheduling.setter
     def async_scheduling(self, value: bool) -> None:
-        if value != self._async and self._launched is not None:
-            raise RuntimeError("switch async_scheduling only between requests (a step is in flight)")
+        launched = self._launched
+        if value != self._async and launched is not None:
+            if launched.advanced.owed():
+                raise RuntimeError("switch async_scheduling only between requests (a step is in flight)")
+            # the extra step of sequences that stopped on a token: nothing of it is kept; wait for it, so
+            # the next step's staging never overwrites inputs its copies may still read
+            self._resolve(launched)
+            self._launched = None
         self._async = value
 
     # ----- one step ---------------------------------------------------------------------------------
@@ -533,27 +547,33 @@ class LLMEngine:
             )
         self._last_wait_end = None
         previous = self._launched  # the batch's feed rows point into its tokens
-        outputs = []
-        if previous is not None and _sampled_for_grammar(previous):  # its tokens decide the next masks
-            outputs, previous, self._launched = self._resolve(previous), None, None
         batch = self.scheduler.schedule()
         if self._link is not None:
             self._link.check_batch(_fingerprint(batch))
         self._copy_blocks(self.scheduler.take_block_copies())
+        # a grammar row's mask needs the token `previous` owes its sequence: then the batch's forward is
+        # launched first, and its sampling once that token is in (the wait overlaps the forward)
+        masks_wait = batch is not None and previous is not None and _owes_grammar(previous, batch)
+        outputs: list[StepOutput] = []
         if batch is not None:
             try:
-                tokens = self._run_prefill(batch) if batch.kind == "prefill" else self._run_decode(batch)
+                sampling = self._run_prefill(batch) if batch.kind == "prefill" else self._launch_decode(batch)
+                if not masks_wait:
+                    self._launched = self._launch_sampling(batch, sampling)
             except Exception:
                 self.scheduler.discard(batch)  # `previous` stays launched: the next step() returns it
                 raise
-            self._launched = self._to_host(self.scheduler.advance(batch), tokens, _wants_logprobs(batch.seqs))
         else:
             self._launched = None
         launched = time.perf_counter()
         if on_launched is not None:
             on_launched()
         called = time.perf_counter()
-        outputs += self._resolve(previous) if previous is not None else []
+        if masks_wait:
+            assert batch is not None and previous is not None
+            outputs = self._resolve_then_sample(previous, batch, sampling)
+        elif previous is not None:
+            outputs = self._resolve(previous)
         if not self._async and self._launched is not None:
             pending, self._launched = self._launched, None
             outputs += self._resolve(pending)
@@ -571,6 +591,28 @@ class LLMEngine:
             self.scheduler.num_waiting,
             self.scheduler.num_running,
         )
+        return outputs
+
+    def _launch_sampling(self, batch: ScheduledBatch, sampling: Sampling) -> _Launched:
+        """Queue a launched batch's sampling (a no-op when it sampled in its graph), advance the scheduler
+        past it and queue its tokens' copy to the host."""
+        tokens = sampling()
+        return self._to_host(self.scheduler.advance(batch), tokens, _wants_logprobs(batch.seqs))
+
+    def _resolve_then_sample(
+        self, previous: _Launched, batch: ScheduledBatch, sampling: Sampling
+    ) -> list[StepOutput]:
+        """Resolve the previous step (its tokens advance the grammars), then _launch_sampling the batch
+        (its masks filled now); returns the previous step's outputs. Should either raise, the batch is
+        discarded and nothing is left in flight."""
+        try:
+            outputs = self._resolve(previous)
+            self._launched = None
+            self._launched = self._launch_sampling(batch, sampling)
+        except Exception:
+            self._launched = None
+            self.scheduler.discard(batch)
+            raise
         return outputs
 
     def _copy_blocks(self, copies: list[BlockCopy]) -> None:
@@ -633,27 +675,41 @@ class LLMEngine:
                 feed.append(rows[seq.seq_id] if batch.input_ids[i] == PLACEHOLDER else -1)
         return feed
 
-    def _run_prefill(self, batch: ScheduledBatch) -> torch.Tensor:
-        """Fresh prompts replay a prefill graph each; the other rows run eager together.
+    def _run_prefill(self, batch: ScheduledBatch) -> Sampling:
+        """Fresh prompts replay a prefill graph each (sampled in it); the other rows run eager together.
 
         Every sample row's token lands in last_tokens[its index among the sample rows]; the step's
-        tokens are that prefix.
+        tokens are that prefix (what the returned sampling gives, once it has queued the eager rows').
         """
         if self._takes_piecewise(batch):
             return self._run_piecewise(batch)
         graphs = self.prefill_graphs
         sample_index = {row: i for i, row in enumerate(batch.sample_rows)}
         graph_rows = self._prefill_graph_rows(batch, graphs) if graphs is not None else []
+        eager_sampling: Sampling | None = None
         if len(graph_rows) < len(batch.seqs):
             in_graph = set(graph_rows)
             eager_rows = [r for r in range(len(batch.seqs)) if r not in in_graph]
             sub = batch.subset(eager_rows) if graph_rows else batch
-            self._prefill_eager(sub, [sample_index[r] for r in eager_rows if r in sample_index])
+            eager_sampling = self._prefill_eager(
+                sub, [sample_index[r] for r in eager_rows if r in sample_index]
+            )
         dummy = self.last_tokens.shape[0] - 1
         for row in graph_rows:
             assert graphs is not None
             graphs.run(pack_prefill(batch, row, sample_index.get(row, dummy)))
-        return self.last_tokens[: len(batch.sample_rows)]
+        return self._front_tokens(len(batch.sample_rows), eager_sampling)
+
+    def _front_tokens(self, num_samples: int, sampling: Sampling | None) -> Sampling:
+        """A step whose sample rows' tokens land in last_tokens[:num_samples]: run `sampling` (the rows
+        sampled eagerly), then those rows are its tokens."""
+
+        def tokens() -> torch.Tensor:
+            if sampling is not None:
+                sampling()
+            return self.last_tokens[:num_samples]
+
+        return tokens
 
     def _prefill_graph_rows(self, batch: ScheduledBatch, graphs: PrefillGraphs) -> list[int]:
         """The rows of a prefill batch that replay a prefill graph: fresh prompts that fit one, whose
@@ -688,12 +744,11 @@ class LLMEngine:
         wants = _wants_logprobs(batch.seqs) or wants_prompt_logprobs(batch.seqs) or _has_grammar(batch.seqs)
         return not fresh or PLACEHOLDER in batch.input_ids or wants
 
-    def _run_piecewise(self, batch: ScheduledBatch) -> torch.Tensor:
+    def _run_piecewise(self, batch: ScheduledBatch) -> Sampling:
         """Any step through the piecewise graphs, sampled eagerly after; its sample rows' tokens land at
         the front of last_tokens (where the next step's feed rows look for them)."""
         num_samples = len(batch.sample_rows)
-        self._prefill_eager(batch, list(range(num_samples)), piecewise=True)
-        return self.last_tokens[:num_samples]
+        return self._front_tokens(num_samples, self._prefill_eager(batch, list(range(num_samples)), True))
 
     def _forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, piecewise: bool
@@ -704,9 +759,9 @@ class LLMEngine:
         hidden: torch.Tensor = self.model(input_ids, positions, meta, self.kv_caches)
         return hidden
 
-    def _prefill_eager(self, batch: ScheduledBatch, out_rows: list[int], piecewise: bool = False) -> None:
-        """One forward over the batch (eager, or the piecewise graphs); its sampled tokens go to
-        last_tokens[out_rows]."""
+    def _prefill_eager(self, batch: ScheduledBatch, out_rows: list[int], piecewise: bool = False) -> Sampling:
+        """One forward over the batch (eager, or the piecewise graphs), queued now; the returned sampling
+        puts its sampled tokens in last_tokens[out_rows] (and returns them)."""
         tensors = batch.to_metadata(self.device, self.max_blocks_per_seq)
         input_ids = tensors.input_ids
         feed = self._feed_rows(batch)
@@ -717,31 +772,45 @@ class LLMEngine:
         if wants_prompt_logprobs(batch.seqs):
             record_prompt_logprobs(batch, hidden, self.model.compute_logits)
         if not batch.sample_rows:
-            return
-        logits = self.model.compute_logits(hidden[tensors.sample_indices])
+            return lambda: self.last_tokens[:0]
+        sample_hidden = hidden[tensors.sample_indices]
+        positions = tensors.positions[tensors.sample_indices]
+        return lambda: self._sample_eager(batch, out_rows, sample_hidden, positions)
+
+    def _sample_eager(
+        self, batch: ScheduledBatch, out_rows: list[int], hidden: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """The sample rows' tokens from their hidden states (the grammar rows masked), written to
+        last_tokens[out_rows]; returns them."""
+        logits = self.model.compute_logits(hidden)
         seqs = [batch.seqs[row] for row in batch.sample_rows]
         allowed = logits
-        if _has_grammar(seqs):
-            grammars = [(i, seq.grammar) for i, seq in enumerate(seqs) if seq.grammar is not None]
+        grammars = _grammar_rows(seqs, range(len(seqs)))
+        if grammars:
             allowed = apply_token_masks(logits, self.token_masks.fill(len(seqs), grammars))
         if all(seq.params.temperature == 0 for seq in seqs):
             # an argmax, as the greedy decode graph takes: sample() costs more for the same argmax (the
             # torch path sorts every row's whole vocabulary; the fused kernels launch twice)
             tokens = greedy_sample(allowed)
         else:
-            positions = tensors.positions[tensors.sample_indices]
             tokens = sample(allowed, self._sampling_tensors(seqs), positions)
         index = to_device(out_rows, self.device, torch.int64)
         self.last_tokens.index_copy_(0, index, tokens)
         if _wants_logprobs(seqs):
             self.logprob_buffers.write_rows(index, logits, tokens)
+        return tokens
 
     def _run_decode(self, batch: ScheduledBatch) -> torch.Tensor:
+        """_launch_decode and its sampling at once: the sample rows' tokens (benchmarks, tests)."""
+        return self._launch_decode(batch)()
+
+    def _launch_decode(self, batch: ScheduledBatch) -> Sampling:
         """A decode or mixed batch through the decode graph (or eager): one row per token.
 
-        Returns the sample rows' tokens. In a mixed batch they are gathered from the token rows (a prompt
-        chunk samples only its last token, and only when it completes the prompt) and written to the
-        front of last_tokens, where the next step's feed rows look for them.
+        Its sampling gives the sample rows' tokens. In a mixed batch they are gathered from the token rows
+        (a prompt chunk samples only its last token, and only when it completes the prompt) and written to
+        the front of last_tokens, where the next step's feed rows look for them. A batch with a grammar
+        row launches its forward here and leaves the masked sampling to the returned callable.
         """
         if self._takes_piecewise(batch):
             return self._run_piecewise(batch)
@@ -752,43 +821,60 @@ class LLMEngine:
         step = self._pack_decode(batch)
         greedy = all(seq.params.temperature == 0 for seq in batch.seqs)
         logprobs = _wants_logprobs(batch.seqs)
-        structured = _has_grammar(batch.seqs)
-        if structured:
-            self._fill_masks(batch)
-        kind = decode_kind(greedy, logprobs, structured)
+        if _has_grammar([batch.seqs[row] for row in batch.sample_rows]):
+            hidden = self._decode_kind(step, "structured")
+            return lambda: self._sample_rows(
+                batch, self._masked_sample(batch, hidden, step, greedy, logprobs)
+            )
+        sampled = self._sample_rows(batch, self._decode_kind(step, decode_kind(greedy, logprobs, False)))
+        return lambda: sampled
+
+    def _decode_kind(self, step: DecodeInputs, kind: str) -> torch.Tensor:
+        """One forward kind of the decode step: a graph replay, or its eager callable with graphs off."""
+        if self.decode_graphs is not None:
+            return self.decode_graphs.run(step, kind)
+        return self._eager_decode[kind](*(to_device(t, self.device) for t in step.packed()))
+
+    def _masked_sample(
+        self, batch: ScheduledBatch, hidden: torch.Tensor, step: DecodeInputs, greedy: bool, logprobs: bool
+    ) -> torch.Tensor:
+        """A structured step's second half: fill the masks, queue the masked sampling -> (rows,) tokens.
+        With logprobs it runs eager (counted as a fallback of the mask-sampling graph)."""
+        self._fill_masks(batch)
+        kind = mask_kind(greedy, logprobs)
         graphs = self.decode_graphs
+        if graphs is not None and kind in graphs.runners:
+            return graphs.sample(hidden, step, kind)
         if graphs is not None:
-            tokens = graphs.run(step, kind)
-        else:
-            tokens = self._eager_decode[kind](*(to_device(t, self.device) for t in step.packed()))
+            graphs.runners["mask-sampling"].stats.count_fallback(CallFallback.NEEDS_OTHER_OUTPUT)
+        return self._eager_decode[kind](hidden, *(to_device(t, self.device) for t in step.packed()))
+
+    def _sample_rows(self, batch: ScheduledBatch, tokens: torch.Tensor) -> torch.Tensor:
+        """A decode-path step's tokens, one per token row -> its sample rows' (a mixed step's gathered to
+        the front of last_tokens, logprobs too)."""
         if batch.kind == "decode":
             return tokens
         index = to_device(batch.sample_token_indices, self.device, torch.int64)
         sampled = tokens.index_select(0, index)
         self.last_tokens[: sampled.shape[0]].copy_(sampled)
-        if logprobs:
+        if _wants_logprobs(batch.seqs):
             self.logprob_buffers.gather_to_front(index)
         return sampled
 
     def _fill_masks(self, batch: ScheduledBatch) -> None:
         """The token masks of a decode or mixed batch, one row per token: each grammar sequence's sample
         row from its matcher (which has taken every token before it: see step()), the rest all allowed."""
-        rows = []
-        for row, token_row in zip(batch.sample_rows, batch.sample_token_indices, strict=True):
-            grammar = batch.seqs[row].grammar
-            if grammar is not None:
-                rows.append((token_row, grammar))
-        self.token_masks.fill(batch.num_tokens, rows)
+        seqs = [batch.seqs[row] for row in batch.sample_rows]
+        self.token_masks.fill(batch.num_tokens, _grammar_rows(seqs, batch.sample_token_indices))
 
-    def _run_mixed_eager(self, batch: ScheduledBatch) -> torch.Tensor:
+    def _run_mixed_eager(self, batch: ScheduledBatch) -> Sampling:
         """A mixed batch above the top decode rung: one eager forward, the decode rows through the decode
         kernel in one call and each prompt chunk through varlen attention (layers/attention.py).
 
         Its sample rows' tokens land at the front of last_tokens, as a graph-run mixed step's do.
         """
         num_samples = len(batch.sample_rows)
-        self._prefill_eager(batch, list(range(num_samples)))
-        return self.last_tokens[:num_samples]
+        return self._front_tokens(num_samples, self._prefill_eager(batch, list(range(num_samples))))
 
     def _pack_decode(self, batch: ScheduledBatch) -> DecodeInputs:
         """The batch's decode inputs (step_inputs.py), one row per token, in the next host staging set."""
@@ -880,9 +966,22 @@ def _has_grammar(seqs: list[Sequence]) -> bool:
     return any(seq.grammar is not None for seq in seqs)
 
 
-def _sampled_for_grammar(launched: _Launched) -> bool:
-    """Whether a launched step sampled a token some grammar sequence still waits for."""
-    return any(seq.grammar is not None for _, seq, _ in launched.advanced.owed())
+def _owes_grammar(launched: _Launched, batch: ScheduledBatch) -> bool:
+    """Whether a launched step owes a token to a grammar sequence that samples in `batch` (its mask
+    needs that token)."""
+    waiting = {seq.seq_id for _, seq, _ in launched.advanced.owed() if seq.grammar is not None}
+    return any(batch.seqs[row].seq_id in waiting for row in batch.sample_rows)
+
+
+def _grammar_rows(seqs: list[Sequence], rows: Iterable[int]) -> list[tuple[int, GrammarMatcher]]:
+    """(mask row, matcher) of each sequence with a grammar, seqs[i] at rows[i]. A sequence that ended at
+    the step before (a stop token, its grammar complete, an abort) is skipped: its row, computed because it
+    was scheduled before its end was known, is dropped, and its matcher may take no more."""
+    return [
+        (row, seq.grammar)
+        for seq, row in zip(seqs, rows, strict=True)
+        if seq.grammar is not None and not seq.is_finished
+    ]
 
 
 def _pair(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:

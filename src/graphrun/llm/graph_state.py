@@ -17,7 +17,8 @@ from graphrun.llm.engine_config import GraphsOff
 
 # every GraphRunner an engine may build (decode_graph.py, prefill_graph.py, piecewise_graph.py)
 ENGINE_RUNNER_NAMES = (
-    "decode-sampling", "decode-greedy", "decode-logprobs", "decode-structured", "prefill", "piecewise",
+    "decode-sampling", "decode-greedy", "decode-logprobs", "decode-structured", "decode-mask-greedy",
+    "decode-mask-sampling", "prefill", "piecewise",
 )  # fmt: skip
 
 

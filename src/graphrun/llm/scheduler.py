@@ -33,8 +33,9 @@ Policies, in order of priority:
   more batch is scheduled; its rows that feed a PLACEHOLDER take the token from the device (engine.py).
   A sequence that stops on a token is thus computed one step too many; that token is dropped.
 - Structured output: resolve() advances a sequence's grammar matcher by each token; a complete grammar
-  ends the sequence with "stop". The next token's mask needs that, so the engine resolves a step that
-  sampled for a grammar sequence before it schedules the next one (engine.py).
+  ends the sequence with "stop". The next token's mask needs that, so the engine launches the forward of
+  a step with a grammar row, resolves the step before, and only then fills the masks and samples; that
+  step's advance() comes after the resolve() (engine.py).
 - Choices (n > 1, choices.py): a group queues its first choice only, admitted when seats remain for the
   whole group; the rest fork from it in advance() once its prompt is computed, sharing its full prompt
   blocks. The partial block's device copies wait in `take_block_copies()` for the engine.

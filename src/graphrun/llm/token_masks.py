@@ -2,9 +2,10 @@
 
 A mask row is ceil(vocab / 32) int32 words; bit t % 32 of word t // 32 allows token t. `TokenMasks` owns
 one persistent device tensor (rows like `last_tokens`: one per token row of the largest step), which the
-decode graph of kind "structured" reads as one more static input, and pinned host twins the engine fills
-each step (a grammar request's sample row from its matcher, every other row all ones) and copies in one
-asynchronous transfer before the step runs. Two host sets are used in turn, as HostStaging's are.
+decode graphs of the mask kinds (decode_step.py) read as one more static input, and pinned host twins the
+engine fills each step (a grammar request's sample row from its matcher, every other row all ones) and
+copies in one asynchronous transfer before the step's sampling runs (its forward is already queued). Two
+host sets are used in turn, as HostStaging's are.
 Batches with no grammar row never touch any of it and replay the plain graphs.
 """
 
@@ -25,12 +26,21 @@ def num_words(vocab_size: int) -> int:
 
 
 def apply_token_masks(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(n, vocab) logits, (n, words) int32 masks -> the logits with forbidden tokens at -inf (graph-safe)."""
+    """(n, vocab) logits, (n, words) int32 masks -> the logits with forbidden tokens at -inf (graph-safe).
+
+    The words are read as bytes (little-endian, as on every device torch runs on: byte t // 8 holds token
+    t at bit t % 8), each byte and-ed with the 8 one-bit patterns: one (n, words * 32) uint8 tensor, then
+    its bool view of the vocabulary and a select. An (n, words, 32) int32 expansion wrote four bytes a
+    token, twice, before its bool pass (benchmarks/token_mask_apply.py measures both).
+    """
     n, vocab = logits.shape
-    shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
-    bits = (masks[:n, :, None] >> shifts) & 1  # (n, words, 32)
-    allowed = bits.reshape(n, -1)[:, :vocab].bool()
-    return logits.masked_fill(~allowed, float("-inf"))
+    data = masks[:n].view(torch.uint8)  # (n, words * 4)
+    device = logits.device
+    one_bits = torch.ones(8, dtype=torch.uint8, device=device) << torch.arange(
+        8, dtype=torch.uint8, device=device
+    )
+    allowed = (data[:, :, None] & one_bits).view(n, -1)[:, :vocab].bool()  # (n, vocab)
+    return torch.where(allowed, logits, float("-inf"))
 
 
 class TokenMasks:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tp_scenario import COMMON, GREEDY, MAX_TOKENS, SEEDED, UNSEEDED, run_scenario
+from tp_scenario import COMMON, GREEDY, MAX_TOKENS, SEEDED, STRUCTURED, UNSEEDED, run_scenario
 
 from graphrun.errors import ConfigError
 from graphrun.llm.engine import LLMEngine
@@ -67,12 +67,20 @@ class TestEager:
         choices = sorted(tokens)[-2:]  # seeds 11 and 12: they differ (and choice 0 repeats request 0)
         assert tokens[choices[0]] != tokens[choices[1]]
 
+    def test_structured_output_of_two_ranks_is_that_of_one(self, pair):
+        """Each rank advances its own matchers and fills its own masks; the steps stay in lockstep."""
+        tokens = _check_same(pair, [STRUCTURED, GREEDY])
+        constrained = [t for t in tokens.values() if len(t) == MAX_TOKENS]  # all but the aborted request
+        assert len(constrained) == 5 and all(max(t) < 256 for t in constrained)
+        assert set(bytes(t for ids in constrained for t in ids)) <= set(b"abcdefghijklmnopqrstuvwxyz ")
+
 
 class TestSimGraphs:
     PAIR = "graph_pair"
 
     def test_graphs_captured_per_rank_give_the_tokens_of_one_rank(self, pair):
         _check_same(pair, [GREEDY, SEEDED])
+        _check_same(pair, [STRUCTURED, GREEDY])  # the structured forward, then a mask graph, per rank
         two = pair[1]
         assert two.decode_graphs is not None and two.prefill_graphs is not None
         assert all(s.captured for r in two.decode_graphs.runners.values() for s in r.status())

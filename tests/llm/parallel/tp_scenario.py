@@ -7,12 +7,17 @@ from collections import defaultdict
 
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.sampling_params import SamplingParams
+from graphrun.llm.structured_output import StructuredOutput
 
 PROMPTS = [[5 + (7 * i + n) % 200 for i in range(n)] for n in (3, 11, 6, 19)]
 MAX_TOKENS = 24
 GREEDY = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
 SEEDED = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.9, top_k=50, top_p=0.9, seed=11, ignore_eos=True)
 UNSEEDED = SamplingParams(max_tokens=MAX_TOKENS, temperature=1.0, ignore_eos=True)  # seed from seq id
+# a grammar that cannot end before MAX_TOKENS: every step masks, and the requests run to the length limit
+STRUCTURED = SamplingParams(
+    max_tokens=MAX_TOKENS, temperature=0.9, seed=5, structured_output=StructuredOutput.regex("[a-z ]{30,40}")
+)
 COMMON = dict(model="tiny", max_num_seqs=4, max_model_len=128, mixed_prefill_tokens=8)
 
 
