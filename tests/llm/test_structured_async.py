@@ -43,13 +43,16 @@ def engine(**kw):
 
 @pytest.fixture(scope="module")
 def engines():
-    return {
+    built = {
         "graph": engine(graph_backend="sim", cuda_graph_mode="full", mixed_prefill_tokens=2),
         "eager": engine(enforce_eager=True, mixed_prefill_tokens=2),
         "piecewise": engine(
             graph_backend="sim", cuda_graph_mode="full_and_piecewise", mixed_prefill_tokens=8
         ),
     }
+    for eng in built.values():  # captured now, not at the first structured step: test_structured_lazy.py
+        eng.capture_structured_graphs()
+    return built
 
 
 def requests(temperature):

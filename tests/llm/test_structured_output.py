@@ -57,6 +57,7 @@ def engines():
     graph = engine(
         graph_backend="sim", cuda_graph_sizes=(1, 2, 4), cuda_graph_mode="full", max_num_batched_tokens=64
     )
+    graph.capture_structured_graphs()  # not at the first structured step: test_structured_lazy.py
     return graph, engine(enforce_eager=True)
 
 

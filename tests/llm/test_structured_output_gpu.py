@@ -15,7 +15,9 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def engines():
-    return cuda_graph_and_eager()
+    graph, eager = cuda_graph_and_eager()
+    graph.capture_structured_graphs()  # not at the first structured step (test_structured_async_gpu.py)
+    return graph, eager
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.9])

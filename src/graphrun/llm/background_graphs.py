@@ -2,14 +2,17 @@
 
 With EngineConfig.capture="background" start-up ends once the KV cache is allocated, and the runners are
 built uncaptured. This pass then captures their rungs in order (decode-sampling, decode-greedy,
-decode-logprobs, decode-structured, decode-mask-greedy, decode-mask-sampling, prefill; each largest
-first): back to back while the engine is idle (one per turn of the serving loop, so a request that
-arrives waits for one rung at most), and under load at most BUSY_CAPTURE_SHARE of the engine's time, one
-rung after a step once the steps since the last rung have taken (1 - share) / share times as long as it
-did. A rung costs several forward passes (warm-up,
+decode-logprobs, prefill, piecewise; each largest first): back to back while the engine is idle (one per
+turn of the serving loop, so a request that arrives waits for one rung at most), and under load at most
+BUSY_CAPTURE_SHARE of the engine's time, one rung after a step once the steps since the last rung have
+taken (1 - share) / share times as long as it did. A rung costs several forward passes (warm-up,
 capture, verification at its own size and padded), a few times a decode step, so capturing one after
 every step would slow every running request several-fold until the pass ends; this way they run at eager
 speed less a quarter, and the pass still ends under constant load.
+
+The structured decode kinds (decode-structured, decode-mask-greedy, decode-mask-sampling) are built at
+the first structured step, whatever EngineConfig.capture says, and captured by such a pass too: a pass of
+their own, or appended to the start-up pass while it runs (extend(); structured_graphs.py says why).
 
 Why on the engine thread and not on a thread of its own: the decode and prefill callables write the KV
 cache and `last_tokens`, which the running sequences own, so a capture beside a step would race with it.
@@ -41,15 +44,29 @@ class BackgroundGraphs:
     """Drives one background capture pass over `runners`, in order; step() captures the next rung."""
 
     def __init__(
-        self, runners: Sequence[GraphRunner], last_tokens: torch.Tensor, blocks: BlockManager
+        self,
+        runners: Sequence[GraphRunner],
+        last_tokens: torch.Tensor,
+        blocks: BlockManager | None,
+        what: str = "graphs",
     ) -> None:
-        self._queue = list(runners)
+        """blocks: the manager whose reserve()d blocks `runners` capture into, given back once they are
+        done (None: none held, as for decode kinds alone, which write only the scratch block)."""
+        self._queue: list[GraphRunner] = []
         self._last_tokens = last_tokens
         self._blocks = blocks
-        for runner in self._queue:
-            runner.start_background_capture(thread=False)
+        self._holding = list(runners) if blocks is not None else []  # the runners the blocks wait for
+        self._what = what  # the pass's name in its closing log line
+        self.extend(runners)
         self._start = time.perf_counter()
         self._next_busy = self._start  # under load, no rung before this time (perf_counter)
+
+    def extend(self, runners: Sequence[GraphRunner]) -> None:
+        """Queue more runners (built uncaptured, writing no reserved block) after those queued; their calls
+        run eager until their rungs land."""
+        for runner in runners:
+            runner.start_background_capture(thread=False)
+        self._queue += runners
 
     @property
     def pending(self) -> bool:
@@ -75,16 +92,17 @@ class BackgroundGraphs:
             end = time.perf_counter()
             self._next_busy = end + (end - start) * (1 - BUSY_CAPTURE_SHARE) / BUSY_CAPTURE_SHARE
             if captured:
-                if not any(r.pending_rungs for r in self._queue):
-                    self._finish()
+                self._after_rung()
                 return True
             self._queue.pop(0)
         return False
 
-    def _finish(self) -> None:
-        self._queue = []
-        self._blocks.release_reserved()
-        log.info(
-            "graphs: background capture done in %.2f s; reserved KV blocks released",
-            time.perf_counter() - self._start,
-        )
+    def _after_rung(self) -> None:
+        """Give the reserved blocks back once their runners are done; end the pass once every one is."""
+        if self._blocks is not None and not any(r.pending_rungs for r in self._holding):
+            self._blocks.release_reserved()
+            self._blocks, self._holding = None, []
+            log.info("graphs: reserved KV blocks released")
+        if not any(r.pending_rungs for r in self._queue):
+            self._queue = []
+            log.info("%s: background capture done in %.2f s", self._what, time.perf_counter() - self._start)

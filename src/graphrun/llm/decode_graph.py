@@ -13,9 +13,13 @@ wants logprobs replays the logprobs one (sampling, then a log-softmax and a top-
 a batch with a structured-output row replays two: the structured forward (up to the hidden states), then,
 once the engine has filled the token masks (token_masks.py), a small mask kind (the LM head, the masks,
 greedy or full sampling); any other batch replays the sampling one. So logprobs and masks cost nothing
-to the batches that want none. Every kind is captured over the whole ladder: with the mask kinds that is
-six graphs a rung, two of them a few kernels each.
-The ladder comes from max_num_seqs, so every decode batch has a rung.
+to the batches that want none.
+
+Which kinds exist when: the constructor builds (and, capture="now", captures) the sampling, greedy and
+logprobs kinds only (KINDS). The three structured kinds (STRUCTURED_KINDS) are built by add_structured(),
+which the engine calls at the first step with a grammar row (structured_graphs.py says when and how they
+are then captured, and why not at start-up). Every kind is captured over the whole ladder; the ladder
+comes from max_num_seqs, so every decode batch has a rung.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from prometheus_client import CollectorRegistry
 from graphrun.graphs import GraphRunner, make_backend
 from graphrun.graphs.backends import Backend
 from graphrun.graphs.options import Agree, CaptureWhen
-from graphrun.llm.decode_step import FORWARD_KINDS, MASK_KINDS, decode_step
+from graphrun.llm.decode_step import MASK_KINDS, decode_step
 from graphrun.llm.logprobs import LogprobBuffers
 from graphrun.llm.models import DecoderLM
 from graphrun.llm.step_inputs import DecodeInputs
@@ -78,12 +82,32 @@ def random_inputs(shape: DecodeShape, n: int, gen: torch.Generator, device: torc
     return step.to(device)
 
 
+@dataclass(frozen=True, slots=True)
+class _Recipe:
+    """What building a decode runner of any kind takes: kept, so the structured kinds can be built later."""
+
+    model: DecoderLM
+    kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    last_tokens: torch.Tensor
+    shape: DecodeShape
+    sizes: tuple[int, ...]
+    backend: Backend  # one instance for every runner: one memory pool
+    registry: CollectorRegistry | None
+    compile: bool
+    compile_cache_dir: str | None
+    logprobs: LogprobBuffers | None
+    masks: torch.Tensor | None
+    agree: Agree | None
+
+
 class DecodeGraphs:
     """The decode runners of every kind (decode_step.py), captured over one ladder and one pool."""
 
-    # sampling before greedy, so the greedy graph reuses its pool; logprobs, structured and the mask kinds
-    # last: rarely replayed, so background capture reaches them last
-    KINDS = (*FORWARD_KINDS, *MASK_KINDS)
+    # built at construction: sampling before greedy, so the greedy graph reuses its pool; logprobs last:
+    # rarely replayed, so background capture reaches it last
+    KINDS = ("sampling", "greedy", "logprobs")
+    # built on first use (add_structured): only steps with a grammar row replay them
+    STRUCTURED_KINDS = ("structured", *MASK_KINDS)
 
     def __init__(
         self,
@@ -107,39 +131,71 @@ class DecodeGraphs:
         shared = make_backend(backend, device)  # one backend instance: one pool for every runner
         self.backend = shared  # the prefill graphs share it too
         self._hidden = (model.config.hidden_size, model.norm.weight.dtype)  # what the mask kinds take
+        self._recipe = _Recipe(
+            model, kv_caches, last_tokens, shape, tuple(sizes), shared, registry, compile, compile_cache_dir,
+            logprobs, masks, agree,
+        )  # fmt: skip
+        self._non_blocking = device.type == "cuda"  # callers stage in pinned memory (HostStaging)
         start = time.perf_counter()
         self.runners: dict[str, GraphRunner] = {}
-        kinds = [k for k in self.KINDS if _has_buffers(k, logprobs, masks)]
+        kinds = [k for k in self.KINDS if _has_buffers(k, logprobs)]
         for kind in kinds:
-            step_fn = decode_step(kind, model, kv_caches, last_tokens, logprobs, masks)
-            inputs = self._input_maker(kind, shape)
-            self.runners[kind] = GraphRunner(
-                step_fn,
-                inputs(shape.max_num_seqs, torch.Generator().manual_seed(0)),
-                sizes=list(sizes),
-                backend=shared,
-                name=f"decode-{kind}",
-                registry=registry,
-                compile=compile,
-                compile_cache_dir=compile_cache_dir,
-                capture=capture,
-                pad="repeat",  # padded rows repeat the last sequence: same token, same slot, same values
-                # called with each rung's size and, for the padded check, with smaller batch sizes
-                verify_inputs=inputs,
-                agree=agree,  # tensor parallel: a rung any rank fails is eager on all
-            )
+            self.runners[kind] = self._build(kind, capture)
         self.capture_seconds = time.perf_counter() - start
-        self._non_blocking = device.type == "cuda"  # callers stage in pinned memory (HostStaging)
         self.pool_bytes = shared.pool_bytes()
         if capture is not CaptureWhen.NOW:
             log.info("decode graphs: %d sizes x %d kinds, captured later", len(sizes), len(kinds))
             return
         captured = sum(st.captured for r in self.runners.values() for st in r.status())
         log.info(
-            "decode graphs: %d of %d captured (%d sizes x %d kinds) in %.2f s, pool %.1f MiB",
+            "decode graphs: %d of %d captured (%d sizes x %d kinds) in %.2f s, pool %.1f MiB; "
+            "the structured kinds on first use",
             captured, len(kinds) * len(sizes), len(sizes), len(kinds), self.capture_seconds,
             self.pool_bytes / 2**20,
         )  # fmt: skip
+
+    @property
+    def structured_missing(self) -> bool:
+        """Whether the structured kinds can be built (the engine gave the masks) and are not yet."""
+        return self._recipe.masks is not None and "structured" not in self.runners
+
+    def add_structured(self, capture: CaptureWhen) -> list[GraphRunner]:
+        """Build the structured kinds, capturing their rungs now or leaving them to a background pass
+        (capture LATER); returns the new runners ([] when built already, or without masks)."""
+        if not self.structured_missing:
+            return []
+        start = time.perf_counter()
+        added = [self._build(kind, capture) for kind in self.STRUCTURED_KINDS]
+        self.runners.update(zip(self.STRUCTURED_KINDS, added, strict=True))
+        self.pool_bytes = self.backend.pool_bytes()
+        if capture is CaptureWhen.NOW:
+            captured = sum(st.captured for r in added for st in r.status())
+            log.info(
+                "decode graphs: the structured kinds (%s): %d of %d rungs captured in %.2f s, pool %.1f MiB",
+                ", ".join(self.STRUCTURED_KINDS), captured, len(added) * len(self._recipe.sizes),
+                time.perf_counter() - start, self.pool_bytes / 2**20,
+            )  # fmt: skip
+        return added
+
+    def _build(self, kind: str, capture: CaptureWhen) -> GraphRunner:
+        """The runner of one kind over the ladder, captured now or later."""
+        r = self._recipe
+        inputs = self._input_maker(kind, r.shape)
+        return GraphRunner(
+            decode_step(kind, r.model, r.kv_caches, r.last_tokens, r.logprobs, r.masks),
+            inputs(r.shape.max_num_seqs, torch.Generator().manual_seed(0)),
+            sizes=list(r.sizes),
+            backend=r.backend,
+            name=f"decode-{kind}",
+            registry=r.registry,
+            compile=r.compile,
+            compile_cache_dir=r.compile_cache_dir,
+            capture=capture,
+            pad="repeat",  # padded rows repeat the last sequence: same token, same slot, same values
+            # called with each rung's size and, for the padded check, with smaller batch sizes
+            verify_inputs=inputs,
+            agree=r.agree,  # tensor parallel: a rung any rank fails is eager on all
+        )
 
     def _input_maker(
         self, kind: str, shape: DecodeShape
@@ -193,8 +249,6 @@ def decode_kind(greedy: bool, logprobs: bool, structured: bool) -> str:
     return "structured" if structured else "logprobs" if logprobs else "greedy" if greedy else "sampling"
 
 
-def _has_buffers(kind: str, logprobs: LogprobBuffers | None, masks: torch.Tensor | None) -> bool:
-    """Whether a kind can be built: logprobs needs its buffers, the structured and mask kinds the masks."""
-    if kind == "logprobs":
-        return logprobs is not None
-    return masks is not None if kind in ("structured", *MASK_KINDS) else True
+def _has_buffers(kind: str, logprobs: LogprobBuffers | None) -> bool:
+    """Whether a start-up kind can be built: logprobs needs its buffers."""
+    return kind != "logprobs" or logprobs is not None

@@ -29,7 +29,9 @@ sampling (a small graph of a mask kind, or eager). The host's resolve and mask w
 forward, as asynchronous scheduling overlaps any other step's; the tokens are those of synchronous
 scheduling. A sequence that ended at step n (its grammar complete, a stop token, an abort) still has its
 row in step n+1, unmasked and dropped, as any stop costs one extra step. Batches with no grammar row take
-the one-graph path.
+the one-graph path. The structured and mask graph kinds are not captured at start-up: the first step with
+a grammar sequence builds them and a background pass captures them (structured_graphs.py), so an engine
+that never sees a grammar pays nothing for them.
 
 Background capture (EngineConfig.capture="background", background_graphs.py): start-up ends once the
 KV cache is allocated; then graph rungs are captured between steps, on the engine thread (per idle turn
@@ -91,6 +93,7 @@ from graphrun.llm.scheduler import PLACEHOLDER, AdvancedBatch, ScheduledBatch, S
 from graphrun.llm.sequence import Sequence
 from graphrun.llm.step_inputs import DecodeInputs, HostStaging
 from graphrun.llm.step_packing import pack_decode, pack_prefill
+from graphrun.llm.structured_graphs import capture_in_background, capture_now
 from graphrun.llm.token_masks import TokenMasks, apply_token_masks
 from graphrun.llm.transfer import to_device
 from graphrun.step_timing import StepTiming
@@ -187,7 +190,7 @@ class LLMEngine:
         masks = self.token_masks.device_masks
         self._eager_decode = {
             kind: decode_step(kind, self.model, self.kv_caches, self.last_tokens, self.logprob_buffers, masks)
-            for kind in (*DecodeGraphs.KINDS, MASK_LOGPROBS)
+            for kind in (*DecodeGraphs.KINDS, *DecodeGraphs.STRUCTURED_KINDS, MASK_LOGPROBS)
         }
         self._capture_graphs(self.registry)
         self._next_seq_id = 0
@@ -363,6 +366,23 @@ class LLMEngine:
         blocks = manager.reserve(manager.blocks_for_tokens(num_tokens))
         log.info("graphs: %d KV blocks held for background capture until it ends", len(blocks))
         return blocks.stop * self.config.block_size
+
+    def _want_structured_graphs(self, batch: ScheduledBatch) -> None:
+        """The structured decode kinds, built at the first step with a grammar sequence (captured in the
+        background on one rank, now with tensor parallelism: structured_graphs.py says why)."""
+        graphs = self.decode_graphs
+        if graphs is None or not graphs.structured_missing or not _has_grammar(batch.seqs):
+            return
+        if self._link is not None:
+            capture_now(graphs, self.registry, self.last_tokens)
+            return
+        self._background = capture_in_background(graphs, self.registry, self.last_tokens, self._background)
+
+    def capture_structured_graphs(self) -> None:
+        """Capture the structured decode kinds now rather than at the first structured step (a benchmark
+        that times them); nothing when they exist or there are no decode graphs. Between steps only."""
+        if self.decode_graphs is not None and self.decode_graphs.structured_missing:
+            capture_now(self.decode_graphs, self.registry, self.last_tokens)
 
     def _start_background_capture(self) -> None:
         self._background = BackgroundGraphs(self._runners(), self.last_tokens, self.scheduler.block_manager)
@@ -557,6 +577,7 @@ class LLMEngine:
         outputs: list[StepOutput] = []
         if batch is not None:
             try:
+                self._want_structured_graphs(batch)
                 sampling = self._run_prefill(batch) if batch.kind == "prefill" else self._launch_decode(batch)
                 if not masks_wait:
                     self._launched = self._launch_sampling(batch, sampling)

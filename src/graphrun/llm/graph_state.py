@@ -2,9 +2,10 @@
 
 A dashboard built against a laptop's server (no CUDA: graphs off) must find the same series on a GPU
 host, and the other way round. So the `graphrun_cuda_graph_*` series of every runner the engine can
-own are always there, at zero for a runner that was never built (graphs off, or prefill graphs turned
-off), and one gauge says what happened: `graphrun_cuda_graphs_enabled{backend, reason}` is 1 with
-reason "none" when decode graphs are on, 0 with the reason (engine_config.GraphsOff) when they are off.
+own are always there, at zero for a runner that was never built (graphs off, prefill graphs turned
+off, or the structured decode kinds before the first structured step), and one gauge says what
+happened: `graphrun_cuda_graphs_enabled{backend, reason}` is 1 with reason "none" when decode graphs
+are on, 0 with the reason (engine_config.GraphsOff) when they are off.
 """
 
 from __future__ import annotations
@@ -35,3 +36,11 @@ def publish_graph_state(registry: CollectorRegistry, backend: str | None, off: G
     for name in ENGINE_RUNNER_NAMES:
         if name not in collector.names():
             collector.add(name, RunnerStats())
+
+
+def release_runner_names(registry: CollectorRegistry, names: tuple[str, ...]) -> None:
+    """Drop the zero series of runners about to be built after start-up (the structured decode kinds, at
+    the first structured step: structured_graphs.py), so they can register under their names."""
+    collector = collector_for(registry)
+    for name in names:
+        collector.remove(name)

@@ -85,6 +85,10 @@ class TestSimGraphs:
         assert two.decode_graphs is not None and two.prefill_graphs is not None
         assert all(s.captured for r in two.decode_graphs.runners.values() for s in r.status())
         assert sum(r.stats.num_replayed for r in two.decode_graphs.runners.values()) > 0
+        # with two ranks the first structured step captured the structured kinds at once, on both (one
+        # rank alone queues them on a background pass: structured_graphs.py), and the steps replayed them
+        assert two.decode_graphs.runners["mask-sampling"].stats.num_replayed > 0
+        assert two.decode_graphs.runners["structured"].stats.eager_fallback == {}
 
 
 @pytest.mark.parametrize(
