@@ -380,7 +380,10 @@ class LLMEngine:
 
     def capture_structured_graphs(self) -> None:
         """Capture the structured decode kinds now rather than at the first structured step (a benchmark
-        that times them); nothing when they exist or there are no decode graphs. Between steps only."""
+        that times them); nothing when they exist or there are no decode graphs. Between steps, on one
+        rank: tensor-parallel ranks must capture together, which only a step makes them do."""
+        if self._link is not None:
+            raise RuntimeError("tensor parallel: the structured graphs come with the first structured step")
         if self.decode_graphs is not None and self.decode_graphs.structured_missing:
             capture_now(self.decode_graphs, self.registry, self.last_tokens)
 

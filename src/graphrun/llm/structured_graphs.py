@@ -2,8 +2,11 @@
 
 A structured step replays three decode kinds that no other step touches (decode_step.py): the forward up
 to the hidden states ("structured") and the masked sampling ("mask-greedy", "mask-sampling"). Captured
-at start-up with the others, they cost every engine about 30% more construction time (the reason the
-overlap was taken out once, commit 08f8235), most of them for engines that never see a grammar. So
+at start-up with the others, every engine paid for them, most of them engines that never see a grammar
+(the overlap was taken out once for that, commit 08f8235: engine construction ~30% slower, CI over its
+limit). On the 2-CPU box, simulator backend, one torch thread, tiny preset, median of 5 constructions:
+with a test-sized ladder (1, 2, 4) 1.28 s with them at start-up, 1.09 s for main's one structured kind,
+0.81 s with none; at the default ladder 14.6-14.9 s either way at start-up, 11.3-12.1 s with none. So
 DecodeGraphs builds them only when asked (add_structured), and the engine asks at the first step whose
 batch holds a grammar sequence (engine._step, before the batch launches):
 

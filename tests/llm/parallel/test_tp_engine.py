@@ -89,6 +89,8 @@ class TestSimGraphs:
         # rank alone queues them on a background pass: structured_graphs.py), and the steps replayed them
         assert two.decode_graphs.runners["mask-sampling"].stats.num_replayed > 0
         assert two.decode_graphs.runners["structured"].stats.eager_fallback == {}
+        with pytest.raises(RuntimeError, match="first structured step"):  # rank 0 alone cannot capture
+            two.capture_structured_graphs()
 
 
 @pytest.mark.parametrize(
