@@ -9,7 +9,7 @@ and replaying a graph needs no RNG state. Greedy-only batches use `greedy_sample
 tokens as `sort_sample` without sorting (two launches; the reasoning is in its docstring); elsewhere
 `sort_sample`, the reference: it sorts every row's whole vocabulary. Measured side by side in a CUDA
 graph at Qwen3's 151,936 ids (benchmarks/sampler_ab.py, H100,
-benchmarks/results/experiments/sampler-ab-nvidia-h100-80gb-hbm3.json): top-k 50 + top-p 0.9 over
+benchmarks/results/experiments/sampler-ab-noise-bug-nvidia-h100-80gb-hbm3.json): top-k 50 + top-p 0.9 over
 LLM-like peaked rows 40 us against 225 at batch 1 and 205 against 2526 at batch 64.
 """
 

@@ -103,9 +103,10 @@ def sampling_block(rows: int) -> int:
     """Logits per split program of the fused sampling kernels for a step of `rows` rows.
 
     Measured on an H100 (benchmarks/sampler_ab.py, benchmarks/results/experiments/
-    sampler-ab-nvidia-h100-80gb-hbm3.json, 151,936 ids, each variant alone in a CUDA graph): with top-k or
-    top-p over peaked rows (LLM-like), 4096 is fastest from 1 to 16 rows (39.7 us at 1 row against 46.1
-    for 2048) and 2048 at 64 (205 against 227); temperature-only rows differ by under 1 us up to 16.
+    sampler-ab-noise-bug-nvidia-h100-80gb-hbm3.json: its timings; its token checks predate the noise
+    fix; 151,936 ids, each variant alone in a CUDA graph): with top-k or top-p over peaked rows
+    (LLM-like), 4096 is fastest from 1 to 16 rows (39.7 us at 1 row against 46.1 for 2048) and 2048 at
+    64 (205 against 227); temperature-only rows differ by under 1 us up to 16.
     """
     return 4096 if rows <= 16 else 2048
 
