@@ -122,12 +122,9 @@ class RankLink:
         self.close()
 
     def close(self) -> None:
-        """Rank 0: while the ranks are healthy, send stop and reap the workers (each leaves its groups and
-        exits) before leaving the groups here: one side at a time, since gloo aborted rank 0's process
-        ("terminate called without an active exception", about 1 exit in 70 on a loaded 2-core machine)
-        when both tore their connections down at once. After a failure, leave the groups first (which
-        closes this rank's connections, so a worker waiting on them fails at once), then reap, killing
-        workers that have not exited within a few seconds. Safe to call twice."""
+        """Rank 0: send stop while the ranks are healthy; leave the groups (which closes this rank's
+        connections, so a worker waiting on them fails at once); then reap every worker, killing those
+        that have not exited within a few seconds. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
@@ -138,10 +135,9 @@ class RankLink:
         if self._workers is not None and self._dead is None:
             try:
                 broadcast_command(self.groups.control, StepCommand(stop=True))
-                self._workers.reap(timeout_s=10.0)
             except RuntimeError as exc:  # a worker is already gone: it is reaped below
                 log.debug("stop command not delivered: %s", exc)
         if dist.is_initialized():
             dist.destroy_process_group()
         if self._workers is not None:
-            self._workers.stop(timeout_s=5.0)  # a no-op where they were reaped above
+            self._workers.stop(timeout_s=10.0 if self._dead is None else 5.0)

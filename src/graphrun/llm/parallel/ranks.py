@@ -165,13 +165,7 @@ class Workers:
             time.sleep(0.05)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Reap the workers, then remove the folder (the rendezvous store: leave the groups first)."""
-        self.reap(timeout_s)
-        self._folder.cleanup()
-
-    def reap(self, timeout_s: float = 10.0) -> None:
-        """Wait for the workers to exit (after the stop command), killing those still running after
-        `timeout_s`. At once where they have exited."""
+        """Wait for the workers to exit (after the stop command), kill the others, remove the folder."""
         self.unwatch()
         deadline = time.monotonic() + timeout_s
         for rank, process in self._processes.items():
@@ -181,6 +175,7 @@ class Workers:
                 log.warning("tensor-parallel rank %d did not stop in %.0f s; killing it", rank, timeout_s)
                 process.kill()
                 process.wait()
+        self._folder.cleanup()
 
     def _detail(self, rank: int) -> str:
         path = error_file(self.workdir, rank)
