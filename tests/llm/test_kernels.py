@@ -22,8 +22,9 @@ def rand(*shape, dtype=DTYPE):
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 16), (8, 8, 32), (16, 8, 64)])
 @pytest.mark.parametrize("max_blocks", [6, 30])  # a few splits per sequence, and one long split
 @pytest.mark.parametrize("one_split", [False, True])  # one split: the program stores the output itself
+@pytest.mark.parametrize("in_kernel_merge", [False, True])  # the last split merges (split counters)
 def test_paged_decode_attention_matches_reference(
-    heads, kv_heads, head_dim, max_blocks, one_split, monkeypatch
+    heads, kv_heads, head_dim, max_blocks, one_split, in_kernel_merge, monkeypatch
 ):
     torch.manual_seed(0)
     if one_split:
@@ -37,9 +38,13 @@ def test_paged_decode_attention_matches_reference(
     tables = torch.stack([torch.randperm(num_blocks)[:max_blocks] for _ in lens]).to(DEVICE, torch.int32)
     q = rand(len(lens), heads, head_dim)
     assert (ops.decode_splits(max_blocks * block_size, len(lens), kv_heads)[0] == 1) == one_split
-    got = ops.paged_decode_attention(q, k_cache, v_cache, tables, lens, head_dim**-0.5)
+    counters = ops.split_counters(DEVICE) if in_kernel_merge else None
     want = decode_attention_reference(q, k_cache, v_cache, tables, lens, head_dim**-0.5)
-    torch.testing.assert_close(got.float(), want.float(), rtol=TOL, atol=TOL)
+    for _ in range(2):  # the second call reuses the counters the first merge set back to zero
+        got = ops.paged_decode_attention(q, k_cache, v_cache, tables, lens, head_dim**-0.5, counters)
+        torch.testing.assert_close(got.float(), want.float(), rtol=TOL, atol=TOL)
+    if counters is not None:
+        assert not counters.any()
 
 
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 16), (8, 8, 32), (16, 1, 16)])
@@ -168,7 +173,7 @@ def test_tiny_model_fused_path_equals_torch_path(monkeypatch):
     def run(fused: bool) -> torch.Tensor:
         for module in (norm, mlp, kernels):  # kernels: skinny_enabled() for the LM head
             monkeypatch.setattr(module, "triton_enabled", lambda t, fused=fused: fused)
-        backend = TritonAttentionBackend() if fused else TorchAttentionBackend()
+        backend = TritonAttentionBackend(DEVICE) if fused else TorchAttentionBackend()
         model, _, cfg = load_model("tiny", DTYPE, DEVICE, attention_backend=backend)  # same weights
         kv = allocate_kv_cache(KVCacheSpec.from_model(cfg, 16, DTYPE), 8, DEVICE)
         tables = torch.tensor([[1, 2]], device=DEVICE, dtype=torch.int32)

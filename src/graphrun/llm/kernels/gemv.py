@@ -36,8 +36,8 @@ def _gemv_kernel(
     x_ptr, w_ptr, out_ptr, N, stride_xm, stride_wn, stride_om, UP_OFFSET,
     res_ptr, norm_w_ptr, res_out_ptr, stride_rm, eps,
     K: tl.constexpr, M: tl.constexpr, M_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SILU_MUL: tl.constexpr,
-    NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRE_K: tl.constexpr, SILU_MUL: tl.constexpr,
+    NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, EARLY_TRIGGER: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """out[:M, cols] = x[:M] @ w[cols].T (or silu(x @ w[cols].T) * (x @ w[UP_OFFSET + cols].T)).
 
@@ -56,17 +56,22 @@ def _gemv_kernel(
     rows = tl.arange(0, M_PAD)
     row_ok = rows < M
     ks = tl.arange(0, BLOCK_K)
-    w_rows = w_ptr + cols[:, None].to(tl.int64) * stride_wn + ks[None, :]  # (BLOCK_N, BLOCK_K)
+    kp = tl.arange(0, PRE_K)
+    w_base = w_ptr + cols[:, None].to(tl.int64) * stride_wn
+    w_rows = w_base + ks[None, :]  # (BLOCK_N, BLOCK_K)
     x_rows = x_ptr + rows[:, None] * stride_xm + ks[None, :]  # (M_PAD, BLOCK_K)
+    res_rows = res_ptr + rows[:, None] * stride_rm + ks[None, :]
     # products are summed over K only once, after the loop: the loop body is loads and FMAs
     dtype = w_ptr.dtype.element_ty
     up_rows = w_rows + UP_OFFSET * stride_wn
-    if USE_PDL:  # weights only before the wait (pdl.py's contract)
-        w_first = tl.load(w_rows, mask=col_ok[:, None], other=0.0)
-        if SILU_MUL:
-            up_first = tl.load(up_rows, mask=col_ok[:, None], other=0.0)
+    # the first PRE_K weights of the program's columns, loaded before the wait (weights only: pdl.py)
+    w_pre = tl.load(w_base + kp[None, :], mask=col_ok[:, None], other=0.0)  # (BLOCK_N, PRE_K)
+    if SILU_MUL:
+        up_pre = tl.load(w_base + UP_OFFSET * stride_wn + kp[None, :], mask=col_ok[:, None], other=0.0)
+    if USE_PDL:
         tl.extra.cuda.gdc_wait()
-    res_rows = res_ptr + rows[:, None] * stride_rm + ks[None, :]
+        if EARLY_TRIGGER:
+            tl.extra.cuda.gdc_launch_dependents()
     rstd = tl.zeros([M_PAD], dtype=tl.float32)  # (M_PAD,) used only with NORM
     if NORM:
         squares = tl.zeros([M_PAD, BLOCK_K], dtype=tl.float32)
@@ -79,22 +84,31 @@ def _gemv_kernel(
         rstd = tl.rsqrt(tl.sum(squares, axis=1) / K + eps)
     part = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
     part_up = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    if USE_PDL:  # the first tile, its weights already in registers; the loop below starts at the second
-        x_first = _x_tile(x_rows, res_rows, norm_w_ptr, 0, ks, rstd, row_ok, dtype, NORM, HAS_RESIDUAL)
-        part += x_first[:, None, :] * w_first.to(tl.float32)[None, :, :]
+    acc = tl.zeros([M_PAD, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([M_PAD, BLOCK_N], dtype=tl.float32)
+    x_pre = _x_tile(
+        x_ptr + rows[:, None] * stride_xm + kp[None, :], res_ptr + rows[:, None] * stride_rm + kp[None, :],
+        norm_w_ptr, 0, kp, rstd, row_ok, dtype, NORM, HAS_RESIDUAL,
+    )  # fmt: skip
+    if PRE_K == BLOCK_K:  # one tile: summed with the loop's (the order of the kernel before PRE_K)
+        part += x_pre[:, None, :] * w_pre.to(tl.float32)[None, :, :]
         if SILU_MUL:
-            part_up += x_first[:, None, :] * up_first.to(tl.float32)[None, :, :]
-    for k0 in range(USE_PDL * BLOCK_K, K, BLOCK_K):
+            part_up += x_pre[:, None, :] * up_pre.to(tl.float32)[None, :, :]
+    else:
+        acc += tl.sum(x_pre[:, None, :] * w_pre.to(tl.float32)[None, :, :], axis=2)
+        if SILU_MUL:
+            acc_up += tl.sum(x_pre[:, None, :] * up_pre.to(tl.float32)[None, :, :], axis=2)
+    for k0 in range(PRE_K, K, BLOCK_K):
         x = _x_tile(x_rows, res_rows, norm_w_ptr, k0, ks, rstd, row_ok, dtype, NORM, HAS_RESIDUAL)
         w = tl.load(w_rows + k0, mask=col_ok[:, None], other=0.0).to(tl.float32)
         part += x[:, None, :] * w[None, :, :]
         if SILU_MUL:
             up = tl.load(up_rows + k0, mask=col_ok[:, None], other=0.0)
             part_up += x[:, None, :] * up.to(tl.float32)[None, :, :]
-    if USE_PDL:  # every load issued: the next kernel may be scheduled (its wait still waits for us)
+    if USE_PDL and not EARLY_TRIGGER:  # every load issued: the next kernel may be scheduled
         tl.extra.cuda.gdc_launch_dependents()
-    acc = tl.sum(part, axis=2)  # (M_PAD, BLOCK_N)
-    acc_up = tl.sum(part_up, axis=2)
+    acc += tl.sum(part, axis=2)  # (M_PAD, BLOCK_N)
+    acc_up += tl.sum(part_up, axis=2)
     if SILU_MUL:
         gate = acc.to(dtype).to(tl.float32)
         act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
@@ -140,6 +154,23 @@ def _check(x: torch.Tensor, weight: torch.Tensor, block_k: int) -> None:
         )
 
 
+PREFETCH_WIDE = False  # EXPERIMENT (benchmarks/decode_kernels_ab.py): decided before this session ends
+EARLY_TRIGGER = False  # EXPERIMENT: gdc_launch_dependents right after the wait
+PREFETCH_PRODUCTS_PER_THREAD = 64  # float32 products a thread holds for the prefetched weights
+
+
+def prefetch_k(k: int, block_k: int, rows_x_cols: int, num_warps: int) -> int:
+    """How many of K's leading weights a program loads before its wait: the widest power of two that
+    is a multiple of block_k, at most k, and whose products (rows x columns x it) fit the budget."""
+    pre = block_k
+    if not PREFETCH_WIDE:
+        return pre
+    budget = PREFETCH_PRODUCTS_PER_THREAD * 32 * num_warps
+    while pre * 2 <= k and rows_x_cols * pre * 2 <= budget:
+        pre *= 2
+    return pre
+
+
 @dataclass(frozen=True, slots=True)
 class Norm:
     """An RMSNorm to apply to x (after adding residual, when given) before the product."""
@@ -155,6 +186,7 @@ def _launch(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     _check(x, weight, block_k)
     m, k = x.shape[0], weight.shape[1]
+    m_pad = triton.next_power_of_2(m)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     summed = torch.empty_like(x) if norm is not None else None
     residual = norm.residual if norm is not None and norm.residual is not None else x
@@ -162,8 +194,10 @@ def _launch(
         x, weight, out, n, x.stride(0), weight.stride(0), out.stride(0), n if silu_mul else 0,
         residual, norm.weight if norm is not None else weight, summed if summed is not None else out,
         residual.stride(0), norm.eps if norm is not None else 0.0,
-        K=k, M=m, M_PAD=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=block_k, SILU_MUL=silu_mul,
+        K=k, M=m, M_PAD=m_pad, BLOCK_N=block_n, BLOCK_K=block_k,
+        PRE_K=prefetch_k(k, block_k, m_pad * block_n * (2 if silu_mul else 1), num_warps), SILU_MUL=silu_mul,
         NORM=norm is not None, HAS_RESIDUAL=norm is not None and norm.residual is not None,
+        EARLY_TRIGGER=EARLY_TRIGGER,
         num_warps=num_warps, **pdl.launch_options(x.device),
     )  # fmt: skip
     return out, summed

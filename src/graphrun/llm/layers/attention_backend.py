@@ -184,9 +184,15 @@ class TorchAttentionBackend(AttentionBackend):
 
 
 class TritonAttentionBackend(AttentionBackend):
-    """The fused kernels (kernels/triton_ops.py): norm + rotary + cache write in one, paged decode."""
+    """The fused kernels (kernels/triton_ops.py): norm + rotary + cache write in one, paged decode.
+
+    It owns the decode kernel's split counters (one model's steps run one at a time, in stream order)."""
 
     name = "triton"
+
+    def __init__(self, device: torch.device | str) -> None:
+        ops = kernel_ops()
+        self._counters = ops.split_counters(device) if ops.FUSED_MERGE else None
 
     def rope(self, rotary: RotaryEmbedding, positions: torch.Tensor, dtype: torch.dtype) -> Rope:
         return Rope(positions, rotary.cos_cache, rotary.sin_cache)  # the kernel reads the float32 tables
@@ -219,7 +225,7 @@ class TritonAttentionBackend(AttentionBackend):
         scale: float,
     ) -> torch.Tensor:
         out: torch.Tensor = kernel_ops().paged_decode_attention(
-            q, k_cache, v_cache, block_tables, context_lens, scale
+            q, k_cache, v_cache, block_tables, context_lens, scale, self._counters
         )
         return out
 
@@ -248,7 +254,7 @@ class TritonAttentionBackend(AttentionBackend):
 def select_attention_backend(device: torch.device | str) -> AttentionBackend:
     """Triton on CUDA when it imports and is not disabled (GRAPHRUN_DISABLE_TRITON); else the torch ops."""
     backend: AttentionBackend
-    backend = TritonAttentionBackend() if triton_available(device) else TorchAttentionBackend()
+    backend = TritonAttentionBackend(device) if triton_available(device) else TorchAttentionBackend()
     log.debug("attention backend for %s: %s", device, backend.name)
     return backend
 

@@ -1,0 +1,211 @@
+"""Decode-step kernel variants side by side in the graphed greedy step (issue 18; GPU only).
+
+Candidates for the batch-1 step, where a step is ~200 small kernels and each one's ramp and tail cost
+more than its bytes (results/decode-profile-nvidia-h200.json: projections 2.6x their floor, attention's
+two kernels per layer 13x):
+- shipped: the kernels as they are;
+- merge: the decode attention's last split merges the partials itself (an arrival counter per
+  sequence and kv head), so the merge kernel goes: one attention kernel per layer instead of two;
+- wide: each skinny GEMV program loads as much of its weights as fits a register budget (all of K for
+  qwen3-0.6b-shape's QKV, O and gate/up at one row) before its PDL wait, instead of the first tile;
+- wide_early: wide, and each GEMV lets the next kernel be scheduled right after its own wait rather
+  than after its loop, so the next projection's weights stream in during this one's work;
+- all: merge + wide_early.
+One engine (qwen3-0.6b-shape, bf16, prefix caching off, no graphs of its own) holds the weights and KV
+cache; one set of decode graphs per variant is captured over them with the variant's switches set while
+it is captured (the switches are module constants, patched in this process only). Per batch size:
+greedy tokens through each set compared with shipped's (the first step that differs, None when none
+does), and each set's greedy replay timed between CUDA events in interleaved rounds whose order
+rotates; a point is the median. The floor is the step's bytes over the measured copy bandwidth.
+
+    PYTHONPATH=src python3 benchmarks/decode_kernels_ab.py --out OUT
+
+Prints a table then one JSON line; --out writes decode-kernels-ab-<device>.json. Exits 2 without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from prometheus_client import CollectorRegistry
+
+from graphrun.bench.decode import _fill, random_prompts
+from graphrun.bench.decode_report import copy_bandwidth, step_floor
+from graphrun.bench.report import emit, environment, headline, print_table
+from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape
+from graphrun.llm.engine import LLMEngine
+from graphrun.llm.kernels import gemv, triton_ops
+from graphrun.llm.layers.attention_backend import AttentionOp, TritonAttentionBackend
+from graphrun.llm.sampling_params import SamplingParams
+from pdl_ab import build_engine, first_difference, rollout  # benchmarks/pdl_ab.py, beside this script
+
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Variant:
+    merge: bool = False
+    wide: bool = False
+    early: bool = False
+
+
+VARIANTS = {
+    "shipped": Variant(),
+    "merge": Variant(merge=True),
+    "wide": Variant(wide=True),
+    "wide_early": Variant(wide=True, early=True),
+    "all": Variant(merge=True, wide=True, early=True),
+}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="qwen3-0.6b-shape")
+    p.add_argument("--batch-sizes", default="1,2,4,16")
+    p.add_argument("--context", type=int, default=512, help="prompt tokens before the timed step")
+    p.add_argument("--steps", type=int, default=64, help="greedy tokens compared per batch size")
+    p.add_argument("--iters", type=int, default=300, help="timed replays per variant and batch size")
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds the replays are split into")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--out", default=None, help="folder for decode-kernels-ab-<device>.json")
+    return p.parse_args()
+
+
+def backends(engine: LLMEngine) -> list[TritonAttentionBackend]:
+    found = {id(m.backend): m.backend for m in engine.model.modules() if isinstance(m, AttentionOp)}
+    out = [b for b in found.values() if isinstance(b, TritonAttentionBackend)]
+    if not out:
+        raise RuntimeError("the model has no Triton attention backend")
+    return out
+
+
+@contextmanager
+def switched(engine: LLMEngine, variant: Variant, counters: torch.Tensor) -> Iterator[None]:
+    saved = (gemv.PREFETCH_WIDE, gemv.EARLY_TRIGGER)
+    attention = backends(engine)
+    before = [b._counters for b in attention]
+    gemv.PREFETCH_WIDE, gemv.EARLY_TRIGGER = variant.wide, variant.early
+    for b in attention:
+        b._counters = counters if variant.merge else None
+    try:
+        yield
+    finally:
+        gemv.PREFETCH_WIDE, gemv.EARLY_TRIGGER = saved
+        for b, c in zip(attention, before, strict=True):
+            b._counters = c
+
+
+def capture(engine: LLMEngine, sizes: list[int], variant: Variant, counters: torch.Tensor) -> DecodeGraphs:
+    shape = DecodeShape(
+        engine.config.max_num_seqs, engine.max_blocks_per_seq, engine.max_model_len, engine.num_blocks,
+        engine.config.block_size, engine.model_config.vocab_size,
+    )  # fmt: skip
+    with switched(engine, variant, counters):
+        graphs = DecodeGraphs(
+            engine.model, engine.kv_caches, engine.last_tokens, shape, sizes, backend="cuda",
+            registry=CollectorRegistry(),
+        )  # fmt: skip
+    eager = [
+        f"{kind} {st.size}" for kind, r in graphs.runners.items() for st in r.status() if not st.captured
+    ]
+    if eager:
+        raise RuntimeError(f"{variant}: rungs not captured: {eager}")
+    return graphs
+
+
+def time_replays(graphs: dict[str, DecodeGraphs], batch: int, args: argparse.Namespace) -> dict[str, float]:
+    names = list(graphs)
+    calls = {}
+    for name, g in graphs.items():
+        runner = g.runners["greedy"]
+        call_args, call_kwargs = runner.static_inputs(batch)
+        calls[name] = (runner, call_args, call_kwargs)
+    events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {name: [] for name in calls}
+    per_round = max(1, (args.warmup + args.iters) // args.rounds)
+    for r in range(args.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            runner, call_args, call_kwargs = calls[name]
+            for i in range(per_round):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                runner(*call_args, **call_kwargs)
+                end.record()
+                if r * per_round + i >= args.warmup:
+                    events[name].append((start, end))
+    torch.cuda.synchronize()
+    return {name: statistics.median(s.elapsed_time(e) for s, e in ev) for name, ev in events.items()}
+
+
+def timed_point(
+    engine: LLMEngine, graphs: dict[str, DecodeGraphs], batch: int, args: argparse.Namespace
+) -> dict:
+    prompts = random_prompts(batch, args.context, engine.model_config.vocab_size, SEED + 1)
+    ids = _fill(engine, prompts, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+    scheduler = engine.scheduler
+    step_batch = scheduler.schedule()
+    if step_batch is None or step_batch.kind != "decode" or len(step_batch.seqs) != batch:
+        raise RuntimeError(f"expected a decode batch of {batch}, got {step_batch and step_batch.kind}")
+    try:
+        step = engine._pack_decode(step_batch)
+        tokens = {name: g.run(step, "greedy").tolist() for name, g in graphs.items()}
+        ms = time_replays(graphs, batch, args)
+    finally:
+        scheduler.discard(step_batch)
+        for seq_id in ids:
+            engine.abort(seq_id)
+    return {"ms": ms, "tokens": tokens}
+
+
+def main() -> int:
+    args = parse_args()
+    if not torch.cuda.is_available():
+        print("decode_kernels_ab needs a GPU")
+        return 2
+    names = args.variants.split(",")
+    bandwidth = copy_bandwidth("cuda", 2**30, torch.cuda.synchronize)
+    sizes = sorted({int(b) for b in args.batch_sizes.split(",")})
+    rows = []
+    with torch.inference_mode():
+        engine = build_engine(args, max(sizes))
+        counters = triton_ops.split_counters("cuda")
+        graphs = {name: capture(engine, sizes, VARIANTS[name], counters) for name in names}
+        for batch in sizes:
+            prompts = random_prompts(batch, args.context, engine.model_config.vocab_size, SEED)
+            greedy = {name: rollout(engine, g, prompts, args.steps) for name, g in graphs.items()}
+            point = timed_point(engine, graphs, batch, args)
+            floor = step_floor(engine.model_config, batch, args.context + 1, engine.dtype.itemsize, bandwidth)
+            base = point["ms"][names[0]]
+            floor_ms = floor.against(base)["floor_ms"]
+            for name in names:
+                ms = point["ms"][name]
+                rows.append({
+                    "batch": batch, "variant": name, "ms": ms, "over_first": ms / base,
+                    "saved_us": (base - ms) * 1e3, "over_floor": ms / floor_ms,
+                    "step_tokens_match": point["tokens"][name] == point["tokens"][names[0]],
+                    "greedy_first_difference": first_difference(greedy[name], greedy[names[0]]),
+                })  # fmt: skip
+            print(
+                f"batch {batch}: "
+                + ", ".join(f"{n} {point['ms'][n]:.4f}" for n in names)
+                + f" ms; floor {floor_ms:.4f}"
+            )
+    env = environment()
+    print(headline(env))
+    print_table(rows, ("batch", "variant", "ms", "over_first", "saved_us", "over_floor", "step_tokens_match",
+                       "greedy_first_difference"))  # fmt: skip
+    payload = {"benchmark": "decode_kernels_ab", **env, "model": args.model, "dtype": "bfloat16",
+               "variants": {n: VARIANTS[n].__dict__ for n in names}, "steps": args.steps, "iters": args.iters,
+               "warmup": args.warmup, "copy_bandwidth_gbs": bandwidth / 1e9, "rows": rows}  # fmt: skip
+    emit(payload, args.out, "decode-kernels-ab")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
