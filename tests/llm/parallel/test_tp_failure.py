@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -86,3 +87,18 @@ def test_close_stops_the_workers_and_a_second_engine_can_start():
     assert _gone(pid)
     again = LLMEngine(EngineConfig(model="tiny", max_num_seqs=2, max_model_len=64, tensor_parallel_size=2))
     again.close()
+
+
+def _watching() -> bool:
+    return any(t.name == "graphrun-tp-watch" for t in threading.enumerate())
+
+
+def test_close_ends_the_watch_thread_before_it_returns():
+    """The watch thread's callback holds the rank link: left to end on its own after close(), it could drop
+    the link's last reference and free the process groups on a daemon thread while the interpreter exits,
+    which aborted `generate -tp 2` (SIGABRT, 'terminate called without an active exception', seen in a core
+    dump). close() joins it."""
+    engine = LLMEngine(EngineConfig(model="tiny", max_num_seqs=2, max_model_len=64, tensor_parallel_size=2))
+    assert _watching()
+    engine.close()
+    assert not _watching()

@@ -96,7 +96,8 @@ class Workers:
         self.workdir = Path(self._folder.name)
         plan = WorkerPlan(config, self.world_size, log_level)
         (self.workdir / PLAN_FILE).write_bytes(pickle.dumps(plan))
-        self._watching = threading.Event()  # set while watch()'s thread should report exits
+        self._unwatched = threading.Event()  # set when watch()'s thread should stop
+        self._watcher: threading.Thread | None = None
         self._processes = {
             rank: subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, str(self.workdir), str(rank)], stdin=subprocess.DEVNULL
@@ -133,24 +134,37 @@ class Workers:
                 raise RankFailure(rank, code, self._detail(rank))
 
     def watch(self, on_exit: Callable[[RankFailure], None], period_s: float = 0.2) -> None:
-        """Call on_exit (from a thread of its own) with the first worker exit seen, until stop()."""
-        self._watching.set()
+        """Call on_exit (from a thread of its own) with the first worker exit seen, until unwatch()."""
+        self._unwatched.clear()
 
         def poll() -> None:
-            while self._watching.is_set():
+            while not self._unwatched.is_set():
                 try:
                     self.check()
                 except RankFailure as failure:
-                    if self._watching.is_set():
+                    if not self._unwatched.is_set():
                         on_exit(failure)
                     return
-                time.sleep(period_s)
+                self._unwatched.wait(period_s)
 
-        threading.Thread(target=poll, name="graphrun-tp-watch", daemon=True).start()
+        self._watcher = threading.Thread(target=poll, name="graphrun-tp-watch", daemon=True)
+        self._watcher.start()
 
-    def unwatch(self) -> None:
-        """Stop reporting exits (before the workers are told to stop)."""
-        self._watching.clear()
+    def unwatch(self, timeout_s: float = 5.0) -> None:
+        """Stop reporting exits (before the workers are told to stop) and wait for the watch thread to end.
+
+        Joined, not left to end on its own: its on_exit holds the engine's rank link, and a daemon thread
+        dropping the link's last reference frees the process groups there; racing with interpreter exit,
+        that thread is stopped inside the groups' destructor and the process aborts ('terminate called
+        without an active exception': the rare SIGABRT at the end of `generate -tp 2`, from a core dump).
+        """
+        self._unwatched.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is None or watcher is threading.current_thread():
+            return
+        watcher.join(timeout_s)
+        if watcher.is_alive():  # on_exit is still running (aborting a group): leave it, it ends on its own
+            log.warning("the tensor-parallel watch thread did not end in %.0f s", timeout_s)
 
     def failure(self, grace_s: float = 5.0) -> RankFailure | None:
         """After a collective failed: the worker that exited, waiting up to grace_s for its exit to show."""
