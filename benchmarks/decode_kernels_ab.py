@@ -10,7 +10,10 @@ two kernels per layer 13x):
   qwen3-0.6b-shape's QKV, O and gate/up at one row) before its PDL wait, instead of the first tile;
 - wide_early: wide, and each GEMV lets the next kernel be scheduled right after its own wait rather
   than after its loop, so the next projection's weights stream in during this one's work;
-- all: merge + wide_early.
+- one_kernel: merge, and the decode attention kernel also norms and rotates q and this step's k and
+  stores k and v (DecodeRope), so qk_norm_rope_write's kernel goes too: one kernel per layer between
+  the QKV and O projections instead of three;
+- all: one_kernel + wide_early.
 One engine (qwen3-0.6b-shape, bf16, prefix caching off, no graphs of its own) holds the weights and KV
 cache; one set of decode graphs per variant is captured over them with the variant's switches set while
 it is captured (the switches are module constants, patched in this process only). Per batch size:
@@ -40,6 +43,7 @@ from graphrun.bench.report import emit, environment, headline, print_table
 from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.kernels import gemv, triton_ops
+from graphrun.llm.layers import attention_backend
 from graphrun.llm.layers.attention_backend import AttentionOp, TritonAttentionBackend
 from graphrun.llm.sampling_params import SamplingParams
 from pdl_ab import build_engine, first_difference, rollout  # benchmarks/pdl_ab.py, beside this script
@@ -50,6 +54,7 @@ SEED = 0
 @dataclass(frozen=True)
 class Variant:
     merge: bool = False
+    rope: bool = False
     wide: bool = False
     early: bool = False
 
@@ -59,7 +64,8 @@ VARIANTS = {
     "merge": Variant(merge=True),
     "wide": Variant(wide=True),
     "wide_early": Variant(wide=True, early=True),
-    "all": Variant(merge=True, wide=True, early=True),
+    "one_kernel": Variant(merge=True, rope=True),
+    "all": Variant(merge=True, rope=True, wide=True, early=True),
 }
 
 
@@ -87,16 +93,17 @@ def backends(engine: LLMEngine) -> list[TritonAttentionBackend]:
 
 @contextmanager
 def switched(engine: LLMEngine, variant: Variant, counters: torch.Tensor) -> Iterator[None]:
-    saved = (gemv.PREFETCH_WIDE, gemv.EARLY_TRIGGER)
+    saved = (gemv.PREFETCH_WIDE, gemv.EARLY_TRIGGER, attention_backend.FUSED_DECODE_STORE)
     attention = backends(engine)
     before = [b._counters for b in attention]
     gemv.PREFETCH_WIDE, gemv.EARLY_TRIGGER = variant.wide, variant.early
+    attention_backend.FUSED_DECODE_STORE = variant.rope
     for b in attention:
         b._counters = counters if variant.merge else None
     try:
         yield
     finally:
-        gemv.PREFETCH_WIDE, gemv.EARLY_TRIGGER = saved
+        gemv.PREFETCH_WIDE, gemv.EARLY_TRIGGER, attention_backend.FUSED_DECODE_STORE = saved
         for b, c in zip(attention, before, strict=True):
             b._counters = c
 

@@ -153,6 +153,41 @@ def test_qk_norm_rope_write_matches_reference(with_norm):
     torch.testing.assert_close(v_cache, v_want)
 
 
+@pytest.mark.parametrize("with_norm", [False, True])
+@pytest.mark.parametrize("in_kernel_merge", [False, True])
+@pytest.mark.parametrize("max_blocks", [6, 30])  # a few splits per sequence, and one long split
+def test_decode_attention_with_rope_is_rope_write_then_attention(with_norm, in_kernel_merge, max_blocks):
+    """The decode kernel given the QKV output (DecodeRope) stores the same K/V and attends to the same
+    result as qk_norm_rope_write followed by the decode kernel; the last position of a sequence falls
+    in a different split per sequence (lengths 1, 17, 96, 50)."""
+    torch.manual_seed(7 + with_norm)
+    heads, kv_heads, head_dim, num_blocks, block_size, max_pos = 4, 2, 16, 40, 16, 128
+    lens = torch.tensor([1, 17, 96, 50], device=DEVICE, dtype=torch.int32)
+    tables = torch.stack([torch.randperm(num_blocks)[:max_blocks] for _ in lens]).to(DEVICE, torch.int32)
+    last = (lens - 1).long()
+    slots = tables.long().gather(1, (last // block_size)[:, None])[:, 0] * block_size + last % block_size
+    packed = torch.stack([last, slots, last], dim=1)  # strided columns, as the decode step packs them
+    qkv = rand(len(lens), (heads + 2 * kv_heads) * head_dim)
+    inv = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=DEVICE).float() / head_dim))
+    freqs = torch.arange(max_pos, device=DEVICE).float()[:, None] * inv[None]
+    cos_cache, sin_cache = freqs.cos(), freqs.sin()
+    qw = (torch.rand(head_dim, device=DEVICE) + 0.5).to(DTYPE) if with_norm else None
+    kw = (torch.rand(head_dim, device=DEVICE) + 0.5).to(DTYPE) if with_norm else None
+    k_cache = rand(num_blocks, block_size, kv_heads, head_dim)
+    v_cache = rand(num_blocks, block_size, kv_heads, head_dim)
+    k_want, v_want = k_cache.clone(), v_cache.clone()
+    q = ops.qk_norm_rope_write(
+        qkv, packed[:, 0], cos_cache, sin_cache, qw, kw, 1e-6, packed[:, 1], k_want, v_want, heads
+    )
+    want = ops.paged_decode_attention(q, k_want, v_want, tables, lens, head_dim**-0.5)
+    rope = ops.DecodeRope(heads, packed[:, 0], cos_cache, sin_cache, qw, kw, 1e-6, packed[:, 1])
+    counters = ops.split_counters(DEVICE) if in_kernel_merge else None
+    got = ops.paged_decode_attention(qkv, k_cache, v_cache, tables, lens, head_dim**-0.5, counters, rope)
+    assert torch.equal(v_cache, v_want)  # copied; k is computed (compiled reductions may round apart)
+    torch.testing.assert_close(k_cache.float(), k_want.float(), rtol=TOL, atol=TOL)
+    torch.testing.assert_close(got.float(), want.float(), rtol=TOL, atol=TOL)
+
+
 def test_silu_mul_matches_reference():
     x = rand(3, 2 * 200)
     gate, up = x.chunk(2, dim=-1)
@@ -161,11 +196,15 @@ def test_silu_mul_matches_reference():
     )
 
 
-def test_tiny_model_fused_path_equals_torch_path(monkeypatch):
+@pytest.mark.parametrize("one_decode_kernel", [False, True])
+def test_tiny_model_fused_path_equals_torch_path(monkeypatch, one_decode_kernel):
     """The model wired to the Triton kernels gives the torch path's logits, prefill and decode."""
     from graphrun.llm import kernels
     from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache
-    from graphrun.llm.layers import mlp, norm
+    from graphrun.llm.layers import attention_backend, mlp, norm
+
+    monkeypatch.setattr(attention_backend, "FUSED_DECODE_STORE", one_decode_kernel)
+    monkeypatch.setattr(ops, "FUSED_MERGE", one_decode_kernel)
     from graphrun.llm.layers.attention import AttentionMetadata
     from graphrun.llm.layers.attention_backend import TorchAttentionBackend, TritonAttentionBackend
     from graphrun.llm.presets import load_model

@@ -23,6 +23,7 @@ WEIGHTS = {
     "add_rmsnorm": ["w_ptr"],
     "qk_norm_rope_write": ["kw_ptr", "qw_ptr"],
     "paged_decode_split": [],
+    "paged_decode_split_rope": [],
     "paged_decode_merge": [],
     "paged_varlen": [],
     "silu_mul": [],

@@ -18,6 +18,8 @@ and its gdc_launch_dependents once its main loads are issued; the results do not
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -29,9 +31,10 @@ from graphrun.llm.kernels import SKINNY_MAX_ROWS, pdl  # SKINNY_MAX_ROWS: one 16
 def _paged_decode_split_kernel(
     q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, counter_ptr, scale,
     stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_ts, stride_os, stride_oh, NUM_SPLITS, ITERS,
+    pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, slot_ptr, eps, stride_pos, stride_slot,
     NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr, MERGE: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    ROPE: tl.constexpr, HAS_NORM: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """One (sequence, kv head, context split): softmax partials of its GROUP query heads.
 
@@ -52,13 +55,20 @@ def _paged_decode_split_kernel(
     heads = kv_head * GROUP + rows
     row_ok = rows < GROUP
     dims = tl.arange(0, HEAD_DIM)
-    q = tl.load(
-        q_ptr + seq * stride_qs + heads[:, None] * stride_qh + dims[None, :], mask=row_ok[:, None], other=0.0
-    )
+    split_start = split * ITERS * TOKENS
+    if ROPE:  # q_ptr is the QKV projection's output: norm and rotate q here, store this step's K/V
+        q = _rope_query_and_store_kv(
+            q_ptr + seq * stride_qs, k_ptr, v_ptr, pos_ptr + seq * stride_pos, cos_ptr, sin_ptr, qw_ptr,
+            kw_ptr, slot_ptr + seq * stride_slot, eps, kv_head, heads, row_ok,
+            ctx - 1 - split_start < ITERS * TOKENS, ctx - 1 >= split_start, stride_kb, stride_kt, stride_kh,
+            NUM_HEADS, NUM_KV_HEADS, GROUP_PAD, HEAD_DIM, BLOCK_SIZE, HAS_NORM,
+        )  # fmt: skip
+    else:
+        q_rows = q_ptr + seq * stride_qs + heads[:, None] * stride_qh + dims[None, :]
+        q = tl.load(q_rows, mask=row_ok[:, None], other=0.0)
     m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_sum = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-    split_start = split * ITERS * TOKENS
     remaining = ctx - split_start  # splits past the context read nothing: only filled blocks are touched
     num_iters = tl.where(remaining > 0, tl.minimum((remaining + TOKENS - 1) // TOKENS, ITERS), 0)
     for it in range(0, num_iters):
@@ -95,6 +105,56 @@ def _paged_decode_split_kernel(
                 _merge_splits(m_ptr, l_ptr, acc_ptr, out_ptr, seq, heads, row_ok, dims, stride_os, stride_oh,
                               NUM_SPLITS, NUM_HEADS, GROUP_PAD, HEAD_DIM)  # fmt: skip
                 tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+
+
+@triton.jit
+def _rope_query_and_store_kv(
+    row_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, slot_ptr, eps, kv_head, heads, row_ok,
+    before_end, after_start, stride_kb, stride_kt, stride_kh,
+    NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, HAS_NORM: tl.constexpr,
+):  # fmt: skip
+    """The group's query rows normed and rotated as qk_norm_rope_write does, (GROUP_PAD, HEAD_DIM) in the
+    storage dtype. The split that holds the sequence's last position (before_end & after_start) also
+    norms, rotates and stores this step's key, and stores its value, for its kv head, then waits at a
+    barrier so that its own threads read them back from the cache in the loop; no other split reads
+    that position."""
+    half = HEAD_DIM // 2
+    d = tl.arange(0, HEAD_DIM // 2)
+    pos = tl.load(pos_ptr)
+    cos = tl.load(cos_ptr + pos * half + d)[None, :]
+    sin = tl.load(sin_ptr + pos * half + d)[None, :]
+    q1, q2 = _norm_rotate(row_ptr + heads[:, None] * HEAD_DIM, d, row_ok[:, None], qw_ptr, cos, sin, eps,
+                          HEAD_DIM, HAS_NORM)  # fmt: skip
+    if before_end & after_start:
+        one = tl.full([1, 1], 1, tl.int1)
+        k_row = row_ptr + (NUM_HEADS + kv_head) * HEAD_DIM + tl.zeros([1, 1], tl.int32)
+        k1, k2 = _norm_rotate(k_row, d, one, kw_ptr, cos, sin, eps, HEAD_DIM, HAS_NORM)
+        slot = tl.load(slot_ptr).to(tl.int64)
+        dst = (slot // BLOCK_SIZE) * stride_kb + (slot % BLOCK_SIZE) * stride_kt + kv_head * stride_kh
+        tl.store(k_ptr + dst + d[None, :], k1)
+        tl.store(k_ptr + dst + half + d[None, :], k2)
+        v_src = row_ptr + (NUM_HEADS + NUM_KV_HEADS + kv_head) * HEAD_DIM
+        tl.store(v_ptr + dst + d, tl.load(v_src + d))
+        tl.store(v_ptr + dst + half + d, tl.load(v_src + half + d))
+        tl.debug_barrier()
+    return tl.reshape(tl.permute(tl.join(q1, q2), (0, 2, 1)), (GROUP_PAD, HEAD_DIM))
+
+
+@triton.jit
+def _norm_rotate(ptrs, d, mask, w_ptr, cos, sin, eps, HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr):
+    """Rows at ptrs (R, 1) of HEAD_DIM values: RMS-normed by w (HAS_NORM) and rotated, as the two halves
+    (R, HEAD_DIM // 2) in the storage dtype, rounded where qk_norm_rope_write rounds."""
+    x1 = tl.load(ptrs + d[None, :], mask=mask, other=0.0)
+    x2 = tl.load(ptrs + HEAD_DIM // 2 + d[None, :], mask=mask, other=0.0)
+    dtype = x1.dtype
+    x1 = x1.to(tl.float32)
+    x2 = x2.to(tl.float32)
+    if HAS_NORM:
+        rstd = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / HEAD_DIM + eps)[:, None]
+        x1 = (x1 * rstd).to(dtype).to(tl.float32) * tl.load(w_ptr + d).to(tl.float32)[None, :]
+        x2 = (x2 * rstd).to(dtype).to(tl.float32) * tl.load(w_ptr + HEAD_DIM // 2 + d).to(tl.float32)[None, :]
+    return (x1 * cos - x2 * sin).to(dtype), (x2 * cos + x1 * sin).to(dtype)
 
 
 @triton.jit
@@ -172,6 +232,21 @@ def decode_splits(max_context: int, num_seqs: int, kv_heads: int) -> tuple[int, 
     return triton.cdiv(chunks, iters), iters
 
 
+@dataclass(frozen=True, slots=True)
+class DecodeRope:
+    """What qk_norm_rope_write would take, for paged_decode_attention to do its work in the same kernel:
+    q is then the QKV projection's output and the step's K/V are stored by the attention kernel."""
+
+    num_heads: int
+    positions: torch.Tensor  # (num_seqs,) int64, may be a strided view
+    cos_cache: torch.Tensor  # (max_positions, head_dim // 2) float32
+    sin_cache: torch.Tensor
+    q_norm_weight: torch.Tensor | None  # (head_dim,), None for a model without q/k norms
+    k_norm_weight: torch.Tensor | None
+    eps: float
+    slot_mapping: torch.Tensor  # (num_seqs,) int64, may be a strided view
+
+
 def paged_decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -180,6 +255,7 @@ def paged_decode_attention(
     context_lens: torch.Tensor,
     scale: float,
     counters: torch.Tensor | None = None,
+    rope: DecodeRope | None = None,
 ) -> torch.Tensor:
     """q (num_seqs, num_heads, head_dim) over the cache -> (num_seqs, num_heads, head_dim).
 
@@ -192,13 +268,18 @@ def paged_decode_attention(
     launch with several splits (there are fewer than that whenever there are several splits); each
     merge sets its counter back to 0, so one buffer serves every layer and step of a model. Never share
     one between launches that may run at the same time (two engines on two streams).
+
+    rope: q is qkv (num_seqs, (num_heads + 2 kv_heads) * head_dim), the QKV projection's output; each
+    program norms and rotates its query heads, and the split holding a sequence's last position stores
+    its key (normed, rotated) and value in the cache first: qk_norm_rope_write and this in one kernel.
     """
-    num_seqs, num_heads, head_dim = q.shape
-    _, block_size, kv_heads, _ = k_cache.shape
+    _, block_size, kv_heads, head_dim = k_cache.shape
+    num_seqs = q.shape[0]
+    num_heads = q.shape[1] if rope is None else rope.num_heads
     group = num_heads // kv_heads
     splits, iters = decode_splits(block_tables.shape[1] * block_size, num_seqs, kv_heads)
     options = pdl.launch_options(q.device)
-    out = torch.empty_like(q)
+    out = torch.empty(num_seqs, num_heads, head_dim, dtype=q.dtype, device=q.device)
     partial_m = torch.empty(num_seqs, num_heads, splits, dtype=torch.float32, device=q.device)
     partial_l = torch.empty_like(partial_m)
     partial_acc = torch.empty(num_seqs, num_heads, splits, head_dim, dtype=torch.float32, device=q.device)
@@ -207,13 +288,24 @@ def paged_decode_attention(
         counters = context_lens  # (not read without the merge)
     elif counters.numel() < num_seqs * kv_heads and merge:
         raise ValueError(f"{counters.numel()} split counters for {num_seqs} sequences x {kv_heads} kv heads")
+    if rope is not None:
+        has_norm = rope.q_norm_weight is not None and rope.k_norm_weight is not None
+        qw = rope.q_norm_weight if rope.q_norm_weight is not None else rope.cos_cache
+        kw = rope.k_norm_weight if rope.k_norm_weight is not None else rope.cos_cache
+        rope_args = (rope.positions, rope.cos_cache, rope.sin_cache, qw, kw, rope.slot_mapping, rope.eps,
+                     rope.positions.stride(0), rope.slot_mapping.stride(0))  # fmt: skip
+        stride_qh = head_dim
+    else:
+        has_norm = False
+        rope_args = (context_lens, q, q, q, q, context_lens, 0.0, 0, 0)  # (not read without rope)
+        stride_qh = q.stride(1)
     _paged_decode_split_kernel[(num_seqs, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, context_lens, partial_m, partial_l, partial_acc, out, counters,
-        scale, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_tables.stride(0), out.stride(0), out.stride(1), splits, iters,
+        scale, q.stride(0), stride_qh, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0), out.stride(0), out.stride(1), splits, iters, *rope_args,
         NUM_HEADS=num_heads, NUM_KV_HEADS=kv_heads, GROUP=group,
         GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        TOKENS=DECODE_TOKENS, MERGE=merge, **options,
+        TOKENS=DECODE_TOKENS, MERGE=merge, ROPE=rope is not None, HAS_NORM=has_norm, **options,
     )  # fmt: skip
     if splits == 1 or merge:
         return out

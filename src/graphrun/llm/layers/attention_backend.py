@@ -38,6 +38,7 @@ from graphrun.llm.layers.rotary import Rope, RotaryEmbedding, apply_rotary
 from graphrun.llm.transfer import to_device
 
 log = logging.getLogger(__name__)
+FUSED_DECODE_STORE = False  # EXPERIMENT (benchmarks/decode_kernels_ab.py): decided before this session ends
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # k, v: each (num_blocks, block_size, num_kv_heads, head_dim)
 
@@ -94,6 +95,20 @@ class AttentionBackend(ABC):
         scale: float,
     ) -> torch.Tensor:
         """One query token per sequence over its cache: (num_seqs, num_heads, head_dim), capturable."""
+
+    def decode_with_store(
+        self,
+        qkv: torch.Tensor,
+        heads: HeadShape,
+        norms: QKNorms | None,
+        rope: Rope,
+        meta: AttentionMetadata,
+        kv_cache: KVCache,
+        scale: float,
+    ) -> torch.Tensor | None:
+        """A decode step's store_qkv and attention in one kernel: (num_seqs, num_heads, head_dim), or None
+        where this backend has no such kernel (the caller then stores, then attends)."""
+        return None
 
     def attend(
         self,
@@ -214,6 +229,33 @@ class TritonAttentionBackend(AttentionBackend):
             slot_mapping, kv_cache[0], kv_cache[1], heads.num_heads,
         )  # fmt: skip
         return q, None, None
+
+    def decode_with_store(
+        self,
+        qkv: torch.Tensor,
+        heads: HeadShape,
+        norms: QKNorms | None,
+        rope: Rope,
+        meta: AttentionMetadata,
+        kv_cache: KVCache,
+        scale: float,
+    ) -> torch.Tensor | None:
+        """The decode kernel norms and rotates q and this step's k and stores k and v itself
+        (kernels/triton_ops.DecodeRope): qk_norm_rope_write's kernel is not launched."""
+        if not FUSED_DECODE_STORE:
+            return None
+        ops = kernel_ops()
+        decode_rope = ops.DecodeRope(
+            heads.num_heads, rope.positions, rope.cos_cache, rope.sin_cache,
+            norms.q_norm.weight if norms is not None else None,
+            norms.k_norm.weight if norms is not None else None,
+            norms.q_norm.eps if norms is not None else 0.0, meta.slot_mapping,
+        )  # fmt: skip
+        k_cache, v_cache = kv_cache
+        out: torch.Tensor = ops.paged_decode_attention(
+            qkv, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, self._counters, decode_rope
+        )
+        return out
 
     def decode(
         self,
