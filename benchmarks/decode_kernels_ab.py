@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from pdl_ab import build_engine, first_difference, rollout  # benchmarks/pdl_ab.py, beside this script
 from prometheus_client import CollectorRegistry
 
 from graphrun.bench.decode import _fill, random_prompts
@@ -46,7 +47,6 @@ from graphrun.llm.kernels import gemv, triton_ops
 from graphrun.llm.layers import attention_backend
 from graphrun.llm.layers.attention_backend import AttentionOp, TritonAttentionBackend
 from graphrun.llm.sampling_params import SamplingParams
-from pdl_ab import build_engine, first_difference, rollout  # benchmarks/pdl_ab.py, beside this script
 
 SEED = 0
 
