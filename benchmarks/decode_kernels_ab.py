@@ -29,16 +29,20 @@ Prints a table then one JSON line; --out writes decode-kernels-ab-<device>.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from pdl_ab import build_engine, first_difference, rollout  # benchmarks/pdl_ab.py, beside this script
+from pdl_ab import (  # benchmarks/pdl_ab.py, beside this script
+    build_engine,
+    first_difference,
+    rollout,
+    timed_point,
+)
 from prometheus_client import CollectorRegistry
 
-from graphrun.bench.decode import _fill, random_prompts
+from graphrun.bench.decode import random_prompts
 from graphrun.bench.decode_report import copy_bandwidth, step_floor
 from graphrun.bench.report import emit, environment, headline, print_table
 from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape
@@ -46,7 +50,6 @@ from graphrun.llm.engine import LLMEngine
 from graphrun.llm.kernels import gemv, triton_ops
 from graphrun.llm.layers import attention_backend
 from graphrun.llm.layers.attention_backend import AttentionOp, TritonAttentionBackend
-from graphrun.llm.sampling_params import SamplingParams
 
 SEED = 0
 
@@ -124,50 +127,6 @@ def capture(engine: LLMEngine, sizes: list[int], variant: Variant, counters: tor
     if eager:
         raise RuntimeError(f"{variant}: rungs not captured: {eager}")
     return graphs
-
-
-def time_replays(graphs: dict[str, DecodeGraphs], batch: int, args: argparse.Namespace) -> dict[str, float]:
-    names = list(graphs)
-    calls = {}
-    for name, g in graphs.items():
-        runner = g.runners["greedy"]
-        call_args, call_kwargs = runner.static_inputs(batch)
-        calls[name] = (runner, call_args, call_kwargs)
-    events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {name: [] for name in calls}
-    per_round = max(1, (args.warmup + args.iters) // args.rounds)
-    for r in range(args.rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            runner, call_args, call_kwargs = calls[name]
-            for i in range(per_round):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                runner(*call_args, **call_kwargs)
-                end.record()
-                if r * per_round + i >= args.warmup:
-                    events[name].append((start, end))
-    torch.cuda.synchronize()
-    return {name: statistics.median(s.elapsed_time(e) for s, e in ev) for name, ev in events.items()}
-
-
-def timed_point(
-    engine: LLMEngine, graphs: dict[str, DecodeGraphs], batch: int, args: argparse.Namespace
-) -> dict:
-    prompts = random_prompts(batch, args.context, engine.model_config.vocab_size, SEED + 1)
-    ids = _fill(engine, prompts, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
-    scheduler = engine.scheduler
-    step_batch = scheduler.schedule()
-    if step_batch is None or step_batch.kind != "decode" or len(step_batch.seqs) != batch:
-        raise RuntimeError(f"expected a decode batch of {batch}, got {step_batch and step_batch.kind}")
-    try:
-        step = engine._pack_decode(step_batch)
-        tokens = {name: g.run(step, "greedy").tolist() for name, g in graphs.items()}
-        ms = time_replays(graphs, batch, args)
-    finally:
-        scheduler.discard(step_batch)
-        for seq_id in ids:
-            engine.abort(seq_id)
-    return {"ms": ms, "tokens": tokens}
 
 
 def main() -> int:

@@ -126,7 +126,8 @@ def first_difference(a: list[list[int]], b: list[list[int]]) -> int | None:
 
 
 def time_replays(graphs: dict[str, DecodeGraphs], batch: int, args: argparse.Namespace) -> dict[str, float]:
-    """Median ms per greedy replay per variant, the variants interleaved in rotating rounds."""
+    """Median ms per greedy replay per graph set, the sets interleaved in rounds whose order rotates."""
+    names = list(graphs)
     calls = {}
     for name, g in graphs.items():
         runner = g.runners["greedy"]
@@ -135,7 +136,7 @@ def time_replays(graphs: dict[str, DecodeGraphs], batch: int, args: argparse.Nam
     events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {name: [] for name in calls}
     per_round = max(1, (args.warmup + args.iters) // args.rounds)
     for r in range(args.rounds):
-        order = VARIANTS[r % 2 :] + VARIANTS[: r % 2]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             runner, call_args, call_kwargs = calls[name]
             for i in range(per_round):
@@ -152,7 +153,7 @@ def time_replays(graphs: dict[str, DecodeGraphs], batch: int, args: argparse.Nam
 def timed_point(
     engine: LLMEngine, graphs: dict[str, DecodeGraphs], batch: int, args: argparse.Namespace
 ) -> dict:
-    """Prefill `batch` prompts, stage one decode step into both sets, compare their tokens, time them."""
+    """Prefill `batch` prompts, stage one decode step into every set; each set's tokens and replay time."""
     prompts = random_prompts(batch, args.context, engine.model_config.vocab_size, SEED + 1)
     ids = _fill(engine, prompts, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
     scheduler = engine.scheduler
@@ -167,7 +168,7 @@ def timed_point(
         scheduler.discard(step_batch)
         for seq_id in ids:
             engine.abort(seq_id)
-    return {"ms": ms, "tokens_match": tokens["on"] == tokens["off"]}
+    return {"ms": ms, "tokens": tokens}
 
 
 def measure(engine: LLMEngine, graphs: dict[str, DecodeGraphs], args: argparse.Namespace, bw: float) -> list:
@@ -182,7 +183,7 @@ def measure(engine: LLMEngine, graphs: dict[str, DecodeGraphs], args: argparse.N
         rows.append({
             "batch": batch, "context": args.context + 1, "on_ms": on, "off_ms": off, "on_over_off": on / off,
             "saved_us": (off - on) * 1e3, "floor_ms": floor_ms, "on_over_floor": on / floor_ms,
-            "off_over_floor": off / floor_ms, "tokens_match": point["tokens_match"],
+            "off_over_floor": off / floor_ms, "tokens_match": point["tokens"]["on"] == point["tokens"]["off"],
             "greedy_first_difference": first_difference(greedy["on"], greedy["off"]),
         })  # fmt: skip
         print(f"batch {batch}: on {on:.4f} ms, off {off:.4f} ms, floor {floor_ms:.4f} ms")
