@@ -14,9 +14,14 @@ two kernels per layer 13x):
   stores k and v (DecodeRope), so qk_norm_rope_write's kernel goes too: one kernel per layer between
   the QKV and O projections instead of three;
 - all: one_kernel + wide_early.
-One engine (qwen3-0.6b-shape, bf16, prefix caching off, no graphs of its own) holds the weights and KV
-cache; one set of decode graphs per variant is captured over them with the variant's switches set while
-it is captured (the switches are module constants, patched in this process only). Per batch size:
+The kernels take each candidate as an argument (kernels/triton_ops.paged_decode_attention's counters and
+rope, kernels/gemv's prefetch_k and early_trigger); the engine passes none of them. This script turns
+them on by patching, in its own process only, the places that choose: the attention backend's decode
+(merge), the decoder layer's forward (one_kernel: the store and the attention in one call, as
+`forward_one_kernel` below) and kernels.gemv_config (wide, early; the register budget is `prefetch_k`
+below). One engine (qwen3-0.6b-shape, bf16, prefix caching off, no graphs of its own) holds the weights
+and KV cache; one set of decode graphs per variant is captured over them with its patches in place while
+it is captured. Per batch size:
 greedy tokens through each set compared with shipped's (the first step that differs, None when none
 does), and each set's greedy replay timed between CUDA events in interleaved rounds whose order
 rotates; a point is the median. The floor is the step's bytes over the measured copy bandwidth.
@@ -31,9 +36,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+import triton
 from pdl_ab import (  # benchmarks/pdl_ab.py, beside this script
     build_engine,
     first_difference,
@@ -45,11 +51,12 @@ from prometheus_client import CollectorRegistry
 from graphrun.bench.decode import random_prompts
 from graphrun.bench.decode_report import copy_bandwidth, step_floor
 from graphrun.bench.report import emit, environment, headline, print_table
+from graphrun.llm import kernels
 from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape
 from graphrun.llm.engine import LLMEngine
-from graphrun.llm.kernels import gemv, triton_ops
-from graphrun.llm.layers import attention_backend
+from graphrun.llm.kernels import GemvConfig, triton_ops
 from graphrun.llm.layers.attention_backend import AttentionOp, TritonAttentionBackend
+from graphrun.llm.models.decoder import DecoderLayer
 
 SEED = 0
 
@@ -86,6 +93,19 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+PREFETCH_PRODUCTS_PER_THREAD = 64  # float32 products a GEMV thread may hold for its prefetched weights
+
+
+def prefetch_k(k: int, config: GemvConfig, rows: int, silu_mul: bool) -> int:
+    """The widest power of two <= k, a multiple of block_k, whose products fit the register budget."""
+    budget = PREFETCH_PRODUCTS_PER_THREAD * 32 * config.num_warps
+    per_k = triton.next_power_of_2(rows) * config.block_n * (2 if silu_mul else 1)
+    pre = config.block_k
+    while pre * 2 <= k and per_k * pre * 2 <= budget:
+        pre *= 2
+    return pre
+
+
 def backends(engine: LLMEngine) -> list[TritonAttentionBackend]:
     found = {id(m.backend): m.backend for m in engine.model.modules() if isinstance(m, AttentionOp)}
     out = [b for b in found.values() if isinstance(b, TritonAttentionBackend)]
@@ -94,21 +114,64 @@ def backends(engine: LLMEngine) -> list[TritonAttentionBackend]:
     return out
 
 
+def forward_one_kernel(counters: torch.Tensor):
+    """DecoderLayer.forward with a decode step's norm, rotary, K/V store and attention in one kernel."""
+
+    def forward(self, hidden, residual, rope, meta, kv_cache):
+        if not meta.is_decode:
+            return SHIPPED_FORWARD(self, hidden, residual, rope, meta, kv_cache)
+        attn = self.self_attn
+        qkv, residual = self._normed_linear(hidden, residual, self.input_layernorm, attn.qkv_proj)
+        norms = attn.norms
+        decode_rope = triton_ops.DecodeRope(
+            attn.heads.num_heads, rope.positions, rope.cos_cache, rope.sin_cache,
+            norms.q_norm.weight if norms is not None else None,
+            norms.k_norm.weight if norms is not None else None,
+            norms.q_norm.eps if norms is not None else 0.0, meta.slot_mapping,
+        )  # fmt: skip
+        k_cache, v_cache = kv_cache
+        out = triton_ops.paged_decode_attention(
+            qkv, k_cache, v_cache, meta.block_tables, meta.context_lens, attn.scale, counters, decode_rope
+        )
+        return self.after_attention(out, residual)
+
+    return forward
+
+
+SHIPPED_FORWARD = DecoderLayer.forward
+SHIPPED_GEMV_CONFIG = kernels.gemv_config
+
+
 @contextmanager
 def switched(engine: LLMEngine, variant: Variant, counters: torch.Tensor) -> Iterator[None]:
-    saved = (gemv.PREFETCH_WIDE, gemv.EARLY_TRIGGER, attention_backend.FUSED_DECODE_STORE)
+    """The variant's patches in place (this process only), the shipped code back after."""
     attention = backends(engine)
-    before = [b._counters for b in attention]
-    gemv.PREFETCH_WIDE, gemv.EARLY_TRIGGER = variant.wide, variant.early
-    attention_backend.FUSED_DECODE_STORE = variant.rope
-    for b in attention:
-        b._counters = counters if variant.merge else None
+
+    def merged_decode(q, k_cache, v_cache, block_tables, context_lens, scale):
+        return triton_ops.paged_decode_attention(
+            q, k_cache, v_cache, block_tables, context_lens, scale, counters
+        )
+
+    def gemv_config(m: int, n: int, k: int, silu_mul: bool = False) -> GemvConfig | None:
+        config = SHIPPED_GEMV_CONFIG(m, n, k, silu_mul)
+        if config is None:
+            return None
+        pre = prefetch_k(k, config, m, silu_mul) if variant.wide else 0
+        return replace(config, prefetch_k=pre, early_trigger=variant.early)
+
+    if variant.merge:
+        for b in attention:
+            b.decode = merged_decode  # the instance's attribute hides the class's method
+    if variant.rope:
+        DecoderLayer.forward = forward_one_kernel(counters)
+    kernels.gemv_config = gemv_config
     try:
         yield
     finally:
-        gemv.PREFETCH_WIDE, gemv.EARLY_TRIGGER, attention_backend.FUSED_DECODE_STORE = saved
-        for b, c in zip(attention, before, strict=True):
-            b._counters = c
+        kernels.gemv_config = SHIPPED_GEMV_CONFIG
+        DecoderLayer.forward = SHIPPED_FORWARD
+        for b in attention:
+            b.__dict__.pop("decode", None)
 
 
 def capture(engine: LLMEngine, sizes: list[int], variant: Variant, counters: torch.Tensor) -> DecodeGraphs:

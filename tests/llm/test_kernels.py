@@ -196,15 +196,11 @@ def test_silu_mul_matches_reference():
     )
 
 
-@pytest.mark.parametrize("one_decode_kernel", [False, True])
-def test_tiny_model_fused_path_equals_torch_path(monkeypatch, one_decode_kernel):
+def test_tiny_model_fused_path_equals_torch_path(monkeypatch):
     """The model wired to the Triton kernels gives the torch path's logits, prefill and decode."""
     from graphrun.llm import kernels
     from graphrun.llm.kv_cache import KVCacheSpec, allocate_kv_cache
-    from graphrun.llm.layers import attention_backend, mlp, norm
-
-    monkeypatch.setattr(attention_backend, "FUSED_DECODE_STORE", one_decode_kernel)
-    monkeypatch.setattr(ops, "FUSED_MERGE", one_decode_kernel)
+    from graphrun.llm.layers import mlp, norm
     from graphrun.llm.layers.attention import AttentionMetadata
     from graphrun.llm.layers.attention_backend import TorchAttentionBackend, TritonAttentionBackend
     from graphrun.llm.presets import load_model
@@ -212,7 +208,7 @@ def test_tiny_model_fused_path_equals_torch_path(monkeypatch, one_decode_kernel)
     def run(fused: bool) -> torch.Tensor:
         for module in (norm, mlp, kernels):  # kernels: skinny_enabled() for the LM head
             monkeypatch.setattr(module, "triton_enabled", lambda t, fused=fused: fused)
-        backend = TritonAttentionBackend(DEVICE) if fused else TorchAttentionBackend()
+        backend = TritonAttentionBackend() if fused else TorchAttentionBackend()
         model, _, cfg = load_model("tiny", DTYPE, DEVICE, attention_backend=backend)  # same weights
         kv = allocate_kv_cache(KVCacheSpec.from_model(cfg, 16, DTYPE), 8, DEVICE)
         tables = torch.tensor([[1, 2]], device=DEVICE, dtype=torch.int32)

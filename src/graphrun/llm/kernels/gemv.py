@@ -154,23 +154,6 @@ def _check(x: torch.Tensor, weight: torch.Tensor, block_k: int) -> None:
         )
 
 
-PREFETCH_WIDE = False  # EXPERIMENT (benchmarks/decode_kernels_ab.py): decided before this session ends
-EARLY_TRIGGER = False  # EXPERIMENT: gdc_launch_dependents right after the wait
-PREFETCH_PRODUCTS_PER_THREAD = 64  # float32 products a thread holds for the prefetched weights
-
-
-def prefetch_k(k: int, block_k: int, rows_x_cols: int, num_warps: int) -> int:
-    """How many of K's leading weights a program loads before its wait: the widest power of two that
-    is a multiple of block_k, at most k, and whose products (rows x columns x it) fit the budget."""
-    pre = block_k
-    if not PREFETCH_WIDE:
-        return pre
-    budget = PREFETCH_PRODUCTS_PER_THREAD * 32 * num_warps
-    while pre * 2 <= k and rows_x_cols * pre * 2 <= budget:
-        pre *= 2
-    return pre
-
-
 @dataclass(frozen=True, slots=True)
 class Norm:
     """An RMSNorm to apply to x (after adding residual, when given) before the product."""
@@ -182,11 +165,15 @@ class Norm:
 
 def _launch(
     x: torch.Tensor, weight: torch.Tensor, n: int, silu_mul: bool, norm: Norm | None,
-    block_n: int, block_k: int, num_warps: int,
+    block_n: int, block_k: int, num_warps: int, prefetch_k: int, early_trigger: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     _check(x, weight, block_k)
     m, k = x.shape[0], weight.shape[1]
-    m_pad = triton.next_power_of_2(m)
+    prefetch_k = prefetch_k or block_k
+    if prefetch_k % block_k or prefetch_k > k or prefetch_k & (prefetch_k - 1):
+        raise ValueError(
+            f"gemv: prefetch_k {prefetch_k} is not a power of two, multiple of {block_k}, <= {k}"
+        )
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     summed = torch.empty_like(x) if norm is not None else None
     residual = norm.residual if norm is not None and norm.residual is not None else x
@@ -194,37 +181,50 @@ def _launch(
         x, weight, out, n, x.stride(0), weight.stride(0), out.stride(0), n if silu_mul else 0,
         residual, norm.weight if norm is not None else weight, summed if summed is not None else out,
         residual.stride(0), norm.eps if norm is not None else 0.0,
-        K=k, M=m, M_PAD=m_pad, BLOCK_N=block_n, BLOCK_K=block_k,
-        PRE_K=prefetch_k(k, block_k, m_pad * block_n * (2 if silu_mul else 1), num_warps), SILU_MUL=silu_mul,
-        NORM=norm is not None, HAS_RESIDUAL=norm is not None and norm.residual is not None,
-        EARLY_TRIGGER=EARLY_TRIGGER,
+        K=k, M=m, M_PAD=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=block_k, PRE_K=prefetch_k,
+        SILU_MUL=silu_mul, NORM=norm is not None, HAS_RESIDUAL=norm is not None and norm.residual is not None,
+        EARLY_TRIGGER=early_trigger,
         num_warps=num_warps, **pdl.launch_options(x.device),
     )  # fmt: skip
     return out, summed
 
 
 def gemv(
-    x: torch.Tensor, weight: torch.Tensor, *, block_n: int = 16, block_k: int = 256, num_warps: int = 4
-) -> torch.Tensor:
-    """x (m, k) @ weight (n, k).T -> (m, n) in x's dtype, for small m (a decode step's rows)."""
-    return _launch(x, weight, weight.shape[0], False, None, block_n, block_k, num_warps)[0]
+    x: torch.Tensor, weight: torch.Tensor, *, block_n: int = 16, block_k: int = 256, num_warps: int = 4,
+    prefetch_k: int = 0, early_trigger: bool = False,
+) -> torch.Tensor:  # fmt: skip
+    """x (m, k) @ weight (n, k).T -> (m, n) in x's dtype, for small m (a decode step's rows).
+
+    prefetch_k: how many of each weight row's leading elements a program loads before its PDL wait (a
+    power of two, a multiple of block_k, at most k; 0: one block, block_k). early_trigger: the program
+    lets the next kernel be scheduled right after its wait instead of after its loop. Both change only
+    when loads are issued; the engine uses the defaults (see kernels.GemvConfig).
+    """
+    return _launch(
+        x, weight, weight.shape[0], False, None, block_n, block_k, num_warps, prefetch_k, early_trigger
+    )[0]
 
 
 def gemv_silu_mul(
-    x: torch.Tensor, weight: torch.Tensor, *, block_n: int = 16, block_k: int = 256, num_warps: int = 4
-) -> torch.Tensor:
+    x: torch.Tensor, weight: torch.Tensor, *, block_n: int = 16, block_k: int = 256, num_warps: int = 4,
+    prefetch_k: int = 0, early_trigger: bool = False,
+) -> torch.Tensor:  # fmt: skip
     """x (m, k) against the fused [gate; up] weight (2 n, k) -> silu(x @ gate.T) * (x @ up.T), (m, n)."""
-    return _launch(x, weight, weight.shape[0] // 2, True, None, block_n, block_k, num_warps)[0]
+    n = weight.shape[0] // 2
+    return _launch(x, weight, n, True, None, block_n, block_k, num_warps, prefetch_k, early_trigger)[0]
 
 
 def norm_gemv(
     x: torch.Tensor, norm: Norm, weight: torch.Tensor, *, silu_mul: bool = False,
-    block_n: int = 16, block_k: int = 256, num_warps: int = 4,
+    block_n: int = 16, block_k: int = 256, num_warps: int = 4, prefetch_k: int = 0,
+    early_trigger: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(gemv or gemv_silu_mul of rmsnorm(x + residual), x + residual): add_rmsnorm and the product in one
     kernel. The normalized rows equal what add_rmsnorm stores, up to the float32 order of the row's sum
     of squares."""
     n = weight.shape[0] // 2 if silu_mul else weight.shape[0]
-    out, summed = _launch(x, weight, n, silu_mul, norm, block_n, block_k, num_warps)
+    out, summed = _launch(
+        x, weight, n, silu_mul, norm, block_n, block_k, num_warps, prefetch_k, early_trigger
+    )
     assert summed is not None
     return out, summed

@@ -211,7 +211,6 @@ def _paged_decode_merge_kernel(
 DECODE_TOKENS = 64  # cache tokens per inner iteration
 DECODE_MAX_SPLITS = 32  # splits per sequence at most
 DECODE_TARGET_PROGRAMS = 512  # enough (sequence, kv head, split) programs to fill an H100's 132 SMs
-FUSED_MERGE = False  # EXPERIMENT (benchmarks/decode_kernels_ab.py): decided before this session ends
 
 
 def split_counters(device: torch.device | str) -> torch.Tensor:

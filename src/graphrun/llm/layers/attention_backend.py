@@ -38,7 +38,6 @@ from graphrun.llm.layers.rotary import Rope, RotaryEmbedding, apply_rotary
 from graphrun.llm.transfer import to_device
 
 log = logging.getLogger(__name__)
-FUSED_DECODE_STORE = False  # EXPERIMENT (benchmarks/decode_kernels_ab.py): decided before this session ends
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # k, v: each (num_blocks, block_size, num_kv_heads, head_dim)
 
@@ -95,20 +94,6 @@ class AttentionBackend(ABC):
         scale: float,
     ) -> torch.Tensor:
         """One query token per sequence over its cache: (num_seqs, num_heads, head_dim), capturable."""
-
-    def decode_with_store(
-        self,
-        qkv: torch.Tensor,
-        heads: HeadShape,
-        norms: QKNorms | None,
-        rope: Rope,
-        meta: AttentionMetadata,
-        kv_cache: KVCache,
-        scale: float,
-    ) -> torch.Tensor | None:
-        """A decode step's store_qkv and attention in one kernel: (num_seqs, num_heads, head_dim), or None
-        where this backend has no such kernel (the caller then stores, then attends)."""
-        return None
 
     def attend(
         self,
@@ -199,15 +184,9 @@ class TorchAttentionBackend(AttentionBackend):
 
 
 class TritonAttentionBackend(AttentionBackend):
-    """The fused kernels (kernels/triton_ops.py): norm + rotary + cache write in one, paged decode.
-
-    It owns the decode kernel's split counters (one model's steps run one at a time, in stream order)."""
+    """The fused kernels (kernels/triton_ops.py): norm + rotary + cache write in one, paged decode."""
 
     name = "triton"
-
-    def __init__(self, device: torch.device | str) -> None:
-        ops = kernel_ops()
-        self._counters = ops.split_counters(device) if ops.FUSED_MERGE else None
 
     def rope(self, rotary: RotaryEmbedding, positions: torch.Tensor, dtype: torch.dtype) -> Rope:
         return Rope(positions, rotary.cos_cache, rotary.sin_cache)  # the kernel reads the float32 tables
@@ -230,33 +209,6 @@ class TritonAttentionBackend(AttentionBackend):
         )  # fmt: skip
         return q, None, None
 
-    def decode_with_store(
-        self,
-        qkv: torch.Tensor,
-        heads: HeadShape,
-        norms: QKNorms | None,
-        rope: Rope,
-        meta: AttentionMetadata,
-        kv_cache: KVCache,
-        scale: float,
-    ) -> torch.Tensor | None:
-        """The decode kernel norms and rotates q and this step's k and stores k and v itself
-        (kernels/triton_ops.DecodeRope): qk_norm_rope_write's kernel is not launched."""
-        if not FUSED_DECODE_STORE:
-            return None
-        ops = kernel_ops()
-        decode_rope = ops.DecodeRope(
-            heads.num_heads, rope.positions, rope.cos_cache, rope.sin_cache,
-            norms.q_norm.weight if norms is not None else None,
-            norms.k_norm.weight if norms is not None else None,
-            norms.q_norm.eps if norms is not None else 0.0, meta.slot_mapping,
-        )  # fmt: skip
-        k_cache, v_cache = kv_cache
-        out: torch.Tensor = ops.paged_decode_attention(
-            qkv, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, self._counters, decode_rope
-        )
-        return out
-
     def decode(
         self,
         q: torch.Tensor,
@@ -267,7 +219,7 @@ class TritonAttentionBackend(AttentionBackend):
         scale: float,
     ) -> torch.Tensor:
         out: torch.Tensor = kernel_ops().paged_decode_attention(
-            q, k_cache, v_cache, block_tables, context_lens, scale, self._counters
+            q, k_cache, v_cache, block_tables, context_lens, scale
         )
         return out
 
@@ -296,7 +248,7 @@ class TritonAttentionBackend(AttentionBackend):
 def select_attention_backend(device: torch.device | str) -> AttentionBackend:
     """Triton on CUDA when it imports and is not disabled (GRAPHRUN_DISABLE_TRITON); else the torch ops."""
     backend: AttentionBackend
-    backend = TritonAttentionBackend(device) if triton_available(device) else TorchAttentionBackend()
+    backend = TritonAttentionBackend() if triton_available(device) else TorchAttentionBackend()
     log.debug("attention backend for %s: %s", device, backend.name)
     return backend
 

@@ -104,21 +104,9 @@ class DecoderLayer(nn.Module):
         meta: AttentionMetadata,
         kv_cache: KVCache,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (this block's MLP output, residual stream before it); the caller adds the two.
-
-        A decode step goes to the backend's decode_with_store where it has one (norm, rotary, K/V store
-        and attention in one kernel); otherwise, and always under a piecewise capture, which calls the
-        halves itself, the K/V store runs before the attention op."""
-        attn = self.self_attn
-        qkv, residual = self._normed_linear(hidden, residual, self.input_layernorm, attn.qkv_proj)
-        out = None
-        if meta.is_decode:
-            out = attn.backend.decode_with_store(
-                qkv, attn.heads, attn.norms, rope, meta, kv_cache, attn.scale
-            )
-        if out is None:
-            q, k, v = attn.store(qkv, rope, meta.slot_mapping, kv_cache)
-            out = attn.attn(q, k, v, kv_cache, meta)  # (num_tokens, num_heads, head_dim)
+        """Return (this block's MLP output, residual stream before it); the caller adds the two."""
+        q, k, v, residual = self.before_attention(hidden, residual, rope, meta.slot_mapping, kv_cache)
+        out = self.self_attn.attn(q, k, v, kv_cache, meta)  # (num_tokens, num_heads, head_dim)
         return self.after_attention(out, residual)
 
     def before_attention(
