@@ -1,28 +1,27 @@
-"""Decode-step kernel variants side by side in the graphed greedy step (issue 18; GPU only).
+"""Decode-step kernel candidates side by side in the graphed greedy step (issue 18; GPU only).
 
-Candidates for the batch-1 step, where a step is ~200 small kernels and each one's ramp and tail cost
-more than its bytes (results/decode-profile-nvidia-h200.json: projections 2.6x their floor, attention's
-two kernels per layer 13x):
-- shipped: the kernels as they are;
-- merge: the decode attention's last split merges the partials itself (an arrival counter per
-  sequence and kv head), so the merge kernel goes: one attention kernel per layer instead of two;
-- wide: each skinny GEMV program loads as much of its weights as fits a register budget (all of K for
-  qwen3-0.6b-shape's QKV, O and gate/up at one row) before its PDL wait, instead of the first tile;
-- wide_early: wide, and each GEMV lets the next kernel be scheduled right after its own wait rather
-  than after its loop, so the next projection's weights stream in during this one's work;
-- one_kernel: merge, and the decode attention kernel also norms and rotates q and this step's k and
-  stores k and v (DecodeRope), so qk_norm_rope_write's kernel goes too: one kernel per layer between
-  the QKV and O projections instead of three;
-- all: one_kernel + wide_early.
-The kernels take each candidate as an argument (kernels/triton_ops.paged_decode_attention's counters and
-rope, kernels/gemv's prefetch_k and early_trigger); the engine passes none of them. This script turns
-them on by patching, in its own process only, the places that choose: the attention backend's decode
-(merge), the decoder layer's forward (one_kernel: the store and the attention in one call, as
-`forward_one_kernel` below) and kernels.gemv_config (wide, early; the register budget is `prefetch_k`
-below). One engine (qwen3-0.6b-shape, bf16, prefix caching off, no graphs of its own) holds the weights
-and KV cache; one set of decode graphs per variant is captured over them with its patches in place while
-it is captured. Per batch size:
-greedy tokens through each set compared with shipped's (the first step that differs, None when none
+Candidates for the small-batch step, where a step is ~200 small kernels and each one's ramp and tail
+cost more than its bytes (results/decode-profile-nvidia-h200.json: projections 2.6x their floor,
+attention's two kernels per layer 13x). Measured and decided (H100, 2026-12-08,
+results/experiments/decode-kernels-ab-*.json):
+- the GEMV letting the next kernel be scheduled right after its PDL wait, not after its loop: 3% off
+  the step at 1 and 4 rows, even at 16, the same tokens. Shipped; the "shipped" variant has it.
+- the GEMV loading all of K's weights that fit a register budget before its wait (not only the first
+  tile): slower alone (1.024 against 0.955 ms at one row), no better with the early trigger. Dropped.
+- the decode attention's last split merging the partials itself (an arrival counter per sequence and
+  kv head, instead of the merge kernel): 0.1 ms slower a step at 1-4 rows (its merge walked the splits
+  one after another). Dropped; a merge that loads every split at once is the next design.
+Still a candidate, in this script:
+- rope: the decode attention kernel takes the QKV output and does qk_norm_rope_write's work itself
+  (kernels/triton_ops.DecodeRope; that kernel goes, one a layer): 1% off at one row, 2% at 4, 3% at 16,
+  but greedy tokens part from the shipped kernels' within a few steps at 4 and 16 rows; not wired into
+  the engine until that is understood.
+The kernel takes the candidate as an argument (paged_decode_attention's rope) and the engine passes none;
+this script turns it on by patching, in its own process only, the decoder layer's forward
+(`forward_one_kernel` below: the store and the attention in one call) while the variant's graphs are
+captured. One engine (qwen3-0.6b-shape, bf16, prefix caching off, no graphs of its own) holds the
+weights and KV cache; one set of decode graphs per variant is captured over them. Per batch size: greedy
+tokens through each set compared with the first variant's (the first step that differs, None when none
 does), and each set's greedy replay timed between CUDA events in interleaved rounds whose order
 rotates; a point is the median. The floor is the step's bytes over the measured copy bandwidth.
 
@@ -36,10 +35,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
-import triton
 from pdl_ab import (  # benchmarks/pdl_ab.py, beside this script
     build_engine,
     first_difference,
@@ -51,10 +49,9 @@ from prometheus_client import CollectorRegistry
 from graphrun.bench.decode import random_prompts
 from graphrun.bench.decode_report import copy_bandwidth, step_floor
 from graphrun.bench.report import emit, environment, headline, print_table
-from graphrun.llm import kernels
 from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape
 from graphrun.llm.engine import LLMEngine
-from graphrun.llm.kernels import GemvConfig, triton_ops
+from graphrun.llm.kernels import triton_ops
 from graphrun.llm.layers.attention_backend import AttentionOp, TritonAttentionBackend
 from graphrun.llm.models.decoder import DecoderLayer
 
@@ -63,20 +60,10 @@ SEED = 0
 
 @dataclass(frozen=True)
 class Variant:
-    merge: bool = False
     rope: bool = False
-    wide: bool = False
-    early: bool = False
 
 
-VARIANTS = {
-    "shipped": Variant(),
-    "merge": Variant(merge=True),
-    "wide": Variant(wide=True),
-    "wide_early": Variant(wide=True, early=True),
-    "one_kernel": Variant(merge=True, rope=True),
-    "all": Variant(merge=True, rope=True, wide=True, early=True),
-}
+VARIANTS = {"shipped": Variant(), "rope": Variant(rope=True)}
 
 
 def parse_args() -> argparse.Namespace:
@@ -93,19 +80,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-PREFETCH_PRODUCTS_PER_THREAD = 64  # float32 products a GEMV thread may hold for its prefetched weights
-
-
-def prefetch_k(k: int, config: GemvConfig, rows: int, silu_mul: bool) -> int:
-    """The widest power of two <= k, a multiple of block_k, whose products fit the register budget."""
-    budget = PREFETCH_PRODUCTS_PER_THREAD * 32 * config.num_warps
-    per_k = triton.next_power_of_2(rows) * config.block_n * (2 if silu_mul else 1)
-    pre = config.block_k
-    while pre * 2 <= k and per_k * pre * 2 <= budget:
-        pre *= 2
-    return pre
-
-
 def backends(engine: LLMEngine) -> list[TritonAttentionBackend]:
     found = {id(m.backend): m.backend for m in engine.model.modules() if isinstance(m, AttentionOp)}
     out = [b for b in found.values() if isinstance(b, TritonAttentionBackend)]
@@ -114,7 +88,7 @@ def backends(engine: LLMEngine) -> list[TritonAttentionBackend]:
     return out
 
 
-def forward_one_kernel(counters: torch.Tensor):
+def forward_one_kernel():
     """DecoderLayer.forward with a decode step's norm, rotary, K/V store and attention in one kernel."""
 
     def forward(self, hidden, residual, rope, meta, kv_cache):
@@ -131,7 +105,7 @@ def forward_one_kernel(counters: torch.Tensor):
         )  # fmt: skip
         k_cache, v_cache = kv_cache
         out = triton_ops.paged_decode_attention(
-            qkv, k_cache, v_cache, meta.block_tables, meta.context_lens, attn.scale, counters, decode_rope
+            qkv, k_cache, v_cache, meta.block_tables, meta.context_lens, attn.scale, decode_rope
         )
         return self.after_attention(out, residual)
 
@@ -139,47 +113,26 @@ def forward_one_kernel(counters: torch.Tensor):
 
 
 SHIPPED_FORWARD = DecoderLayer.forward
-SHIPPED_GEMV_CONFIG = kernels.gemv_config
 
 
 @contextmanager
-def switched(engine: LLMEngine, variant: Variant, counters: torch.Tensor) -> Iterator[None]:
-    """The variant's patches in place (this process only), the shipped code back after."""
-    attention = backends(engine)
-
-    def merged_decode(q, k_cache, v_cache, block_tables, context_lens, scale):
-        return triton_ops.paged_decode_attention(
-            q, k_cache, v_cache, block_tables, context_lens, scale, counters
-        )
-
-    def gemv_config(m: int, n: int, k: int, silu_mul: bool = False) -> GemvConfig | None:
-        config = SHIPPED_GEMV_CONFIG(m, n, k, silu_mul)
-        if config is None:
-            return None
-        pre = prefetch_k(k, config, m, silu_mul) if variant.wide else 0
-        return replace(config, prefetch_k=pre, early_trigger=variant.early)
-
-    if variant.merge:
-        for b in attention:
-            b.decode = merged_decode  # the instance's attribute hides the class's method
+def switched(variant: Variant) -> Iterator[None]:
+    """The variant's patch in place (this process only), the shipped forward back after."""
     if variant.rope:
-        DecoderLayer.forward = forward_one_kernel(counters)
-    kernels.gemv_config = gemv_config
+        DecoderLayer.forward = forward_one_kernel()
     try:
         yield
     finally:
-        kernels.gemv_config = SHIPPED_GEMV_CONFIG
         DecoderLayer.forward = SHIPPED_FORWARD
-        for b in attention:
-            b.__dict__.pop("decode", None)
 
 
-def capture(engine: LLMEngine, sizes: list[int], variant: Variant, counters: torch.Tensor) -> DecodeGraphs:
+def capture(engine: LLMEngine, sizes: list[int], variant: Variant) -> DecodeGraphs:
     shape = DecodeShape(
         engine.config.max_num_seqs, engine.max_blocks_per_seq, engine.max_model_len, engine.num_blocks,
         engine.config.block_size, engine.model_config.vocab_size,
     )  # fmt: skip
-    with switched(engine, variant, counters):
+    backends(engine)  # the variants patch the Triton path
+    with switched(variant):
         graphs = DecodeGraphs(
             engine.model, engine.kv_caches, engine.last_tokens, shape, sizes, backend="cuda",
             registry=CollectorRegistry(),
@@ -203,8 +156,7 @@ def main() -> int:
     rows = []
     with torch.inference_mode():
         engine = build_engine(args, max(sizes))
-        counters = triton_ops.split_counters("cuda")
-        graphs = {name: capture(engine, sizes, VARIANTS[name], counters) for name in names}
+        graphs = {name: capture(engine, sizes, VARIANTS[name]) for name in names}
         for batch in sizes:
             prompts = random_prompts(batch, args.context, engine.model_config.vocab_size, SEED)
             greedy = {name: rollout(engine, g, prompts, args.steps) for name, g in graphs.items()}

@@ -37,7 +37,7 @@ STRIDES = dict.fromkeys(
 )
 SPLIT_ARGS = dict(
     q_ptr=BF16, k_ptr=BF16, v_ptr=BF16, tables_ptr=I32, lens_ptr=I32, m_ptr=F32, l_ptr=F32, acc_ptr=F32,
-    out_ptr=BF16, counter_ptr=I32, scale="fp32", **STRIDES, NUM_SPLITS=S32, ITERS=S32, pos_ptr=I64,
+    out_ptr=BF16, scale="fp32", **STRIDES, NUM_SPLITS=S32, ITERS=S32, pos_ptr=I64,
     cos_ptr=F32, sin_ptr=F32, qw_ptr=BF16, kw_ptr=BF16, slot_ptr=I64, eps="fp32", stride_pos=S32,
     stride_slot=S32,
 )  # fmt: skip
@@ -84,8 +84,8 @@ Spec = tuple[Any, dict, dict, dict]  # (kernel, runtime argument types, constexp
 
 
 def _gemv(block_n: int, block_k: int, silu: bool, norm: bool) -> Spec:
-    constants = dict(K=1024, M=1, M_PAD=1, BLOCK_N=block_n, BLOCK_K=block_k, PRE_K=block_k, SILU_MUL=silu,
-                     NORM=norm, HAS_RESIDUAL=norm, EARLY_TRIGGER=False)  # fmt: skip
+    constants = dict(K=1024, M=1, M_PAD=1, BLOCK_N=block_n, BLOCK_K=block_k, SILU_MUL=silu, NORM=norm,
+                     HAS_RESIDUAL=norm)  # fmt: skip
     return gemv._gemv_kernel, GEMV_ARGS, constants, {"num_warps": 4}
 
 
@@ -98,12 +98,12 @@ def kernels() -> dict[str, Spec]:
         "norm_gemv_silu_mul": _gemv(2, 512, silu=True, norm=True),
         "paged_decode_split": (
             ops._paged_decode_split_kernel, SPLIT_ARGS,
-            dict(NUM_HEADS=16, NUM_KV_HEADS=8, GROUP=2, GROUP_PAD=16, MERGE=True, ROPE=False, HAS_NORM=False,
+            dict(NUM_HEADS=16, NUM_KV_HEADS=8, GROUP=2, GROUP_PAD=16, ROPE=False, HAS_NORM=False,
                  **ATTENTION), {},
         ),
         "paged_decode_split_rope": (
             ops._paged_decode_split_kernel, SPLIT_ARGS,
-            dict(NUM_HEADS=16, NUM_KV_HEADS=8, GROUP=2, GROUP_PAD=16, MERGE=True, ROPE=True, HAS_NORM=True,
+            dict(NUM_HEADS=16, NUM_KV_HEADS=8, GROUP=2, GROUP_PAD=16, ROPE=True, HAS_NORM=True,
                  **ATTENTION), {},
         ),
         "paged_decode_merge": (

@@ -45,32 +45,6 @@ def test_gemv_silu_mul_matches_the_unfused_mlp_activation(m):
     assert rel_err(out, F.silu(gate) * up) < TOL
 
 
-@pytest.mark.parametrize("m", [1, 3])
-@pytest.mark.parametrize("prefetch_k", [0, 256, 512])  # one block, two, the whole of K
-@pytest.mark.parametrize("early_trigger", [False, True])
-def test_gemv_prefetching_more_of_k_computes_the_same(m, prefetch_k, early_trigger):
-    """prefetch_k and early_trigger move loads and the PDL trigger (no PDL here, in the interpreter or
-    without Hopper); the products, the fused SiLU and the fused norm come out as with the defaults."""
-    torch.manual_seed(m + prefetch_k)
-    n, k = 24, 512
-    x, w, norm_w, residual = rand(m, k), rand(2 * n, k), rand(k), rand(m, k)
-    tile = dict(block_n=4, block_k=128, num_warps=2)
-    moved = dict(tile, prefetch_k=prefetch_k, early_trigger=early_trigger)
-    assert rel_err(ops.gemv(x, w, **moved), ops.gemv(x, w, **tile)) < TOL
-    assert rel_err(ops.gemv_silu_mul(x, w, **moved), ops.gemv_silu_mul(x, w, **tile)) < TOL
-    norm = ops.Norm(norm_w, 1e-6, residual)
-    out, summed = ops.norm_gemv(x, norm, w, silu_mul=True, **moved)
-    want, want_summed = ops.norm_gemv(x, norm, w, silu_mul=True, **tile)
-    assert rel_err(out, want) < TOL and torch.equal(summed, want_summed)
-
-
-def test_gemv_refuses_a_prefetch_it_cannot_load():
-    x, w = rand(1, 512), rand(8, 512)
-    for bad in (64, 384, 1024):  # not a multiple of the block, not a power of two, past K
-        with pytest.raises(ValueError, match="prefetch_k"):
-            ops.gemv(x, w, block_n=4, block_k=128, prefetch_k=bad)
-
-
 def test_gemv_rejects_what_it_cannot_tile():
     x, w = rand(1, 100), rand(8, 100)
     with pytest.raises(ValueError, match="multiple of 64"):

@@ -22,9 +22,8 @@ def rand(*shape, dtype=DTYPE):
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 16), (8, 8, 32), (16, 8, 64)])
 @pytest.mark.parametrize("max_blocks", [6, 30])  # a few splits per sequence, and one long split
 @pytest.mark.parametrize("one_split", [False, True])  # one split: the program stores the output itself
-@pytest.mark.parametrize("in_kernel_merge", [False, True])  # the last split merges (split counters)
 def test_paged_decode_attention_matches_reference(
-    heads, kv_heads, head_dim, max_blocks, one_split, in_kernel_merge, monkeypatch
+    heads, kv_heads, head_dim, max_blocks, one_split, monkeypatch
 ):
     torch.manual_seed(0)
     if one_split:
@@ -38,13 +37,9 @@ def test_paged_decode_attention_matches_reference(
     tables = torch.stack([torch.randperm(num_blocks)[:max_blocks] for _ in lens]).to(DEVICE, torch.int32)
     q = rand(len(lens), heads, head_dim)
     assert (ops.decode_splits(max_blocks * block_size, len(lens), kv_heads)[0] == 1) == one_split
-    counters = ops.split_counters(DEVICE) if in_kernel_merge else None
+    got = ops.paged_decode_attention(q, k_cache, v_cache, tables, lens, head_dim**-0.5)
     want = decode_attention_reference(q, k_cache, v_cache, tables, lens, head_dim**-0.5)
-    for _ in range(2):  # the second call reuses the counters the first merge set back to zero
-        got = ops.paged_decode_attention(q, k_cache, v_cache, tables, lens, head_dim**-0.5, counters)
-        torch.testing.assert_close(got.float(), want.float(), rtol=TOL, atol=TOL)
-    if counters is not None:
-        assert not counters.any()
+    torch.testing.assert_close(got.float(), want.float(), rtol=TOL, atol=TOL)
 
 
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 16), (8, 8, 32), (16, 1, 16)])
@@ -154,9 +149,8 @@ def test_qk_norm_rope_write_matches_reference(with_norm):
 
 
 @pytest.mark.parametrize("with_norm", [False, True])
-@pytest.mark.parametrize("in_kernel_merge", [False, True])
 @pytest.mark.parametrize("max_blocks", [6, 30])  # a few splits per sequence, and one long split
-def test_decode_attention_with_rope_is_rope_write_then_attention(with_norm, in_kernel_merge, max_blocks):
+def test_decode_attention_with_rope_is_rope_write_then_attention(with_norm, max_blocks):
     """The decode kernel given the QKV output (DecodeRope) stores the same K/V and attends to the same
     result as qk_norm_rope_write followed by the decode kernel; the last position of a sequence falls
     in a different split per sequence (lengths 1, 17, 96, 50)."""
@@ -181,8 +175,7 @@ def test_decode_attention_with_rope_is_rope_write_then_attention(with_norm, in_k
     )
     want = ops.paged_decode_attention(q, k_want, v_want, tables, lens, head_dim**-0.5)
     rope = ops.DecodeRope(heads, packed[:, 0], cos_cache, sin_cache, qw, kw, 1e-6, packed[:, 1])
-    counters = ops.split_counters(DEVICE) if in_kernel_merge else None
-    got = ops.paged_decode_attention(qkv, k_cache, v_cache, tables, lens, head_dim**-0.5, counters, rope)
+    got = ops.paged_decode_attention(qkv, k_cache, v_cache, tables, lens, head_dim**-0.5, rope)
     assert torch.equal(v_cache, v_want)  # copied; k is computed (compiled reductions may round apart)
     torch.testing.assert_close(k_cache.float(), k_want.float(), rtol=TOL, atol=TOL)
     torch.testing.assert_close(got.float(), want.float(), rtol=TOL, atol=TOL)

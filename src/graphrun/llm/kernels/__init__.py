@@ -26,8 +26,6 @@ class GemvConfig:
     block_n: int
     block_k: int
     num_warps: int
-    prefetch_k: int = 0  # weights per row loaded before the PDL wait (0: one block; gemv.gemv says more)
-    early_trigger: bool = False  # let the next kernel be scheduled right after the wait
 
 
 def gemv_config(m: int, n: int, k: int, silu_mul: bool = False) -> GemvConfig | None:
@@ -127,9 +125,8 @@ def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
         out: torch.Tensor = layer(x)
         return out
     result: torch.Tensor = gemv_ops().gemv(
-        x, layer.weight, block_n=config.block_n, block_k=config.block_k, num_warps=config.num_warps,
-        prefetch_k=config.prefetch_k, early_trigger=config.early_trigger,
-    )  # fmt: skip
+        x, layer.weight, block_n=config.block_n, block_k=config.block_k, num_warps=config.num_warps
+    )
     return result
 
 
@@ -139,9 +136,8 @@ def linear_silu_mul(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor | None:
     if config is None:
         return None
     result: torch.Tensor = gemv_ops().gemv_silu_mul(
-        x, layer.weight, block_n=config.block_n, block_k=config.block_k, num_warps=config.num_warps,
-        prefetch_k=config.prefetch_k, early_trigger=config.early_trigger,
-    )  # fmt: skip
+        x, layer.weight, block_n=config.block_n, block_k=config.block_k, num_warps=config.num_warps
+    )
     return result
 
 
@@ -163,7 +159,6 @@ def norm_linear(
     result: tuple[torch.Tensor, torch.Tensor] = ops.norm_gemv(
         x, ops.Norm(norm_weight, eps, residual), layer.weight, silu_mul=silu_mul,
         block_n=config.block_n, block_k=config.block_k, num_warps=config.num_warps,
-        prefetch_k=config.prefetch_k, early_trigger=config.early_trigger,
     )  # fmt: skip
     return result
 

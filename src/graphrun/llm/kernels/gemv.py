@@ -16,7 +16,8 @@ bit for bit). The silu epilogue rounds gate @ W to the weight dtype before the a
 unfused path (a GEMM stored in bf16, then silu_mul) does.
 
 On Hopper the kernel launches with programmatic dependent launch (kernels/pdl.py): its first weight
-tile loads while the previous kernel finishes. The same products are summed in the same order with or
+tile loads while the previous kernel finishes, and right after its wait it lets the next kernel be
+scheduled. The same products are summed in the same order with or
 without it, so the results are identical bit for bit.
 """
 
@@ -36,8 +37,8 @@ def _gemv_kernel(
     x_ptr, w_ptr, out_ptr, N, stride_xm, stride_wn, stride_om, UP_OFFSET,
     res_ptr, norm_w_ptr, res_out_ptr, stride_rm, eps,
     K: tl.constexpr, M: tl.constexpr, M_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRE_K: tl.constexpr, SILU_MUL: tl.constexpr,
-    NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, EARLY_TRIGGER: tl.constexpr, USE_PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SILU_MUL: tl.constexpr,
+    NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """out[:M, cols] = x[:M] @ w[cols].T (or silu(x @ w[cols].T) * (x @ w[UP_OFFSET + cols].T)).
 
@@ -50,28 +51,29 @@ def _gemv_kernel(
     written during a step, so they stream in while the previous kernel drains (qwen3-0.6b-shape at one
     row: K is 2 or 3 tiles, so a half or a third of the program's weight bytes); x and the residual
     are earlier kernels' outputs, and any store may land in a buffer they still read: both come after.
+    gdc_launch_dependents comes right after the wait.
     """
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     rows = tl.arange(0, M_PAD)
     row_ok = rows < M
     ks = tl.arange(0, BLOCK_K)
-    kp = tl.arange(0, PRE_K)
-    w_base = w_ptr + cols[:, None].to(tl.int64) * stride_wn
-    w_rows = w_base + ks[None, :]  # (BLOCK_N, BLOCK_K)
+    w_rows = w_ptr + cols[:, None].to(tl.int64) * stride_wn + ks[None, :]  # (BLOCK_N, BLOCK_K)
     x_rows = x_ptr + rows[:, None] * stride_xm + ks[None, :]  # (M_PAD, BLOCK_K)
-    res_rows = res_ptr + rows[:, None] * stride_rm + ks[None, :]
     # products are summed over K only once, after the loop: the loop body is loads and FMAs
     dtype = w_ptr.dtype.element_ty
     up_rows = w_rows + UP_OFFSET * stride_wn
-    # the first PRE_K weights of the program's columns, loaded before the wait (weights only: pdl.py)
-    w_pre = tl.load(w_base + kp[None, :], mask=col_ok[:, None], other=0.0)  # (BLOCK_N, PRE_K)
-    if SILU_MUL:
-        up_pre = tl.load(w_base + UP_OFFSET * stride_wn + kp[None, :], mask=col_ok[:, None], other=0.0)
-    if USE_PDL:
+    if USE_PDL:  # weights only before the wait (pdl.py's contract)
+        w_first = tl.load(w_rows, mask=col_ok[:, None], other=0.0)
+        if SILU_MUL:
+            up_first = tl.load(up_rows, mask=col_ok[:, None], other=0.0)
         tl.extra.cuda.gdc_wait()
-        if EARLY_TRIGGER:
-            tl.extra.cuda.gdc_launch_dependents()
+        # the next kernel may be scheduled now: its programs fill the SMs ours leave and load their own
+        # weights during our work (their wait still waits for all of us). Measured against triggering
+        # after the loop (benchmarks/decode_kernels_ab.py, H100): the step 3% shorter at 1 and 4 rows,
+        # even at 16, the same tokens (results/experiments/decode-kernels-ab-early-rope-*.json)
+        tl.extra.cuda.gdc_launch_dependents()
+    res_rows = res_ptr + rows[:, None] * stride_rm + ks[None, :]
     rstd = tl.zeros([M_PAD], dtype=tl.float32)  # (M_PAD,) used only with NORM
     if NORM:
         squares = tl.zeros([M_PAD, BLOCK_K], dtype=tl.float32)
@@ -84,31 +86,20 @@ def _gemv_kernel(
         rstd = tl.rsqrt(tl.sum(squares, axis=1) / K + eps)
     part = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
     part_up = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    acc = tl.zeros([M_PAD, BLOCK_N], dtype=tl.float32)
-    acc_up = tl.zeros([M_PAD, BLOCK_N], dtype=tl.float32)
-    x_pre = _x_tile(
-        x_ptr + rows[:, None] * stride_xm + kp[None, :], res_ptr + rows[:, None] * stride_rm + kp[None, :],
-        norm_w_ptr, 0, kp, rstd, row_ok, dtype, NORM, HAS_RESIDUAL,
-    )  # fmt: skip
-    if PRE_K == BLOCK_K:  # one tile: summed with the loop's (the order of the kernel before PRE_K)
-        part += x_pre[:, None, :] * w_pre.to(tl.float32)[None, :, :]
+    if USE_PDL:  # the first tile, its weights already in registers; the loop below starts at the second
+        x_first = _x_tile(x_rows, res_rows, norm_w_ptr, 0, ks, rstd, row_ok, dtype, NORM, HAS_RESIDUAL)
+        part += x_first[:, None, :] * w_first.to(tl.float32)[None, :, :]
         if SILU_MUL:
-            part_up += x_pre[:, None, :] * up_pre.to(tl.float32)[None, :, :]
-    else:
-        acc += tl.sum(x_pre[:, None, :] * w_pre.to(tl.float32)[None, :, :], axis=2)
-        if SILU_MUL:
-            acc_up += tl.sum(x_pre[:, None, :] * up_pre.to(tl.float32)[None, :, :], axis=2)
-    for k0 in range(PRE_K, K, BLOCK_K):
+            part_up += x_first[:, None, :] * up_first.to(tl.float32)[None, :, :]
+    for k0 in range(USE_PDL * BLOCK_K, K, BLOCK_K):
         x = _x_tile(x_rows, res_rows, norm_w_ptr, k0, ks, rstd, row_ok, dtype, NORM, HAS_RESIDUAL)
         w = tl.load(w_rows + k0, mask=col_ok[:, None], other=0.0).to(tl.float32)
         part += x[:, None, :] * w[None, :, :]
         if SILU_MUL:
             up = tl.load(up_rows + k0, mask=col_ok[:, None], other=0.0)
             part_up += x[:, None, :] * up.to(tl.float32)[None, :, :]
-    if USE_PDL and not EARLY_TRIGGER:  # every load issued: the next kernel may be scheduled
-        tl.extra.cuda.gdc_launch_dependents()
-    acc += tl.sum(part, axis=2)  # (M_PAD, BLOCK_N)
-    acc_up += tl.sum(part_up, axis=2)
+    acc = tl.sum(part, axis=2)  # (M_PAD, BLOCK_N)
+    acc_up = tl.sum(part_up, axis=2)
     if SILU_MUL:
         gate = acc.to(dtype).to(tl.float32)
         act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
@@ -165,15 +156,10 @@ class Norm:
 
 def _launch(
     x: torch.Tensor, weight: torch.Tensor, n: int, silu_mul: bool, norm: Norm | None,
-    block_n: int, block_k: int, num_warps: int, prefetch_k: int, early_trigger: bool,
+    block_n: int, block_k: int, num_warps: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     _check(x, weight, block_k)
     m, k = x.shape[0], weight.shape[1]
-    prefetch_k = prefetch_k or block_k
-    if prefetch_k % block_k or prefetch_k > k or prefetch_k & (prefetch_k - 1):
-        raise ValueError(
-            f"gemv: prefetch_k {prefetch_k} is not a power of two, multiple of {block_k}, <= {k}"
-        )
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     summed = torch.empty_like(x) if norm is not None else None
     residual = norm.residual if norm is not None and norm.residual is not None else x
@@ -181,50 +167,35 @@ def _launch(
         x, weight, out, n, x.stride(0), weight.stride(0), out.stride(0), n if silu_mul else 0,
         residual, norm.weight if norm is not None else weight, summed if summed is not None else out,
         residual.stride(0), norm.eps if norm is not None else 0.0,
-        K=k, M=m, M_PAD=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=block_k, PRE_K=prefetch_k,
-        SILU_MUL=silu_mul, NORM=norm is not None, HAS_RESIDUAL=norm is not None and norm.residual is not None,
-        EARLY_TRIGGER=early_trigger,
+        K=k, M=m, M_PAD=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=block_k, SILU_MUL=silu_mul,
+        NORM=norm is not None, HAS_RESIDUAL=norm is not None and norm.residual is not None,
         num_warps=num_warps, **pdl.launch_options(x.device),
     )  # fmt: skip
     return out, summed
 
 
 def gemv(
-    x: torch.Tensor, weight: torch.Tensor, *, block_n: int = 16, block_k: int = 256, num_warps: int = 4,
-    prefetch_k: int = 0, early_trigger: bool = False,
-) -> torch.Tensor:  # fmt: skip
-    """x (m, k) @ weight (n, k).T -> (m, n) in x's dtype, for small m (a decode step's rows).
-
-    prefetch_k: how many of each weight row's leading elements a program loads before its PDL wait (a
-    power of two, a multiple of block_k, at most k; 0: one block, block_k). early_trigger: the program
-    lets the next kernel be scheduled right after its wait instead of after its loop. Both change only
-    when loads are issued; the engine uses the defaults (see kernels.GemvConfig).
-    """
-    return _launch(
-        x, weight, weight.shape[0], False, None, block_n, block_k, num_warps, prefetch_k, early_trigger
-    )[0]
+    x: torch.Tensor, weight: torch.Tensor, *, block_n: int = 16, block_k: int = 256, num_warps: int = 4
+) -> torch.Tensor:
+    """x (m, k) @ weight (n, k).T -> (m, n) in x's dtype, for small m (a decode step's rows)."""
+    return _launch(x, weight, weight.shape[0], False, None, block_n, block_k, num_warps)[0]
 
 
 def gemv_silu_mul(
-    x: torch.Tensor, weight: torch.Tensor, *, block_n: int = 16, block_k: int = 256, num_warps: int = 4,
-    prefetch_k: int = 0, early_trigger: bool = False,
-) -> torch.Tensor:  # fmt: skip
+    x: torch.Tensor, weight: torch.Tensor, *, block_n: int = 16, block_k: int = 256, num_warps: int = 4
+) -> torch.Tensor:
     """x (m, k) against the fused [gate; up] weight (2 n, k) -> silu(x @ gate.T) * (x @ up.T), (m, n)."""
-    n = weight.shape[0] // 2
-    return _launch(x, weight, n, True, None, block_n, block_k, num_warps, prefetch_k, early_trigger)[0]
+    return _launch(x, weight, weight.shape[0] // 2, True, None, block_n, block_k, num_warps)[0]
 
 
 def norm_gemv(
     x: torch.Tensor, norm: Norm, weight: torch.Tensor, *, silu_mul: bool = False,
-    block_n: int = 16, block_k: int = 256, num_warps: int = 4, prefetch_k: int = 0,
-    early_trigger: bool = False,
+    block_n: int = 16, block_k: int = 256, num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(gemv or gemv_silu_mul of rmsnorm(x + residual), x + residual): add_rmsnorm and the product in one
     kernel. The normalized rows equal what add_rmsnorm stores, up to the float32 order of the row's sum
     of squares."""
     n = weight.shape[0] // 2 if silu_mul else weight.shape[0]
-    out, summed = _launch(
-        x, weight, n, silu_mul, norm, block_n, block_k, num_warps, prefetch_k, early_trigger
-    )
+    out, summed = _launch(x, weight, n, silu_mul, norm, block_n, block_k, num_warps)
     assert summed is not None
     return out, summed

@@ -29,12 +29,12 @@ from graphrun.llm.kernels import SKINNY_MAX_ROWS, pdl  # SKINNY_MAX_ROWS: one 16
 
 @triton.jit(do_not_specialize=["NUM_SPLITS", "ITERS"])
 def _paged_decode_split_kernel(
-    q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, counter_ptr, scale,
+    q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, scale,
     stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_ts, stride_os, stride_oh, NUM_SPLITS, ITERS,
     pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, slot_ptr, eps, stride_pos, stride_slot,
     NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr, MERGE: tl.constexpr,
-    ROPE: tl.constexpr, HAS_NORM: tl.constexpr, USE_PDL: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOKENS: tl.constexpr, ROPE: tl.constexpr,
+    HAS_NORM: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """One (sequence, kv head, context split): softmax partials of its GROUP query heads.
 
@@ -97,14 +97,6 @@ def _paged_decode_split_kernel(
         tl.store(m_ptr + part, m, mask=row_ok)
         tl.store(l_ptr + part, l_sum, mask=row_ok)
         tl.store(acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
-        if MERGE:  # the split that finishes last merges them all: no second kernel
-            tl.debug_barrier()  # every thread's partials stored before the arrival is counted
-            counter = counter_ptr + seq * NUM_KV_HEADS + kv_head
-            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-            if arrived == NUM_SPLITS - 1:
-                _merge_splits(m_ptr, l_ptr, acc_ptr, out_ptr, seq, heads, row_ok, dims, stride_os, stride_oh,
-                              NUM_SPLITS, NUM_HEADS, GROUP_PAD, HEAD_DIM)  # fmt: skip
-                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next launch
 
 
 @triton.jit
@@ -157,32 +149,6 @@ def _norm_rotate(ptrs, d, mask, w_ptr, cos, sin, eps, HEAD_DIM: tl.constexpr, HA
     return (x1 * cos - x2 * sin).to(dtype), (x2 * cos + x1 * sin).to(dtype)
 
 
-@triton.jit
-def _merge_splits(
-    m_ptr, l_ptr, acc_ptr, out_ptr, seq, heads, row_ok, dims, stride_os, stride_oh, NUM_SPLITS,
-    NUM_HEADS: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-):  # fmt: skip
-    """Rows `heads` of sequence `seq`: every split's partial rescaled to the global max, normalised, stored.
-    The partials are other programs' stores: loaded past L1 (.cg), which is not coherent across SMs."""
-    base = (seq * NUM_HEADS + heads) * NUM_SPLITS  # (GROUP_PAD,)
-    m_max = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    for split in range(0, NUM_SPLITS):
-        m_max = tl.maximum(m_max, tl.load(m_ptr + base + split, mask=row_ok, other=0.0, cache_modifier=".cg"))
-    out = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-    total = tl.zeros([GROUP_PAD], tl.float32)
-    for split in range(0, NUM_SPLITS):
-        m = tl.load(m_ptr + base + split, mask=row_ok, other=0.0, cache_modifier=".cg")
-        l_sum = tl.load(l_ptr + base + split, mask=row_ok, other=0.0, cache_modifier=".cg")
-        w = tl.where(l_sum > 0, tl.exp(m - m_max), 0.0)  # empty splits (past the context) weigh nothing
-        acc = tl.load(acc_ptr + (base + split)[:, None] * HEAD_DIM + dims[None, :], mask=row_ok[:, None],
-                      other=0.0, cache_modifier=".cg")  # fmt: skip
-        out += acc * w[:, None]
-        total += l_sum * w
-    out = out / tl.where(row_ok, total, 1.0)[:, None]
-    out_rows = out_ptr + seq * stride_os + heads[:, None] * stride_oh + dims[None, :]
-    tl.store(out_rows, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
-
-
 @triton.jit(do_not_specialize=["NUM_SPLITS"])
 def _paged_decode_merge_kernel(
     m_ptr, l_ptr, acc_ptr, out_ptr, stride_os, stride_oh, NUM_SPLITS,
@@ -211,11 +177,6 @@ def _paged_decode_merge_kernel(
 DECODE_TOKENS = 64  # cache tokens per inner iteration
 DECODE_MAX_SPLITS = 32  # splits per sequence at most
 DECODE_TARGET_PROGRAMS = 512  # enough (sequence, kv head, split) programs to fill an H100's 132 SMs
-
-
-def split_counters(device: torch.device | str) -> torch.Tensor:
-    """A zeroed buffer of arrival counters for paged_decode_attention's in-kernel merge."""
-    return torch.zeros(DECODE_TARGET_PROGRAMS, dtype=torch.int32, device=device)
 
 
 def decode_splits(max_context: int, num_seqs: int, kv_heads: int) -> tuple[int, int]:
@@ -253,20 +214,13 @@ def paged_decode_attention(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     scale: float,
-    counters: torch.Tensor | None = None,
     rope: DecodeRope | None = None,
 ) -> torch.Tensor:
     """q (num_seqs, num_heads, head_dim) over the cache -> (num_seqs, num_heads, head_dim).
 
     Flash-decoding: the context is split into fixed chunks (from the block-table width, so the grid is
     static and capturable); each program covers one chunk of one sequence and kv head, and skips chunks
-    past the sequence's length; the chunks' softmax partials are merged by a second kernel, or, given
-    `counters`, by the split that finishes last.
-
-    counters: DECODE_TARGET_PROGRAMS zeroed int32 (split_counters), one per (sequence, kv head) of a
-    launch with several splits (there are fewer than that whenever there are several splits); each
-    merge sets its counter back to 0, so one buffer serves every layer and step of a model. Never share
-    one between launches that may run at the same time (two engines on two streams).
+    past the sequence's length; a second kernel merges the chunks' softmax partials.
 
     rope: q is qkv (num_seqs, (num_heads + 2 kv_heads) * head_dim), the QKV projection's output; each
     program norms and rotates its query heads, and the split holding a sequence's last position stores
@@ -282,11 +236,6 @@ def paged_decode_attention(
     partial_m = torch.empty(num_seqs, num_heads, splits, dtype=torch.float32, device=q.device)
     partial_l = torch.empty_like(partial_m)
     partial_acc = torch.empty(num_seqs, num_heads, splits, head_dim, dtype=torch.float32, device=q.device)
-    merge = counters is not None and splits > 1
-    if counters is None:
-        counters = context_lens  # (not read without the merge)
-    elif counters.numel() < num_seqs * kv_heads and merge:
-        raise ValueError(f"{counters.numel()} split counters for {num_seqs} sequences x {kv_heads} kv heads")
     if rope is not None:
         has_norm = rope.q_norm_weight is not None and rope.k_norm_weight is not None
         qw = rope.q_norm_weight if rope.q_norm_weight is not None else rope.cos_cache
@@ -299,14 +248,14 @@ def paged_decode_attention(
         rope_args = (context_lens, q, q, q, q, context_lens, 0.0, 0, 0)  # (not read without rope)
         stride_qh = q.stride(1)
     _paged_decode_split_kernel[(num_seqs, kv_heads, splits)](
-        q, k_cache, v_cache, block_tables, context_lens, partial_m, partial_l, partial_acc, out, counters,
-        scale, q.stride(0), stride_qh, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        q, k_cache, v_cache, block_tables, context_lens, partial_m, partial_l, partial_acc, out, scale,
+        q.stride(0), stride_qh, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1), splits, iters, *rope_args,
         NUM_HEADS=num_heads, NUM_KV_HEADS=kv_heads, GROUP=group,
         GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        TOKENS=DECODE_TOKENS, MERGE=merge, ROPE=rope is not None, HAS_NORM=has_norm, **options,
+        TOKENS=DECODE_TOKENS, ROPE=rope is not None, HAS_NORM=has_norm, **options,
     )  # fmt: skip
-    if splits == 1 or merge:
+    if splits == 1:
         return out
     _paged_decode_merge_kernel[(num_seqs, num_heads)](
         partial_m, partial_l, partial_acc, out, out.stride(0), out.stride(1), splits,
