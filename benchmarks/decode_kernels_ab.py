@@ -40,16 +40,15 @@ from dataclasses import dataclass
 import torch
 from pdl_ab import (  # benchmarks/pdl_ab.py, beside this script
     build_engine,
+    capture_under,
     first_difference,
     rollout,
     timed_point,
 )
-from prometheus_client import CollectorRegistry
 
 from graphrun.bench.decode import random_prompts
 from graphrun.bench.decode_report import copy_bandwidth, step_floor
 from graphrun.bench.report import emit, environment, headline, print_table
-from graphrun.llm.decode_graph import DecodeGraphs, DecodeShape
 from graphrun.llm.engine import LLMEngine
 from graphrun.llm.kernels import triton_ops
 from graphrun.llm.layers.attention_backend import AttentionOp, TritonAttentionBackend
@@ -126,25 +125,6 @@ def switched(variant: Variant) -> Iterator[None]:
         DecoderLayer.forward = SHIPPED_FORWARD
 
 
-def capture(engine: LLMEngine, sizes: list[int], variant: Variant) -> DecodeGraphs:
-    shape = DecodeShape(
-        engine.config.max_num_seqs, engine.max_blocks_per_seq, engine.max_model_len, engine.num_blocks,
-        engine.config.block_size, engine.model_config.vocab_size,
-    )  # fmt: skip
-    backends(engine)  # the variants patch the Triton path
-    with switched(variant):
-        graphs = DecodeGraphs(
-            engine.model, engine.kv_caches, engine.last_tokens, shape, sizes, backend="cuda",
-            registry=CollectorRegistry(),
-        )  # fmt: skip
-    eager = [
-        f"{kind} {st.size}" for kind, r in graphs.runners.items() for st in r.status() if not st.captured
-    ]
-    if eager:
-        raise RuntimeError(f"{variant}: rungs not captured: {eager}")
-    return graphs
-
-
 def main() -> int:
     args = parse_args()
     if not torch.cuda.is_available():
@@ -156,7 +136,8 @@ def main() -> int:
     rows = []
     with torch.inference_mode():
         engine = build_engine(args, max(sizes))
-        graphs = {name: capture(engine, sizes, VARIANTS[name]) for name in names}
+        backends(engine)  # the variants patch the Triton path
+        graphs = {name: capture_under(engine, sizes, switched(VARIANTS[name]), name) for name in names}
         for batch in sizes:
             prompts = random_prompts(batch, args.context, engine.model_config.vocab_size, SEED)
             greedy = {name: rollout(engine, g, prompts, args.steps) for name, g in graphs.items()}

@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from prometheus_client import CollectorRegistry
@@ -87,11 +87,18 @@ def pdl_forced(on: bool) -> Iterator[None]:
 
 def capture(engine: LLMEngine, sizes: list[int], on: bool) -> DecodeGraphs:
     """A fresh set of decode graphs at `sizes`, every kernel of ours launched with PDL on or off."""
+    return capture_under(engine, sizes, pdl_forced(on), f"PDL {'on' if on else 'off'}")
+
+
+def capture_under(
+    engine: LLMEngine, sizes: list[int], patches: AbstractContextManager[None], label: str
+) -> DecodeGraphs:
+    """A fresh set of decode graphs at `sizes`, captured with `patches` in place; every rung captured."""
     shape = DecodeShape(
         engine.config.max_num_seqs, engine.max_blocks_per_seq, engine.max_model_len, engine.num_blocks,
         engine.config.block_size, engine.model_config.vocab_size,
     )  # fmt: skip
-    with pdl_forced(on):
+    with patches:
         graphs = DecodeGraphs(
             engine.model, engine.kv_caches, engine.last_tokens, shape, sizes, backend="cuda",
             registry=CollectorRegistry(),  # each set its own: the runners' names repeat
@@ -100,7 +107,7 @@ def capture(engine: LLMEngine, sizes: list[int], on: bool) -> DecodeGraphs:
         f"{kind} {st.size}" for kind, r in graphs.runners.items() for st in r.status() if not st.captured
     ]
     if eager:  # an eager rung would launch with the decision of the moment, not the variant's
-        raise RuntimeError(f"PDL {'on' if on else 'off'}: rungs not captured: {eager}")
+        raise RuntimeError(f"{label}: rungs not captured: {eager}")
     return graphs
 
 
