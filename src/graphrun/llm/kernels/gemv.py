@@ -17,8 +17,8 @@ unfused path (a GEMM stored in bf16, then silu_mul) does.
 
 On Hopper the kernel launches with programmatic dependent launch (kernels/pdl.py): its first weight
 tile loads while the previous kernel finishes, and right after its wait it lets the next kernel be
-scheduled. The same products are summed in the same order with or
-without it, so the results are identical bit for bit.
+scheduled. The same products are summed in the same order with or without it, so the results are
+identical bit for bit.
 """
 
 from __future__ import annotations
